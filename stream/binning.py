@@ -1,0 +1,646 @@
+"""Events -> model input: ``[T, 2, H, W]`` float32 time-step frames, offline and streaming.
+
+Training (``bin_window``) and live inference (``StreamingBinner``) call the SAME Numba kernel with
+the SAME window definition, so the model sees the same thing in both.
+
+Window definition (``WindowSpec(bins, bin_us, stride_us)``, all times in microseconds):
+
+* a window ending at ``end_us`` covers ``[end_us - window_us, end_us)`` with
+  ``window_us = bins * bin_us``;
+* bin ``k`` (0 = oldest) covers ``[start + k * bin_us, start + (k + 1) * bin_us)``,
+  ``start = end_us - window_us``;
+* streaming windows end on the absolute grid ``end_us % stride_us == 0`` (so their bins lie on the
+  grid ``t % bin_us == 0``); ``bin_window`` accepts any ``start_us``.
+
+Frame values are per-pixel event counts; channel = polarity value (0 OFF, 1 ON). An optional
+normalisation (``{"kind": "clip", "max": 8}``, ``{"kind": "log1p"}`` or ``None``) is stored in the
+checkpoint and applied identically by both modes via ``apply_normalisation``.
+
+Sensor mapping (``SensorMapping``): any sensor (128x128, 346x260, 640x480, ...) -> the model's
+input size ``(W, H)``. Sensor coordinates are first flipped (``flip_x``: ``x -> width-1-x``,
+``flip_y``: ``y -> height-1-y``), then centre-cropped to the model's aspect ratio
+(``crop_w x crop_h`` at ``(x0, y0)``), then downsampled:
+
+* ``"area"``: every sensor pixel in the crop lands in exactly one input pixel,
+  ``x_in = (x - x0) * W // crop_w`` (same for y); counts are summed, so no event in the crop is
+  lost. When ``crop_w`` is not a multiple of ``W`` input columns gather ``floor`` or ``ceil`` of
+  ``crop_w / W`` sensor columns.
+* ``"nearest"``: input pixel ``i`` takes only the sensor pixel containing its centre,
+  ``x = x0 + (2 * i + 1) * crop_w // (2 * W)``; events on other sensor pixels are ignored.
+
+Upsampling (a crop smaller than the input) is refused. Events outside the crop are "unmapped"
+(ignored and counted); events outside the sensor or with a polarity other than 0/1 are dropped and
+counted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+import numpy as np
+from numba import njit, types
+
+from stream.events import EventFormatError, SensorSize, check_events, make_events
+
+__all__ = [
+    "WindowSpec",
+    "SensorMapping",
+    "Window",
+    "BinningStats",
+    "StreamingBinner",
+    "bin_window",
+    "apply_normalisation",
+    "check_normalisation",
+    "warmup",
+    "main",
+]
+
+MAPPING_METHODS = ("area", "nearest")
+EMIT_MODES = ("all", "latest")
+
+# --- Numba kernels (eager signatures: compiled once, cached on disk, reused by every caller) ----
+
+_I64_1D = types.Array(types.int64, 1, "A")
+_BIN_SIGNATURE = types.UniTuple(types.int64, 4)(
+    _I64_1D,  # t (µs), usually a strided view of an EVENT_DTYPE array
+    types.Array(types.int16, 1, "A"),  # x
+    types.Array(types.int16, 1, "A"),  # y
+    types.Array(types.int8, 1, "A"),  # p
+    types.Array(types.int32, 1, "C"),  # x table: sensor x -> input x, -1 = unmapped
+    types.Array(types.int32, 1, "C"),  # y table
+    types.int64,  # origin_us
+    types.int64,  # bin_us
+    types.int64,  # first_bin (inclusive)
+    types.int64,  # end_bin (exclusive)
+    types.Array(types.float32, 4, "C"),  # frames [slots, 2, H, W]
+    types.Array(types.int64, 1, "C"),  # events per slot
+)
+
+
+@njit(_BIN_SIGNATURE, cache=True, nogil=True)
+def _bin_kernel(t, x, y, p, x_table, y_table, origin_us, bin_us, first_bin, end_bin, frames, slot_events):
+    """Add each event with bin ``k = (t - origin_us) // bin_us`` in ``[first_bin, end_bin)`` to
+    ``frames[k % slots, p, y_in, x_in]``. Returns (binned, outside_sensor, bad_polarity, unmapped)."""
+    slots = frames.shape[0]
+    width = x_table.shape[0]
+    height = y_table.shape[0]
+    binned = 0
+    outside_sensor = 0
+    bad_polarity = 0
+    unmapped = 0
+    for i in range(t.shape[0]):
+        k = (t[i] - origin_us) // bin_us
+        if k < first_bin or k >= end_bin:
+            continue
+        xs = x[i]
+        ys = y[i]
+        if xs < 0 or xs >= width or ys < 0 or ys >= height:
+            outside_sensor += 1
+            continue
+        polarity = p[i]
+        if polarity != 0 and polarity != 1:
+            bad_polarity += 1
+            continue
+        xi = x_table[xs]
+        yi = y_table[ys]
+        if xi < 0 or yi < 0:
+            unmapped += 1
+            continue
+        slot = k % slots
+        frames[slot, polarity, yi, xi] += 1.0
+        slot_events[slot] += 1
+        binned += 1
+    return binned, outside_sensor, bad_polarity, unmapped
+
+
+_SCAN_SIGNATURE = types.UniTuple(types.int64, 3)(
+    _I64_1D,  # t
+    types.boolean,  # has_time: is time_us meaningful (False before the first event)
+    types.int64,  # time_us: latest time seen so far
+    types.int64,  # gap_us
+    types.Array(types.boolean, 1, "C"),  # keep (out)
+    types.Array(types.int64, 1, "C"),  # gap_at (out): kept index of the event after each gap
+)
+
+
+@njit(_SCAN_SIGNATURE, cache=True, nogil=True)
+def _scan_times(t, has_time, time_us, gap_us, keep, gap_at):
+    """Mark events whose timestamp goes backwards (``t < latest time seen``) as not kept and record
+    where time jumps forward by more than ``gap_us``. Returns (dropped, gaps, latest time)."""
+    dropped = 0
+    gaps = 0
+    kept = 0
+    for i in range(t.shape[0]):
+        ti = t[i]
+        if has_time and ti < time_us:
+            keep[i] = False
+            dropped += 1
+            continue
+        keep[i] = True
+        if has_time and ti - time_us > gap_us:
+            gap_at[gaps] = kept
+            gaps += 1
+        time_us = ti
+        has_time = True
+        kept += 1
+    return dropped, gaps, time_us
+
+
+# --- configuration ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WindowSpec:
+    """Time-step layout of one model input window (all times in microseconds).
+
+    A window ending at ``end_us`` covers ``[end_us - window_us, end_us)``, ``window_us = bins *
+    bin_us``; bin ``k`` covers ``[start + k * bin_us, start + (k + 1) * bin_us)``. Streaming windows
+    end every ``stride_us`` on the absolute grid ``end_us % stride_us == 0``.
+
+    Args:
+        bins: number of time steps T (>= 1).
+        bin_us: duration of one bin in microseconds (>= 1).
+        stride_us: time between consecutive streaming windows, a positive multiple of ``bin_us``.
+    """
+
+    bins: int
+    bin_us: int
+    stride_us: int
+
+    def __post_init__(self) -> None:
+        for name in ("bins", "bin_us", "stride_us"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"WindowSpec.{name} must be a positive integer, got {value!r}")
+            object.__setattr__(self, name, int(value))
+        if self.stride_us % self.bin_us:
+            raise ValueError(
+                f"WindowSpec.stride_us ({self.stride_us} µs) must be a multiple of bin_us ({self.bin_us} µs)"
+            )
+
+    @property
+    def window_us(self) -> int:
+        """Window duration in microseconds."""
+        return self.bins * self.bin_us
+
+    def to_dict(self) -> dict[str, int]:
+        return {"bins": self.bins, "bin_us": self.bin_us, "stride_us": self.stride_us}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "WindowSpec":
+        _check_keys("window", data, {"bins", "bin_us", "stride_us"})
+        return cls(data["bins"], data["bin_us"], data["stride_us"])
+
+
+@dataclass(frozen=True)
+class SensorMapping:
+    """Sensor pixels -> model input pixels (flip, centre crop, downsample; see the module docstring).
+
+    Build with ``SensorMapping.create``. ``crop`` is ``(x0, y0, crop_w, crop_h)`` in flipped sensor
+    pixels; ``x_table``/``y_table`` map a sensor coordinate to an input coordinate (-1: unmapped).
+    """
+
+    sensor_size: SensorSize
+    input_size: SensorSize
+    method: str = "area"
+    flip_x: bool = False
+    flip_y: bool = False
+    crop: tuple[int, int, int, int] = field(init=False)
+    x_table: np.ndarray = field(init=False, repr=False, compare=False)
+    y_table: np.ndarray = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        sensor = SensorSize(*map(int, self.sensor_size)).validated()
+        model = SensorSize(*map(int, self.input_size)).validated()
+        if self.method not in MAPPING_METHODS:
+            raise ValueError(f"mapping method must be one of {MAPPING_METHODS}, got {self.method!r}")
+        for name in ("flip_x", "flip_y"):
+            if not isinstance(getattr(self, name), (bool, np.bool_)):
+                raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
+            object.__setattr__(self, name, bool(getattr(self, name)))
+        # Centre crop to the model's aspect ratio (the largest such crop that fits the sensor).
+        if sensor.width * model.height >= sensor.height * model.width:
+            crop_w, crop_h = sensor.height * model.width // model.height, sensor.height
+        else:
+            crop_w, crop_h = sensor.width, sensor.width * model.height // model.width
+        if crop_w < model.width or crop_h < model.height:
+            raise ValueError(
+                f"sensor {sensor} cropped to {crop_w}x{crop_h} is smaller than the model input {model}; "
+                "upsampling is not supported"
+            )
+        x0, y0 = (sensor.width - crop_w) // 2, (sensor.height - crop_h) // 2
+        object.__setattr__(self, "sensor_size", sensor)
+        object.__setattr__(self, "input_size", model)
+        object.__setattr__(self, "crop", (x0, y0, crop_w, crop_h))
+        object.__setattr__(self, "x_table", _axis_table(sensor.width, x0, crop_w, model.width, self.method, self.flip_x))
+        object.__setattr__(self, "y_table", _axis_table(sensor.height, y0, crop_h, model.height, self.method, self.flip_y))
+
+    @classmethod
+    def create(
+        cls,
+        sensor_size: tuple[int, int],
+        input_size: tuple[int, int],
+        *,
+        flip_x: bool = False,
+        flip_y: bool = False,
+        method: str = "area",
+    ) -> "SensorMapping":
+        """Mapping from a sensor of ``sensor_size`` (width, height pixels) to the model's ``input_size``."""
+        return cls(SensorSize(*sensor_size), SensorSize(*input_size), method, flip_x, flip_y)
+
+    def to_dict(self) -> dict[str, Any]:
+        """What a checkpoint stores: input size, method, flips (the sensor comes from the camera)."""
+        return {
+            "input_width": self.input_size.width,
+            "input_height": self.input_size.height,
+            "method": self.method,
+            "flip_x": self.flip_x,
+            "flip_y": self.flip_y,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], sensor_size: tuple[int, int]) -> "SensorMapping":
+        """Rebuild a stored mapping for the actual camera's ``sensor_size`` (width, height pixels)."""
+        _check_keys("sensor_mapping", data, {"input_width", "input_height", "method", "flip_x", "flip_y"})
+        return cls.create(
+            sensor_size,
+            (data["input_width"], data["input_height"]),
+            flip_x=data["flip_x"],
+            flip_y=data["flip_y"],
+            method=data["method"],
+        )
+
+    def map_xy(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Input-pixel coordinates of sensor pixels (vectorised; -1 where unmapped or outside)."""
+        x = np.asarray(x, dtype=np.int64)
+        y = np.asarray(y, dtype=np.int64)
+        inside = (x >= 0) & (x < self.sensor_size.width) & (y >= 0) & (y < self.sensor_size.height)
+        xi = np.where(inside, self.x_table[np.clip(x, 0, self.sensor_size.width - 1)], -1)
+        yi = np.where(inside, self.y_table[np.clip(y, 0, self.sensor_size.height - 1)], -1)
+        return xi, yi
+
+
+def _axis_table(sensor_side: int, offset: int, crop_side: int, input_side: int, method: str, flip: bool) -> np.ndarray:
+    """int32 table: sensor coordinate -> input coordinate along one axis (-1 = not used)."""
+    position = np.arange(sensor_side, dtype=np.int64)
+    if flip:
+        position = sensor_side - 1 - position
+    relative = position - offset
+    inside = (relative >= 0) & (relative < crop_side)
+    mapped = np.where(inside, relative * input_side // crop_side, -1)
+    if method == "nearest":
+        lattice = (2 * np.maximum(mapped, 0) + 1) * crop_side // (2 * input_side)
+        mapped = np.where(inside & (relative == lattice), mapped, -1)
+    return mapped.astype(np.int32)
+
+
+def _check_keys(what: str, data: Any, required: set[str]) -> None:
+    if not isinstance(data, dict):
+        raise ValueError(f"{what} must be a dict, got {type(data).__name__}")
+    missing = required - data.keys()
+    if missing:
+        raise ValueError(f"{what} is missing key(s) {sorted(missing)}")
+
+
+# --- normalisation ----------------------------------------------------------------------------
+
+
+def check_normalisation(spec: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Validate a normalisation spec (``None``, ``{"kind": "clip", "max": M}``, ``{"kind": "log1p"}``)."""
+    if spec is None:
+        return None
+    if not isinstance(spec, dict) or "kind" not in spec:
+        raise ValueError(f"normalisation must be None or a dict with a 'kind', got {spec!r}")
+    kind = spec["kind"]
+    if kind == "clip":
+        maximum = spec.get("max")
+        if isinstance(maximum, bool) or not isinstance(maximum, (int, float)) or not maximum > 0:
+            raise ValueError(f"clip normalisation needs a positive 'max', got {maximum!r}")
+        return {"kind": "clip", "max": maximum}
+    if kind == "log1p":
+        return {"kind": "log1p"}
+    raise ValueError(f"unknown normalisation kind {kind!r} (expected 'clip' or 'log1p')")
+
+
+def apply_normalisation(frames: np.ndarray, spec: dict[str, Any] | None) -> np.ndarray:
+    """Normalise count frames in place (and return them): clip at ``max`` or ``log1p``; None: unchanged."""
+    spec = check_normalisation(spec)
+    if spec is None:
+        return frames
+    if spec["kind"] == "clip":
+        np.minimum(frames, np.float32(spec["max"]), out=frames)
+    else:
+        np.log1p(frames, out=frames)
+    return frames
+
+
+# --- offline ----------------------------------------------------------------------------------
+
+
+def bin_window(
+    events: np.ndarray,
+    mapping: SensorMapping,
+    window: WindowSpec,
+    start_us: int,
+    out: np.ndarray | None = None,
+    *,
+    normalisation: dict[str, Any] | None = None,
+) -> np.ndarray:
+    """Frames ``[T, 2, H, W]`` float32 of the window ``[start_us, start_us + window_us)``.
+
+    Events need not be sorted; events outside the window, outside the sensor, with a polarity other
+    than 0/1, or outside the mapping's crop are ignored. ``out`` (float32 ``[T, 2, H, W]``,
+    C-contiguous) is overwritten and returned when given.
+    """
+    check_events(events)
+    shape = (window.bins, 2, mapping.input_size.height, mapping.input_size.width)
+    if out is None:
+        out = np.zeros(shape, dtype=np.float32)
+    else:
+        if out.shape != shape or out.dtype != np.float32 or not out.flags.c_contiguous:
+            raise ValueError(f"out must be a C-contiguous float32 array of shape {shape}, got {out.dtype} {out.shape}")
+        out.fill(0.0)
+    slot_events = np.zeros(window.bins, dtype=np.int64)
+    _bin_kernel(
+        events["t"], events["x"], events["y"], events["p"], mapping.x_table, mapping.y_table,
+        int(start_us), window.bin_us, 0, window.bins, out, slot_events,
+    )  # fmt: skip
+    return apply_normalisation(out, normalisation)
+
+
+# --- streaming --------------------------------------------------------------------------------
+
+
+class Window(NamedTuple):
+    """One streaming window: it ends at ``end_us`` (µs, stream time) and holds ``events`` events."""
+
+    end_us: int
+    frames: np.ndarray  # [T, 2, H, W] float32, normalised
+    events: int
+
+
+@dataclass
+class BinningStats:
+    """Counters of a ``StreamingBinner`` (events and windows since creation)."""
+
+    events_binned: int = 0  # written into a bin
+    events_unmapped: int = 0  # inside the sensor, outside the crop / off the "nearest" lattice
+    events_unused: int = 0  # valid, but only in windows that were skipped (or between windows)
+    dropped_out_of_sensor: int = 0
+    dropped_bad_polarity: int = 0
+    dropped_backwards: int = 0  # timestamp earlier than the latest time already seen
+    windows_emitted: int = 0
+    windows_skipped: int = 0  # not emitted because the caller asked for the latest only
+    windows_in_gaps: int = 0  # silent windows inside a time gap, never emitted
+    gaps: int = 0  # forward jumps in time longer than the window
+
+
+class StreamingBinner:
+    """Incremental binning of a time-ordered event stream into windows every ``stride_us``.
+
+    Each event is binned once into a ring of T bins (slot = absolute bin index % T, bin index =
+    ``t // bin_us``); a window is emitted by copying the ring in time order, never re-binning it.
+    Window ``end_us`` is emitted once the stream's time reaches it (an event with ``t >= end_us``,
+    or ``now_us >= end_us``); its frames equal ``bin_window(events, mapping, window,
+    end_us - window_us)`` on the same events.
+
+    Stream rules:
+      * time only moves forward: an event with ``t`` below the latest time seen (event or
+        ``now_us``) would belong to a bin that may already be emitted; it is dropped and counted
+        (``dropped_backwards``), never written into another bin. Equal timestamps are fine.
+      * the first window emitted is the first one ending after the first time seen.
+      * a gap (time jumping forward by more than ``window_us`` between consecutive events, or to
+        ``now_us``) clears the ring; windows lying entirely inside the gap hold nothing and are not
+        emitted (counted in ``windows_in_gaps``); the work is O(1) whatever the gap length.
+      * ``emit="all"`` returns every due window (a chunk spanning N strides returns N windows);
+        ``emit="latest"`` returns only the newest due window, does not bin events that only
+        older windows needed, and counts the others in ``windows_skipped``.
+
+    Args:
+        mapping: sensor -> input mapping (built for the actual camera's sensor size).
+        window: window layout.
+        normalisation: applied to each emitted window (see ``apply_normalisation``).
+    """
+
+    def __init__(self, mapping: SensorMapping, window: WindowSpec, *, normalisation: dict[str, Any] | None = None):
+        self.mapping = mapping
+        self.window = window
+        self.normalisation = check_normalisation(normalisation)
+        self.stats = BinningStats()
+        shape = (window.bins, 2, mapping.input_size.height, mapping.input_size.width)
+        self._ring = np.zeros(shape, dtype=np.float32)
+        self._slot_events = np.zeros(window.bins, dtype=np.int64)
+        self._ring_bin: int | None = None  # newest absolute bin index the ring holds
+        self._time_us: int | None = None  # latest stream time seen (event or now_us)
+        self._done_until: int | None = None  # grid end of the last window emitted or passed over
+
+    @property
+    def time_us(self) -> int | None:
+        """Latest stream time seen in microseconds (None before any event or ``now_us``)."""
+        return self._time_us
+
+    def push(self, events: np.ndarray, now_us: int | None = None, *, emit: str = "all") -> list[Window]:
+        """Bin a chunk of events (time-ordered, possibly empty) and return the windows now due.
+
+        ``now_us`` (µs, stream time) tells that no event earlier than it is still to come, so an
+        empty chunk can advance time. ``emit``: ``"all"`` or ``"latest"`` (see the class docstring).
+        """
+        check_events(events)
+        if emit not in EMIT_MODES:
+            raise ValueError(f"emit must be one of {EMIT_MODES}, got {emit!r}")
+        spec = self.window
+        stats = self.stats
+        previous_time = self._time_us
+
+        # 1. Drop backwards events, find gaps between consecutive events (one Numba pass).
+        gap_at = np.empty(len(events), dtype=np.int64)
+        gap_pairs: list[tuple[int, int]] = []
+        if len(events):
+            keep = np.empty(len(events), dtype=np.bool_)
+            dropped, gap_count, latest = _scan_times(
+                events["t"], previous_time is not None, previous_time or 0, spec.window_us, keep, gap_at
+            )
+            if dropped:
+                stats.dropped_backwards += dropped
+                events = events[keep]
+            times = events["t"]
+            for position in gap_at[:gap_count].tolist():
+                before = int(times[position - 1]) if position else int(previous_time)
+                gap_pairs.append((before, int(times[position])))
+        else:
+            times = events["t"]
+            latest = previous_time
+        if len(times) == 0 and previous_time is None and now_us is None:
+            return []
+        new_time = max(v for v in (latest, now_us, previous_time) if v is not None)
+        new_time = int(new_time)
+        last_before_now = int(times[-1]) if len(times) else previous_time
+        if now_us is not None and last_before_now is not None and new_time - last_before_now > spec.window_us:
+            gap_pairs.append((last_before_now, new_time))
+        stats.gaps += len(gap_pairs)
+        if self._done_until is None:  # windows ending at or before the first time seen hold nothing
+            first_time = int(times[0]) if len(times) else new_time
+            self._done_until = (first_time // spec.stride_us) * spec.stride_us
+        self._time_us = new_time
+
+        # 2. Which grid ends are due: (done_until, new_time], minus the silent ones inside gaps.
+        stride = spec.stride_us
+        first_k, last_k = self._done_until // stride + 1, new_time // stride
+        silent: list[tuple[int, int]] = []  # inclusive k ranges, ordered, disjoint
+        for before, after in gap_pairs:
+            lo_k, hi_k = max((before + spec.window_us) // stride + 1, first_k), min(after // stride, last_k)
+            if lo_k <= hi_k:
+                silent.append((lo_k, hi_k))
+        due = _k_ranges_minus(first_k, last_k, silent)
+        stats.windows_in_gaps += sum(hi - lo + 1 for lo, hi in silent)
+        if emit == "latest" and due:
+            total = sum(hi - lo + 1 for lo, hi in due)
+            stats.windows_skipped += total - 1
+            due = [(due[-1][1], due[-1][1])]
+        if last_k >= first_k:
+            self._done_until = last_k * stride
+
+        # 3. Bin segment by segment, emitting each due window before its ring slots are reused.
+        windows: list[Window] = []
+        position = 0
+        for lo_k, hi_k in due:
+            for k in range(lo_k, hi_k + 1):
+                end_us = k * stride
+                end = int(np.searchsorted(times, end_us, side="left"))
+                position = self._bin_segment(events, times, position, end, end_us)
+                windows.append(self._emit(end_us))
+        if position < len(times):  # the tail: events after the last due window
+            next_end = (new_time // stride + 1) * stride
+            self._bin_segment(events, times, position, len(times), next_end, last_bin=int(times[-1]) // spec.bin_us)
+        stats.windows_emitted += len(windows)
+        return windows
+
+    def reset(self) -> None:
+        """Forget all state and counters (e.g. after the source restarts its clock)."""
+        self.__init__(self.mapping, self.window, normalisation=self.normalisation)
+
+    def _bin_segment(self, events, times, start: int, end: int, end_us: int, last_bin: int | None = None) -> int:
+        """Bin ``events[start:end]`` for the window ending at ``end_us``; events before that window
+        are unused. The ring is advanced to ``last_bin`` (default: the window's last bin)."""
+        spec = self.window
+        end_bin = end_us // spec.bin_us
+        first_bin = end_bin - spec.bins
+        begin = max(start, int(np.searchsorted(times, first_bin * spec.bin_us, side="left")))
+        begin = min(begin, end)
+        self.stats.events_unused += begin - start
+        self._advance(end_bin - 1 if last_bin is None else last_bin)
+        if end > begin:
+            segment = events[begin:end]
+            binned, outside, bad, unmapped = _bin_kernel(
+                segment["t"], segment["x"], segment["y"], segment["p"], self.mapping.x_table, self.mapping.y_table,
+                0, spec.bin_us, first_bin, end_bin, self._ring, self._slot_events,
+            )  # fmt: skip
+            self.stats.events_binned += binned
+            self.stats.dropped_out_of_sensor += outside
+            self.stats.dropped_bad_polarity += bad
+            self.stats.events_unmapped += unmapped
+        return end
+
+    def _advance(self, newest_bin: int) -> None:
+        """Make the ring hold bins ``(newest_bin - T, newest_bin]``, zeroing slots of bins it gains."""
+        slots = self.window.bins
+        if self._ring_bin is not None and newest_bin <= self._ring_bin:
+            return
+        if self._ring_bin is None or newest_bin - self._ring_bin >= slots:
+            if self._ring_bin is not None:
+                self._ring.fill(0.0)
+                self._slot_events.fill(0)
+        else:
+            first = (self._ring_bin + 1) % slots
+            count = newest_bin - self._ring_bin
+            for lo, hi in ((first, min(first + count, slots)), (0, max(first + count - slots, 0))):
+                self._ring[lo:hi] = 0.0
+                self._slot_events[lo:hi] = 0
+        self._ring_bin = newest_bin
+
+    def _emit(self, end_us: int) -> Window:
+        spec = self.window
+        oldest_slot = (end_us // spec.bin_us) % spec.bins
+        frames = np.empty_like(self._ring)
+        tail = spec.bins - oldest_slot
+        frames[:tail] = self._ring[oldest_slot:]
+        frames[tail:] = self._ring[:oldest_slot]
+        apply_normalisation(frames, self.normalisation)
+        return Window(end_us, frames, int(self._slot_events.sum()))
+
+
+def _k_ranges_minus(first: int, last: int, holes: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Inclusive integer range [first, last] minus ordered disjoint inclusive ranges."""
+    ranges = []
+    for lo, hi in holes:
+        if lo > first:
+            ranges.append((first, min(lo - 1, last)))
+        first = max(first, hi + 1)
+    if first <= last:
+        ranges.append((first, last))
+    return [(lo, hi) for lo, hi in ranges if lo <= hi]
+
+
+def warmup() -> None:
+    """Compile (or load from the Numba cache) every kernel on tiny inputs, so the first real
+    window never waits for a compiler. Call it once at worker start-up."""
+    mapping = SensorMapping.create((4, 4), (2, 2))
+    spec = WindowSpec(2, 10, 10)
+    events = make_events([0, 5, 25], [0, 1, 3], [0, 2, 3], [0, 1, 1])
+    bin_window(events, mapping, spec, 0)
+    StreamingBinner(mapping, spec).push(events)
+
+
+# --- CLI ----------------------------------------------------------------------------------------
+
+
+def main(argv: list[str]) -> int:
+    """``python -m stream frames IN --bins T --bin-us B [--start-us S] [--size WxH] [--flip-x]
+    [--flip-y] [--method area|nearest] --out frames.npy``: write one window as ``[T, 2, H, W]``
+    float32. ``--start-us`` defaults to the first event's timestamp; ``--size`` to the sensor's."""
+    parser = _ArgumentParser(prog="python -m stream frames", description="Bin one window of a recording into frames.")
+    parser.add_argument("input", help="event file (any format stream.files reads)")
+    parser.add_argument("--bins", type=int, required=True, help="number of time bins T")
+    parser.add_argument("--bin-us", type=int, required=True, help="bin duration in microseconds")
+    parser.add_argument("--start-us", type=int, default=None, help="window start in µs (default: first event)")
+    parser.add_argument("--size", type=SensorSize.parse, default=None, help="model input WxH (default: sensor size)")
+    parser.add_argument("--method", choices=MAPPING_METHODS, default="area")
+    parser.add_argument("--flip-x", action="store_true")
+    parser.add_argument("--flip-y", action="store_true")
+    parser.add_argument("--out", required=True, help="output .npy path")
+    args = parser.parse_args(argv[1:])
+    spec = WindowSpec(args.bins, args.bin_us, args.bin_us)
+
+    from stream.files import open_events  # lazy: only this command needs the file readers
+
+    with open_events(args.input) as reader:
+        mapping = SensorMapping.create(
+            reader.sensor_size, args.size or reader.sensor_size, flip_x=args.flip_x, flip_y=args.flip_y, method=args.method
+        )
+        frames = np.zeros((spec.bins, 2, mapping.input_size.height, mapping.input_size.width), dtype=np.float32)
+        start_us = args.start_us
+        scratch = np.empty_like(frames)
+        for chunk in reader:
+            if len(chunk) == 0:
+                continue
+            if start_us is None:
+                start_us = int(chunk["t"][0])
+            if int(chunk["t"][0]) >= start_us + spec.window_us:
+                break  # time-ordered: nothing later can fall in the window
+            frames += bin_window(chunk, mapping, spec, start_us, out=scratch)
+    if start_us is None:
+        raise EventFormatError(f"{args.input}: holds no events")
+    np.save(args.out, frames, allow_pickle=False)
+    print(f"{args.out}: frames {tuple(frames.shape)} float32, {int(frames.sum())} events, "
+          f"window [{start_us}, {start_us + spec.window_us}) µs")  # fmt: skip
+    return 0
+
+
+class _ArgumentParser(argparse.ArgumentParser):
+    """argparse that raises ValueError (one ``error:`` line from the dispatcher) instead of exiting."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise ValueError(f"frames: {message}")

@@ -1,0 +1,382 @@
+"""stream.binning: tonic as the oracle, streaming == offline, mapping/flips, bad input, CLI."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+import tonic
+
+from stream.binning import (
+    SensorMapping,
+    StreamingBinner,
+    WindowSpec,
+    apply_normalisation,
+    bin_window,
+    check_normalisation,
+    main,
+    warmup,
+)
+from stream.events import SensorSize, empty_events, make_events, to_tonic
+
+
+def random_events(seed: int, count: int, sensor: tuple[int, int], t_range: tuple[int, int]) -> np.ndarray:
+    """Time-sorted uniformly random events (timestamps in µs)."""
+    rng = np.random.default_rng(seed)
+    t = np.sort(rng.integers(t_range[0], t_range[1], count))
+    return make_events(t, rng.integers(0, sensor[0], count), rng.integers(0, sensor[1], count), rng.integers(0, 2, count))
+
+
+def random_chunks(events: np.ndarray, seed: int, pieces: int) -> list[np.ndarray]:
+    cuts = np.sort(np.random.default_rng(seed).integers(0, len(events) + 1, pieces - 1))
+    return np.split(events, cuts)
+
+
+def identity(sensor: tuple[int, int]) -> SensorMapping:
+    return SensorMapping.create(sensor, sensor)
+
+
+# --- tonic as the oracle ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("sensor", [(128, 128), (40, 24)])
+@pytest.mark.parametrize("include_incomplete", [False, True])
+def test_equal_to_tonic_to_frame(seed: int, sensor: tuple[int, int], include_incomplete: bool) -> None:
+    rng = np.random.default_rng(100 + seed)
+    bin_us = int(rng.integers(1_000, 50_000))
+    events = random_events(seed, int(rng.integers(1, 30_000)), sensor, (int(rng.integers(0, 10**6)), 2 * 10**6))
+    oracle = tonic.transforms.ToFrame(
+        sensor_size=(*sensor, 2), time_window=bin_us, include_incomplete=include_incomplete
+    )(to_tonic(events))
+    # tonic: bins of [t0 + k*bin_us, t0 + (k+1)*bin_us) from the first event, [T, P, H, W] int16;
+    # without include_incomplete the last partial bin is left out, so T comes from tonic.
+    assert oracle.shape[1:] == (2, sensor[1], sensor[0])
+    frames = bin_window(events, identity(sensor), WindowSpec(oracle.shape[0], bin_us, bin_us), int(events["t"][0]))
+    assert frames.dtype == np.float32
+    np.testing.assert_array_equal(frames, oracle)
+
+
+def test_layout_matches_tonic_on_one_event() -> None:
+    """Channel = polarity, then rows = y, columns = x, on a non-square sensor."""
+    events = make_events([5, 6], [3, 7], [1, 2], [1, 0])
+    oracle = tonic.transforms.ToFrame(sensor_size=(10, 4, 2), time_window=10, include_incomplete=True)(to_tonic(events))
+    frames = bin_window(events, identity((10, 4)), WindowSpec(1, 10, 10), 5)
+    assert frames.shape == oracle.shape == (1, 2, 4, 10)
+    assert frames[0, 1, 1, 3] == 1 and frames[0, 0, 2, 7] == 1 and frames.sum() == 2
+    np.testing.assert_array_equal(frames, oracle)
+
+
+# --- offline ------------------------------------------------------------------------------------
+
+
+def test_bin_window_ignores_order_window_and_sensor_bounds() -> None:
+    events = random_events(7, 5_000, (64, 48), (0, 100_000))
+    spec = WindowSpec(10, 5_000, 5_000)
+    mapping = identity((64, 48))
+    expected = bin_window(events, mapping, spec, 20_000)
+    shuffled = events[np.random.default_rng(1).permutation(len(events))]
+    np.testing.assert_array_equal(bin_window(shuffled, mapping, spec, 20_000), expected)
+    inside = (events["t"] >= 20_000) & (events["t"] < 70_000)
+    assert expected.sum() == inside.sum()
+    junk = make_events([30_000] * 5, [-1, 64, 0, 3, 3], [0, 0, -5, 48, 3], [1, 1, 1, 0, 2])
+    out = np.full(expected.shape, 7.0, dtype=np.float32)
+    result = bin_window(np.concatenate([events, junk], dtype=events.dtype), mapping, spec, 20_000, out=out)
+    assert result is out
+    np.testing.assert_array_equal(out, expected)
+
+
+def test_bin_window_rejects_bad_out_and_bad_events() -> None:
+    spec = WindowSpec(2, 10, 10)
+    with pytest.raises(ValueError, match="out must be"):
+        bin_window(empty_events(), identity((8, 8)), spec, 0, out=np.zeros((2, 2, 8, 9), np.float32))
+    with pytest.raises(ValueError, match="EVENT_DTYPE"):
+        bin_window(np.zeros(3), identity((8, 8)), spec, 0)
+
+
+def test_window_spec_validation_and_round_trip() -> None:
+    spec = WindowSpec(16, 50_000, 100_000)
+    assert spec.window_us == 800_000
+    assert WindowSpec.from_dict(spec.to_dict()) == spec
+    for bad in [(0, 10, 10), (4, -1, 10), (4, 10, 15), (4, 10, 0), (4.0, 10, 10), (True, 10, 10)]:
+        with pytest.raises(ValueError, match="WindowSpec"):
+            WindowSpec(*bad)
+    with pytest.raises(ValueError, match="missing"):
+        WindowSpec.from_dict({"bins": 4, "bin_us": 10})
+
+
+# --- sensor mapping -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("sensor", "crop"),
+    [((346, 260), (43, 0, 260, 260)), ((640, 480), (80, 0, 480, 480)), ((320, 240), (40, 0, 240, 240)), ((128, 128), (0, 0, 128, 128))],
+)
+def test_area_mapping_to_128(sensor: tuple[int, int], crop: tuple[int, int, int, int]) -> None:
+    mapping = SensorMapping.create(sensor, (128, 128))
+    assert mapping.crop == crop
+    x0, y0, crop_w, crop_h = crop
+    # every sensor column in the crop lands in exactly one input column, in order, covering 0..127
+    columns = mapping.x_table[x0 : x0 + crop_w]
+    assert columns.min() == 0 and columns.max() == 127 and np.all(np.diff(columns) >= 0)
+    assert set(np.bincount(columns)) <= {crop_w // 128, -(-crop_w // 128)}
+    assert np.all(mapping.x_table[:x0] == -1) and np.all(mapping.x_table[x0 + crop_w :] == -1)
+    # counts are summed: every event in the crop is counted once; events outside it are unmapped
+    events = random_events(3, 20_000, sensor, (0, 1_000))
+    frames = bin_window(events, mapping, WindowSpec(1, 1_000, 1_000), 0)
+    in_crop = (events["x"] >= x0) & (events["x"] < x0 + crop_w) & (events["y"] >= y0) & (events["y"] < y0 + crop_h)
+    assert frames.shape == (1, 2, 128, 128) and frames.sum() == in_crop.sum()
+    binner = StreamingBinner(mapping, WindowSpec(1, 1_000, 1_000))
+    binner.push(events, now_us=1_000)
+    assert binner.stats.events_binned == in_crop.sum()
+    assert binner.stats.events_unmapped == len(events) - in_crop.sum()
+
+
+def test_nearest_mapping_samples_one_pixel_per_input_pixel() -> None:
+    mapping = SensorMapping.create((640, 480), (128, 96), method="nearest")
+    assert mapping.crop == (0, 0, 640, 480)
+    for table, side in ((mapping.x_table, 128), (mapping.y_table, 96)):
+        used = table[table >= 0]
+        assert np.array_equal(np.sort(used), np.arange(side))  # each input pixel: one sensor pixel
+    assert mapping.x_table[2] == 0 and mapping.x_table[7] == 1 and mapping.x_table[0] == -1  # centres of 5-px cells
+
+
+def test_mapping_round_trip_with_another_sensor_and_errors() -> None:
+    mapping = SensorMapping.create((128, 128), (64, 64), flip_y=True, method="nearest")
+    stored = mapping.to_dict()
+    assert stored == {"input_width": 64, "input_height": 64, "method": "nearest", "flip_x": False, "flip_y": True}
+    assert SensorMapping.from_dict(stored, (128, 128)) == mapping
+    live = SensorMapping.from_dict(stored, SensorSize(346, 260))
+    assert live.sensor_size == (346, 260) and live.input_size == (64, 64) and live.flip_y
+    with pytest.raises(ValueError, match="upsampling"):
+        SensorMapping.create((64, 64), (128, 128))
+    with pytest.raises(ValueError, match="method"):
+        SensorMapping.create((64, 64), (32, 32), method="bilinear")
+    with pytest.raises(ValueError, match="flip_x"):
+        SensorMapping.create((64, 64), (32, 32), flip_x="yes")
+    with pytest.raises(ValueError, match="missing"):
+        SensorMapping.from_dict({"input_width": 64}, (128, 128))
+
+
+def rotating_dot(sensor: tuple[int, int], turns: float, duration_us: int, radius: float) -> np.ndarray:
+    """A dot turning clockwise on screen (x right, y down: the angle grows), 3x3 pixels per step."""
+    steps = np.arange(2_000)
+    angle = 2 * np.pi * turns * steps / len(steps)
+    cx = sensor[0] / 2 + radius * np.cos(angle)
+    cy = sensor[1] / 2 + radius * np.sin(angle)
+    dx, dy = np.meshgrid(np.arange(-1, 2), np.arange(-1, 2))
+    x = np.rint(cx[:, None] + dx.ravel()).astype(np.int16).ravel()
+    y = np.rint(cy[:, None] + dy.ravel()).astype(np.int16).ravel()
+    t = np.repeat(steps * duration_us // len(steps), 9)
+    return make_events(t, x, y, np.ones_like(t))
+
+
+def clockwise_turns(frames: np.ndarray) -> float:
+    """Signed turns of the ON centroid around the frame centre across bins (>0: clockwise on screen)."""
+    height, width = frames.shape[2:]
+    yy, xx = np.mgrid[0:height, 0:width]
+    on = frames[:, 1]
+    mass = on.sum(axis=(1, 2))
+    assert np.all(mass > 0)
+    cx = (on * xx).sum(axis=(1, 2)) / mass - (width - 1) / 2
+    cy = (on * yy).sum(axis=(1, 2)) / mass - (height - 1) / 2
+    return float(np.unwrap(np.arctan2(cy, cx))[-1] - np.arctan2(cy, cx)[0]) / (2 * np.pi)
+
+
+@pytest.mark.parametrize(
+    ("flip_x", "flip_y", "direction"), [(False, False, 1), (False, True, -1), (True, False, -1), (True, True, 1)]
+)
+@pytest.mark.parametrize("sensor", [(346, 260), (640, 480)])
+def test_flips_turn_clockwise_into_counter_clockwise(sensor, flip_x: bool, flip_y: bool, direction: int) -> None:
+    events = rotating_dot(sensor, turns=0.75, duration_us=160_000, radius=sensor[1] / 3)
+    mapping = SensorMapping.create(sensor, (128, 128), flip_x=flip_x, flip_y=flip_y)
+    frames = bin_window(events, mapping, WindowSpec(16, 10_000, 10_000), 0)
+    turns = clockwise_turns(frames)
+    assert turns == pytest.approx(direction * 0.75 * 15 / 16, abs=0.05)
+
+
+# --- streaming == offline -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize(
+    "spec", [WindowSpec(8, 1_000, 1_000), WindowSpec(5, 2_000, 4_000), WindowSpec(3, 1_000, 5_000), WindowSpec(1, 700, 700)]
+)
+def test_streaming_equals_offline_with_random_chunking(seed: int, spec: WindowSpec) -> None:
+    rng = np.random.default_rng(seed)
+    events = random_events(seed, 6_000, (32, 24), (int(rng.integers(0, 50_000)), 120_000))
+    # a silent stretch longer than the window in the middle
+    events["t"][events["t"] > 80_000] += 3 * spec.window_us
+    mapping = SensorMapping.create((32, 24), (16, 12))
+    binner = StreamingBinner(mapping, spec)
+    windows = []
+    for chunk in random_chunks(events, seed, int(rng.integers(1, 60))):
+        windows += binner.push(chunk, now_us=int(chunk["t"][-1]) if len(chunk) and rng.random() < 0.3 else None)
+    end_time = int(events["t"][-1]) + spec.window_us + spec.stride_us
+    windows += binner.push(empty_events(), now_us=end_time)
+    ends = [w.end_us for w in windows]
+    assert ends == sorted(set(ends)) and all(e % spec.stride_us == 0 for e in ends)
+    for window in windows:
+        expected = bin_window(events, mapping, spec, window.end_us - spec.window_us)
+        np.testing.assert_array_equal(window.frames, expected)
+        assert window.events == expected.sum()
+    # every grid end from the first event to the end is emitted, unless it lies wholly in the gap
+    first = events["t"][0] // spec.stride_us + 1
+    all_ends = np.arange(first, end_time // spec.stride_us + 1) * spec.stride_us
+    holds_data = [np.any((events["t"] >= e - spec.window_us) & (events["t"] < e)) for e in all_ends]
+    stats = binner.stats
+    assert stats.gaps >= 1 and stats.windows_in_gaps > 0
+    assert set(all_ends[holds_data]) <= set(ends)
+    assert stats.windows_emitted + stats.windows_in_gaps == len(all_ends)
+    # every event is accounted for exactly once
+    if spec.stride_us <= spec.window_us:
+        assert stats.events_binned == len(events) and stats.events_unused == 0
+    assert stats.events_binned + stats.events_unused == len(events)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_emit_latest_skips_cheaply_and_equals_offline(seed: int) -> None:
+    spec = WindowSpec(4, 1_000, 2_000)
+    events = random_events(seed, 20_000, (16, 16), (0, 200_000))
+    mapping = identity((16, 16))
+    binner = StreamingBinner(mapping, spec)
+    windows = []
+    for chunk in random_chunks(events, seed, 12):
+        latest = binner.push(chunk, emit="latest")
+        assert len(latest) <= 1
+        windows += latest
+    for window in windows:
+        np.testing.assert_array_equal(window.frames, bin_window(events, mapping, spec, window.end_us - spec.window_us))
+    stats = binner.stats
+    due = events["t"][-1] // spec.stride_us - events["t"][0] // spec.stride_us
+    assert stats.windows_emitted == len(windows) and stats.windows_emitted + stats.windows_skipped == due
+    assert stats.events_unused > 0 and stats.events_binned + stats.events_unused == len(events)
+
+
+def test_normalisation_identical_in_both_modes() -> None:
+    events = random_events(5, 30_000, (8, 8), (0, 40_000))
+    mapping = identity((8, 8))
+    spec = WindowSpec(4, 5_000, 5_000)
+    for norm in ({"kind": "clip", "max": 8}, {"kind": "log1p"}):
+        binner = StreamingBinner(mapping, spec, normalisation=norm)
+        windows = binner.push(events, now_us=50_000)
+        assert windows
+        for window in windows:
+            start = window.end_us - spec.window_us
+            raw = bin_window(events, mapping, spec, start)
+            assert raw.max() > 8
+            np.testing.assert_array_equal(window.frames, bin_window(events, mapping, spec, start, normalisation=norm))
+            np.testing.assert_array_equal(window.frames, apply_normalisation(raw.copy(), norm))
+    assert check_normalisation(None) is None
+    for bad in ({"kind": "clip"}, {"kind": "clip", "max": 0}, {"kind": "zscore"}, "log1p"):
+        with pytest.raises(ValueError, match="normalisation|clip"):
+            check_normalisation(bad)
+
+
+# --- bad input ----------------------------------------------------------------------------------
+
+
+def test_out_of_sensor_and_bad_polarity_dropped_and_counted() -> None:
+    spec = WindowSpec(2, 100, 100)
+    binner = StreamingBinner(identity((10, 10)), spec)
+    events = make_events([0, 10, 20, 30, 40, 50], [1, 10, -1, 2, 3, 4], [1, 1, 1, 10, 3, 4], [1, 1, 0, 0, -1, 0])
+    (window,) = binner.push(events, now_us=100)
+    assert binner.stats.dropped_out_of_sensor == 3 and binner.stats.dropped_bad_polarity == 1
+    assert binner.stats.events_binned == 2 and window.events == 2
+    assert window.frames[1, 1, 1, 1] == 1 and window.frames[1, 0, 4, 4] == 1 and window.frames.sum() == 2
+
+
+def test_backwards_timestamps_dropped_never_binned() -> None:
+    spec = WindowSpec(4, 100, 100)
+    mapping = identity((4, 4))
+    binner = StreamingBinner(mapping, spec)
+    first = make_events([1_000, 1_050, 1_150], [0, 0, 0], [0, 0, 0], [1, 1, 1])
+    assert [w.end_us for w in binner.push(first)] == [1_100]
+    backwards = make_events([1_100, 1_200, 1_160, 1_300, 900], [1, 1, 2, 1, 3], [1, 1, 2, 1, 3], [0, 0, 0, 0, 0])
+    windows = binner.push(backwards) + binner.push(empty_events(), now_us=1_300)
+    assert binner.stats.dropped_backwards == 3  # 1_100 < 1_150, 1_160 < 1_200, 900
+    assert binner.push(empty_events(), now_us=1_250) == []  # now going backwards is ignored
+    kept = make_events([1_000, 1_050, 1_150, 1_200, 1_300], [0, 0, 0, 1, 1], [0, 0, 0, 1, 1], [1, 1, 1, 0, 0])
+    assert [w.end_us for w in windows] == [1_200, 1_300]
+    for window in windows:
+        np.testing.assert_array_equal(window.frames, bin_window(kept, mapping, spec, window.end_us - spec.window_us))
+    assert windows[-1].frames[:, :, 2, 2].sum() == 0 and windows[-1].frames[:, :, 3, 3].sum() == 0
+
+
+def test_one_hour_jump_is_bounded_work_and_clears_the_ring() -> None:
+    spec = WindowSpec(16, 1_000, 1_000)
+    mapping = identity((8, 8))
+    binner = StreamingBinner(mapping, spec)
+    before = random_events(1, 1_000, (8, 8), (0, 50_000))
+    binner.push(before)
+    hour = 3_600_000_000
+    after = make_events([hour + 10, hour + 500, hour + 1_500], [1, 2, 3], [1, 2, 3], [1, 1, 1])
+    started = time.perf_counter()
+    windows = binner.push(after)
+    assert time.perf_counter() - started < 0.5  # not one window per millisecond of the hour
+    stats = binner.stats
+    assert stats.gaps == 1 and stats.windows_in_gaps > 3_500_000
+    # windows holding the data before the gap are emitted, then only the one after it
+    assert len(windows) == 16 + 1 and windows[15].end_us == 65_000 and windows[-1].end_us == hour + 1_000
+    last = windows[-1]
+    assert last.events == 2 and last.frames.sum() == 2  # the ring was cleared: nothing from before the hour
+    np.testing.assert_array_equal(last.frames, bin_window(after, mapping, spec, hour + 1_000 - spec.window_us))
+    # a now_us jump of an hour with no events: same, bounded
+    windows = binner.push(empty_events(), now_us=2 * hour)
+    assert stats.gaps == 2 and len(windows) == 16
+    assert windows[-1].end_us == hour + 17_000 and windows[-1].frames.sum() == 1
+
+
+def test_empty_chunks_and_now_us_advance_time() -> None:
+    spec = WindowSpec(4, 10, 10)
+    binner = StreamingBinner(identity((4, 4)), spec)
+    assert binner.push(empty_events()) == []
+    assert binner.push(empty_events(), now_us=100) == []  # the first time seen: nothing before it
+    assert [w.end_us for w in binner.push(empty_events(), now_us=135)] == [110, 120, 130]
+    binner.push(make_events([137], [1], [1], [1]))
+    (window,) = binner.push(empty_events(), now_us=140)
+    assert window.end_us == 140 and window.events == 1 and window.frames[3, 1, 1, 1] == 1
+    with pytest.raises(ValueError, match="emit"):
+        binner.push(empty_events(), emit="oldest")
+
+
+def test_warmup_and_window_emission_shapes() -> None:
+    warmup()
+    spec = WindowSpec(16, 1_000, 1_000)
+    binner = StreamingBinner(SensorMapping.create((346, 260), (128, 128)), spec)
+    windows = binner.push(random_events(2, 10_000, (346, 260), (0, 20_000)), now_us=20_000)
+    assert all(w.frames.shape == (16, 2, 128, 128) and w.frames.dtype == np.float32 for w in windows)
+    assert not np.shares_memory(windows[0].frames, windows[1].frames)
+
+
+# --- CLI ----------------------------------------------------------------------------------------
+
+
+def test_cli_bad_arguments_give_one_error_line(capsys) -> None:
+    from stream.__main__ import main as dispatcher
+
+    assert dispatcher(["frames", "missing.aedat4", "--bins", "0", "--bin-us", "10", "--out", "x.npy"]) == 2
+    assert "WindowSpec.bins" in capsys.readouterr().err
+    assert dispatcher(["frames", "x", "--bins", "2", "--bin-us", "10", "--size", "12by3", "--out", "x.npy"]) == 2
+    assert capsys.readouterr().err.startswith("error:")
+    with pytest.raises(ValueError, match="--out"):
+        main(["frames", "in.aedat4", "--bins", "2", "--bin-us", "10"])
+
+
+def test_cli_writes_frames_of_one_window(tmp_path) -> None:
+    pytest.importorskip("stream.files")
+    from stream.__main__ import main as dispatcher
+    from stream.aedat4 import write_aedat4
+
+    events = random_events(9, 50_000, (346, 260), (1_000, 500_000))
+    path = tmp_path / "rec.aedat4"
+    write_aedat4(path, events, SensorSize(346, 260))
+    out = tmp_path / "frames.npy"
+    argv = ["frames", str(path), "--bins", "8", "--bin-us", "10000", "--start-us", "200000", "--size", "64x64",
+            "--flip-y", "--out", str(out)]  # fmt: skip
+    assert dispatcher(argv) == 0
+    frames = np.load(out, allow_pickle=False)
+    mapping = SensorMapping.create((346, 260), (64, 64), flip_y=True)
+    np.testing.assert_array_equal(frames, bin_window(events, mapping, WindowSpec(8, 10_000, 10_000), 200_000))
+    assert dispatcher(["frames", str(tmp_path / "nope.aedat4"), "--bins", "8", "--bin-us", "10", "--out", str(out)]) == 2
