@@ -93,14 +93,14 @@ def rechunk(pieces: Iterable[np.ndarray], chunk_events: int) -> Iterator[np.ndar
         held_count += len(piece)
         if held_count < chunk_events:
             continue
-        merged = np.concatenate(held) if len(held) > 1 else held[0]
+        merged = np.concatenate(held, dtype=EVENT_DTYPE) if len(held) > 1 else held[0]
         cut = (len(merged) // chunk_events) * chunk_events
         for start in range(0, cut, chunk_events):
             yield merged[start : start + chunk_events]
         held = [merged[cut:]]
         held_count = len(merged) - cut
     if held_count:
-        yield np.concatenate(held)
+        yield np.concatenate(held, dtype=EVENT_DTYPE)
 
 
 class Aedat31Reader:
@@ -225,7 +225,7 @@ class Aedat31Reader:
     def read_all(self) -> np.ndarray:
         """All polarity events of the file in one array."""
         pieces = list(self.packets())
-        return np.concatenate(pieces) if pieces else empty_events()
+        return np.concatenate(pieces, dtype=EVENT_DTYPE) if pieces else empty_events()
 
     def close(self) -> None:
         self._file.close()
@@ -285,6 +285,79 @@ def aedat31_header(sensor_size: SensorSize, start_time: str | None = None) -> by
     return ("\r\n".join(lines) + "\r\n").encode("ascii")
 
 
+class Aedat31Writer:
+    """Streams polarity events into an AEDAT 3.1 file. A context manager.
+
+    ``with Aedat31Writer(path, SensorSize(128, 128)) as writer: writer.write(events)`` (repeatedly).
+    Each ``write`` appends packets of at most ``packet_events`` events; a packet never spans a change
+    of ``t >> 31`` (its eventTSOverflow). The header mimics jAER/cAER DVS128 files and the bytes
+    depend only on the arguments (``start_time``, e.g. ``"2017-04-24 12:25:37 (TZ+0200)"``, is
+    written only when given).
+
+    Args:
+        path: the .aedat file to create (overwritten).
+        sensor_size: width, height in pixels (at most 8192 each).
+        packet_events: most events per packet.
+        start_time: optional ``#Start-Time`` header text.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        sensor_size: SensorSize,
+        *,
+        packet_events: int = 8192,
+        start_time: str | None = None,
+    ) -> None:
+        self.sensor_size = SensorSize(*sensor_size).validated()
+        if self.sensor_size.width > MAX_COORDINATE + 1 or self.sensor_size.height > MAX_COORDINATE + 1:
+            raise ValueError(f"sensor {self.sensor_size} does not fit AEDAT 3.1's 13-bit coordinates (max 8192)")
+        if packet_events < 1:
+            raise ValueError(f"packet_events must be >= 1, got {packet_events}")
+        self.packet_events = packet_events
+        header = aedat31_header(self.sensor_size, start_time)
+        self._file: BinaryIO = open(path, "wb")  # noqa: SIM115 - closed by close()
+        self._file.write(header)
+
+    def write(self, events: np.ndarray) -> None:
+        """Append events (t in microseconds, >= 0; coordinates on the sensor)."""
+        check_events(events)
+        _check_ranges(events, self.sensor_size)
+        raw = np.empty(len(events), dtype=_RAW_POLARITY)
+        raw["data"] = (
+            (events["x"].astype(np.uint32) << 17)
+            | (events["y"].astype(np.uint32) << 2)
+            | ((events["p"] != 0).astype(np.uint32) << 1)
+            | np.uint32(1)
+        )
+        raw["ts"] = (events["t"] & ((1 << TIMESTAMP_BITS) - 1)).astype(np.uint32)
+        overflow = events["t"] >> TIMESTAMP_BITS
+        # Packet starts: every change of overflow, then every packet_events within a run.
+        run_starts = np.flatnonzero(np.diff(overflow)) + 1
+        run_bounds = [0, *run_starts.tolist(), len(events)] if len(events) else [0]
+        raw_bytes = memoryview(raw).cast("B")
+        for run_start, run_end in zip(run_bounds[:-1], run_bounds[1:]):
+            run_overflow = int(overflow[run_start])
+            for start in range(run_start, run_end, self.packet_events):
+                count = min(self.packet_events, run_end - start)
+                self._file.write(
+                    PACKET_HEADER.pack(
+                        POLARITY_EVENT_TYPE, 1, POLARITY_EVENT_SIZE, POLARITY_TS_OFFSET,
+                        run_overflow, count, count, count,
+                    )
+                )
+                self._file.write(raw_bytes[start * POLARITY_EVENT_SIZE : (start + count) * POLARITY_EVENT_SIZE])
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> "Aedat31Writer":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
 def write_aedat31(
     path: str | os.PathLike,
     events: np.ndarray,
@@ -296,44 +369,11 @@ def write_aedat31(
     """Write events (t in microseconds, >= 0) as an AEDAT 3.1 file of polarity packets.
 
     The header mimics jAER/cAER DVS128 files; the bytes depend only on the arguments
-    (``start_time``, e.g. ``"2017-04-24 12:25:37 (TZ+0200)"``, is written only when given).
-    A packet never spans a change of ``t >> 31`` (its eventTSOverflow).
+    (``start_time`` is written only when given). See ``Aedat31Writer``.
     """
-    check_events(events)
-    sensor_size = SensorSize(*sensor_size).validated()
-    if sensor_size.width > MAX_COORDINATE + 1 or sensor_size.height > MAX_COORDINATE + 1:
-        raise ValueError(f"sensor {sensor_size} does not fit AEDAT 3.1's 13-bit coordinates (max 8192)")
-    if packet_events < 1:
-        raise ValueError(f"packet_events must be >= 1, got {packet_events}")
-    _check_ranges(events, sensor_size)
-    header = aedat31_header(sensor_size, start_time)
-
-    raw = np.empty(len(events), dtype=_RAW_POLARITY)
-    raw["data"] = (
-        (events["x"].astype(np.uint32) << 17)
-        | (events["y"].astype(np.uint32) << 2)
-        | ((events["p"] != 0).astype(np.uint32) << 1)
-        | np.uint32(1)
-    )
-    raw["ts"] = (events["t"] & ((1 << TIMESTAMP_BITS) - 1)).astype(np.uint32)
-    overflow = events["t"] >> TIMESTAMP_BITS
-    # Packet starts: every change of overflow, then every packet_events within a run.
-    run_starts = np.concatenate(([0], np.flatnonzero(np.diff(overflow)) + 1)) if len(events) else np.array([], int)
-    run_ends = np.append(run_starts[1:], len(events))
-    raw_bytes = memoryview(raw).cast("B")
-    with open(path, "wb") as file:
-        file.write(header)
-        for run_start, run_end in zip(run_starts.tolist(), run_ends.tolist()):
-            run_overflow = int(overflow[run_start])
-            for start in range(run_start, run_end, packet_events):
-                count = min(packet_events, run_end - start)
-                file.write(
-                    PACKET_HEADER.pack(
-                        POLARITY_EVENT_TYPE, 1, POLARITY_EVENT_SIZE, POLARITY_TS_OFFSET,
-                        run_overflow, count, count, count,
-                    )
-                )
-                file.write(raw_bytes[start * POLARITY_EVENT_SIZE : (start + count) * POLARITY_EVENT_SIZE])
+    _check_ranges(check_events(events), SensorSize(*sensor_size))  # before the file is created
+    with Aedat31Writer(path, sensor_size, packet_events=packet_events, start_time=start_time) as writer:
+        writer.write(events)
 
 
 def _check_ranges(events: np.ndarray, sensor_size: SensorSize) -> None:

@@ -1,0 +1,242 @@
+"""One entry point for event files, and ``python -m stream info|convert``.
+
+Formats, recognised by their first bytes (never by extension alone):
+
+    aedat4      ``#!AER-DAT4.0``   iniVation DV recordings (stream.aedat4)
+    aedat3.1    ``#!AER-DAT3.``    DVS128 Gesture's original files (stream.aedat31)
+    tonic-npy   ``\\x93NUMPY``      tonic's preprocessed DVSGesture samples (stream.tonic_npy)
+
+``open_events`` yields canonical event chunks (``stream.events.EVENT_DTYPE``, t in microseconds)
+of at most ``chunk_events`` events, in file order, and guarantees that timestamps never decrease
+(within and across chunks): a file that goes back in time raises ``EventFormatError`` naming the
+event. Memory is bounded by one chunk plus one packet of the file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from stream.aedat4 import Aedat4Reader, Aedat4Writer
+from stream.aedat31 import Aedat31Reader, Aedat31Writer
+from stream.events import EVENT_DTYPE, EventFormatError, SensorSize, empty_events
+from stream.tonic_npy import TonicNpyReader, write_tonic_npy
+
+READERS = {
+    "aedat4": (b"#!AER-DAT4.0", Aedat4Reader),
+    "aedat3.1": (b"#!AER-DAT3.", Aedat31Reader),
+    "tonic-npy": (b"\x93NUMPY", TonicNpyReader),
+}
+OUTPUT_FORMATS = {".aedat4": "aedat4", ".aedat": "aedat3.1", ".npy": "tonic-npy"}
+
+
+def detect_format(path: str | os.PathLike) -> str:
+    """The format of an event file from its magic bytes; EventFormatError if none matches."""
+    path = Path(path)
+    if path.is_dir():
+        raise EventFormatError(f"{path} is a directory, not an event file")
+    if not path.exists():
+        raise EventFormatError(f"{path}: no such file")
+    with open(path, "rb") as file:
+        head = file.read(16)
+    if not head:
+        raise EventFormatError(f"{path}: empty file")
+    for name, (magic, _reader) in READERS.items():
+        if head.startswith(magic):
+            return name
+    raise EventFormatError(f"{path}: unknown event file format (first bytes {head!r}); expected AEDAT4, AEDAT 3.1 or .npy")
+
+
+class EventFileReader:
+    """An open event file of any supported format. A context manager; iterate for event chunks.
+
+    Attributes: ``format`` ("aedat4", "aedat3.1", "tonic-npy"), ``sensor_size`` (pixels),
+    ``camera`` (str or ""), ``damage`` ("" or, after an ``allow_truncated`` read stopped early,
+    what was wrong).
+    """
+
+    def __init__(self, path: str | os.PathLike, *, chunk_events: int = 1 << 18, allow_truncated: bool = False) -> None:
+        if chunk_events < 1:
+            raise ValueError(f"chunk_events must be >= 1, got {chunk_events}")
+        self.path = Path(path)
+        self.format = detect_format(self.path)
+        self.chunk_events = chunk_events
+        self._reader = READERS[self.format][1](self.path, allow_truncated=allow_truncated)
+        self.sensor_size: SensorSize = self._reader.sensor_size
+        self.camera: str = self._reader.camera
+
+    @property
+    def damage(self) -> str:
+        return self._reader.damage
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        last_t = None
+        index = 0
+        for chunk in self._reader.chunks(self.chunk_events):
+            if not len(chunk):
+                continue
+            t = chunk["t"]
+            backwards = np.flatnonzero(t[1:] < t[:-1])
+            if last_t is not None and t[0] < last_t:
+                backwards = np.array([-1])
+            if len(backwards):
+                at = int(backwards[0]) + 1
+                before = last_t if at == 0 else int(t[at - 1])
+                raise EventFormatError(
+                    f"{self.path}: timestamps go back in time at event {index + at} ({before} -> {int(t[at])} µs)"
+                )
+            last_t = int(t[-1])
+            index += len(chunk)
+            yield chunk
+
+    def close(self) -> None:
+        self._reader.close()
+
+    def __enter__(self) -> "EventFileReader":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def open_events(path: str | os.PathLike, *, chunk_events: int = 1 << 18, allow_truncated: bool = False) -> EventFileReader:
+    """Open an AEDAT4, AEDAT 3.1 or tonic .npy file (format from its magic bytes)."""
+    return EventFileReader(path, chunk_events=chunk_events, allow_truncated=allow_truncated)
+
+
+def read_events(path: str | os.PathLike, *, allow_truncated: bool = False) -> tuple[np.ndarray, SensorSize]:
+    """A whole event file in memory: canonical events (t in µs) and the sensor size."""
+    with open_events(path, allow_truncated=allow_truncated) as reader:
+        chunks = list(reader)
+        return (np.concatenate(chunks, dtype=EVENT_DTYPE) if chunks else empty_events()), reader.sensor_size
+
+
+def file_info(path: str | os.PathLike, *, allow_truncated: bool = False) -> dict:
+    """What a file holds (reads it once, bounded memory).
+
+    Keys: format, camera, width, height (pixels), events, t_start_us, t_end_us (None when empty),
+    duration_s, event_rate (events per second, 0 when the duration is 0), damage ("" if none).
+    """
+    events = 0
+    t_start = t_end = None
+    with open_events(path, allow_truncated=allow_truncated) as reader:
+        for chunk in reader:
+            if t_start is None:
+                t_start = int(chunk["t"][0])
+            t_end = int(chunk["t"][-1])
+            events += len(chunk)
+        duration_s = (t_end - t_start) / 1e6 if events else 0.0
+        return {
+            "path": str(path),
+            "format": reader.format,
+            "camera": reader.camera,
+            "width": reader.sensor_size.width,
+            "height": reader.sensor_size.height,
+            "events": events,
+            "t_start_us": t_start,
+            "t_end_us": t_end,
+            "duration_s": duration_s,
+            "event_rate": events / duration_s if duration_s > 0 else 0.0,
+            "damage": reader.damage,
+        }
+
+
+def convert(
+    source: str | os.PathLike, target: str | os.PathLike, *, allow_truncated: bool = False, camera_name: str | None = None
+) -> dict:
+    """Convert an event file; the output format comes from the target's extension.
+
+    ``.aedat4`` and ``.aedat`` (AEDAT 3.1) stream chunk by chunk; ``.npy`` (tonic) holds the whole
+    sample in memory and needs a 128x128 input. A failed conversion removes the partial output.
+    Returns ``file_info``-like counts: format, events.
+    """
+    source, target = Path(source), Path(target)
+    out_format = OUTPUT_FORMATS.get(target.suffix.lower())
+    if out_format is None:
+        raise ValueError(f"{target}: output extension must be one of {sorted(OUTPUT_FORMATS)}")
+    if target.exists() and source.exists() and target.resolve() == source.resolve():
+        raise ValueError(f"{target}: output would overwrite the input")
+    with open_events(source, allow_truncated=allow_truncated) as reader:
+        camera = camera_name or reader.camera or "spikeformer-live"
+        events = 0
+        try:
+            if out_format == "tonic-npy":
+                chunks = list(reader)
+                if reader.sensor_size != SensorSize(128, 128):
+                    raise ValueError(f"tonic .npy holds 128x128 samples; {source} is {reader.sensor_size}")
+                all_events = np.concatenate(chunks, dtype=EVENT_DTYPE) if chunks else empty_events()
+                write_tonic_npy(target, all_events)
+                events = len(all_events)
+            else:
+                writer = (
+                    Aedat4Writer(target, reader.sensor_size, camera)
+                    if out_format == "aedat4"
+                    else Aedat31Writer(target, reader.sensor_size)
+                )
+                with writer:
+                    for chunk in reader:
+                        writer.write(chunk)
+                        events += len(chunk)
+        except BaseException:
+            target.unlink(missing_ok=True)
+            raise
+        return {"format": out_format, "events": events, "damage": reader.damage}
+
+
+class _ArgumentParser(argparse.ArgumentParser):
+    """argparse that reports bad arguments as a ValueError (one ``error:`` line from the dispatcher)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise ValueError(f"{self.prog}: {message}")
+
+
+def main(argv: list[str]) -> int:
+    """``info PATH [--json] [--allow-truncated]`` or ``convert IN OUT [--allow-truncated]``."""
+    command, rest = argv[0], argv[1:]
+    parser = _ArgumentParser(prog=f"python -m stream {command}")
+    parser.add_argument("--allow-truncated", action="store_true", help="use every complete packet of a damaged file")
+    if command == "info":
+        parser.add_argument("path")
+        parser.add_argument("--json", action="store_true", help="print one JSON object")
+        args = parser.parse_args(rest)
+        info = file_info(args.path, allow_truncated=args.allow_truncated)
+        if args.json:
+            print(json.dumps(info))
+        else:
+            print(_format_info(info))
+        return 0
+    if command == "convert":
+        parser.add_argument("source")
+        parser.add_argument("target")
+        args = parser.parse_args(rest)
+        result = convert(args.source, args.target, allow_truncated=args.allow_truncated)
+        print(f"wrote {result['events']} events to {args.target} ({result['format']})")
+        if result["damage"]:
+            print(f"warning: input damaged, stopped early: {result['damage']}", file=sys.stderr)
+        return 0
+    raise ValueError(f"unknown command {command!r} (expected info or convert)")
+
+
+def _format_info(info: dict) -> str:
+    lines = [
+        f"path:       {info['path']}",
+        f"format:     {info['format']}",
+        f"camera:     {info['camera'] or '(not named)'}",
+        f"sensor:     {info['width']}x{info['height']} pixels",
+        f"events:     {info['events']}",
+    ]
+    if info["events"]:
+        lines += [
+            f"time:       {info['t_start_us']} .. {info['t_end_us']} µs",
+            f"duration:   {info['duration_s']:.6f} s",
+            f"event rate: {info['event_rate'] / 1e6:.3f} M events/s",
+        ]
+    if info["damage"]:
+        lines.append(f"damage:     {info['damage']}")
+    return "\n".join(lines)
