@@ -1,0 +1,704 @@
+"""Training and evaluation data: labelled event recordings -> fixed-length binned windows.
+
+Data specs (``--data SPEC``):
+
+* ``sim:DIR`` - a data set written by ``python -m stream simulate`` (DVS128 Gesture layout);
+  ``sim:N`` - N simulated samples, generated once into the cache directory (``sim/``).
+* ``dvsgesture:DIR`` - the original DVS128 Gesture files: ``userNN_<lighting>.aedat`` (AEDAT 3.1),
+  ``userNN_<lighting>_labels.csv``, ``trials_to_train.txt`` / ``trials_to_test.txt``.
+* ``tonic:DIR`` - tonic's preprocessed layout ``ibmGesture{Train,Test}/userNN_<lighting>/<label>.npy``
+  (one gesture per file, label 0-based in the file name).
+* ``folder:CSV`` - your own recordings: a CSV with columns ``file,class,start_us,end_us`` and an
+  optional ``split`` (``train``/``test``); ``file`` is relative to the CSV's folder (any format
+  ``stream.files.read_events`` reads, usually AEDAT4), ``class`` a name or a 0-based index into
+  ``stream.classes.GESTURE_CLASSES``. Without a ``split`` column a row goes to the test split when
+  ``sha256(file, start_us)`` falls in the last ``FOLDER_TEST_PERCENT`` percent (deterministic).
+
+Splits: the trials files (sim, dvsgesture), the folder name (tonic), the ``split`` column or the
+hash (folder).
+
+Orientation. The canonical events of this project have their origin at the TOP-LEFT (y down), like
+every iniVation camera through dv-processing and AEDAT4. DVS128 Gesture does not: jAER's DVS128
+address format puts (0, 0) in the LOWER-left corner (iniVation's AEDAT 1.0/2.0/3.1 documentation:
+"Y address ... (0, 0) in the lower left corner"), and the data set's AEDAT 3.1 files store those raw
+addresses. The loaders that read them keep the raw y: SpikingJelly's ``DVS128Gesture`` decodes
+``y = (data >> 2) & 0x1FFF`` with no flip, tonic's ``DVSGesture`` only converts its ``.npy`` time
+column from ms to us (its preprocessed files were cut from the same AEDAT 3.1 recordings), so
+a plain ``imshow`` of either shows the subjects upside down. The simulator writes its files like
+jAER (y flipped). ``ORIENTATION`` records this; every source is turned to top-left (``y ->
+height-1-y`` where needed) BEFORE binning, so the model learns upright people, and the checkpoint
+stores ``flip_x = flip_y = False``: a top-left camera (DVXplorer, DAVIS via dv-processing, the live
+simulator) needs no flip to see what the model was trained on.
+
+Windows. A sample is one window of ``WindowSpec.bins x bin_us`` cut from a labelled segment and
+binned by ``stream.binning.bin_window`` with the ``SensorMapping`` and normalisation stored in the
+checkpoint - the same kernel the live pipeline uses. Windows lie entirely inside their segment
+(segments shorter than a window are skipped and counted). Evaluation takes ``eval_windows``
+evenly spaced, fixed positions per segment. Training draws ``train_windows`` random positions per
+segment once (seeded; a pool cached on disk) and each epoch picks one of them per segment.
+
+Time stretch (training pool only): a pool window may cover ``s * window_us`` of the recording,
+``s`` uniform in ``[1 - max_stretch, 1 + max_stretch]``, its timestamps rescaled by ``1/s`` before
+binning (a faster or slower gesture).
+
+Cache. Binned windows are stored as raw counts (uint8/uint16) in ``.npz`` files under
+``<cache>/windows/``, one per recording and role, named by a SHA-256 of everything that changes them:
+the cache format version, the source file's path, size and mtime, its orientation, the segments,
+the window positions (role, count, seed, stretch), the ``WindowSpec`` and the mapping. Normalisation
+is applied when a window is read (it does not change the cache). Files are read with
+``allow_pickle=False`` and written atomically.
+
+Augmentation (training only, seeded per epoch and sample): left-right flip with the class swapped
+through ``MIRRORED_CLASS`` (only for the DVS128 Gesture classes), random shifts of up to
+``max_shift_px`` input pixels (zero fill), event drop-out as binomial thinning of the counts (the
+same as dropping each event independently), and the pool's time stretch.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+import torch
+
+from stream.binning import SensorMapping, WindowSpec, apply_normalisation, bin_window, check_normalisation
+from stream.classes import GESTURE_CLASSES, MIRRORED_CLASS
+from stream.events import EventFormatError, GestureSegment, SensorSize, check_events
+
+SOURCE_KINDS = ("sim", "dvsgesture", "tonic", "folder")
+ORIENTATION = {"dvsgesture": "bottom-left", "tonic": "bottom-left", "sim": "bottom-left", "folder": "top-left"}
+SPLITS = ("train", "test")
+CACHE_FORMAT_VERSION = 1
+DEFAULT_CACHE_DIR = Path.home() / ".cache" / "spikeformer-live"
+WINDOW_ARRAYS = ("frames", "labels", "segments", "starts_us", "stretches", "skipped")
+DEFAULT_NORMALISATION: dict[str, Any] = {"kind": "log1p"}
+FOLDER_TEST_PERCENT = 20
+SIM_SENSOR = SensorSize(128, 128)
+MAX_SIM_SAMPLES = 100_000
+WHOLE_FILE_END_US = 1 << 62  # a segment end meaning "to the end of the recording"
+
+
+# --- data specs and recordings ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """A parsed ``--data`` value: ``kind`` (one of ``SOURCE_KINDS``) and its location text."""
+
+    kind: str
+    location: str
+
+    @classmethod
+    def parse(cls, text: str) -> "DataSpec":
+        """Parse ``KIND:LOCATION`` (``sim:DIR``, ``sim:N``, ``dvsgesture:DIR``, ``tonic:DIR``, ``folder:CSV``)."""
+        kind, sep, location = str(text).partition(":")
+        if not sep or kind not in SOURCE_KINDS or not location:
+            raise ValueError(
+                f"data spec must be KIND:LOCATION with KIND one of {', '.join(SOURCE_KINDS)} "
+                f"(e.g. sim:1200, dvsgesture:DIR, tonic:DIR, folder:labels.csv), got {text!r}"
+            )
+        return cls(kind, location)
+
+    def __str__(self) -> str:
+        return f"{self.kind}:{self.location}"
+
+
+@dataclass(frozen=True)
+class Recording:
+    """One labelled event file: its source kind (sets the orientation), path, split and segments
+    (0-based labels, times in microseconds; ``end_us == WHOLE_FILE_END_US`` means "to the end")."""
+
+    kind: str
+    path: Path
+    split: str
+    segments: tuple[GestureSegment, ...]
+
+    @property
+    def orientation(self) -> str:
+        return ORIENTATION[self.kind]
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """Recordings of a data spec and the class names their labels index."""
+
+    spec: DataSpec
+    recordings: tuple[Recording, ...]
+    classes: tuple[str, ...]
+
+    def split(self, name: str) -> list[Recording]:
+        if name not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {name!r}")
+        return [recording for recording in self.recordings if recording.split == name]
+
+
+def open_source(spec: DataSpec | str, *, cache_dir: Path | str | None = None, sim_seed: int = 0) -> DataSource:
+    """List the recordings of a data spec (``sim:N`` generates its data set into the cache first)."""
+    spec = DataSpec.parse(spec) if isinstance(spec, str) else spec
+    cache_dir = Path(cache_dir) if cache_dir is not None else DEFAULT_CACHE_DIR
+    if spec.kind == "sim":
+        directory = (
+            simulated_dataset(int(spec.location), cache_dir, seed=sim_seed)
+            if spec.location.isdigit()
+            else Path(spec.location)
+        )
+        recordings = _gesture_dir_recordings(directory, "sim")
+        classes = GESTURE_CLASSES
+    elif spec.kind == "dvsgesture":
+        recordings = _gesture_dir_recordings(Path(spec.location), "dvsgesture")
+        classes = GESTURE_CLASSES
+    elif spec.kind == "tonic":
+        recordings = _tonic_recordings(Path(spec.location))
+        classes = GESTURE_CLASSES
+    else:
+        recordings, classes = _folder_recordings(Path(spec.location))
+    if not recordings:
+        raise ValueError(f"data spec {spec}: found no labelled recordings")
+    return DataSource(spec, tuple(recordings), tuple(classes))
+
+
+def simulated_dataset(samples: int, cache_dir: Path, *, seed: int = 0, sensor_size: SensorSize = SIM_SENSOR) -> Path:
+    """The directory of a simulated data set of ``samples`` gestures; written once (atomically)."""
+    if not 1 <= samples <= MAX_SIM_SAMPLES:
+        raise ValueError(f"sim:N needs 1 <= N <= {MAX_SIM_SAMPLES}, got {samples}")
+    from stream.simulator import write_dataset  # the simulator is only needed here
+
+    directory = Path(cache_dir) / "sim" / f"n{samples}-seed{seed}-{sensor_size}"
+    if (directory / "trials_to_train.txt").is_file():
+        return directory
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=directory.name + ".tmp-", dir=directory.parent))
+    write_dataset(staging, samples=samples, seed=seed, sensor_size=sensor_size)
+    try:
+        os.replace(staging, directory)
+    except OSError:  # another process finished first
+        if not (directory / "trials_to_train.txt").is_file():
+            raise
+    return directory
+
+
+def _gesture_dir_recordings(directory: Path, kind: str) -> list[Recording]:
+    """Recordings of a DVS128-Gesture-layout directory (trials lists + labels CSVs)."""
+    from stream.aedat31 import read_gesture_labels, read_trials
+
+    if not directory.is_dir():
+        raise ValueError(f"{kind} data: {directory} is not a directory")
+    recordings = []
+    for split in SPLITS:
+        trials = directory / f"trials_to_{split}.txt"
+        if not trials.is_file():
+            raise ValueError(f"{kind} data: {trials} is missing (DVS128 Gesture layout expected)")
+        for name in read_trials(trials):
+            path = directory / name
+            labels = path.with_name(path.stem + "_labels.csv")
+            if not path.is_file() or not labels.is_file():
+                raise ValueError(f"{kind} data: {trials.name} lists {name} but {path} or {labels.name} is missing")
+            recordings.append(Recording(kind, path, split, tuple(read_gesture_labels(labels))))
+    return recordings
+
+
+def _tonic_recordings(directory: Path) -> list[Recording]:
+    """Recordings of tonic's preprocessed DVSGesture layout: one gesture (whole file) per .npy."""
+    recordings = []
+    for split, folder in (("train", "ibmGestureTrain"), ("test", "ibmGestureTest")):
+        root = directory / folder
+        if not root.is_dir():
+            raise ValueError(f"tonic data: {root} is missing (expected ibmGestureTrain/ and ibmGestureTest/)")
+        for path in sorted(root.glob("*/*.npy")):
+            if not path.stem.isdigit() or not 0 <= int(path.stem) < len(GESTURE_CLASSES):
+                raise ValueError(f"tonic data: {path} is not named <label>.npy with label 0..{len(GESTURE_CLASSES) - 1}")
+            segment = GestureSegment(int(path.stem), 0, WHOLE_FILE_END_US)
+            recordings.append(Recording("tonic", path, split, (segment,)))
+    return recordings
+
+
+def _folder_recordings(csv_path: Path) -> tuple[list[Recording], tuple[str, ...]]:
+    """Recordings and classes of a ``folder:CSV`` spec (see the module docstring)."""
+    if not csv_path.is_file():
+        raise ValueError(f"folder data: {csv_path} is not a file")
+    with open(csv_path, newline="", encoding="utf-8") as file:
+        reader = csv.DictReader(file)
+        columns = [name.strip() for name in reader.fieldnames or []]
+        missing = {"file", "class", "start_us", "end_us"} - set(columns)
+        if missing:
+            raise ValueError(f"{csv_path}: missing column(s) {sorted(missing)} (need file,class,start_us,end_us[,split])")
+        rows = [{key.strip(): (value or "").strip() for key, value in row.items() if key} for row in reader]
+    class_texts = [row["class"] for row in rows]
+    classes, to_index = _folder_classes(csv_path, class_texts)
+    grouped: dict[tuple[Path, str], list[GestureSegment]] = {}
+    for number, row in enumerate(rows, start=2):
+        where = f"{csv_path}, line {number}"
+        try:
+            start_us, end_us = int(row["start_us"]), int(row["end_us"])
+        except ValueError:
+            raise ValueError(f"{where}: start_us and end_us must be integers (µs), got {row['start_us']!r}, {row['end_us']!r}") from None
+        if not 0 <= start_us < end_us:
+            raise ValueError(f"{where}: need 0 <= start_us < end_us, got {start_us}, {end_us}")
+        path = (csv_path.parent / row["file"]).resolve()
+        if not row["file"] or not path.is_file():
+            raise ValueError(f"{where}: file {row['file']!r} not found next to the CSV")
+        split = row.get("split", "")
+        if split:
+            if split not in SPLITS:
+                raise ValueError(f"{where}: split must be train or test, got {split!r}")
+        else:
+            digest = hashlib.sha256(f"{row['file']}:{start_us}".encode()).digest()
+            split = "test" if int.from_bytes(digest[:4], "little") % 100 >= 100 - FOLDER_TEST_PERCENT else "train"
+        segment = GestureSegment(to_index[row["class"]], start_us, end_us)
+        grouped.setdefault((path, split), []).append(segment)
+    recordings = [Recording("folder", path, split, tuple(segments)) for (path, split), segments in grouped.items()]
+    return recordings, classes
+
+
+def _folder_classes(csv_path: Path, texts: list[str]) -> tuple[tuple[str, ...], dict[str, int]]:
+    """Class list and text -> index: indices and DVS128 Gesture names use ``GESTURE_CLASSES``;
+    other names form their own list in order of first appearance."""
+    if not texts:
+        raise ValueError(f"{csv_path}: no rows")
+    lower = {name.lower(): index for index, name in enumerate(GESTURE_CLASSES)}
+    if all(text.isdigit() or text.lower() in lower for text in texts):
+        mapping = {}
+        for text in texts:
+            index = int(text) if text.isdigit() else lower[text.lower()]
+            if not 0 <= index < len(GESTURE_CLASSES):
+                raise ValueError(f"{csv_path}: class index {index} is not in 0..{len(GESTURE_CLASSES) - 1}")
+            mapping[text] = index
+        return GESTURE_CLASSES, mapping
+    if any(text.isdigit() for text in texts) or any(not text for text in texts):
+        raise ValueError(f"{csv_path}: classes mix indices and own names (or are empty); use one or the other")
+    own = tuple(dict.fromkeys(texts))
+    return own, {name: index for index, name in enumerate(own)}
+
+
+# --- events of a recording -----------------------------------------------------------------------
+
+
+def read_recording(recording: Recording) -> tuple[np.ndarray, SensorSize]:
+    """The recording's events, time-ordered and in the canonical top-left orientation."""
+    if recording.kind in ("sim", "dvsgesture"):
+        from stream.aedat31 import read_aedat31
+
+        events, sensor_size = read_aedat31(recording.path)
+    elif recording.kind == "tonic":
+        from stream.tonic_npy import read_tonic_npy
+
+        events, sensor_size = read_tonic_npy(recording.path)
+    else:
+        from stream.files import read_events
+
+        events, sensor_size = read_events(recording.path)
+    check_events(events)
+    if len(events) > 1 and np.any(np.diff(events["t"]) < 0):
+        events = events[np.argsort(events["t"], kind="stable")]
+    return to_top_left(events, sensor_size, recording.orientation), sensor_size
+
+
+def to_top_left(events: np.ndarray, sensor_size: SensorSize, orientation: str) -> np.ndarray:
+    """Events with the origin moved to the top-left: ``y -> height-1-y`` for ``"bottom-left"``
+    (a copy), unchanged for ``"top-left"``."""
+    if orientation == "top-left":
+        return events
+    if orientation != "bottom-left":
+        raise ValueError(f"orientation must be 'top-left' or 'bottom-left', got {orientation!r}")
+    flipped = events.copy()
+    flipped["y"] = sensor_size.height - 1 - events["y"]
+    return flipped
+
+
+# --- window positions ----------------------------------------------------------------------------
+
+
+def eval_window_starts(segment: GestureSegment, window_us: int, count: int) -> np.ndarray:
+    """``count`` fixed, evenly spaced window starts (µs) inside the segment (empty if it is shorter
+    than a window; one centred window when ``count == 1``)."""
+    span = segment.end_us - segment.start_us - window_us
+    if span < 0 or count < 1:
+        return np.zeros(0, dtype=np.int64)
+    if count == 1:
+        return np.array([segment.start_us + span // 2], dtype=np.int64)
+    return segment.start_us + np.round(np.linspace(0, span, count)).astype(np.int64)
+
+
+def train_window_plan(
+    segment: GestureSegment, window_us: int, count: int, rng: np.random.Generator, max_stretch: float = 0.0
+) -> tuple[np.ndarray, np.ndarray]:
+    """``count`` random windows inside the segment: starts (µs) and time stretches ``s`` (the window
+    covers ``s * window_us``). Stretches are capped so that the window fits; empty if it cannot."""
+    length = segment.end_us - segment.start_us
+    if length < window_us or count < 1:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float64)
+    stretches = rng.uniform(1.0 - max_stretch, 1.0 + max_stretch, count) if max_stretch > 0 else np.ones(count)
+    stretches = np.minimum(stretches, length / window_us)
+    covered = np.ceil(stretches * window_us).astype(np.int64)
+    covered = np.minimum(covered, length)
+    starts = segment.start_us + np.floor(rng.random(count) * (length - covered + 1)).astype(np.int64)
+    return starts, stretches
+
+
+def bin_windows(
+    events: np.ndarray,
+    mapping: SensorMapping,
+    window: WindowSpec,
+    starts_us: np.ndarray,
+    stretches: np.ndarray | None = None,
+) -> np.ndarray:
+    """Count frames ``[N, T, 2, H, W]`` float32 of windows starting at ``starts_us`` (time-ordered
+    events). With stretch ``s`` a window covers ``[start, start + s * window_us)`` and its event times
+    are scaled by ``1/s`` about ``start`` before binning. One ``bin_window`` call per window."""
+    times = events["t"]
+    shape = (len(starts_us), window.bins, 2, mapping.input_size.height, mapping.input_size.width)
+    frames = np.zeros(shape, dtype=np.float32)
+    for index, start in enumerate(np.asarray(starts_us, dtype=np.int64).tolist()):
+        stretch = 1.0 if stretches is None else float(stretches[index])
+        end = start + int(np.ceil(stretch * window.window_us))
+        low, high = np.searchsorted(times, [start, end], side="left")
+        chunk = events[low:high]
+        if stretch != 1.0:
+            chunk = chunk.copy()
+            chunk["t"] = start + np.floor((chunk["t"] - start) / stretch).astype(np.int64)
+        bin_window(chunk, mapping, window, start, out=frames[index])
+    return frames
+
+
+# --- binned window sets and their cache ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WindowPlan:
+    """How windows are cut: ``role`` "train" (``count`` random positions per segment, seeded, with
+    time stretch) or "eval" (``count`` fixed, evenly spaced positions)."""
+
+    role: str
+    count: int
+    seed: int = 0
+    max_stretch: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.role not in ("train", "eval"):
+            raise ValueError(f"window plan role must be 'train' or 'eval', got {self.role!r}")
+        if not isinstance(self.count, int) or self.count < 1:
+            raise ValueError(f"windows per segment must be a positive integer, got {self.count!r}")
+        if not 0.0 <= self.max_stretch < 1.0:
+            raise ValueError(f"max_stretch must be in [0, 1), got {self.max_stretch}")
+
+    def to_dict(self) -> dict[str, Any]:
+        if self.role == "eval":
+            return {"role": "eval", "count": self.count}
+        return {"role": "train", "count": self.count, "seed": self.seed, "max_stretch": self.max_stretch}
+
+
+@dataclass
+class WindowSet:
+    """Binned windows of a split (counts, not normalised).
+
+    ``frames`` ``[N, T, 2, H, W]`` (uint8, uint16 or float32 counts), ``labels`` ``[N]``, ``groups``
+    ``[N]`` (the segment each window comes from, numbered across the set), ``starts_us`` ``[N]``
+    and ``stretches`` ``[N]`` (a window covers ``[start, start + stretch * window_us)`` µs).
+    """
+
+    frames: np.ndarray
+    labels: np.ndarray
+    groups: np.ndarray
+    starts_us: np.ndarray
+    stretches: np.ndarray
+    cache_hits: int = 0
+    cache_misses: int = 0
+    skipped_segments: int = 0
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def segments(self) -> int:
+        return int(self.groups.max()) + 1 if len(self.groups) else 0
+
+
+def cache_key(
+    recording: Recording, plan: WindowPlan, window: WindowSpec, mapping_dict: dict[str, Any]
+) -> str:
+    """SHA-256 (hex) of everything that changes a recording's cached windows."""
+    stat = recording.path.stat()
+    description = {
+        "version": CACHE_FORMAT_VERSION,
+        "kind": recording.kind,
+        "path": str(recording.path.resolve()),
+        "size": stat.st_size,
+        "mtime_ns": stat.st_mtime_ns,
+        "orientation": recording.orientation,
+        "segments": [list(map(int, segment)) for segment in recording.segments],
+        "plan": plan.to_dict(),
+        "window": window.to_dict(),
+        "mapping": mapping_dict,
+    }
+    return hashlib.sha256(json.dumps(description, sort_keys=True).encode()).hexdigest()
+
+
+def _plan_recording(
+    recording: Recording, events: np.ndarray, plan: WindowPlan, window: WindowSpec
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
+    """Window starts, stretches, labels and segment numbers (within the recording) of a recording."""
+    first = int(events["t"][0]) if len(events) else 0
+    last = int(events["t"][-1]) + 1 if len(events) else 0
+    starts, stretches, labels, segment_ids = [], [], [], []
+    skipped = 0
+    for number, segment in enumerate(recording.segments):
+        clipped = GestureSegment(segment.label, max(segment.start_us, first), min(segment.end_us, last))
+        if plan.role == "eval":
+            seg_starts = eval_window_starts(clipped, window.window_us, plan.count)
+            seg_stretches = np.ones(len(seg_starts))
+        else:
+            digest = hashlib.sha256(f"{recording.path.name}:{number}".encode()).digest()
+            rng = np.random.default_rng([plan.seed, int.from_bytes(digest[:8], "little")])
+            seg_starts, seg_stretches = train_window_plan(clipped, window.window_us, plan.count, rng, plan.max_stretch)
+        if not len(seg_starts):
+            skipped += 1
+            continue
+        starts.append(seg_starts)
+        stretches.append(seg_stretches)
+        labels.append(np.full(len(seg_starts), segment.label, dtype=np.int64))
+        segment_ids.append(np.full(len(seg_starts), number, dtype=np.int64))
+    if not starts:
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, np.zeros(0), empty, empty, skipped
+    return (np.concatenate(starts), np.concatenate(stretches), np.concatenate(labels),
+            np.concatenate(segment_ids), skipped)  # fmt: skip
+
+
+def _compact_counts(frames: np.ndarray) -> np.ndarray:
+    """Counts in the smallest exact dtype (uint8 / uint16), else float32 unchanged."""
+    if frames.size == 0:
+        return frames.astype(np.uint8)
+    peak = float(frames.max())
+    if peak <= np.iinfo(np.uint8).max:
+        return frames.astype(np.uint8)
+    if peak <= np.iinfo(np.uint16).max:
+        return frames.astype(np.uint16)
+    return frames
+
+
+def load_recording_windows(
+    recording: Recording,
+    plan: WindowPlan,
+    window: WindowSpec,
+    input_size: SensorSize,
+    *,
+    method: str = "area",
+    flip_x: bool = False,
+    flip_y: bool = False,
+    cache_dir: Path | str | None = None,
+) -> tuple[dict[str, np.ndarray], bool]:
+    """The binned windows of one recording (arrays ``frames, labels, segments, starts_us``) and
+    whether they came from the cache. Flips apply after canonicalisation to top-left."""
+    cache_dir = Path(cache_dir) if cache_dir is not None else DEFAULT_CACHE_DIR
+    input_size = SensorSize(*input_size)
+    mapping_dict = {"input_width": input_size.width, "input_height": input_size.height, "method": method,
+                    "flip_x": bool(flip_x), "flip_y": bool(flip_y)}  # fmt: skip
+    path = cache_dir / "windows" / f"{cache_key(recording, plan, window, mapping_dict)}.npz"
+    if path.is_file():
+        try:
+            with np.load(path, allow_pickle=False) as stored:
+                return {name: stored[name] for name in WINDOW_ARRAYS}, True
+        except (OSError, ValueError, KeyError):
+            pass  # damaged cache file: rebuild it below
+    events, sensor_size = read_recording(recording)
+    mapping = SensorMapping.from_dict(mapping_dict, sensor_size)
+    starts, stretches, labels, segments, skipped = _plan_recording(recording, events, plan, window)
+    frames = _compact_counts(bin_windows(events, mapping, window, starts, stretches))
+    arrays = {"frames": frames, "labels": labels, "segments": segments, "starts_us": starts,
+              "stretches": stretches.astype(np.float64), "skipped": np.array(skipped, dtype=np.int64)}  # fmt: skip
+    _save_atomically(path, arrays)
+    return arrays, False
+
+
+def _save_atomically(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=path.stem + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as file:
+            np.savez_compressed(file, **arrays)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def load_windows(
+    recordings: Sequence[Recording],
+    plan: WindowPlan,
+    window: WindowSpec,
+    input_size: SensorSize | tuple[int, int],
+    *,
+    method: str = "area",
+    flip_x: bool = False,
+    flip_y: bool = False,
+    cache_dir: Path | str | None = None,
+    progress: Callable[[Iterable], Iterable] | None = None,
+) -> WindowSet:
+    """Binned windows of all ``recordings`` (read from / written to the cache), one ``WindowSet``.
+
+    ``input_size`` is (width, height) in pixels. ``progress`` wraps the recording loop (e.g. tqdm).
+    """
+    if not recordings:
+        raise ValueError("no recordings to cut windows from")
+    pieces: list[dict[str, np.ndarray]] = []
+    hits = misses = 0
+    iterable: Iterable = recordings if progress is None else progress(recordings)
+    for recording in iterable:
+        arrays, hit = load_recording_windows(
+            recording, plan, window, SensorSize(*input_size), method=method, flip_x=flip_x, flip_y=flip_y,
+            cache_dir=cache_dir,
+        )  # fmt: skip
+        hits, misses = hits + hit, misses + (not hit)
+        pieces.append(arrays)
+    group_offset = 0
+    groups = []
+    for recording, arrays in zip(recordings, pieces):  # number segments across the set
+        groups.append(arrays["segments"] + group_offset)
+        group_offset += len(recording.segments)
+    dtype = np.result_type(*(arrays["frames"].dtype for arrays in pieces))
+    frames = np.concatenate([arrays["frames"].astype(dtype, copy=False) for arrays in pieces])
+    if len(frames) == 0:
+        raise ValueError(f"no segment of the {len(recordings)} recording(s) is as long as a window ({window.window_us} µs)")
+    _, dense_groups = np.unique(np.concatenate(groups), return_inverse=True)
+    return WindowSet(
+        frames=frames,
+        labels=np.concatenate([arrays["labels"] for arrays in pieces]),
+        groups=dense_groups.astype(np.int64),
+        starts_us=np.concatenate([arrays["starts_us"] for arrays in pieces]),
+        stretches=np.concatenate([arrays["stretches"] for arrays in pieces]),
+        cache_hits=hits,
+        cache_misses=misses,
+        skipped_segments=int(sum(int(arrays["skipped"]) for arrays in pieces)),
+    )
+
+
+# --- augmentation and the torch Dataset ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    """Training augmentation parameters (see the module docstring).
+
+    Args:
+        flip_prob: probability of a left-right flip (class swapped via ``MIRRORED_CLASS``); 0 = off.
+        max_shift_px: largest random shift in input pixels along x and y (0 = off).
+        max_drop: event drop-out fraction drawn uniformly in ``[0, max_drop]`` per sample (0 = off).
+        max_stretch: time stretch of the training pool, ``s`` in ``[1 - max_stretch, 1 + max_stretch]``.
+    """
+
+    flip_prob: float = 0.5
+    max_shift_px: int = 4
+    max_drop: float = 0.2
+    max_stretch: float = 0.1
+
+    def __post_init__(self) -> None:
+        for name in ("flip_prob", "max_drop"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"Augmentation.{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.max_shift_px < 0:
+            raise ValueError(f"Augmentation.max_shift_px must be >= 0, got {self.max_shift_px}")
+        if not 0.0 <= self.max_stretch < 1.0:
+            raise ValueError(f"Augmentation.max_stretch must be in [0, 1), got {self.max_stretch}")
+
+
+def flip_left_right(frames: np.ndarray, label: int, mirrored_class: Sequence[int] = MIRRORED_CLASS) -> tuple[np.ndarray, int]:
+    """Mirror ``[..., H, W]`` frames along x and swap the class accordingly."""
+    return frames[..., ::-1], int(mirrored_class[label])
+
+
+def shift_frames(frames: np.ndarray, dx: int, dy: int) -> np.ndarray:
+    """Shift ``[..., H, W]`` frames by (dx, dy) pixels (right, down), zero fill; a new array."""
+    out = np.zeros_like(frames)
+    height, width = frames.shape[-2:]
+    if abs(dx) >= width or abs(dy) >= height:
+        return out
+    src_y = slice(max(0, -dy), height - max(0, dy))
+    src_x = slice(max(0, -dx), width - max(0, dx))
+    dst_y = slice(max(0, dy), height - max(0, -dy))
+    dst_x = slice(max(0, dx), width - max(0, -dx))
+    out[..., dst_y, dst_x] = frames[..., src_y, src_x]
+    return out
+
+
+def augment(
+    counts: np.ndarray,
+    label: int,
+    rng: np.random.Generator,
+    augmentation: Augmentation,
+    mirrored_class: Sequence[int] | None = MIRRORED_CLASS,
+) -> tuple[np.ndarray, int]:
+    """Flip (when ``mirrored_class`` is given), shift and thin one ``[T, 2, H, W]`` count window."""
+    if mirrored_class is not None and augmentation.flip_prob > 0 and rng.random() < augmentation.flip_prob:
+        counts, label = flip_left_right(counts, label, mirrored_class)
+    if augmentation.max_shift_px > 0:
+        dx, dy = rng.integers(-augmentation.max_shift_px, augmentation.max_shift_px + 1, size=2)
+        counts = shift_frames(counts, int(dx), int(dy))
+    if augmentation.max_drop > 0:
+        keep = 1.0 - rng.uniform(0.0, augmentation.max_drop)
+        counts = rng.binomial(counts.astype(np.int64), keep)
+    return counts, label
+
+
+class WindowDataset(torch.utils.data.Dataset):
+    """``(frames [T, 2, H, W] float32 tensor, label int)`` from a ``WindowSet``.
+
+    Without augmentation every window is one item (evaluation). With augmentation every segment is
+    one item per epoch: one window of its pool, augmented, drawn from a generator seeded by
+    ``(seed, epoch, index)`` (the same whatever the DataLoader workers); call ``set_epoch``.
+
+    Args:
+        windows: the binned windows.
+        normalisation: applied after augmentation (``stream.binning.apply_normalisation``).
+        augmentation: training augmentation, or None.
+        mirrored_class: class permutation of a left-right flip (None disables flipping).
+        seed: base seed of the augmentation.
+    """
+
+    def __init__(
+        self,
+        windows: WindowSet,
+        *,
+        normalisation: dict[str, Any] | None = DEFAULT_NORMALISATION,
+        augmentation: Augmentation | None = None,
+        mirrored_class: Sequence[int] | None = MIRRORED_CLASS,
+        seed: int = 0,
+    ) -> None:
+        self.windows = windows
+        self.normalisation = check_normalisation(normalisation)
+        self.augmentation = augmentation
+        self.mirrored_class = tuple(mirrored_class) if mirrored_class is not None else None
+        self.seed = seed
+        self.epoch = 0
+        if augmentation is not None:
+            order = np.argsort(windows.groups, kind="stable")
+            bounds = np.searchsorted(windows.groups[order], np.arange(windows.segments + 1))
+            self._members = [order[bounds[i] : bounds[i + 1]] for i in range(windows.segments)]
+        else:
+            self._members = []
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self._members) if self.augmentation is not None else len(self.windows)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        if self.augmentation is None:
+            counts = self.windows.frames[index]
+            label = int(self.windows.labels[index])
+        else:
+            rng = np.random.default_rng([self.seed, self.epoch, int(index)])
+            members = self._members[index]
+            chosen = int(members[rng.integers(len(members))])
+            counts, label = augment(self.windows.frames[chosen], int(self.windows.labels[chosen]), rng,
+                                    self.augmentation, self.mirrored_class)  # fmt: skip
+        frames = np.array(counts, dtype=np.float32, order="C")
+        apply_normalisation(frames, self.normalisation)
+        return torch.from_numpy(frames), label
