@@ -13,6 +13,7 @@ The reader maps the file (``np.memmap``) and converts in chunks: bounded memory.
 from __future__ import annotations
 
 import os
+import tokenize
 from pathlib import Path
 from typing import Iterator
 
@@ -71,7 +72,7 @@ class TonicNpyReader:
                     np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
                 )
                 shape, fortran_order, dtype = read_header(file)
-            except (ValueError, SyntaxError, TypeError) as error:
+            except (ValueError, SyntaxError, TypeError, tokenize.TokenError) as error:  # numpy's header parser
                 raise EventFormatError(f"{self.path}: bad .npy header ({error})") from None
             data_start = file.tell()
         if dtype.hasobject or dtype.kind not in "iuf" or len(shape) != 2 or shape[1] != 4:
