@@ -1,0 +1,250 @@
+"""ZeroMQ transport: real PUB/SUB sockets over ipc (in tmp_path) and tcp (127.0.0.1, random port)."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+import pytest
+import zmq
+
+from stream.events import EVENT_DTYPE, GestureSegment, SensorSize, make_events
+from stream.transport import (
+    HEADER,
+    MAGIC,
+    VERSION,
+    EventPublisher,
+    EventSubscriber,
+    Kind,
+    MessageError,
+    check_endpoint,
+    decode,
+    encode,
+    encode_events,
+    encode_json,
+)
+
+SENSOR = SensorSize(128, 96)
+WAIT_S = 5.0  # bound on every wait for a real signal
+
+
+def random_events(count: int, seed: int = 0, sensor: SensorSize = SENSOR) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return make_events(
+        np.sort(rng.integers(0, 1_000_000, count)),
+        rng.integers(0, sensor.width, count),
+        rng.integers(0, sensor.height, count),
+        rng.integers(0, 2, count),
+    )
+
+
+@pytest.fixture(params=["ipc", "tcp"])
+def bind_endpoint(request, tmp_path) -> str:
+    return f"ipc://{tmp_path}/events.sock" if request.param == "ipc" else "tcp://127.0.0.1:*"
+
+
+def join(publish, subscriber: EventSubscriber):
+    """Publish until the subscriber gets a message (slow-joiner), bounded; return that message."""
+    deadline = time.monotonic() + WAIT_S
+    while time.monotonic() < deadline:
+        publish()
+        message = subscriber.recv(20)
+        if message is not None:
+            return message
+    pytest.fail("subscriber never received a message")
+
+
+def recv_next(subscriber: EventSubscriber):
+    message = subscriber.recv(int(WAIT_S * 1000))
+    assert message is not None, "timed out waiting for a message"
+    return message
+
+
+def test_events_round_trip_exact(bind_endpoint):
+    events = random_events(10_000)
+    with EventPublisher(bind_endpoint) as pub, EventSubscriber(pub.endpoint, ["events"]) as sub:
+        first = join(lambda: pub.publish_events(events[:1], SENSOR), sub)
+        assert first.kind == Kind.EVENTS and first.topic == "events"
+        big = random_events(300_000, seed=1)  # above the zero-copy threshold
+        for packet in (events, events[:0], big):
+            seq = pub.publish_events(packet, SENSOR)
+            message = recv_next(sub)
+            assert message.seq == seq
+            assert message.sensor_size == SENSOR
+            assert message.count == len(packet)
+            assert message.events.dtype == EVENT_DTYPE
+            assert message.events.tobytes() == packet.tobytes()
+            assert 0 <= message.latency_us() < 10_000_000
+        assert sub.stats.lost == 0 and sub.stats.rejected_total == 0
+
+
+def test_truth_and_json_kinds_round_trip(tmp_path):
+    segments = [GestureSegment(3, 1_000, 2_500_000), GestureSegment(10, 3_000_000, 4_000_000)]
+    with EventPublisher(f"ipc://{tmp_path}/t.sock") as pub, \
+            EventSubscriber(pub.endpoint, ["truth", "prediction"]) as sub:  # fmt: skip
+        join(lambda: pub.publish_truth([]), sub)
+        pub.publish_truth(segments)
+        assert recv_next(sub).data == segments
+        pub.publish_json(Kind.PREDICTION, {"label": 4, "scores": [0.1, 0.9]})
+        message = recv_next(sub)
+        assert message.kind == Kind.PREDICTION and message.data == {"label": 4, "scores": [0.1, 0.9]}
+
+
+def test_sequence_gaps_counted_as_lost(bind_endpoint):
+    with EventPublisher(bind_endpoint) as pub, EventSubscriber(pub.endpoint) as sub:
+        join(lambda: pub.publish_events(random_events(10), SENSOR), sub)
+        for _ in range(3):
+            pub.next_seq(Kind.EVENTS)  # three messages "lost" on the way
+        pub.publish_events(random_events(10), SENSOR)
+        recv_next(sub)
+        assert sub.stats.lost == 3
+        pub.publish_events(random_events(10), SENSOR)
+        recv_next(sub)
+        assert sub.stats.lost == 3
+
+
+def _valid_frames(seq: int = 0) -> list[bytes]:
+    frames = encode_events(random_events(4), SENSOR, seq)
+    return [frames[0], frames[1], frames[2].tobytes()]
+
+
+def _header(**fields) -> bytes:
+    values = dict(magic=MAGIC, version=VERSION, kind=1, seq=0, width=SENSOR.width, height=SENSOR.height,
+                  reserved=0, send_us=0, count=4, length=64)  # fmt: skip
+    values.update(fields)
+    return HEADER.pack(*values.values())
+
+
+MALFORMED = {
+    "frame_count": [b"events", _header()],
+    "short_header": [b"events", _header()[:-1], bytes(64)],
+    "bad_magic": [b"events", _header(magic=b"XXXX"), bytes(64)],
+    "wrong_version": [b"events", _header(version=VERSION + 1), bytes(64)],
+    "unknown_kind": [b"events", _header(kind=99), bytes(64)],
+    "bad_topic": [b"eventsX", _header(), bytes(64)],
+    "length_mismatch": [b"events", _header(length=80), bytes(64)],
+    "count_mismatch": [b"events", _header(count=5, length=64), bytes(64)],
+    "bad_sensor": [b"events", _header(width=0), bytes(64)],
+    "bad_events": [b"events", _header(), make_events([0, 1, 2, 3], [0, 1, 2, 500], [0, 0, 0, 0], [1, 1, 1, 1]).tobytes()],
+    "bad_json": [b"truth", _header(kind=2, count=1, length=5), b"[{]}x"],
+    "extra_frames": [*_valid_frames(), b"extra"],
+    "garbage": [b"events" + bytes(range(200))],
+}
+EXPECTED_REASON = {"extra_frames": "frame_count", "garbage": "frame_count"}
+
+
+@pytest.mark.parametrize("case", sorted(MALFORMED))
+def test_malformed_messages_are_counted_and_subscriber_keeps_working(case, tmp_path, caplog):
+    raw = zmq.Context.instance().socket(zmq.PUB)
+    raw.setsockopt(zmq.LINGER, 0)
+    endpoint = f"ipc://{tmp_path}/raw.sock"
+    raw.bind(endpoint)
+    try:
+        with EventSubscriber(endpoint, ["events", "truth"]) as sub:
+            join(lambda: raw.send_multipart(_valid_frames(0)), sub)
+            received = sub.stats.received
+            with caplog.at_level(logging.WARNING, logger="stream.transport"):
+                raw.send_multipart(MALFORMED[case])
+                raw.send_multipart(_valid_frames(1))
+                message = recv_next(sub)  # the malformed one is skipped, the valid one arrives
+            assert message.seq == 1 and sub.stats.received == received + 1
+            assert sub.stats.rejected == {EXPECTED_REASON.get(case, case): 1}
+            assert EXPECTED_REASON.get(case, case) in caplog.text
+    finally:
+        raw.close(linger=0)
+
+
+def test_rejects_are_logged_rate_limited(tmp_path, caplog):
+    raw = zmq.Context.instance().socket(zmq.PUB)
+    raw.setsockopt(zmq.LINGER, 0)
+    raw.bind(f"ipc://{tmp_path}/raw.sock")
+    try:
+        with EventSubscriber(f"ipc://{tmp_path}/raw.sock") as sub:
+            join(lambda: raw.send_multipart(_valid_frames(0)), sub)
+            with caplog.at_level(logging.WARNING, logger="stream.transport"):
+                for _ in range(50):
+                    raw.send_multipart(MALFORMED["bad_magic"])
+                raw.send_multipart(_valid_frames(1))
+                recv_next(sub)
+            assert sub.stats.rejected["bad_magic"] == 50
+            assert caplog.text.count("bad_magic") == 1
+    finally:
+        raw.close(linger=0)
+
+
+def test_oversized_message_refused_by_socket(bind_endpoint):
+    limit = 100 * EVENT_DTYPE.itemsize
+    with EventPublisher(bind_endpoint) as pub, EventSubscriber(pub.endpoint, max_message_bytes=limit) as sub:
+        join(lambda: pub.publish_events(random_events(100), SENSOR), sub)
+        pub.publish_events(random_events(101), SENSOR)  # one event over: ZeroMQ drops the connection
+        # libzmq closes that connection for good; the subscriber sees it and connects again.
+        message = join(lambda: pub.publish_events(random_events(10), SENSOR), sub)
+        assert message.count == 10
+        while (late := sub.recv(50)) is not None:
+            assert late.count == 10  # the 101-event packet never arrives
+        assert sub.stats.disconnects == 1
+
+
+def test_publisher_splits_packets_above_max_packet_events(tmp_path):
+    events = random_events(1000)
+    with EventPublisher(f"ipc://{tmp_path}/s.sock", max_packet_events=300) as pub, \
+            EventSubscriber(pub.endpoint, max_message_bytes=300 * EVENT_DTYPE.itemsize) as sub:  # fmt: skip
+        join(lambda: pub.publish_events(events[:1], SENSOR), sub)
+        assert pub.publish_events(events, SENSOR) - pub.publish_events(events[:0], SENSOR) == -1
+        parts = [recv_next(sub) for _ in range(5)]
+        assert [m.count for m in parts] == [300, 300, 300, 100, 0]
+        assert np.array_equal(np.concatenate([m.events for m in parts]), events)
+        assert sub.stats.disconnects == 0
+
+
+def test_decode_rejects_payload_over_limit():
+    frames = encode_events(random_events(10), SENSOR, 0)
+    with pytest.raises(MessageError, match="oversized") as info:
+        decode([frames[0], frames[1], frames[2].tobytes()], max_payload_bytes=159)
+    assert info.value.reason == "oversized"
+
+
+def test_encode_decode_pure_round_trip():
+    frames = encode(Kind.FRAME, 7, b"\x01\x02\x03", count=1, sensor_size=SensorSize(2, 2), send_us=42)
+    message = decode(frames)
+    assert (message.kind, message.seq, message.send_us, bytes(message.payload)) == (Kind.FRAME, 7, 42, b"\x01\x02\x03")
+    with pytest.raises(ValueError):
+        encode_json(Kind.PREDICTION, 0, float("nan"))  # not valid JSON
+
+
+@pytest.mark.parametrize(
+    "endpoint",
+    ["tcp://*:5556", "tcp://0.0.0.0:5556", "tcp://10.1.2.3:5556", "tcp://eth0:5556", "tcp://example.com:80"],
+)
+def test_non_loopback_refused_unless_allowed(endpoint):
+    with pytest.raises(ValueError, match="allow_remote"):
+        EventPublisher(endpoint)
+    with pytest.raises(ValueError, match="allow_remote"):
+        EventSubscriber(endpoint)
+    assert check_endpoint(endpoint, allow_remote=True) == endpoint
+
+
+@pytest.mark.parametrize("endpoint", ["tcp://127.0.0.1:5556", "tcp://localhost:*", "tcp://[::1]:5556", "ipc:///tmp/x"])
+def test_loopback_and_ipc_accepted(endpoint):
+    assert check_endpoint(endpoint) == endpoint
+
+
+@pytest.mark.parametrize("endpoint", ["127.0.0.1:5556", "udp://127.0.0.1:5", "tcp://127.0.0.1", "tcp://:5556"])
+def test_bad_endpoints_rejected(endpoint):
+    with pytest.raises(ValueError):
+        check_endpoint(endpoint)
+
+
+def test_subscriber_argument_checks():
+    with pytest.raises(ValueError, match="topics"):
+        EventSubscriber("tcp://127.0.0.1:5999", ["nope"])
+    with pytest.raises(ValueError, match="rcvhwm"):
+        EventSubscriber("tcp://127.0.0.1:5999", rcvhwm=0)
+
+
+def test_recv_times_out_without_publisher(tmp_path):
+    with EventSubscriber(f"ipc://{tmp_path}/nobody.sock") as sub:
+        start = time.monotonic()
+        assert sub.recv(50) is None
+        assert time.monotonic() - start < 2.0
