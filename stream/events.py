@@ -78,6 +78,17 @@ def empty_events(count: int = 0) -> np.ndarray:
     return np.zeros(count, dtype=EVENT_DTYPE)
 
 
+def concatenate_events(chunks: "list[np.ndarray]") -> np.ndarray:
+    """Join event arrays into one EVENT_DTYPE array (an empty list gives an empty array).
+
+    Use this, not a bare ``np.concatenate``: NumPy 2 drops the padding of an aligned structured
+    dtype when concatenating and returns a packed 13-byte dtype.
+    """
+    if not chunks:
+        return empty_events()
+    return np.concatenate(chunks, dtype=EVENT_DTYPE)
+
+
 def make_events(t, x, y, p) -> np.ndarray:
     """Build an event array from four equal-length array-likes (t in microseconds)."""
     t = np.asarray(t)

@@ -57,3 +57,13 @@ def test_check_events_rejects_other_dtypes():
     with pytest.raises(EventFormatError):
         check_events(np.zeros(3))
     assert len(check_events(np.zeros(0, dtype=EVENT_DTYPE))) == 0
+
+
+def test_concatenate_events_keeps_the_canonical_dtype():
+    from stream.events import concatenate_events
+
+    a, b = sample_events(5, seed=1), sample_events(7, seed=2)
+    joined = concatenate_events([a, b])
+    assert joined.dtype == EVENT_DTYPE and len(joined) == 12
+    assert np.array_equal(joined[:5], a) and np.array_equal(joined[5:], b)
+    assert len(concatenate_events([])) == 0
