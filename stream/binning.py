@@ -31,12 +31,18 @@ input size ``(W, H)``. Sensor coordinates are first flipped (``flip_x``: ``x -> 
 Upsampling (a crop smaller than the input) is refused. Events outside the crop are "unmapped"
 (ignored and counted); events outside the sensor or with a polarity other than 0/1 are dropped and
 counted.
+
+Optional noise filters, applied to time-ordered chunks before binning (state carries across
+chunks; if live inference uses one, training must use the same): ``BackgroundActivityFilter``
+(drop events with no event on the 8 neighbouring pixels within ``dt_us``) and ``HotPixelFilter``
+(mute pixels that fired more than ``max_events`` in the previous ``period_us``).
+
+Call ``warmup()`` at worker start-up: it compiles (or loads from the Numba cache) every kernel.
 """
 
 from __future__ import annotations
 
 import argparse
-import math
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -54,6 +60,8 @@ __all__ = [
     "bin_window",
     "apply_normalisation",
     "check_normalisation",
+    "BackgroundActivityFilter",
+    "HotPixelFilter",
     "warmup",
     "main",
 ]
@@ -91,9 +99,20 @@ def _bin_kernel(t, x, y, p, x_table, y_table, origin_us, bin_us, first_bin, end_
     outside_sensor = 0
     bad_polarity = 0
     unmapped = 0
+    # Events arrive (mostly) sorted: keep the current bin's time range and divide only on leaving it.
+    bin_start = np.int64(1)
+    bin_end = np.int64(0)
+    slot = 0
+    in_range = False
     for i in range(t.shape[0]):
-        k = (t[i] - origin_us) // bin_us
-        if k < first_bin or k >= end_bin:
+        ti = t[i]
+        if ti < bin_start or ti >= bin_end:
+            k = (ti - origin_us) // bin_us
+            bin_start = origin_us + k * bin_us
+            bin_end = bin_start + bin_us
+            in_range = first_bin <= k < end_bin
+            slot = k % slots
+        if not in_range:
             continue
         xs = x[i]
         ys = y[i]
@@ -109,7 +128,6 @@ def _bin_kernel(t, x, y, p, x_table, y_table, origin_us, bin_us, first_bin, end_
         if xi < 0 or yi < 0:
             unmapped += 1
             continue
-        slot = k % slots
         frames[slot, polarity, yi, xi] += 1.0
         slot_events[slot] += 1
         binned += 1
@@ -235,8 +253,10 @@ class SensorMapping:
         object.__setattr__(self, "sensor_size", sensor)
         object.__setattr__(self, "input_size", model)
         object.__setattr__(self, "crop", (x0, y0, crop_w, crop_h))
-        object.__setattr__(self, "x_table", _axis_table(sensor.width, x0, crop_w, model.width, self.method, self.flip_x))
-        object.__setattr__(self, "y_table", _axis_table(sensor.height, y0, crop_h, model.height, self.method, self.flip_y))
+        x_table = _axis_table(sensor.width, x0, crop_w, model.width, self.method, self.flip_x)
+        y_table = _axis_table(sensor.height, y0, crop_h, model.height, self.method, self.flip_y)
+        object.__setattr__(self, "x_table", x_table)
+        object.__setattr__(self, "y_table", y_table)
 
     @classmethod
     def create(
@@ -371,6 +391,133 @@ def bin_window(
     return apply_normalisation(out, normalisation)
 
 
+# --- noise filters (optional; state carried across chunks; apply the same ones in training) ---
+
+_FILTER_EVENTS = (_I64_1D, types.Array(types.int16, 1, "A"), types.Array(types.int16, 1, "A"))
+
+
+@njit(
+    types.int64(*_FILTER_EVENTS, types.int64, types.Array(types.int64, 2, "C"), types.Array(types.boolean, 1, "C")),
+    cache=True,
+    nogil=True,
+)
+def _background_activity_kernel(t, x, y, dt_us, last_t, keep):
+    """Keep an event when one of its 8 neighbours had an event within ``dt_us`` before it.
+    ``last_t`` is padded by one pixel on each side. Returns the number kept."""
+    height = last_t.shape[0] - 2
+    width = last_t.shape[1] - 2
+    kept = 0
+    for i in range(t.shape[0]):
+        xs = np.int64(x[i])
+        ys = np.int64(y[i])
+        keep[i] = False
+        if xs < 0 or xs >= width or ys < 0 or ys >= height:
+            continue
+        ti = t[i]
+        supported = False
+        for dy in range(3):
+            for dx in range(3):
+                if (dx != 1 or dy != 1) and ti - last_t[ys + dy, xs + dx] <= dt_us:
+                    supported = True
+        last_t[ys + 1, xs + 1] = ti
+        if supported:
+            keep[i] = True
+            kept += 1
+    return kept
+
+
+@njit(
+    types.int64(
+        *_FILTER_EVENTS, types.int64, types.int64, types.Array(types.int64, 1, "C"),
+        types.Array(types.int64, 2, "C"), types.Array(types.boolean, 2, "C"), types.Array(types.boolean, 1, "C"),
+    ),
+    cache=True,
+    nogil=True,
+)  # fmt: skip
+def _hot_pixel_kernel(t, x, y, period_us, max_events, period, counts, hot, keep):
+    """Drop events of pixels flagged hot; a pixel is hot during a period when it fired more than
+    ``max_events`` times in the previous period (periods: ``t // period_us``). Returns kept count."""
+    height, width = counts.shape
+    kept = 0
+    for i in range(t.shape[0]):
+        xs = x[i]
+        ys = y[i]
+        keep[i] = False
+        if xs < 0 or xs >= width or ys < 0 or ys >= height:
+            continue
+        current = t[i] // period_us
+        if current != period[0]:
+            for row in range(height):
+                for column in range(width):
+                    hot[row, column] = current == period[0] + 1 and counts[row, column] > max_events
+                    counts[row, column] = 0
+            period[0] = current
+        counts[ys, xs] += 1
+        if not hot[ys, xs]:
+            keep[i] = True
+            kept += 1
+    return kept
+
+
+class BackgroundActivityFilter:
+    """Drops events with no event on one of the 8 neighbouring pixels within ``dt_us`` before them
+    (isolated noise). Events outside the sensor are dropped too. State carries across chunks.
+
+    Args:
+        sensor_size: (width, height) in pixels.
+        dt_us: support time window in microseconds.
+    """
+
+    def __init__(self, sensor_size: tuple[int, int], dt_us: int):
+        sensor = SensorSize(*sensor_size).validated()
+        if dt_us < 1:
+            raise ValueError(f"dt_us must be >= 1 µs, got {dt_us}")
+        self.sensor_size, self.dt_us = sensor, int(dt_us)
+        self._last_t = np.full((sensor.height + 2, sensor.width + 2), np.iinfo(np.int64).min // 2, dtype=np.int64)
+        self.events_in = 0
+        self.events_kept = 0
+
+    def __call__(self, events: np.ndarray) -> np.ndarray:
+        """The supported events of a time-ordered chunk (a new array)."""
+        check_events(events)
+        keep = np.empty(len(events), dtype=np.bool_)
+        kept = _background_activity_kernel(events["t"], events["x"], events["y"], self.dt_us, self._last_t, keep)
+        self.events_in += len(events)
+        self.events_kept += kept
+        return events[keep]
+
+
+class HotPixelFilter:
+    """Drops the events of hot pixels: a pixel firing more than ``max_events`` times in one period of
+    ``period_us`` (absolute grid ``t // period_us``) is muted for the next period (re-judged every
+    period). Events outside the sensor are dropped too. State carries across chunks.
+
+    Args:
+        sensor_size: (width, height) in pixels.
+        period_us: judging period in microseconds.
+        max_events: most events a normal pixel fires in one period.
+    """
+
+    def __init__(self, sensor_size: tuple[int, int], *, period_us: int = 1_000_000, max_events: int = 1_000):
+        sensor = SensorSize(*sensor_size).validated()
+        if period_us < 1 or max_events < 1:
+            raise ValueError(f"period_us and max_events must be >= 1, got {period_us}, {max_events}")
+        self.sensor_size, self.period_us, self.max_events = sensor, int(period_us), int(max_events)
+        self._period = np.array([np.iinfo(np.int64).min], dtype=np.int64)
+        self._counts = np.zeros((sensor.height, sensor.width), dtype=np.int64)
+        self.hot = np.zeros((sensor.height, sensor.width), dtype=np.bool_)  # [H, W], True: muted now
+
+    def __call__(self, events: np.ndarray) -> np.ndarray:
+        """The events of a time-ordered chunk that do not come from hot pixels (a new array)."""
+        check_events(events)
+        keep = np.empty(len(events), dtype=np.bool_)
+        _hot_pixel_kernel(
+            events["t"], events["x"], events["y"], self.period_us, self.max_events,
+            self._period, self._counts, self.hot, keep,
+        )  # fmt: skip
+        return events[keep]
+
+
 # --- streaming --------------------------------------------------------------------------------
 
 
@@ -451,6 +598,8 @@ class StreamingBinner:
         check_events(events)
         if emit not in EMIT_MODES:
             raise ValueError(f"emit must be one of {EMIT_MODES}, got {emit!r}")
+        if now_us is not None:
+            now_us = int(now_us)
         spec = self.window
         stats = self.stats
         previous_time = self._time_us
@@ -592,6 +741,8 @@ def warmup() -> None:
     events = make_events([0, 5, 25], [0, 1, 3], [0, 2, 3], [0, 1, 1])
     bin_window(events, mapping, spec, 0)
     StreamingBinner(mapping, spec).push(events)
+    BackgroundActivityFilter((4, 4), 10)(events)
+    HotPixelFilter((4, 4))(events)
 
 
 # --- CLI ----------------------------------------------------------------------------------------
@@ -618,8 +769,9 @@ def main(argv: list[str]) -> int:
 
     with open_events(args.input) as reader:
         mapping = SensorMapping.create(
-            reader.sensor_size, args.size or reader.sensor_size, flip_x=args.flip_x, flip_y=args.flip_y, method=args.method
-        )
+            reader.sensor_size, args.size or reader.sensor_size,
+            flip_x=args.flip_x, flip_y=args.flip_y, method=args.method,
+        )  # fmt: skip
         frames = np.zeros((spec.bins, 2, mapping.input_size.height, mapping.input_size.width), dtype=np.float32)
         start_us = args.start_us
         scratch = np.empty_like(frames)

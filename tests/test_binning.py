@@ -9,6 +9,8 @@ import pytest
 import tonic
 
 from stream.binning import (
+    BackgroundActivityFilter,
+    HotPixelFilter,
     SensorMapping,
     StreamingBinner,
     WindowSpec,
@@ -348,6 +350,35 @@ def test_warmup_and_window_emission_shapes() -> None:
     windows = binner.push(random_events(2, 10_000, (346, 260), (0, 20_000)), now_us=20_000)
     assert all(w.frames.shape == (16, 2, 128, 128) and w.frames.dtype == np.float32 for w in windows)
     assert not np.shares_memory(windows[0].frames, windows[1].frames)
+
+
+# --- noise filters ------------------------------------------------------------------------------
+
+
+def test_background_activity_filter_keeps_supported_events_across_chunks() -> None:
+    noise = BackgroundActivityFilter((10, 10), dt_us=100)
+    first = make_events([0, 10, 20, 30], [5, 5, 0, 9], [5, 5, 0, 9], [1, 1, 1, 1])  # same pixel twice: no support
+    assert len(noise(first)) == 0
+    second = make_events([50, 60, 200, 210, 400, 400], [6, 0, 6, 7, 20, 3], [6, 1, 6, 7, 1, -1], [0, 0, 1, 1, 1, 1])
+    kept = noise(second)
+    # (6,6)@50 <- (5,5)@10; (0,1)@60 <- (0,0)@20; (6,6)@200: neighbours last fired at 10 -> too old;
+    # (7,7)@210 <- (6,6)@200; outside the sensor: dropped
+    assert kept["t"].tolist() == [50, 60, 210]
+    assert noise.events_in == 10 and noise.events_kept == 3
+
+
+def test_hot_pixel_filter_mutes_a_pixel_for_the_next_period() -> None:
+    hot_pixel = HotPixelFilter((8, 8), period_us=1_000, max_events=10)
+    def period(start: int, hot_count: int) -> np.ndarray:
+        t = np.concatenate([np.linspace(start, start + 999, hot_count).astype(np.int64), [start + 500] * 3])
+        order = np.argsort(t, kind="stable")
+        x = np.concatenate([np.full(hot_count, 2), [1, 4, 5]])
+        return make_events(t[order], x[order], np.full(len(t), 3)[order], np.ones(len(t), np.int8))
+    assert len(hot_pixel(period(0, 50))) == 53  # judged on the next period
+    muted = hot_pixel(period(1_000, 50))
+    assert len(muted) == 3 and hot_pixel.hot[3, 2] and hot_pixel.hot.sum() == 1
+    assert len(hot_pixel(period(2_000, 5))) == 3  # still hot: it fired 50 times in the period before
+    assert len(hot_pixel(period(3_000, 5))) == 8 and not hot_pixel.hot.any()  # quiet again
 
 
 # --- CLI ----------------------------------------------------------------------------------------

@@ -1,0 +1,228 @@
+"""Binning speed: ``python benchmarks/bench_binning.py [--events N]``.
+
+Prints markdown tables (best of several runs, this machine, same events for every method):
+throughput of ``bin_window`` and ``StreamingBinner.push`` vs tonic's ``ToFrame`` and a NumPy
+``np.add.at`` binner; the cost of emitting one window; Numba cold start with and without the
+on-disk cache; a 5 M-event burst chunk.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from stream.binning import (  # noqa: E402
+    BackgroundActivityFilter,
+    HotPixelFilter,
+    SensorMapping,
+    StreamingBinner,
+    WindowSpec,
+    bin_window,
+    warmup,
+)
+from stream.events import empty_events, make_events, to_tonic  # noqa: E402
+
+
+def best_of(function, repeats: int) -> float:
+    """Fastest wall time of ``repeats`` calls, in seconds."""
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - started)
+    return min(times)
+
+
+def random_events(count: int, sensor: tuple[int, int], duration_us: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    t = np.sort(rng.integers(0, duration_us, count))
+    return make_events(t, rng.integers(0, sensor[0], count), rng.integers(0, sensor[1], count), rng.integers(0, 2, count))
+
+
+def numpy_add_at(events: np.ndarray, sensor: tuple[int, int], spec: WindowSpec, start_us: int) -> np.ndarray:
+    """The plain NumPy peer: same window definition, identity mapping."""
+    frames = np.zeros((spec.bins, 2, sensor[1], sensor[0]), dtype=np.float32)
+    k = (events["t"] - start_us) // spec.bin_us
+    inside = (k >= 0) & (k < spec.bins)
+    np.add.at(frames, (k[inside], events["p"][inside], events["y"][inside], events["x"][inside]), 1.0)
+    return frames
+
+
+def throughput_table(count: int, repeats: int) -> None:
+    import tonic
+
+    print(f"\n### Throughput, {count / 1e6:g} M events in one window (T=16), M events/s (higher is better)\n")
+    print("| sensor -> input | bin_window | streaming push (64k chunks) | tonic ToFrame | np.add.at | bin_window / tonic | bin_window / np.add.at |")
+    print("|---|---|---|---|---|---|---|")
+    for sensor, model in (((128, 128), (128, 128)), ((640, 480), (640, 480)), ((640, 480), (128, 128))):
+        spec = WindowSpec(16, 10_000, 10_000)
+        events = random_events(count, sensor, spec.window_us)
+        events["t"][0] = 0  # tonic's bins start at the first event
+        mapping = SensorMapping.create(sensor, model)
+        out = np.zeros((16, 2, model[1], model[0]), np.float32)
+        ours = best_of(lambda: bin_window(events, mapping, spec, 0, out=out), repeats)
+        chunks = np.array_split(events, max(1, count // 65_536))
+
+        def stream() -> None:
+            binner = StreamingBinner(mapping, spec)
+            for chunk in chunks:
+                binner.push(chunk)
+            binner.push(empty_events(), now_us=spec.window_us)
+
+        streaming = best_of(stream, repeats)
+        row = [f"{sensor[0]}x{sensor[1]} -> {model[0]}x{model[1]}", f"{count / ours / 1e6:.1f}", f"{count / streaming / 1e6:.1f}"]
+        if sensor == model:
+            tonic_events = to_tonic(events)
+            to_frame = tonic.transforms.ToFrame(sensor_size=(*sensor, 2), time_window=spec.bin_us, include_incomplete=True)
+            reference = to_frame(tonic_events)
+            assert np.array_equal(reference, bin_window(events, mapping, spec, 0)), "tonic disagrees"
+            tonic_s = best_of(lambda: to_frame(tonic_events), max(1, repeats // 2))
+            numpy_s = best_of(lambda: numpy_add_at(events, sensor, spec, 0), max(1, repeats // 2))
+            row += [f"{count / tonic_s / 1e6:.1f}", f"{count / numpy_s / 1e6:.1f}", f"{tonic_s / ours:.0f}x", f"{numpy_s / ours:.0f}x"]
+        else:
+            row += ["n/a (no resize)", "n/a", "", ""]
+        print("| " + " | ".join(row) + " |")
+
+
+def emission_table(repeats: int) -> None:
+    print("\n### Emitting one window, T=16, 128x128 (1 M events/s stream, stride = 1 bin = 10 ms)\n")
+    spec = WindowSpec(16, 10_000, 10_000)
+    mapping = SensorMapping.create((128, 128), (128, 128))
+    events = random_events(400_000, (128, 128), 400_000)
+    binner = StreamingBinner(mapping, spec)
+    binner.push(events[events["t"] < 200_000], now_us=200_000)
+    strides = [events[(events["t"] >= s) & (events["t"] < s + spec.stride_us)] for s in range(200_000, 400_000, spec.stride_us)]
+    per_push = []
+    for index, chunk in enumerate(strides):  # each push: 10 k events + one window emitted
+        started = time.perf_counter()
+        (window,) = binner.push(chunk, now_us=200_000 + (index + 1) * spec.stride_us)
+        per_push.append(time.perf_counter() - started)
+    empty_push = []
+    now = 400_000
+    for _ in range(repeats * 20):  # each push: no events, one window emitted (pure emission cost)
+        now += spec.stride_us
+        started = time.perf_counter()
+        binner.push(empty_events(), now_us=now)
+        empty_push.append(time.perf_counter() - started)
+    window_events = events[(events["t"] >= 240_000) & (events["t"] < 400_000)]
+    rebin = best_of(lambda: bin_window(window_events, mapping, spec, 240_000), repeats)
+    print("| operation | median ms | ratio vs re-binning the window |")
+    print("|---|---|---|")
+    for name, seconds in (
+        ("push(10 k events) + emit one window", float(np.median(per_push))),
+        ("push(empty, now_us) = emit one window only", float(np.median(empty_push))),
+        (f"peer: bin_window of the whole window ({len(window_events) // 1000} k events)", rebin),
+    ):
+        print(f"| {name} | {seconds * 1e3:.3f} | {rebin / seconds:.1f}x faster |")
+
+
+def cold_start_table() -> None:
+    print("\n### Cold start (fresh Python process: import stream.binning + warmup())\n")
+    code = (
+        "import time; t0 = time.perf_counter(); import numba; t1 = time.perf_counter();"
+        "import stream.binning as b; b.warmup(); t2 = time.perf_counter();"
+        "print(t1 - t0, t2 - t1)"
+    )
+    root = Path(__file__).resolve().parents[1]
+    with tempfile.TemporaryDirectory() as cache:
+        env = {**os.environ, "NUMBA_CACHE_DIR": cache, "PYTHONPATH": str(root)}
+        runs = []
+        for _ in range(2):  # first: empty cache (compiles), second: loads the cache just written
+            result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True, cwd=root)
+            runs.append([float(v) for v in result.stdout.split()])
+    print("| case | import numba s | import stream.binning + warmup() s | ratio |")
+    print("|---|---|---|---|")
+    print(f"| no Numba cache (compile) | {runs[0][0]:.2f} | {runs[0][1]:.2f} | 1.0x |")
+    print(f"| Numba cache present | {runs[1][0]:.2f} | {runs[1][1]:.2f} | {runs[0][1] / runs[1][1]:.1f}x faster |")
+
+
+def burst_table(repeats: int) -> None:
+    count = 5_000_000
+    print(f"\n### Burst: one chunk of {count / 1e6:g} M events spanning 100 ms (50 M events/s), 346x260 -> 128x128, T=16 x 10 ms, stride 10 ms\n")
+    spec = WindowSpec(16, 10_000, 10_000)
+    mapping = SensorMapping.create((346, 260), (128, 128))
+    events = random_events(count, (346, 260), 100_000, seed=1)
+    warm = events[events["t"] < 1]
+
+    def push(emit: str) -> int:
+        binner = StreamingBinner(mapping, spec)
+        binner.push(warm)
+        return len(binner.push(events[len(warm) :], now_us=100_000, emit=emit))
+
+    print("| mode | windows returned | s | M events/s | x real time (50 M events/s) |")
+    print("|---|---|---|---|---|")
+    for emit in ("all", "latest"):
+        windows = push(emit)
+        seconds = best_of(lambda: push(emit), repeats)
+        print(f"| emit={emit} | {windows} | {seconds:.3f} | {count / seconds / 1e6:.0f} | {0.1 / seconds:.1f}x |")
+    seconds = best_of(lambda: bin_window(events, mapping, WindowSpec(10, 10_000, 10_000), 0), repeats)
+    print(f"| bin_window (10 bins, offline) | 1 | {seconds:.3f} | {count / seconds / 1e6:.0f} | {0.1 / seconds:.1f}x |")
+
+
+def real_recording_table(repeats: int) -> None:
+    path = Path(__file__).resolve().parents[2] / "shared" / "data" / "real" / "davis346_street.aedat4"
+    if not path.is_file():
+        print(f"\n(real recording {path} absent: skipped)")
+        return
+    from stream.files import read_events
+
+    events, sensor = read_events(path)
+    duration = int(events["t"][-1] - events["t"][0])
+    bin_us = max(1, duration // 16)
+    spec = WindowSpec(16, bin_us, bin_us)
+    mapping = SensorMapping.create(sensor, (128, 128))
+    start = int(events["t"][0])
+    ours = best_of(lambda: bin_window(events, mapping, spec, start), repeats)
+    identity = SensorMapping.create(sensor, sensor)
+    ours_identity = best_of(lambda: bin_window(events, identity, spec, start), repeats)
+    numpy_s = best_of(lambda: numpy_add_at(events, sensor, spec, start), max(1, repeats // 2))
+    count = len(events)
+    print(f"\n### Real DAVIS346 recording ({count / 1e6:.2f} M events, {duration / 1e6:.1f} s), M events/s\n")
+    print("| bin_window 346x260 -> 128x128 | bin_window 346x260 identity | np.add.at identity | ratio (identity) |")
+    print("|---|---|---|---|")
+    print(f"| {count / ours / 1e6:.1f} | {count / ours_identity / 1e6:.1f} | {count / numpy_s / 1e6:.1f} | {numpy_s / ours_identity:.0f}x |")
+
+
+def filters_table(repeats: int) -> None:
+    count = 1_000_000
+    events = random_events(count, (346, 260), 100_000, seed=2)
+    print(f"\n### Noise filters, {count / 1e6:g} M events, 346x260, M events/s (peer: bin_window on the same events)\n")
+    peer = best_of(lambda: bin_window(events, SensorMapping.create((346, 260), (128, 128)), WindowSpec(10, 10_000, 10_000), 0), repeats)
+    print("| stage | M events/s | time vs bin_window |")
+    print("|---|---|---|")
+    for name, make in (
+        ("BackgroundActivityFilter(dt=1 ms)", lambda: BackgroundActivityFilter((346, 260), 1_000)),
+        ("HotPixelFilter(period=10 ms)", lambda: HotPixelFilter((346, 260), period_us=10_000, max_events=100)),
+    ):
+        seconds = best_of(lambda: make()(events), repeats)
+        print(f"| {name} | {count / seconds / 1e6:.1f} | {seconds / peer:.1f}x |")
+    print(f"| bin_window (peer) | {count / peer / 1e6:.1f} | 1.0x |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=1_000_000, help="events per throughput window")
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    started = time.perf_counter()
+    warmup()
+    print(f"# bench_binning ({os.cpu_count()} CPUs; warmup() in this process: {time.perf_counter() - started:.2f} s)")
+    cold_start_table()
+    throughput_table(args.events, args.repeats)
+    emission_table(args.repeats)
+    burst_table(max(1, args.repeats // 2))
+    real_recording_table(args.repeats)
+    filters_table(args.repeats)
+
+
+if __name__ == "__main__":
+    main()
