@@ -28,12 +28,22 @@ there is no base class to inherit from. ``open_source(spec)`` builds one from a 
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import os
+import threading
+import time
 from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol, runtime_checkable
 
+import dv_processing as dv
 import numpy as np
 
-from stream.events import GestureSegment, SensorSize
+from stream.events import GestureSegment, SensorSize, check_events, empty_events, from_dv
+
+log = logging.getLogger(__name__)
 
 IDLE_YIELD_S = 0.05  # a live source yields (possibly an empty chunk) at least this often, seconds
 
@@ -65,3 +75,538 @@ class TruthSource(Source, Protocol):
     """A source that also reports ground-truth gesture segments (e.g. the simulator)."""
 
     def drain_truth(self) -> list[GestureSegment]: ...
+
+
+# --- time-ordering (vectorised, shared by all sources) -------------------------------------
+
+
+class Timeline:
+    """Turns raw event timestamps into a time-ordered stream, chunk by chunk (vectorised).
+
+    Rules, applied to each event against the previous raw event:
+      * a step forward of more than ``max_jump_us`` (when set) is compressed to ``max_jump_us``
+        (``jumps_compressed`` counts them), so a replay never sleeps for hours;
+      * a step back of more than ``max_jump_us`` (when set) is a clock restart: the stream
+        continues at the latest time emitted so far (``restarts`` counts them);
+      * any event earlier than one already emitted is dropped (``dropped_backward`` counts them).
+    ``rebase()`` makes the next event continue 1 µs after the last one emitted if it would
+    otherwise be earlier (used when a file loops or a network stream reconnects).
+    Output timestamps are raw timestamps plus a shift that only changes at those points.
+    """
+
+    def __init__(self, max_jump_us: int | None = None) -> None:
+        if max_jump_us is not None and max_jump_us < 1:
+            raise ValueError(f"max_jump_us must be >= 1 µs or None, got {max_jump_us}")
+        self.max_jump_us = max_jump_us
+        self.shift_us = 0
+        self.last_us: int | None = None  # latest timestamp emitted
+        self.dropped_backward = 0
+        self.jumps_compressed = 0
+        self.restarts = 0
+        self._prev_raw: int | None = None
+
+    def rebase(self) -> None:
+        """The next event starts a new stretch of time (see class docstring)."""
+        self._prev_raw = None
+
+    def _latest_before(self, t: np.ndarray) -> np.ndarray:
+        """For each event, the latest time emitted before it (``last_us`` or an earlier event's)."""
+        floor = np.iinfo(np.int64).min if self.last_us is None else self.last_us
+        return np.maximum.accumulate(np.concatenate(([floor], t[:-1])))
+
+    def apply(self, events: np.ndarray) -> np.ndarray:
+        """Time-ordered events of this chunk (the input itself when nothing needed changing)."""
+        if not len(events):
+            return events
+        raw = events["t"]
+        if self._prev_raw is None:
+            if self.last_us is not None and raw[0] + self.shift_us <= self.last_us:
+                self.shift_us = self.last_us + 1 - int(raw[0])
+            previous = int(raw[0])
+        else:
+            previous = self._prev_raw
+        steps = np.diff(raw, prepend=np.int64(previous))
+        shift = np.full(len(raw), self.shift_us, dtype=np.int64)
+        if self.max_jump_us is not None:
+            forward = steps > self.max_jump_us
+            backward = steps < -self.max_jump_us
+            if forward.any() or backward.any():
+                increments = np.zeros(len(raw), dtype=np.int64)
+                increments[forward] = self.max_jump_us - steps[forward]
+                increments[backward] = -steps[backward]
+                if backward.any():  # continue at the latest time emitted so far, not at a dropped event's
+                    t = raw + self.shift_us + np.cumsum(increments)
+                    before = self._latest_before(t)
+                    restart = np.flatnonzero(backward)
+                    increments[restart] += np.maximum(before[restart] - t[restart], 0)
+                shift += np.cumsum(increments)
+                self.jumps_compressed += int(forward.sum())
+                self.restarts += int(backward.sum())
+        t = raw + shift
+        keep = t >= self._latest_before(t)
+        self.shift_us = int(shift[-1])
+        self._prev_raw = int(raw[-1])
+        kept = int(keep.sum())
+        self.dropped_backward += len(raw) - kept
+        if kept:
+            self.last_us = int(t[keep][-1])  # kept times never decrease
+        if kept == len(raw) and not shift.any():
+            return events
+        out = events[keep]  # a copy (boolean index)
+        out["t"] = t[keep]
+        return out
+
+
+# --- file replay ------------------------------------------------------------------------------
+
+DEFAULT_SLICE_US = 2_000  # paced replay releases events in slices of this much event time
+DEFAULT_MAX_JUMP_US = 1_000_000
+
+
+@dataclass
+class ReplayStats:
+    """What a FileSource did so far (counts)."""
+
+    passes: int = 0
+    events: int = 0
+    dropped_backward: int = 0
+    jumps_compressed: int = 0
+    restarts: int = 0
+
+
+class FileSource:
+    """Replays an event file (AEDAT4, AEDAT 3.1, tonic .npy) as a live source, paced in real time.
+
+    Args:
+        path: the event file (format detected by ``stream.files.open_events``).
+        speed: replay speed (1.0 = real time, 0.1..100), or None for as fast as possible.
+        loop: start again at the end, forever (time keeps increasing: the next pass starts 1 µs
+            after the last event of the previous one).
+        start_offset_us: skip the first ``start_offset_us`` microseconds of the recording
+            (measured from its first event).
+        slice_us: paced replay releases events in slices of this much event time (µs), each when
+            the monotonic clock reaches the time of its last event, so latency stays ~1 slice.
+        max_jump_us: a gap in the recording longer than this (µs) is shortened to it.
+        chunk_events: events read from the file at a time (bounds memory).
+
+    Timestamps keep the recording's clock (plus the loop shift). Forward jumps > ``max_jump_us``
+    are compressed, backward steps are dropped and counted (``stats``), see ``Timeline``; note
+    that ``stream.files`` already refuses a file whose timestamps go back.
+    ``FileSource.from_events(events, sensor_size, ...)`` replays an in-memory array the same way.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        speed: float | None = 1.0,
+        loop: bool = False,
+        start_offset_us: int = 0,
+        slice_us: int = DEFAULT_SLICE_US,
+        max_jump_us: int = DEFAULT_MAX_JUMP_US,
+        chunk_events: int = 1 << 16,
+    ) -> None:
+        from stream.files import open_events  # stream.files imports the format readers
+
+        path = Path(path)
+        with open_events(path, chunk_events=chunk_events) as reader:  # fails early on a bad file
+            sensor_size, camera = reader.sensor_size, reader.camera
+        name = f"file:{path.name}" + (f" ({camera})" if camera else "")
+        self._setup(lambda: open_events(path, chunk_events=chunk_events), sensor_size, name,
+                    speed, loop, start_offset_us, slice_us, max_jump_us)  # fmt: skip
+
+    @classmethod
+    def from_events(
+        cls,
+        events: np.ndarray,
+        sensor_size: SensorSize,
+        *,
+        speed: float | None = 1.0,
+        loop: bool = False,
+        start_offset_us: int = 0,
+        slice_us: int = DEFAULT_SLICE_US,
+        max_jump_us: int = DEFAULT_MAX_JUMP_US,
+        chunk_events: int = 1 << 16,
+        name: str = "memory",
+    ) -> "FileSource":
+        """Replay an in-memory event array (same pacing, loop and offset rules as a file)."""
+        check_events(events)
+        self = cls.__new__(cls)
+        chunks = [events[i : i + chunk_events] for i in range(0, len(events), max(1, chunk_events))]
+        self._setup(lambda: contextlib.nullcontext(chunks), SensorSize(*sensor_size).validated(), name,
+                    speed, loop, start_offset_us, slice_us, max_jump_us)  # fmt: skip
+        return self
+
+    def _setup(self, open_chunks, sensor_size, name, speed, loop, start_offset_us, slice_us, max_jump_us) -> None:
+        if speed is not None and not 0.1 <= speed <= 100:
+            raise ValueError(f"speed must be 0.1..100 or None (as fast as possible), got {speed}")
+        if start_offset_us < 0:
+            raise ValueError(f"start_offset_us must be >= 0 µs, got {start_offset_us}")
+        if slice_us < 1:
+            raise ValueError(f"slice_us must be >= 1 µs, got {slice_us}")
+        self._open_chunks = open_chunks
+        self.sensor_size: SensorSize = sensor_size
+        self.name: str = name
+        self.speed = speed
+        self.loop = loop
+        self.start_offset_us = int(start_offset_us)
+        self.slice_us = int(slice_us)
+        self._timeline = Timeline(max_jump_us)
+        self._stop = threading.Event()
+        self.stats = ReplayStats()
+
+    def _ordered_chunks(self) -> Iterator[np.ndarray]:
+        """Time-ordered chunks of all passes, after the start offset (no pacing)."""
+        while not self._stop.is_set():
+            self._timeline.rebase()
+            first_us = None
+            pass_events = 0
+            with self._open_chunks() as chunks:
+                for chunk in chunks:
+                    if self._stop.is_set():
+                        return
+                    if not len(chunk):
+                        continue
+                    if first_us is None:
+                        first_us = int(chunk["t"][0])
+                    if self.start_offset_us:
+                        chunk = chunk[chunk["t"] >= first_us + self.start_offset_us]
+                    chunk = self._timeline.apply(chunk)
+                    self._update_stats(len(chunk))
+                    pass_events += len(chunk)
+                    if len(chunk):
+                        yield chunk
+            self.stats.passes += 1
+            if pass_events == 0:
+                if first_us is not None and self.start_offset_us:
+                    raise SourceError(f"{self.name}: start_offset_us={self.start_offset_us} is past the last event")
+                return  # an empty recording: nothing to loop over
+            if not self.loop:
+                return
+
+    def _update_stats(self, count: int) -> None:
+        self.stats.events += count
+        self.stats.dropped_backward = self._timeline.dropped_backward
+        self.stats.jumps_compressed = self._timeline.jumps_compressed
+        self.stats.restarts = self._timeline.restarts
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        if self.speed is None:
+            yield from self._ordered_chunks()
+            return
+        start_wall = None
+        start_us = 0
+        for chunk in self._ordered_chunks():
+            t = chunk["t"]
+            if start_wall is None:
+                start_wall, start_us = time.monotonic(), int(t[0])
+            slice_index = (t - start_us) // self.slice_us
+            cuts = np.flatnonzero(slice_index[1:] != slice_index[:-1]) + 1
+            for piece in np.split(chunk, cuts):
+                due = start_wall + (int(piece["t"][-1]) - start_us) / (self.speed * 1e6)
+                while (remaining := due - time.monotonic()) > 0:
+                    if self._stop.wait(min(remaining, IDLE_YIELD_S)):
+                        return
+                    if due - time.monotonic() > 0:
+                        yield empty_events()
+                if self._stop.is_set():
+                    return
+                yield piece
+
+    def stop(self) -> None:
+        """End iteration (thread-safe)."""
+        self._stop.set()
+
+    def close(self) -> None:
+        self.stop()
+
+    def __enter__(self) -> "FileSource":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+# --- dv-processing inputs: camera and network -------------------------------------------------
+
+POLL_S = 0.001  # how often a dv-processing input is polled when it has nothing, seconds
+DEFAULT_DV_PORT = 7777  # DV's default network output port
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
+class _DvInput:
+    """A dv-processing input (camera or network reader) polled for event batches.
+
+    ``poll()`` yields time-ordered chunks until the input stops running, ``stop()`` is called
+    or ``release()`` drops the input; a lock keeps ``release()`` from destroying the input while
+    another thread is inside a dv-processing call.
+    """
+
+    def __init__(self, device, timeline: Timeline, stop: threading.Event) -> None:
+        self.device = device
+        self._timeline = timeline
+        self._stop = stop
+        self._lock = threading.Lock()
+
+    def poll(self) -> Iterator[np.ndarray]:
+        last_yield = time.monotonic()
+        while not self._stop.is_set():
+            with self._lock:
+                if self.device is None or not self.device.isRunning():
+                    return
+                try:
+                    batch = self.device.getNextEventBatch()
+                except RuntimeError as error:  # a broken connection or device
+                    log.warning("%s: %s", self.device.getCameraName(), _first_line(error))
+                    return
+            if batch is not None and batch.size() > 0:
+                chunk = self._timeline.apply(from_dv(batch.numpy()))
+                yield chunk
+                last_yield = time.monotonic()
+            elif time.monotonic() - last_yield >= IDLE_YIELD_S:
+                yield empty_events()
+                last_yield = time.monotonic()
+            else:
+                self._stop.wait(POLL_S)
+
+    def release(self) -> None:
+        with self._lock:
+            self.device = None  # dv-processing closes the device or socket when the object goes
+
+
+def _camera_api() -> tuple[str, object]:
+    """Which camera API this dv-processing has: ("2.x", dv.io.camera) or ("1.x", dv.io)."""
+    camera = getattr(dv.io, "camera", None)
+    if camera is not None and hasattr(camera, "discover") and hasattr(camera, "open"):
+        return "2.x", camera
+    if hasattr(dv.io, "CameraCapture"):
+        return "1.x", dv.io
+    raise SourceError(f"dv-processing {getattr(dv, '__version__', '?')} has no camera API (dv.io.camera or CameraCapture)")
+
+
+def list_cameras() -> list[tuple[str, str]]:
+    """The event cameras connected to this machine, as ``(model name, serial number)`` pairs."""
+    version, api = _camera_api()
+    if version == "2.x":
+        return [(getattr(d.cameraModel, "name", str(d.cameraModel)), str(d.serialNumber)) for d in api.discover()]
+    names = api.discoverDevices() if hasattr(api, "discoverDevices") else []  # 1.x: "DVXplorer_DXA00093"
+    return [tuple(name.rsplit("_", 1)) if "_" in name else (name, "") for name in names]
+
+
+class CameraSource:
+    """A live event camera (DVS128, DAVIS, DVXplorer, ...) through dv-processing.
+
+    Args:
+        serial: serial number of the camera to open; None opens the first one found.
+
+    Raises ``SourceError`` naming the cameras found when none is connected or none has ``serial``.
+    Timestamps are the camera's (microseconds, usually since the Unix epoch). Iteration ends
+    (with a logged error) when the camera is unplugged.
+    """
+
+    def __init__(self, serial: str | None = None) -> None:
+        cameras = list_cameras()
+        if not cameras:
+            raise SourceError("no event camera connected (dv-processing found none; check the USB cable and udev rules)")
+        found = ", ".join(f"{model} {number}" for model, number in cameras)
+        if serial is not None and serial not in [number for _, number in cameras]:
+            raise SourceError(f"no camera with serial {serial!r} connected; found: {found}")
+        serial = serial if serial is not None else cameras[0][1]
+        version, api = _camera_api()
+        try:
+            if version == "2.x":
+                device = api.open(serial)
+            else:
+                model = next(model for model, number in cameras if number == serial)
+                device = api.CameraCapture(f"{model}_{serial}" if serial else model)
+        except RuntimeError as error:
+            raise SourceError(f"cannot open camera {serial!r}: {_first_line(error)}") from None
+        if not device.isEventStreamAvailable():
+            raise SourceError(f"camera {device.getCameraName()} has no event stream")
+        self.name: str = device.getCameraName()
+        self.sensor_size: SensorSize = SensorSize(*device.getEventResolution())
+        self._stop = threading.Event()
+        self._input = _DvInput(device, Timeline(), self._stop)
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        yield from self._input.poll()
+        if not self._stop.is_set():
+            log.error("camera %s stopped sending (unplugged?)", self.name)
+
+    def stop(self) -> None:
+        """End iteration (thread-safe)."""
+        self._stop.set()
+
+    def close(self) -> None:
+        self.stop()
+        self._input.release()
+
+    def __enter__(self) -> "CameraSource":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+class NetworkSource:
+    """A DV network event stream (DV software's network output or dv-processing's NetworkWriter).
+
+    Args:
+        host: server address (TCP).
+        port: server port.
+        reconnect: when the server goes away, reconnect with exponential backoff (logged) and keep
+            going; if False, iteration ends.
+        max_backoff_s: longest wait between reconnection attempts, seconds.
+        give_up_after_s: end iteration after this long without a server (None: never).
+
+    Construction connects (``SourceError`` if no server answers or it sends no events). While
+    disconnected the source yields empty chunks every ``IDLE_YIELD_S``; ``connected``,
+    ``disconnects`` and ``reconnects`` tell the state. If a reconnected server's clock went
+    back, timestamps are shifted to continue after the last event emitted (``Timeline.rebase``).
+    """
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = DEFAULT_DV_PORT,
+        *,
+        reconnect: bool = True,
+        max_backoff_s: float = 2.0,
+        give_up_after_s: float | None = None,
+    ) -> None:
+        if not 1 <= int(port) <= 65535:
+            raise SourceError(f"port must be 1..65535, got {port}")
+        if max_backoff_s <= 0:
+            raise ValueError(f"max_backoff_s must be > 0 s, got {max_backoff_s}")
+        self.host, self.port = host, int(port)
+        self.reconnect = reconnect
+        self.max_backoff_s = max_backoff_s
+        self.give_up_after_s = give_up_after_s
+        self.disconnects = 0
+        self.reconnects = 0
+        self._stop = threading.Event()
+        self._timeline = Timeline()
+        reader = self._connect()
+        self.sensor_size: SensorSize = SensorSize(*reader.getEventResolution())
+        self.name: str = f"dv:{host}:{self.port} ({reader.getCameraName()})"
+        self._input = _DvInput(reader, self._timeline, self._stop)
+
+    @property
+    def connected(self) -> bool:
+        device = self._input.device
+        return device is not None and device.isRunning()
+
+    def _connect(self):
+        where = f"{self.host}:{self.port}"
+        try:
+            reader = dv.io.NetworkReader(self.host, self.port)
+        except RuntimeError as error:
+            raise SourceError(f"cannot connect to DV stream at {where} (is a DV server running?): {_first_line(error)}") from None
+        if not reader.isEventStreamAvailable() or reader.getEventResolution() is None:
+            raise SourceError(f"the DV stream at {where} carries no events")
+        return reader
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        while True:
+            yield from self._input.poll()
+            if self._stop.is_set() or self._input.device is None:
+                return
+            self.disconnects += 1
+            self._input.release()
+            if not self.reconnect:
+                log.warning("DV stream %s:%d closed", self.host, self.port)
+                return
+            log.warning("DV stream %s:%d lost; reconnecting", self.host, self.port)
+            reader = yield from self._reconnect()
+            if reader is None:
+                return
+            self._timeline.rebase()
+            with self._input._lock:
+                if self._stop.is_set():
+                    return  # closed while connecting: drop the new reader
+                self._input.device = reader
+
+    def _reconnect(self):
+        """Try to reconnect with backoff, yielding empty chunks; the reader, or None to stop."""
+        delay, start = 0.05, time.monotonic()
+        while not self._stop.is_set():
+            try:
+                reader = self._connect()
+            except SourceError as error:
+                if self.give_up_after_s is not None and time.monotonic() - start >= self.give_up_after_s:
+                    log.error("DV stream %s:%d: giving up after %.1f s: %s", self.host, self.port,
+                              self.give_up_after_s, error)  # fmt: skip
+                    return None
+                wake = time.monotonic() + delay
+                while (remaining := wake - time.monotonic()) > 0:
+                    if self._stop.wait(min(remaining, IDLE_YIELD_S)):
+                        return None
+                    yield empty_events()
+                delay = min(delay * 2, self.max_backoff_s)
+                continue
+            size = SensorSize(*reader.getEventResolution())
+            if size != self.sensor_size:
+                raise SourceError(f"DV stream {self.host}:{self.port} came back with sensor {size}, was {self.sensor_size}")
+            self.reconnects += 1
+            log.warning("DV stream %s:%d reconnected", self.host, self.port)
+            return reader
+        return None
+
+    def stop(self) -> None:
+        """End iteration (thread-safe)."""
+        self._stop.set()
+
+    def close(self) -> None:
+        self.stop()
+        self._input.release()
+
+    def __enter__(self) -> "NetworkSource":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+# --- specs --------------------------------------------------------------------------------------
+
+SPECS = "camera, camera:SERIAL, file:PATH, dv:HOST:PORT, sim, auto"
+
+
+def open_source(spec: str, **options) -> Source:
+    """Open a source from a spec string; ``options`` go to the source's constructor.
+
+    Specs: ``camera`` (first camera), ``camera:SERIAL``, ``file:PATH`` (FileSource: speed, loop,
+    start_offset_us, ...), ``dv:HOST:PORT`` (NetworkSource), ``sim`` (stream.simulator's
+    SimulatorSource), ``auto`` (the first connected camera, else the simulator; options go to
+    whichever is opened).
+    """
+    kind, colon, rest = spec.partition(":")
+    if kind == "camera":
+        if colon and not rest:
+            raise SourceError(f"source {spec!r}: camera:SERIAL needs a serial number")
+        return CameraSource(rest or None, **options)
+    if kind == "file":
+        if not rest:
+            raise SourceError(f"source {spec!r}: file:PATH needs a path")
+        return FileSource(rest, **options)
+    if kind == "dv":
+        host, colon, port = rest.rpartition(":")
+        if not colon or not host or not port.isdigit():
+            raise SourceError(f"source {spec!r}: expected dv:HOST:PORT, e.g. dv:127.0.0.1:{DEFAULT_DV_PORT}")
+        return NetworkSource(host.strip("[]"), int(port), **options)
+    if kind in ("sim", "auto") and not colon:
+        if kind == "auto" and list_cameras():
+            return CameraSource(None, **options)
+        return _simulator_source(**options)
+    raise SourceError(f"unknown source {spec!r}; expected one of: {SPECS}")
+
+
+def _simulator_source(**options) -> Source:
+    try:
+        from stream.simulator import SimulatorSource
+    except ImportError as error:
+        raise SourceError(f"the simulator source is not available: {error}") from None
+    return SimulatorSource(**options)
