@@ -1,0 +1,224 @@
+"""The gesture simulator: determinism, class semantics (left/right, clockwise), rates, data set, live source."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from stream.__main__ import main as stream_main
+from stream.aedat31 import read_aedat31, read_gesture_labels, read_trials
+from stream.classes import GESTURE_CLASSES, MIRRORED_CLASS
+from stream.events import EVENT_DTYPE, GestureSegment, SensorSize
+from stream.simulator import SimulatorSource, draw_scene, simulate_gesture, simulate_recording, write_dataset
+
+SENSOR = SensorSize(128, 128)
+
+
+def assert_valid(events: np.ndarray, sensor: SensorSize) -> None:
+    assert events.dtype == EVENT_DTYPE and events.ndim == 1
+    assert np.all(np.diff(events["t"]) >= 0)
+    assert events["x"].min() >= 0 and events["x"].max() < sensor.width
+    assert events["y"].min() >= 0 and events["y"].max() < sensor.height
+    assert set(np.unique(events["p"]).tolist()) <= {0, 1}
+
+
+def join(chunks: list[np.ndarray]) -> np.ndarray:
+    """Concatenate event chunks keeping EVENT_DTYPE (np.concatenate drops its padding)."""
+    return np.concatenate(chunks).astype(EVENT_DTYPE) if chunks else np.zeros(0, EVENT_DTYPE)
+
+
+def same_events(a: np.ndarray, b: np.ndarray) -> bool:
+    return len(a) == len(b) and all(np.array_equal(a[field], b[field]) for field in "txyp")
+
+
+def test_same_seed_same_events_other_seed_other_events():
+    first, label = simulate_gesture(3, seed=5, duration_us=300_000)
+    again, _ = simulate_gesture(3, seed=5, duration_us=300_000)
+    other, _ = simulate_gesture(3, seed=6, duration_us=300_000)
+    assert label == 3
+    assert first.tobytes() == again.tobytes()
+    assert len(other) != len(first) or other.tobytes() != first.tobytes()
+
+
+@pytest.mark.parametrize("label", range(len(GESTURE_CLASSES)))
+def test_every_class_gives_valid_events_at_a_realistic_rate(label):
+    duration_us = 500_000
+    for seed in (0, 1):
+        events, got = simulate_gesture(label, seed=seed, duration_us=duration_us)
+        assert got == label
+        assert_valid(events, SENSOR)
+        assert events["t"].min() >= 0 and events["t"].max() <= duration_us
+        rate = len(events) / (duration_us * 1e-6)
+        assert 1e4 <= rate <= 1e6, f"{GESTURE_CLASSES[label]}: {rate:.0f} ev/s"
+        assert 0.25 < events["p"].mean() < 0.75  # both polarities
+
+
+def test_other_sensor_sizes():
+    sensor = SensorSize(96, 64)
+    events, _ = simulate_gesture(0, seed=2, sensor_size=sensor, duration_us=200_000)
+    assert_valid(events, sensor)
+    assert len(events) > 1000
+
+
+def test_bad_arguments_raise_value_error():
+    with pytest.raises(ValueError, match="label"):
+        simulate_gesture(11, seed=0)
+    with pytest.raises(ValueError, match="duration_us"):
+        simulate_gesture(0, seed=0, duration_us=0)
+    with pytest.raises(ValueError, match="lighting"):
+        simulate_gesture(0, seed=0, lighting="moonlight")
+
+
+@pytest.mark.parametrize("label", [1, 3, 4])
+def test_mirror_is_the_sample_flipped_left_right_with_the_mirrored_label(label):
+    plain, _ = simulate_gesture(label, seed=9, duration_us=200_000)
+    mirrored, mirrored_label = simulate_gesture(label, seed=9, duration_us=200_000, mirror=True)
+    assert mirrored_label == MIRRORED_CLASS[label]
+    flipped = plain.copy()
+    flipped["x"] = SENSOR.width - 1 - flipped["x"]
+    assert same_events(mirrored, flipped)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_right_hand_waves_on_the_image_left_and_left_hand_on_the_right(seed):
+    right, _ = simulate_gesture(1, seed=seed, duration_us=400_000)
+    left, _ = simulate_gesture(2, seed=seed, duration_us=400_000)
+    middle = draw_scene(np.random.default_rng(seed), SENSOR).body.center_x
+    assert right["x"].mean() < middle - 10
+    assert left["x"].mean() > middle + 10
+
+
+def winding_around_shoulder(label: int, seed: int) -> float:
+    """Total angle (radians, image coordinates) swept by the event centroid near the moving shoulder."""
+    events, _ = simulate_gesture(label, seed=seed, duration_us=1_500_000)
+    body = draw_scene(np.random.default_rng(seed), SENSOR).body  # the same draws simulate_gesture made
+    side = -1 if label in (3, 4) else 1  # right arm on the image left
+    shoulder_x, shoulder_y = body.center_x + side * body.shoulder_half_width, body.shoulder_y
+    dx = events["x"] - shoulder_x
+    dy = events["y"] - shoulder_y
+    near = np.hypot(dx, dy) < 1.3 * body.reach
+    window = events["t"][near] // 20_000
+    counts = np.bincount(window)
+    keep = counts > 20
+    mean_x = np.bincount(window, dx[near])[keep] / counts[keep]
+    mean_y = np.bincount(window, dy[near])[keep] / counts[keep]
+    return float(np.sum(np.diff(np.unwrap(np.arctan2(mean_y, mean_x)))))
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("label, clockwise", [(3, True), (4, False), (5, True), (6, False)])
+def test_arm_circles_turn_the_right_way_as_seen_by_the_camera(label, clockwise, seed):
+    turned = winding_around_shoulder(label, seed)
+    # y points down, so an increasing image angle is clockwise on screen; >= about one turn.
+    assert (turned > 4.0) if clockwise else (turned < -4.0), f"{GESTURE_CLASSES[label]}: {turned:.2f} rad"
+
+
+def test_recording_segments_lie_inside_and_idle_is_quiet():
+    labels = [0, 7, 10]
+    events, segments = simulate_recording(labels, seed=4, gesture_us=400_000, idle_us=300_000)
+    assert_valid(events, SENSOR)
+    assert [segment.label for segment in segments] == labels
+    assert segments[0].start_us > 0 and segments[-1].end_us < events["t"].max()
+    for before, after in zip(segments, segments[1:]):
+        assert before.start_us < before.end_us < after.start_us
+    t = events["t"]
+    in_gesture = np.zeros(len(t), bool)
+    for segment in segments:
+        in_gesture |= (t >= segment.start_us) & (t < segment.end_us)
+    gesture_s = sum(segment.end_us - segment.start_us for segment in segments) * 1e-6
+    idle_s = t.max() * 1e-6 - gesture_s
+    gesture_rate, idle_rate = in_gesture.sum() / gesture_s, (~in_gesture).sum() / idle_s
+    assert idle_rate < 0.25 * gesture_rate
+
+
+def test_dataset_layout_determinism_and_orientation(tmp_path):
+    options = dict(samples=13, seed=7, gesture_us=150_000, idle_us=80_000)
+    paths = write_dataset(tmp_path / "a", **options)
+    write_dataset(tmp_path / "b", **options)
+    names = sorted(path.name for path in (tmp_path / "a").iterdir())
+    assert names == sorted(path.name for path in (tmp_path / "b").iterdir())
+    for name in names:
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+    assert [path.name for path in paths] == ["user01_fluorescent.aedat", "user02_fluorescent.aedat"]
+    assert read_trials(tmp_path / "a" / "trials_to_train.txt") == ["user01_fluorescent.aedat"]
+    assert read_trials(tmp_path / "a" / "trials_to_test.txt") == ["user02_fluorescent.aedat"]
+    segments = read_gesture_labels(tmp_path / "a" / "user01_fluorescent_labels.csv")
+    assert sorted(segment.label for segment in segments) == list(range(11))
+    assert len(read_gesture_labels(tmp_path / "a" / "user02_fluorescent_labels.csv")) == 2
+    stored, sensor = read_aedat31(paths[0])
+    assert sensor == SENSOR
+    assert segments[-1].end_us < stored["t"].max()
+    # Files keep jAER's bottom-up y: flipping back gives the simulator's own top-left events.
+    labels = [segment.label for segment in segments]
+    canonical, _ = simulate_recording(labels, seed=[7, 0, 1], gesture_us=150_000, idle_us=80_000, lighting="fluorescent")
+    assert np.array_equal(stored["y"], SENSOR.height - 1 - canonical["y"])
+    assert np.array_equal(stored["t"], canonical["t"])
+
+
+def test_cli_writes_a_dataset_and_rejects_bad_arguments(tmp_path, capsys):
+    out = tmp_path / "set"
+    assert stream_main(["simulate", "--out", str(out), "--samples", "2", "--gesture-ms", "100", "--idle-ms", "50"]) == 0
+    assert (out / "user01_fluorescent.aedat").is_file() and (out / "trials_to_train.txt").is_file()
+    assert stream_main(["simulate", "--out", str(out), "--samples", "0"]) == 2
+    assert "samples" in capsys.readouterr().err
+    assert stream_main(["simulate", "--samples", "3"]) == 2
+
+
+def stream_seconds(source: SimulatorSource) -> tuple[float, np.ndarray]:
+    """Wall time from the first chunk to the end, and all events, of a finite source."""
+    chunks, first_chunk_at = [], None
+    for chunk in source:
+        if first_chunk_at is None:
+            first_chunk_at = time.monotonic()
+        chunks.append(chunk)
+    return time.monotonic() - first_chunk_at, join(chunks)
+
+
+def test_live_source_keeps_real_time_pace_and_is_faster_at_speed_5():
+    with SimulatorSource(seed=1, speed=1.0, duration_s=0.5) as source:
+        real_time_s, events = stream_seconds(source)
+    assert 0.4 < real_time_s < 0.9
+    assert events.dtype == EVENT_DTYPE and np.all(np.diff(events["t"]) >= 0)
+    assert 0 <= events["t"].min() and events["t"].max() <= 500_000
+    with SimulatorSource(seed=1, speed=5.0, duration_s=0.5) as source:
+        fast_s, fast_events = stream_seconds(source)
+    assert fast_s < 0.4
+    assert same_events(fast_events, events)  # pacing does not change the stream
+
+
+def test_live_source_reports_truth_and_stops_from_another_thread():
+    source = SimulatorSource(seed=2, speed=None, gesture_us=200_000, idle_us=100_000)
+    assert source.sensor_size == SENSOR and "simulator" in source.name
+    truth: list[GestureSegment] = []
+    last_t = -1
+    stopper = threading.Timer(0.5, source.stop)
+    stopper.start()
+    with source:
+        for chunk in source:
+            assert chunk.dtype == EVENT_DTYPE
+            if len(chunk):
+                assert chunk["t"][0] >= last_t
+                last_t = int(chunk["t"][-1])
+            for segment in source.drain_truth():
+                assert segment.start_us <= last_t + source.chunk_us
+                truth.append(segment)
+    stopper.join()
+    assert len(truth) >= 3  # ~0.3 s per gesture of stream, several seconds of stream rendered
+    assert all(0 <= segment.label < 11 for segment in truth)
+    assert all(a.end_us < b.start_us for a, b in zip(truth, truth[1:]))
+
+
+def test_live_source_rate_scale_replicates_events():
+    def events_of(**options) -> np.ndarray:
+        with SimulatorSource(seed=3, speed=None, duration_s=0.2, **options) as source:
+            return join(list(source))
+
+    plain, scaled = events_of(), events_of(rate_scale=10)
+    assert len(scaled) == 10 * len(plain)
+    assert np.all(np.diff(scaled["t"]) >= 0) and scaled["x"].max() < 128
+    noisy = events_of(extra_noise_hz=1e6)
+    assert 150_000 < len(noisy) - len(plain) < 250_000
+    assert np.all(np.diff(noisy["t"]) >= 0)
