@@ -21,6 +21,7 @@ import sys
 from pathlib import Path
 from typing import Iterator
 
+import numba
 import numpy as np
 
 from stream.aedat4 import Aedat4Reader, Aedat4Writer
@@ -53,6 +54,16 @@ def detect_format(path: str | os.PathLike) -> str:
     raise EventFormatError(f"{path}: unknown event file format (first bytes {head!r}); expected AEDAT4, AEDAT 3.1 or .npy")
 
 
+@numba.njit(["int64(int64[::1], int64)", "int64(int64[:], int64)"], cache=True, nogil=True)
+def first_backwards(t: np.ndarray, previous_t: int) -> int:
+    """Index of the first timestamp smaller than the one before it (``previous_t`` before t[0]), or -1."""
+    for index in range(t.shape[0]):
+        if t[index] < previous_t:
+            return index
+        previous_t = t[index]
+    return -1
+
+
 class EventFileReader:
     """An open event file of any supported format. A context manager; iterate for event chunks.
 
@@ -76,17 +87,14 @@ class EventFileReader:
         return self._reader.damage
 
     def __iter__(self) -> Iterator[np.ndarray]:
-        last_t = None
+        last_t = np.iinfo(np.int64).min
         index = 0
         for chunk in self._reader.chunks(self.chunk_events):
             if not len(chunk):
                 continue
             t = chunk["t"]
-            backwards = np.flatnonzero(t[1:] < t[:-1])
-            if last_t is not None and t[0] < last_t:
-                backwards = np.array([-1])
-            if len(backwards):
-                at = int(backwards[0]) + 1
+            at = first_backwards(t, last_t)
+            if at >= 0:
                 before = last_t if at == 0 else int(t[at - 1])
                 raise EventFormatError(
                     f"{self.path}: timestamps go back in time at event {index + at} ({before} -> {int(t[at])} µs)"

@@ -200,7 +200,11 @@ def test_open_events_every_format(three_files: dict, fmt: str, tmp_path: Path) -
     with open_events(renamed, chunk_events=7000) as reader:
         chunks = list(reader)
         assert reader.format == fmt and reader.sensor_size == DVS128
-    assert [len(chunk) for chunk in chunks] == [7000] * 4 + [2000]
+    sizes = [len(chunk) for chunk in chunks]
+    if fmt == "aedat4":  # packets are passed on as they are, cut only where longer than chunk_events
+        assert max(sizes) <= 7000 and sum(sizes) == 30_000
+    else:
+        assert sizes == [7000] * 4 + [2000]
     assert all(chunk.dtype == EVENT_DTYPE for chunk in chunks)
     np.testing.assert_array_equal(np.concatenate(chunks), events)
     info = file_info(path)
