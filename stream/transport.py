@@ -238,14 +238,12 @@ def _decode_events(payload: memoryview, count: int, sensor_size: SensorSize) -> 
         raise MessageError("bad_sensor", f"sensor size {sensor_size}")
     events = np.frombuffer(payload, dtype=EVENT_DTYPE)
     if count:
-        x, y, p, t = events["x"], events["y"], events["p"], events["t"]
+        t = events["t"]
+        # unsigned views: a negative coordinate or polarity becomes large, so one max() checks both ends
         if (
-            x.min() < 0
-            or y.min() < 0
-            or x.max() >= sensor_size.width
-            or y.max() >= sensor_size.height
-            or p.min() < 0
-            or p.max() > 1
+            events["x"].view(np.uint16).max() >= sensor_size.width
+            or events["y"].view(np.uint16).max() >= sensor_size.height
+            or events["p"].view(np.uint8).max() > 1
             or (count > 1 and bool(np.any(t[1:] < t[:-1])))
         ):
             raise MessageError("bad_events", f"events outside {sensor_size}, polarity not 0/1, or time going back")

@@ -127,11 +127,14 @@ MALFORMED = {
     "count_mismatch": [b"events", _header(count=5, length=64), bytes(64)],
     "bad_sensor": [b"events", _header(width=0), bytes(64)],
     "bad_events": [b"events", _header(), make_events([0, 1, 2, 3], [0, 1, 2, 500], [0, 0, 0, 0], [1, 1, 1, 1]).tobytes()],
+    "negative_coordinate": [b"events", _header(), make_events([0, 1, 2, 3], [0, -1, 2, 3], [0, 0, 0, 0], [1, 1, 1, 1]).tobytes()],
+    "time_going_back": [b"events", _header(), make_events([0, 5, 2, 3], [0, 1, 2, 3], [0, 0, 0, 0], [1, 1, 1, 1]).tobytes()],
     "bad_json": [b"truth", _header(kind=2, count=1, length=5), b"[{]}x"],
     "extra_frames": [*_valid_frames(), b"extra"],
     "garbage": [b"events" + bytes(range(200))],
 }
-EXPECTED_REASON = {"extra_frames": "frame_count", "garbage": "frame_count"}
+EXPECTED_REASON = {"extra_frames": "frame_count", "garbage": "frame_count", "negative_coordinate": "bad_events",
+                   "time_going_back": "bad_events"}  # fmt: skip
 
 
 @pytest.mark.parametrize("case", sorted(MALFORMED))
