@@ -1,0 +1,207 @@
+"""Spikeformer: presets (shapes, parameter counts, GFLOPs), config validation, overfitting, ONNX export."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from training.__main__ import main as training_main
+from training.spikeformer import (
+    PRESETS,
+    Spikeformer,
+    SpikeformerConfig,
+    build_model,
+    count_parameters,
+    model_summary,
+    register_preset,
+)
+
+REFERENCE_PARAMETERS = {"dvsgesture": 9_279_900, "cifar10dvs": 8_792_993}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """The test box is shared: a 2-thread OpenMP pool under load is ~50x slower than one thread."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def meta_model(name: str) -> Spikeformer:
+    """A preset built on the meta device: shapes and counts without allocating or computing."""
+    with torch.device("meta"):
+        return build_model(name)
+
+
+@pytest.mark.parametrize("name", sorted(REFERENCE_PARAMETERS))
+def test_reference_parameter_counts(name: str):
+    count = count_parameters(meta_model(name))
+    reference = REFERENCE_PARAMETERS[name]
+    assert abs(count - reference) <= 0.005 * reference
+    assert count == reference  # exact, one scalar per PLIF layer included
+
+
+def test_plif_layers_each_add_one_scalar():
+    model = meta_model("dvsgesture")
+    scalars = [name for name, p in model.named_parameters() if p.ndim == 0]
+    # 3 tokenizer blocks x 3 PLIF (main path twice + shortcut) + 7 MLP PLIF
+    assert len(scalars) == 3 * 3 + 7
+    assert all(name.endswith(".w") for name in scalars)
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_every_preset_shapes_on_meta(name: str):
+    model = meta_model(name)
+    config = model.config
+    frames = torch.zeros(2, config.time_steps, 2, *config.input_size, device="meta")
+    tokens = model.forward_features(frames)
+    assert tuple(tokens.shape) == (2, config.time_steps, config.num_tokens, config.embed_dim)
+    assert tuple(model.forward_head(tokens).shape) == (2, config.num_classes)
+
+
+def test_dvsgesture_summary_and_gflops():
+    rows, macs = model_summary(meta_model("dvsgesture"))
+    shapes = {row.name: row.shape for row in rows}
+    assert shapes["tokenizer.blocks.0"] == [16, 1, 64, 64, 64]
+    assert shapes["tokenizer.blocks.2"] == [16, 1, 256, 16, 16]
+    assert shapes["tokens (tokenizer)"] == [1, 16, 256, 256]
+    assert shapes["blocks.6"] == [1, 16, 256, 256]
+    assert shapes["head"] == [1, 11]
+    assert 2 * macs / 1e9 == pytest.approx(111.5, rel=0.01)  # the paper's figure
+
+
+def test_small_forward_is_finite_and_deterministic():
+    torch.manual_seed(0)
+    model = build_model("small").eval()
+    frames = (torch.rand(2, *model.input_shape) < 0.1).float()
+    with torch.no_grad():
+        logits = model(frames)
+        again = model(frames)
+    assert logits.shape == (2, 11)
+    assert torch.isfinite(logits).all()
+    assert torch.equal(logits, again)
+
+
+@pytest.mark.slow
+def test_dvsgesture_real_forward():
+    torch.manual_seed(0)
+    model = build_model("dvsgesture").eval()
+    frames = (torch.rand(1, *model.input_shape) < 0.02).float()
+    with torch.no_grad():
+        logits = model(frames)
+    assert logits.shape == (1, 11) and torch.isfinite(logits).all()
+
+
+def test_wrong_input_shape_is_a_clear_error():
+    model = build_model("small")
+    with pytest.raises(ValueError, match=r"expects input \[B, 16, 2, 64, 64\]"):
+        model(torch.zeros(1, 16, 2, 32, 32))
+    with pytest.raises(ValueError, match="expects input"):
+        model(torch.zeros(16, 2, 64, 64))
+
+
+def test_block_initialisation_and_drop_path_schedule():
+    model = build_model(dataclasses.replace(PRESETS["small"], depth=4))
+    for block in model.blocks:
+        assert not block.temporal_fc.weight.any() and not block.temporal_fc.bias.any()
+    assert [block.drop_path.p for block in model.blocks] == pytest.approx([0.0, 0.1 / 3, 0.2 / 3, 0.1])
+
+
+def test_duplicate_preset_rejected():
+    with pytest.raises(ValueError, match="already registered"):
+        register_preset(PRESETS["small"])
+    assert PRESETS["small"].name == "small"
+
+
+def test_unknown_preset_rejected():
+    with pytest.raises(ValueError, match="unknown Spikeformer preset 'nope'"):
+        build_model("nope")
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"input_size": (60, 64)}, "divisible by the tokenizer's total stride 8"),
+        ({"tokenizer_channels": (16, 32, 48)}, "must equal embed_dim"),
+        ({"num_heads": 3}, "not divisible by num_heads"),
+        ({"kernel_size": 4}, "kernel_size must be odd"),
+        ({"time_steps": 0}, "time_steps must be a positive integer"),
+        ({"tokenizer_strides": (2, 2)}, "same length"),
+        ({"drop_path_rate": 1.0}, "drop_path_rate"),
+    ],
+)
+def test_invalid_config_rejected(change: dict, message: str):
+    with pytest.raises(ValueError, match=message):
+        dataclasses.replace(PRESETS["small"], **change)
+
+
+def test_config_dict_round_trip():
+    for config in PRESETS.values():
+        data = config.to_dict()
+        assert isinstance(data["tokenizer_channels"], list)
+        assert SpikeformerConfig.from_dict(data) == config
+    with pytest.raises(ValueError, match="unknown keys"):
+        SpikeformerConfig.from_dict({**PRESETS["small"].to_dict(), "bogus": 1})
+
+
+def test_small_model_overfits_a_tiny_batch():
+    torch.manual_seed(0)
+    config = dataclasses.replace(PRESETS["small"], name="tiny", time_steps=4, input_size=(32, 32),
+                                 drop_path_rate=0.0)
+    model = build_model(config).train()
+    frames = (torch.rand(8, *model.input_shape) < 0.1).float()
+    labels = torch.arange(8)
+    optimiser = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    first_loss = None
+    for _ in range(80):
+        logits = model(frames)
+        loss = torch.nn.functional.cross_entropy(logits, labels)
+        first_loss = float(loss) if first_loss is None else first_loss
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        if (logits.argmax(1) == labels).all() and float(loss) < 0.1:
+            break
+    assert (logits.argmax(1) == labels).all()
+    assert float(loss) < 0.1 < first_loss
+    assert all(p.grad is not None for p in model.parameters())  # every parameter, PLIF w too, learns
+
+
+def test_small_model_onnx_export_matches_pytorch():
+    torch.manual_seed(0)
+    model = build_model("small").eval()
+    frames = torch.rand(1, *model.input_shape)
+    buffer = io.BytesIO()
+    torch.onnx.export(model, (frames,), buffer, opset_version=17, dynamo=False,
+                      input_names=["frames"], output_names=["logits"])
+    graph = onnx.load_from_string(buffer.getvalue())
+    onnx.checker.check_model(graph)
+    assert {node.domain for node in graph.graph.node} <= {"", "ai.onnx"}  # no custom operator
+    session = ort.InferenceSession(buffer.getvalue(), providers=["CPUExecutionProvider"])
+    with torch.no_grad():
+        expected = model(frames).numpy()
+    np.testing.assert_allclose(session.run(None, {"frames": frames.numpy()})[0], expected, atol=1e-4)
+
+
+def test_summary_cli(capsys: pytest.CaptureFixture[str]):
+    assert training_main(["summary", "--config", "small"]) == 0
+    out = capsys.readouterr().out
+    assert f"{count_parameters(build_model('small')):,} parameters" in out
+    assert "tokenizer.blocks.2" in out and "[16, 1, 64, 8, 8]" in out
+    assert "blocks.1" in out and "head" in out and "GFLOPs" in out
+
+
+def test_cli_errors_are_one_line(capsys: pytest.CaptureFixture[str]):
+    assert training_main(["summary", "--config", "nope"]) == 2
+    assert capsys.readouterr().err.strip() == "error: unknown preset 'nope'; known: dvsgesture, cifar10dvs, small"
+    assert training_main(["summary"]) == 2
+    assert capsys.readouterr().err.startswith("error: ")
+    assert training_main(["frobnicate"]) == 2
+    assert training_main(["--help"]) == 0
