@@ -1,0 +1,321 @@
+"""Headless consumer: record the worker's predictions, print a summary, write a JSON report.
+
+Statistics (pure functions, tested on their own):
+
+* ``latency_ms``: compute latency, window closed at the worker (the packet that closed it was
+  received) -> prediction published.
+* ``e2e_latency_ms``: the source sending the window's last packet -> this consumer receiving the
+  prediction.
+
+Both come from time stamps in the message headers taken with ``time.monotonic_ns()``, which on
+Linux is ``CLOCK_MONOTONIC``: one clock for every process of the machine, so differences across
+processes are valid on the same machine. Across machines the end-to-end figure is meaningless
+(clocks differ) and is reported only when the source and the consumer share a host.
+
+* ``accuracy``: fraction of windows lying fully inside a labelled gesture whose per-window class is
+  the gesture's class (``stable_accuracy``: the same with the smoothed label).
+* ``time_to_decision_ms``: per gesture, stream time from its start to the end of the first window
+  whose stable label is correct, counting only windows that end inside the gesture. Stream time is
+  event time; at ``--speed 1`` add the end-to-end latency for the wall-clock figure.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from stream.events import GestureSegment
+from stream.source import STATUS_KIND
+from stream.transport import EventSubscriber, Kind, Message, now_us
+
+PERCENTILES = (50, 90, 99)
+POLL_MS = 100
+STARTUP_TIMEOUT_S = 300.0  # model loading (and an ONNX export or TensorRT build) may take long
+EXIT_GRACE_S = 2.0  # after every stage exited, how long to wait for a late end message
+
+
+def latency_summary(values_ms: Sequence[float] | np.ndarray) -> dict[str, float | int | None]:
+    """``{"p50", "p90", "p99", "max", "count"}`` of latencies in milliseconds (None when empty)."""
+    values = np.asarray(values_ms, dtype=np.float64)
+    if values.size == 0:
+        return {"p50": None, "p90": None, "p99": None, "max": None, "count": 0}
+    p50, p90, p99 = np.percentile(values, PERCENTILES)
+    return {
+        "p50": round(float(p50), 3),
+        "p90": round(float(p90), 3),
+        "p99": round(float(p99), 3),
+        "max": round(float(values.max()), 3),
+        "count": int(values.size),
+    }
+
+
+def _segment_arrays(segments: Iterable[GestureSegment]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    ordered = sorted(segments, key=lambda s: s.start_us)
+    labels = np.array([s.label for s in ordered], dtype=np.int64)
+    starts = np.array([s.start_us for s in ordered], dtype=np.int64)
+    ends = np.array([s.end_us for s in ordered], dtype=np.int64)
+    return labels, starts, ends
+
+
+def window_truth(
+    window_start_us: np.ndarray, window_end_us: np.ndarray, segments: Iterable[GestureSegment]
+) -> np.ndarray:
+    """Class of the segment each window lies fully inside, or -1 (segments must not overlap)."""
+    window_start_us = np.asarray(window_start_us, dtype=np.int64)
+    window_end_us = np.asarray(window_end_us, dtype=np.int64)
+    labels, starts, ends = _segment_arrays(segments)
+    truth = np.full(window_start_us.shape, -1, dtype=np.int64)
+    if labels.size == 0 or window_start_us.size == 0:
+        return truth
+    index = np.searchsorted(starts, window_start_us, side="right") - 1
+    valid = index >= 0
+    clipped = np.clip(index, 0, None)
+    inside = valid & (window_end_us <= ends[clipped])
+    truth[inside] = labels[clipped[inside]]
+    return truth
+
+
+def window_accuracy(predicted: np.ndarray, truth: np.ndarray) -> tuple[float | None, int]:
+    """Accuracy over windows with a truth (``truth >= 0``) and how many such windows there were."""
+    predicted = np.asarray(predicted, dtype=np.int64)
+    truth = np.asarray(truth, dtype=np.int64)
+    labelled = truth >= 0
+    count = int(labelled.sum())
+    if count == 0:
+        return None, 0
+    return float((predicted[labelled] == truth[labelled]).mean()), count
+
+
+def times_to_decision_ms(
+    window_end_us: np.ndarray, stable_index: np.ndarray, segments: Iterable[GestureSegment]
+) -> tuple[list[float], int]:
+    """Per gesture: ms of stream time from its start to the first correct stable label.
+
+    Only windows ending in ``[start, end]`` of the gesture count. Returns the times of the gestures
+    that were decided and how many gestures had no correct decision.
+    """
+    window_end_us = np.asarray(window_end_us, dtype=np.int64)
+    stable_index = np.asarray(stable_index, dtype=np.int64)
+    order = np.argsort(window_end_us, kind="stable")
+    window_end_us, stable_index = window_end_us[order], stable_index[order]
+    decided: list[float] = []
+    undecided = 0
+    for segment in segments:  # one iteration per gesture, not per event
+        lo = np.searchsorted(window_end_us, segment.start_us, side="left")
+        hi = np.searchsorted(window_end_us, segment.end_us, side="right")
+        hits = np.flatnonzero(stable_index[lo:hi] == segment.label)
+        if hits.size == 0:
+            undecided += 1
+        else:
+            decided.append((int(window_end_us[lo + hits[0]]) - segment.start_us) / 1000.0)
+    return decided, undecided
+
+
+# --- the recorder ---------------------------------------------------------------------------------
+
+
+class HeadlessRecorder:
+    """Collects the worker's messages (predictions, truth, stats, end) and builds the report."""
+
+    def __init__(self) -> None:
+        self.window_start_us: list[int] = []
+        self.window_end_us: list[int] = []
+        self.class_index: list[int] = []
+        self.stable_index: list[int] = []
+        self.compute_ms: list[float] = []
+        self.e2e_ms: list[float] = []
+        self.segments: list[GestureSegment] = []
+        self.counters: dict = {}
+        self.source: dict = {}
+        self.backend: str | None = None
+        self.sensor: list[int] | None = None
+        self.ended = False
+        self.first_us: int | None = None
+        self.last_us: int | None = None
+        self.last_prediction: dict | None = None
+
+    def add(self, message: Message, recv_us: int) -> None:
+        """Record one message received at ``recv_us`` (transport clock, µs)."""
+        self.first_us = recv_us if self.first_us is None else self.first_us
+        self.last_us = recv_us
+        if message.kind == Kind.TRUTH:
+            self.segments.extend(message.data)
+            return
+        data = message.data
+        if message.kind != STATUS_KIND or not isinstance(data, dict):
+            return
+        kind = data.get("type")
+        if kind == "prediction":
+            timing = data["timing"]
+            self.window_start_us.append(int(data["window"]["start_us"]))
+            self.window_end_us.append(int(data["window"]["end_us"]))
+            self.class_index.append(int(data["class_index"]))
+            self.stable_index.append(int(data["stable"]["index"]))
+            self.compute_ms.append(float(timing["compute_ms"]))
+            self.e2e_ms.append((recv_us - int(timing["source_send_us"])) / 1000.0)
+            self.last_prediction = data
+        elif kind in ("stats", "end"):
+            self.source = data.get("source") or self.source
+            self.ended = self.ended or kind == "end"
+        else:
+            return
+        self.counters = data.get("counters", self.counters)
+        self.backend = data.get("backend", self.backend)
+        self.sensor = data.get("sensor", self.sensor)
+
+    def report(self, checkpoint: str, wall_s: float) -> dict:
+        """The report: latencies, counts, rates and (with truth) accuracy and time to decision.
+
+        ``event_rate`` is events received by the worker per second between the first and the last
+        message this recorder got (model loading excluded); ``wall_s`` the whole recording time.
+        """
+        counters = self.counters
+        active_s = (self.last_us - self.first_us) / 1e6 if self.first_us is not None else 0.0
+        report = {
+            "latency_ms": latency_summary(self.compute_ms),
+            "e2e_latency_ms": latency_summary(self.e2e_ms),
+            "windows": counters.get("windows", len(self.class_index)),
+            "windows_skipped": counters.get("windows_skipped", 0),
+            "events_in": counters.get("events_in", 0),
+            "events_dropped": counters.get("events_dropped", 0),
+            "events_lost": counters.get("events_lost", 0),
+            "event_rate": round(counters.get("events_in", 0) / active_s, 1) if active_s > 0 else None,
+            "backend": self.backend,
+            "checkpoint": checkpoint,
+            "sensor": self.sensor,
+            "wall_s": round(wall_s, 3),
+            "ended": self.ended,
+            "counters": counters,
+            "source": self.source,
+            "gestures": len(self.segments),
+        }
+        if self.segments:
+            truth = window_truth(self.window_start_us, self.window_end_us, self.segments)
+            accuracy, labelled = window_accuracy(self.class_index, truth)
+            stable_accuracy, _ = window_accuracy(self.stable_index, truth)
+            decided, undecided = times_to_decision_ms(self.window_end_us, self.stable_index, self.segments)
+            summary = latency_summary(decided)
+            report.update(
+                accuracy=accuracy,
+                stable_accuracy=stable_accuracy,
+                windows_labelled=labelled,
+                time_to_decision_ms={"median": summary["p50"], "p90": summary["p90"], "decided": len(decided),
+                                     "undecided": undecided},  # fmt: skip
+            )
+        return report
+
+
+def format_summary(report: dict) -> str:
+    """A small markdown table of the report's main figures."""
+
+    def ms(summary: dict) -> str:
+        if not summary or summary.get("p50") is None:
+            return "n/a"
+        return f"{summary['p50']:.1f} / {summary['p90']:.1f} / {summary['p99']:.1f} / {summary['max']:.1f}"
+
+    rows = [
+        ("backend", report.get("backend")),
+        ("checkpoint", Path(str(report.get("checkpoint"))).name),
+        ("compute latency p50/p90/p99/max (ms)", ms(report["latency_ms"])),
+        ("end-to-end latency p50/p90/p99/max (ms)", ms(report["e2e_latency_ms"])),
+        ("windows inferred / skipped", f"{report['windows']} / {report['windows_skipped']}"),
+        ("events in / dropped (lost)", f"{report['events_in']} / {report['events_dropped']} ({report['events_lost']})"),
+        ("event rate (ev/s)", report.get("event_rate")),
+    ]
+    if "accuracy" in report:
+        accuracy = report["accuracy"]
+        rows.append(("accuracy (windows inside gestures)",
+                     "n/a" if accuracy is None else f"{accuracy:.3f} over {report['windows_labelled']}"))  # fmt: skip
+        decision = report["time_to_decision_ms"]
+        rows.append(("time to decision median / p90 (ms)",
+                     f"{decision['median']} / {decision['p90']} ({decision['decided']} decided, "
+                     f"{decision['undecided']} not)"))  # fmt: skip
+    lines = ["| metric | value |", "|---|---|"] + [f"| {name} | {value} |" for name, value in rows]
+    return "\n".join(lines)
+
+
+def record(
+    endpoint: str,
+    *,
+    supervisor: Any = None,
+    duration_s: float | None = None,
+    quiet: bool = False,
+    on_ready: Any = None,
+) -> tuple[HeadlessRecorder, float, list[str]]:
+    """Subscribe to the worker at ``endpoint`` and record until its end message, ``duration_s``,
+    or (with a ``launch.Supervisor``) a stage failing. Returns the recorder, the wall time (s) and
+    the failures (one line each)."""
+    recorder = HeadlessRecorder()
+    failures: list[str] = []
+    topics = (STATUS_KIND.topic.decode(), "truth")
+    with EventSubscriber(endpoint, topics, rcvhwm=10_000) as subscriber:
+        if on_ready is not None:
+            on_ready()  # e.g. start the stages once this subscriber exists
+        started = time.monotonic()
+        deadline = None  # --duration counts from the first message: model loading is not included
+        next_progress = started + 1.0
+        all_exited_at = None
+        while not recorder.ended:
+            message = subscriber.recv(POLL_MS)
+            now = time.monotonic()
+            if message is not None:
+                recorder.add(message, now_us())
+                if deadline is None and duration_s is not None:
+                    deadline = now + duration_s
+            if deadline is not None and now >= deadline:
+                break
+            if deadline is None and now - started > STARTUP_TIMEOUT_S:
+                failures.append(f"no message from the worker within {STARTUP_TIMEOUT_S:g} s")
+                break
+            if supervisor is not None:
+                for stage_exit in supervisor.poll():
+                    if stage_exit.returncode != 0:
+                        failures.append(f"stage {stage_exit.name} exited with code {stage_exit.returncode}")
+                if failures:
+                    break
+                if not supervisor.running():
+                    all_exited_at = all_exited_at or now
+                    if now - all_exited_at > EXIT_GRACE_S:
+                        failures.append("every stage exited but no end message arrived")
+                        break
+            if not quiet and now >= next_progress:
+                _progress(recorder)
+                next_progress = now + 1.0
+    return recorder, time.monotonic() - started, failures
+
+
+def _progress(recorder: HeadlessRecorder) -> None:
+    prediction = recorder.last_prediction
+    if prediction is None:
+        print("waiting for predictions ...", file=sys.stderr, flush=True)
+        return
+    counters = recorder.counters
+    print(
+        f"{len(recorder.class_index)} windows ({counters.get('windows_skipped', 0)} skipped), "
+        f"{counters.get('events_in', 0)} events, stable: {prediction['stable']['name']}, "
+        f"compute {prediction['timing']['compute_ms']:.1f} ms",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+def run_headless(args: Any, endpoints: Any, supervisor: Any) -> int:
+    """``launch.py --headless``: start the stages, record, print the summary, write ``--report``."""
+    recorder, wall_s, failures = record(
+        endpoints.predictions, supervisor=supervisor, duration_s=args.duration, quiet=args.quiet, on_ready=supervisor.start
+    )
+    report = recorder.report(str(args.checkpoint), wall_s)
+    report["failures"] = failures
+    for failure in failures:
+        print(f"launch: {failure}", file=sys.stderr)
+    print(format_summary(report))
+    if args.report is not None:
+        args.report.parent.mkdir(parents=True, exist_ok=True)
+        args.report.write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")
+        print(f"report written to {args.report}")
+    return 1 if failures else 0

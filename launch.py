@@ -1,0 +1,364 @@
+"""``python launch.py``: run the live pipeline (source -> inference worker -> GUI or headless report).
+
+    python launch.py                                  # GUI, first camera found (else the simulator)
+    python launch.py --headless --source sim --duration 10 --report run.json
+    python launch.py --headless --source file:rec.aedat4 --speed max   # replays every event, exits
+
+Stages are child processes (``python -m stream.source``, ``python -m inference.worker``) joined by
+ZeroMQ; the consumer (GUI or headless recorder) runs in this process. By default the endpoints are
+``ipc://`` sockets in a private temporary directory; ``--events-endpoint`` and
+``--predictions-endpoint`` (e.g. ``tcp://127.0.0.1:5555``) and ``--stages`` let stages run on
+different machines (start ``--stages source`` on the camera host and ``--stages worker,consumer``
+elsewhere, with the same endpoints; the source binds the events endpoint, the worker binds the
+predictions endpoint).
+
+Shutdown: Ctrl-C (SIGINT) or SIGTERM stops every stage within ``STOP_TIMEOUT_S`` (SIGTERM, then
+SIGKILL for a stage that has not exited) and the headless report is still written. Children run in
+their own process group (a terminal's Ctrl-C reaches this process only, which stops them in order)
+and on Linux get SIGTERM if this process dies without cleaning up (``PR_SET_PDEATHSIG``).
+A stage that dies is reported on stderr with its exit code and the pipeline stops (exit code 1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, NamedTuple
+
+DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "inference" / "checkpoints" / "spikeformer-small-sim.json"
+STOP_TIMEOUT_S = 1.5  # SIGTERM -> SIGKILL grace for all stages together
+STAGES = ("source", "worker", "consumer")
+BACKENDS = ("auto", "tensorrt", "onnxruntime", "torch")
+
+
+class Endpoints(NamedTuple):
+    """ZeroMQ endpoints of the pipeline: ``events`` (source -> worker) and ``predictions``
+    (worker -> consumers: predictions, display frames, truth, stats, end of stream)."""
+
+    events: str
+    predictions: str
+
+
+# --- process supervision ------------------------------------------------------------------------
+
+
+def _parent_death_signal() -> Callable[[], None] | None:
+    """A ``preexec_fn`` putting the child in its own process group and, on Linux, asking the kernel
+    to SIGTERM it when this process dies. libc is loaded here, before any fork."""
+    if not sys.platform.startswith("linux"):
+        return os.setpgrp
+    libc = ctypes.CDLL(None, use_errno=True)
+    pr_set_pdeathsig = 1
+
+    def preexec() -> None:
+        os.setpgrp()
+        libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+    return preexec
+
+
+@dataclass
+class Stage:
+    """One child process: ``python -m MODULE ARGS...``."""
+
+    name: str
+    module: str
+    args: list[str]
+    process: subprocess.Popen | None = field(default=None, repr=False)
+    starts: int = 0
+
+    @property
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", self.module, *self.args]
+
+
+class StageExit(NamedTuple):
+    """A stage that has exited: its name and exit code (negative: killed by that signal)."""
+
+    name: str
+    returncode: int
+
+
+class Supervisor:
+    """Starts stages as child processes, notices when they exit, stops them all.
+
+    ``poll()`` is cheap (no blocking) and meant to be called from the consumer's loop; ``restart``
+    starts an exited stage again (the hook a restart policy will use). A context manager: leaving
+    it stops every stage still running.
+
+    Args:
+        stages: what to run, started in this order.
+        log: where one-line status messages go.
+    """
+
+    def __init__(self, stages: list[Stage], log: Callable[[str], None] | None = None) -> None:
+        names = [stage.name for stage in stages]
+        if len(set(names)) != len(names):
+            raise ValueError(f"stage names must be unique, got {names}")
+        self.stages = {stage.name: stage for stage in stages}
+        self.log = log or (lambda message: print(message, file=sys.stderr, flush=True))
+        self._preexec = _parent_death_signal()
+        self._reported: set[str] = set()
+
+    def start(self) -> None:
+        """Start every stage that is not running."""
+        for stage in self.stages.values():
+            if stage.process is None or stage.process.poll() is not None:
+                self._spawn(stage)
+
+    def _spawn(self, stage: Stage) -> None:
+        stage.process = subprocess.Popen(stage.command, preexec_fn=self._preexec, close_fds=True)
+        stage.starts += 1
+        self._reported.discard(stage.name)
+
+    def restart(self, name: str) -> None:
+        """Start stage ``name`` again (it must have exited)."""
+        stage = self.stages[name]
+        if stage.process is not None and stage.process.poll() is None:
+            raise ValueError(f"stage {name!r} is still running (pid {stage.process.pid})")
+        self._spawn(stage)
+
+    def poll(self) -> list[StageExit]:
+        """Stages that have exited since the previous call (each reported once per start)."""
+        exits = []
+        for stage in self.stages.values():
+            if stage.process is None or stage.name in self._reported:
+                continue
+            code = stage.process.poll()
+            if code is not None:
+                self._reported.add(stage.name)
+                exits.append(StageExit(stage.name, code))
+        return exits
+
+    def running(self) -> list[str]:
+        """Names of the stages still running."""
+        return [s.name for s in self.stages.values() if s.process is not None and s.process.poll() is None]
+
+    def pids(self) -> dict[str, int]:
+        """Process ids of the started stages."""
+        return {s.name: s.process.pid for s in self.stages.values() if s.process is not None}
+
+    def wait(self, timeout_s: float) -> bool:
+        """Wait up to ``timeout_s`` for every stage to exit by itself; True if they all did."""
+        deadline = time.monotonic() + timeout_s
+        for stage in self.stages.values():
+            if stage.process is None:
+                continue
+            try:
+                stage.process.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                return False
+        return True
+
+    def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> None:
+        """SIGTERM every running stage, wait up to ``timeout_s`` in all, SIGKILL the rest, reap all."""
+        alive = [s for s in self.stages.values() if s.process is not None and s.process.poll() is None]
+        for stage in alive:
+            _signal(stage.process, signal.SIGTERM)
+        if not self.wait(timeout_s):
+            for stage in alive:
+                if stage.process.poll() is None:
+                    self.log(f"launch: stage {stage.name} did not stop within {timeout_s:g} s; killing it")
+                    _signal(stage.process, signal.SIGKILL)
+            for stage in alive:
+                stage.process.wait()
+
+    def __enter__(self) -> "Supervisor":
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+def _signal(process: subprocess.Popen, signum: int) -> None:
+    try:
+        process.send_signal(signum)
+    except ProcessLookupError:  # already gone
+        pass
+
+
+# --- command line ---------------------------------------------------------------------------------
+
+
+def _speed(text: str) -> str:
+    if text == "max":
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"speed must be a positive number or 'max', got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"speed must be a positive number or 'max', got {text!r}")
+    return text
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"duration must be > 0 seconds, got {text!r}")
+    return value
+
+
+def _stages(text: str) -> tuple[str, ...]:
+    names = tuple(name.strip() for name in text.split(",") if name.strip())
+    unknown = [name for name in names if name not in STAGES]
+    if not names or unknown:
+        raise argparse.ArgumentTypeError(f"stages must be a comma list of {', '.join(STAGES)}, got {text!r}")
+    return names
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python launch.py", description="Live gesture recognition: source -> spiking transformer -> GUI or report."
+    )
+    parser.add_argument("--headless", action="store_true", help="no GUI: print a summary (and --report JSON)")
+    parser.add_argument(
+        "--source", default="auto",
+        help="auto (first camera, else the simulator) | camera[:SERIAL] | file:PATH | dv:HOST:PORT | sim",
+    )  # fmt: skip
+    parser.add_argument("--backend", default="auto", choices=BACKENDS, help="inference backend")
+    parser.add_argument("--device", default=None, help="backend device (e.g. cuda:0); default: the backend's choice")
+    parser.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT, help="model checkpoint (.json)")
+    parser.add_argument("--speed", type=_speed, default="1", help="replay speed factor for files and the simulator, or 'max'")
+    parser.add_argument("--loop", action="store_true", help="replay a file forever")
+    parser.add_argument("--duration", type=_positive_seconds, default=None, help="stop after this many seconds")
+    parser.add_argument("--report", type=Path, default=None, help="headless: write the JSON report here")
+    parser.add_argument("--stride-us", type=int, default=None, help="time between predictions (default: checkpoint's)")
+    parser.add_argument("--events-endpoint", default=None, help="source -> worker ZeroMQ endpoint (default: ipc in a temp dir)")
+    parser.add_argument("--predictions-endpoint", default=None, help="worker -> consumers endpoint (default: ipc in a temp dir)")
+    parser.add_argument(
+        "--stages", type=_stages, default=STAGES,
+        help="which stages run here, comma separated (default: source,worker,consumer)",
+    )  # fmt: skip
+    parser.add_argument("--quiet", action="store_true", help="headless: no per-second progress lines")
+    return parser
+
+
+def source_stage(args: argparse.Namespace, endpoints: Endpoints, wait_subscribers: int) -> Stage:
+    """The source child process for these arguments."""
+    stage_args = ["--source", args.source, "--pub", endpoints.events, "--speed", args.speed]
+    stage_args += ["--wait-subscribers", str(wait_subscribers), "--quiet"]
+    if args.loop:
+        stage_args.append("--loop")
+    return Stage("source", "stream.source", stage_args)
+
+
+def worker_stage(args: argparse.Namespace, endpoints: Endpoints, wait_subscribers: int) -> Stage:
+    """The inference worker child process for these arguments."""
+    stage_args = ["--sub", endpoints.events, "--pub", endpoints.predictions]
+    stage_args += ["--checkpoint", str(args.checkpoint), "--backend", args.backend]
+    stage_args += ["--wait-subscribers", str(wait_subscribers)]
+    if args.device:
+        stage_args += ["--device", args.device]
+    if args.stride_us:
+        stage_args += ["--stride-us", str(args.stride_us)]
+    return Stage("worker", "inference.worker", stage_args)
+
+
+def _display_problem() -> str | None:
+    """Why a GUI cannot open here (None if it probably can). Checked before Qt is touched, because
+    Qt aborts the process when it finds no display."""
+    if os.environ.get("QT_QPA_PLATFORM"):
+        return None
+    if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        return "no display found (DISPLAY and WAYLAND_DISPLAY are unset)"
+    return None
+
+
+class _Stop(Exception):
+    """SIGTERM received: leave the main loop like Ctrl-C does."""
+
+
+def _raise_stop(signum: int, frame: object) -> None:
+    raise _Stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.report is not None and not args.headless:
+        print("error: --report needs --headless", file=sys.stderr)
+        return 2
+    consumer_here = "consumer" in args.stages
+    run_gui = None
+    if consumer_here and not args.headless:
+        problem = _display_problem()
+        if problem is None:
+            try:
+                from gui.app import run_gui  # lazy: Qt only when a window is wanted
+            except ImportError as error:
+                problem = f"the GUI cannot be loaded ({error})"
+        if problem is not None:
+            print(f"error: {problem}; run with --headless for the report-only mode", file=sys.stderr)
+            return 2
+    if "worker" in args.stages and not args.checkpoint.is_file():
+        print(f"error: checkpoint {args.checkpoint} not found (pass --checkpoint PATH)", file=sys.stderr)
+        return 2
+
+    temp_dir = None
+    if args.events_endpoint is None or args.predictions_endpoint is None:
+        temp_dir = tempfile.mkdtemp(prefix="spikeformer-")
+    endpoints = Endpoints(
+        args.events_endpoint or f"ipc://{temp_dir}/events",
+        args.predictions_endpoint or f"ipc://{temp_dir}/predictions",
+    )
+    previous_term = signal.signal(signal.SIGTERM, _raise_stop)
+    children = []
+    # Each publisher waits for its subscriber before sending, so no message is lost at start-up.
+    if "worker" in args.stages:
+        children.append(worker_stage(args, endpoints, wait_subscribers=1 if consumer_here else 0))
+    if "source" in args.stages:
+        children.append(source_stage(args, endpoints, wait_subscribers=1 if "worker" in args.stages else 0))
+    supervisor = Supervisor(children)
+    try:
+        if not consumer_here:
+            return _supervise_only(supervisor, args.duration)
+        if args.headless:
+            from inference.headless import run_headless
+
+            return run_headless(args, endpoints, supervisor)
+        supervisor.start()
+        return int(run_gui(args, endpoints) or 0)
+    except (KeyboardInterrupt, _Stop):
+        return 130
+    except (ValueError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the clean-up short
+        supervisor.stop()
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, previous_term)
+        if temp_dir is not None:
+            shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def _supervise_only(supervisor: Supervisor, duration_s: float | None) -> int:
+    """Run the local stages (no consumer here) until they end, one dies, or the duration is over."""
+    supervisor.start()
+    deadline = None if duration_s is None else time.monotonic() + duration_s
+    while supervisor.running():
+        for stage_exit in supervisor.poll():
+            if stage_exit.returncode != 0:
+                supervisor.log(f"launch: stage {stage_exit.name} exited with code {stage_exit.returncode}")
+                return 1
+        if deadline is not None and time.monotonic() >= deadline:
+            return 0
+        supervisor.wait(0.1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
