@@ -1,0 +1,291 @@
+"""TensorRT engine builder and runner (TensorRT 10 / 11 Python API, CUDA memory through torch).
+
+Build: ONNX parser -> strongly typed network (precision comes from the ONNX file: export it with
+``fp16=True`` for an FP16 engine) -> one optimisation profile for batch 1..max_batch (opt 1: the
+live pipeline runs one window at a time) -> serialized engine, with a timing cache loaded and saved.
+Engines are specific to the TensorRT version and the GPU; :func:`engine_cache_key` names them.
+
+Run: :class:`TensorRTRunner` deserialises an engine, preallocates the input and output CUDA buffers
+for the largest batch plus pinned host staging buffers, and runs each batch on its own CUDA stream
+(``set_input_shape`` + ``execute_async_v3``).
+
+``tensorrt`` is imported lazily; where it or a CUDA GPU is missing every entry point raises
+:class:`BackendUnavailable` with a message saying which.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+class BackendUnavailable(RuntimeError):
+    """An inference backend cannot run here (library not installed, no CUDA GPU); says which."""
+
+
+DEFAULT_WORKSPACE_BYTES = 1 << 30  # 1 GiB of builder scratch memory
+MAX_BATCH_LIMIT = 1024
+PRECISIONS = ("fp16", "fp32")
+INSTALL_HINT = "pip install 'spikeformer-live[tensorrt]' on a machine with an NVIDIA GPU"
+
+
+# --- availability ------------------------------------------------------------------------------
+
+
+def import_tensorrt() -> Any:
+    """The ``tensorrt`` module (>= 10), or BackendUnavailable."""
+    try:
+        import tensorrt as trt
+    except (ImportError, OSError) as error:  # OSError: the package is there, its libraries are not
+        raise BackendUnavailable(f"TensorRT is not installed ({INSTALL_HINT}): {error}") from None
+    if int(trt.__version__.split(".")[0]) < 10:
+        raise BackendUnavailable(f"TensorRT >= 10 is needed, found {trt.__version__}")
+    return trt
+
+
+def cuda_gpu_name() -> str:
+    """Name of the current CUDA GPU as torch sees it, or BackendUnavailable."""
+    import torch
+
+    if not torch.cuda.is_available():
+        raise BackendUnavailable("no CUDA GPU: torch.cuda.is_available() is False (CPU-only torch, "
+                                 "no NVIDIA driver, or no GPU)")
+    return torch.cuda.get_device_name()
+
+
+def require_tensorrt() -> tuple[Any, str]:
+    """``(tensorrt module, GPU name)`` or BackendUnavailable saying which of the two is missing."""
+    return import_tensorrt(), cuda_gpu_name()
+
+
+# --- pure helpers ------------------------------------------------------------------------------
+
+
+def engine_cache_key(model_sha256: str, tensorrt_version: str, gpu_name: str, max_batch: int,
+                     precision: str) -> str:
+    """A file-name-safe key (32 hex chars) for one engine: it changes with every argument.
+
+    Args:
+        model_sha256: sha256 of the model weights (the checkpoint's ``weights.sha256``).
+        tensorrt_version: ``tensorrt.__version__``.
+        gpu_name: e.g. ``torch.cuda.get_device_name()``.
+        max_batch: the optimisation profile's largest batch.
+        precision: ``"fp16"`` or ``"fp32"``.
+    """
+    for name, value in (("model_sha256", model_sha256), ("tensorrt_version", tensorrt_version),
+                        ("gpu_name", gpu_name)):
+        if not isinstance(value, str) or not value.strip():
+            raise ValueError(f"engine_cache_key: {name} must be a non-empty string, got {value!r}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"engine_cache_key: precision must be one of {PRECISIONS}, got {precision!r}")
+    _check_max_batch(max_batch)
+    text = "\n".join(["spikeformer-live-engine-v1", model_sha256, tensorrt_version, gpu_name,
+                      str(max_batch), precision])
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def profile_shapes(frame_shape: tuple[int, ...], max_batch: int) -> tuple[tuple[int, ...], ...]:
+    """``(min, opt, max)`` input shapes of the optimisation profile for frames ``(T, 2, H, W)``:
+    batch 1, 1 (latency of the live pipeline) and ``max_batch``."""
+    _check_max_batch(max_batch)
+    frame_shape = tuple(int(side) for side in frame_shape)
+    if len(frame_shape) != 4 or min(frame_shape) < 1:
+        raise ValueError(f"frame shape must be (T, 2, H, W) with positive sides, got {frame_shape}")
+    return (1, *frame_shape), (1, *frame_shape), (max_batch, *frame_shape)
+
+
+def _check_max_batch(max_batch: int) -> None:
+    if isinstance(max_batch, bool) or not isinstance(max_batch, int) or not 1 <= max_batch <= MAX_BATCH_LIMIT:
+        raise ValueError(f"max_batch must be an integer 1..{MAX_BATCH_LIMIT}, got {max_batch!r}")
+
+
+def timing_cache_name(tensorrt_version: str, gpu_name: str) -> str:
+    """File name of the timing cache for one TensorRT version and GPU (caches do not transfer)."""
+    safe_gpu = re.sub(r"[^A-Za-z0-9.-]+", "_", gpu_name).strip("_")
+    return f"timing-trt{tensorrt_version}-{safe_gpu}.cache"
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp_name = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as tmp:
+            tmp.write(data)
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+
+
+# --- build -------------------------------------------------------------------------------------
+
+
+def build_engine(
+    onnx_path: str | os.PathLike,
+    engine_path: str | os.PathLike,
+    *,
+    max_batch: int = 8,
+    fp16: bool = True,
+    workspace_bytes: int = DEFAULT_WORKSPACE_BYTES,
+    timing_cache_path: str | os.PathLike | None = None,
+) -> Path:
+    """Build a TensorRT engine from an exported ONNX file and write it to ``engine_path``.
+
+    Args:
+        onnx_path: an :func:`inference.export.export_onnx` file. Networks are strongly typed, so
+            ``fp16=True`` needs the FP16 export (``export_onnx(..., fp16=True)``) and ``fp16=False``
+            the FP32 one; a mismatch is a ValueError.
+        engine_path: the engine file to write (atomically).
+        max_batch: the optimisation profile covers batch 1..max_batch (optimised for 1).
+        workspace_bytes: builder workspace memory pool limit in bytes.
+        timing_cache_path: timing cache file, read if present and written back after the build.
+    """
+    from inference.export import read_onnx_info
+
+    _check_max_batch(max_batch)
+    if workspace_bytes < 1 << 20:
+        raise ValueError(f"workspace_bytes must be at least 1 MiB, got {workspace_bytes}")
+    onnx_path = Path(onnx_path)
+    info = read_onnx_info(onnx_path)
+    precision = "fp16" if fp16 else "fp32"
+    if info.precision != precision:
+        raise ValueError(f"{onnx_path} is an {info.precision} export but a {precision} engine was asked for "
+                         f"(TensorRT networks are strongly typed: export with fp16={fp16})")
+    trt, gpu_name = require_tensorrt()
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    flags = 0
+    if int(trt.__version__.split(".")[0]) == 10:  # TensorRT 11: always strongly typed, flag deprecated
+        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = [_describe_parser_error(parser.get_error(i)) for i in range(parser.num_errors)]
+        raise ValueError(f"TensorRT could not parse {onnx_path}: " + "; ".join(errors or ["no details"]))
+    if network.num_inputs != 1 or network.num_outputs != 1:
+        raise ValueError(f"{onnx_path}: expected 1 input and 1 output, got {network.num_inputs} and "
+                         f"{network.num_outputs}")
+
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_bytes))
+    cache_file = Path(timing_cache_path) if timing_cache_path is not None else None
+    cache_bytes = cache_file.read_bytes() if cache_file is not None and cache_file.is_file() else b""
+    timing_cache = config.create_timing_cache(cache_bytes)
+    config.set_timing_cache(timing_cache, ignore_mismatch=False)
+
+    input_name = network.get_input(0).name
+    profile = builder.create_optimization_profile()
+    profile.set_shape(input_name, *profile_shapes(info.input_shape, max_batch))
+    config.add_optimization_profile(profile)
+
+    log.info("building TensorRT %s engine for %s on %s (batch 1..%d)", precision, onnx_path.name,
+             gpu_name, max_batch)
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise RuntimeError(f"TensorRT failed to build an engine from {onnx_path} (see its log above)")
+    engine_path = Path(engine_path)
+    _write_atomically(engine_path, bytes(serialized))
+    if cache_file is not None:
+        _write_atomically(cache_file, bytes(config.get_timing_cache().serialize()))
+    return engine_path
+
+
+def _describe_parser_error(error: Any) -> str:
+    """One line per ONNX parser error: description, and the node where the API says it."""
+    where = ""
+    for attribute in ("node_name", "node_operator"):
+        getter = getattr(error, attribute, None)
+        value = getter() if callable(getter) else None
+        if value:
+            where += f" {attribute.split('_')[1]}={value}"
+    return f"{error.desc()}{where} (node #{error.node()})"
+
+
+# --- run ---------------------------------------------------------------------------------------
+
+
+class TensorRTRunner:
+    """Runs one engine on the current CUDA GPU: frames ``[B, T, 2, H, W]`` float32 -> logits ``[B, C]``.
+
+    Args:
+        engine_path: a :func:`build_engine` file (built for this TensorRT version and GPU).
+    """
+
+    def __init__(self, engine_path: str | os.PathLike) -> None:
+        import torch
+
+        trt, _ = require_tensorrt()
+        engine_path = Path(engine_path)
+        self._logger = trt.Logger(trt.Logger.WARNING)
+        self._runtime = trt.Runtime(self._logger)
+        self._engine = self._runtime.deserialize_cuda_engine(engine_path.read_bytes())
+        if self._engine is None:
+            raise ValueError(f"{engine_path} is not an engine for this TensorRT ({trt.__version__}) and GPU")
+        names = [self._engine.get_tensor_name(i) for i in range(self._engine.num_io_tensors)]
+        inputs = [n for n in names if self._engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        outputs = [n for n in names if self._engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
+        if len(inputs) != 1 or len(outputs) != 1:
+            raise ValueError(f"{engine_path}: expected 1 input and 1 output tensor, got {inputs} and {outputs}")
+        self._input_name, self._output_name = inputs[0], outputs[0]
+
+        _, _, max_shape = (tuple(shape) for shape in self._engine.get_tensor_profile_shape(self._input_name, 0))
+        self.max_batch = int(max_shape[0])
+        self.frame_shape: tuple[int, ...] = tuple(int(side) for side in max_shape[1:])
+        num_classes = int(self._engine.get_tensor_shape(self._output_name)[-1])
+        if num_classes < 1:
+            raise ValueError(f"{engine_path}: the output's class dimension is not static")
+        self.num_classes = num_classes
+
+        device = torch.device("cuda", torch.cuda.current_device())
+        to_torch = {trt.DataType.FLOAT: torch.float32, trt.DataType.HALF: torch.float16}
+        in_dtype = to_torch[self._engine.get_tensor_dtype(self._input_name)]
+        out_dtype = to_torch[self._engine.get_tensor_dtype(self._output_name)]
+        # Device buffers for the largest batch; a batch of B uses their first B rows (contiguous).
+        self._device_input = torch.empty(max_shape, dtype=in_dtype, device=device)
+        self._device_output = torch.empty((self.max_batch, num_classes), dtype=out_dtype, device=device)
+        self._host_input = torch.empty(max_shape, dtype=torch.float32, pin_memory=True)
+        self._host_output = torch.empty((self.max_batch, num_classes), dtype=torch.float32, pin_memory=True)
+        self._stream = torch.cuda.Stream(device=device)
+        self._context = self._engine.create_execution_context()
+        if self._context is None:
+            raise RuntimeError("TensorRT could not create an execution context (out of GPU memory?)")
+        self._context.set_tensor_address(self._input_name, self._device_input.data_ptr())
+        self._context.set_tensor_address(self._output_name, self._device_output.data_ptr())
+        torch.cuda.synchronize(device)  # the buffers exist before the first run on our stream
+
+    def run(self, frames: np.ndarray) -> np.ndarray:
+        """Logits ``[B, C]`` float32 for frames ``[B, T, 2, H, W]`` (1 <= B <= max_batch)."""
+        import torch
+
+        frames = np.asarray(frames, dtype=np.float32)
+        if frames.ndim != 5 or frames.shape[1:] != self.frame_shape:
+            raise ValueError(f"frames must be [B, {', '.join(map(str, self.frame_shape))}], got {list(frames.shape)}")
+        batch = frames.shape[0]
+        if not 1 <= batch <= self.max_batch:
+            raise ValueError(f"batch must be 1..{self.max_batch} for this engine, got {batch}")
+        self._host_input[:batch].numpy()[...] = frames
+        with torch.cuda.stream(self._stream):
+            self._device_input[:batch].copy_(self._host_input[:batch], non_blocking=True)
+            if not self._context.set_input_shape(self._input_name, (batch, *self.frame_shape)):
+                raise ValueError(f"TensorRT rejected input shape {(batch, *self.frame_shape)}")
+            if not self._context.execute_async_v3(self._stream.cuda_stream):
+                raise RuntimeError("TensorRT execute_async_v3 failed (see its log above)")
+            self._host_output[:batch].copy_(self._device_output[:batch], non_blocking=True)
+        self._stream.synchronize()
+        return self._host_output[:batch].numpy().copy()
+
+    def close(self) -> None:
+        """Release the context, engine and buffers (the runner is unusable afterwards)."""
+        for name in ("_context", "_engine", "_runtime", "_device_input", "_device_output",
+                     "_host_input", "_host_output"):
+            if hasattr(self, name):
+                delattr(self, name)
