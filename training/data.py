@@ -175,7 +175,7 @@ def simulated_dataset(samples: int, cache_dir: Path, *, seed: int = 0, sensor_si
         return directory
     directory.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=directory.name + ".tmp-", dir=directory.parent))
-    write_dataset(staging, samples=samples, seed=seed, sensor_size=sensor_size)
+    write_dataset(staging, samples=samples, seed=seed, sensor_size=sensor_size, workers=os.cpu_count() or 1)
     try:
         os.replace(staging, directory)
     except OSError:  # another process finished first

@@ -1,0 +1,186 @@
+"""training.train / training.evaluate: a real (tiny) training run, resume, evaluate --json, DDP."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from stream.aedat31 import write_aedat31, write_gesture_labels, write_trials
+from stream.events import EVENT_DTYPE, GestureSegment, SensorSize, make_events
+from training import train
+from training.__main__ import main as training_main
+from training.checkpoint import load_checkpoint
+from training.spikeformer import SpikeformerConfig, build_model
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = SpikeformerConfig(name="tiny", input_size=(16, 16), time_steps=4, tokenizer_channels=(8, 16),
+                         tokenizer_strides=(2, 2), kernel_size=3, embed_dim=16, depth=1, num_heads=2,
+                         mlp_ratio=2, num_classes=11, drop_path_rate=0.0)  # fmt: skip
+
+
+def class_motion(label: int, start_us: int, end_us: int, rng: np.random.Generator) -> np.ndarray:
+    """A dot whose position and speed tell its class (0..3), with a little noise."""
+    t = np.arange(start_us, end_us, 200, dtype=np.int64)
+    angle = (1.0 + label) * 2 * np.pi * (t - start_us) / 1e6
+    cx, cy = 30 + 22 * (label % 2), 30 + 22 * (label // 2)  # a quadrant per class
+    x = np.clip(np.round(cx + 18 * np.cos(angle) + rng.normal(0, 1, len(t))), 0, 127)
+    y = np.clip(np.round(cy + 18 * np.sin(angle) + rng.normal(0, 1, len(t))), 0, 127)
+    return make_events(t, x.astype(np.int16), y.astype(np.int16), (np.arange(len(t)) % 2).astype(np.int8))
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A 4-class DVS128-Gesture-layout data set (6 recordings), a tiny model config and a cache dir."""
+    root = tmp_path_factory.mktemp("tiny")
+    data_dir = root / "dvs"
+    data_dir.mkdir()
+    names = []
+    for index in range(6):
+        rng = np.random.default_rng(index)
+        segments, pieces, t = [], [], 100_000
+        for label in rng.permutation(4).tolist():
+            segments.append(GestureSegment(label, t, t + 500_000))
+            pieces.append(class_motion(label, t, t + 500_000, rng))
+            t += 600_000
+        name = f"user{index + 1:02d}_led"
+        write_aedat31(data_dir / f"{name}.aedat", np.concatenate(pieces).astype(EVENT_DTYPE), SensorSize(128, 128))
+        write_gesture_labels(data_dir / f"{name}_labels.csv", segments)
+        names.append(f"{name}.aedat")
+    write_trials(data_dir / "trials_to_train.txt", names[:5])
+    write_trials(data_dir / "trials_to_test.txt", names[5:])
+    config = root / "tiny.json"
+    config.write_text(json.dumps(TINY.to_dict()))
+    return {"data": data_dir, "config": config, "cache": root / "cache", "root": root}
+
+
+def train_args(tiny: dict[str, Path], out: Path, *extra: str) -> list[str]:
+    return ["--config", str(tiny["config"]), "--data", f"dvsgesture:{tiny['data']}", "--out", str(out),
+            "--cache", str(tiny["cache"]), "--bins", "4", "--bin-us", "50000", "--input-size", "16x16",
+            "--batch-size", "5", "--lr", "5e-3", "--warmup-epochs", "0", "--train-windows", "2",
+            "--eval-windows", "2", "--flip-prob", "0", "--max-shift", "0", "--max-drop", "0",
+            "--max-stretch", "0", "--no-progress", *extra]  # fmt: skip
+
+
+def read_metrics(out: Path) -> list[dict[str, str]]:
+    with open(out / "metrics.csv", newline="") as file:
+        return list(csv.DictReader(file))
+
+
+@pytest.fixture(scope="module")
+def trained_run(tiny_data: dict[str, Path]) -> Path:
+    out = tiny_data["root"] / "run"
+    torch.manual_seed(0)
+    assert train.main(train_args(tiny_data, out, "--epochs", "4")) == 0
+    return out
+
+
+def test_lr_schedule_warms_up_then_decays():
+    lrs = [train.lr_at(step, 100, 10, 1e-3, 0.1) for step in range(100)]
+    assert lrs[0] == pytest.approx(1e-4) and lrs[9] == pytest.approx(1e-3)
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
+    assert lrs[-1] == pytest.approx(1e-4, rel=0.01)
+
+
+def test_training_reduces_loss_and_writes_csv_and_checkpoints(trained_run: Path):
+    rows = read_metrics(trained_run)
+    assert [int(row["epoch"]) for row in rows] == [1, 2, 3, 4]
+    losses = [float(row["train_loss"]) for row in rows]
+    assert losses[-1] < losses[0] - 0.1, losses
+    for name in ("best", "last"):
+        model, metadata = load_checkpoint(trained_run / f"{name}.json")
+        assert metadata["input"]["window"] == {"bins": 4, "bin_us": 50000, "stride_us": 50000}
+        assert metadata["input"]["sensor_mapping"]["flip_y"] is False
+        assert metadata["data"]["source_orientation"] == "bottom-left"
+        assert 0.0 <= metadata["metrics"]["test_accuracy"] <= 1.0
+    assert any((trained_run / "tensorboard").iterdir())
+    state = json.loads((trained_run / "train_state.json").read_text())
+    assert state["epoch"] == 4 and state["step"] == 4 * 4  # 20 segments / batch 5
+
+
+def test_resume_continues_from_the_saved_epoch(tiny_data: dict[str, Path], trained_run: Path, tmp_path: Path):
+    out = tmp_path / "resumed"
+    (out).mkdir()
+    for name in ("metrics.csv", "train_state.json", "train_state.safetensors", "best.json", "best.safetensors"):
+        (out / name).write_bytes((trained_run / name).read_bytes())
+    assert train.main(train_args(tiny_data, out, "--epochs", "6", "--resume", str(out))) == 0
+    rows = read_metrics(out)
+    assert [int(row["epoch"]) for row in rows] == [1, 2, 3, 4, 5, 6]
+    assert int(rows[4]["step"]) == 20  # continued from step 16, not from 0
+    state = json.loads((out / "train_state.json").read_text())
+    assert state["epoch"] == 6 and state["options"]["resume"] == str(out)
+
+
+def test_train_state_round_trip_without_pickle(tmp_path: Path):
+    torch.manual_seed(0)
+    model = build_model(TINY)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model(torch.rand(2, 4, 2, 16, 16)).sum().backward()
+    optimizer.step()
+    ema = train.ModelEma(model, 0.9)
+    train.save_train_state(tmp_path, model, optimizer, ema, {"epoch": 1, "step": 1, "best_accuracy": 0.5})
+    assert b"pickle" not in (tmp_path / "train_state.json").read_bytes()
+    fresh = build_model(TINY)
+    fresh_optimizer = torch.optim.AdamW(fresh.parameters(), lr=1e-3)
+    fresh_ema = train.ModelEma(fresh, 0.9)
+    state = train.load_train_state(tmp_path, fresh, fresh_optimizer, fresh_ema)
+    assert state["epoch"] == 1
+    for a, b in zip(model.state_dict().values(), fresh.state_dict().values()):
+        assert torch.equal(a, b)
+    saved, loaded = optimizer.state_dict(), fresh_optimizer.state_dict()
+    assert saved["param_groups"][0]["betas"] == loaded["param_groups"][0]["betas"]
+    for index, values in saved["state"].items():
+        for key, value in values.items():
+            assert torch.equal(torch.as_tensor(value), torch.as_tensor(loaded["state"][index][key]))
+    with pytest.raises(ValueError, match="resume"):
+        train.load_train_state(tmp_path / "nothing", fresh, fresh_optimizer, None)
+
+
+def test_evaluate_json_and_confusion_png(tiny_data: dict[str, Path], trained_run: Path, capsys: pytest.CaptureFixture):
+    png = tiny_data["root"] / "confusion.png"
+    code = training_main(["evaluate", "--checkpoint", str(trained_run / "best.json"), "--data",
+                          f"dvsgesture:{tiny_data['data']}", "--cache", str(tiny_data["cache"]), "--windows", "3",
+                          "--json", "--confusion", str(png)])  # fmt: skip
+    assert code == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["samples"] == 4 * 3  # 4 test segments x 3 windows
+    assert 0.0 <= report["accuracy"] <= 1.0
+    assert set(report["per_class"]) == set(report["classes"]) and report["per_class"]["air guitar"] is None
+    assert np.trace(np.array(report["confusion"])) == round(report["accuracy"] * report["samples"])
+    from PIL import Image
+
+    with Image.open(png) as image:
+        assert image.format == "PNG" and image.size[0] > 300
+
+
+def test_cli_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture):
+    assert training_main(["train", "--config", "small", "--data", "bogus", "--out", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.startswith("error: data spec must be KIND:LOCATION")
+    assert training_main(["evaluate", "--checkpoint", str(tmp_path / "none.json"), "--data", "sim:5"]) == 2
+    assert "error:" in capsys.readouterr().err
+    assert training_main(["train", "--config", "small", "--data", "sim:5", "--out", str(tmp_path),
+                          "--normalisation", "cube"]) == 2  # fmt: skip
+    assert "--normalisation" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_gloo(tiny_data: dict[str, Path], trained_run: Path, tmp_path: Path):
+    """torchrun, 2 CPU processes, gloo: one epoch trains, rank 0 writes, evaluation covers every window once."""
+    out = tmp_path / "ddp"
+    env = dict(os.environ, GLOO_SOCKET_IFNAME="lo", OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               "-m", "training", "train", *train_args(tiny_data, out, "--epochs", "1")]  # fmt: skip
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = read_metrics(out)
+    assert len(rows) == 1 and int(rows[0]["step"]) == 2  # 20 segments / (2 ranks x batch 5)
+    _, metadata = load_checkpoint(out / "last.json")
+    assert metadata["metrics"]["test_samples"] == 8  # 4 test segments x 2 windows, sharded then summed
+    assert result.stdout.count("epoch 1/1") == 1  # only rank 0 logs

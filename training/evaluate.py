@@ -1,0 +1,198 @@
+"""``python -m training evaluate``: accuracy of a checkpoint on a data set's test split.
+
+    python -m training evaluate --checkpoint inference/checkpoints/spikeformer-small-sim.json \\
+        --data sim:1200 [--json] [--confusion confusion.png] [--windows 4] [--cache DIR]
+
+The windows are cut and binned exactly as the checkpoint says (``input.window``,
+``input.sensor_mapping``, ``input.normalisation``) at fixed, evenly spaced positions in every test
+segment (see ``training.data``). Prints accuracy, per-class accuracy and the confusion matrix;
+``--json`` prints one JSON object instead: ``accuracy``, ``samples``, ``per_class`` (class name ->
+accuracy, null for a class without samples), ``confusion`` (rows = true class, columns = predicted),
+``classes``. ``--confusion OUT.png`` writes the confusion matrix as a picture (PIL).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from stream.binning import WindowSpec, check_normalisation
+from stream.events import SensorSize
+from training import data
+
+
+@dataclass
+class EvalResult:
+    """Counts of one evaluation: ``confusion[true, predicted]`` and the summed loss."""
+
+    confusion: np.ndarray
+    loss_sum: float
+    classes: tuple[str, ...]
+
+    @property
+    def samples(self) -> int:
+        return int(self.confusion.sum())
+
+    @property
+    def accuracy(self) -> float:
+        return float(np.trace(self.confusion) / max(self.samples, 1))
+
+    @property
+    def loss(self) -> float:
+        return self.loss_sum / max(self.samples, 1)
+
+    def per_class(self) -> dict[str, float | None]:
+        """Accuracy (recall) of each class; None for a class with no samples."""
+        totals = self.confusion.sum(axis=1)
+        return {
+            name: (float(self.confusion[i, i] / totals[i]) if totals[i] else None)
+            for i, name in enumerate(self.classes)
+        }
+
+    def to_dict(self) -> dict:
+        return {
+            "accuracy": self.accuracy,
+            "samples": self.samples,
+            "loss": self.loss,
+            "per_class": self.per_class(),
+            "classes": list(self.classes),
+            "confusion": self.confusion.tolist(),
+        }
+
+
+@torch.no_grad()
+def evaluate_model(
+    model: nn.Module,
+    dataset: torch.utils.data.Dataset,
+    classes: Sequence[str],
+    *,
+    batch_size: int = 32,
+    device: torch.device | str = "cpu",
+    indices: Sequence[int] | None = None,
+) -> EvalResult:
+    """Run ``model`` (eval mode) over ``dataset`` items (all, or ``indices``): confusion and loss."""
+    was_training = model.training
+    model.eval()
+    subset = dataset if indices is None else torch.utils.data.Subset(dataset, list(indices))
+    loader = torch.utils.data.DataLoader(subset, batch_size=batch_size, shuffle=False)
+    confusion = np.zeros((len(classes), len(classes)), dtype=np.int64)
+    loss_sum = 0.0
+    for frames, labels in loader:
+        frames, labels = frames.to(device), labels.to(device)
+        logits = model(frames).float()
+        loss_sum += float(nn.functional.cross_entropy(logits, labels, reduction="sum"))
+        predicted = logits.argmax(dim=1)
+        np.add.at(confusion, (labels.cpu().numpy(), predicted.cpu().numpy()), 1)
+    model.train(was_training)
+    return EvalResult(confusion, loss_sum, tuple(classes))
+
+
+def confusion_image(confusion: np.ndarray, classes: Sequence[str], path: str | Path, *, cell: int = 36) -> Path:
+    """Write the confusion matrix (rows = true class, columns = predicted) as a PNG; returns the path.
+
+    Cells are shaded by the fraction of their row and show the count; the class list is the legend.
+    """
+    from PIL import Image, ImageDraw
+
+    count = len(classes)
+    label_width = 28
+    legend_height = 14 * count + 8
+    width = label_width + cell * count + 8
+    height = label_width + cell * count + 8 + legend_height
+    image = Image.new("RGB", (max(width, 360), height), "white")
+    draw = ImageDraw.Draw(image)
+    totals = np.maximum(confusion.sum(axis=1, keepdims=True), 1)
+    fraction = confusion / totals
+    for row in range(count):
+        draw.text((4, label_width + row * cell + cell // 2 - 5), str(row), fill="black")
+        draw.text((label_width + row * cell + cell // 2 - 5, 8), str(row), fill="black")
+        for column in range(count):
+            shade = int(255 * (1.0 - fraction[row, column]))
+            colour = (shade, shade, 255) if row == column else (255, shade, shade)
+            box = (label_width + column * cell, label_width + row * cell,
+                   label_width + (column + 1) * cell - 1, label_width + (row + 1) * cell - 1)  # fmt: skip
+            draw.rectangle(box, fill=colour, outline=(200, 200, 200))
+            if confusion[row, column]:
+                text_colour = "white" if fraction[row, column] > 0.6 else "black"
+                draw.text((box[0] + 4, box[1] + cell // 2 - 5), str(int(confusion[row, column])), fill=text_colour)
+    legend_top = label_width + cell * count + 8
+    for index, name in enumerate(classes):
+        draw.text((4, legend_top + 14 * index), f"{index}: {name}", fill="black")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path, format="PNG")
+    return path
+
+
+def checkpoint_inputs(metadata: dict) -> tuple[WindowSpec, dict, dict | None, tuple[str, ...]]:
+    """Window, sensor-mapping dict, normalisation and classes stored in a checkpoint's metadata."""
+    try:
+        inputs = metadata["input"]
+        window = WindowSpec.from_dict(inputs["window"])
+        mapping = dict(inputs["sensor_mapping"])
+        normalisation = check_normalisation(inputs.get("normalisation"))
+        classes = tuple(metadata["classes"])
+    except (KeyError, TypeError) as error:
+        raise ValueError(f"checkpoint metadata lacks input/classes information ({error})") from None
+    return window, mapping, normalisation, classes
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m training evaluate --checkpoint PATH --data SPEC [--json] [--confusion OUT.png]``."""
+    parser = _ArgumentParser(prog="python -m training evaluate", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--checkpoint", required=True, help="checkpoint .json (its .safetensors next to it)")
+    parser.add_argument("--data", required=True, help="data spec: sim:DIR|sim:N, dvsgesture:DIR, tonic:DIR, folder:CSV")
+    parser.add_argument("--split", choices=data.SPLITS, default="test", help="which split to evaluate (default test)")
+    parser.add_argument("--windows", type=int, default=4, help="fixed windows per test segment (default 4)")
+    parser.add_argument("--cache", default=None, help=f"cache directory (default {data.DEFAULT_CACHE_DIR})")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--sim-seed", type=int, default=0, help="seed of a generated sim:N data set")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--confusion", default=None, help="write the confusion matrix to this PNG")
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    if args.windows < 1 or args.batch_size < 1:
+        raise ValueError("--windows and --batch-size must be >= 1")
+
+    from training.checkpoint import load_checkpoint
+
+    model, metadata = load_checkpoint(args.checkpoint)
+    window, mapping, normalisation, classes = checkpoint_inputs(metadata)
+    source = data.open_source(args.data, cache_dir=args.cache, sim_seed=args.sim_seed)
+    if len(source.classes) > len(classes) or any(a != b for a, b in zip(source.classes, classes)):
+        raise ValueError(f"data classes {list(source.classes)} do not match the checkpoint's {list(classes)}")
+    input_size = SensorSize(mapping["input_width"], mapping["input_height"])
+    windows = data.load_windows(
+        source.split(args.split), data.WindowPlan("eval", args.windows), window, input_size,
+        method=mapping["method"], flip_x=mapping["flip_x"], flip_y=mapping["flip_y"], cache_dir=args.cache,
+    )  # fmt: skip
+    dataset = data.WindowDataset(windows, normalisation=normalisation)
+    result = evaluate_model(model, dataset, classes, batch_size=args.batch_size)
+    if args.confusion:
+        confusion_image(result.confusion, classes, args.confusion)
+    if args.json:
+        print(json.dumps(result.to_dict()))
+        return 0
+    print(f"{args.checkpoint} on {args.data} ({args.split}): accuracy {result.accuracy:.2%} "
+          f"on {result.samples} windows of {windows.segments} segments")  # fmt: skip
+    for name, accuracy in result.per_class().items():
+        shown = "   n/a" if accuracy is None else f"{accuracy:6.1%}"
+        print(f"  {shown}  {name}")
+    if args.confusion:
+        print(f"confusion matrix: {args.confusion}")
+    return 0
+
+
+class _ArgumentParser(argparse.ArgumentParser):
+    """argparse that raises ValueError (one ``error:`` line at the CLI) instead of exiting."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise ValueError(f"{self.prog}: {message}")
+

@@ -1,0 +1,522 @@
+"""``python -m training train``: train a Spikeformer on binned event windows.
+
+    python -m training train --config small --data sim:1200 --out runs/small-sim [options]
+
+Retrain the built-in checkpoint (``inference/checkpoints/spikeformer-small-sim``), data generation
+included, in one command on a 2-core CPU::
+
+    python -m training train --config small --data sim:1200 --out runs/small-sim --epochs 12 \\
+        --export inference/checkpoints/spikeformer-small-sim.json
+
+What it does: AdamW (no weight decay on norms, biases, PLIF and embeddings), linear warm-up then
+cosine decay of the learning rate per step, label smoothing, gradient-norm clipping, AMP on CUDA
+(bf16 autocast, or fp16 with a GradScaler), optional EMA of the weights (``--ema 0.999``; the EMA
+model is the one evaluated and saved), a fixed seed, a tqdm bar, metrics in ``OUT/metrics.csv`` and
+TensorBoard (``OUT/tensorboard``), a checkpoint every epoch (``OUT/last.json``) and the best one
+(``OUT/best.json``) via ``training.checkpoint.save_checkpoint``, and ``--export PATH.json`` which
+copies the best checkpoint there at the end.
+
+Resume: ``--resume OUT`` (or ``OUT/train_state.json``) continues after the last finished epoch.
+``OUT/train_state.safetensors`` holds the model, optimizer and EMA tensors, ``train_state.json``
+the scalars (epoch, step, best accuracy, optimizer hyper-parameters, the run's options): no pickle.
+The learning rate is a pure function of the step, so no scheduler state is needed.
+
+Windows: ``--bins`` (default: the preset's time steps), ``--bin-us`` (50 ms), ``--stride-us`` (the
+live stride, default ``--bin-us``), ``--input-size WxH`` (default: the preset's). They, the sensor
+mapping (``--method``, no flips: see ``training.data`` on orientation) and ``--normalisation`` are
+stored in the checkpoint; the live pipeline follows the checkpoint.
+
+Several GPUs or nodes: ``torchrun --nproc_per_node N -m training train ...`` (DistributedDataParallel,
+NCCL on CUDA, gloo on CPU; a DistributedSampler; ``--batch-size`` is per process; rank 0 prepares
+the data cache, logs and writes checkpoints; evaluation is sharded and summed over ranks).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import csv
+import dataclasses
+import json
+import math
+import os
+import shlex
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from safetensors.torch import load_file, save_file
+from torch import nn
+from tqdm import tqdm
+
+from stream.binning import WindowSpec, check_normalisation
+from stream.classes import GESTURE_CLASSES, MIRRORED_CLASS
+from stream.events import SensorSize
+from training import data
+from training.evaluate import EvalResult, evaluate_model
+from training.spikeformer import PRESETS, SpikeformerConfig, build_model
+
+DEFAULT_BIN_US = 50_000
+TRAIN_STATE = "train_state"
+TRAIN_STATE_VERSION = 1
+METRIC_FIELDS = ("epoch", "step", "lr", "train_loss", "train_accuracy", "test_loss", "test_accuracy",
+                 "epoch_seconds", "samples_per_second")  # fmt: skip
+
+
+# --- options ------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _ArgumentParser(prog="python -m training train", description="Train a Spikeformer on event windows.")
+    add = parser.add_argument
+    add("--config", required=True, help=f"preset ({', '.join(PRESETS)}) or a model-config .json")
+    add("--data", required=True, help="data spec: sim:N | sim:DIR | dvsgesture:DIR | tonic:DIR | folder:CSV")
+    add("--out", required=True, help="run directory (checkpoints, metrics.csv, tensorboard/)")
+    add("--epochs", type=int, default=12)
+    add("--batch-size", type=int, default=16, help="per process")
+    add("--lr", type=float, default=2e-3, help="peak learning rate")
+    add("--min-lr-ratio", type=float, default=0.02, help="final learning rate / peak")
+    add("--weight-decay", type=float, default=0.02)
+    add("--warmup-epochs", type=float, default=0.5)
+    add("--label-smoothing", type=float, default=0.1)
+    add("--clip-grad", type=float, default=1.0, help="max gradient norm (0 = off)")
+    add("--ema", type=float, default=0.0, help="EMA decay of the weights per step (0 = off, e.g. 0.999)")
+    add("--amp", choices=("auto", "bf16", "fp16", "off"), default="auto", help="CUDA only; auto = bf16 if supported")
+    add("--seed", type=int, default=0)
+    add("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    add("--workers", type=int, default=None, help="DataLoader workers (default: 0 on CPU, 4 on CUDA)")
+    add("--bins", type=int, default=None, help="time bins T per window (default: the preset's time steps)")
+    add("--bin-us", type=int, default=DEFAULT_BIN_US, help="bin duration in µs (default 50 ms)")
+    add("--stride-us", type=int, default=None, help="live window stride in µs (default: --bin-us)")
+    add("--input-size", type=SensorSize.parse, default=None, help="model input WxH (default: the preset's)")
+    add("--method", choices=("area", "nearest"), default="area", help="sensor -> input downsampling")
+    add("--normalisation", default="log1p", help="log1p | clip:MAX | none")
+    add("--train-windows", type=int, default=6, help="random windows per training segment (cached pool)")
+    add("--eval-windows", type=int, default=2, help="fixed windows per test segment")
+    add("--flip-prob", type=float, default=0.5, help="left-right flip with class swap (0 = off)")
+    add("--max-shift", type=int, default=4, help="random shift in input pixels (0 = off)")
+    add("--max-drop", type=float, default=0.2, help="event drop-out fraction, upper bound (0 = off)")
+    add("--max-stretch", type=float, default=0.1, help="time stretch +-fraction of the pool windows (0 = off)")
+    add("--cache", default=None, help=f"cache directory (default {data.DEFAULT_CACHE_DIR})")
+    add("--sim-seed", type=int, default=0, help="seed of a generated sim:N data set")
+    add("--resume", default=None, help="run directory or its train_state.json")
+    add("--export", default=None, help="copy the best checkpoint to this .json path at the end")
+    add("--no-progress", action="store_true", help="no tqdm bar")
+    return parser
+
+
+def parse_normalisation(text: str) -> dict[str, Any] | None:
+    """``log1p`` | ``clip:MAX`` | ``none`` -> a ``stream.binning`` normalisation spec."""
+    if text == "none":
+        return None
+    if text == "log1p":
+        return {"kind": "log1p"}
+    if text.startswith("clip:"):
+        try:
+            return check_normalisation({"kind": "clip", "max": float(text[5:])})
+        except ValueError:
+            pass
+    raise ValueError(f"--normalisation must be log1p, clip:MAX (MAX > 0) or none, got {text!r}")
+
+
+def model_config(name_or_path: str, *, bins: int | None, input_size: SensorSize | None, num_classes: int) -> SpikeformerConfig:
+    """The preset (or JSON config file) with the window's T, the input size and the class count."""
+    if name_or_path in PRESETS:
+        base = PRESETS[name_or_path]
+    elif name_or_path.endswith(".json") and Path(name_or_path).is_file():
+        base = SpikeformerConfig.from_dict(json.loads(Path(name_or_path).read_text()))
+    else:
+        raise ValueError(f"--config must be a preset ({', '.join(sorted(PRESETS))}) or a config .json, got {name_or_path!r}")
+    changes: dict[str, Any] = {"num_classes": num_classes}
+    if bins is not None:
+        changes["time_steps"] = bins
+    if input_size is not None:
+        changes["input_size"] = (input_size.height, input_size.width)
+    config = dataclasses.replace(base, **changes)
+    return config if config == base else dataclasses.replace(config, name="custom")
+
+
+# --- learning rate, EMA, distributed --------------------------------------------------------------
+
+
+def lr_at(step: int, total_steps: int, warmup_steps: int, peak: float, min_ratio: float) -> float:
+    """Linear warm-up from 0 to ``peak`` over ``warmup_steps``, then cosine down to ``min_ratio * peak``."""
+    if warmup_steps > 0 and step < warmup_steps:
+        return peak * (step + 1) / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return peak * (min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress)))
+
+
+class ModelEma:
+    """Exponential moving average of a model's parameters (buffers are copied), in its own copy."""
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        if not 0.0 < decay < 1.0:
+            raise ValueError(f"--ema decay must be in (0, 1), got {decay}")
+        self.decay = decay
+        self.model = copy.deepcopy(model).eval()
+        for parameter in self.model.parameters():
+            parameter.requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        for ema_p, p in zip(self.model.parameters(), model.parameters()):
+            ema_p.mul_(self.decay).add_(p.detach(), alpha=1.0 - self.decay)
+        for ema_b, b in zip(self.model.buffers(), model.buffers()):
+            ema_b.copy_(b)
+
+
+@dataclass(frozen=True)
+class Distributed:
+    """This process's place in a (torchrun) job; world_size 1 without torchrun."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    def barrier(self) -> None:
+        if self.enabled:
+            dist.barrier()
+
+
+def init_distributed(device_text: str | None) -> tuple[Distributed, torch.device]:
+    """Join the process group torchrun describes (RANK/WORLD_SIZE/LOCAL_RANK), pick the device."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    if device_text is None:
+        device_text = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(device_text)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", local_rank if world_size > 1 else 0)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return Distributed(rank, world_size, local_rank), device
+
+
+def _sum_over_ranks(values: np.ndarray, job: Distributed) -> np.ndarray:
+    if not job.enabled:
+        return values
+    tensor = torch.from_numpy(np.ascontiguousarray(values, dtype=np.float64))
+    dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor.numpy()
+
+
+def evaluate_sharded(model: nn.Module, dataset: torch.utils.data.Dataset, classes: tuple[str, ...], job: Distributed,
+                     *, batch_size: int, device: torch.device) -> EvalResult:  # fmt: skip
+    """Each rank evaluates items ``rank::world_size``; confusion and loss are summed over ranks."""
+    result = evaluate_model(model, dataset, classes, batch_size=batch_size, device=device,
+                            indices=range(job.rank, len(dataset), job.world_size))  # fmt: skip
+    summed = _sum_over_ranks(np.append(result.confusion.ravel(), result.loss_sum), job)
+    return EvalResult(summed[:-1].reshape(result.confusion.shape).round().astype(np.int64), float(summed[-1]), classes)
+
+
+# --- training state (no pickle) -------------------------------------------------------------------
+
+
+def save_train_state(out_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer, ema: ModelEma | None,
+                     scalars: dict[str, Any]) -> None:  # fmt: skip
+    """``OUT/train_state.safetensors`` (model, optimizer, EMA tensors) + ``train_state.json`` (scalars)."""
+    tensors = {f"model.{k}": v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    if ema is not None:
+        tensors.update({f"ema.{k}": v.detach().contiguous().cpu() for k, v in ema.model.state_dict().items()})
+    optimizer_state = optimizer.state_dict()
+    optimizer_scalars: dict[str, dict[str, Any]] = {}
+    for index, state in optimizer_state["state"].items():
+        for name, value in state.items():
+            if torch.is_tensor(value):
+                tensors[f"optimizer.{index}.{name}"] = value.detach().contiguous().cpu()
+            else:
+                optimizer_scalars.setdefault(str(index), {})[name] = value
+    document = dict(scalars, version=TRAIN_STATE_VERSION, optimizer_param_groups=optimizer_state["param_groups"],
+                    optimizer_scalars=optimizer_scalars)  # fmt: skip
+    out_dir.mkdir(parents=True, exist_ok=True)
+    temporary = out_dir / f".{TRAIN_STATE}.safetensors.tmp"
+    save_file(tensors, str(temporary))
+    os.replace(temporary, out_dir / f"{TRAIN_STATE}.safetensors")
+    (out_dir / f".{TRAIN_STATE}.json.tmp").write_text(json.dumps(document, indent=1))
+    os.replace(out_dir / f".{TRAIN_STATE}.json.tmp", out_dir / f"{TRAIN_STATE}.json")
+
+
+def load_train_state(path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer,
+                     ema: ModelEma | None) -> dict[str, Any]:  # fmt: skip
+    """Restore what ``save_train_state`` wrote into ``model``/``optimizer``/``ema``; return the scalars."""
+    path = Path(path)
+    json_path = path / f"{TRAIN_STATE}.json" if path.is_dir() else path
+    tensor_path = json_path.with_suffix(".safetensors")
+    if not json_path.is_file() or not tensor_path.is_file():
+        raise ValueError(f"--resume: {json_path} and {tensor_path.name} not found (a run directory was expected)")
+    document = json.loads(json_path.read_text())
+    if document.get("version") != TRAIN_STATE_VERSION:
+        raise ValueError(f"--resume: {json_path} has version {document.get('version')}, expected {TRAIN_STATE_VERSION}")
+    tensors = load_file(str(tensor_path))
+
+    def section(prefix: str) -> dict[str, torch.Tensor]:
+        return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+    model.load_state_dict(section("model."))
+    if ema is not None:
+        stored = section("ema.")
+        ema.model.load_state_dict(stored if stored else model.state_dict())
+    state: dict[int, dict[str, Any]] = {}
+    for key, value in section("optimizer.").items():
+        index, name = key.split(".", 1)
+        state.setdefault(int(index), {})[name] = value
+    for index, scalars in document["optimizer_scalars"].items():
+        state.setdefault(int(index), {}).update(scalars)
+    groups = document["optimizer_param_groups"]
+    for group in groups:
+        for key, value in group.items():
+            if isinstance(value, list) and key != "params":
+                group[key] = tuple(value)
+    optimizer.load_state_dict({"state": state, "param_groups": groups})
+    return document
+
+
+# --- the run --------------------------------------------------------------------------------------
+
+
+def _parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    decay, no_decay = [], []
+    for name, parameter in model.named_parameters():
+        (decay if parameter.ndim >= 2 and "embed" not in name else no_decay).append(parameter)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    if device.type != "cuda" or amp == "off":
+        return None
+    if amp == "fp16" or (amp == "auto" and not torch.cuda.is_bf16_supported()):
+        return torch.float16
+    return torch.bfloat16
+
+
+def _run_options(args: argparse.Namespace) -> dict[str, Any]:
+    return {key: (str(value) if isinstance(value, SensorSize) else value) for key, value in vars(args).items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``python -m training train`` (argv without the command name)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    for name in ("epochs", "batch_size", "train_windows", "eval_windows", "bin_us"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    normalisation = parse_normalisation(args.normalisation)
+    job, device = init_distributed(args.device)
+    try:
+        return _train(args, normalisation, job, device, command="python -m training train " + shlex.join(argv))
+    finally:
+        if job.enabled and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _train(args: argparse.Namespace, normalisation: dict | None, job: Distributed, device: torch.device,
+           command: str) -> int:
+    from training.checkpoint import save_checkpoint  # E's module; only needed once training starts
+
+    started = time.perf_counter()
+    out_dir = Path(args.out)
+    torch.manual_seed(args.seed)
+    np.random.seed(args.seed)
+    say = (lambda text: tqdm.write(text)) if job.is_main else (lambda text: None)
+
+    # Data: rank 0 generates / bins into the cache first, the others then read it.
+    spec = data.DataSpec.parse(args.data)
+    base = PRESETS.get(args.config)
+    bins = args.bins or (base.time_steps if base else None)
+    if bins is None:
+        raise ValueError("--bins is required with a config file")
+    window = WindowSpec(bins, args.bin_us, args.stride_us or args.bin_us)
+    preset_size = base.input_size if base else None
+    input_size = args.input_size or (SensorSize(preset_size[1], preset_size[0]) if preset_size else None)
+    if input_size is None:
+        raise ValueError("--input-size is required with a config file")
+    augmentation = data.Augmentation(args.flip_prob, args.max_shift, args.max_drop, args.max_stretch)
+    loaded: dict[str, Any] = {}
+    for turn in ("main", "others"):
+        if (turn == "main") == job.is_main:
+            source = data.open_source(spec, cache_dir=args.cache, sim_seed=args.sim_seed)
+            progress = (lambda items, what: tqdm(items, desc=f"binning {what}", leave=False,
+                                                 disable=args.no_progress or not job.is_main))  # fmt: skip
+            for split, plan in (("train", data.WindowPlan("train", args.train_windows, args.seed, args.max_stretch)),
+                                ("test", data.WindowPlan("eval", args.eval_windows))):  # fmt: skip
+                loaded[split] = data.load_windows(
+                    source.split(split), plan, window, input_size, method=args.method, cache_dir=args.cache,
+                    progress=lambda items, what=split: progress(items, what),
+                )  # fmt: skip
+            loaded["source"] = source
+        job.barrier()
+    source, train_windows, test_windows = loaded["source"], loaded["train"], loaded["test"]
+    classes = source.classes
+    mirrored = MIRRORED_CLASS if classes == GESTURE_CLASSES else None
+    say(f"data {spec}: {train_windows.segments} train segments ({len(train_windows)} pool windows), "
+        f"{test_windows.segments} test segments ({len(test_windows)} windows), "
+        f"cache {train_windows.cache_hits + test_windows.cache_hits} hits / "
+        f"{train_windows.cache_misses + test_windows.cache_misses} misses, "
+        f"{time.perf_counter() - started:.0f} s")  # fmt: skip
+    train_set = data.WindowDataset(train_windows, normalisation=normalisation, augmentation=augmentation,
+                                   mirrored_class=mirrored, seed=args.seed)  # fmt: skip
+    test_set = data.WindowDataset(test_windows, normalisation=normalisation)
+
+    # Model, optimizer, EMA, resume.
+    config = model_config(args.config, bins=bins, input_size=input_size, num_classes=len(classes))
+    model = build_model(config).to(device)
+    optimizer = torch.optim.AdamW(_parameter_groups(model, args.weight_decay), lr=args.lr)
+    ema = ModelEma(model, args.ema) if args.ema else None
+    start_epoch, step, best_accuracy = 0, 0, -1.0
+    if args.resume:
+        state = load_train_state(args.resume, model, optimizer, ema)
+        if state.get("model_config") != config.to_dict():
+            raise ValueError("--resume: the saved run used another model configuration (check --config/--bins/--input-size)")
+        start_epoch, step, best_accuracy = state["epoch"], state["step"], state["best_accuracy"]
+        say(f"resumed from {args.resume}: epoch {start_epoch} done, step {step}, best accuracy {best_accuracy:.2%}")
+    train_model: nn.Module = model
+    if job.enabled:
+        train_model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    eval_model = ema.model if ema is not None else model
+
+    sampler = torch.utils.data.DistributedSampler(train_set, num_replicas=job.world_size, rank=job.rank,
+                                                  shuffle=True, seed=args.seed)  # fmt: skip
+    workers = args.workers if args.workers is not None else (4 if device.type == "cuda" else 0)
+    loader = torch.utils.data.DataLoader(train_set, batch_size=args.batch_size, sampler=sampler, num_workers=workers,
+                                         pin_memory=device.type == "cuda", persistent_workers=workers > 0)  # fmt: skip
+    steps_per_epoch = len(loader)
+    total_steps = steps_per_epoch * args.epochs
+    warmup_steps = int(round(args.warmup_epochs * steps_per_epoch))
+    criterion = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
+    autocast_dtype = _autocast_dtype(args.amp, device)
+    scaler = torch.amp.GradScaler("cuda") if autocast_dtype == torch.float16 else None
+
+    writer = None
+    if job.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(out_dir / "tensorboard"))
+        metrics_path = out_dir / "metrics.csv"
+        if not args.resume or not metrics_path.is_file():
+            with open(metrics_path, "w", newline="") as file:
+                csv.writer(file).writerow(METRIC_FIELDS)
+    base_metadata = {
+        "classes": list(classes),
+        "input": {"window": window.to_dict(),
+                  "sensor_mapping": {"input_width": input_size.width, "input_height": input_size.height,
+                                     "method": args.method, "flip_x": False, "flip_y": False},
+                  "normalisation": normalisation},  # fmt: skip
+        "data": {"spec": str(spec), "source_orientation": data.ORIENTATION[spec.kind],
+                 "canonical_orientation": "top-left", "train_segments": train_windows.segments,
+                 "test_segments": test_windows.segments, "train_pool_windows_per_segment": args.train_windows,
+                 "eval_windows_per_segment": args.eval_windows, "augmentation": dataclasses.asdict(augmentation),
+                 "sim_seed": args.sim_seed if spec.kind == "sim" else None,
+                 "command": command},  # fmt: skip
+    }
+
+    for epoch in range(start_epoch, args.epochs):
+        epoch_started = time.perf_counter()
+        sampler.set_epoch(epoch)
+        train_set.set_epoch(epoch)
+        train_model.train()
+        loss_sum, correct, seen = 0.0, 0, 0
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{args.epochs}", leave=False, disable=args.no_progress or not job.is_main)
+        lr = args.lr
+        for frames, labels in bar:
+            lr = lr_at(step, total_steps, warmup_steps, args.lr, args.min_lr_ratio)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            frames = frames.to(device, non_blocking=True)
+            labels = labels.to(device, non_blocking=True)
+            with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+                logits = train_model(frames)
+                loss = criterion(logits.float(), labels)
+            optimizer.zero_grad(set_to_none=True)
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.unscale_(optimizer)
+            else:
+                loss.backward()
+            if args.clip_grad > 0:
+                nn.utils.clip_grad_norm_(model.parameters(), args.clip_grad)
+            if scaler is not None:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+            if ema is not None:
+                ema.update(model)
+            step += 1
+            batch = len(labels)
+            loss_sum += loss.item() * batch
+            correct += int((logits.argmax(dim=1) == labels).sum())
+            seen += batch
+            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.2f}", lr=f"{lr:.1e}")
+        train_seconds = time.perf_counter() - epoch_started
+        loss_sum, correct, seen = _sum_over_ranks(np.array([loss_sum, correct, seen]), job)
+        result = evaluate_sharded(eval_model, test_set, classes, job, batch_size=args.batch_size * 2, device=device)
+        epoch_seconds = time.perf_counter() - epoch_started
+        row = {"epoch": epoch + 1, "step": step, "lr": lr, "train_loss": loss_sum / max(seen, 1),
+               "train_accuracy": correct / max(seen, 1), "test_loss": result.loss, "test_accuracy": result.accuracy,
+               "epoch_seconds": epoch_seconds, "samples_per_second": seen / max(train_seconds, 1e-9)}  # fmt: skip
+        if job.is_main:
+            with open(out_dir / "metrics.csv", "a", newline="") as file:
+                csv.writer(file).writerow([row[name] for name in METRIC_FIELDS])
+            for name, value in row.items():
+                if name not in ("epoch", "step"):
+                    writer.add_scalar(name, value, epoch + 1)
+            writer.flush()
+            metadata = dict(base_metadata, metrics={
+                "epoch": epoch + 1, "test_accuracy": result.accuracy, "test_samples": result.samples,
+                "test_per_class": result.per_class(), "train_loss": row["train_loss"], "ema": ema is not None,
+                "train_seconds_total": time.perf_counter() - started,
+            })  # fmt: skip
+            save_checkpoint(out_dir / "last.json", eval_model, metadata)
+            if result.accuracy > best_accuracy:
+                best_accuracy = result.accuracy
+                save_checkpoint(out_dir / "best.json", eval_model, metadata)
+            save_train_state(out_dir, model, optimizer, ema, {
+                "epoch": epoch + 1, "step": step, "best_accuracy": best_accuracy,
+                "model_config": config.to_dict(), "options": _run_options(args),
+            })  # fmt: skip
+            say(f"epoch {epoch + 1}/{args.epochs}: train loss {row['train_loss']:.3f} acc {row['train_accuracy']:.2%}, "
+                f"test loss {result.loss:.3f} acc {result.accuracy:.2%} ({result.samples} windows), "
+                f"{seen / max(train_seconds, 1e-9):.1f} samples/s, {epoch_seconds:.0f} s")  # fmt: skip
+        best_accuracy = float(_sum_over_ranks(np.array([best_accuracy if job.is_main else 0.0]), job)[0])
+        job.barrier()
+
+    if job.is_main:
+        if writer is not None:
+            writer.close()
+        if args.export:
+            from training.checkpoint import load_checkpoint
+
+            best_model, best_metadata = load_checkpoint(out_dir / "best.json")
+            exported = save_checkpoint(Path(args.export), best_model, _without_managed_keys(best_metadata))
+            say(f"exported the best checkpoint ({best_accuracy:.2%}) to {exported}")
+        say(f"done in {time.perf_counter() - started:.0f} s; best test accuracy {best_accuracy:.2%}; {out_dir}")
+    return 0
+
+
+def _without_managed_keys(metadata: dict[str, Any]) -> dict[str, Any]:
+    """Metadata as ``save_checkpoint`` takes it (keys it writes itself removed)."""
+    return {key: value for key, value in metadata.items() if key in ("classes", "input", "data", "metrics")}
+
+
+class _ArgumentParser(argparse.ArgumentParser):
+    """argparse that raises ValueError (one ``error:`` line at the CLI) instead of exiting."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise ValueError(f"{self.prog}: {message}")
