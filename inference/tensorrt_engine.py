@@ -180,7 +180,7 @@ def build_engine(
     cache_file = Path(timing_cache_path) if timing_cache_path is not None else None
     cache_bytes = cache_file.read_bytes() if cache_file is not None and cache_file.is_file() else b""
     timing_cache = config.create_timing_cache(cache_bytes)
-    config.set_timing_cache(timing_cache, ignore_mismatch=False)
+    config.set_timing_cache(timing_cache, False)  # False: do not ignore a mismatch
 
     input_name = network.get_input(0).name
     profile = builder.create_optimization_profile()
@@ -240,9 +240,11 @@ class TensorRTRunner:
         _, _, max_shape = (tuple(shape) for shape in self._engine.get_tensor_profile_shape(self._input_name, 0))
         self.max_batch = int(max_shape[0])
         self.frame_shape: tuple[int, ...] = tuple(int(side) for side in max_shape[1:])
-        num_classes = int(self._engine.get_tensor_shape(self._output_name)[-1])
+        output_dims = tuple(self._engine.get_tensor_shape(self._output_name))  # (-1, C)
+        num_classes = int(output_dims[-1]) if len(output_dims) == 2 else -1
         if num_classes < 1:
-            raise ValueError(f"{engine_path}: the output's class dimension is not static")
+            raise ValueError(f"{engine_path}: the output must be [batch, classes] with static classes, "
+                             f"got {output_dims}")
         self.num_classes = num_classes
 
         device = torch.device("cuda", torch.cuda.current_device())
