@@ -35,6 +35,7 @@ import argparse
 import logging
 import os
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -47,7 +48,7 @@ from numba import njit
 from inference.smoothing import SMOOTHING_METHODS, LabelSmoother, SmoothingConfig, softmax
 from stream.binning import SensorMapping, StreamingBinner, Window, WindowSpec, warmup
 from stream.events import SensorSize, empty_events
-from stream.source import END_LINGER_MS, END_WAIT_S, STATUS_KIND, StagePublisher, install_stop_signals
+from stream.source import END_LINGER_MS, END_WAIT_S, STATUS_KIND, StagePublisher, Stopped, StopRequest
 from stream.transport import DEFAULT_HWM, EventSubscriber, Kind, Message, now_us
 
 log = logging.getLogger("inference.worker")
@@ -392,10 +393,12 @@ class WorkerLoop:
             "source": self.source_stats,
         }
 
-    def run(self, duration_s: float | None = None) -> None:
-        """Step until the source's end message (then publish ``end``) or ``duration_s``."""
+    def run(self, duration_s: float | None = None, stop: threading.Event | None = None) -> None:
+        """Step until the source's end message (then publish ``end``), ``duration_s`` or ``stop``."""
         deadline = None if duration_s is None else time.monotonic() + duration_s
         while not self.ended:
+            if stop is not None and stop.is_set():
+                return
             self.step()
             if deadline is not None and time.monotonic() >= deadline:
                 return
@@ -427,7 +430,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv if argv is None else argv)
     args = build_parser().parse_args(argv[1:])
-    install_stop_signals()
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     if not args.checkpoint.is_file():
         raise ValueError(f"checkpoint {args.checkpoint} not found")
@@ -442,20 +444,22 @@ def main(argv: list[str] | None = None) -> int:
         backend, metadata = load_backend(args.checkpoint, args.backend, args.device)
         warmup()
         worker = InferenceWorker(backend, metadata, config)
-        # Publisher first: consumers may join while the model loads; the subscriber connects
-        # only when they are there, so the source (waiting for it) starts no earlier.
-        with StagePublisher(args.pub, allow_remote=args.allow_remote, context=context) as publisher:
+        stop = StopRequest().install()  # until here, the default handlers end a stage still loading
+        # Bind, wait for the consumers, only then connect to the source (which waits for this
+        # subscriber): nothing is published before someone listens.
+        publisher = StagePublisher(args.pub, allow_remote=args.allow_remote, context=context, stop=stop.event)
+        with publisher:
             publisher.wait_for_subscribers(args.wait_subscribers, STATUS_KIND.topic)
             topics = ("events", "truth", STATUS_KIND.topic.decode())
             subscriber = EventSubscriber(args.sub, topics, rcvhwm=args.hwm, allow_remote=args.allow_remote, context=context)
             with subscriber:  # closed first at the end: the source waits for it to leave
                 log.info("%s on %s: %s -> %s", worker.backend_name, args.checkpoint.name, args.sub, publisher.endpoint)
                 loop = WorkerLoop(worker, subscriber, publisher)
-                loop.run(args.duration)
+                loop.run(args.duration, stop.event)
             if loop.ended:
                 publisher.wait_for_unsubscribed(STATUS_KIND.topic, END_WAIT_S)
                 publisher.close(linger_ms=END_LINGER_MS)
-    except KeyboardInterrupt:
+    except (Stopped, KeyboardInterrupt):
         pass
     finally:
         context.destroy(linger=0)

@@ -28,6 +28,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
 from typing import Any, Callable, Iterable
 
@@ -62,13 +63,29 @@ class Stopped(Exception):
     """The stage was asked to stop (SIGINT/SIGTERM) while waiting."""
 
 
-def install_stop_signals() -> None:
-    """Turn SIGTERM into KeyboardInterrupt as SIGINT already is, so ``with`` blocks clean up.
+class StopRequest:
+    """SIGINT/SIGTERM handling of a stage (launch.py stops stages with SIGTERM).
 
-    Called by every stage's ``main``; launch.py stops stages with SIGTERM.
+    The first signal sets ``event`` (every loop of a stage polls it at least every ~100 ms) and
+    runs ``callbacks`` (e.g. ``source.stop``); nothing is raised at a random point of the code, so
+    sockets and devices close in order. A second signal raises KeyboardInterrupt (forced stop).
     """
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.callbacks: list[Callable[[], None]] = []
+
+    def install(self) -> "StopRequest":
+        signal.signal(signal.SIGINT, self._handle)
+        signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self.event.is_set():
+            raise KeyboardInterrupt
+        self.event.set()
+        for callback in self.callbacks:
+            callback()
 
 
 class StagePublisher:
@@ -84,6 +101,7 @@ class StagePublisher:
         nodrop: wait instead of dropping when a subscriber's queue is full.
         allow_remote: allow a non-loopback TCP address.
         context: a ``zmq.Context`` (default: the process-wide instance).
+        stop: when this event is set, waiting calls raise ``Stopped``.
     """
 
     def __init__(
@@ -94,11 +112,13 @@ class StagePublisher:
         nodrop: bool = False,
         allow_remote: bool = False,
         context: zmq.Context | None = None,
+        stop: threading.Event | None = None,
     ) -> None:
         check_endpoint(endpoint, allow_remote=allow_remote)
         if sndhwm < 1:
             raise ValueError(f"sndhwm must be >= 1 message, got {sndhwm}")
         self.nodrop = nodrop
+        self.stop = stop or threading.Event()
         self.socket = (context or zmq.Context.instance()).socket(zmq.XPUB)
         try:
             self.socket.setsockopt(zmq.LINGER, 0)
@@ -115,6 +135,8 @@ class StagePublisher:
         self._seq: dict[Kind, int] = {}
 
     def _read_subscriptions(self, timeout_ms: int) -> None:
+        if self.stop.is_set():
+            raise Stopped()
         if not self.socket.poll(timeout_ms, zmq.POLLIN):
             return
         while True:
@@ -194,6 +216,8 @@ class StagePublisher:
                 self.socket.send_multipart(frames, copy=False)
                 return
             except zmq.Again:
+                if self.stop.is_set():
+                    raise Stopped() from None
                 if time.monotonic() >= deadline:
                     log.warning("%s: a subscriber did not take the message within %g s", self.endpoint, RELIABLE_SEND_S)
                     return
@@ -235,9 +259,11 @@ def stream_source(
     duration_s: float | None = None,
     stats_interval_s: float = STATS_INTERVAL_S,
     on_stats: Callable[[dict], None] | None = None,
+    stop: threading.Event | None = None,
 ) -> SourceCounters:
-    """Publish everything ``source`` yields until it ends (then send the end message) or
-    ``duration_s`` passes. Returns the counters."""
+    """Publish everything ``source`` yields until it ends (then send the end message),
+    ``duration_s`` passes or ``stop`` is set. Returns the counters."""
+    stop = stop or threading.Event()
     counters = SourceCounters()
     sensor = SensorSize(*source.sensor_size)
     drain_truth = getattr(source, "drain_truth", None)
@@ -272,8 +298,10 @@ def stream_source(
                 on_stats(stats)
             interval_events = 0
             next_stats = now + stats_interval_s
-        if deadline is not None and now >= deadline:
+        if stop.is_set() or (deadline is not None and now >= deadline):
             return counters
+    if stop.is_set():  # the source ended because it was stopped, not at its end
+        return counters
     publish_truth()
     publisher.publish_json(STATUS_KIND, {"type": "end", "source": source.name, **counters.as_dict()}, reliable=True)
     counters.ended = True
@@ -332,7 +360,7 @@ def open_stage_source(spec: str, speed: float | None, loop: bool, sim_options: d
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv if argv is None else argv)
     args = build_parser().parse_args(argv[1:])
-    install_stop_signals()
+    stop = StopRequest().install()
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     speed = parse_speed(args.speed)
     if args.wait_subscribers < 0:
@@ -344,19 +372,21 @@ def main(argv: list[str] | None = None) -> int:
     context = zmq.Context()
     try:
         publisher = StagePublisher(
-            args.pub, sndhwm=args.hwm, nodrop=speed is None, allow_remote=args.allow_remote, context=context
+            args.pub, sndhwm=args.hwm, nodrop=speed is None, allow_remote=args.allow_remote, context=context,
+            stop=stop.event,
         )
         with publisher, open_stage_source(args.source, speed, args.loop, sim_options) as source:
+            stop.callbacks.append(source.stop)
             log.info("%s (%s) -> %s", source.name, SensorSize(*source.sensor_size), publisher.endpoint)
             publisher.wait_for_subscribers(args.wait_subscribers, Kind.EVENTS.topic)
             report = None if args.quiet else _log_stats
-            counters = stream_source(source, publisher, duration_s=args.duration, on_stats=report)
+            counters = stream_source(source, publisher, duration_s=args.duration, on_stats=report, stop=stop.event)
             log.info("done: %d events in %d packets", counters.events_sent, counters.packets_sent)
             if counters.ended:  # let subscribers read everything before the socket goes
                 source.close()
                 publisher.wait_for_unsubscribed(Kind.EVENTS.topic, END_WAIT_S)
                 publisher.close(linger_ms=END_LINGER_MS)
-    except KeyboardInterrupt:
+    except (Stopped, KeyboardInterrupt):
         pass
     finally:
         context.destroy(linger=0)  # waits for a lingering socket (bounded by END_LINGER_MS)
