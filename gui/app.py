@@ -1,0 +1,905 @@
+"""The live GUI: ``python launch.py`` opens it; ``run_gui(args, endpoints, supervisor)`` is the entry.
+
+The GUI is a ZeroMQ subscriber of the pipeline (so it can watch stages running on another machine):
+
+* the worker's endpoint (``endpoints.predictions``): ``prediction`` JSON (predictions, ``stats``
+  about once a second, ``end``) and ``truth`` segments;
+* the source's endpoint (``endpoints.events``): the raw ``events``, for the event view and for
+  recording to AEDAT4.
+
+``PipelineReceiver`` owns both sockets in one thread (ZeroMQ sockets stay in the thread that made
+them). It hands over what arrived through bounded buffers: event packets beyond
+``max_queued_events`` are dropped oldest first (counted, shown as "GUI dropped"), predictions
+keep the newest ``MAX_QUEUED_PREDICTIONS``. So the window always shows the newest data, never a
+backlog, and a stalled pipeline never blocks the GUI. When nothing has come from the worker for
+``RECONNECT_AFTER_S`` the receiver opens its sockets again.
+
+``MainWindow`` has two timers: the fast one (``fps``) drains the receiver and redraws the event
+image (``setImage(..., autoLevels=False, levels=...)``) and the predicted label; the slow one
+(5 Hz) redraws plots, the prediction strip, the status line and watches for stalls and for stages
+that exited (when it has the launcher's supervisor).
+
+Source switching restarts the launcher's source stage with a new spec, speed or loop flag
+(``SupervisorSourceControl``); without a supervisor (stages on another machine) it is disabled.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime
+import logging
+import signal
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+import numpy as np
+import shiboken6
+import zmq
+from PySide6 import QtCore, QtGui, QtWidgets
+
+from gui.widgets import (
+    DEFAULT_ACCUMULATION_US,
+    MAX_ACCUMULATION_US,
+    MIN_ACCUMULATION_US,
+    EventAccumulator,
+    EventView,
+    HelpOverlay,
+    PredictionPanel,
+    PredictionStrip,
+    ProbabilityBars,
+    RateMeter,
+    RollingPlot,
+    dark_palette,
+)
+from stream.aedat4 import DEFAULT_CAMERA, Aedat4Writer
+from stream.classes import GESTURE_CLASSES, NO_GESTURE
+from stream.events import GestureSegment, SensorSize
+from stream.transport import EventSubscriber, Kind, now_us
+
+log = logging.getLogger("gui")
+
+DEFAULT_FPS = 30.0
+SLOW_INTERVAL_MS = 200  # plots, strip, status line
+STALL_AFTER_S = 2.0  # no message for this long: say the pipeline is stalled
+RECONNECT_AFTER_S = 5.0  # no message from the worker for this long: open the sockets again
+POLL_MS = 50  # the receiver thread wakes at least this often to honour close()
+DEFAULT_MAX_QUEUED_EVENTS = 2_000_000  # events waiting for the GUI thread at most (32 MiB)
+MAX_QUEUED_PREDICTIONS = 512
+MAX_DRAIN_MESSAGES = 1000  # per socket per pass, so one busy socket cannot starve the other
+ACCUMULATION_STEPS_MS = (2, 5, 10, 20, 33, 50, 100, 200, 500, 1000, 2000)
+SPEEDS = ("0.25", "0.5", "1", "2", "4", "max")
+WORKER_RESTARTS = 3  # a worker that dies is started again at most this often
+
+
+# --- receiving -------------------------------------------------------------------------------
+
+
+@dataclass
+class Received:
+    """What arrived since the previous ``PipelineReceiver.take()``."""
+
+    predictions: list[dict] = field(default_factory=list)  # "prediction" messages, oldest first
+    stats: dict | None = None  # the newest worker "stats" message
+    end: dict | None = None  # the worker's "end" message, if it came
+    truth: list[GestureSegment] = field(default_factory=list)
+    packets: list[tuple[np.ndarray, SensorSize]] = field(default_factory=list)  # event packets, oldest first
+
+
+class PipelineReceiver:
+    """A thread subscribed to the worker's and the source's endpoints; see the module docstring.
+
+    Args:
+        predictions_endpoint: the worker's publisher.
+        events_endpoint: the source's publisher (None: no event view, no recording).
+        max_queued_events: events buffered for the GUI thread at most (older packets dropped).
+        reconnect_after_s: silence from the worker after which the sockets are opened again.
+        allow_remote: allow non-loopback TCP endpoints.
+
+    A context manager; ``close()`` stops the thread within ``POLL_MS`` and closes a recording.
+    """
+
+    def __init__(
+        self,
+        predictions_endpoint: str,
+        events_endpoint: str | None,
+        *,
+        max_queued_events: int = DEFAULT_MAX_QUEUED_EVENTS,
+        reconnect_after_s: float = RECONNECT_AFTER_S,
+        allow_remote: bool = False,
+    ) -> None:
+        if max_queued_events < 1:
+            raise ValueError(f"max_queued_events must be >= 1, got {max_queued_events}")
+        self.predictions_endpoint = predictions_endpoint
+        self.events_endpoint = events_endpoint
+        self.max_queued_events = max_queued_events
+        self.reconnect_after_s = reconnect_after_s
+        self.allow_remote = allow_remote
+        self.started_s = time.monotonic()
+        self.last_worker_s: float | None = None  # monotonic time of the newest worker message
+        self.last_events_s: float | None = None  # ... and of the newest non-empty event packet
+        self.events_received = 0
+        self.events_dropped = 0  # dropped here because the GUI thread fell behind
+        self.reconnects = 0
+        self.recording_error: str | None = None
+        self._lock = threading.Lock()
+        self._pending = Received()
+        self._queued_events = 0
+        self._recorder: Aedat4Writer | None = None
+        self._record_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="gui-receiver", daemon=True)
+
+    # -- life cycle --
+
+    def start(self) -> "PipelineReceiver":
+        self._thread.start()
+        return self
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=2.0)
+        self.stop_recording()
+
+    def __enter__(self) -> "PipelineReceiver":
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    @property
+    def error(self) -> BaseException | None:
+        """Why the receiver thread ended (a socket that could not be opened), else None."""
+        return self._error
+
+    # -- hand-over to the GUI thread --
+
+    def take(self) -> Received:
+        """Everything received since the previous call."""
+        with self._lock:
+            received, self._pending = self._pending, Received()
+            self._queued_events = 0
+        return received
+
+    # -- recording --
+
+    def start_recording(self, path: Path, sensor_size: SensorSize, camera_name: str = DEFAULT_CAMERA) -> None:
+        """Write every event packet received from now on to the AEDAT4 file ``path``."""
+        writer = Aedat4Writer(path, sensor_size, camera_name).open()
+        with self._record_lock:
+            previous, self._recorder = self._recorder, writer
+            self.recording_error = None
+        if previous is not None:
+            previous.close()
+
+    def stop_recording(self) -> int:
+        """Close the recording (the file is complete when this returns); events written, 0 if none."""
+        with self._record_lock:
+            writer, self._recorder = self._recorder, None
+        if writer is None:
+            return 0
+        writer.close()
+        return writer.events_written
+
+    @property
+    def recording(self) -> Path | None:
+        writer = self._recorder
+        return writer.path if writer is not None else None
+
+    def _record(self, events: np.ndarray, sensor: SensorSize) -> None:
+        with self._record_lock:
+            writer = self._recorder
+            if writer is None or not len(events):
+                return
+            problem = None
+            if sensor != writer.sensor_size:
+                problem = f"the sensor changed ({writer.sensor_size} -> {sensor})"
+            else:
+                try:
+                    writer.write(events)
+                except ValueError as error:  # time went back: a restarted source
+                    problem = f"the stream restarted ({error})"
+            if problem is None:
+                return
+            self._recorder = None
+            self.recording_error = f"recording stopped: {problem}; {writer.events_written} events in {writer.path}"
+        writer.close()
+
+    # -- the thread --
+
+    def _open(self, context: zmq.Context) -> list[EventSubscriber]:
+        subscribers = [
+            EventSubscriber(self.predictions_endpoint, ("prediction", "truth"), allow_remote=self.allow_remote, context=context)
+        ]
+        if self.events_endpoint is not None:
+            subscribers.append(
+                EventSubscriber(self.events_endpoint, ("events",), allow_remote=self.allow_remote, context=context)
+            )
+        return subscribers
+
+    def _run(self) -> None:
+        context = zmq.Context()
+        subscribers: list[EventSubscriber] = []
+        try:
+            subscribers = self._open(context)
+            opened_s = time.monotonic()
+            while not self._stop.is_set():
+                poller = zmq.Poller()
+                for subscriber in subscribers:
+                    for socket in subscriber.poll_sockets:
+                        poller.register(socket, zmq.POLLIN)
+                poller.poll(POLL_MS)
+                for subscriber in subscribers:
+                    for _ in range(MAX_DRAIN_MESSAGES):
+                        message = subscriber.recv(0)
+                        if message is None:
+                            break
+                        self._handle(message)
+                now = time.monotonic()
+                last = max(self.last_worker_s or 0.0, opened_s)
+                if now - last > self.reconnect_after_s:
+                    log.info("no data for %.1f s: opening the sockets again", now - last)
+                    for subscriber in subscribers:
+                        subscriber.close()
+                    subscribers = self._open(context)
+                    opened_s = now
+                    self.reconnects += 1
+        except BaseException as error:  # reported by the window; the thread must not die silently
+            self._error = error
+            log.error("receiver stopped: %s", error)
+        finally:
+            for subscriber in subscribers:
+                subscriber.close()
+            context.destroy(linger=0)
+
+    def _handle(self, message: Any) -> None:
+        now = time.monotonic()
+        if message.kind == Kind.EVENTS:
+            events = message.events
+            self._record(events, message.sensor_size)
+            if not len(events):
+                return
+            self.last_events_s = now
+            self.events_received += len(events)
+            with self._lock:
+                packets = self._pending.packets
+                packets.append((events, message.sensor_size))
+                self._queued_events += len(events)
+                while self._queued_events > self.max_queued_events and len(packets) > 1:
+                    dropped, _ = packets.pop(0)
+                    self._queued_events -= len(dropped)
+                    self.events_dropped += len(dropped)
+            return
+        self.last_worker_s = now
+        with self._lock:
+            pending = self._pending
+            if message.kind == Kind.TRUTH:
+                pending.truth.extend(message.data)
+                return
+            data = message.data
+            if not isinstance(data, dict):
+                return
+            kind = data.get("type")
+            if kind == "prediction":
+                data["gui_recv_us"] = now_us()
+                pending.predictions.append(data)
+                del pending.predictions[:-MAX_QUEUED_PREDICTIONS]
+            elif kind == "stats":
+                pending.stats = data
+            elif kind == "end":
+                pending.end = data
+
+
+# --- controlling the source -------------------------------------------------------------------
+
+
+class SourceControl(Protocol):
+    """Restarts the pipeline's source stage."""
+
+    def restart(self, spec: str, speed: str, loop: bool) -> None: ...
+
+
+class SupervisorSourceControl:
+    """Restarts the launcher's source stage (and a worker that has exited) with a new source spec,
+    replay speed or loop flag.
+
+    Args:
+        supervisor: launch.py's ``Supervisor`` (stages ``source`` and ``worker``).
+        args: the launcher's arguments (copied; ``source``, ``speed``, ``loop`` replaced).
+        endpoints: the pipeline's endpoints.
+        source_stage: launch.py's ``source_stage(args, endpoints, wait_subscribers) -> Stage``.
+        stop_timeout_s: how long the old source gets to exit after SIGTERM before SIGKILL.
+    """
+
+    def __init__(self, supervisor: Any, args: argparse.Namespace, endpoints: Any,
+                 source_stage: Callable[..., Any], stop_timeout_s: float = 1.5) -> None:  # fmt: skip
+        if "source" not in supervisor.stages:
+            raise ValueError("the supervisor runs no source stage here")
+        self.supervisor = supervisor
+        self.args = copy.copy(args)
+        self.endpoints = endpoints
+        self.source_stage = source_stage
+        self.stop_timeout_s = stop_timeout_s
+
+    def restart(self, spec: str, speed: str, loop: bool) -> None:
+        """Stop the source stage, start it again on ``spec`` at ``speed`` ("max" or a factor)."""
+        args = copy.copy(self.args)
+        args.source, args.speed, args.loop = spec, speed, loop
+        wait = 1 if "worker" in self.supervisor.stages else 0
+        new_stage = self.source_stage(args, self.endpoints, wait_subscribers=wait)
+        stage = self.supervisor.stages["source"]
+        process = stage.process
+        if process is not None and process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(self.stop_timeout_s)
+            except Exception:  # subprocess.TimeoutExpired
+                process.kill()
+                process.wait()
+        stage.args = list(new_stage.args)
+        self.supervisor.restart("source")
+        self.supervisor.poll()  # the old source's exit is not news
+        self.args = args
+        worker = self.supervisor.stages.get("worker")
+        if worker is not None and worker.process is not None and worker.process.poll() is not None:
+            self.supervisor.restart("worker")  # it ends with the stream it was given
+
+
+# --- the window --------------------------------------------------------------------------------
+
+
+def _timestamp() -> str:
+    return datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+
+
+class MainWindow(QtWidgets.QMainWindow):
+    """The live view. See the module docstring.
+
+    Args:
+        predictions_endpoint: the worker's publisher.
+        events_endpoint: the source's publisher (None: no event view and no recording).
+        source_spec: what the source stage was started with (shown, and the default for restarts).
+        speed: replay speed of files and the simulator ("max" or a factor).
+        loop: replay files forever.
+        source_control: restarts the source stage; None disables source switching.
+        supervisor: launch.py's ``Supervisor``, watched for stages that exit (optional).
+        model_name: shown in the status line.
+        fps: event view updates per second.
+        stall_after_s: silence after which the window says the pipeline stalled.
+        output_dir: where recordings and screenshots go.
+        allow_remote: allow non-loopback TCP endpoints.
+    """
+
+    fpsChanged = QtCore.Signal(float)
+
+    def __init__(
+        self,
+        predictions_endpoint: str,
+        events_endpoint: str | None,
+        *,
+        source_spec: str = "",
+        speed: str = "1",
+        loop: bool = False,
+        source_control: SourceControl | None = None,
+        supervisor: Any = None,
+        model_name: str = "",
+        fps: float = DEFAULT_FPS,
+        stall_after_s: float = STALL_AFTER_S,
+        reconnect_after_s: float = RECONNECT_AFTER_S,
+        output_dir: Path | None = None,
+        allow_remote: bool = False,
+    ) -> None:
+        super().__init__()
+        if not fps > 0:
+            raise ValueError(f"fps must be > 0, got {fps}")
+        self.setWindowTitle("spikeformer-live — gesture recognition")
+        self.source_spec, self.speed, self.loop = source_spec, speed, loop
+        self.source_control = source_control
+        self.supervisor = supervisor
+        self.model_name = model_name
+        self.stall_after_s = stall_after_s
+        self.output_dir = Path(output_dir) if output_dir is not None else Path.cwd()
+        self.paused = False
+        self.accumulator: EventAccumulator | None = None
+        self.accumulation_us = DEFAULT_ACCUMULATION_US
+        self.full_scale = 3  # events per pixel for full colour (auto, slow timer)
+        self.sensor: SensorSize | None = None
+        self.backend = ""
+        self.source_name = source_spec
+        self.counters: dict[str, Any] = {}
+        self.stable_name = NO_GESTURE
+        self.latest_prediction: dict | None = None
+        self.predictions_seen = 0
+        self.ended = False
+        self.state_text = ""  # the stall / end / error line, also in the status bar
+        self.last_screenshot: Path | None = None
+        self.last_recording: Path | None = None
+        self.worker_restarts = 0
+        self._events_shown = 0
+        self._rate_since = time.monotonic()
+
+        self.receiver = PipelineReceiver(predictions_endpoint, events_endpoint,
+                                         reconnect_after_s=reconnect_after_s, allow_remote=allow_remote)  # fmt: skip
+        self._build()
+        self.rate_meter = RateMeter(self)
+        self.rate_meter.rate.connect(self.fpsChanged)
+        self.fpsChanged.connect(self._show_fps)
+        self.fast_timer = QtCore.QTimer(self)
+        self.fast_timer.setInterval(max(1, round(1000.0 / fps)))
+        self.fast_timer.timeout.connect(self.update_view)
+        self.slow_timer = QtCore.QTimer(self)
+        self.slow_timer.setInterval(SLOW_INTERVAL_MS)
+        self.slow_timer.timeout.connect(self.update_panels)
+        self.receiver.start()
+        self.fast_timer.start()
+        self.slow_timer.start()
+
+    # -- layout --
+
+    def _build(self) -> None:
+        self.event_view = EventView()
+        self.strip = PredictionStrip()
+        self.prediction_panel = PredictionPanel()
+        self.bars = ProbabilityBars()
+        self.latency_plot = RollingPlot("latency", "ms", {"compute": "#ffb347", "end to end": "#5ab0ff"})
+        self.rate_plot = RollingPlot("event rate", "M events/s", {"source": "#7ddc7d", "shown": "#c8c8c8"})
+
+        left = QtWidgets.QSplitter(QtCore.Qt.Orientation.Vertical)
+        left.addWidget(self.event_view)
+        left.addWidget(self.strip)
+        left.setSizes([520, 220])
+        right = QtWidgets.QWidget()
+        right_layout = QtWidgets.QVBoxLayout(right)
+        right_layout.setContentsMargins(0, 0, 0, 0)
+        right_layout.addWidget(self.prediction_panel, 3)
+        right_layout.addWidget(self.bars, 4)
+        right_layout.addWidget(self.latency_plot, 2)
+        right_layout.addWidget(self.rate_plot, 2)
+        splitter = QtWidgets.QSplitter(QtCore.Qt.Orientation.Horizontal)
+        splitter.addWidget(left)
+        splitter.addWidget(right)
+        splitter.setSizes([700, 560])
+        self.setCentralWidget(splitter)
+        self.help_overlay = HelpOverlay(splitter)
+
+        self.state_label = QtWidgets.QLabel("")
+        self.state_label.setStyleSheet("color: #ff6b6b; font-weight: bold;")
+        self.status_label = QtWidgets.QLabel("")
+        self.fps_label = QtWidgets.QLabel("")
+        self.record_label = QtWidgets.QLabel("")
+        self.record_label.setStyleSheet("color: #ff4040; font-weight: bold;")
+        status = self.statusBar()
+        status.addWidget(self.state_label)
+        status.addWidget(self.status_label, 1)
+        status.addPermanentWidget(self.record_label)
+        status.addPermanentWidget(self.fps_label)
+        self._build_toolbar()
+        self.resize(1280, 800)
+
+    def _build_toolbar(self) -> None:
+        bar = self.addToolBar("controls")
+        bar.setMovable(False)
+        bar.addWidget(QtWidgets.QLabel(" Source "))
+        self.source_box = QtWidgets.QComboBox()
+        self.source_box.setMinimumContentsLength(22)
+        self.source_box.setToolTip("the event source; choosing one restarts the source stage")
+        self._fill_sources()
+        self.source_box.activated.connect(self._source_chosen)
+        bar.addWidget(self.source_box)
+        bar.addWidget(QtWidgets.QLabel(" Speed "))
+        self.speed_box = QtWidgets.QComboBox()
+        self.speed_box.addItems(SPEEDS if self.speed in SPEEDS else (*SPEEDS, self.speed))
+        self.speed_box.setCurrentText(self.speed)
+        self.speed_box.setToolTip("replay speed of files and the simulator (restarts the source)")
+        self.speed_box.activated.connect(lambda _: self.restart_source(self.source_spec))
+        bar.addWidget(self.speed_box)
+        self.loop_box = QtWidgets.QCheckBox("Loop")
+        self.loop_box.setChecked(self.loop)
+        self.loop_box.setToolTip("replay a file forever (restarts the source)")
+        self.loop_box.toggled.connect(lambda _: self.restart_source(self.source_spec))
+        bar.addWidget(self.loop_box)
+        self.rewind_action = bar.addAction("⟲ Restart", lambda: self.restart_source(self.source_spec))
+        self.rewind_action.setToolTip("restart the source from its beginning")
+        for widget in (self.source_box, self.speed_box, self.loop_box):
+            widget.setEnabled(self.source_control is not None)
+        self.rewind_action.setEnabled(self.source_control is not None)
+        bar.addSeparator()
+        self.pause_action = bar.addAction("Pause", self.toggle_pause)
+        self.pause_action.setCheckable(True)
+        self.pause_action.setShortcut(QtGui.QKeySequence(QtCore.Qt.Key.Key_Space))
+        self.record_action = bar.addAction("● Record", self.toggle_recording)
+        self.record_action.setCheckable(True)
+        self.record_action.setShortcut(QtGui.QKeySequence(QtCore.Qt.Key.Key_R))
+        self.screenshot_action = bar.addAction("Screenshot", lambda: self.save_screenshot())
+        self.screenshot_action.setShortcut(QtGui.QKeySequence(QtCore.Qt.Key.Key_S))
+        bar.addSeparator()
+        bar.addWidget(QtWidgets.QLabel(" Accumulation "))
+        self.accumulation_box = QtWidgets.QSpinBox()
+        self.accumulation_box.setRange(MIN_ACCUMULATION_US // 1000, MAX_ACCUMULATION_US // 1000)
+        self.accumulation_box.setSuffix(" ms")
+        self.accumulation_box.setValue(self.accumulation_us // 1000)
+        self.accumulation_box.setToolTip("event time shown in the view (+ / - keys)")
+        self.accumulation_box.valueChanged.connect(lambda ms: self.set_accumulation_us(ms * 1000))
+        bar.addWidget(self.accumulation_box)
+        bar.addSeparator()
+        self.help_action = bar.addAction("Help", self.toggle_help)
+        for key in ("F1", "H"):
+            QtGui.QShortcut(QtGui.QKeySequence(key), self, self.toggle_help)
+        QtGui.QShortcut(QtGui.QKeySequence("Q"), self, self.close)
+        for key in ("+", "="):
+            QtGui.QShortcut(QtGui.QKeySequence(key), self, lambda: self.step_accumulation(+1))
+        QtGui.QShortcut(QtGui.QKeySequence("-"), self, lambda: self.step_accumulation(-1))
+
+    def _fill_sources(self) -> None:
+        """Simulator, connected cameras (with serials), file, network and the current spec."""
+        box = self.source_box
+        box.clear()
+        box.addItem("Simulator", "sim")
+        try:
+            from stream.sources import list_cameras
+
+            cameras = list_cameras()
+        except (ImportError, ValueError, RuntimeError) as error:
+            log.warning("cannot list cameras: %s", error)
+            cameras = []
+        for model, serial in cameras:
+            box.addItem(f"Camera {model} {serial}".strip(), f"camera:{serial}" if serial else "camera")
+        box.addItem("Open file…", "?file")
+        box.addItem("Network stream…", "?dv")
+        specs = [box.itemData(i) for i in range(box.count())]
+        if self.source_spec and self.source_spec not in specs:
+            label = self.source_spec if not self.source_spec.startswith("file:") else f"File {Path(self.source_spec[5:]).name}"
+            box.insertItem(0, label, self.source_spec)
+        index = box.findData(self.source_spec)
+        box.setCurrentIndex(max(index, 0))
+
+    # -- user actions --
+
+    def _source_chosen(self, index: int) -> None:
+        spec = self.source_box.itemData(index)
+        if spec == "?file":
+            path, _ = QtWidgets.QFileDialog.getOpenFileName(
+                self, "Open an event recording", str(self.output_dir),
+                "Event files (*.aedat4 *.aedat *.npy);;All files (*)",
+            )  # fmt: skip
+            spec = f"file:{path}" if path else None
+        elif spec == "?dv":
+            text, ok = QtWidgets.QInputDialog.getText(self, "Network stream", "DV server HOST:PORT", text="127.0.0.1:7777")
+            spec = f"dv:{text.strip()}" if ok and text.strip() else None
+        if spec is None:  # dialog cancelled: show the current source again
+            self.source_box.setCurrentIndex(max(self.source_box.findData(self.source_spec), 0))
+            return
+        self.restart_source(spec)
+
+    def restart_source(self, spec: str) -> None:
+        """Restart the source stage on ``spec`` with the speed and loop chosen in the toolbar."""
+        if self.source_control is None:
+            return
+        speed, loop = self.speed_box.currentText(), self.loop_box.isChecked()
+        try:
+            self.source_control.restart(spec, speed, loop)
+        except (ValueError, OSError) as error:
+            self.show_state(f"cannot start source {spec}: {error}")
+            return
+        if self.receiver.recording is not None:
+            self.stop_recording()
+        self.source_spec, self.speed, self.loop = spec, speed, loop
+        self.source_name = spec
+        self.ended = False
+        self.show_state(f"source restarted: {spec}", alarm=False)
+        self._fill_sources()
+
+    def toggle_pause(self) -> None:
+        """Freeze / unfreeze the display (the pipeline keeps running; data keeps being drained)."""
+        self.paused = not self.paused
+        self.pause_action.setChecked(self.paused)
+        self.pause_action.setText("Resume" if self.paused else "Pause")
+        self.event_view.set_caption("PAUSED" if self.paused else "")
+
+    def set_accumulation_us(self, accumulation_us: int) -> None:
+        """Event time shown in the view, µs (clamped to 1 ms .. 2 s)."""
+        accumulation_us = int(min(max(accumulation_us, MIN_ACCUMULATION_US), MAX_ACCUMULATION_US))
+        self.accumulation_us = accumulation_us
+        if self.accumulator is not None:
+            self.accumulator.set_accumulation(accumulation_us)
+        if self.accumulation_box.value() != accumulation_us // 1000:
+            self.accumulation_box.blockSignals(True)
+            self.accumulation_box.setValue(accumulation_us // 1000)
+            self.accumulation_box.blockSignals(False)
+
+    def step_accumulation(self, direction: int) -> None:
+        """Next longer (+1) or shorter (-1) step of ``ACCUMULATION_STEPS_MS``."""
+        current_ms = self.accumulation_us / 1000
+        if direction > 0:
+            longer = [ms for ms in ACCUMULATION_STEPS_MS if ms > current_ms]
+            target = longer[0] if longer else ACCUMULATION_STEPS_MS[-1]
+        else:
+            shorter = [ms for ms in ACCUMULATION_STEPS_MS if ms < current_ms]
+            target = shorter[-1] if shorter else ACCUMULATION_STEPS_MS[0]
+        self.set_accumulation_us(target * 1000)
+
+    def toggle_recording(self) -> None:
+        if self.receiver.recording is not None:
+            self.stop_recording()
+        else:
+            self.start_recording()
+
+    def start_recording(self, path: Path | None = None) -> Path | None:
+        """Record the live events to ``path`` (default: ``output_dir/recording-TIME.aedat4``)."""
+        if self.sensor is None:
+            self.show_state("cannot record yet: no events received")
+            self.record_action.setChecked(False)
+            return None
+        path = Path(path) if path is not None else self.output_dir / f"recording-{_timestamp()}.aedat4"
+        camera = self.source_name if self.source_name.startswith(("DAVIS", "DVX", "DVS")) else DEFAULT_CAMERA
+        try:
+            self.receiver.start_recording(path, self.sensor, camera)
+        except (ValueError, OSError) as error:
+            self.show_state(f"cannot record to {path}: {error}")
+            self.record_action.setChecked(False)
+            return None
+        self.record_action.setChecked(True)
+        self.record_label.setText(f"● REC {path.name}")
+        self.last_recording = path
+        return path
+
+    def stop_recording(self) -> int:
+        """Stop recording; the file is complete on return. Returns the events written."""
+        path = self.receiver.recording
+        written = self.receiver.stop_recording()
+        self.record_action.setChecked(False)
+        self.record_label.setText("")
+        if path is not None:
+            self.show_state(f"recorded {written} events to {path}", alarm=False)
+        return written
+
+    def save_screenshot(self, path: Path | None = None) -> Path | None:
+        """Save the whole window as PNG (default: ``output_dir/screenshot-TIME.png``)."""
+        path = Path(path) if path is not None else self.output_dir / f"screenshot-{_timestamp()}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not self.grab().save(str(path)):
+            self.show_state(f"cannot save the screenshot to {path}")
+            return None
+        self.last_screenshot = path
+        self.statusBar().showMessage(f"screenshot saved: {path}", 3000)
+        return path
+
+    def toggle_help(self) -> None:
+        self.help_overlay.toggle()
+
+    def show_state(self, text: str, alarm: bool = True) -> None:
+        """Show a one-line state (stall, end of stream, error) in the status bar."""
+        self.state_text = text
+        self.state_label.setText(text)
+        self.state_label.setStyleSheet(f"color: {'#ff6b6b' if alarm else '#7ddc7d'}; font-weight: bold;")
+
+    # -- the fast timer: drain, accumulate, draw the event image and the label --
+
+    def update_view(self) -> None:
+        received = self.receiver.take()
+        for events, sensor in received.packets:
+            if self.accumulator is None or self.accumulator.sensor_size != sensor:
+                self.accumulator = EventAccumulator(sensor, self.accumulation_us)
+                self.sensor = SensorSize(*sensor)
+            self.accumulator.add(events)
+            self._events_shown += len(events)
+        now_s = time.monotonic()
+        for prediction in received.predictions:
+            self._record_prediction(prediction, now_s)
+        if received.stats is not None:
+            self._take_stats(received.stats)
+        if received.end is not None:
+            self._take_stats(received.end)
+            self.ended = True
+            self.show_state("end of stream: the source has no more events", alarm=False)
+        if self.paused:
+            return
+        if self.accumulator is not None:
+            self.event_view.show_counts(self.accumulator.counts, self.full_scale)
+        if received.predictions:
+            self._show_prediction(received.predictions[-1])
+        self.rate_meter.tick()
+
+    def _record_prediction(self, prediction: dict, now_s: float) -> None:
+        self.predictions_seen += 1
+        stable = prediction.get("stable", {})
+        probabilities = np.asarray(prediction.get("probabilities", ()), dtype=np.float64)
+        self.strip.add(now_s, probabilities, int(stable.get("index", -1)))
+        timing = prediction.get("timing", {})
+        if "compute_ms" in timing:
+            self.latency_plot.add("compute", now_s, float(timing["compute_ms"]))
+        if "source_send_us" in timing and "gui_recv_us" in prediction:
+            self.latency_plot.add("end to end", now_s, (prediction["gui_recv_us"] - timing["source_send_us"]) / 1000.0)
+        self.counters = prediction.get("counters", self.counters)
+        self.backend = prediction.get("backend", self.backend)
+
+    def _show_prediction(self, prediction: dict) -> None:
+        self.latest_prediction = prediction
+        stable = prediction.get("stable", {})
+        index = int(stable.get("index", -1))
+        self.stable_name = str(stable.get("name", NO_GESTURE)) if index >= 0 else NO_GESTURE
+        probabilities = np.asarray(prediction.get("probabilities", ()), dtype=np.float64)
+        top = (str(prediction.get("class_name", "")), float(probabilities.max())) if probabilities.size else None
+        self.prediction_panel.show_stable(index, self.stable_name, float(stable.get("confidence", 0.0)), top)
+        self.bars.show_probabilities(probabilities, highlight=index if index >= 0 else None)
+
+    def _take_stats(self, stats: dict) -> None:
+        self.counters = stats.get("counters", self.counters) or self.counters
+        self.backend = stats.get("backend", self.backend) or self.backend
+        source = stats.get("source") or {}
+        if isinstance(source, dict):
+            if source.get("source"):
+                self.source_name = str(source["source"])
+            if isinstance(source.get("event_rate"), (int, float)):
+                self.rate_plot.add("source", time.monotonic(), source["event_rate"] / 1e6)
+
+    # -- the slow timer: plots, strip, status, stall watch --
+
+    def update_panels(self) -> None:
+        now_s = time.monotonic()
+        elapsed = now_s - self._rate_since
+        if elapsed >= 1.0:
+            self.rate_plot.add("shown", now_s, self._events_shown / elapsed / 1e6)
+            self._events_shown, self._rate_since = 0, now_s
+        self._watch(now_s)
+        if self.paused:
+            return
+        if self.accumulator is not None:
+            self._auto_contrast()
+        self.strip.refresh(now_s)
+        self.latency_plot.refresh(now_s)
+        self.rate_plot.refresh(now_s)
+        self._show_status()
+
+    def _auto_contrast(self) -> None:
+        """Full colour at the 95th percentile of the counts of active pixels (at least 2)."""
+        counts = self.accumulator.counts
+        active = counts[counts > 0]
+        self.full_scale = max(2, int(np.percentile(active, 95))) if active.size else 2
+
+    def _watch(self, now_s: float) -> None:
+        receiver = self.receiver
+        if receiver.error is not None:
+            self.show_state(f"receiver stopped: {receiver.error}")
+            return
+        if receiver.recording_error:
+            self.show_state(receiver.recording_error)
+            receiver.recording_error = None
+            self.record_action.setChecked(False)
+            self.record_label.setText("")
+        if self.supervisor is not None:
+            for stage_exit in self.supervisor.poll():
+                self._stage_exited(stage_exit.name, stage_exit.returncode)
+        if self.ended:
+            return
+        last_worker = receiver.last_worker_s
+        silent_s = now_s - (last_worker if last_worker is not None else receiver.started_s)
+        if silent_s > self.stall_after_s:
+            if last_worker is None:
+                text = f"waiting for the pipeline: nothing received for {silent_s:.1f} s"
+            else:
+                text = f"no data for {silent_s:.1f} s — pipeline stalled"
+            if receiver.reconnects:
+                text += f", reconnecting ({receiver.reconnects})"
+            self.show_state(text)
+            return
+        last_events = receiver.last_events_s
+        if last_events is not None and now_s - last_events > self.stall_after_s:
+            self.show_state(f"no events for {now_s - last_events:.1f} s — source stalled or idle")
+            return
+        if self.state_text and ("stalled" in self.state_text or "nothing received" in self.state_text):
+            self.show_state("")
+
+    def _stage_exited(self, name: str, code: int) -> None:
+        if code == 0:
+            self.show_state(f"stage {name} ended", alarm=False)
+            return
+        if name == "worker" and self.worker_restarts < WORKER_RESTARTS:
+            self.worker_restarts += 1
+            self.show_state(f"stage worker died (exit code {code}); restarting it ({self.worker_restarts}/{WORKER_RESTARTS})")
+            self.supervisor.restart("worker")
+            return
+        self.show_state(f"stage {name} died (exit code {code}); see the terminal, then choose a source")
+
+    def _show_status(self) -> None:
+        counters = self.counters or {}
+        parts = [
+            f"source: {self.source_name or '?'}",
+            f"backend: {self.backend or '?'}",
+            f"model: {self.model_name or '?'}",
+            f"windows skipped: {counters.get('windows_skipped', 0)}",
+            f"events dropped: {counters.get('events_dropped', 0)} (GUI {self.receiver.events_dropped})",
+        ]
+        if self.sensor is not None:
+            parts.append(f"sensor {self.sensor}")
+        self.status_label.setText("   ·   ".join(parts))
+        self.event_view.set_caption(
+            "PAUSED" if self.paused else f"{self.accumulation_us / 1000:g} ms · full colour at {self.full_scale} events"
+        )
+
+    def _show_fps(self, fps: float) -> None:
+        self.fps_label.setText(f"{fps:.0f} fps")
+
+    # -- Qt --
+
+    def resizeEvent(self, event: QtGui.QResizeEvent) -> None:  # noqa: N802 - Qt name
+        super().resizeEvent(event)
+        if self.help_overlay.isVisible():
+            self.help_overlay.toggle()
+            self.help_overlay.toggle()
+
+    def closeEvent(self, event: QtGui.QCloseEvent) -> None:  # noqa: N802 - Qt name
+        self.fast_timer.stop()
+        self.slow_timer.stop()
+        self.receiver.close()
+        super().closeEvent(event)
+
+
+# --- entry point ----------------------------------------------------------------------------
+
+
+def run_gui(args: argparse.Namespace, endpoints: Any, supervisor: Any = None) -> int:
+    """Open the window on the pipeline at ``endpoints`` (``.events``, ``.predictions``) and run
+    until it is closed, ``args.duration`` seconds pass, or SIGINT/SIGTERM. With
+    ``args.screenshot`` (a path), the window is saved there just before it closes.
+
+    ``supervisor`` (launch.py's ``Supervisor``) enables source switching and stage watching.
+    Returns the exit code: 0, or 130 after a signal.
+    """
+    app = QtWidgets.QApplication.instance() or QtWidgets.QApplication(["spikeformer-live"])
+    app.setStyle("Fusion")
+    app.setPalette(dark_palette())
+    source_control = None
+    if supervisor is not None and "source" in getattr(supervisor, "stages", {}):
+        from launch import source_stage  # the launcher's own stage builder
+
+        source_control = SupervisorSourceControl(supervisor, args, endpoints, source_stage)
+    checkpoint = getattr(args, "checkpoint", None)
+    window = MainWindow(
+        endpoints.predictions,
+        endpoints.events,
+        source_spec=getattr(args, "source", ""),
+        speed=str(getattr(args, "speed", "1")),
+        loop=bool(getattr(args, "loop", False)),
+        source_control=source_control,
+        supervisor=supervisor,
+        model_name=Path(checkpoint).stem if checkpoint else "",
+    )
+    window.show()
+    signalled: list[int] = []
+
+    def on_signal(signum: int, frame: object) -> None:
+        signalled.append(signum)
+        QtCore.QTimer.singleShot(0, window.close)
+
+    previous = {signum: signal.signal(signum, on_signal) for signum in (signal.SIGINT, signal.SIGTERM)}
+    wake = QtCore.QTimer()  # Python runs signal handlers only when the interpreter gets control
+    wake.timeout.connect(lambda: None)
+    wake.start(200)
+    screenshot = getattr(args, "screenshot", None)
+
+    def finish() -> None:
+        if screenshot:
+            window.save_screenshot(Path(screenshot))
+        window.close()
+
+    duration = getattr(args, "duration", None)
+    if duration:
+        QtCore.QTimer.singleShot(round(duration * 1000), finish)
+    try:
+        app.exec()
+    finally:
+        wake.stop()
+        window.receiver.close()
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        # Delete the window's C++ side now, while the QApplication lives: left to the garbage
+        # collector at interpreter exit, PySide6 may free them in the wrong order and crash.
+        shiboken6.delete(window)
+    return 130 if signalled else 0
