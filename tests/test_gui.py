@@ -1,0 +1,352 @@
+"""GUI tests: the event accumulator (pure), the window against real ZeroMQ publishers in this
+process, and the window against the real pipeline (source + worker child processes, simulator).
+
+Qt runs offscreen (conftest sets QT_QPA_PLATFORM). Waits are on real conditions with timeouts
+(``qtbot.waitUntil``), never sleeps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gui.widgets import EVENT_LUT, LEVELS, EventAccumulator, colour_index  # first: installs the PySide6 guard
+from gui.app import MainWindow, SupervisorSourceControl  # noqa: E402
+from stream.classes import GESTURE_CLASSES, NO_GESTURE
+from stream.events import EVENT_DTYPE, SensorSize, make_events
+from stream.files import read_events
+from stream.source import STATUS_KIND, StagePublisher
+from stream.transport import now_us
+
+REPO = Path(__file__).resolve().parents[1]
+BUILT_IN_CHECKPOINT = REPO / "inference" / "checkpoints" / "spikeformer-small-sim.json"
+SENSOR = SensorSize(64, 48)
+
+
+def random_events(count: int, sensor: SensorSize, t0: int, t1: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    t = np.sort(rng.integers(t0, t1, count))
+    return make_events(t, rng.integers(0, sensor.width, count), rng.integers(0, sensor.height, count),
+                       rng.integers(0, 2, count))  # fmt: skip
+
+
+def brute_counts(events: np.ndarray, sensor: SensorSize, since_us: int) -> np.ndarray:
+    """Reference: counts of the events with t > since_us (np.add.at, no incremental state)."""
+    counts = np.zeros((2, sensor.height, sensor.width), dtype=np.int64)
+    kept = events[events["t"] > since_us]
+    np.add.at(counts, (kept["p"].astype(np.intp), kept["y"].astype(np.intp), kept["x"].astype(np.intp)), 1)
+    return counts
+
+
+# --- accumulator and colouring (no Qt) ------------------------------------------------------
+
+
+@pytest.mark.parametrize("accumulation_us", [1_000, 33_000, 250_000])
+def test_accumulator_matches_brute_force_over_many_packets(accumulation_us: int) -> None:
+    events = random_events(60_000, SENSOR, 0, 1_000_000)
+    accumulator = EventAccumulator(SENSOR, accumulation_us)
+    end = 0
+    for packet in np.array_split(events, 97):
+        accumulator.add(packet)
+        end += len(packet)
+        newest = int(packet["t"][-1])
+        np.testing.assert_array_equal(accumulator.counts, brute_counts(events[:end], SENSOR, newest - accumulation_us))
+    assert accumulator.events_held == int((events["t"] > int(events["t"][-1]) - accumulation_us).sum())
+
+
+def test_accumulator_shorter_window_applies_at_once_and_time_going_back_clears() -> None:
+    events = random_events(10_000, SENSOR, 0, 500_000, seed=1)
+    accumulator = EventAccumulator(SENSOR, 400_000)
+    accumulator.add(events)
+    accumulator.set_accumulation(10_000)
+    np.testing.assert_array_equal(accumulator.counts, brute_counts(events, SENSOR, int(events["t"][-1]) - 10_000))
+    restarted = random_events(100, SENSOR, 0, 1_000, seed=2)
+    accumulator.add(restarted)
+    np.testing.assert_array_equal(accumulator.counts, brute_counts(restarted, SENSOR, -1))
+
+
+def test_accumulator_bounds_memory_and_rejects_bad_input() -> None:
+    accumulator = EventAccumulator(SENSOR, 2_000_000, max_events=1_000)
+    accumulator.add(random_events(5_000, SENSOR, 0, 1_000, seed=3))
+    assert accumulator.events_held == 1_000 and int(accumulator.counts.sum()) == 1_000
+    with pytest.raises(ValueError, match="accumulation"):
+        accumulator.set_accumulation(10)
+    with pytest.raises(ValueError, match="EVENT_DTYPE"):
+        accumulator.add(np.zeros(3, dtype=np.int64))
+
+
+def test_colour_index_levels_and_lut() -> None:
+    counts = np.zeros((2, 1, 4), dtype=np.int32)
+    counts[1, 0] = [0, 1, 4, 100]  # ON
+    counts[0, 0] = [0, 4, 0, 2]  # OFF
+    index = colour_index(counts, full_scale=4)
+    on, off = np.divmod(index[0].astype(int), LEVELS)
+    assert on.tolist() == [0, 3, 15, 15] and off.tolist() == [0, 15, 0, 7]
+    assert EVENT_LUT.shape == (LEVELS * LEVELS, 3) and EVENT_LUT.dtype == np.uint8
+    assert EVENT_LUT[15 * LEVELS, 0] > EVENT_LUT[15 * LEVELS, 2]  # ON is orange
+    assert EVENT_LUT[15, 2] > EVENT_LUT[15, 0]  # OFF is blue
+    with pytest.raises(ValueError, match="full_scale"):
+        colour_index(counts, 0)
+
+
+# --- the window against real ZeroMQ publishers in this process ------------------------------
+
+
+def prediction(seq: int, index: int, confidence: float = 0.9, stable: bool = True) -> dict:
+    probabilities = np.full(len(GESTURE_CLASSES), (1.0 - confidence) / (len(GESTURE_CLASSES) - 1))
+    probabilities[index] = confidence
+    sent = now_us() - 2_000
+    return {
+        "type": "prediction", "seq": seq, "class_index": index, "class_name": GESTURE_CLASSES[index],
+        "probabilities": probabilities.round(5).tolist(),
+        "stable": {"index": index if stable else -1, "name": GESTURE_CLASSES[index] if stable else NO_GESTURE,
+                   "confidence": confidence if stable else 0.0},
+        "window": {"start_us": 0, "end_us": 1, "events": 10},
+        "timing": {"source_send_us": sent, "recv_us": sent + 500, "compute_ms": 1.5},
+        "counters": {"windows_skipped": 7, "events_dropped": 3}, "backend": "test-backend", "sensor": list(SENSOR),
+    }  # fmt: skip
+
+
+@pytest.fixture
+def publishers(tmp_path: Path):
+    """A real worker-side and source-side publisher (XPUB over ipc)."""
+    with StagePublisher(f"ipc://{tmp_path}/predictions") as worker, StagePublisher(f"ipc://{tmp_path}/events") as source:
+        yield worker, source
+
+
+@pytest.fixture
+def window(qtbot, publishers, tmp_path: Path):
+    worker, source = publishers
+    main = MainWindow(worker.endpoint, source.endpoint, source_spec="sim", model_name="unit",
+                      stall_after_s=0.6, reconnect_after_s=60.0, output_dir=tmp_path)  # fmt: skip
+    qtbot.addWidget(main)
+    main.show()
+    assert worker.wait_for_subscribers(1, STATUS_KIND.topic, timeout_s=5)
+    assert source.wait_for_subscribers(1, b"events", timeout_s=5)
+    yield main
+    main.close()
+
+
+def feed(source: StagePublisher, t0: int, count: int = 2_000, seed: int = 0) -> np.ndarray:
+    events = random_events(count, SENSOR, t0, t0 + 20_000, seed=seed)
+    source.publish_events(events, SENSOR)
+    return events
+
+
+def test_window_shows_events_predictions_and_status(qtbot, window: MainWindow, publishers) -> None:
+    worker, source = publishers
+    feed(source, 0)
+    qtbot.waitUntil(lambda: window.accumulator is not None and window.accumulator.events_held == 2_000, timeout=5000)
+    worker.publish_json(STATUS_KIND, prediction(0, 3))
+    qtbot.waitUntil(lambda: window.prediction_panel.label.text() == GESTURE_CLASSES[3], timeout=5000)
+    assert "90 %" in window.prediction_panel.detail.text()
+    worker.publish_json(STATUS_KIND, prediction(1, 5, confidence=0.3, stable=False))
+    qtbot.waitUntil(lambda: window.prediction_panel.label.text() == NO_GESTURE, timeout=5000)
+    assert window.bars.bars.opts["width"][5] == pytest.approx(0.3)
+    qtbot.waitUntil(lambda: "windows skipped: 7" in window.status_label.text(), timeout=5000)
+    assert "backend: test-backend" in window.status_label.text() and "model: unit" in window.status_label.text()
+    assert window.latency_plot.latest("compute") == pytest.approx(1.5)
+    assert window.latency_plot.latest("end to end") >= 2.0  # ms since the (back-dated) source send
+    image = window.event_view.image.image
+    assert image.shape == (SENSOR.height, SENSOR.width) and int(image.max()) > 0
+
+
+def test_pause_accumulation_keys_and_help(qtbot, window: MainWindow, publishers) -> None:
+    from PySide6 import QtCore
+
+    worker, _ = publishers
+    qtbot.keyClick(window, QtCore.Qt.Key.Key_Space)
+    assert window.paused
+    worker.publish_json(STATUS_KIND, prediction(0, 2))
+    qtbot.waitUntil(lambda: window.predictions_seen == 1, timeout=5000)
+    assert window.prediction_panel.label.text() == NO_GESTURE  # frozen while paused
+    qtbot.keyClick(window, QtCore.Qt.Key.Key_Space)
+    assert not window.paused
+    worker.publish_json(STATUS_KIND, prediction(1, 2))
+    qtbot.waitUntil(lambda: window.prediction_panel.label.text() == GESTURE_CLASSES[2], timeout=5000)
+    before = window.accumulation_us
+    qtbot.keyClick(window, QtCore.Qt.Key.Key_Plus)
+    assert window.accumulation_us > before and window.accumulation_box.value() == window.accumulation_us // 1000
+    qtbot.keyClick(window, QtCore.Qt.Key.Key_Minus)
+    qtbot.keyClick(window, QtCore.Qt.Key.Key_Minus)
+    assert window.accumulation_us < before
+    qtbot.keyClick(window, QtCore.Qt.Key.Key_F1)
+    assert window.help_overlay.isVisible()
+    qtbot.keyClick(window, QtCore.Qt.Key.Key_H)
+    assert not window.help_overlay.isVisible()
+
+
+def test_record_key_writes_a_readable_aedat4_file(qtbot, window: MainWindow, publishers, tmp_path: Path) -> None:
+    from PySide6 import QtCore
+
+    _, source = publishers
+    feed(source, 0, seed=1)
+    qtbot.waitUntil(lambda: window.sensor is not None, timeout=5000)
+    qtbot.keyClick(window, QtCore.Qt.Key.Key_R)
+    path = window.receiver.recording
+    assert path is not None and path.parent == tmp_path
+    sent = [feed(source, 100_000 + 30_000 * k, seed=10 + k) for k in range(5)]
+    qtbot.waitUntil(lambda: window.receiver.events_received >= 12_000, timeout=5000)
+    qtbot.keyClick(window, QtCore.Qt.Key.Key_R)
+    assert window.receiver.recording is None
+    recorded, sensor = read_events(path)
+    assert sensor == SENSOR
+    expected = np.concatenate(sent, dtype=EVENT_DTYPE)
+    np.testing.assert_array_equal(recorded, expected)
+
+
+def test_screenshot_is_saved_and_not_blank(qtbot, window: MainWindow, publishers, tmp_path: Path) -> None:
+    from PySide6 import QtCore, QtGui
+
+    worker, source = publishers
+    feed(source, 0, count=5_000)
+    worker.publish_json(STATUS_KIND, prediction(0, 8))
+    qtbot.waitUntil(lambda: window.prediction_panel.label.text() == GESTURE_CLASSES[8], timeout=5000)
+    qtbot.keyClick(window, QtCore.Qt.Key.Key_S)
+    path = window.last_screenshot
+    assert path is not None and path.is_file()
+    image = QtGui.QImage(str(path)).convertToFormat(QtGui.QImage.Format.Format_RGB888)
+    assert image.width() >= window.width() - 1 and image.height() >= window.height() - 1
+    pixels = np.frombuffer(image.constBits(), dtype=np.uint8, count=image.sizeInBytes())
+    assert pixels.std() > 10.0  # not a blank window
+
+
+def test_stall_is_shown_and_clears_when_data_comes_back(qtbot, window: MainWindow, publishers) -> None:
+    worker, _ = publishers
+    worker.publish_json(STATUS_KIND, prediction(0, 1))
+    qtbot.waitUntil(lambda: window.predictions_seen == 1, timeout=5000)
+    qtbot.waitUntil(lambda: "pipeline stalled" in window.state_label.text(), timeout=5000)
+    assert window.state_label.text().startswith("no data for ")
+    worker.publish_json(STATUS_KIND, prediction(1, 1))
+    qtbot.waitUntil(lambda: "stalled" not in window.state_label.text(), timeout=5000)
+
+
+def test_gui_drops_oldest_events_instead_of_building_a_backlog(tmp_path: Path) -> None:
+    from gui.app import PipelineReceiver
+
+    with StagePublisher(f"ipc://{tmp_path}/p") as worker, StagePublisher(f"ipc://{tmp_path}/e") as source:
+        with PipelineReceiver(worker.endpoint, source.endpoint, max_queued_events=5_000) as receiver:
+            assert source.wait_for_subscribers(1, b"events", timeout_s=5)
+            for k in range(10):
+                source.publish_events(random_events(2_000, SENSOR, k * 10_000, k * 10_000 + 5_000, seed=k), SENSOR)
+            deadline = now_us() + 5_000_000
+            while receiver.events_received < 20_000 and now_us() < deadline:
+                worker.socket.poll(10)  # just a bounded wait for the receiver thread
+            received = receiver.take()
+    assert receiver.events_received == 20_000
+    queued = sum(len(events) for events, _ in received.packets)
+    assert queued <= 5_000 and queued + receiver.events_dropped == 20_000
+    assert int(received.packets[-1][0]["t"][0]) >= 90_000  # the newest packet is kept
+
+
+# --- the window against the real pipeline ---------------------------------------------------
+
+
+def tiny_checkpoint(directory: Path) -> Path:
+    """A random 11-class Spikeformer small enough to run at simulator speed on one CPU core."""
+    torch = pytest.importorskip("torch")
+    from training.checkpoint import save_checkpoint
+    from training.spikeformer import SpikeformerConfig, build_model
+
+    config = SpikeformerConfig(name="custom", input_size=(32, 32), time_steps=4, tokenizer_channels=(8, 16),
+                               tokenizer_strides=(2, 2), kernel_size=3, embed_dim=16, depth=1, num_heads=2,
+                               mlp_ratio=2, num_classes=len(GESTURE_CLASSES))  # fmt: skip
+    torch.manual_seed(0)
+    metadata = {
+        "classes": list(GESTURE_CLASSES),
+        "input": {
+            "window": {"bins": 4, "bin_us": 25_000, "stride_us": 50_000},
+            "sensor_mapping": {"input_width": 32, "input_height": 32, "method": "area", "flip_x": False, "flip_y": False},
+            "normalisation": None,
+        },
+    }
+    return save_checkpoint(directory / "tiny", build_model(config), metadata)
+
+
+def start_pipeline(tmp_path: Path, checkpoint: Path, backend: str):
+    sys.path.insert(0, str(REPO))
+    import launch
+
+    args = launch.build_parser().parse_args(["--source", "sim", "--checkpoint", str(checkpoint), "--backend", backend])
+    endpoints = launch.Endpoints(f"ipc://{tmp_path}/events", f"ipc://{tmp_path}/predictions")
+    supervisor = launch.Supervisor([launch.worker_stage(args, endpoints, 1), launch.source_stage(args, endpoints, 1)])
+    return launch, args, endpoints, supervisor
+
+
+def test_real_pipeline_predictions_source_restart_and_stall(qtbot, tmp_path: Path) -> None:
+    checkpoint = tiny_checkpoint(tmp_path)
+    launch, args, endpoints, supervisor = start_pipeline(tmp_path, checkpoint, backend="torch")
+    with supervisor:
+        control = SupervisorSourceControl(supervisor, args, endpoints, launch.source_stage)
+        main = MainWindow(endpoints.predictions, endpoints.events, source_spec="sim", source_control=control,
+                          supervisor=supervisor, model_name=checkpoint.stem, stall_after_s=1.5,
+                          reconnect_after_s=30.0, output_dir=tmp_path)  # fmt: skip
+        qtbot.addWidget(main)
+        main.show()
+        qtbot.waitUntil(lambda: main.predictions_seen >= 3, timeout=60_000)
+        assert main.sensor == SensorSize(128, 128) and main.accumulator.events_held > 0
+        assert main.backend.startswith("torch")
+        qtbot.waitUntil(lambda: "source: simulator" in main.status_label.text(), timeout=10_000)
+
+        old_pid = supervisor.stages["source"].process.pid
+        main.speed_box.setCurrentText("2")
+        main.restart_source("sim")
+        assert supervisor.stages["source"].process.pid != old_pid
+        assert "--speed" in supervisor.stages["source"].args and "2" in supervisor.stages["source"].args
+        seen = main.predictions_seen
+        qtbot.waitUntil(lambda: main.predictions_seen >= seen + 3, timeout=30_000)
+
+        worker = supervisor.stages["worker"].process
+        os.kill(worker.pid, signal.SIGSTOP)
+        try:
+            qtbot.waitUntil(lambda: "pipeline stalled" in main.state_label.text(), timeout=10_000)
+        finally:
+            os.kill(worker.pid, signal.SIGCONT)
+        qtbot.waitUntil(lambda: "stalled" not in main.state_label.text(), timeout=15_000)
+        main.close()
+
+
+@pytest.mark.skipif(not BUILT_IN_CHECKPOINT.is_file(), reason="built-in checkpoint not trained yet")
+def test_prediction_label_follows_the_simulated_gestures(qtbot, tmp_path: Path) -> None:
+    launch, args, endpoints, supervisor = start_pipeline(tmp_path, BUILT_IN_CHECKPOINT, backend="auto")
+    with supervisor:
+        main = MainWindow(endpoints.predictions, endpoints.events, source_spec="sim", supervisor=supervisor,
+                          output_dir=tmp_path)  # fmt: skip
+        qtbot.addWidget(main)
+        main.show()
+        labels: set[str] = set()
+
+        def two_gestures_seen() -> bool:
+            labels.add(main.prediction_panel.label.text())
+            return len(labels - {NO_GESTURE}) >= 2
+
+        qtbot.waitUntil(two_gestures_seen, timeout=60_000)
+        main.close()
+
+
+def test_launch_without_a_display_says_so_in_one_line(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY", "QT_QPA_PLATFORM")}
+    result = subprocess.run([sys.executable, str(REPO / "launch.py"), "--source", "sim"], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "display" in lines[0] and "--headless" in lines[0]
+    assert "Traceback" not in result.stderr
+
+
+def test_run_gui_with_duration_saves_a_screenshot_and_returns(qtbot, publishers, tmp_path: Path) -> None:
+    from gui.app import run_gui
+
+    worker, source = publishers
+    endpoints = argparse.Namespace(events=source.endpoint, predictions=worker.endpoint)
+    out = tmp_path / "shot.png"
+    args = argparse.Namespace(source="sim", speed="1", loop=False, checkpoint=None, duration=1.0, screenshot=str(out))
+    assert run_gui(args, endpoints) == 0
+    assert out.is_file() and out.stat().st_size > 10_000
