@@ -175,7 +175,9 @@ class OnnxRuntimeBackend:
 
         if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= 256:
             raise ValueError(f"threads must be an integer 1..256, got {threads!r}")
-        self.input_shape = read_onnx_info(onnx_path).input_shape
+        info = read_onnx_info(onnx_path)
+        self.input_shape = info.input_shape
+        self._dynamic_batch = info.dynamic_batch
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
@@ -201,7 +203,11 @@ class OnnxRuntimeBackend:
 
     def predict(self, frames: np.ndarray) -> np.ndarray:
         batch = as_batch(frames, self.input_shape)
-        return self._session.run([OUTPUT_NAME], {INPUT_NAME: batch})[0]
+        if self._dynamic_batch or batch.shape[0] == 1:
+            return self._session.run([OUTPUT_NAME], {INPUT_NAME: batch})[0]
+        # An export with the batch fixed at 1 (see inference.export.export_onnx): one window a call.
+        return np.concatenate([self._session.run([OUTPUT_NAME], {INPUT_NAME: batch[i:i + 1]})[0]
+                               for i in range(batch.shape[0])])
 
     def warmup(self, iterations: int = DEFAULT_WARMUP_ITERATIONS) -> None:
         for window in _warmup_windows(self.input_shape, iterations):

@@ -21,6 +21,7 @@ import argparse
 import copy
 import hashlib
 import json
+import logging
 import os
 import sys
 import tempfile
@@ -32,6 +33,8 @@ from typing import Any
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
+
+log = logging.getLogger(__name__)
 
 INPUT_NAME = "frames"
 OUTPUT_NAME = "logits"
@@ -120,6 +123,12 @@ def export_onnx(
 ) -> Path:
     """Export ``forward`` (frames ``[B, T, 2, H, W]`` -> logits ``[B, C]``) to ``out_path``; return it.
 
+    With ``dynamic_batch`` the export is run by ONNX Runtime at batch 1 and 3 (the trace used 2).
+    A model whose code freezes the batch size in the trace (e.g. ``reshape(batch * n, ...)`` with
+    sizes read from ``x.shape``, or ``zeros_like`` of a traced tensor) fails that check; it is then
+    exported with the batch fixed at 1 (enough for the live pipeline) and a warning names the error.
+    :attr:`OnnxModelInfo.dynamic_batch` tells which one was written.
+
     Args:
         checkpoint_path_or_model: a checkpoint file or a torch module exposing ``input_shape``.
         out_path: the ``.onnx`` file to write (written atomically; parent folders are created).
@@ -128,16 +137,32 @@ def export_onnx(
         fp16: write the FP16 model of :func:`convert_to_fp16` (float32 I/O) instead of FP32.
         metadata: metadata for a bare module (a checkpoint brings its own).
     """
-    import torch
-
     if not 17 <= opset <= 21:
         raise ValueError(f"opset must be 17..21 (LayerNormalization needs 17), got {opset}")
     model, metadata = load_model_and_metadata(checkpoint_path_or_model, metadata)
     input_shape = model_input_shape(model)
+    proto = _trace(model, input_shape, opset, dynamic_batch)
+    if dynamic_batch:
+        error = _batch_error(proto, input_shape, batches=(1, 3))
+        if error:
+            log.warning("the model does not export with a dynamic batch (%s); exporting with the batch "
+                        "fixed at 1", error)
+            proto = _trace(model, input_shape, opset, dynamic_batch=False)
+
+    _set_metadata(proto, metadata, input_shape, "fp32")
+    if fp16:
+        proto = convert_to_fp16(proto)
+    onnx.checker.check_model(proto, full_check=True)
+    return _save_atomically(proto, Path(out_path))
+
+
+def _trace(model: Any, input_shape: tuple[int, ...], opset: int, dynamic_batch: bool) -> onnx.ModelProto:
+    """TorchScript-exporter trace of ``model`` in eval mode (its mode is restored afterwards)."""
+    import torch
+
     device = next(model.parameters()).device
     example = torch.zeros((2 if dynamic_batch else 1, *input_shape), dtype=torch.float32, device=device)
     dynamic_axes = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if dynamic_batch else None
-
     was_training = model.training
     model.eval()
     try:
@@ -151,15 +176,27 @@ def export_onnx(
                     input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], dynamic_axes=dynamic_axes,
                     do_constant_folding=True,
                 )
-            proto = onnx.load(str(raw_path))
+            return onnx.load(str(raw_path))
     finally:
         model.train(was_training)
 
-    _set_metadata(proto, metadata, input_shape, "fp32")
-    if fp16:
-        proto = convert_to_fp16(proto)
-    onnx.checker.check_model(proto, full_check=True)
-    return _save_atomically(proto, Path(out_path))
+
+def _batch_error(proto: onnx.ModelProto, input_shape: tuple[int, ...], batches: tuple[int, ...]) -> str | None:
+    """None if ONNX Runtime runs ``proto`` at every batch size in ``batches`` with the right output
+    batch, else the first failure as text."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 4
+    session = ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    for batch in batches:
+        try:
+            (logits,) = session.run([OUTPUT_NAME], {INPUT_NAME: np.zeros((batch, *input_shape), np.float32)})
+        except Exception as error:  # onnxruntime raises its own RuntimeError subclasses
+            return f"batch {batch}: {str(error).splitlines()[0][:300]}"
+        if logits.shape[0] != batch:
+            return f"batch {batch}: logits have shape {list(logits.shape)}"
+    return None
 
 
 def _set_metadata(proto: onnx.ModelProto, metadata: dict, input_shape: tuple[int, ...], precision: str) -> None:
@@ -195,6 +232,7 @@ class OnnxModelInfo:
     input_shape: tuple[int, int, int, int]
     weights_sha256: str
     precision: str
+    dynamic_batch: bool  # False: the graph input's batch is fixed at 1
 
 
 def read_onnx_info(onnx_path_or_model: str | os.PathLike | onnx.ModelProto) -> OnnxModelInfo:
@@ -217,7 +255,9 @@ def read_onnx_info(onnx_path_or_model: str | os.PathLike | onnx.ModelProto) -> O
         raise ValueError(f"corrupt spikeformer-live metadata in the ONNX file: {error}") from None
     if len(shape) != 4 or not isinstance(metadata, dict):
         raise ValueError(f"corrupt spikeformer-live metadata: input shape {shape!r}")
-    return OnnxModelInfo(metadata, shape, props[META_WEIGHTS_SHA256], props[META_PRECISION])  # type: ignore[arg-type]
+    batch_dim = proto.graph.input[0].type.tensor_type.shape.dim[0]
+    return OnnxModelInfo(metadata, shape, props[META_WEIGHTS_SHA256], props[META_PRECISION],  # type: ignore[arg-type]
+                         dynamic_batch=not batch_dim.HasField("dim_value"))
 
 
 # --- FP16 conversion ---------------------------------------------------------------------------
@@ -378,6 +418,8 @@ def verify_parity(
 
     if not 1 <= windows <= MAX_PARITY_WINDOWS:
         raise ValueError(f"windows must be 1..{MAX_PARITY_WINDOWS}, got {windows}")
+    if not 1 <= batch_size <= MAX_PARITY_WINDOWS:
+        raise ValueError(f"batch_size must be 1..{MAX_PARITY_WINDOWS}, got {batch_size}")
     model, _ = load_model_and_metadata(checkpoint_or_model)
     frames = poisson_windows(windows, model_input_shape(model), seed)
     options = ort.SessionOptions()
@@ -389,23 +431,24 @@ def verify_parity(
         starts = list(range(0, windows, fixed_batch))
     else:
         starts = [0, *range(1, windows, batch_size)]
+    exported = []
+    for start, stop in zip(starts, [*starts[1:], windows]):
+        chunk = frames[start:stop]
+        if not len(chunk):
+            continue
+        try:
+            exported.append(session.run([OUTPUT_NAME], {INPUT_NAME: chunk})[0])
+        except Exception as error:  # onnxruntime raises its own RuntimeError subclasses
+            raise ValueError(
+                f"{onnx_path} fails on a batch of {len(chunk)} (a reshape or constant in the "
+                f"model fixed the batch size at export?): {error}") from None
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     try:
-        reference, exported = [], []
         with torch.inference_mode():
-            for start, stop in zip(starts, [*starts[1:], windows]):
-                chunk = frames[start:stop]
-                if not len(chunk):
-                    continue
-                reference.append(model(torch.from_numpy(chunk).to(device)).float().cpu().numpy())
-                try:
-                    exported.append(session.run([OUTPUT_NAME], {INPUT_NAME: chunk})[0])
-                except Exception as error:  # onnxruntime raises its own RuntimeError subclasses
-                    raise ValueError(
-                        f"{onnx_path} fails on a batch of {len(chunk)} (a reshape or constant in the "
-                        f"model fixed the batch size at export?): {error}") from None
+            reference = [model(torch.from_numpy(frames[i:i + batch_size]).to(device)).float().cpu().numpy()
+                         for i in range(0, windows, batch_size)]
     finally:
         model.train(was_training)
     reference_logits, exported_logits = np.concatenate(reference), np.concatenate(exported)
@@ -451,7 +494,9 @@ def main(argv: list[str]) -> int:
         raise FileNotFoundError(f"checkpoint not found: {checkpoint}")
 
     onnx_path = export_onnx(checkpoint, args.onnx, opset=args.opset, fp16=args.fp16)
-    print(f"wrote {onnx_path} ({onnx_path.stat().st_size / 1e6:.1f} MB, {'fp16' if args.fp16 else 'fp32'})")
+    info = read_onnx_info(onnx_path)
+    batch = "dynamic batch" if info.dynamic_batch else "batch fixed at 1"
+    print(f"wrote {onnx_path} ({onnx_path.stat().st_size / 1e6:.1f} MB, {info.precision}, {batch})")
     if args.windows:
         report = verify_parity(checkpoint, onnx_path, args.windows)
         print(f"parity vs PyTorch: {report}")

@@ -160,6 +160,9 @@ def build_engine(
     if info.precision != precision:
         raise ValueError(f"{onnx_path} is an {info.precision} export but a {precision} engine was asked for "
                          f"(TensorRT networks are strongly typed: export with fp16={fp16})")
+    if not info.dynamic_batch and max_batch > 1:
+        log.warning("%s has its batch fixed at 1: building the engine for batch 1 only", onnx_path)
+        max_batch = 1
     trt, gpu_name = require_tensorrt()
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
