@@ -10,7 +10,7 @@ made once; the hot path is a single ``predict`` call on the chosen object.
 
 The ONNX file (and TensorRT engine) a backend needs is built on demand and cached under
 :func:`default_cache_dir` by the checkpoint's weights sha256, so no manual export step is needed:
-``onnx/<sha256>-opset17-fp32-v1.onnx``, ``tensorrt/<engine_cache_key>.engine``.
+``onnx/<sha256>-code<fingerprint>-opset17-fp32-v1.onnx``, ``tensorrt/<engine_cache_key>.engine``.
 """
 
 from __future__ import annotations
@@ -315,18 +315,33 @@ def _weights_sha256(metadata: dict) -> str:
     return sha
 
 
+def model_code_fingerprint() -> str:
+    """12 hex chars of sha256 over the model's source files (training.spikeformer, training.neuron):
+    a cached export goes stale when the code that defines the graph changes, not only the weights."""
+    import hashlib
+    import importlib
+
+    digest = hashlib.sha256()
+    for module_name in ("training.spikeformer", "training.neuron"):
+        source = importlib.import_module(module_name).__file__
+        digest.update(Path(source).read_bytes())
+    return digest.hexdigest()[:12]
+
+
 def cached_onnx(checkpoint_path: str | os.PathLike, cache_dir: str | os.PathLike | None = None, *,
                 fp16: bool = False, opset: int = DEFAULT_OPSET) -> Path:
     """The checkpoint's ONNX export, made on first use and cached by its weights sha256.
 
-    The file name carries the opset, precision and export format version, so a change to any of
-    them makes a new file; exports are written atomically (concurrent processes are safe).
+    The file name carries the opset, precision, export format version and
+    :func:`model_code_fingerprint`, so a change to any of them makes a new file; exports are written
+    atomically (concurrent processes are safe).
     """
     from training.checkpoint import read_metadata
 
     sha = _weights_sha256(read_metadata(checkpoint_path))
     precision = "fp16" if fp16 else "fp32"
-    path = Path(cache_dir or default_cache_dir()) / "onnx" / f"{sha}-opset{opset}-{precision}-v{EXPORT_FORMAT_VERSION}.onnx"
+    path = Path(cache_dir or default_cache_dir()) / "onnx" / (
+        f"{sha}-code{model_code_fingerprint()}-opset{opset}-{precision}-v{EXPORT_FORMAT_VERSION}.onnx")
     if not path.is_file():
         log.info("exporting %s to %s", checkpoint_path, path)
         export_onnx(checkpoint_path, path, opset=opset, fp16=fp16)
@@ -339,7 +354,8 @@ def _cached_engine(checkpoint_path: Path, cache_dir: Path, *, max_batch: int, fp
 
     trt, gpu_name = require_tensorrt()
     sha = _weights_sha256(read_metadata(checkpoint_path))
-    key = engine_cache_key(sha, trt.__version__, gpu_name, max_batch, "fp16" if fp16 else "fp32")
+    model_id = f"{sha}-code{model_code_fingerprint()}"  # same staleness rule as cached_onnx
+    key = engine_cache_key(model_id, trt.__version__, gpu_name, max_batch, "fp16" if fp16 else "fp32")
     engine_path = cache_dir / "tensorrt" / f"{key}.engine"
     if not engine_path.is_file():
         onnx_path = cached_onnx(checkpoint_path, cache_dir, fp16=fp16)
