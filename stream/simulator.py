@@ -170,17 +170,17 @@ def draw_scene(rng: np.random.Generator, sensor_size: SensorSize = DEFAULT_SENSO
 def _render_frame(frame, background, pad, shake_x, shake_y, shapes, values):
     """Draw background (shifted by camera shake, bilinear) and the capsules into ``frame`` [H, W]."""
     height, width = frame.shape
+    # The shake moves the whole background by the same sub-pixel amount: fixed offsets and weights.
+    offset_x, offset_y = int(math.floor(pad - shake_x)), int(math.floor(pad - shake_y))
+    wx, wy = (pad - shake_x) - offset_x, (pad - shake_y) - offset_y
+    w00, w01, w10, w11 = (1 - wy) * (1 - wx), (1 - wy) * wx, wy * (1 - wx), wy * wx
     for y in range(height):
-        fy = y + pad - shake_y
-        iy = int(fy)
-        wy = fy - iy
+        top = background[y + offset_y]
+        bottom = background[y + offset_y + 1]
+        row = frame[y]
         for x in range(width):
-            fx = x + pad - shake_x
-            ix = int(fx)
-            wx = fx - ix
-            top = background[iy, ix] * (1 - wx) + background[iy, ix + 1] * wx
-            bottom = background[iy + 1, ix] * (1 - wx) + background[iy + 1, ix + 1] * wx
-            frame[y, x] = top * (1 - wy) + bottom * wy
+            i = x + offset_x
+            row[x] = w00 * top[i] + w01 * top[i + 1] + w10 * bottom[i] + w11 * bottom[i + 1]
     for k in range(shapes.shape[0]):
         ax, ay, bx, by, radius = shapes[k, 0], shapes[k, 1], shapes[k, 2], shapes[k, 3], shapes[k, 4]
         value = values[k]
@@ -190,18 +190,22 @@ def _render_frame(frame, background, pad, shake_x, shake_y, shapes, values):
         y1 = min(height, int(math.ceil(max(ay, by) + radius + 2)))
         dx, dy = bx - ax, by - ay
         length2 = dx * dx + dy * dy
+        inverse_length2 = 1.0 / length2 if length2 > 0 else 0.0
+        outside2 = (radius + 0.5) ** 2  # beyond: not covered
+        inside2 = max(0.0, radius - 0.5) ** 2  # within: fully covered; between: the anti-aliased edge
         for y in range(y0, y1):
+            py = y - ay
             for x in range(x0, x1):
-                px, py = x - ax, y - ay
-                h = 0.0
-                if length2 > 0:
-                    h = min(1.0, max(0.0, (px * dx + py * dy) / length2))
+                px = x - ax
+                h = min(1.0, max(0.0, (px * dx + py * dy) * inverse_length2))
                 ex, ey = px - h * dx, py - h * dy
-                cover = radius + 0.5 - math.sqrt(ex * ex + ey * ey)
-                if cover > 0:
-                    if cover > 1:
-                        cover = 1.0
-                    frame[y, x] += (value - frame[y, x]) * cover
+                distance2 = ex * ex + ey * ey
+                if distance2 >= outside2:
+                    continue
+                if distance2 <= inside2:
+                    frame[y, x] = value
+                else:
+                    frame[y, x] += (value - frame[y, x]) * (radius + 0.5 - math.sqrt(distance2))
 
 
 @njit(cache=True, nogil=True)
