@@ -129,9 +129,9 @@ def test_modified_weight_bytes_refused(saved: Path):
 
 def test_wrong_shape_refused(saved: Path, trained_model: Spikeformer):
     tensors = {k: v.clone() for k, v in trained_model.state_dict().items()}
-    tensors["head.fc.weight"] = torch.zeros(11, 32)
+    tensors["head.fc.weight"] = torch.zeros(11, 16)
     rewrite_weights(saved, tensors)
-    with pytest.raises(CheckpointError, match=r"'head.fc.weight' has shape \[11, 32\], the config needs \[11, 64\]"):
+    with pytest.raises(CheckpointError, match=r"'head.fc.weight' has shape \[11, 16\], the config needs \[11, 32\]"):
         load_checkpoint(saved)
 
 
@@ -190,7 +190,7 @@ def test_oversized_weights_refused(saved: Path):
         (lambda d: d.pop("metrics"), r"missing keys \['metrics'\]"),
         (lambda d: d.update(extra=1), r"unexpected keys \['extra'\]"),
         (lambda d: d["model"].update(depth=3), r"missing \['blocks.2"),  # config says 3 blocks, file has 2
-        (lambda d: d["model"].update(embed_dim=48, tokenizer_channels=[16, 32, 48]), "has shape"),
+        (lambda d: d["model"].update(embed_dim=48, tokenizer_channels=[8, 16, 48]), "has shape"),
         (lambda d: d["model"].update(num_heads=5), "not divisible by num_heads"),
         (lambda d: d["model"].pop("depth"), r"missing keys \['depth'\]"),
         (lambda d: d["classes"].pop(), "10 class names but the model has num_classes=11"),

@@ -172,11 +172,14 @@ register_preset(SpikeformerConfig(
     tokenizer_channels=(64, 64, 128, 128, 256, 256), tokenizer_strides=(2, 1, 2, 1, 2, 1), kernel_size=3,
     embed_dim=256, depth=7, num_heads=4, mlp_ratio=2, num_classes=10,
 ))
-# CPU real-time model of the built-in checkpoint: 64x64 input, 8x8 = 64 tokens per step.
+# CPU real-time model of the built-in checkpoint: 64x64 input, 8x8 = 64 tokens per step, 49,415
+# parameters, ~0.2 GFLOPs. Narrower than the first sketch (tokenizer 16-32-64, embed 64: 189,047
+# parameters), which took ~11-12 ms per window in ONNX Runtime on the 2-core CPU; this one ~0.6x that
+# (see benchmarks/bench_spikeformer.py).
 register_preset(SpikeformerConfig(
     name="small", input_size=(64, 64), time_steps=16,
-    tokenizer_channels=(16, 32, 64), tokenizer_strides=(2, 2, 2), kernel_size=3,
-    embed_dim=64, depth=2, num_heads=4, mlp_ratio=2, num_classes=11,
+    tokenizer_channels=(8, 16, 32), tokenizer_strides=(2, 2, 2), kernel_size=3,
+    embed_dim=32, depth=2, num_heads=4, mlp_ratio=2, num_classes=11,
 ))
 
 
