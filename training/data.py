@@ -642,7 +642,10 @@ def augment(
         counts = shift_frames(counts, int(dx), int(dy))
     if augmentation.max_drop > 0:
         keep = 1.0 - rng.uniform(0.0, augmentation.max_drop)
-        counts = rng.binomial(counts.astype(np.int64), keep)
+        counts = np.array(counts, copy=True)
+        flat = counts.reshape(-1)
+        active = np.flatnonzero(flat)  # windows are sparse: thin only the non-zero pixels
+        flat[active] = rng.binomial(flat[active], keep)
     return counts, label
 
 
