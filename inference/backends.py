@@ -46,7 +46,7 @@ DEFAULT_CPU_THREADS = 1
 __all__ = [
     "Backend", "BackendUnavailable", "Capabilities", "BackendChoice", "TorchBackend", "OnnxRuntimeBackend",
     "TensorRTBackend", "as_batch", "choose_backend", "detect_capabilities", "create_backend",
-    "cached_onnx", "default_cache_dir",
+    "cached_onnx", "default_cache_dir", "model_code_fingerprint",
 ]
 
 
