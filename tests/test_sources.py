@@ -246,7 +246,10 @@ def test_network_source_reads_a_real_network_writer():
             out, _ = collect(source, limit=len(events))
         assert np.array_equal(out, events)
     finally:
-        del writer  # after the client has gone: NetworkWriter's destructor waits for its clients
+        # dv-processing 2.0.4: destroying a NetworkWriter that still counts a client deadlocks
+        # (it holds the GIL while its I/O thread needs it), so wait until it has seen the client go.
+        wait_for(lambda: writer.getClientCount() == 0, "the server to see the client leave")
+        del writer
 
 
 def test_network_source_without_server_is_a_clear_error():
