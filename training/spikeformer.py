@@ -173,9 +173,9 @@ register_preset(SpikeformerConfig(
     embed_dim=256, depth=7, num_heads=4, mlp_ratio=2, num_classes=10,
 ))
 # CPU real-time model of the built-in checkpoint: 64x64 input, 8x8 = 64 tokens per step, 49,415
-# parameters, ~0.2 GFLOPs. Narrower than the first sketch (tokenizer 16-32-64, embed 64: 189,047
-# parameters), which took ~11-12 ms per window in ONNX Runtime on the 2-core CPU; this one ~0.6x that
-# (see benchmarks/bench_spikeformer.py).
+# parameters, ~0.2 GFLOPs; ~6 ms per window in ONNX Runtime (1 intra-op thread) on the 2-core CPU.
+# Narrower than the first sketch (tokenizer 16-32-64, embed 64: 189,047 parameters), which took
+# ~11-12 ms there (see benchmarks/bench_spikeformer.py).
 register_preset(SpikeformerConfig(
     name="small", input_size=(64, 64), time_steps=16,
     tokenizer_channels=(8, 16, 32), tokenizer_strides=(2, 2, 2), kernel_size=3,
