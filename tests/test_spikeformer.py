@@ -174,20 +174,22 @@ def test_small_model_overfits_a_tiny_batch():
     assert all(p.grad is not None for p in model.parameters())  # every parameter, PLIF w too, learns
 
 
-def test_small_model_onnx_export_matches_pytorch():
+def test_small_model_onnx_export_matches_pytorch_with_dynamic_batch():
     torch.manual_seed(0)
     model = build_model("small").eval()
-    frames = torch.rand(1, *model.input_shape)
     buffer = io.BytesIO()
-    torch.onnx.export(model, (frames,), buffer, opset_version=17, dynamo=False,
-                      input_names=["frames"], output_names=["logits"])
+    torch.onnx.export(model, (torch.rand(2, *model.input_shape),), buffer, opset_version=17, dynamo=False,
+                      input_names=["frames"], output_names=["logits"],
+                      dynamic_axes={"frames": {0: "batch"}, "logits": {0: "batch"}})
     graph = onnx.load_from_string(buffer.getvalue())
     onnx.checker.check_model(graph)
     assert {node.domain for node in graph.graph.node} <= {"", "ai.onnx"}  # no custom operator
     session = ort.InferenceSession(buffer.getvalue(), providers=["CPUExecutionProvider"])
-    with torch.no_grad():
-        expected = model(frames).numpy()
-    np.testing.assert_allclose(session.run(None, {"frames": frames.numpy()})[0], expected, atol=1e-4)
+    for batch in (1, 3):  # not the traced batch of 2
+        frames = torch.rand(batch, *model.input_shape)
+        with torch.no_grad():
+            expected = model(frames).numpy()
+        np.testing.assert_allclose(session.run(None, {"frames": frames.numpy()})[0], expected, atol=1e-4)
 
 
 def test_summary_cli(capsys: pytest.CaptureFixture[str]):

@@ -232,15 +232,21 @@ class SEWBlock(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         # x: [T, B, C_in, H, W] -> [T, B, C_out, H / stride, W / stride]
-        steps, batch = x.shape[:2]
+        # Reshapes leave the batch as -1 so that a traced ONNX export keeps a dynamic batch axis.
+        steps = x.shape[0]
         merged = x.flatten(0, 1)  # [T*B, C_in, H, W]
-        out = self.sn1(self.conv1(merged).unflatten(0, (steps, batch)))
-        out = self.sn2(self.conv2(out.flatten(0, 1)).unflatten(0, (steps, batch)))
+        out = self.sn1(self._split_time(self.conv1(merged), steps))
+        out = self.sn2(self._split_time(self.conv2(out.flatten(0, 1)), steps))
         if self.downsample is None:
             identity = x
         else:
-            identity = self.sn_down(self.downsample(merged).unflatten(0, (steps, batch)))
+            identity = self.sn_down(self._split_time(self.downsample(merged), steps))
         return out + identity
+
+    @staticmethod
+    def _split_time(x: Tensor, steps: int) -> Tensor:
+        # [T*B, C, H, W] -> [T, B, C, H, W]
+        return x.reshape(steps, -1, *x.shape[1:])
 
 
 class ConvTokenizer(nn.Module):
@@ -275,12 +281,12 @@ class Attention(nn.Module):
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, x: Tensor) -> Tensor:
-        seqs, length, dim = x.shape
-        qkv = self.qkv(x).reshape(seqs, length, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        length, dim = x.shape[1:]
+        qkv = self.qkv(x).reshape(-1, length, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # each [S, heads, L, head_dim]
         attn = (q * self.scale) @ k.transpose(-2, -1)  # [S, heads, L, L]
         attn = attn.softmax(dim=-1)
-        x = (attn @ v).transpose(1, 2).reshape(seqs, length, dim)  # [S, L, C]
+        x = (attn @ v).transpose(1, 2).reshape(-1, length, dim)  # [S, L, C]
         return self.proj(x)
 
 
@@ -313,14 +319,14 @@ class Block(nn.Module):
         self.drop_path = DropPath(drop_path)
 
     def forward(self, x: Tensor) -> Tensor:
-        batch, steps, tokens, dim = x.shape
+        _, steps, tokens, dim = x.shape  # the batch stays -1 in reshapes (dynamic in ONNX export)
         # Temporal attention: the T tokens at each spatial location attend to each other.
-        xt = self.norm_t(x).transpose(1, 2).reshape(batch * tokens, steps, dim)  # [B*N, T, C]
-        xt = self.temporal_attn(xt).reshape(batch, tokens, steps, dim).transpose(1, 2)  # [B, T, N, C]
+        xt = self.norm_t(x).transpose(1, 2).reshape(-1, steps, dim)  # [B*N, T, C]
+        xt = self.temporal_attn(xt).reshape(-1, tokens, steps, dim).transpose(1, 2)  # [B, T, N, C]
         x = x + self.drop_path(self.temporal_fc(xt))
         # Spatial attention: the N tokens of each time step attend to each other.
-        xs = self.norm_s(x).reshape(batch * steps, tokens, dim)  # [B*T, N, C]
-        xs = self.spatial_attn(xs).reshape(batch, steps, tokens, dim)  # [B, T, N, C]
+        xs = self.norm_s(x).reshape(-1, tokens, dim)  # [B*T, N, C]
+        xs = self.spatial_attn(xs).reshape(-1, steps, tokens, dim)  # [B, T, N, C]
         x = x + self.drop_path(xs)
         return x + self.drop_path(self.mlp(self.norm_mlp(x)))  # [B, T, N, C]
 
