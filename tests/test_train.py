@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
 import subprocess
@@ -125,7 +126,8 @@ def test_train_state_round_trip_without_pickle(tmp_path: Path):
     model(torch.rand(2, 4, 2, 16, 16)).sum().backward()
     optimizer.step()
     ema = train.ModelEma(model, 0.9)
-    train.save_train_state(tmp_path, model, optimizer, ema, {"epoch": 1, "step": 1, "best_accuracy": 0.5})
+    train.save_train_state(tmp_path, model, optimizer, ema,
+                           {"epoch": 1, "step": 1, "best_accuracy": 0.5, "model_config": TINY.to_dict()})
     assert b"pickle" not in (tmp_path / "train_state.json").read_bytes()
     fresh = build_model(TINY)
     fresh_optimizer = torch.optim.AdamW(fresh.parameters(), lr=1e-3)
@@ -141,6 +143,9 @@ def test_train_state_round_trip_without_pickle(tmp_path: Path):
             assert torch.equal(torch.as_tensor(value), torch.as_tensor(loaded["state"][index][key]))
     with pytest.raises(ValueError, match="resume"):
         train.load_train_state(tmp_path / "nothing", fresh, fresh_optimizer, None)
+    other = build_model(dataclasses.replace(TINY, embed_dim=32, tokenizer_channels=(8, 32)))
+    with pytest.raises(ValueError, match="another model configuration"):
+        train.load_train_state(tmp_path, other, torch.optim.AdamW(other.parameters()), None)
 
 
 def test_evaluate_json_and_confusion_png(tiny_data: dict[str, Path], trained_run: Path, capsys: pytest.CaptureFixture):

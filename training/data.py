@@ -3,7 +3,8 @@
 Data specs (``--data SPEC``):
 
 * ``sim:DIR`` - a data set written by ``python -m stream simulate`` (DVS128 Gesture layout);
-  ``sim:N`` - N simulated samples, generated once into the cache directory (``sim/``).
+  ``sim:N`` - N simulated samples, generated once into the cache directory
+  (``sim/n<N>-seed<S>-128x128-<simulator source hash>/``, regenerated when the simulator changes).
 * ``dvsgesture:DIR`` - the original DVS128 Gesture files: ``userNN_<lighting>.aedat`` (AEDAT 3.1),
   ``userNN_<lighting>_labels.csv``, ``trials_to_train.txt`` / ``trials_to_test.txt``.
 * ``tonic:DIR`` - tonic's preprocessed layout ``ibmGesture{Train,Test}/userNN_<lighting>/<label>.npy``
@@ -170,7 +171,7 @@ def simulated_dataset(samples: int, cache_dir: Path, *, seed: int = 0, sensor_si
         raise ValueError(f"sim:N needs 1 <= N <= {MAX_SIM_SAMPLES}, got {samples}")
     from stream.simulator import write_dataset  # the simulator is only needed here
 
-    directory = Path(cache_dir) / "sim" / f"n{samples}-seed{seed}-{sensor_size}"
+    directory = Path(cache_dir) / "sim" / f"n{samples}-seed{seed}-{sensor_size}-{_simulator_fingerprint()}"
     if (directory / "trials_to_train.txt").is_file():
         return directory
     directory.parent.mkdir(parents=True, exist_ok=True)
@@ -182,6 +183,17 @@ def simulated_dataset(samples: int, cache_dir: Path, *, seed: int = 0, sensor_si
         if not (directory / "trials_to_train.txt").is_file():
             raise
     return directory
+
+
+def _simulator_fingerprint() -> str:
+    """First 12 hex digits of the SHA-256 of the simulator's source: a changed simulator gets a new data set."""
+    import stream.body
+    import stream.simulator
+
+    digest = hashlib.sha256()
+    for module in (stream.body, stream.simulator):
+        digest.update(Path(module.__file__).read_bytes())
+    return digest.hexdigest()[:12]
 
 
 def _gesture_dir_recordings(directory: Path, kind: str) -> list[Recording]:
