@@ -236,6 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--loop", action="store_true", help="replay a file forever")
     parser.add_argument("--duration", type=_positive_seconds, default=None, help="stop after this many seconds")
     parser.add_argument("--report", type=Path, default=None, help="headless: write the JSON report here")
+    parser.add_argument("--screenshot", type=Path, default=None, help="GUI: save the whole window here before it closes (with --duration)")
     parser.add_argument("--stride-us", type=int, default=None, help="time between predictions (default: checkpoint's)")
     parser.add_argument("--events-endpoint", default=None, help="source -> worker ZeroMQ endpoint (default: ipc in a temp dir)")
     parser.add_argument("--predictions-endpoint", default=None, help="worker -> consumers endpoint (default: ipc in a temp dir)")
@@ -330,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
 
             return run_headless(args, endpoints, supervisor)
         supervisor.start()
-        return int(run_gui(args, endpoints) or 0)
+        return int(run_gui(args, endpoints, supervisor) or 0)
     except (KeyboardInterrupt, _Stop):
         return 130
     except (ValueError, OSError) as error:
