@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 import threading
 import time
@@ -48,7 +47,16 @@ from numba import njit
 from inference.smoothing import SMOOTHING_METHODS, LabelSmoother, SmoothingConfig, softmax
 from stream.binning import SensorMapping, StreamingBinner, Window, WindowSpec, warmup
 from stream.events import SensorSize, empty_events
-from stream.source import END_LINGER_MS, END_WAIT_S, STATUS_KIND, StagePublisher, Stopped, StopRequest
+from stream.source import (
+    END_LINGER_MS,
+    END_WAIT_S,
+    STATUS_KIND,
+    StageArgumentParser,
+    StagePublisher,
+    Stopped,
+    StopRequest,
+    exit_stage,
+)
 from stream.transport import DEFAULT_HWM, EventSubscriber, Kind, Message, now_us
 
 log = logging.getLogger("inference.worker")
@@ -407,7 +415,7 @@ class WorkerLoop:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _ArgumentParser(prog="python -m inference.worker", description="Bin events and run the gesture model.")
+    parser = StageArgumentParser(prog="python -m inference.worker", description="Bin events and run the gesture model.")
     parser.add_argument("--sub", required=True, help="events endpoint to connect to (the source's --pub)")
     parser.add_argument("--pub", required=True, help="endpoint to bind for predictions, frames, truth, stats")
     parser.add_argument("--checkpoint", type=Path, required=True, help="model checkpoint (.json)")
@@ -466,23 +474,5 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-class _ArgumentParser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise ValueError(message)
-
-
-def _cli() -> int:
-    try:
-        return main()
-    except (ValueError, OSError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-
-
 if __name__ == "__main__":
-    # Every socket, file and device is closed by now; skip the interpreter's teardown of torch and
-    # friends (1-2 s on a busy 2-core machine), so a stage stops within milliseconds of SIGTERM.
-    code = _cli()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
+    exit_stage(main)

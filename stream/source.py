@@ -309,7 +309,7 @@ def stream_source(
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _ArgumentParser(prog="python -m stream.source", description="Publish a live event source over ZeroMQ.")
+    parser = StageArgumentParser(prog="python -m stream.source", description="Publish a live event source over ZeroMQ.")
     parser.add_argument("--source", default="auto", help="auto | camera[:SERIAL] | file:PATH | dv:HOST:PORT | sim")
     parser.add_argument("--pub", required=True, help="endpoint to bind, e.g. ipc:///tmp/events or tcp://127.0.0.1:5555")
     parser.add_argument("--speed", default="1", help="replay speed factor for files and the simulator, or 'max'")
@@ -397,25 +397,29 @@ def _log_stats(stats: dict[str, Any]) -> None:
     log.info("%.2f Mev/s, %d events sent", stats["event_rate"] / 1e6, stats["events_sent"])
 
 
-class _ArgumentParser(argparse.ArgumentParser):
+class StageArgumentParser(argparse.ArgumentParser):
     """argparse that raises ValueError (one ``error:`` line) instead of exiting."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
         raise ValueError(message)
 
 
-def _cli() -> int:
+def exit_stage(main: Callable[[], int]) -> None:
+    """Run a stage's ``main`` as a process entry point and exit with its code.
+
+    Expected failures become one ``error:`` line and exit code 2. Every socket, file and device
+    is closed by the time ``main`` returns, so the interpreter's teardown of torch and friends
+    (1-2 s on a busy 2-core machine) is skipped and a stage stops within milliseconds of SIGTERM.
+    """
     try:
-        return main()
+        code = main()
     except (ValueError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    # Every socket, file and device is closed by now; skip the interpreter's teardown of torch and
-    # friends (1-2 s on a busy 2-core machine), so a stage stops within milliseconds of SIGTERM.
-    code = _cli()
+        code = 2
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
+
+
+if __name__ == "__main__":
+    exit_stage(main)
