@@ -16,7 +16,12 @@ Shutdown: Ctrl-C (SIGINT) or SIGTERM stops every stage within ``STOP_TIMEOUT_S``
 SIGKILL for a stage that has not exited) and the headless report is still written. Children run in
 their own process group (a terminal's Ctrl-C reaches this process only, which stops them in order)
 and on Linux get SIGTERM if this process dies without cleaning up (``PR_SET_PDEATHSIG``).
-A stage that dies is reported on stderr with its exit code and the pipeline stops (exit code 1).
+Failures (``--on-failure``): with ``restart`` (the default) a stage that exits with a nonzero code
+(crashed, killed, or a source that lost its camera or server) is started again after a backoff of
+0.5 s doubling to 5 s; after 5 restarts within a minute the next failure is final: one line on
+stderr and the pipeline stops (exit code 1). With ``stop`` the first failure stops every stage
+(one line naming the stage and its exit code; exit code 1). A stage that ends by itself (exit code
+0, e.g. at the end of a file) is never restarted. See ``RestartPolicy``.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, NamedTuple
@@ -75,6 +81,8 @@ class Stage:
     args: list[str]
     process: subprocess.Popen | None = field(default=None, repr=False)
     starts: int = 0
+    restarts: int = 0  # automatic restarts after a failure (``RestartPolicy``)
+    started_at: float = 0.0  # time.monotonic() of the latest start
 
     @property
     def command(self) -> list[str]:
@@ -88,47 +96,98 @@ class StageExit(NamedTuple):
     returncode: int
 
 
-class Supervisor:
-    """Starts stages as child processes, notices when they exit, stops them all.
+@dataclass(frozen=True)
+class RestartPolicy:
+    """When a ``Supervisor`` starts a failed stage (nonzero exit code) again.
 
-    ``poll()`` is cheap (no blocking) and meant to be called from the consumer's loop; ``restart``
-    starts an exited stage again (the hook a restart policy will use). A context manager: leaving
-    it stops every stage still running.
+    The n-th consecutive failure waits ``first_backoff_s * 2**(n-1)`` seconds (at most
+    ``max_backoff_s``) before the restart; a stage that had run ``stable_after_s`` before failing
+    starts over at ``first_backoff_s``. When ``max_restarts`` restarts already happened within the
+    last ``window_s`` seconds, the next failure is final (reported by ``Supervisor.poll``).
+
+    Args:
+        first_backoff_s: wait before the first restart, seconds.
+        max_backoff_s: longest wait, seconds.
+        max_restarts: restarts allowed per ``window_s`` and stage.
+        window_s: the sliding window of ``max_restarts``, seconds.
+        stable_after_s: a stage that ran this long before failing gets ``first_backoff_s`` again.
+    """
+
+    first_backoff_s: float = 0.5
+    max_backoff_s: float = 5.0
+    max_restarts: int = 5
+    window_s: float = 60.0
+    stable_after_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.first_backoff_s <= self.max_backoff_s:
+            raise ValueError(f"need 0 < first_backoff_s <= max_backoff_s, got {self.first_backoff_s}, {self.max_backoff_s}")
+        if self.max_restarts < 0 or not self.window_s > 0 or self.stable_after_s < 0:
+            raise ValueError(f"need max_restarts >= 0, window_s > 0, stable_after_s >= 0, got {self}")
+
+
+class Supervisor:
+    """Starts stages as child processes, notices when they exit, restarts failed ones, stops them all.
+
+    ``poll()`` is cheap (no blocking) and meant to be called from the consumer's loop (every
+    ~100 ms): it reports exits and, with a ``policy``, performs the restarts that are due.
+    ``restart`` starts an exited stage again by hand. A context manager: leaving it stops every
+    stage still running.
 
     Args:
         stages: what to run, started in this order.
         log: where one-line status messages go.
+        policy: restart failed stages by this policy; None: never (every exit is reported).
     """
 
-    def __init__(self, stages: list[Stage], log: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self, stages: list[Stage], log: Callable[[str], None] | None = None, policy: RestartPolicy | None = None
+    ) -> None:
         names = [stage.name for stage in stages]
         if len(set(names)) != len(names):
             raise ValueError(f"stage names must be unique, got {names}")
         self.stages = {stage.name: stage for stage in stages}
         self.log = log or (lambda message: print(message, file=sys.stderr, flush=True))
+        self.policy = policy
         self._preexec = _parent_death_signal()
         self._reported: set[str] = set()
+        self._due: dict[str, float] = {}  # stage -> time.monotonic() of its pending restart
+        self._backoff: dict[str, float] = {}  # stage -> its latest backoff, seconds
+        self._restart_times: dict[str, deque[float]] = {name: deque() for name in names}
 
     def start(self) -> None:
-        """Start every stage that is not running."""
+        """Start every stage that is not running (a pending restart happens now)."""
         for stage in self.stages.values():
             if stage.process is None or stage.process.poll() is not None:
                 self._spawn(stage)
 
     def _spawn(self, stage: Stage) -> None:
+        self._due.pop(stage.name, None)
         stage.process = subprocess.Popen(stage.command, preexec_fn=self._preexec, close_fds=True)
         stage.starts += 1
+        stage.started_at = time.monotonic()
         self._reported.discard(stage.name)
 
     def restart(self, name: str) -> None:
-        """Start stage ``name`` again (it must have exited)."""
+        """Start stage ``name`` again (it must have exited); cancels a pending automatic restart."""
         stage = self.stages[name]
         if stage.process is not None and stage.process.poll() is None:
             raise ValueError(f"stage {name!r} is still running (pid {stage.process.pid})")
         self._spawn(stage)
 
     def poll(self) -> list[StageExit]:
-        """Stages that have exited since the previous call (each reported once per start)."""
+        """Stages that have exited since the previous call (each reported once per start).
+
+        With a ``policy``, a failed stage that will be restarted is not reported (the restart is
+        logged instead); a failure past the policy's limit is. Restarts that are due happen here.
+        """
+        now = time.monotonic()
+        for name, due in list(self._due.items()):
+            if now >= due:
+                stage = self.stages[name]
+                self._spawn(stage)
+                stage.restarts += 1
+                self.log(f"launch: stage {name} restarted (pid {stage.process.pid}, restart {stage.restarts})")
         exits = []
         for stage in self.stages.values():
             if stage.process is None or stage.name in self._reported:
@@ -136,12 +195,44 @@ class Supervisor:
             code = stage.process.poll()
             if code is not None:
                 self._reported.add(stage.name)
+                if code != 0 and self.policy is not None and self._schedule_restart(stage, code, now):
+                    continue
                 exits.append(StageExit(stage.name, code))
         return exits
 
+    def _schedule_restart(self, stage: Stage, code: int, now: float) -> bool:
+        """Plan the restart of a failed stage; False (and one line logged) when the policy gives up."""
+        policy = self.policy
+        times = self._restart_times[stage.name]
+        while times and now - times[0] > policy.window_s:
+            times.popleft()
+        if len(times) >= policy.max_restarts:
+            self.log(
+                f"launch: stage {stage.name} exited with code {code} after {len(times)} restarts within "
+                f"{policy.window_s:g} s; giving up"
+            )
+            return False
+        previous = self._backoff.get(stage.name)
+        if previous is None or now - stage.started_at >= policy.stable_after_s:
+            backoff = policy.first_backoff_s
+        else:
+            backoff = min(previous * 2, policy.max_backoff_s)
+        self._backoff[stage.name] = backoff
+        times.append(now)
+        self._due[stage.name] = now + backoff
+        self.log(f"launch: stage {stage.name} exited with code {code}; restarting it in {backoff:g} s")
+        return True
+
+    def restart_counts(self) -> dict[str, int]:
+        """Automatic restarts per stage so far (for reports)."""
+        return {name: stage.restarts for name, stage in self.stages.items()}
+
     def running(self) -> list[str]:
-        """Names of the stages still running."""
-        return [s.name for s in self.stages.values() if s.process is not None and s.process.poll() is None]
+        """Names of the stages still running or about to be restarted."""
+        return [
+            s.name for s in self.stages.values()
+            if s.name in self._due or (s.process is not None and s.process.poll() is None)
+        ]  # fmt: skip
 
     def pids(self) -> dict[str, int]:
         """Process ids of the started stages."""
@@ -161,6 +252,7 @@ class Supervisor:
 
     def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> None:
         """SIGTERM every running stage, wait up to ``timeout_s`` in all, SIGKILL the rest, reap all."""
+        self._due.clear()
         alive = [s for s in self.stages.values() if s.process is not None and s.process.poll() is None]
         for stage in alive:
             _signal(stage.process, signal.SIGTERM)
