@@ -44,6 +44,8 @@ DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "inference" / "checkpoint
 STOP_TIMEOUT_S = 1.5  # SIGTERM -> SIGKILL grace for all stages together
 STAGES = ("source", "worker", "consumer")
 BACKENDS = ("auto", "tensorrt", "onnxruntime", "torch")
+ON_FAILURE = ("restart", "stop")
+SUPERVISE_POLL_S = 0.1  # how often a launcher without a consumer checks its stages
 
 
 class Endpoints(NamedTuple):
@@ -337,6 +339,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="which stages run here, comma separated (default: source,worker,consumer)",
     )  # fmt: skip
     parser.add_argument("--quiet", action="store_true", help="headless: no per-second progress lines")
+    parser.add_argument(
+        "--on-failure", choices=ON_FAILURE, default="restart",
+        help="a stage that fails: restart it with backoff (default), or stop the pipeline (exit code 1)",
+    )  # fmt: skip
     return parser
 
 
@@ -414,7 +420,7 @@ def main(argv: list[str] | None = None) -> int:
         children.append(worker_stage(args, endpoints, wait_subscribers=1 if consumer_here else 0))
     if "source" in args.stages:
         children.append(source_stage(args, endpoints, wait_subscribers=1 if "worker" in args.stages else 0))
-    supervisor = Supervisor(children)
+    supervisor = Supervisor(children, policy=RestartPolicy() if args.on_failure == "restart" else None)
     try:
         if not consumer_here:
             return _supervise_only(supervisor, args.duration)
@@ -442,15 +448,14 @@ def _supervise_only(supervisor: Supervisor, duration_s: float | None) -> int:
     """Run the local stages (no consumer here) until they end, one dies, or the duration is over."""
     supervisor.start()
     deadline = None if duration_s is None else time.monotonic() + duration_s
-    while supervisor.running():
-        for stage_exit in supervisor.poll():
+    while True:
+        for stage_exit in supervisor.poll():  # before running(): a failure is never mistaken for an end
             if stage_exit.returncode != 0:
                 supervisor.log(f"launch: stage {stage_exit.name} exited with code {stage_exit.returncode}")
                 return 1
-        if deadline is not None and time.monotonic() >= deadline:
+        if not supervisor.running() or (deadline is not None and time.monotonic() >= deadline):
             return 0
-        supervisor.wait(0.1)
-    return 0
+        time.sleep(SUPERVISE_POLL_S)  # poll interval (restarts are due at given times), not synchronisation
 
 
 if __name__ == "__main__":
