@@ -1,9 +1,11 @@
-"""launch.py: process supervision, Ctrl-C, stage death, missing display. Real child processes."""
+"""launch.py: process supervision, Ctrl-C, stage death (restart or stop), missing display. Real child processes."""
 
 from __future__ import annotations
 
+import json
 import os
 import queue
+import re
 import signal
 import subprocess
 import sys
@@ -13,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from launch import STOP_TIMEOUT_S, Stage, Supervisor
+from launch import STOP_TIMEOUT_S, RestartPolicy, Stage, Supervisor
 from test_pipeline import REPO, TEST_BACKEND, make_tiny_checkpoint
 
 
@@ -116,20 +118,65 @@ def test_sigint_stops_every_stage_quickly(checkpoint, env):
     assert not [pid for pid in stages if alive(pid)], "a stage outlived launch.py"
 
 
-def test_a_dying_stage_is_reported_and_stops_the_pipeline(checkpoint, env):
-    launcher = start_launch(checkpoint, env)
+def stage_pid(launcher_pid: int, module: str) -> int:
+    """The child of launch.py running ``python -m module``."""
+    return next(pid for pid in children_of(launcher_pid) if module in Path(f"/proc/{pid}/cmdline").read_text())
+
+
+WINDOWS_LINE = re.compile(r"^(\d+) windows \(")
+
+
+def windows_seen(line: str) -> int:
+    """Predictions received so far, from a progress line of the headless recorder."""
+    match = WINDOWS_LINE.match(line)
+    return int(match.group(1)) if match else -1
+
+
+def test_a_killed_worker_is_restarted_and_predictions_resume(checkpoint, env, tmp_path):
+    report_path = tmp_path / "report.json"
+    launcher = start_launch(checkpoint, env, "--duration", "12", "--report", str(report_path))
     try:
         lines = line_reader(launcher.stdout)
-        wait_for_line(lines, "windows (", timeout_s=120)
-        stages = children_of(launcher.pid)
-        worker = next(pid for pid in stages if "inference.worker" in Path(f"/proc/{pid}/cmdline").read_text())
+        before = windows_seen(wait_for_line(lines, "windows (", timeout_s=120))
+        worker = stage_pid(launcher.pid, "inference.worker")
         os.kill(worker, signal.SIGKILL)
-        wait_for_line(lines, f"stage worker exited with code {-signal.SIGKILL}", timeout_s=10)
-        assert launcher.wait(timeout=10) == 1
+        wait_for_line(lines, f"stage worker exited with code {-signal.SIGKILL}; restarting it in 0.5 s", timeout_s=10)
+        wait_for_line(lines, "stage worker restarted", timeout_s=10)
+        new_worker = stage_pid(launcher.pid, "inference.worker")
+        deadline = time.monotonic() + 60
+        while windows_seen(wait_for_line(lines, "windows (", timeout_s=60)) < before + 20:  # 1 s of new windows
+            assert time.monotonic() < deadline, "predictions did not resume after the restart"
+        assert launcher.wait(timeout=60) == 0
     finally:
         if launcher.poll() is None:
             launcher.kill()
             launcher.wait()
+    assert new_worker != worker and not alive(new_worker)
+    report = json.loads(report_path.read_text())
+    assert report["failures"] == []
+    assert report["counters"]["windows"] >= 20  # counted by the restarted worker
+
+
+def test_on_failure_stop_ends_the_pipeline_within_2_s(checkpoint, env):
+    launcher = start_launch(checkpoint, env, "--on-failure", "stop")
+    try:
+        lines = line_reader(launcher.stdout)
+        wait_for_line(lines, "windows (", timeout_s=120)
+        stages = children_of(launcher.pid)
+        os.kill(stage_pid(launcher.pid, "inference.worker"), signal.SIGKILL)
+        killed = time.monotonic()
+        assert launcher.wait(timeout=10) == 1
+        elapsed = time.monotonic() - killed
+        rest = []
+        while (line := lines.get(timeout=10)) is not None:
+            rest.append(line)
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+            launcher.wait()
+    assert elapsed < 2.0
+    assert f"launch: stage worker exited with code {-signal.SIGKILL}\n" in rest
+    assert not any("restart" in line or "Traceback" in line for line in rest)
     assert not [pid for pid in stages if alive(pid)]
 
 
@@ -175,3 +222,60 @@ def test_supervisor_reports_an_exit_once_and_can_restart():
         assert stage.starts == 2 and stage.process.wait(timeout=30) == 0
     with pytest.raises(ValueError, match="unique"):
         Supervisor([Stage("a", "x", []), Stage("a", "y", [])])
+
+
+def wait_for_exit(supervisor: Supervisor, timeout_s: float) -> list:
+    """Poll the supervisor (as a consumer loop does) until it reports an exit."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        exits = supervisor.poll()
+        if exits:
+            return exits
+        time.sleep(0.01)  # the consumer loop's poll interval; restarts are due at given times
+    raise AssertionError(f"no exit reported within {timeout_s} s")
+
+
+def test_restart_policy_backs_off_then_gives_up():
+    failing = Stage("failing", "timeit", ["-n", "1", "raise SystemExit(3)"])  # timeit: exit code 1
+    messages = []
+    policy = RestartPolicy(first_backoff_s=0.05, max_backoff_s=0.2, max_restarts=4, window_s=60)
+    with Supervisor([failing], log=messages.append, policy=policy) as supervisor:
+        started = time.monotonic()
+        assert [tuple(e) for e in wait_for_exit(supervisor, timeout_s=60)] == [("failing", 1)]
+        elapsed = time.monotonic() - started
+        assert supervisor.running() == []
+    assert failing.starts == 5 and supervisor.restart_counts() == {"failing": 4}
+    waits = [float(m.rsplit(" in ", 1)[1].split()[0]) for m in messages if "restarting it in" in m]
+    assert waits == [0.05, 0.1, 0.2, 0.2]
+    assert elapsed >= sum(waits)
+    assert messages[-1] == "launch: stage failing exited with code 1 after 4 restarts within 60 s; giving up"
+
+
+def test_restart_policy_never_restarts_a_stage_that_ended_and_resets_after_stable_runs():
+    ending = Stage("ending", "timeit", ["-n", "1", "pass"])
+    with Supervisor([ending], log=lambda m: None, policy=RestartPolicy(first_backoff_s=0.05)) as supervisor:
+        assert [tuple(e) for e in wait_for_exit(supervisor, timeout_s=60)] == [("ending", 0)]
+        assert supervisor.running() == [] and ending.starts == 1
+    failing = Stage("failing", "timeit", ["-n", "1", "raise SystemExit(3)"])
+    messages = []
+    policy = RestartPolicy(first_backoff_s=0.05, max_backoff_s=1.0, max_restarts=3, stable_after_s=0.0)
+    with Supervisor([failing], log=messages.append, policy=policy) as supervisor:
+        wait_for_exit(supervisor, timeout_s=60)
+    waits = [m for m in messages if "restarting it in 0.05 s" in m]
+    assert len(waits) == 3  # every run counted as stable: the backoff never grew
+    with pytest.raises(ValueError, match="first_backoff_s"):
+        RestartPolicy(first_backoff_s=0)
+
+
+def test_a_manual_restart_cancels_a_pending_one_and_stop_clears_them():
+    failing = Stage("failing", "timeit", ["-n", "1", "raise SystemExit(3)"])
+    messages = []
+    with Supervisor([failing], log=messages.append, policy=RestartPolicy(first_backoff_s=5.0)) as supervisor:
+        failing.process.wait(timeout=30)
+        assert supervisor.poll() == [] and supervisor.running() == ["failing"]  # restart pending
+        supervisor.restart("failing")
+        assert failing.starts == 2 and failing.restarts == 0
+        failing.process.wait(timeout=30)
+        assert supervisor.poll() == []  # pending again (second failure)
+    assert supervisor.running() == []  # stop() dropped the pending restart
+    assert supervisor.poll() == [] and failing.starts == 2
