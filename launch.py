@@ -102,17 +102,19 @@ class StageExit(NamedTuple):
 class RestartPolicy:
     """When a ``Supervisor`` starts a failed stage (nonzero exit code) again.
 
-    The n-th consecutive failure waits ``first_backoff_s * 2**(n-1)`` seconds (at most
-    ``max_backoff_s``) before the restart; a stage that had run ``stable_after_s`` before failing
-    starts over at ``first_backoff_s``. When ``max_restarts`` restarts already happened within the
-    last ``window_s`` seconds, the next failure is final (reported by ``Supervisor.poll``).
+    Failures are consecutive until a run lasts ``stable_after_s``. The n-th consecutive failure
+    waits ``first_backoff_s * 2**(n-1)`` seconds (at most ``max_backoff_s``) before the restart.
+    The failure is final (reported by ``Supervisor.poll``) when ``max_restarts`` restarts already
+    happened within the last ``window_s`` seconds, or in a row without a stable run: a stage that
+    cannot start (a bad checkpoint, a source that is not there) is given up after a few tries even
+    when loading it takes longer than ``window_s / max_restarts``.
 
     Args:
         first_backoff_s: wait before the first restart, seconds.
         max_backoff_s: longest wait, seconds.
-        max_restarts: restarts allowed per ``window_s`` and stage.
+        max_restarts: restarts allowed per ``window_s``, and in a row, per stage.
         window_s: the sliding window of ``max_restarts``, seconds.
-        stable_after_s: a stage that ran this long before failing gets ``first_backoff_s`` again.
+        stable_after_s: a run this long ends a series of consecutive failures, seconds.
     """
 
     first_backoff_s: float = 0.5
@@ -154,7 +156,7 @@ class Supervisor:
         self._preexec = _parent_death_signal()
         self._reported: set[str] = set()
         self._due: dict[str, float] = {}  # stage -> time.monotonic() of its pending restart
-        self._backoff: dict[str, float] = {}  # stage -> its latest backoff, seconds
+        self._streak: dict[str, int] = {}  # stage -> consecutive failures (runs shorter than stable_after_s)
         self._restart_times: dict[str, deque[float]] = {name: deque() for name in names}
 
     def start(self) -> None:
@@ -208,18 +210,14 @@ class Supervisor:
         times = self._restart_times[stage.name]
         while times and now - times[0] > policy.window_s:
             times.popleft()
-        if len(times) >= policy.max_restarts:
-            self.log(
-                f"launch: stage {stage.name} exited with code {code} after {len(times)} restarts within "
-                f"{policy.window_s:g} s; giving up"
-            )
+        streak = 1 if now - stage.started_at >= policy.stable_after_s else self._streak.get(stage.name, 0) + 1
+        if len(times) >= policy.max_restarts or streak > policy.max_restarts:
+            within = f"within {policy.window_s:g} s" if len(times) >= policy.max_restarts else "in a row"
+            self.log(f"launch: stage {stage.name} exited with code {code} after {stage.restarts} restarts "
+                     f"(limit: {policy.max_restarts} {within}); giving up")  # fmt: skip
             return False
-        previous = self._backoff.get(stage.name)
-        if previous is None or now - stage.started_at >= policy.stable_after_s:
-            backoff = policy.first_backoff_s
-        else:
-            backoff = min(previous * 2, policy.max_backoff_s)
-        self._backoff[stage.name] = backoff
+        self._streak[stage.name] = streak
+        backoff = min(policy.first_backoff_s * 2 ** (streak - 1), policy.max_backoff_s)
         times.append(now)
         self._due[stage.name] = now + backoff
         self.log(f"launch: stage {stage.name} exited with code {code}; restarting it in {backoff:g} s")

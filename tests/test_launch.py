@@ -248,7 +248,17 @@ def test_restart_policy_backs_off_then_gives_up():
     waits = [float(m.rsplit(" in ", 1)[1].split()[0]) for m in messages if "restarting it in" in m]
     assert waits == [0.05, 0.1, 0.2, 0.2]
     assert elapsed >= sum(waits)
-    assert messages[-1] == "launch: stage failing exited with code 1 after 4 restarts within 60 s; giving up"
+    assert messages[-1] == "launch: stage failing exited with code 1 after 4 restarts (limit: 4 within 60 s); giving up"
+
+
+def test_restart_policy_gives_up_after_failures_in_a_row_even_when_they_are_slow():
+    failing = Stage("failing", "timeit", ["-n", "1", "raise SystemExit(3)"])
+    messages = []
+    policy = RestartPolicy(first_backoff_s=0.05, max_backoff_s=0.05, max_restarts=2, window_s=0.01)  # never 2 per window
+    with Supervisor([failing], log=messages.append, policy=policy) as supervisor:
+        wait_for_exit(supervisor, timeout_s=60)
+    assert failing.restarts == 2
+    assert messages[-1] == "launch: stage failing exited with code 1 after 2 restarts (limit: 2 in a row); giving up"
 
 
 def test_restart_policy_never_restarts_a_stage_that_ended_and_resets_after_stable_runs():
