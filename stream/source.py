@@ -8,7 +8,28 @@ Opens a live source (``auto | camera[:SERIAL] | file:PATH | dv:HOST:PORT | sim``
 * JSON status messages (``STATUS_KIND``) with a ``"type"``: ``"stats"`` about once a second and
   ``"end"`` once when the source ends by itself (end of a file): both carry the cumulative counters
   ``events_sent`` / ``packets_sent``, so a receiver that compares them with what it received knows
-  exactly how many events the socket dropped.
+  exactly how many events the socket dropped;
+* ``{"type": "clock", "time_us": T, "paused": bool}`` (the source's watermark): T is the stream
+  time (µs, the events' clock) before which no further event will come. It is sent whenever
+  ``CLOCK_INTERVAL_S`` (10 ms) of wall time passed without any message, so a silent source still
+  tells how far its time has gone (at least every ~20 ms). T never goes back. Files: the replay
+  clock, which stops while paused; camera and network: the last event's time plus the wall time
+  elapsed since it; a source with its own ``clock_us()`` (see ``stream.sources``) gives it; any
+  other (the simulator today) is estimated as last event time + (wall time since it - 5 ms) x
+  speed. Empty chunks are not published (clock messages replace them).
+
+Control (``--control ENDPOINT``, ``ControlServer``): a ROUTER socket polled between packets (it
+never blocks the stage) takes JSON commands of at most ``CONTROL_MAX_BYTES``, never pickled, from
+REQ or DEALER clients (``ControlClient``) and answers each with one JSON reply:
+
+    {"cmd": "status"}                    {"cmd": "pause"}            {"cmd": "resume"}
+    {"cmd": "seek", "position_s": 12.5}  {"cmd": "speed", "speed": 2.0}  (or "max")
+    {"cmd": "loop", "loop": true}
+    reply: {"ok": true, "cmd": ..., "status": {"source", "controls", "position_s",
+            "duration_s", "paused", "speed", "loop"}}  or  {"ok": false, "error": "one line"}
+
+An optional ``"id"`` (int or short string) is echoed. Pause, seek, speed and loop work on file
+replay; other sources answer them with an error. Loopback only unless ``--allow-remote``.
 
 Start-up, flow control and end (``StagePublisher``, an XPUB socket): with ``--wait-subscribers N``
 the stage sends nothing until N subscriptions to ``events`` have arrived (no events lost to
@@ -24,7 +45,9 @@ SIGINT/SIGTERM stop the stage cleanly (exit code 0); the end message is only sen
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import math
 import os
 import signal
 import sys
@@ -53,6 +76,11 @@ log = logging.getLogger("stream.source")
 STATUS_KIND = Kind.PREDICTION
 MAX_PACKET_EVENTS = 1 << 18  # 4 MiB per packet: bounded message size whatever a file's packets are
 STATS_INTERVAL_S = 1.0
+CLOCK_INTERVAL_S = 0.01  # a clock message goes out when nothing was sent for this long
+FALLBACK_CLOCK_MARGIN_S = 0.005  # estimated clocks (no clock_us()) stay this far behind the wall clock
+CONTROL_MAX_BYTES = 4096  # larger control messages are refused by the socket (ZMQ_MAXMSGSIZE)
+CONTROL_MAX_PER_POLL = 32  # commands handled per poll at most, so a flood cannot starve the stream
+CONTROL_COMMANDS = ("status", "pause", "resume", "seek", "speed", "loop")
 SEND_POLL_MS = 100  # a blocked send wakes this often to honour a stop request
 RELIABLE_SEND_S = 5.0  # how long an end message waits for room in a full queue
 END_WAIT_S = 30.0  # after the end message, how long subscribers get to read everything and leave
@@ -133,6 +161,11 @@ class StagePublisher:
         self.endpoint = self.socket.getsockopt(zmq.LAST_ENDPOINT).decode()
         self.subscriptions: dict[bytes, int] = {}
         self._seq: dict[Kind, int] = {}
+
+    def set_nodrop(self, nodrop: bool) -> None:
+        """Switch between back-pressure (True: a full queue makes sends wait) and dropping."""
+        self.nodrop = bool(nodrop)
+        self.socket.setsockopt(zmq.XPUB_NODROP, int(self.nodrop))
 
     def _read_subscriptions(self, timeout_ms: int) -> None:
         if self.stop.is_set():
@@ -240,16 +273,307 @@ class StagePublisher:
 
 
 class SourceCounters:
-    """What the source stage has sent so far (events, packets, truth segments)."""
+    """What the source stage has sent so far (events, packets, truth segments, clock messages)."""
 
     def __init__(self) -> None:
         self.events_sent = 0
         self.packets_sent = 0
         self.segments_sent = 0
+        self.clocks_sent = 0
+        self.late_events = 0  # events earlier than a clock already announced (a live source's lag)
         self.ended = False  # the source ended by itself and the end message was sent
 
     def as_dict(self) -> dict[str, int]:
-        return {"events_sent": self.events_sent, "packets_sent": self.packets_sent, "segments_sent": self.segments_sent}
+        return {"events_sent": self.events_sent, "packets_sent": self.packets_sent, "segments_sent": self.segments_sent,
+                "clocks_sent": self.clocks_sent, "late_events": self.late_events}  # fmt: skip
+
+
+class StageClock:
+    """The stream time (µs) a source stage announces in clock messages; never goes back.
+
+    Uses ``source.clock_us()`` when the source has one, else last event time + (wall time since
+    it arrived - ``FALLBACK_CLOCK_MARGIN_S``) x the source's ``speed`` (1 without one, 0 for "as
+    fast as possible").
+    """
+
+    def __init__(self, source: Any) -> None:
+        self.source = source
+        self._own = getattr(source, "clock_us", None)
+        self.last_event_us: int | None = None
+        self.announced_us: int | None = None
+        self._last_event_wall = 0.0
+
+    def saw(self, events: np.ndarray, now_s: float) -> int:
+        """Note a non-empty packet about to be sent; returns how many of its events are earlier
+        than the clock already announced (late)."""
+        late = 0
+        if self.announced_us is not None and int(events["t"][0]) < self.announced_us:
+            late = int(np.searchsorted(events["t"], self.announced_us, side="left"))
+        self.last_event_us = int(events["t"][-1])
+        self._last_event_wall = now_s
+        return late
+
+    def time_us(self, now_s: float) -> int | None:
+        """The clock now (None while nothing is known: before the first event)."""
+        if self._own is not None:
+            value = self._own()
+        elif self.last_event_us is None:
+            value = None
+        else:
+            speed = getattr(self.source, "speed", 1.0)
+            rate = 0.0 if speed is None else float(speed)
+            elapsed_s = max(0.0, now_s - self._last_event_wall - FALLBACK_CLOCK_MARGIN_S)
+            value = self.last_event_us + int(elapsed_s * rate * 1e6)
+        if value is None:
+            return self.announced_us
+        if self.announced_us is not None and value < self.announced_us:
+            value = self.announced_us
+        self.announced_us = int(value)
+        return self.announced_us
+
+
+# --- control ---------------------------------------------------------------------------------
+
+
+class ControlError(ValueError):
+    """A control command that cannot be carried out; the message is the one-line reply."""
+
+
+def source_status(source: Any) -> dict[str, Any]:
+    """What a status reply says about ``source`` (JSON-ready)."""
+    controls = ["status"]
+    controls += ["pause", "resume"] if hasattr(source, "pause") and hasattr(source, "resume") else []
+    controls += [name for name, method in (("seek", "seek"), ("speed", "set_speed"), ("loop", "set_loop"))
+                 if hasattr(source, method)]  # fmt: skip
+    speed = getattr(source, "speed", None if "speed" in controls else 1.0)
+    status = {
+        "source": str(getattr(source, "name", "?")),
+        "controls": controls,
+        "position_s": None,
+        "duration_s": None,
+        "paused": bool(getattr(source, "paused", False)),
+        "speed": "max" if speed is None else speed,
+        "loop": None,
+    }
+    if hasattr(source, "status"):
+        status.update(source.status())
+    return status
+
+
+def parse_command(request: bytes) -> dict[str, Any]:
+    """Decode and check one JSON command; raises ControlError naming what is wrong."""
+    if len(request) > CONTROL_MAX_BYTES:
+        raise ControlError(f"command is {len(request)} bytes; at most {CONTROL_MAX_BYTES}")
+    try:
+        command = json.loads(bytes(request).decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
+        raise ControlError(f"command is not JSON: {str(error).splitlines()[0][:120]}") from None
+    if not isinstance(command, dict):
+        raise ControlError('command must be a JSON object such as {"cmd": "status"}')
+    name = command.get("cmd")
+    if name not in CONTROL_COMMANDS:
+        raise ControlError(f"unknown command {str(name)[:40]!r}; expected one of {', '.join(CONTROL_COMMANDS)}")
+    if name == "seek":
+        position = command.get("position_s")
+        if isinstance(position, bool) or not isinstance(position, (int, float)) or not math.isfinite(position):
+            raise ControlError('seek needs "position_s": seconds from the start of the file')
+    elif name == "speed":
+        speed = command.get("speed")
+        if speed != "max" and (isinstance(speed, bool) or not isinstance(speed, (int, float))):
+            raise ControlError('speed needs "speed": a factor (0.1..100) or "max"')
+    elif name == "loop" and not isinstance(command.get("loop"), bool):
+        raise ControlError('loop needs "loop": true or false')
+    return command
+
+
+def execute_command(source: Any, request: bytes, on_speed: Callable[[float | None], None] | None = None) -> dict[str, Any]:
+    """Carry out one JSON command on ``source``; returns the reply (never raises for bad input)."""
+    request_id = None
+    try:
+        command = parse_command(request)
+        request_id = command.get("id")
+        name = command["cmd"]
+        method = {"pause": "pause", "resume": "resume", "seek": "seek", "speed": "set_speed", "loop": "set_loop"}.get(name)
+        if method is not None and not hasattr(source, method):
+            raise ControlError(f"{getattr(source, 'name', 'this source')} cannot {name} (only file replay can)")
+        if name in ("pause", "resume"):
+            getattr(source, method)()
+        elif name == "seek":
+            source.seek(float(command["position_s"]))
+        elif name == "speed":
+            speed = None if command["speed"] == "max" else float(command["speed"])
+            source.set_speed(speed)
+            if on_speed is not None:
+                on_speed(speed)
+        elif name == "loop":
+            source.set_loop(command["loop"])
+        reply: dict[str, Any] = {"ok": True, "cmd": name, "status": source_status(source)}
+    except ValueError as error:  # ControlError, or a source refusing a value (speed out of range, seek past the end)
+        reply = {"ok": False, "error": str(error).splitlines()[0] if str(error) else type(error).__name__}
+    if isinstance(request_id, (int, str)) and not isinstance(request_id, bool) and len(str(request_id)) <= 64:
+        reply["id"] = request_id
+    return reply
+
+
+class ControlServer:
+    """The source stage's control socket (ROUTER): ``poll(source)`` answers every pending command
+    without blocking. See the module docstring for the commands.
+
+    Args:
+        endpoint: where to bind (``ipc://...`` or a loopback ``tcp://``).
+        allow_remote: allow a non-loopback TCP address.
+        on_speed: called with the new speed (None: "max") after a speed command.
+        context: a ``zmq.Context`` (default: the process-wide instance).
+    """
+
+    def __init__(self, endpoint: str, *, allow_remote: bool = False,
+                 on_speed: Callable[[float | None], None] | None = None, context: zmq.Context | None = None) -> None:  # fmt: skip
+        check_endpoint(endpoint, allow_remote=allow_remote)
+        self.on_speed = on_speed
+        self.commands = 0
+        self.errors = 0
+        self.socket = (context or zmq.Context.instance()).socket(zmq.ROUTER)
+        try:
+            self.socket.setsockopt(zmq.LINGER, 0)
+            self.socket.setsockopt(zmq.MAXMSGSIZE, CONTROL_MAX_BYTES)
+            self.socket.setsockopt(zmq.RCVHWM, 64)
+            self.socket.setsockopt(zmq.SNDHWM, 64)
+            self.socket.bind(endpoint)
+        except zmq.ZMQError as error:
+            self.socket.close(linger=0)
+            raise OSError(f"cannot bind control endpoint {endpoint!r}: {error}") from None
+        self.endpoint = self.socket.getsockopt(zmq.LAST_ENDPOINT).decode()
+
+    def poll(self, source: Any) -> int:
+        """Answer the commands waiting (at most ``CONTROL_MAX_PER_POLL``); returns how many."""
+        handled = 0
+        while handled < CONTROL_MAX_PER_POLL:
+            try:
+                frames = self.socket.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            handled += 1
+            envelope, body = frames[:1], frames[1:]
+            if body and body[0] == b"":  # a REQ client's (or ControlClient's) empty delimiter
+                envelope, body = envelope + [b""], body[1:]
+            if len(body) == 1:
+                reply = execute_command(source, body[0], self.on_speed)
+            else:
+                reply = {"ok": False, "error": f"expected one JSON frame, got {len(body)}"}
+            self.commands += 1
+            self.errors += not reply["ok"]
+            try:
+                self.socket.send_multipart([*envelope, json.dumps(reply, allow_nan=False).encode()], zmq.NOBLOCK)
+            except zmq.ZMQError:  # the client is gone or not reading: the reply is dropped
+                pass
+        return handled
+
+    def close(self) -> None:
+        self.socket.close(linger=0)
+
+    def __enter__(self) -> "ControlServer":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+class ControlClient:
+    """Talks to a source stage's ``ControlServer`` (DEALER socket; never blocks unless asked).
+
+    ``send(command)`` queues a command (a dict, see the module docstring) and returns its id, or
+    None when the stage is not connected; ``replies()`` returns the replies that arrived;
+    ``request(command, timeout_s)`` does both and waits (raises TimeoutError).
+
+    Args:
+        endpoint: the stage's ``--control`` endpoint.
+        allow_remote: allow a non-loopback TCP address.
+        context: a ``zmq.Context`` (default: the process-wide instance).
+    """
+
+    def __init__(self, endpoint: str, *, allow_remote: bool = False, context: zmq.Context | None = None) -> None:
+        check_endpoint(endpoint, allow_remote=allow_remote)
+        self.endpoint = endpoint
+        self._context = context or zmq.Context.instance()
+        self._next_id = 1
+        self.socket = self._open()
+
+    def _open(self) -> zmq.Socket:
+        socket = self._context.socket(zmq.DEALER)
+        socket.setsockopt(zmq.LINGER, 0)
+        socket.setsockopt(zmq.IMMEDIATE, 1)  # queue nothing for a stage that is not there
+        socket.setsockopt(zmq.SNDHWM, 16)
+        socket.setsockopt(zmq.MAXMSGSIZE, 1 << 16)
+        try:
+            socket.connect(self.endpoint)
+        except zmq.ZMQError as error:
+            socket.close(linger=0)
+            raise OSError(f"cannot connect to control endpoint {self.endpoint!r}: {error}") from None
+        return socket
+
+    def reconnect(self) -> None:
+        """Open the socket again: forgets queued commands and late replies, and recovers a
+        connection the stage dropped (libzmq drops a peer for good after a protocol error)."""
+        self.socket.close(linger=0)
+        self.socket = self._open()
+
+    def send(self, command: dict[str, Any]) -> int | None:
+        """Send ``command`` (an ``"id"`` is added); its id, or None if the stage is not connected."""
+        request_id = self._next_id
+        self._next_id += 1
+        payload = json.dumps({**command, "id": request_id}, allow_nan=False).encode()
+        try:
+            self.socket.send_multipart([b"", payload], zmq.NOBLOCK)
+        except zmq.Again:
+            return None
+        return request_id
+
+    def replies(self) -> list[dict[str, Any]]:
+        """The replies received so far (malformed ones are skipped)."""
+        replies = []
+        while True:
+            try:
+                frames = self.socket.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return replies
+            try:
+                reply = json.loads(frames[-1].decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+                continue
+            if isinstance(reply, dict):
+                replies.append(reply)
+
+    def request(self, command: dict[str, Any], timeout_s: float = 2.0, attempt_s: float = 0.5) -> dict[str, Any]:
+        """Send ``command`` and wait for its reply, sending it again on a fresh socket every
+        ``attempt_s`` (every command is idempotent); TimeoutError if none comes within ``timeout_s``."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            attempt_end = min(deadline, time.monotonic() + attempt_s)
+            request_id = self.send(command)
+            while request_id is None and time.monotonic() < attempt_end:  # still connecting
+                self.socket.poll(10, zmq.POLLOUT)
+                request_id = self.send(command)
+            while request_id is not None:
+                remaining_ms = round((attempt_end - time.monotonic()) * 1000)
+                if remaining_ms <= 0 or not self.socket.poll(remaining_ms, zmq.POLLIN):
+                    break
+                for reply in self.replies():
+                    if reply.get("id") == request_id:
+                        return reply
+            self.reconnect()
+        raise TimeoutError(f"no reply from the source stage's control endpoint {self.endpoint} within {timeout_s:g} s")
+
+    def close(self) -> None:
+        self.socket.close(linger=0)
+
+    def __enter__(self) -> "ControlClient":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+# --- the stage loop ----------------------------------------------------------------------------
 
 
 def stream_source(
@@ -258,17 +582,23 @@ def stream_source(
     *,
     duration_s: float | None = None,
     stats_interval_s: float = STATS_INTERVAL_S,
+    clock_interval_s: float = CLOCK_INTERVAL_S,
     on_stats: Callable[[dict], None] | None = None,
     stop: threading.Event | None = None,
+    control: ControlServer | None = None,
 ) -> SourceCounters:
     """Publish everything ``source`` yields until it ends (then send the end message),
-    ``duration_s`` passes or ``stop`` is set. Returns the counters."""
+    ``duration_s`` passes or ``stop`` is set; clock messages while it is silent; ``control``
+    commands answered between packets. Returns the counters."""
     stop = stop or threading.Event()
     counters = SourceCounters()
     sensor = SensorSize(*source.sensor_size)
     drain_truth = getattr(source, "drain_truth", None)
-    deadline = None if duration_s is None else time.monotonic() + duration_s
-    next_stats = time.monotonic() + stats_interval_s
+    clock = StageClock(source)
+    start = time.monotonic()
+    deadline = None if duration_s is None else start + duration_s
+    next_stats = start + stats_interval_s
+    last_sent = start
     interval_events = 0
 
     def publish_truth() -> None:
@@ -279,12 +609,24 @@ def stream_source(
 
     for events in source:
         publish_truth()  # a segment goes out before (or with) the events of its start
-        for start in range(0, max(len(events), 1), MAX_PACKET_EVENTS):
-            publisher.publish_events(events[start : start + MAX_PACKET_EVENTS], sensor)
-            counters.packets_sent += 1
-        counters.events_sent += len(events)
-        interval_events += len(events)
         now = time.monotonic()
+        if len(events):
+            counters.late_events += clock.saw(events, now)
+            for begin in range(0, len(events), MAX_PACKET_EVENTS):
+                publisher.publish_events(events[begin : begin + MAX_PACKET_EVENTS], sensor)
+                counters.packets_sent += 1
+            counters.events_sent += len(events)
+            interval_events += len(events)
+            last_sent = now
+        elif now - last_sent >= clock_interval_s:
+            time_us = clock.time_us(now)
+            if time_us is not None:
+                paused = bool(getattr(source, "paused", False))
+                publisher.publish_json(STATUS_KIND, {"type": "clock", "time_us": time_us, "paused": paused})
+                counters.clocks_sent += 1
+                last_sent = now
+        if control is not None:
+            control.poll(source)
         if now >= next_stats:
             stats = {
                 "type": "stats",
@@ -293,6 +635,8 @@ def stream_source(
                 "event_rate": interval_events / (now - next_stats + stats_interval_s),
                 **counters.as_dict(),
             }
+            if hasattr(source, "status"):
+                stats["replay"] = source.status()
             publisher.publish_json(STATUS_KIND, stats)
             if on_stats is not None:
                 on_stats(stats)
@@ -317,6 +661,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     parser.add_argument("--wait-subscribers", type=int, default=0, help="send nothing before N subscribers joined")
     parser.add_argument("--hwm", type=int, default=DEFAULT_HWM, help="packets queued per subscriber")
+    parser.add_argument("--control", default=None, help="bind a control endpoint (pause, resume, seek, speed, loop, status)")
     parser.add_argument("--allow-remote", action="store_true", help="allow binding a non-loopback TCP address")
     parser.add_argument("--quiet", action="store_true", help="no per-second stats lines on stderr")
     simulator = parser.add_argument_group("simulator (--source sim)")
@@ -375,12 +720,17 @@ def main(argv: list[str] | None = None) -> int:
             args.pub, sndhwm=args.hwm, nodrop=speed is None, allow_remote=args.allow_remote, context=context,
             stop=stop.event,
         )
+        control = None
+        if args.control:
+            control = ControlServer(args.control, allow_remote=args.allow_remote, context=context,
+                                    on_speed=lambda value: publisher.set_nodrop(value is None))  # fmt: skip
         with publisher, open_stage_source(args.source, speed, args.loop, sim_options) as source:
             stop.callbacks.append(source.stop)
             log.info("%s (%s) -> %s", source.name, SensorSize(*source.sensor_size), publisher.endpoint)
             publisher.wait_for_subscribers(args.wait_subscribers, Kind.EVENTS.topic)
             report = None if args.quiet else _log_stats
-            counters = stream_source(source, publisher, duration_s=args.duration, on_stats=report, stop=stop.event)
+            counters = stream_source(source, publisher, duration_s=args.duration, on_stats=report, stop=stop.event,
+                                     control=control)  # fmt: skip
             log.info("done: %d events in %d packets", counters.events_sent, counters.packets_sent)
             if counters.ended:  # let subscribers read everything before the socket goes
                 source.close()

@@ -8,14 +8,21 @@ The source protocol (every source follows it; the pipeline, GUI and transport re
 * ``for events in source:`` yields chunks of canonical events (1-D ``EVENT_DTYPE`` arrays, ``t`` in
   microseconds). Chunks are time-ordered within and across chunks (``t`` never decreases).
   A chunk may be empty: live and paced sources yield an empty chunk at least every
-  ``IDLE_YIELD_S`` (0.05 s) of wall time while nothing arrives, so a consumer loop never blocks
-  for long and can check its own stop flags. Never ``None``.
+  ``IDLE_YIELD_S`` (5 ms) of wall time while nothing arrives, so a consumer loop never blocks
+  for long and can check its own stop flags and control socket, and send clock messages. Never
+  ``None``.
 * Iteration ends when the data ends (end of file without ``loop``, camera unplugged, server gone
   and reconnection given up) or after ``source.stop()``.
 * ``source.stop()`` may be called from any thread, any number of times; iteration returns within
   about ``IDLE_YIELD_S``. It does not release resources.
 * A source is a context manager; ``close()`` (called by ``__exit__``) stops it and releases the
   camera, file or socket. Iterate a source once; open a new one to start again.
+* Optional clock: ``source.clock_us() -> int | None``, the stream time (µs, the events' clock)
+  before which no further event will come, None before the first event. Files: the replay
+  clock (it stops while paused); camera and network: the last event's time plus the wall time
+  elapsed since it arrived. The source stage publishes it while the source is silent.
+* Optional control (``FileSource``): ``pause()``, ``resume()``, ``seek(position_s)``,
+  ``set_speed(speed)``, ``set_loop(loop)``, ``status()``, ``paused``; see ``stream.source``.
 * Optional ground truth: a source that knows what happens in its stream (the simulator) also has
   ``drain_truth() -> list[GestureSegment]``: the segments whose start has been emitted since the
   last call (times in the same microsecond clock as the events). Check with
@@ -30,6 +37,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import threading
 import time
@@ -45,7 +53,7 @@ from stream.events import GestureSegment, SensorSize, check_events, empty_events
 
 log = logging.getLogger(__name__)
 
-IDLE_YIELD_S = 0.05  # a live source yields (possibly an empty chunk) at least this often, seconds
+IDLE_YIELD_S = 0.005  # a live source yields (possibly an empty chunk) at least this often, seconds
 
 
 class SourceError(ValueError):
@@ -105,9 +113,12 @@ class Timeline:
         self.restarts = 0
         self._prev_raw: int | None = None
 
-    def rebase(self) -> None:
-        """The next event starts a new stretch of time (see class docstring)."""
+    def rebase(self, floor_us: int | None = None) -> None:
+        """The next event starts a new stretch of time (see class docstring); with ``floor_us``
+        it also comes after ``floor_us`` (a clock already announced while the source was silent)."""
         self._prev_raw = None
+        if floor_us is not None and self.last_us is not None and floor_us > self.last_us:
+            self.last_us = int(floor_us)
 
     def _latest_before(self, t: np.ndarray) -> np.ndarray:
         """For each event, the latest time emitted before it (``last_us`` or an earlier event's)."""
@@ -161,6 +172,7 @@ class Timeline:
 
 DEFAULT_SLICE_US = 2_000  # paced replay releases events in slices of this much event time
 DEFAULT_MAX_JUMP_US = 1_000_000
+MIN_SPEED, MAX_SPEED = 0.1, 100.0
 
 
 @dataclass
@@ -172,6 +184,16 @@ class ReplayStats:
     dropped_backward: int = 0
     jumps_compressed: int = 0
     restarts: int = 0
+    seeks: int = 0
+
+
+def check_speed(speed: float | None) -> float | None:
+    """A replay speed factor (0.1..100) or None (as fast as possible); ValueError otherwise."""
+    if speed is None:
+        return None
+    if isinstance(speed, bool) or not isinstance(speed, (int, float)) or not MIN_SPEED <= speed <= MAX_SPEED:
+        raise ValueError(f"speed must be {MIN_SPEED:g}..{MAX_SPEED:g} or None (as fast as possible), got {speed!r}")
+    return float(speed)
 
 
 class FileSource:
@@ -183,9 +205,9 @@ class FileSource:
         loop: start again at the end, forever (time keeps increasing: the next pass starts 1 µs
             after the last event of the previous one).
         start_offset_us: skip the first ``start_offset_us`` microseconds of the recording
-            (measured from its first event).
+            (measured from its first event); a loop starts there again.
         slice_us: paced replay releases events in slices of this much event time (µs), each when
-            the monotonic clock reaches the time of its last event, so latency stays ~1 slice.
+            the replay clock reaches the time of its last event, so latency stays ~1 slice.
         max_jump_us: a gap in the recording longer than this (µs) is shortened to it.
         chunk_events: events read from the file at a time (bounds memory).
 
@@ -193,6 +215,15 @@ class FileSource:
     are compressed, backward steps are dropped and counted (``stats``), see ``Timeline``; note
     that ``stream.files`` already refuses a file whose timestamps go back.
     ``FileSource.from_events(events, sensor_size, ...)`` replays an in-memory array the same way.
+
+    Control (thread-safe, any time, also from the iterating thread between chunks): ``pause()``,
+    ``resume()``, ``seek(position_s)`` (file time from the first event), ``set_speed(speed)``,
+    ``set_loop(loop)``; ``status()`` tells position, duration, paused, speed and loop.
+    The replay clock (``clock_us()``, output time) is the time before which no further event will
+    come; it advances with the wall clock at ``speed`` and stops while paused. A seek re-reads the
+    file from its start up to the target (decoding, ~25 M events/s); output time never goes back
+    (after a backward seek it continues 1 µs after the last event, as a loop does). The duration
+    is measured by reading the file once in a background thread (``duration_s`` is None until then).
     """
 
     def __init__(
@@ -214,6 +245,9 @@ class FileSource:
         name = f"file:{path.name}" + (f" ({camera})" if camera else "")
         self._setup(lambda: open_events(path, chunk_events=chunk_events), sensor_size, name,
                     speed, loop, start_offset_us, slice_us, max_jump_us)  # fmt: skip
+        self._scanner = threading.Thread(target=self._measure, args=(lambda: open_events(path, chunk_events=1 << 18),),
+                                         name="file-duration", daemon=True)  # fmt: skip
+        self._scanner.start()
 
     @classmethod
     def from_events(
@@ -229,17 +263,20 @@ class FileSource:
         chunk_events: int = 1 << 16,
         name: str = "memory",
     ) -> "FileSource":
-        """Replay an in-memory event array (same pacing, loop and offset rules as a file)."""
+        """Replay an in-memory event array (same pacing, loop, offset and control as a file)."""
         check_events(events)
         self = cls.__new__(cls)
         chunks = [events[i : i + chunk_events] for i in range(0, len(events), max(1, chunk_events))]
         self._setup(lambda: contextlib.nullcontext(chunks), SensorSize(*sensor_size).validated(), name,
                     speed, loop, start_offset_us, slice_us, max_jump_us)  # fmt: skip
+        if len(events):
+            self._first_raw_us = int(events["t"][0])
+            self._duration_us = int(events["t"][-1]) - self._first_raw_us
+        else:
+            self._duration_us = 0
         return self
 
     def _setup(self, open_chunks, sensor_size, name, speed, loop, start_offset_us, slice_us, max_jump_us) -> None:
-        if speed is not None and not 0.1 <= speed <= 100:
-            raise ValueError(f"speed must be 0.1..100 or None (as fast as possible), got {speed}")
         if start_offset_us < 0:
             raise ValueError(f"start_offset_us must be >= 0 µs, got {start_offset_us}")
         if slice_us < 1:
@@ -247,42 +284,271 @@ class FileSource:
         self._open_chunks = open_chunks
         self.sensor_size: SensorSize = sensor_size
         self.name: str = name
-        self.speed = speed
-        self.loop = loop
+        self.speed = check_speed(speed)
+        self.loop = bool(loop)
+        self.paused = False
         self.start_offset_us = int(start_offset_us)
         self.slice_us = int(slice_us)
         self._timeline = Timeline(max_jump_us)
         self._stop = threading.Event()
+        self._wake = threading.Event()  # set by every command: a pacing wait re-reads the state
+        self._lock = threading.Lock()  # guards the replay clock and the pending seek
+        self._anchor: tuple[float, int] | None = None  # (monotonic s, output µs) the replay clock runs from
+        self._horizon_us: int | None = None  # no further event before this output time
+        self._offset_us = 0  # output time - file time of the newest released or pending event
+        self._seek_us: int | None = None  # pending seek, µs from the first event
+        self._hint_us = self.start_offset_us  # position before the replay clock runs (start, seek)
+        self._first_raw_us: int | None = None  # raw time of the file's first event
+        self._duration_us: int | None = None
+        self._ended = False
         self.stats = ReplayStats()
 
-    def _ordered_chunks(self) -> Iterator[np.ndarray]:
-        """Time-ordered chunks of all passes, after the start offset (no pacing)."""
-        while not self._stop.is_set():
-            self._timeline.rebase()
-            first_us = None
-            pass_events = 0
-            with self._open_chunks() as chunks:
-                for chunk in chunks:
+    def _measure(self, open_reader) -> None:
+        """Background thread: first and last timestamp of the file (the duration)."""
+        first = last = None
+        try:
+            with open_reader() as reader:
+                for chunk in reader:
                     if self._stop.is_set():
                         return
-                    if not len(chunk):
-                        continue
-                    if first_us is None:
-                        first_us = int(chunk["t"][0])
-                    if self.start_offset_us:
-                        chunk = chunk[chunk["t"] >= first_us + self.start_offset_us]
-                    chunk = self._timeline.apply(chunk)
-                    self._update_stats(len(chunk))
-                    pass_events += len(chunk)
-                    if len(chunk):
-                        yield chunk
-            self.stats.passes += 1
-            if pass_events == 0:
-                if first_us is not None and self.start_offset_us:
-                    raise SourceError(f"{self.name}: start_offset_us={self.start_offset_us} is past the last event")
-                return  # an empty recording: nothing to loop over
-            if not self.loop:
+                    if first is None:
+                        first = int(chunk["t"][0])
+                    last = int(chunk["t"][-1])
+        except (ValueError, OSError) as error:  # a damaged tail: the replay reports it when it gets there
+            log.warning("%s: cannot measure the duration: %s", self.name, error)
+            return
+        with self._lock:
+            self._first_raw_us = first if first is not None else self._first_raw_us
+            self._duration_us = 0 if first is None else last - first
+
+    # -- control (thread-safe) --
+
+    def pause(self) -> None:
+        """Stop the replay clock; no events are released until ``resume()``."""
+        with self._lock:
+            if not self.paused:
+                clock = self._clock(time.monotonic())
+                if clock is not None:
+                    self._anchor = (time.monotonic(), clock)
+                self.paused = True
+        self._wake.set()
+
+    def resume(self) -> None:
+        """Run the replay clock again from where it stopped."""
+        with self._lock:
+            if self.paused:
+                if self._anchor is not None:
+                    self._anchor = (time.monotonic(), self._anchor[1])
+                self.paused = False
+        self._wake.set()
+
+    def set_speed(self, speed: float | None) -> None:
+        """Replay speed factor (0.1..100), or None for as fast as possible; applies at once."""
+        speed = check_speed(speed)
+        with self._lock:
+            clock = self._clock(time.monotonic())
+            if clock is not None:
+                self._anchor = (time.monotonic(), clock)
+            self.speed = speed
+        self._wake.set()
+
+    def set_loop(self, loop: bool) -> None:
+        """Start again at the end of the file (True) or end there (False)."""
+        self.loop = bool(loop)
+
+    def seek(self, position_s: float) -> None:
+        """Continue the replay at ``position_s`` seconds after the file's first event (plus the
+        start offset's zero: file time). Raises ValueError for a negative, non-finite or
+        past-the-end position (when the duration is known)."""
+        if isinstance(position_s, bool) or not isinstance(position_s, (int, float)) or not math.isfinite(position_s):
+            raise ValueError(f"seek position must be a number of seconds, got {position_s!r}")
+        if position_s < 0:
+            raise ValueError(f"seek position must be >= 0 s, got {position_s:g}")
+        duration = self.duration_s
+        if duration is not None and position_s > duration:
+            raise ValueError(f"seek position {position_s:g} s is past the end of {self.name} ({duration:.3f} s)")
+        with self._lock:
+            self._seek_us = round(position_s * 1e6)
+            self._hint_us = self._seek_us
+        self._wake.set()
+
+    @property
+    def duration_s(self) -> float | None:
+        """Time from the first to the last event of the file, seconds (None until measured)."""
+        duration = self._duration_us
+        return None if duration is None else duration / 1e6
+
+    @property
+    def position_s(self) -> float:
+        """File time of the replay clock (seconds from the first event)."""
+        with self._lock:
+            return self._position_us(time.monotonic()) / 1e6
+
+    def status(self) -> dict:
+        """``position_s``, ``duration_s`` (None until measured), ``paused``, ``speed`` (a factor
+        or "max"), ``loop``: JSON-ready."""
+        duration = self.duration_s
+        return {
+            "position_s": round(self.position_s, 6),
+            "duration_s": None if duration is None else round(duration, 6),
+            "paused": self.paused,
+            "speed": "max" if self.speed is None else self.speed,
+            "loop": self.loop,
+        }
+
+    def clock_us(self) -> int | None:
+        """Output time before which no further event will come (None before the first event)."""
+        with self._lock:
+            clock = self._clock(time.monotonic())
+            horizon = self._horizon_us
+        if clock is None or horizon is None:
+            return horizon
+        return min(clock, horizon)
+
+    def _clock(self, now: float) -> int | None:
+        """The replay clock in output µs (call with the lock held)."""
+        if self._anchor is None:
+            return None
+        wall, clock_us = self._anchor
+        if self.paused or self.speed is None:
+            return clock_us
+        return clock_us + int((now - wall) * self.speed * 1e6)
+
+    def _position_us(self, now: float) -> int:
+        if self._seek_us is not None:  # a seek not carried out yet
+            return self._seek_us
+        if self._ended and self._duration_us is not None:
+            return self._duration_us
+        clock = self._clock(now)
+        if clock is None or self._first_raw_us is None:
+            return self._hint_us
+        position = clock - self._offset_us - self._first_raw_us
+        if self._duration_us is not None:
+            position = min(position, self._duration_us)
+        return max(position, 0)
+
+    # -- iteration --
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        start_us = self.start_offset_us
+        first_pass = True
+        while not self._stop.is_set():
+            self._ended = False
+            outcome = yield from self._play(start_us)
+            if self._stop.is_set():
                 return
+            if isinstance(outcome, _Seek):  # a seek interrupted the pass
+                # Events read but not released are forgotten: the next ones continue after the
+                # newest released event or the clock, whichever is later (never before a clock
+                # value already given out), not after the unreleased rest of the chunk.
+                self._timeline.last_us = self.clock_us()
+                self.stats.seeks += 1
+                start_us, first_pass = outcome.target_us, False
+                continue
+            self.stats.passes += 1
+            if outcome == 0:  # nothing at or after start_us
+                if first_pass and self.start_offset_us:
+                    raise SourceError(f"{self.name}: start_offset_us={self.start_offset_us} is past the last event")
+                if first_pass or not self.loop:
+                    self._ended = True
+                    return
+            elif not self.loop:
+                self._ended = True
+                return
+            start_us, first_pass = self.start_offset_us, False
+
+    def _play(self, start_us: int):
+        """One pass from ``start_us`` (file time): yields chunks; returns the number of events
+        released, or a ``_Seek`` when a seek interrupted it."""
+        self._timeline.rebase()
+        with self._lock:
+            self._anchor = None  # the replay clock starts again at the first event released
+        released = 0
+        with self._open_chunks() as chunks:
+            for chunk in chunks:
+                if self._stop.is_set():
+                    return released
+                target = self._take_seek()
+                if target is not None:
+                    return target
+                if not len(chunk):
+                    continue
+                if self._first_raw_us is None:
+                    with self._lock:
+                        self._first_raw_us = int(chunk["t"][0])
+                begin = self._first_raw_us + start_us
+                if start_us and int(chunk["t"][-1]) < begin:
+                    continue
+                if start_us:
+                    chunk = chunk[int(np.searchsorted(chunk["t"], begin, side="left")) :]
+                raw_t = chunk["t"]
+                out = self._timeline.apply(chunk)
+                self._update_stats(len(out))
+                if not len(out):
+                    continue
+                # output minus file time per event (exact unless the timeline dropped events)
+                offset = out["t"] - raw_t if len(out) == len(chunk) else np.full(len(out), int(out["t"][-1] - raw_t[-1]))
+                for piece, piece_offset in self._pieces(out, offset):
+                    outcome = yield from self._release(piece, piece_offset)
+                    if outcome is not None:
+                        return outcome
+                    if self._stop.is_set():
+                        return released
+                    released += len(piece)
+        return released
+
+    def _pieces(self, chunk: np.ndarray, offset: np.ndarray):
+        """The chunk in slices of ``slice_us`` event time (paced), or whole (as fast as possible)."""
+        if self.speed is None:
+            yield chunk, int(offset[-1])
+            return
+        slice_index = chunk["t"] // self.slice_us
+        cuts = np.flatnonzero(slice_index[1:] != slice_index[:-1]) + 1
+        bounds = [0, *cuts.tolist(), len(chunk)]
+        for begin, end in zip(bounds[:-1], bounds[1:]):
+            yield chunk[begin:end], int(offset[end - 1])
+
+    def _take_seek(self) -> "_Seek | None":
+        with self._lock:
+            target, self._seek_us = self._seek_us, None
+        return None if target is None else _Seek(target)
+
+    def _release(self, piece: np.ndarray, offset_us: int):
+        """Wait until the replay clock reaches the piece's last event (yielding empty chunks at
+        least every IDLE_YIELD_S), then yield it. Returns a ``_Seek`` if a seek came first."""
+        first, last = int(piece["t"][0]), int(piece["t"][-1])
+        with self._lock:
+            self._horizon_us = first if self._horizon_us is None else max(self._horizon_us, first)
+            self._offset_us = offset_us
+            if self._anchor is None:
+                self._anchor = (time.monotonic(), first)
+        while True:
+            self._wake.clear()
+            target = self._take_seek()
+            if target is not None:
+                return target
+            if self._stop.is_set():
+                return None
+            with self._lock:
+                if self.paused:
+                    remaining = math.inf
+                elif self.speed is None:
+                    break
+                else:
+                    wall, clock_us = self._anchor
+                    remaining = wall + (last - clock_us) / (self.speed * 1e6) - time.monotonic()
+            if remaining <= 0:
+                break
+            woken = self._wake.wait(min(remaining, IDLE_YIELD_S))
+            if not woken and remaining <= IDLE_YIELD_S:
+                continue  # due now: release without an empty chunk first
+            yield empty_events()
+        with self._lock:
+            if self.speed is None:
+                self._anchor = (time.monotonic(), last)
+            self._horizon_us = last
+        yield piece
+        return None
 
     def _update_stats(self, count: int) -> None:
         self.stats.events += count
@@ -290,32 +556,10 @@ class FileSource:
         self.stats.jumps_compressed = self._timeline.jumps_compressed
         self.stats.restarts = self._timeline.restarts
 
-    def __iter__(self) -> Iterator[np.ndarray]:
-        if self.speed is None:
-            yield from self._ordered_chunks()
-            return
-        start_wall = None
-        start_us = 0
-        for chunk in self._ordered_chunks():
-            t = chunk["t"]
-            if start_wall is None:
-                start_wall, start_us = time.monotonic(), int(t[0])
-            slice_index = (t - start_us) // self.slice_us
-            cuts = np.flatnonzero(slice_index[1:] != slice_index[:-1]) + 1
-            for piece in np.split(chunk, cuts):
-                due = start_wall + (int(piece["t"][-1]) - start_us) / (self.speed * 1e6)
-                while (remaining := due - time.monotonic()) > 0:
-                    if self._stop.wait(min(remaining, IDLE_YIELD_S)):
-                        return
-                    if due - time.monotonic() > 0:
-                        yield empty_events()
-                if self._stop.is_set():
-                    return
-                yield piece
-
     def stop(self) -> None:
         """End iteration (thread-safe)."""
         self._stop.set()
+        self._wake.set()
 
     def close(self) -> None:
         self.stop()
@@ -325,6 +569,13 @@ class FileSource:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+@dataclass(frozen=True)
+class _Seek:
+    """A seek that interrupted a pass: where to continue (µs from the file's first event)."""
+
+    target_us: int
 
 
 # --- dv-processing inputs: camera and network -------------------------------------------------
@@ -350,6 +601,14 @@ class _DvInput:
         self._timeline = timeline
         self._stop = stop
         self._lock = threading.Lock()
+        self._last_event_wall = time.monotonic()  # when the newest event arrived
+
+    def clock_us(self) -> int | None:
+        """The newest event's time plus the wall time elapsed since it arrived (µs); None before any."""
+        last = self._timeline.last_us
+        if last is None:
+            return None
+        return last + int((time.monotonic() - self._last_event_wall) * 1e6)
 
     def poll(self) -> Iterator[np.ndarray]:
         last_yield = time.monotonic()
@@ -364,8 +623,10 @@ class _DvInput:
                     return
             if batch is not None and batch.size() > 0:
                 chunk = self._timeline.apply(from_dv(batch.numpy()))
-                yield chunk
                 last_yield = time.monotonic()
+                if len(chunk):
+                    self._last_event_wall = last_yield
+                yield chunk
             elif time.monotonic() - last_yield >= IDLE_YIELD_S:
                 yield empty_events()
                 last_yield = time.monotonic()
@@ -435,6 +696,10 @@ class CameraSource:
         yield from self._input.poll()
         if not self._stop.is_set():
             log.error("camera %s stopped sending (unplugged?)", self.name)
+
+    def clock_us(self) -> int | None:
+        """Newest event time + wall time since it arrived, µs (None before the first event)."""
+        return self._input.clock_us()
 
     def stop(self) -> None:
         """End iteration (thread-safe)."""
@@ -523,11 +788,16 @@ class NetworkSource:
             reader = yield from self._reconnect()
             if reader is None:
                 return
-            self._timeline.rebase()
+            self._timeline.rebase(floor_us=self._input.clock_us())  # after the clock announced meanwhile
             with self._input._lock:
                 if self._stop.is_set():
                     return  # closed while connecting: drop the new reader
                 self._input.device = reader
+
+    def clock_us(self) -> int | None:
+        """Newest event time + wall time since it arrived, µs (None before the first event); it
+        keeps running while disconnected, and events after a reconnection come after it."""
+        return self._input.clock_us()
 
     def _reconnect(self):
         """Try to reconnect with backoff, yielding empty chunks; the reader, or None to stop."""

@@ -209,6 +209,115 @@ def test_file_source_missing_file_is_a_clear_error(tmp_path):
         FileSource(tmp_path / "absent.aedat4")
 
 
+# --- FileSource control: pause, resume, seek, speed, clock ----------------------------------------
+
+
+def test_pause_stops_events_and_the_clock_and_resume_continues_without_loss():
+    events = synthetic_events(duration_us=1_000_000, count=10_000)
+    source = FileSource.from_events(events, SENSOR, speed=4.0)
+    out, clocks_while_paused, during_pause = [], [], 0
+    paused_at = resumed_at = None
+    for chunk in source:
+        if len(chunk):
+            out.append(chunk)
+        if paused_at is None and sum(map(len, out)) >= 1_000:
+            source.pause()
+            paused_at = time.monotonic()
+            assert source.status()["paused"] is True
+        elif paused_at is not None and resumed_at is None:
+            during_pause += len(chunk)
+            clocks_while_paused.append(source.clock_us())
+            if time.monotonic() - paused_at > 0.2:
+                source.resume()
+                resumed_at = time.monotonic()
+    assert during_pause == 0 and len(clocks_while_paused) >= 10  # empty chunks kept coming, no events
+    assert len(set(clocks_while_paused)) == 1  # the replay clock stopped
+    events_out = np.concatenate(out)
+    assert np.array_equal(events_out, events)  # nothing lost or repeated
+    assert clocks_while_paused[0] <= int(events_out["t"][1_000:][np.searchsorted(events_out["t"][1_000:], clocks_while_paused[0])])
+    assert not source.paused and source.status()["position_s"] == pytest.approx(1.0)
+
+
+def test_seek_forward_and_back_restarts_at_the_target_and_time_keeps_increasing():
+    events = synthetic_events(duration_us=2_000_000, count=20_000)  # t = 1.0 .. 3.0 s
+    first_us = int(events["t"][0])
+    source = FileSource.from_events(events, SENSOR, speed=10.0)
+    assert source.duration_s == pytest.approx(2.0)
+    chunks, marks = [], {}
+    for chunk in source:
+        if not len(chunk):
+            continue
+        chunks.append(chunk)
+        if len(chunks) == 1:
+            source.seek(1.5)
+            assert source.position_s == pytest.approx(1.5)  # reported at once
+            marks["forward"] = len(chunks)
+        elif len(chunks) == marks["forward"] + 3:
+            source.seek(0.25)
+            marks["back"] = len(chunks)
+            last_before_back = int(chunk["t"][-1])
+    after_forward = chunks[marks["forward"]]
+    target = int(np.searchsorted(events["t"], first_us + 1_500_000))
+    assert int(after_forward["t"][0]) == int(events["t"][target])  # next events start at the target
+    after_back = chunks[marks["back"]]
+    start = int(np.searchsorted(events["t"], first_us + 250_000))
+    assert int(after_back["t"][0]) > last_before_back  # output time never goes back ...
+    for name in ("x", "y", "p"):  # ... but the content is the file's from 0.25 s on
+        assert np.array_equal(after_back[name], events[name][start : start + len(after_back)])
+    out = np.concatenate(chunks)
+    assert np.all(np.diff(out["t"]) >= 0) and source.stats.seeks == 2
+    with pytest.raises(ValueError, match="past the end"):
+        source.seek(2.5)
+    with pytest.raises(ValueError, match=">= 0"):
+        source.seek(-1)
+
+
+def test_set_speed_changes_the_replay_rate():
+    events = synthetic_events(duration_us=4_000_000, count=40_000)
+    source = FileSource.from_events(events, SENSOR, speed=1.0)
+    samples = {1.0: [], 5.0: []}
+    start = time.monotonic()
+    for chunk in source:
+        now = time.monotonic() - start
+        if len(chunk):
+            samples[source.speed].append((now, int(chunk["t"][-1])))
+        if source.speed == 1.0 and now > 0.25:
+            source.set_speed(5.0)
+        elif now > 0.5:
+            source.stop()
+    rates = {}
+    for speed, points in samples.items():
+        wall, t = np.asarray(points, dtype=np.float64).T
+        rates[speed] = np.polyfit(wall, t, 1)[0] / 1e6  # event seconds per wall second
+    assert rates[1.0] == pytest.approx(1.0, rel=0.3)
+    assert rates[5.0] == pytest.approx(5.0, rel=0.3)
+    with pytest.raises(ValueError, match="speed"):
+        source.set_speed(1000.0)
+
+
+def test_clock_advances_through_a_silent_gap_and_never_passes_the_next_event():
+    events = make_events([0, 1_000, 2_000, 300_000, 301_000], 0, 0, 1)  # 0.3 s of silence
+    source = FileSource.from_events(events, SENSOR, speed=1.0)
+    assert source.clock_us() is None  # nothing released yet
+    clocks = []
+    for chunk in source:
+        if not len(chunk) and 2_000 <= (source.clock_us() or 0):
+            clocks.append(source.clock_us())
+    assert len(clocks) >= 20 and clocks == sorted(clocks)
+    assert clocks[0] < 50_000 and 250_000 < clocks[-1] <= 300_000
+
+
+def test_loop_can_be_switched_while_playing():
+    events = synthetic_events(duration_us=100_000, count=1_000)
+    source = FileSource.from_events(events, SENSOR, speed=None, loop=True)
+    total = 0
+    for chunk in source:
+        total += len(chunk)
+        if total >= 3 * len(events):
+            source.set_loop(False)  # ends at the end of this pass
+    assert total == 3 * len(events) and source.stats.passes == 3 and source.status()["loop"] is False
+
+
 # --- dv-processing network stream -----------------------------------------------------------------
 
 
@@ -392,3 +501,181 @@ def test_open_source_sim_and_auto():
     for spec in ("sim", "auto"):
         with open_source(spec) as source:
             assert isinstance(source, Source)
+
+
+# --- the source stage: clock messages and the control socket, over real sockets ----------------
+
+
+class StageThread:
+    """``stream_source`` on a real source and a real publisher in a thread; a real subscriber
+    collects events and clock messages with their arrival times (monotonic s)."""
+
+    def __init__(self, source, endpoint: str) -> None:
+        from stream.source import StagePublisher, stream_source
+        from stream.transport import EventSubscriber
+
+        self.source = source
+        self.stop = threading.Event()
+        self.publisher = StagePublisher(endpoint, stop=self.stop)
+        self.subscriber = EventSubscriber(self.publisher.endpoint, ("events", "prediction"))
+        assert self.publisher.wait_for_subscribers(1, b"events", timeout_s=WAIT_S)
+        self.thread = threading.Thread(target=stream_source, args=(source, self.publisher), kwargs={"stop": self.stop})
+        self.thread.start()
+
+    def collect(self, seconds: float) -> tuple[list, list]:
+        """(arrival s, events) and (arrival s, clock message) received for ``seconds``."""
+        events, clocks = [], []
+        deadline = time.monotonic() + seconds
+        while (remaining := deadline - time.monotonic()) > 0:
+            message = self.subscriber.recv(round(remaining * 1000))
+            if message is None:
+                continue
+            if message.events is not None:
+                events.append((time.monotonic(), message.events))
+            elif message.data.get("type") == "clock":
+                clocks.append((time.monotonic(), message.data))
+        return events, clocks
+
+    def close(self) -> None:
+        self.stop.set()
+        self.source.stop()
+        self.thread.join(WAIT_S)
+        self.subscriber.close()
+        self.publisher.close()
+
+
+def test_silent_file_sends_advancing_clock_messages_and_a_paused_one_does_not_advance(tmp_path):
+    events = make_events([1_000_000, 1_001_000, 1_002_000, 1_700_000], 0, 0, 1)  # 0.7 s of silence
+    stage = StageThread(FileSource.from_events(events, SENSOR, speed=1.0), f"ipc://{tmp_path}/events")
+    try:
+        received, clocks = stage.collect(0.5)
+        assert sum(len(e) for _, e in received) == 3
+        arrivals = np.array([at for at, _ in clocks])
+        times = np.array([clock["time_us"] for _, clock in clocks])
+        assert len(clocks) >= 15 and not any(clock["paused"] for _, clock in clocks)
+        assert np.all(np.diff(times) >= 0) and times[-1] < 1_700_000  # never past the next event
+        assert np.percentile(np.diff(arrivals), 90) < 0.03  # about every 10 ms (20 ms promised; loaded box)
+        slope = np.polyfit(arrivals - arrivals[0], times, 1)[0] / 1e6
+        assert 0.7 < slope < 1.3  # the replay clock runs with the wall clock at speed 1
+        stage.source.pause()
+        stage.collect(0.05)  # what was on its way
+        _, paused = stage.collect(0.25)
+        assert len(paused) >= 8 and all(clock["paused"] for _, clock in paused)
+        assert len({clock["time_us"] for _, clock in paused}) == 1  # paused: the clock stands still
+    finally:
+        stage.close()
+
+
+def test_silent_network_stream_sends_clock_messages_that_follow_the_wall_clock(tmp_path):
+    port = free_port()
+    writer = dv.io.NetworkWriter("127.0.0.1", port, dv.io.Stream.EventStream(0, "events", "TestCam_7", SENSOR))
+    stage = None
+    try:
+        source = NetworkSource("127.0.0.1", port)
+        wait_for(lambda: writer.getClientCount() == 1, "the server to accept the client")
+        stage = StageThread(source, f"ipc://{tmp_path}/events")
+        events = synthetic_events(duration_us=10_000, count=500)
+        writer.writeEvents(dv_store(events))
+        received, clocks = stage.collect(0.4)  # then the camera is silent
+        assert sum(len(e) for _, e in received) == 500
+        last_event_at = received[-1][0]
+        after = [(at, clock["time_us"]) for at, clock in clocks if at > last_event_at + 0.05]
+        assert len(after) >= 10
+        for at, time_us in after:  # last event time + wall time since it (within the delivery jitter)
+            assert time_us - int(events["t"][-1]) == pytest.approx((at - last_event_at) * 1e6, abs=40_000)
+    finally:
+        if stage is not None:
+            stage.close()
+            stage.source.close()
+        wait_for(lambda: writer.getClientCount() == 0, "the server to see the client leave")
+        del writer
+
+
+def write_aedat4(path, events) -> None:
+    from stream.aedat4 import Aedat4Writer
+
+    with Aedat4Writer(path, SENSOR) as writer:
+        writer.write(events)
+
+
+def test_source_stage_control_pause_resume_seek_speed_and_garbage(tmp_path):
+    """The source stage as a process replaying a real AEDAT4 file, driven over its control socket."""
+    from stream.source import ControlClient
+    from stream.transport import EventSubscriber
+
+    events = synthetic_events(duration_us=6_000_000, count=120_000)  # 20 events per ms
+    first_us = int(events["t"][0])
+    write_aedat4(tmp_path / "rec.aedat4", events)
+    command = [sys.executable, "-m", "stream.source", "--source", f"file:{tmp_path / 'rec.aedat4'}",
+               "--pub", f"ipc://{tmp_path}/events", "--control", f"ipc://{tmp_path}/control",
+               "--wait-subscribers", "1", "--quiet"]  # fmt: skip
+    stage = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    subscriber = EventSubscriber(f"ipc://{tmp_path}/events", ("events", "prediction"))
+    client = ControlClient(f"ipc://{tmp_path}/control")
+
+    def receive(seconds: float) -> tuple[list, list]:
+        got, clocks = [], []
+        deadline = time.monotonic() + seconds
+        while (remaining := deadline - time.monotonic()) > 0:
+            message = subscriber.recv(round(remaining * 1000))
+            if message is not None and message.events is not None:
+                got.append((time.monotonic(), message.events))
+            elif message is not None and message.data.get("type") == "clock":
+                clocks.append(message.data)
+        return got, clocks
+
+    def ok(cmd: dict) -> dict:
+        reply = client.request(cmd, timeout_s=WAIT_S)
+        assert reply["ok"], reply
+        return reply["status"]
+
+    try:
+        message = subscriber.recv(30_000)  # the stage starts (imports) and begins replaying
+        assert message is not None
+        status = ok({"cmd": "status"})
+        assert status["controls"] == ["status", "pause", "resume", "seek", "speed", "loop"]
+        assert status["speed"] == 1.0 and status["paused"] is False and "rec.aedat4" in status["source"]
+
+        assert ok({"cmd": "pause"})["paused"] is True
+        receive(0.05)  # packets already on their way
+        got, clocks = receive(0.3)
+        assert not got and clocks and all(c["paused"] for c in clocks) and len({c["time_us"] for c in clocks}) == 1
+
+        assert ok({"cmd": "seek", "position_s": 3.0})["position_s"] == pytest.approx(3.0)
+        got, _ = receive(0.2)
+        assert not got  # still paused
+        ok({"cmd": "resume"})
+        got, _ = receive(0.5)
+        first_after_seek = int(got[0][1]["t"][0])
+        assert 0 <= first_after_seek - (first_us + 3_000_000) < 2_000  # the first slice from the target
+
+        def rate(packets) -> float:  # event time per wall second
+            wall = np.array([at for at, _ in packets])
+            t = np.array([int(e["t"][-1]) for _, e in packets], dtype=np.float64)
+            return np.polyfit(wall, t, 1)[0] / 1e6
+
+        normal = rate(got)
+        assert ok({"cmd": "loop", "loop": True})["loop"] is True  # 3 s left: 0.75 s at 4x
+        assert ok({"cmd": "speed", "speed": 4})["speed"] == 4.0
+        receive(0.05)
+        fast = rate(receive(0.4)[0])
+        assert normal == pytest.approx(1.0, rel=0.35) and fast == pytest.approx(4.0, rel=0.35)
+
+        garbage = [b"\xff\xfe", b"not json", b"[" * 3000, b"[1, 2]", b'{"cmd": "explode"}',
+                   b'{"cmd": "seek", "position_s": "soon"}', b'{"cmd": "speed", "speed": 1000}',
+                   b'{"cmd": "loop", "loop": "yes"}', b'{"cmd": "seek", "position_s": 99}']  # fmt: skip
+        for payload in garbage:
+            client.socket.send_multipart([b"", payload])
+            assert client.socket.poll(WAIT_S * 1000)
+            (reply,) = client.replies()
+            assert reply["ok"] is False and "\n" not in reply["error"] and reply["error"], payload
+        client.socket.send_multipart([b"", b"x" * 10_000])  # over the limit: the socket refuses it
+        assert ok({"cmd": "status"})["loop"] is True  # ... and the stage still answers
+        got, _ = receive(0.2)
+        assert got and stage.poll() is None  # and keeps streaming
+    finally:
+        client.close()
+        subscriber.close()
+        stage.terminate()
+        _, stderr = stage.communicate(timeout=WAIT_S)
+    assert stage.returncode == 0 and "Traceback" not in stderr
