@@ -116,6 +116,11 @@ class LabelSmoother:
         self._ema = None
         self._recent.clear()
 
+    def silence(self) -> StableLabel:
+        """A window without any event: "no gesture" (confidence 0), and the history starts again."""
+        self.reset()
+        return StableLabel(NO_GESTURE_INDEX, NO_GESTURE, 0.0)
+
     def update(self, probabilities: np.ndarray) -> StableLabel:
         """Add one window's class probabilities (shape ``[C]``) and return the stable label."""
         probabilities = np.asarray(probabilities, dtype=np.float64)

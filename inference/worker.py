@@ -5,40 +5,56 @@ the checkpoint's window, sensor mapping and normalisation and the ACTUAL sensor 
 a new sensor size rebuilds it), runs the model on the newest window every stride and publishes on
 ``PREDICTIONS``:
 
-* ``prediction`` JSON messages (``STATUS_KIND``, all JSON messages carry a ``"type"``):
+* ``prediction`` JSON messages (``STATUS_KIND``, all JSON messages carry a ``"type"`` and the
+  worker process's random ``worker_id``, new at every start, so a consumer sees a restart):
 
   - ``{"type": "prediction", ...}`` per inferred window, see ``InferenceWorker.infer``: ``seq``,
     ``class_index``, ``class_name``, ``probabilities``, ``stable`` {``index`` (-1 = no gesture),
-    ``name``, ``confidence``}, ``window`` {``start_us``, ``end_us`` (stream time, µs), ``events``},
-    ``timing`` (transport clock ``time.monotonic_ns() // 1000``, µs: ``source_send_us`` of the
-    packet that completed the window, ``recv_us`` when the worker got it, ``binned_us``,
-    ``published_us``; and ``recv_to_binned_ms``, ``inference_ms``, ``compute_ms`` =
-    published - recv), ``counters`` (see ``WorkerCounters``), ``backend``, ``sensor``.
-  - ``{"type": "stats", ...}`` about once a second: counters, rates, the source's own stats.
+    ``name``, ``confidence``}, ``window`` {``start_us``, ``end_us`` (stream time, µs),
+    ``stride_us``, ``events``}, ``timing`` (transport clock ``time.monotonic_ns() // 1000``, µs:
+    ``source_send_us`` of the message that completed the window, ``recv_us`` when the worker got
+    it, ``binned_us``, ``published_us``; and ``recv_to_binned_ms``, ``inference_ms``,
+    ``compute_ms`` = published - recv), ``counters`` (see ``WorkerCounters``), ``backend``,
+    ``sensor``. A window without any event is "no gesture" whatever the model says (the model
+    still runs and its class and probabilities are reported).
+  - ``{"type": "stats", ...}`` about once a second: counters, the source's own stats, ``busy_s``
+    (seconds this worker spent receiving, binning, inferring and publishing since it started) and
+    ``uptime_s``.
   - ``{"type": "end", ...}`` once, after the source's end message, with the final counters.
 * ``frame`` messages: the ON/OFF event counts accumulated since the previous frame at the sensor's
   resolution, uint8 ``[2, H, W]`` (channel = polarity, saturated at 255), header width/height =
-  the sensor, ``count`` = 2; at most ``--frame-fps`` (30) per second.
+  the sensor, ``count`` = 2; ``--frame-fps`` (30) per second, no more, also while the source is
+  silent (empty frames, so a viewer keeps moving); none while the source is paused.
 * ``truth`` messages forwarded unchanged from the source (gesture segments, stream time).
 
-Latency never grows with a backlog: before each inference the worker drains its socket (for at
-most ``DRAIN_BUDGET_S``), binning every packet, and infers only the newest window; windows passed
-over are counted (``windows_skipped``). Events are accounted for: received, binned, unused (only in
-skipped windows), unmapped (outside the mapping's crop), dropped (outside the sensor, bad polarity,
-time going back) and lost (the source's ``events_sent`` minus those received: ZeroMQ high-water
-mark overflow); malformed messages are counted by reason and skipped.
+The source's clock messages ``{"type": "clock", "time_us": T, "paused": bool}`` (no event with
+``t < T`` will follow) advance the windows while the source is silent, so predictions go on ("no
+gesture") when a camera sees nothing; while ``paused`` nothing advances.
+
+Latency never grows with a backlog. Each step drains the socket (whatever is queued, for at most
+``DRAIN_BUDGET_S``) and bins consecutive packets as one batch (one binner call, not one per
+packet): the packets up to the one that completed the newest window first, then the model runs on
+that window and the prediction goes out, then the rest of the batch (it only adds to windows not
+due yet) is binned. Windows passed over are counted (``windows_skipped``). Events are accounted
+for: received, binned, unused (only in skipped windows), unmapped (outside the mapping's crop),
+dropped (outside the sensor, bad polarity, time going back) and lost (the source's
+``events_sent`` minus those received: ZeroMQ high-water mark overflow; a worker that joins a stream
+already running counts from the source's first stats message it gets, and a source restart starts
+a new count); malformed messages are counted by reason and skipped.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import secrets
 import sys
 import threading
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import zmq
@@ -46,7 +62,7 @@ from numba import njit
 
 from inference.smoothing import SMOOTHING_METHODS, LabelSmoother, SmoothingConfig, softmax
 from stream.binning import SensorMapping, StreamingBinner, Window, WindowSpec, warmup
-from stream.events import SensorSize, empty_events
+from stream.events import EVENT_DTYPE, SensorSize, empty_events
 from stream.source import (
     END_LINGER_MS,
     END_WAIT_S,
@@ -61,12 +77,12 @@ from stream.transport import DEFAULT_HWM, EventSubscriber, Kind, Message, now_us
 
 log = logging.getLogger("inference.worker")
 
-DRAIN_BUDGET_S = 0.05  # at most this long binning queued packets before inferring the newest window
+DRAIN_BUDGET_S = 0.05  # at most this long receiving queued messages before inferring the newest window
+MAX_BATCH_EVENTS = 1 << 22  # a batch of packets is binned once it holds this many events (64 MiB)
 STATS_INTERVAL_S = 1.0
 DEFAULT_FRAME_FPS = 30.0
 RECV_TIMEOUT_MS = 50
 TIME_RESET_US = 1_000_000  # a packet this far behind the stream time restarts the windows
-PACKET_HISTORY = 256  # packets remembered to find the one that completed a window
 
 
 @njit(cache=True, nogil=True)
@@ -74,6 +90,25 @@ def _accumulate(x, y, p, counts):  # pragma: no cover - compiled
     """counts[p, y, x] += 1 per event (coordinates already checked by the transport)."""
     for i in range(x.shape[0]):
         counts[p[i], y[i], x[i]] += 1
+
+
+def _concatenate(arrays: list[np.ndarray]) -> np.ndarray:
+    """One EVENT_DTYPE array (``np.concatenate`` would promote the padded dtype to a packed one)."""
+    out = np.empty(sum(len(a) for a in arrays), dtype=EVENT_DTYPE)
+    position = 0
+    for array in arrays:
+        out[position : position + len(array)] = array
+        position += len(array)
+    return out
+
+
+class Packet(NamedTuple):
+    """Received events (time-ordered, checked by the transport) and when they travelled: the
+    sender's ``send_us`` and this worker's ``recv_us`` (transport clock, µs)."""
+
+    events: np.ndarray
+    send_us: int
+    recv_us: int
 
 
 @dataclass
@@ -98,6 +133,8 @@ class WorkerCounters:
     windows_in_gaps: int = 0  # silent windows inside time gaps (nothing to infer)
     sensor_changes: int = 0
     time_resets: int = 0
+    clocks_in: int = 0  # clock messages from the source
+    source_restarts: int = 0  # the source's counters started again
 
 
 @dataclass(frozen=True)
@@ -125,11 +162,14 @@ class InferenceWorker:
         metadata: the checkpoint metadata (``classes``, ``input.window``, ``input.sensor_mapping``,
             ``input.normalisation``).
         config: worker options.
+        worker_id: names this worker in every message (default: random, new at every start).
     """
 
-    def __init__(self, backend: Any, metadata: dict[str, Any], config: WorkerConfig = WorkerConfig()) -> None:
+    def __init__(self, backend: Any, metadata: dict[str, Any], config: WorkerConfig = WorkerConfig(),
+                 worker_id: str | None = None) -> None:  # fmt: skip
         self.backend = backend
         self.config = config
+        self.worker_id = worker_id or secrets.token_hex(4)
         self.classes = list(metadata["classes"])
         model_input = metadata["input"]
         window = WindowSpec.from_dict(model_input["window"])
@@ -143,7 +183,7 @@ class InferenceWorker:
         self.sensor: SensorSize | None = None
         self.binner: StreamingBinner | None = None
         self.pending: Window | None = None  # newest window not inferred yet
-        self._pending_packet: tuple[int, int] = (0, 0)  # (source send_us, recv_us) of its packet
+        self._pending_packet: tuple[int, int] = (0, 0)  # (send_us, recv_us) of the message completing it
         self._pending_binned_us = 0
         self._queue: list[tuple[Window, tuple[int, int], int]] = []  # all_windows mode
         self._frame_counts: np.ndarray | None = None
@@ -166,41 +206,100 @@ class InferenceWorker:
         self.pending = None
         self._queue.clear()
 
+    def _restart_windows(self, behind_us: int) -> None:
+        log.info("stream time went back %.3f s: restarting the windows", behind_us / 1e6)
+        self.counters.time_resets += 1
+        self._fold_binner_stats()
+        self.binner.reset()
+        self.smoother.reset()
+        self.pending = None
+        self._queue.clear()
+
     def push(self, events: np.ndarray, sensor: SensorSize, send_us: int, recv_us: int) -> None:
         """Bin one packet (time-ordered, checked events) that the source sent at ``send_us`` and the
         worker received at ``recv_us`` (transport clock, µs)."""
+        self.push_packets([Packet(events, send_us, recv_us)], sensor)
+
+    def push_packets(self, packets: list[Packet], sensor: SensorSize) -> None:
+        """Bin consecutive packets of one sensor as one batch (one binner call per run of packets;
+        a packet far behind the stream time starts a new run after restarting the windows)."""
         if self.sensor != sensor:
             self._rebuild(SensorSize(*sensor))
         counters = self.counters
-        counters.events_in += len(events)
-        counters.packets_in += 1
-        if len(events) == 0:
-            return
-        binner = self.binner
-        first_t = int(events["t"][0])
-        if binner.time_us is not None and first_t < binner.time_us - TIME_RESET_US:
-            log.info("stream time went back %.3f s: restarting the windows", (binner.time_us - first_t) / 1e6)
-            counters.time_resets += 1
-            self._fold_binner_stats()
-            binner.reset()
-            self.smoother.reset()
-            self.pending = None
-            self._queue.clear()
-        _accumulate(events["x"], events["y"], events["p"], self._frame_counts)
-        windows = binner.push(events, emit="all" if self.config.all_windows else "latest")
-        self._take(windows, (send_us, recv_us))
+        run: list[Packet] = []
+        time_us = self.binner.time_us
+        for packet in packets:
+            counters.events_in += len(packet.events)
+            counters.packets_in += 1
+            if not len(packet.events):
+                continue
+            first_t = int(packet.events["t"][0])
+            if time_us is not None and first_t < time_us - TIME_RESET_US:
+                self._bin_run(run)
+                run = []
+                self._restart_windows(time_us - first_t)
+                time_us = None
+            run.append(packet)
+            time_us = max(time_us, int(packet.events["t"][-1])) if time_us is not None else int(packet.events["t"][-1])
+        self._bin_run(run)
 
-    def _take(self, windows: list[Window], packet: tuple[int, int]) -> None:
+    def _bin_run(self, run: list[Packet]) -> None:
+        if not run:
+            return
+        events = run[0].events if len(run) == 1 else _concatenate([packet.events for packet in run])
+        _accumulate(events["x"], events["y"], events["p"], self._frame_counts)
+        windows = self.binner.push(events, emit="all" if self.config.all_windows else "latest")
+        if not windows:
+            return
+        # The packet that completed a window is the first one holding an event at or after its end.
+        last_t = np.array([int(packet.events["t"][-1]) for packet in run], dtype=np.int64)
+        last_t = np.maximum.accumulate(last_t)
+        index = np.minimum(np.searchsorted(last_t, [w.end_us for w in windows], side="left"), len(run) - 1)
+        self._take(windows, [(run[i].send_us, run[i].recv_us) for i in index.tolist()])
+
+    def split_at_newest_window(self, packets: list[Packet]) -> tuple[list[Packet], list[Packet]]:
+        """Split a batch (one sensor) into the packets up to the one that makes the newest window
+        due and the rest, which only add events to windows not due yet: bin the first part, infer,
+        then bin the rest, so the prediction does not wait for events it does not use."""
+        binner = self.binner
+        if self.config.all_windows or binner is None or binner.time_us is None or len(packets) < 2:
+            return packets, []
+        time_us = binner.time_us
+        last_t = np.array([int(p.events["t"][-1]) if len(p.events) else time_us for p in packets], dtype=np.int64)
+        first_t = np.array([int(p.events["t"][0]) if len(p.events) else time_us for p in packets], dtype=np.int64)
+        if first_t.min() < time_us - TIME_RESET_US:
+            return packets, []  # the windows restart inside this batch: bin it all
+        stride = self.window.stride_us
+        newest_end = int(last_t.max()) // stride * stride
+        if newest_end <= time_us:
+            return [], packets  # no window becomes due in this batch
+        index = int(np.argmax(last_t >= newest_end))
+        return packets[: index + 1], packets[index + 1 :]
+
+    def advance(self, time_us: int, send_us: int, recv_us: int) -> None:
+        """The source's clock: no event earlier than ``time_us`` (stream µs) will follow, so the
+        windows ending by then close (also while the source is silent). Ignored before the first
+        packet (no sensor, no binner yet)."""
+        self.counters.clocks_in += 1
+        if self.binner is None:
+            return
+        emit = "all" if self.config.all_windows else "latest"
+        windows = self.binner.push(empty_events(), now_us=int(time_us), emit=emit)
+        self._take(windows, [(send_us, recv_us)] * len(windows))
+
+    def _take(self, windows: list[Window], packets: list[tuple[int, int]]) -> None:
+        """Queue the windows now due; ``packets[i]`` = (send_us, recv_us) of the message that
+        completed ``windows[i]``."""
         if not windows:
             return
         binned_us = now_us()
         if self.config.all_windows:
-            self._queue.extend((window, packet, binned_us) for window in windows)
+            self._queue.extend((window, packet, binned_us) for window, packet in zip(windows, packets))
             return
         if self.pending is not None:
             self.counters.windows_skipped += 1  # replaced by a newer one before it was inferred
         self.counters.windows_skipped += len(windows) - 1
-        self.pending, self._pending_packet, self._pending_binned_us = windows[-1], packet, binned_us
+        self.pending, self._pending_packet, self._pending_binned_us = windows[-1], packets[-1], binned_us
 
     def flush(self) -> None:
         """End of stream: close the window holding the last events so it is inferred too."""
@@ -210,7 +309,8 @@ class InferenceWorker:
         stride = self.window.stride_us
         end_us = (binner.time_us // stride + 1) * stride
         emit = "all" if self.config.all_windows else "latest"
-        self._take(binner.push(empty_events(), now_us=end_us, emit=emit), (now_us(), now_us()))
+        windows = binner.push(empty_events(), now_us=end_us, emit=emit)
+        self._take(windows, [(now_us(), now_us())] * len(windows))
 
     def _fold_binner_stats(self) -> None:
         """Add the current binner's counters to the totals (before it is replaced or reset)."""
@@ -244,18 +344,21 @@ class InferenceWorker:
         logits = np.asarray(self.backend.predict(window.frames[None]))
         inference_ms = (time.perf_counter() - start) * 1000.0
         probabilities = softmax(logits.reshape(-1))
-        stable = self.smoother.update(probabilities)
+        # A window without events holds no gesture, whatever the model makes of an empty input.
+        stable = self.smoother.update(probabilities) if window.events > 0 else self.smoother.silence()
         index = int(probabilities.argmax())
         self.counters.windows += 1
         send_us, recv_us = packet
         message = {
             "type": "prediction",
+            "worker_id": self.worker_id,
             "seq": self._seq,
             "class_index": index,
             "class_name": self.classes[index],
             "probabilities": [round(float(v), 5) for v in probabilities],
             "stable": {"index": stable.index, "name": stable.name, "confidence": round(stable.confidence, 5)},
-            "window": {"start_us": window.end_us - self.window.window_us, "end_us": window.end_us, "events": window.events},
+            "window": {"start_us": window.end_us - self.window.window_us, "end_us": window.end_us,
+                       "stride_us": self.window.stride_us, "events": window.events},  # fmt: skip
             "timing": {
                 "source_send_us": send_us,
                 "recv_us": recv_us,
@@ -298,6 +401,59 @@ class InferenceWorker:
         return frame
 
 
+class LossCount:
+    """Events the source sent that never reached this worker, from the source's cumulative
+    ``events_sent`` (in its stats and end messages) and the events received before that message.
+
+    A worker that joins a running stream (its first packet has a sequence number above 0, or the
+    source had sent events before any reached it) counts from the first source message with
+    ``events_sent`` it gets: what was sent before it joined is not "lost". A source that starts
+    again (its packet sequence or its ``events_sent`` goes back) starts a new count, added to the
+    old one.
+    """
+
+    def __init__(self) -> None:
+        self.lost_before = 0  # in earlier source runs
+        self.restarts = 0
+        self._new_run()
+
+    def _new_run(self) -> None:
+        self.received = 0
+        self.base: int | None = None  # events_sent before this worker joined
+        self.joined_mid: bool | None = None
+        self.last_sent: int | None = None
+        self.last_seq: int | None = None
+        self.lost_now = 0
+
+    @property
+    def lost(self) -> int:
+        return self.lost_before + self.lost_now
+
+    def _restart(self) -> None:
+        self.lost_before += self.lost_now
+        self.restarts += 1
+        self._new_run()
+
+    def on_events(self, seq: int, count: int) -> None:
+        """A packet (sequence number ``seq``, ``count`` events) arrived."""
+        if self.last_seq is not None and seq < self.last_seq:
+            self._restart()
+        if self.joined_mid is None:
+            self.joined_mid = seq != 0
+        self.last_seq = seq
+        self.received += count
+
+    def on_sent(self, events_sent: int) -> None:
+        """The source says it has sent ``events_sent`` events so far."""
+        if self.last_sent is not None and events_sent < self.last_sent:
+            self._restart()
+        if self.base is None:
+            joined_mid = self.joined_mid if self.joined_mid is not None else events_sent > 0
+            self.base = events_sent - self.received if joined_mid else 0
+        self.last_sent = events_sent
+        self.lost_now = max(0, events_sent - self.base - self.received)
+
+
 # --- the stage ------------------------------------------------------------------------------
 
 
@@ -326,66 +482,123 @@ class WorkerLoop:
         self.publisher = publisher
         self.source_stats: dict[str, Any] = {}
         self.ended = False
+        self.paused = False  # the source's last clock message said paused
+        self.loss = LossCount()
+        self.busy_s: Counter[str] = Counter()  # seconds spent per part of the work
+        self.rejected: Counter[str] = Counter()  # malformed source messages the transport let through
+        self._started = time.monotonic()
         self._frame_interval_s = 1.0 / worker.config.frame_fps if worker.config.frame_fps > 0 else None
         self._next_frame = time.monotonic()
         self._next_stats = time.monotonic() + STATS_INTERVAL_S
-        self._stats_events = 0
+        self._batch: list[Packet] = []
+        self._batch_sensor: SensorSize | None = None
+        self._batch_events = 0
 
     def handle(self, message: Message) -> None:
-        """Act on one received message."""
+        """Act on one received message (event packets are batched: see ``step``)."""
         if message.kind == Kind.EVENTS:
-            self.worker.push(message.events, message.sensor_size, message.send_us, now_us())
-        elif message.kind == Kind.TRUTH:
+            if self._batch and (message.sensor_size != self._batch_sensor or self._batch_events >= MAX_BATCH_EVENTS):
+                self._bin_batch()
+            self.loss.on_events(message.seq, len(message.events))
+            self._batch.append(Packet(message.events, message.send_us, now_us()))
+            self._batch_sensor = message.sensor_size
+            self._batch_events += len(message.events)
+            return
+        self._bin_batch()  # keep the order of events and everything else
+        if message.kind == Kind.TRUTH:
             self.publisher.publish_truth(message.data)
         elif message.kind == STATUS_KIND and isinstance(message.data, dict):
-            kind = message.data.get("type")
-            if kind in ("stats", "end"):
-                self.source_stats = message.data
-                self._update_lost()
+            data = message.data
+            kind = data.get("type")
+            if kind == "clock":
+                self._on_clock(data, message.send_us)
+            elif kind in ("stats", "end"):
+                self.source_stats = data
+                sent = data.get("events_sent")
+                if isinstance(sent, int) and not isinstance(sent, bool):
+                    self.loss.on_sent(sent)
+                    self.worker.counters.events_lost = self.loss.lost
+                    self.worker.counters.source_restarts = self.loss.restarts
                 if kind == "end":
                     self.ended = True
 
-    def _update_lost(self) -> None:
-        """Events the source sent (up to its last status message) that never arrived."""
-        sent = self.source_stats.get("events_sent")
-        if isinstance(sent, int):
-            self.worker.counters.events_lost = max(0, sent - self.worker.counters.events_in)
+    def _on_clock(self, data: dict[str, Any], send_us: int) -> None:
+        time_us, paused = data.get("time_us"), data.get("paused", False)
+        if not isinstance(time_us, int) or isinstance(time_us, bool) or not isinstance(paused, bool):
+            self.rejected["bad_clock"] += 1  # counted and skipped like any malformed message
+            return
+        self.paused = paused
+        if not paused:
+            self.worker.advance(time_us, send_us, now_us())
+
+    def _bin_batch(self, packets: list[Packet] | None = None) -> None:
+        """Bin ``packets`` (default: the whole batch received so far)."""
+        if packets is None:
+            packets, self._batch, self._batch_events = self._batch, [], 0
+        if packets:
+            start = time.perf_counter()
+            self.worker.push_packets(packets, self._batch_sensor)
+            self.busy_s["bin"] += time.perf_counter() - start
 
     def _sync_subscriber_counters(self) -> None:
         stats = self.subscriber.stats
-        self.worker.counters.packets_lost = stats.lost
-        self.worker.counters.messages_rejected = stats.rejected_total
-        self.worker.counters.rejected = dict(stats.rejected)
+        rejected = Counter(stats.rejected) + self.rejected
+        counters = self.worker.counters
+        counters.packets_lost = stats.lost
+        counters.messages_rejected = sum(rejected.values())
+        counters.rejected = dict(rejected)
+
+    def _receive(self, timeout_ms: int) -> None:
+        """Wait up to ``timeout_ms`` for a message, then take whatever is queued (at most
+        ``DRAIN_BUDGET_S``)."""
+        start = time.perf_counter()
+        message = self.subscriber.recv(timeout_ms)
+        if message is None:
+            return
+        waited = time.perf_counter() - start
+        deadline = time.monotonic() + DRAIN_BUDGET_S
+        while message is not None:
+            self.handle(message)
+            if self.ended or time.monotonic() >= deadline:
+                break
+            message = self.subscriber.recv(0)
+        self.busy_s["receive"] += time.perf_counter() - start - waited
 
     def step(self, timeout_ms: int = RECV_TIMEOUT_MS) -> None:
-        """Wait up to ``timeout_ms`` for a message, drain the queue (bounded), infer, publish."""
-        message = self.subscriber.recv(timeout_ms)
-        if message is not None:
-            self.handle(message)
-            deadline = time.monotonic() + DRAIN_BUDGET_S
-            while not self.ended and time.monotonic() < deadline:
-                message = self.subscriber.recv(0)
-                if message is None:
-                    break
-                self.handle(message)
+        """Receive (waiting up to ``timeout_ms``, less when a frame is due), bin, infer the newest
+        window, publish; then bin the rest of the batch, publish a frame and stats when due."""
+        if self._frame_interval_s is not None and self.worker.sensor is not None and not self.paused:
+            timeout_ms = max(0, min(timeout_ms, round((self._next_frame - time.monotonic()) * 1000)))
+        self._receive(timeout_ms)
+        head, rest = self.worker.split_at_newest_window(self._batch) if self._batch else ([], [])
+        self._bin_batch(head)
+        self._batch, self._batch_events = rest, sum(len(p.events) for p in rest)
         if self.ended:
+            self._bin_batch()
             self.worker.flush()
         self._sync_subscriber_counters()
         while self.worker.has_window():
+            start = time.perf_counter()
             prediction = self.worker.infer()
+            middle = time.perf_counter()
             published_us = now_us()
             timing = prediction["timing"]
             timing["published_us"] = published_us
             timing["compute_ms"] = (published_us - timing["recv_us"]) / 1000.0
             self.publisher.publish_json(STATUS_KIND, prediction)
+            self.busy_s["infer"] += middle - start
+            self.busy_s["publish"] += time.perf_counter() - middle
             if not self.worker.config.all_windows:
                 break
+        self._bin_batch()
         now = time.monotonic()
-        if self._frame_interval_s is not None and now >= self._next_frame:
+        if self._frame_interval_s is not None and now >= self._next_frame and not self.paused:
             frame = self.worker.take_frame()
             if frame is not None:
                 self.publisher.publish_raw(Kind.FRAME, frame, count=2, sensor_size=self.worker.sensor)
-            self._next_frame = now + self._frame_interval_s
+            self._next_frame += self._frame_interval_s
+            if self._next_frame < now:  # late (a long inference): start the beat again, no burst
+                self._next_frame = now + self._frame_interval_s
         if now >= self._next_stats:
             self.publisher.publish_json(STATUS_KIND, self.status("stats"))
             self._next_stats = now + STATS_INTERVAL_S
@@ -394,11 +607,15 @@ class WorkerLoop:
         """A ``stats`` or ``end`` message."""
         return {
             "type": kind,
+            "worker_id": self.worker.worker_id,
             "counters": self.worker.counter_dict(),
             "backend": self.worker.backend_name,
             "sensor": list(self.worker.sensor) if self.worker.sensor else None,
             "window": self.worker.window.to_dict(),
             "source": self.source_stats,
+            "source_paused": self.paused,
+            "busy_s": {name: round(value, 4) for name, value in self.busy_s.items()},
+            "uptime_s": round(time.monotonic() - self._started, 3),
         }
 
     def run(self, duration_s: float | None = None, stop: threading.Event | None = None) -> None:
@@ -441,6 +658,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     if not args.checkpoint.is_file():
         raise ValueError(f"checkpoint {args.checkpoint} not found")
+    if args.frame_fps < 0 or args.frame_fps != args.frame_fps:
+        raise ValueError(f"--frame-fps must be >= 0, got {args.frame_fps}")
     config = WorkerConfig(
         stride_us=args.stride_us,
         all_windows=args.all_windows,
@@ -461,7 +680,8 @@ def main(argv: list[str] | None = None) -> int:
             topics = ("events", "truth", STATUS_KIND.topic.decode())
             subscriber = EventSubscriber(args.sub, topics, rcvhwm=args.hwm, allow_remote=args.allow_remote, context=context)
             with subscriber:  # closed first at the end: the source waits for it to leave
-                log.info("%s on %s: %s -> %s", worker.backend_name, args.checkpoint.name, args.sub, publisher.endpoint)
+                log.info("%s on %s (worker %s): %s -> %s", worker.backend_name, args.checkpoint.name, worker.worker_id,
+                         args.sub, publisher.endpoint)  # fmt: skip
                 loop = WorkerLoop(worker, subscriber, publisher)
                 loop.run(args.duration, stop.event)
             if loop.ended:
