@@ -49,11 +49,14 @@ SUPERVISE_POLL_S = 0.1  # how often a launcher without a consumer checks its sta
 
 
 class Endpoints(NamedTuple):
-    """ZeroMQ endpoints of the pipeline: ``events`` (source -> worker) and ``predictions``
-    (worker -> consumers: predictions, display frames, truth, stats, end of stream)."""
+    """ZeroMQ endpoints of the pipeline: ``events`` (source -> worker and GUI: events, truth,
+    the source's stats and clock messages), ``predictions`` (worker -> consumers: predictions,
+    display frames, truth, stats, end of stream) and ``control`` (the source stage's control
+    socket: pause, resume, seek, speed, loop, status; None: no control)."""
 
     events: str
     predictions: str
+    control: str | None = None
 
 
 # --- process supervision ------------------------------------------------------------------------
@@ -350,6 +353,8 @@ def source_stage(args: argparse.Namespace, endpoints: Endpoints, wait_subscriber
     stage_args += ["--wait-subscribers", str(wait_subscribers), "--quiet"]
     if args.loop:
         stage_args.append("--loop")
+    if endpoints.control:
+        stage_args += ["--control", endpoints.control]
     return Stage("source", "stream.source", stage_args)
 
 
