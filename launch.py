@@ -410,19 +410,21 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     temp_dir = None
-    if args.events_endpoint is None or args.predictions_endpoint is None:
+    if args.events_endpoint is None or args.predictions_endpoint is None or "source" in args.stages:
         temp_dir = tempfile.mkdtemp(prefix="spikeformer-")
     endpoints = Endpoints(
         args.events_endpoint or f"ipc://{temp_dir}/events",
         args.predictions_endpoint or f"ipc://{temp_dir}/predictions",
+        f"ipc://{temp_dir}/control" if "source" in args.stages else None,  # this machine only
     )
     previous_term = signal.signal(signal.SIGTERM, _raise_stop)
     children = []
     # Each publisher waits for its subscriber before sending, so no message is lost at start-up.
     if "worker" in args.stages:
         children.append(worker_stage(args, endpoints, wait_subscribers=1 if consumer_here else 0))
-    if "source" in args.stages:
-        children.append(source_stage(args, endpoints, wait_subscribers=1 if "worker" in args.stages else 0))
+    if "source" in args.stages:  # the GUI subscribes to the events too: wait for it as well as for the worker
+        gui_here = consumer_here and not args.headless
+        children.append(source_stage(args, endpoints, wait_subscribers=("worker" in args.stages) + gui_here))
     supervisor = Supervisor(children, policy=RestartPolicy() if args.on_failure == "restart" else None)
     try:
         if not consumer_here:
