@@ -17,6 +17,14 @@ processes are valid on the same machine. Across machines the end-to-end figure i
 * ``time_to_decision_ms``: per gesture, stream time from its start to the end of the first window
   whose stable label is correct, counting only windows that end inside the gesture. Stream time is
   event time; at ``--speed 1`` add the end-to-end latency for the wall-clock figure.
+* ``gaps``: pauses in the predictions longer than ``gap_threshold_s`` = max(1 s, 5 strides), as
+  ``{"start_s", "duration_s", "reason"}`` (seconds of this recorder's receive time since its first
+  message). ``reason`` is ``"worker restarted"`` when the predictions after the pause come from
+  another worker process (each worker start has a new random ``worker_id``), else ``"no
+  predictions"`` (a stalled or paused pipeline; also a pause that lasts until the recording stops).
+  ``worker_restarts`` counts the worker ids seen after the first, with or without a pause.
+* Counters (``windows``, ``events_in``, ``events_dropped``, ...) are summed over the workers seen
+  (each worker counts from its own start); ``counters`` holds every numeric counter summed.
 """
 
 from __future__ import annotations
@@ -52,6 +60,51 @@ def latency_summary(values_ms: Sequence[float] | np.ndarray) -> dict[str, float 
         "max": round(float(values.max()), 3),
         "count": int(values.size),
     }
+
+
+def gap_threshold_s(stride_us: int | None) -> float:
+    """Pauses longer than this are gaps: max(1 s, 5 strides) (1 s when the stride is unknown)."""
+    return max(1.0, 5 * stride_us / 1e6) if stride_us else 1.0
+
+
+def find_gaps(
+    times_s: Sequence[float] | np.ndarray, worker_ids: Sequence[str | None], threshold_s: float,
+    end_s: float | None = None,
+) -> list[dict]:  # fmt: skip
+    """Pauses longer than ``threshold_s`` between consecutive predictions received at ``times_s``
+    (seconds, ascending) from ``worker_ids``, and from the last one to ``end_s`` (the end of the
+    recording, None: not counted). Each is ``{"start_s", "duration_s", "reason"}``, reason
+    ``"worker restarted"`` when the worker id changed across the pause, else ``"no predictions"``."""
+    times = np.asarray(times_s, dtype=np.float64)
+    gaps = []
+    if times.size == 0:
+        return gaps
+    for i in np.flatnonzero(np.diff(times) > threshold_s).tolist():  # one iteration per gap
+        restarted = worker_ids[i] != worker_ids[i + 1]
+        gaps.append({"start_s": round(float(times[i]), 3), "duration_s": round(float(times[i + 1] - times[i]), 3),
+                     "reason": "worker restarted" if restarted else "no predictions"})  # fmt: skip
+    if end_s is not None and end_s - times[-1] > threshold_s:
+        gaps.append({"start_s": round(float(times[-1]), 3), "duration_s": round(float(end_s - times[-1]), 3),
+                     "reason": "no predictions"})  # fmt: skip
+    return gaps
+
+
+def sum_counters(per_worker: Iterable[dict]) -> dict:
+    """Numeric counters summed over workers (each counts from its own start); dicts of numbers
+    (``rejected``) are summed key by key."""
+    total: dict = {}
+    for counters in per_worker:
+        for name, value in counters.items():
+            if isinstance(value, bool):
+                continue
+            if isinstance(value, (int, float)):
+                total[name] = total.get(name, 0) + value
+            elif isinstance(value, dict):
+                inner = total.setdefault(name, {})
+                for key, number in value.items():
+                    if isinstance(number, (int, float)) and not isinstance(number, bool):
+                        inner[key] = inner.get(key, 0) + number
+    return total
 
 
 def _segment_arrays(segments: Iterable[GestureSegment]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -130,6 +183,12 @@ class HeadlessRecorder:
         self.compute_ms: list[float] = []
         self.e2e_ms: list[float] = []
         self.segments: list[GestureSegment] = []
+        self.prediction_us: list[int] = []  # when each prediction arrived here (transport clock)
+        self.prediction_worker: list[str | None] = []
+        self.worker_ids: list[str] = []  # in the order they were first seen
+        self.worker_counters: dict[str | None, dict] = {}  # the latest counters of each worker
+        self.stride_us: int | None = None
+        self.stopped_us: int | None = None  # when the recording stopped (set by ``record``)
         self.counters: dict = {}
         self.source: dict = {}
         self.backend: str | None = None
@@ -150,8 +209,16 @@ class HeadlessRecorder:
         if message.kind != STATUS_KIND or not isinstance(data, dict):
             return
         kind = data.get("type")
+        if kind not in ("prediction", "stats", "end"):
+            return
+        worker_id = data.get("worker_id")
+        if worker_id is not None and worker_id not in self.worker_ids:
+            self.worker_ids.append(worker_id)
         if kind == "prediction":
             timing = data["timing"]
+            self.prediction_us.append(recv_us)
+            self.prediction_worker.append(worker_id)
+            self.stride_us = data["window"].get("stride_us", self.stride_us)
             self.window_start_us.append(int(data["window"]["start_us"]))
             self.window_end_us.append(int(data["window"]["end_us"]))
             self.class_index.append(int(data["class_index"]))
@@ -159,12 +226,15 @@ class HeadlessRecorder:
             self.compute_ms.append(float(timing["compute_ms"]))
             self.e2e_ms.append((recv_us - int(timing["source_send_us"])) / 1000.0)
             self.last_prediction = data
-        elif kind in ("stats", "end"):
+        else:
             self.source = data.get("source") or self.source
             self.ended = self.ended or kind == "end"
-        else:
-            return
-        self.counters = data.get("counters", self.counters)
+            window = data.get("window")
+            if isinstance(window, dict) and self.stride_us is None:
+                self.stride_us = window.get("stride_us")
+        if isinstance(data.get("counters"), dict):
+            self.worker_counters[worker_id] = data["counters"]
+            self.counters = sum_counters(self.worker_counters.values())
         self.backend = data.get("backend", self.backend)
         self.sensor = data.get("sensor", self.sensor)
 
@@ -176,6 +246,13 @@ class HeadlessRecorder:
         """
         counters = self.counters
         active_s = (self.last_us - self.first_us) / 1e6 if self.first_us is not None else 0.0
+        threshold_s = gap_threshold_s(self.stride_us)
+        origin_us = self.first_us or 0
+        end_us = self.stopped_us if self.stopped_us is not None else self.last_us
+        gaps = find_gaps(
+            (np.asarray(self.prediction_us, dtype=np.int64) - origin_us) / 1e6, self.prediction_worker, threshold_s,
+            None if end_us is None or self.ended else (end_us - origin_us) / 1e6,
+        )  # fmt: skip
         report = {
             "latency_ms": latency_summary(self.compute_ms),
             "e2e_latency_ms": latency_summary(self.e2e_ms),
@@ -193,6 +270,10 @@ class HeadlessRecorder:
             "counters": counters,
             "source": self.source,
             "gestures": len(self.segments),
+            "gaps": gaps,
+            "gap_threshold_s": threshold_s,
+            "worker_restarts": max(0, len(self.worker_ids) - 1),
+            "worker_ids": self.worker_ids,
         }
         if self.segments:
             truth = window_truth(self.window_start_us, self.window_end_us, self.segments)
@@ -226,6 +307,8 @@ def format_summary(report: dict) -> str:
         ("windows inferred / skipped", f"{report['windows']} / {report['windows_skipped']}"),
         ("events in / dropped (lost)", f"{report['events_in']} / {report['events_dropped']} ({report['events_lost']})"),
         ("event rate (ev/s)", report.get("event_rate")),
+        ("worker restarts", report.get("worker_restarts", 0)),
+        (f"gaps > {report.get('gap_threshold_s', 1.0):g} s", _gaps_text(report.get("gaps", []))),
     ]
     if "accuracy" in report:
         accuracy = report["accuracy"]
@@ -237,6 +320,15 @@ def format_summary(report: dict) -> str:
                      f"{decision['undecided']} not)"))  # fmt: skip
     lines = ["| metric | value |", "|---|---|"] + [f"| {name} | {value} |" for name, value in rows]
     return "\n".join(lines)
+
+
+def _gaps_text(gaps: list[dict], shown: int = 3) -> str:
+    if not gaps:
+        return "none"
+    total = sum(gap["duration_s"] for gap in gaps)
+    items = [f"{gap['duration_s']:.1f} s at {gap['start_s']:.1f} s ({gap['reason']})" for gap in gaps[:shown]]
+    more = f", {len(gaps) - shown} more" if len(gaps) > shown else ""
+    return f"{len(gaps)}, {total:.1f} s in all: " + "; ".join(items) + more
 
 
 def record(
@@ -286,6 +378,7 @@ def record(
             if not quiet and now >= next_progress:
                 _progress(recorder)
                 next_progress = now + 1.0
+        recorder.stopped_us = now_us()
     return recorder, time.monotonic() - started, failures
 
 

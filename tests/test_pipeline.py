@@ -15,13 +15,23 @@ import numpy as np
 import pytest
 import zmq
 
-from inference.headless import latency_summary, times_to_decision_ms, window_accuracy, window_truth
+from inference.headless import (
+    HeadlessRecorder,
+    find_gaps,
+    format_summary,
+    gap_threshold_s,
+    latency_summary,
+    sum_counters,
+    times_to_decision_ms,
+    window_accuracy,
+    window_truth,
+)
 from inference.smoothing import NO_GESTURE_INDEX, LabelSmoother, SmoothingConfig, majority_vote
-from inference.worker import InferenceWorker, WorkerConfig, WorkerLoop
+from inference.worker import InferenceWorker, LossCount, Packet, WorkerConfig, WorkerLoop
 from stream.classes import GESTURE_CLASSES, NO_GESTURE
 from stream.events import GestureSegment, SensorSize, make_events
 from stream.source import STATUS_KIND, StagePublisher
-from stream.transport import EventSubscriber, Kind, encode_events
+from stream.transport import EventSubscriber, Kind, encode_events, now_us
 
 REPO = Path(__file__).resolve().parents[1]
 TEST_BACKEND = "onnxruntime"  # the default CPU backend of `auto`
@@ -127,6 +137,40 @@ def test_report_statistics():
     assert latency_summary([])["p99"] is None
 
 
+def test_gaps_worker_restarts_and_counter_sums():
+    assert gap_threshold_s(50_000) == 1.0 and gap_threshold_s(400_000) == 2.0 and gap_threshold_s(None) == 1.0
+    times = [0.0, 0.05, 0.1, 1.6, 1.65, 4.0, 4.05]
+    ids = ["a", "a", "a", "a", "a", "b", "b"]
+    gaps = find_gaps(times, ids, 1.0, end_s=6.0)
+    assert gaps == [
+        {"start_s": 0.1, "duration_s": 1.5, "reason": "no predictions"},
+        {"start_s": 1.65, "duration_s": 2.35, "reason": "worker restarted"},
+        {"start_s": 4.05, "duration_s": 1.95, "reason": "no predictions"},  # silent until the recording stopped
+    ]
+    assert find_gaps(times, ids, 3.0, end_s=4.1) == [] and find_gaps([], [], 1.0, end_s=9.0) == []
+    total = sum_counters([{"events_in": 10, "windows": 2, "rejected": {"bad_json": 1}, "ok": True},
+                          {"events_in": 5, "windows": 1, "rejected": {"bad_json": 2, "short_header": 1}}])  # fmt: skip
+    assert total == {"events_in": 15, "windows": 3, "rejected": {"bad_json": 3, "short_header": 1}}
+
+
+def test_loss_count_joins_running_streams_and_follows_source_restarts():
+    loss = LossCount()  # from the start of the stream: every event not received is lost
+    loss.on_events(0, 100)
+    loss.on_events(2, 100)  # packet 1 (100 events) never arrived
+    loss.on_sent(300)
+    assert loss.lost == 100
+    late = LossCount()  # joined a running stream: what was sent before it joined is not lost
+    late.on_events(57, 100)
+    late.on_sent(5_700 + 100)
+    late.on_events(58, 100)
+    late.on_events(60, 100)  # packet 59 lost
+    late.on_sent(5_700 + 400)
+    assert late.lost == 100
+    late.on_events(0, 50)  # the source started again: a new count, added to the old one
+    late.on_sent(80)
+    assert late.lost == 130 and late.restarts == 1
+
+
 # --- the worker in process -----------------------------------------------------------------------
 
 
@@ -150,6 +194,39 @@ def test_worker_infers_the_newest_window_and_counts_the_rest(backend):
     assert worker.counter_dict()["events_in"] == len(events) + 20_000
     frame = worker.take_frame()
     assert frame.shape == (2, 260, 346) and frame.dtype == np.uint8 and frame.sum() > 0
+
+
+def test_a_batch_of_packets_bins_like_packets_one_by_one(backend):
+    model, metadata = backend
+    sensor = SensorSize(64, 64)
+    events = synthetic_events(0, 600_000, 100_000, sensor)
+    packets = [Packet(chunk, i, 1000 + i) for i, chunk in enumerate(np.array_split(events, 40))]
+    one_by_one = InferenceWorker(model, metadata, WorkerConfig(all_windows=True))
+    for packet in packets:
+        one_by_one.push(packet.events, sensor, packet.send_us, packet.recv_us)
+    batched = InferenceWorker(model, metadata, WorkerConfig(all_windows=True))
+    batched.push_packets(packets, sensor)
+    assert len(batched._queue) == len(one_by_one._queue) == 11  # windows end at 50, 100, ... 550 ms
+    for (window_a, packet_a, _), (window_b, packet_b, _) in zip(one_by_one._queue, batched._queue):
+        assert window_a.end_us == window_b.end_us and window_a.events == window_b.events
+        np.testing.assert_array_equal(window_a.frames, window_b.frames)
+        assert packet_a == packet_b  # the same packet completed the window (first with an event >= its end)
+    assert one_by_one.counter_dict() == batched.counter_dict()
+    np.testing.assert_array_equal(one_by_one.take_frame(), batched.take_frame())
+
+    # Newest-window split: bin up to the packet that makes the newest window due, infer, then the rest.
+    worker = InferenceWorker(model, metadata, WorkerConfig())
+    worker.push_packets(packets[:5], sensor)
+    worker.pending = None
+    head, rest = worker.split_at_newest_window(packets[5:])
+    newest_end = int(events["t"][-1]) // 50_000 * 50_000
+    assert head[-1].events["t"][-1] >= newest_end > head[-2].events["t"][-1]
+    worker.push_packets(head, sensor)
+    assert worker.pending.end_us == newest_end and worker._pending_packet == (head[-1].send_us, head[-1].recv_us)
+    worker.pending = None
+    worker.push_packets(rest, sensor)
+    assert worker.pending is None  # the rest only fills windows that are not due yet
+    assert worker.counter_dict()["events_in"] == len(events)
 
 
 class SlowBackend:
@@ -206,6 +283,71 @@ def test_overloaded_worker_skips_windows_and_keeps_latency_bounded(backend, tmp_
     assert max(compute) < 1000 * delay_s + 600
 
 
+def _publish_then_fall_silent(publisher: StagePublisher, sensor: SensorSize, phases: dict) -> None:
+    """0.3 s of events at once, then clock messages every 20 ms (the source's watermark: last
+    event time + wall time since): 0.6 s silent, 0.4 s paused, then the end message."""
+    events = synthetic_events(0, 300_000, 50_000, sensor)
+    publisher.publish_events(events, sensor)
+    last_t = int(events["t"][-1])
+    phases["last_t"] = last_t
+    start = time.monotonic()
+    phases["silent_us"] = now_us()
+    clock = last_t
+    while (elapsed := time.monotonic() - start) < 1.0:
+        paused = elapsed >= 0.6
+        if paused and "paused_us" not in phases:
+            phases["paused_us"], phases["paused_at_t"] = now_us(), clock
+        if not paused:
+            clock = last_t + int(elapsed * 1e6)
+        publisher.publish_json(STATUS_KIND, {"type": "clock", "time_us": clock, "paused": paused})
+        time.sleep(0.02)  # the clock's own pace (every 20 ms of wall time), not synchronisation
+    phases["end_us"] = now_us()
+    publisher.publish_json(STATUS_KIND, {"type": "clock", "time_us": "soon", "paused": False})  # malformed
+    publisher.publish_json(STATUS_KIND, {"type": "end", "events_sent": len(events)}, reliable=True)
+
+
+def test_clock_messages_close_windows_while_the_source_is_silent(backend, tmp_path):
+    model, metadata = backend
+    fps = 20.0
+    # Threshold 0: every window with events gets a label, so "no gesture" can only come from emptiness.
+    worker = InferenceWorker(model, metadata, WorkerConfig(frame_fps=fps, smoothing=SmoothingConfig(threshold=0.0)))
+    sensor = SensorSize(64, 64)
+    phases: dict = {}
+    with StagePublisher(f"ipc://{tmp_path}/ev") as publisher, EventSubscriber(publisher.endpoint, ("events", "prediction")) as subscriber:
+        with StagePublisher(f"ipc://{tmp_path}/pr") as loop_publisher, \
+                EventSubscriber(loop_publisher.endpoint, ("prediction", "frame"), rcvhwm=10_000) as consumer:  # fmt: skip
+            assert publisher.wait_for_subscribers(1, b"events", timeout_s=10)
+            assert loop_publisher.wait_for_subscribers(1, b"frame", timeout_s=10)
+            sender = threading.Thread(target=_publish_then_fall_silent, args=(publisher, sensor, phases))
+            sender.start()
+            loop = WorkerLoop(worker, subscriber, loop_publisher)
+            loop.run(duration_s=30)
+            sender.join()
+            predictions, frames = [], []
+            while (message := consumer.recv(0)) is not None:
+                if message.kind == Kind.FRAME:
+                    frames.append(message.send_us)
+                elif message.data.get("type") == "prediction":
+                    predictions.append(message.data)
+    assert loop.ended and worker.counters.clocks_in >= 20
+    assert worker.counter_dict()["rejected"] == {"bad_clock": 1}
+    ends = [p["window"]["end_us"] for p in predictions]
+    # Windows kept closing while no event came, up to the clock of the pause (not beyond) ...
+    assert max(ends) >= phases["last_t"] + 300_000, (phases, ends)
+    assert max(ends) <= phases["paused_at_t"] + 50_000
+    # ... and a window without events is "no gesture", whatever the model says.
+    empty = [p for p in predictions if p["window"]["events"] == 0]
+    assert len(empty) >= 2 and all(p["stable"]["index"] == NO_GESTURE_INDEX for p in empty)
+    assert all(p["stable"]["index"] != NO_GESTURE_INDEX for p in predictions if p["window"]["events"] > 0)
+    assert all(p["worker_id"] == worker.worker_id for p in predictions)
+    # Frames go on at the frame rate while silent (no more), and stop while paused.
+    silent = [t for t in frames if phases["silent_us"] <= t < phases["paused_us"]]
+    silent_s = (phases["paused_us"] - phases["silent_us"]) / 1e6
+    assert 0.5 * fps * silent_s <= len(silent) <= fps * silent_s + 1, (len(silent), silent_s)
+    paused = [t for t in frames if phases["paused_us"] + 60_000 <= t < phases["end_us"]]
+    assert paused == []
+
+
 def test_worker_stage_keeps_running_through_garbage(tiny_checkpoint, stage_env, tmp_path):
     events_endpoint, predictions_endpoint = f"ipc://{tmp_path}/ev", f"ipc://{tmp_path}/pr"
     sensor = SensorSize(128, 128)
@@ -247,6 +389,84 @@ def test_worker_stage_keeps_running_through_garbage(tiny_checkpoint, stage_env, 
     assert counters["messages_rejected"] >= 4
     assert counters["events_in"] == len(good) + 5000 and counters["events_lost"] == 0
     assert counters["windows"] >= 1
+
+
+def _publish_live(publisher: StagePublisher, sensor: SensorSize, stop: threading.Event, sent: list[int]) -> None:
+    """A live source: 2 ms packets in real time and a stats message (cumulative ``events_sent``)
+    every 0.2 s, until ``stop``."""
+    start = time.monotonic()
+    first = 0
+    next_stats = 0.2
+    while not stop.is_set():
+        packet = synthetic_events(first, first + 2_000, 50_000, sensor, seed=first)
+        delay = start + first * 1e-6 - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)  # pacing a real-time source, not synchronisation
+        publisher.publish_events(packet, sensor)
+        sent[0] += len(packet)
+        first += 2_000
+        if first * 1e-6 >= next_stats:
+            publisher.publish_json(STATUS_KIND, {"type": "stats", "events_sent": sent[0]})
+            next_stats += 0.2
+
+
+def test_headless_reports_a_killed_and_restarted_worker_as_a_gap(tiny_checkpoint, stage_env, tmp_path):
+    events_endpoint, predictions_endpoint = f"ipc://{tmp_path}/ev", f"ipc://{tmp_path}/pr"
+    command = [sys.executable, "-m", "inference.worker", "--sub", events_endpoint, "--pub", predictions_endpoint,
+               "--checkpoint", str(tiny_checkpoint), "--backend", TEST_BACKEND, "--wait-subscribers", "1",
+               "--frame-fps", "0"]  # fmt: skip
+    sensor = SensorSize(64, 64)
+    recorder = HeadlessRecorder()
+    stop, sent = threading.Event(), [0]
+    workers: list[subprocess.Popen] = []
+
+    def record_until(count: int, worker_index: int, timeout_s: float = 90) -> None:
+        """Record until ``count`` predictions came from the worker_index-th worker id seen."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            message = consumer.recv(100)
+            if message is not None:
+                recorder.add(message, now_us())
+            if len(recorder.worker_ids) > worker_index:
+                wanted = recorder.worker_ids[worker_index]
+                if sum(w == wanted for w in recorder.prediction_worker) >= count:
+                    return
+        raise AssertionError(f"no {count} predictions from worker {worker_index + 1}: {recorder.worker_ids}")
+
+    with StagePublisher(events_endpoint) as publisher, \
+            EventSubscriber(predictions_endpoint, ("prediction",), rcvhwm=10_000) as consumer:  # fmt: skip
+        sender = threading.Thread(target=_publish_live, args=(publisher, sensor, stop, sent))
+        try:
+            workers.append(subprocess.Popen(command, cwd=REPO, env=stage_env, stderr=subprocess.DEVNULL))
+            assert publisher.wait_for_subscribers(1, b"events", timeout_s=120), "the worker never subscribed"
+            sender.start()
+            record_until(10, 0)
+            workers[0].kill()  # SIGKILL: no goodbye, the socket files stay behind
+            workers[0].wait()
+            killed_us = now_us()
+            workers.append(subprocess.Popen(command, cwd=REPO, env=stage_env, stderr=subprocess.DEVNULL))
+            record_until(10, 1)
+        finally:
+            stop.set()
+            if sender.is_alive():
+                sender.join()
+            for worker in workers:
+                if worker.poll() is None:
+                    worker.kill()
+                worker.wait()
+    recorder.stopped_us = now_us()
+    report = recorder.report(str(tiny_checkpoint), 0.0)
+    assert report["worker_restarts"] == 1 and len(report["worker_ids"]) == 2
+    restart_gaps = [gap for gap in report["gaps"] if gap["reason"] == "worker restarted"]
+    assert len(restart_gaps) == 1, report["gaps"]
+    gap = restart_gaps[0]
+    assert gap["duration_s"] > report["gap_threshold_s"] == 1.0
+    assert gap["start_s"] <= (killed_us - recorder.first_us) / 1e6 <= gap["start_s"] + gap["duration_s"]
+    # The second worker joined a running stream: what was sent before it is not counted as lost.
+    assert report["events_lost"] == 0 and report["events_dropped"] == 0
+    assert 0 < report["events_in"] < sent[0] and report["windows"] >= 20
+    summary = format_summary(report)
+    assert "| worker restarts | 1 |" in summary and "worker restarted" in summary
 
 
 # --- launch.py end to end ------------------------------------------------------------------------
