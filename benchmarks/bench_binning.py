@@ -1,9 +1,14 @@
-"""Binning speed: ``python benchmarks/bench_binning.py [--events N]``.
+"""Binning speed: ``python benchmarks/bench_binning.py [--events N] [--repeats R]``.
 
-Prints markdown tables (best of several runs, this machine, same events for every method):
-throughput of ``bin_window`` and ``StreamingBinner.push`` vs tonic's ``ToFrame`` and a NumPy
-``np.add.at`` binner; the cost of emitting one window; Numba cold start with and without the
-on-disk cache; a 5 M-event burst chunk.
+Prints markdown tables (best of several runs, this machine, same events and same output for every
+method): throughput of ``bin_window`` (fresh array, reused ``out=``, one and all threads) and of
+``StreamingBinner.push`` vs tonic's ``ToFrame`` and a NumPy ``np.add.at`` binner, on uniform random
+events and on the simulator's person; the cost of emitting one window; Numba cold start with and
+without the on-disk cache; a 50 M events/s burst in one chunk.
+
+Window: T=16 bins of 50 ms (0.8 s, the built-in checkpoint's window). Events per window (default
+4 M, ``--events``): 5 M events/s on average, e.g. a busy 640x480 scene, or 50 M events/s bursts
+during a tenth of the window.
 """
 
 from __future__ import annotations
@@ -27,25 +32,54 @@ from stream.binning import (  # noqa: E402
     StreamingBinner,
     WindowSpec,
     bin_window,
+    default_threads,
     warmup,
 )
-from stream.events import empty_events, make_events, to_tonic  # noqa: E402
+from stream.events import SensorSize, empty_events, make_events, to_tonic  # noqa: E402
+
+WINDOW = WindowSpec(16, 50_000, 50_000)
 
 
 def best_of(function, repeats: int) -> float:
     """Fastest wall time of ``repeats`` calls, in seconds."""
-    times = []
+    return race({"": function}, repeats)[""]
+
+
+def race(functions: dict, repeats: int) -> dict:
+    """Fastest wall time of each function over ``repeats`` rounds, in seconds. In every round each
+    function runs once, in turn, so a change of load on a shared machine hits all of them alike."""
+    times: dict = {name: [] for name in functions}
     for _ in range(repeats):
-        started = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - started)
-    return min(times)
+        for name, function in functions.items():
+            started = time.perf_counter()
+            function()
+            times[name].append(time.perf_counter() - started)
+    return {name: min(values) for name, values in times.items()}
 
 
 def random_events(count: int, sensor: tuple[int, int], duration_us: int, seed: int = 0) -> np.ndarray:
+    """Time-sorted events, uniform over the sensor and ``[0, duration_us)`` (worst case for caches)."""
     rng = np.random.default_rng(seed)
     t = np.sort(rng.integers(0, duration_us, count))
     return make_events(t, rng.integers(0, sensor[0], count), rng.integers(0, sensor[1], count), rng.integers(0, 2, count))
+
+
+def simulator_events(count: int, sensor: tuple[int, int], duration_us: int, seed: int = 0) -> np.ndarray:
+    """The simulator's person (right arm clockwise) over ``[0, duration_us)``, made about ``count``
+    events by repeating each event k times at pixel shifts of at most 2 pixels (time order kept):
+    the same spatially clustered scene, k times busier."""
+    from stream.simulator import simulate_gesture
+
+    events, _ = simulate_gesture(3, seed=seed, sensor_size=SensorSize(*sensor), duration_us=duration_us)
+    events = events[events["t"] < duration_us]
+    copies = max(1, round(count / len(events)))
+    shifts = np.random.default_rng(seed).integers(-2, 3, (copies, 2))
+    shifts[0] = 0
+    events = np.repeat(events, copies)
+    copy = np.tile(np.arange(copies), len(events) // copies)
+    events["x"] = np.clip(events["x"] + shifts[copy, 0], 0, sensor[0] - 1)
+    events["y"] = np.clip(events["y"] + shifts[copy, 1], 0, sensor[1] - 1)
+    return events
 
 
 def numpy_add_at(events: np.ndarray, sensor: tuple[int, int], spec: WindowSpec, start_us: int) -> np.ndarray:
@@ -60,37 +94,56 @@ def numpy_add_at(events: np.ndarray, sensor: tuple[int, int], spec: WindowSpec, 
 def throughput_table(count: int, repeats: int) -> None:
     import tonic
 
-    print(f"\n### Throughput, {count / 1e6:g} M events in one window (T=16), M events/s (higher is better)\n")
-    print("| sensor -> input | bin_window | streaming push (64k chunks) | tonic ToFrame | np.add.at | bin_window / tonic | bin_window / np.add.at |")
-    print("|---|---|---|---|---|---|---|")
+    threads = default_threads()
+    print(f"\n### Throughput, about {count / 1e6:g} M events in one window (T=16 x 50 ms), M events/s (higher is better)\n")
+    print(f"bin_window: fresh = a new array each call (as tonic and np.add.at); out= = the caller's array, "
+          f"zeroed and reused; {threads} threads = out= and `threads={threads}` (this machine's CPUs). Streaming: "
+          "push 64k-event chunks and emit the 16 windows that end in the 0.8 s (each a new [16, 2, H, W] array). "
+          "Methods take turns in each round; best of the rounds.\n")  # fmt: skip
+    print(f"| events | sensor -> input | bin_window fresh | out= | out=, {threads} threads | streaming push (64k chunks) "
+          "| tonic ToFrame | np.add.at | fresh / tonic | out= / tonic | threads / tonic | fresh / np.add.at |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for sensor, model in (((128, 128), (128, 128)), ((640, 480), (640, 480)), ((640, 480), (128, 128))):
-        spec = WindowSpec(16, 10_000, 10_000)
-        events = random_events(count, sensor, spec.window_us)
-        events["t"][0] = 0  # tonic's bins start at the first event
-        mapping = SensorMapping.create(sensor, model)
-        out = np.zeros((16, 2, model[1], model[0]), np.float32)
-        ours = best_of(lambda: bin_window(events, mapping, spec, 0, out=out), repeats)
-        chunks = np.array_split(events, max(1, count // 65_536))
+        for kind, make in (("uniform", random_events), ("simulator", simulator_events)):
+            events = make(count, sensor, WINDOW.window_us)
+            events["t"][0] = 0  # tonic's bins start at the first event
+            n = len(events)
+            mapping = SensorMapping.create(sensor, model)
+            out = np.zeros((WINDOW.bins, 2, model[1], model[0]), np.float32)
+            chunks = np.array_split(events, max(1, n // 65_536))
 
-        def stream() -> None:
-            binner = StreamingBinner(mapping, spec)
-            for chunk in chunks:
-                binner.push(chunk)
-            binner.push(empty_events(), now_us=spec.window_us)
+            def stream() -> None:
+                binner = StreamingBinner(mapping, WINDOW)
+                for chunk in chunks:
+                    binner.push(chunk)
+                binner.push(empty_events(), now_us=WINDOW.window_us)
 
-        streaming = best_of(stream, repeats)
-        row = [f"{sensor[0]}x{sensor[1]} -> {model[0]}x{model[1]}", f"{count / ours / 1e6:.1f}", f"{count / streaming / 1e6:.1f}"]
-        if sensor == model:
-            tonic_events = to_tonic(events)
-            to_frame = tonic.transforms.ToFrame(sensor_size=(*sensor, 2), time_window=spec.bin_us, include_incomplete=True)
-            reference = to_frame(tonic_events)
-            assert np.array_equal(reference, bin_window(events, mapping, spec, 0)), "tonic disagrees"
-            tonic_s = best_of(lambda: to_frame(tonic_events), max(1, repeats // 2))
-            numpy_s = best_of(lambda: numpy_add_at(events, sensor, spec, 0), max(1, repeats // 2))
-            row += [f"{count / tonic_s / 1e6:.1f}", f"{count / numpy_s / 1e6:.1f}", f"{tonic_s / ours:.0f}x", f"{numpy_s / ours:.0f}x"]
-        else:
-            row += ["n/a (no resize)", "n/a", "", ""]
-        print("| " + " | ".join(row) + " |")
+            methods = {
+                "fresh": lambda: bin_window(events, mapping, WINDOW, 0, threads=1),
+                "out": lambda: bin_window(events, mapping, WINDOW, 0, out=out, threads=1),
+                "threads": lambda: bin_window(events, mapping, WINDOW, 0, out=out, threads=threads),
+                "streaming": stream,
+            }
+            if sensor == model:
+                tonic_events = to_tonic(events)
+                to_frame = tonic.transforms.ToFrame(sensor_size=(*sensor, 2), time_window=WINDOW.bin_us, include_incomplete=True)
+                ours = bin_window(events, mapping, WINDOW, 0)
+                if not np.array_equal(to_frame(tonic_events), ours):
+                    raise SystemExit(f"tonic disagrees with bin_window on {kind} events at {sensor}")
+                if not np.array_equal(numpy_add_at(events, sensor, WINDOW, 0), ours):
+                    raise SystemExit(f"np.add.at disagrees with bin_window on {kind} events at {sensor}")
+                methods["tonic"] = lambda: to_frame(tonic_events)
+                methods["numpy"] = lambda: numpy_add_at(events, sensor, WINDOW, 0)
+            seconds = race(methods, repeats)
+            row = [f"{n / 1e6:.2f} M {kind}", f"{sensor[0]}x{sensor[1]} -> {model[0]}x{model[1]}"]
+            row += [f"{n / seconds[name] / 1e6:.0f}" for name in ("fresh", "out", "threads", "streaming")]
+            if sensor == model:
+                row += [f"{n / seconds[name] / 1e6:.1f}" for name in ("tonic", "numpy")]
+                row += [f"{seconds['tonic'] / seconds[name]:.1f}x" for name in ("fresh", "out", "threads")]
+                row += [f"{seconds['numpy'] / seconds['fresh']:.1f}x"]
+            else:
+                row += ["n/a (no resize)", "n/a", "", "", "", ""]
+            print("| " + " | ".join(row) + " |", flush=True)
 
 
 def emission_table(repeats: int) -> None:
@@ -147,25 +200,29 @@ def cold_start_table() -> None:
 
 def burst_table(repeats: int) -> None:
     count = 5_000_000
-    print(f"\n### Burst: one chunk of {count / 1e6:g} M events spanning 100 ms (50 M events/s), 346x260 -> 128x128, T=16 x 10 ms, stride 10 ms\n")
+    threads = default_threads()
+    print(f"\n### Burst: one chunk of {count / 1e6:g} M events spanning 100 ms (50 M events/s), 640x480 -> 128x128, "
+          "T=16 x 10 ms, stride 10 ms\n")  # fmt: skip
     spec = WindowSpec(16, 10_000, 10_000)
-    mapping = SensorMapping.create((346, 260), (128, 128))
-    events = random_events(count, (346, 260), 100_000, seed=1)
+    mapping = SensorMapping.create((640, 480), (128, 128))
+    events = random_events(count, (640, 480), 100_000, seed=1)
     warm = events[events["t"] < 1]
 
-    def push(emit: str) -> int:
-        binner = StreamingBinner(mapping, spec)
+    def push(emit: str, threads: int) -> int:
+        binner = StreamingBinner(mapping, spec, threads=threads)
         binner.push(warm)
         return len(binner.push(events[len(warm) :], now_us=100_000, emit=emit))
 
-    print("| mode | windows returned | s | M events/s | x real time (50 M events/s) |")
-    print("|---|---|---|---|---|")
+    print("| mode | threads | windows returned | s | M events/s | x real time (50 M events/s) |")
+    print("|---|---|---|---|---|---|")
     for emit in ("all", "latest"):
-        windows = push(emit)
-        seconds = best_of(lambda: push(emit), repeats)
-        print(f"| emit={emit} | {windows} | {seconds:.3f} | {count / seconds / 1e6:.0f} | {0.1 / seconds:.1f}x |")
-    seconds = best_of(lambda: bin_window(events, mapping, WindowSpec(10, 10_000, 10_000), 0), repeats)
-    print(f"| bin_window (10 bins, offline) | 1 | {seconds:.3f} | {count / seconds / 1e6:.0f} | {0.1 / seconds:.1f}x |")
+        for used in sorted({1, threads}):
+            windows = push(emit, used)
+            seconds = best_of(lambda: push(emit, used), repeats)
+            print(f"| emit={emit} | {used} | {windows} | {seconds:.3f} | {count / seconds / 1e6:.0f} | {0.1 / seconds:.1f}x |")
+    for used in sorted({1, threads}):
+        seconds = best_of(lambda: bin_window(events, mapping, WindowSpec(10, 10_000, 10_000), 0, threads=used), repeats)
+        print(f"| bin_window (10 bins, offline) | {used} | 1 | {seconds:.3f} | {count / seconds / 1e6:.0f} | {0.1 / seconds:.1f}x |")
 
 
 def real_recording_table(repeats: int) -> None:
@@ -210,18 +267,26 @@ def filters_table(repeats: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--events", type=int, default=1_000_000, help="events per throughput window")
+    parser.add_argument("--events", type=int, default=4_000_000, help="events per 0.8 s throughput window")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--only", choices=["cold", "throughput", "emit", "burst", "real", "filters"], default=None,
+                        help="run one table only")  # fmt: skip
     args = parser.parse_args()
     started = time.perf_counter()
     warmup()
-    print(f"# bench_binning ({os.cpu_count()} CPUs; warmup() in this process: {time.perf_counter() - started:.2f} s)")
-    cold_start_table()
-    throughput_table(args.events, args.repeats)
-    emission_table(args.repeats)
-    burst_table(max(1, args.repeats // 2))
-    real_recording_table(args.repeats)
-    filters_table(args.repeats)
+    print(f"# bench_binning ({os.cpu_count()} CPUs, default_threads() = {default_threads()}; "
+          f"warmup() in this process: {time.perf_counter() - started:.2f} s)")  # fmt: skip
+    tables = {
+        "cold": cold_start_table,
+        "throughput": lambda: throughput_table(args.events, args.repeats),
+        "emit": lambda: emission_table(args.repeats),
+        "burst": lambda: burst_table(max(1, args.repeats // 2)),
+        "real": lambda: real_recording_table(args.repeats),
+        "filters": lambda: filters_table(args.repeats),
+    }
+    for name, table in tables.items():
+        if args.only in (None, name):
+            table()
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ import pytest
 import tonic
 
 from stream.binning import (
+    MIN_EVENTS_PER_THREAD,
     BackgroundActivityFilter,
     HotPixelFilter,
     SensorMapping,
@@ -17,9 +18,11 @@ from stream.binning import (
     apply_normalisation,
     bin_window,
     check_normalisation,
+    default_threads,
     main,
     warmup,
 )
+from stream.binning import _pieces  # the split the threads work on
 from stream.events import SensorSize, empty_events, make_events, to_tonic
 
 
@@ -95,6 +98,101 @@ def test_bin_window_rejects_bad_out_and_bad_events() -> None:
         bin_window(empty_events(), identity((8, 8)), spec, 0, out=np.zeros((2, 2, 8, 9), np.float32))
     with pytest.raises(ValueError, match="EVENT_DTYPE"):
         bin_window(np.zeros(3), identity((8, 8)), spec, 0)
+
+
+# --- threads ------------------------------------------------------------------------------------
+
+THREADED = 3 * MIN_EVENTS_PER_THREAD + 1_000  # enough events for three pieces
+
+
+def add_at_frames(events: np.ndarray, sensor: tuple[int, int], spec: WindowSpec, start_us: int) -> np.ndarray:
+    """Independent reference: np.add.at over the valid events of the window (identity mapping)."""
+    k = (events["t"] - start_us) // spec.bin_us
+    valid = (k >= 0) & (k < spec.bins) & (events["x"] >= 0) & (events["x"] < sensor[0])
+    valid &= (events["y"] >= 0) & (events["y"] < sensor[1]) & ((events["p"] == 0) | (events["p"] == 1))
+    frames = np.zeros((spec.bins, 2, sensor[1], sensor[0]), dtype=np.float32)
+    np.add.at(frames, (k[valid], events["p"][valid], events["y"][valid], events["x"][valid]), 1.0)
+    return frames
+
+
+def threaded_events(seed: int) -> np.ndarray:
+    """Sorted events from before to after a 16 x 1 ms window at 0, with some outside the 40x30
+    sensor and some of polarity 2 sprinkled in."""
+    events = random_events(seed, THREADED, (42, 31), (-3_000, 19_000))
+    events["p"][::997] = 2
+    return events
+
+
+def test_pieces_cut_sorted_events_at_bin_edges() -> None:
+    events = threaded_events(0)
+    edges, cuts = _pieces(events["t"], 0, 1_000, 0, 16, threads=8)
+    assert len(edges) == len(cuts) == 4  # three pieces: THREADED // MIN_EVENTS_PER_THREAD
+    assert edges[0] == 0 and edges[-1] == 16 and edges == sorted(set(edges))
+    assert cuts[0] == 0 and cuts[-1] == len(events) and cuts == sorted(cuts)
+    bins = events["t"] // 1_000
+    for c in range(3):
+        piece = bins[cuts[c] : cuts[c + 1]]
+        inside = piece[(piece >= 0) & (piece < 16)]
+        assert inside.min() >= edges[c] and inside.max() < edges[c + 1]
+        assert len(piece) >= MIN_EVENTS_PER_THREAD // 2
+    assert _pieces(events["t"][: MIN_EVENTS_PER_THREAD + 5], 0, 1_000, 0, 16, threads=8) == ([0, 16], [0, MIN_EVENTS_PER_THREAD + 5])
+    assert _pieces(events["t"], 0, 1_000, 0, 16, threads=1) == ([0, 16], [0, len(events)])
+
+
+@pytest.mark.parametrize("order", ["sorted", "shuffled", "swapped"])
+def test_threads_bin_every_event_once_in_any_order(order: str) -> None:
+    events = threaded_events(1)
+    if order == "shuffled":
+        events = events[np.random.default_rng(2).permutation(len(events))]
+    elif order == "swapped":  # sorted but for a few events moved into other pieces' bins
+        for i in (10, 150_000, 250_000):
+            events[[i, -i]] = events[[-i, i]]
+    spec = WindowSpec(16, 1_000, 1_000)
+    if order != "sorted":  # some events lie in another piece's bins: the serial pass must bin them
+        edges, cuts = _pieces(events["t"], 0, spec.bin_us, 0, spec.bins, threads=3)
+        bins = events["t"] // spec.bin_us
+        misplaced = sum(
+            np.count_nonzero((bins[a:b] >= 0) & (bins[a:b] < 16) & ((bins[a:b] < lo) | (bins[a:b] >= hi)))
+            for a, b, lo, hi in zip(cuts, cuts[1:], edges, edges[1:])
+        )
+        assert len(edges) > 2 and misplaced >= 4
+    mapping = identity((40, 30))
+    expected = add_at_frames(events, (40, 30), spec, 0)
+    assert expected.sum() > 0.6 * len(events)  # 16 of the 22 ms, 40x30 of the 42x31 pixels
+    for threads in (1, 2, 3, 8):
+        np.testing.assert_array_equal(bin_window(events, mapping, spec, 0, threads=threads), expected)
+
+
+def test_streaming_large_chunk_same_with_threads_and_counted() -> None:
+    events = threaded_events(3)
+    events = events[events["t"] >= 0]
+    spec = WindowSpec(16, 1_000, 1_000)
+    mapping = SensorMapping.create((40, 30), (20, 15))
+    results = []
+    for threads in (1, 3):
+        for emit in ("all", "latest"):
+            binner = StreamingBinner(mapping, spec, threads=threads)
+            windows = binner.push(events[:100]) + binner.push(events[100:], now_us=19_000, emit=emit)
+            results.append((windows, binner.stats))
+    for (windows, stats), (threaded_windows, threaded_stats) in zip(results[:2], results[2:]):
+        assert stats == threaded_stats
+        assert [w.end_us for w in windows] == [w.end_us for w in threaded_windows]
+        for window, threaded in zip(windows, threaded_windows):
+            np.testing.assert_array_equal(window.frames, threaded.frames)
+            assert window.events == threaded.events
+    windows, stats = results[2]
+    assert len(windows) == 19 and stats.dropped_out_of_sensor > 0 and stats.dropped_bad_polarity > 0
+    assert stats.events_binned + stats.dropped_out_of_sensor + stats.dropped_bad_polarity == len(events)
+    np.testing.assert_array_equal(windows[-1].frames, bin_window(events, mapping, spec, 3_000))
+
+
+def test_threads_argument_is_checked() -> None:
+    assert default_threads() >= 1
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="threads"):
+            bin_window(empty_events(), identity((8, 8)), WindowSpec(2, 10, 10), 0, threads=bad)
+        with pytest.raises(ValueError, match="threads"):
+            StreamingBinner(identity((8, 8)), WindowSpec(2, 10, 10), threads=bad)
 
 
 def test_window_spec_validation_and_round_trip() -> None:
