@@ -59,6 +59,7 @@ from gui.widgets import (
 from stream.aedat4 import DEFAULT_CAMERA, Aedat4Writer
 from stream.classes import GESTURE_CLASSES, NO_GESTURE
 from stream.events import GestureSegment, SensorSize
+from stream.source import STATUS_KIND, ControlClient
 from stream.transport import EventSubscriber, Kind, now_us
 
 log = logging.getLogger("gui")
@@ -74,6 +75,13 @@ MAX_DRAIN_MESSAGES = 1000  # per socket per pass, so one busy socket cannot star
 ACCUMULATION_STEPS_MS = (2, 5, 10, 20, 33, 50, 100, 200, 500, 1000, 2000)
 SPEEDS = ("0.25", "0.5", "1", "2", "4", "max")
 WORKER_RESTARTS = 3  # a worker that dies is started again at most this often
+SEEK_STEP_S = 5.0  # ← / → keys
+CONTROL_TIMEOUT_S = 1.5  # a control request unanswered this long: the source does not answer
+CLOCK_FALLBACK_S = 0.5  # no clock message for this long: the event view moves by the wall clock
+PREDICTION_GAP_S = 1.0  # no prediction for this long: a gap, shown and marked
+SHOW_RESTART_S = 5.0  # "worker restarted" stays in the state line this long
+TRANSIENT_STATES = ("stalled", "nothing received", "paused", "restarted", "no data", "no events", "no predictions",
+                    "control")  # fmt: skip
 
 
 # --- receiving -------------------------------------------------------------------------------
@@ -88,6 +96,7 @@ class Received:
     end: dict | None = None  # the worker's "end" message, if it came
     truth: list[GestureSegment] = field(default_factory=list)
     packets: list[tuple[np.ndarray, SensorSize]] = field(default_factory=list)  # event packets, oldest first
+    clock: dict | None = None  # the source's newest "clock" message (stream time, paused)
 
 
 class PipelineReceiver:
@@ -122,6 +131,7 @@ class PipelineReceiver:
         self.started_s = time.monotonic()
         self.last_worker_s: float | None = None  # monotonic time of the newest worker message
         self.last_events_s: float | None = None  # ... and of the newest non-empty event packet
+        self.last_source_s: float | None = None  # ... and of the newest events or clock from the source
         self.events_received = 0
         self.events_dropped = 0  # dropped here because the GUI thread fell behind
         self.reconnects = 0
@@ -217,10 +227,9 @@ class PipelineReceiver:
         subscribers = [
             EventSubscriber(self.predictions_endpoint, ("prediction", "truth"), allow_remote=self.allow_remote, context=context)
         ]
-        if self.events_endpoint is not None:
-            subscribers.append(
-                EventSubscriber(self.events_endpoint, ("events",), allow_remote=self.allow_remote, context=context)
-            )
+        if self.events_endpoint is not None:  # events, and the source's clock messages (STATUS_KIND)
+            topics = ("events", STATUS_KIND.topic.decode())
+            subscribers.append(EventSubscriber(self.events_endpoint, topics, allow_remote=self.allow_remote, context=context))
         return subscribers
 
     def _run(self) -> None:
@@ -235,12 +244,12 @@ class PipelineReceiver:
                     for socket in subscriber.poll_sockets:
                         poller.register(socket, zmq.POLLIN)
                 poller.poll(POLL_MS)
-                for subscriber in subscribers:
+                for index, subscriber in enumerate(subscribers):
                     for _ in range(MAX_DRAIN_MESSAGES):
                         message = subscriber.recv(0)
                         if message is None:
                             break
-                        self._handle(message)
+                        self._handle(message, from_source=index == 1)
                 now = time.monotonic()
                 last = max(self.last_worker_s or 0.0, opened_s)
                 if now - last > self.reconnect_after_s:
@@ -258,14 +267,21 @@ class PipelineReceiver:
                 subscriber.close()
             context.destroy(linger=0)
 
-    def _handle(self, message: Any) -> None:
+    def _handle(self, message: Any, from_source: bool = False) -> None:
         now = time.monotonic()
+        if from_source and message.kind != Kind.EVENTS:  # the source's own status: only clocks are used
+            data = message.data
+            if isinstance(data, dict) and data.get("type") == "clock" and isinstance(data.get("time_us"), int):
+                self.last_source_s = now
+                with self._lock:
+                    self._pending.clock = data
+            return
         if message.kind == Kind.EVENTS:
             events = message.events
             self._record(events, message.sensor_size)
             if not len(events):
                 return
-            self.last_events_s = now
+            self.last_events_s = self.last_source_s = now
             self.events_received += len(events)
             with self._lock:
                 packets = self._pending.packets
@@ -331,7 +347,7 @@ class SupervisorSourceControl:
         """Stop the source stage, start it again on ``spec`` at ``speed`` ("max" or a factor)."""
         args = copy.copy(self.args)
         args.source, args.speed, args.loop = spec, speed, loop
-        wait = 1 if "worker" in self.supervisor.stages else 0
+        wait = 1 + ("worker" in self.supervisor.stages)  # this GUI subscribes to the events too
         new_stage = self.source_stage(args, self.endpoints, wait_subscribers=wait)
         stage = self.supervisor.stages["source"]
         process = stage.process
@@ -364,6 +380,7 @@ class MainWindow(QtWidgets.QMainWindow):
     Args:
         predictions_endpoint: the worker's publisher.
         events_endpoint: the source's publisher (None: no event view and no recording).
+        control_endpoint: the source stage's control socket (None: no file controls).
         source_spec: what the source stage was started with (shown, and the default for restarts).
         speed: replay speed of files and the simulator ("max" or a factor).
         loop: replay files forever.
@@ -383,6 +400,7 @@ class MainWindow(QtWidgets.QMainWindow):
         predictions_endpoint: str,
         events_endpoint: str | None,
         *,
+        control_endpoint: str | None = None,
         source_spec: str = "",
         speed: str = "1",
         loop: bool = False,
@@ -405,7 +423,7 @@ class MainWindow(QtWidgets.QMainWindow):
         self.model_name = model_name
         self.stall_after_s = stall_after_s
         self.output_dir = Path(output_dir) if output_dir is not None else Path.cwd()
-        self.paused = False
+        self.frozen = False  # the display is frozen (F, or Space on a live source)
         self.accumulator: EventAccumulator | None = None
         self.accumulation_us = DEFAULT_ACCUMULATION_US
         self.full_scale = 3  # events per pixel for full colour (auto, slow timer)
@@ -421,11 +439,24 @@ class MainWindow(QtWidgets.QMainWindow):
         self.last_screenshot: Path | None = None
         self.last_recording: Path | None = None
         self.worker_restarts = 0
+        self.worker_id: str | None = None  # the worker's id from its messages; a new one = restarted
+        self.worker_restarted_s: float | None = None
+        self.last_prediction_s: float | None = None
+        self._gap_label: str | None = None  # why the next prediction ends a gap ("worker restarted")
+        self.source_paused = False  # from the source's clock messages or a control reply
+        self.source_status: dict | None = None  # the newest control status reply
+        self.control_problem = ""  # why the control socket does not answer ("" when it does)
+        self._control_sent: dict[int, float] = {}  # request id -> monotonic s sent
+        self.last_clock: dict | None = None
+        self._last_clock_s: float | None = None
+        self._events_newest: tuple[float, int] | None = None  # (monotonic s, stream µs) of the newest events
+        self._truth: deque[GestureSegment] = deque(maxlen=256)
         self._events_shown = 0
         self._rate_since = time.monotonic()
 
         self.receiver = PipelineReceiver(predictions_endpoint, events_endpoint,
                                          reconnect_after_s=reconnect_after_s, allow_remote=allow_remote)  # fmt: skip
+        self.control = ControlClient(control_endpoint, allow_remote=allow_remote) if control_endpoint else None
         self._build()
         self.rate_meter = RateMeter(self)
         self.rate_meter.rate.connect(self.fpsChanged)
@@ -480,7 +511,9 @@ class MainWindow(QtWidgets.QMainWindow):
         status.addPermanentWidget(self.record_label)
         status.addPermanentWidget(self.fps_label)
         self._build_toolbar()
-        self.resize(1280, 800)
+        self._build_file_bar()
+        self._build_shortcuts()
+        self.resize(1280, 820)
 
     def _build_toolbar(self) -> None:
         bar = self.addToolBar("controls")
@@ -488,36 +521,24 @@ class MainWindow(QtWidgets.QMainWindow):
         bar.addWidget(QtWidgets.QLabel(" Source "))
         self.source_box = QtWidgets.QComboBox()
         self.source_box.setMinimumContentsLength(22)
+        self.source_box.setFocusPolicy(QtCore.Qt.FocusPolicy.NoFocus)
         self.source_box.setToolTip("the event source; choosing one restarts the source stage")
         self._fill_sources()
         self.source_box.activated.connect(self._source_chosen)
         bar.addWidget(self.source_box)
-        bar.addWidget(QtWidgets.QLabel(" Speed "))
-        self.speed_box = QtWidgets.QComboBox()
-        self.speed_box.addItems(SPEEDS if self.speed in SPEEDS else (*SPEEDS, self.speed))
-        self.speed_box.setCurrentText(self.speed)
-        self.speed_box.setToolTip("replay speed of files and the simulator (restarts the source)")
-        self.speed_box.activated.connect(lambda _: self.restart_source(self.source_spec))
-        bar.addWidget(self.speed_box)
-        self.loop_box = QtWidgets.QCheckBox("Loop")
-        self.loop_box.setChecked(self.loop)
-        self.loop_box.setToolTip("replay a file forever (restarts the source)")
-        self.loop_box.toggled.connect(lambda _: self.restart_source(self.source_spec))
-        bar.addWidget(self.loop_box)
         self.rewind_action = bar.addAction("⟲ Restart", lambda: self.restart_source(self.source_spec))
-        self.rewind_action.setToolTip("restart the source from its beginning")
-        for widget in (self.source_box, self.speed_box, self.loop_box):
-            widget.setEnabled(self.source_control is not None)
+        self.rewind_action.setToolTip("restart the source stage from the beginning")
+        self.source_box.setEnabled(self.source_control is not None)
         self.rewind_action.setEnabled(self.source_control is not None)
         bar.addSeparator()
-        self.pause_action = bar.addAction("Pause", self.toggle_pause)
-        self.pause_action.setCheckable(True)
-        self.pause_action.setShortcut(QtGui.QKeySequence(QtCore.Qt.Key.Key_Space))
+        self.freeze_action = bar.addAction("Freeze", self.toggle_freeze)
+        self.freeze_action.setCheckable(True)
+        self.freeze_action.setToolTip("freeze the display; the pipeline keeps running (F)")
         self.record_action = bar.addAction("● Record", self.toggle_recording)
         self.record_action.setCheckable(True)
-        self.record_action.setShortcut(QtGui.QKeySequence(QtCore.Qt.Key.Key_R))
+        self.record_action.setToolTip("record the live events to AEDAT4 (R)")
         self.screenshot_action = bar.addAction("Screenshot", lambda: self.save_screenshot())
-        self.screenshot_action.setShortcut(QtGui.QKeySequence(QtCore.Qt.Key.Key_S))
+        self.screenshot_action.setToolTip("save the whole window as PNG (S)")
         bar.addSeparator()
         bar.addWidget(QtWidgets.QLabel(" Accumulation "))
         self.accumulation_box = QtWidgets.QSpinBox()
@@ -529,15 +550,58 @@ class MainWindow(QtWidgets.QMainWindow):
         bar.addWidget(self.accumulation_box)
         bar.addSeparator()
         self.help_action = bar.addAction("Help", self.toggle_help)
-        for key in ("F1", "H"):
-            QtGui.QShortcut(QtGui.QKeySequence(key), self, self.toggle_help)
-        QtGui.QShortcut(QtGui.QKeySequence("Q"), self, self.close)
-        for key in ("+", "="):
-            QtGui.QShortcut(QtGui.QKeySequence(key), self, lambda: self.step_accumulation(+1))
-        QtGui.QShortcut(QtGui.QKeySequence("-"), self, lambda: self.step_accumulation(-1))
+
+    def _build_file_bar(self) -> None:
+        """Play/pause, seek slider with position, speed and loop: file replay through the source
+        stage's control socket (speed restarts the simulator, which has no control)."""
+        self.addToolBarBreak()
+        bar = self.addToolBar("replay")
+        bar.setMovable(False)
+        self.play_action = bar.addAction("⏸ Pause", self.play_pause)
+        self.play_action.setToolTip("pause / play the file replay (Space)")
+        self.seek_slider = QtWidgets.QSlider(QtCore.Qt.Orientation.Horizontal)
+        self.seek_slider.setFocusPolicy(QtCore.Qt.FocusPolicy.NoFocus)
+        self.seek_slider.setMinimumWidth(420)
+        self.seek_slider.setRange(0, 0)
+        self.seek_slider.setToolTip("position in the file; drag to seek (← / → keys: 5 s)")
+        self.seek_slider.sliderReleased.connect(lambda: self.seek_to(self.seek_slider.value() / 1000.0))
+        self.seek_slider.actionTriggered.connect(self._slider_action)
+        bar.addWidget(self.seek_slider)
+        self.position_label = QtWidgets.QLabel(" –:– / –:– ")
+        self.position_label.setMinimumWidth(130)
+        bar.addWidget(self.position_label)
+        bar.addSeparator()
+        bar.addWidget(QtWidgets.QLabel(" Speed "))
+        self.speed_box = QtWidgets.QComboBox()
+        self.speed_box.setFocusPolicy(QtCore.Qt.FocusPolicy.NoFocus)
+        self.speed_box.addItems(SPEEDS if self.speed in SPEEDS else (*SPEEDS, self.speed))
+        self.speed_box.setCurrentText(self.speed)
+        self.speed_box.setToolTip("replay speed: files change at once ([ / ] keys), the simulator restarts")
+        self.speed_box.activated.connect(lambda _: self.set_speed(self.speed_box.currentText()))
+        bar.addWidget(self.speed_box)
+        self.loop_box = QtWidgets.QCheckBox("Loop")
+        self.loop_box.setFocusPolicy(QtCore.Qt.FocusPolicy.NoFocus)
+        self.loop_box.setChecked(self.loop)
+        self.loop_box.setToolTip("replay the file forever (L)")
+        self.loop_box.clicked.connect(self.set_loop)
+        bar.addWidget(self.loop_box)
+        self._enable_file_controls()
+
+    def _build_shortcuts(self) -> None:
+        keys = {
+            "Space": self.play_pause, "F": self.toggle_freeze, "R": self.toggle_recording,
+            "S": lambda: self.save_screenshot(), "F1": self.toggle_help, "H": self.toggle_help, "Q": self.close,
+            "Left": lambda: self.seek_by(-SEEK_STEP_S), "Right": lambda: self.seek_by(SEEK_STEP_S),
+            "Home": lambda: self.seek_to(0.0), "[": lambda: self.step_speed(-1), "]": lambda: self.step_speed(+1),
+            "L": lambda: self.set_loop(not self.loop_box.isChecked()),
+            "+": lambda: self.step_accumulation(+1), "=": lambda: self.step_accumulation(+1),
+            "-": lambda: self.step_accumulation(-1),
+        }  # fmt: skip
+        self.shortcuts = {key: QtGui.QShortcut(QtGui.QKeySequence(key), self, action) for key, action in keys.items()}
 
     def _fill_sources(self) -> None:
-        """Simulator, connected cameras (with serials), file, network and the current spec."""
+        """Simulator, connected cameras (with serials, or a line saying there are none), file,
+        network and the current spec."""
         box = self.source_box
         box.clear()
         box.addItem("Simulator", "sim")
@@ -545,11 +609,15 @@ class MainWindow(QtWidgets.QMainWindow):
             from stream.sources import list_cameras
 
             cameras = list_cameras()
+            problem = "no camera connected"
         except (ImportError, ValueError, RuntimeError) as error:
             log.warning("cannot list cameras: %s", error)
-            cameras = []
+            cameras, problem = [], f"cameras unavailable: {error}"
         for model, serial in cameras:
             box.addItem(f"Camera {model} {serial}".strip(), f"camera:{serial}" if serial else "camera")
+        if not cameras:
+            box.addItem(f"({problem})", None)
+            box.model().item(box.count() - 1).setEnabled(False)
         box.addItem("Open file…", "?file")
         box.addItem("Network stream…", "?dv")
         specs = [box.itemData(i) for i in range(box.count())]
@@ -559,13 +627,13 @@ class MainWindow(QtWidgets.QMainWindow):
         index = box.findData(self.source_spec)
         box.setCurrentIndex(max(index, 0))
 
-    # -- user actions --
+    # -- choosing and restarting the source --
 
     def _source_chosen(self, index: int) -> None:
         spec = self.source_box.itemData(index)
         if spec == "?file":
             path, _ = QtWidgets.QFileDialog.getOpenFileName(
-                self, "Open an event recording", str(self.output_dir),
+                self, "Open an event recording (AEDAT4, AEDAT 3.1 / DVS128 Gesture, tonic .npy)", str(self.output_dir),
                 "Event files (*.aedat4 *.aedat *.npy);;All files (*)",
             )  # fmt: skip
             spec = f"file:{path}" if path else None
@@ -592,15 +660,140 @@ class MainWindow(QtWidgets.QMainWindow):
         self.source_spec, self.speed, self.loop = spec, speed, loop
         self.source_name = spec
         self.ended = False
+        self.source_status = None
+        self.source_paused = False
+        self._control_sent.clear()
         self.show_state(f"source restarted: {spec}", alarm=False)
         self._fill_sources()
+        self._enable_file_controls()
 
-    def toggle_pause(self) -> None:
+    # -- file replay control (the source stage's control socket) --
+
+    def file_controls(self) -> bool:
+        """Whether the source answers file commands (pause, seek, speed, loop)."""
+        return self.control is not None and self.source_status is not None and "seek" in self.source_status["controls"]
+
+    def _enable_file_controls(self) -> None:
+        file = self.file_controls()
+        for widget in (self.seek_slider, self.position_label):
+            widget.setEnabled(file)
+        self.play_action.setEnabled(file)
+        self.loop_box.setEnabled(file)
+        self.speed_box.setEnabled(file or (self.source_control is not None and not self.source_spec.startswith("file:")))
+
+    def send_control(self, command: dict) -> bool:
+        """Send a command to the source stage (the reply comes on the slow timer); False if it cannot go."""
+        if self.control is None:
+            return False
+        request_id = self.control.send(command)
+        if request_id is None:
+            self.control_problem = "source control not connected"
+            return False
+        self._control_sent[request_id] = time.monotonic()
+        return True
+
+    def _poll_control(self, now_s: float) -> None:
+        """Take control replies; ask for the status when nothing is outstanding; notice silence."""
+        if self.control is None:
+            return
+        for reply in self.control.replies():
+            if self._control_sent.pop(reply.get("id"), None) is None:
+                continue  # a late reply to a request given up on
+            self.control_problem = ""
+            if reply.get("ok") and isinstance(reply.get("status"), dict):
+                self._apply_source_status(reply["status"])
+            else:
+                self.show_state(f"source: {reply.get('error', 'command refused')}")
+        overdue = [rid for rid, sent in self._control_sent.items() if now_s - sent > CONTROL_TIMEOUT_S]
+        if overdue:
+            self._control_sent.clear()
+            self.control.reconnect()
+            self.control_problem = "the source does not answer control commands"
+        if not self._control_sent:
+            self.send_control({"cmd": "status"})
+
+    def _apply_source_status(self, status: dict) -> None:
+        self.source_status = status
+        self.source_paused = bool(status.get("paused"))
+        self._enable_file_controls()
+        self.play_action.setText("▶ Play" if self.source_paused else "⏸ Pause")
+        position, duration = status.get("position_s"), status.get("duration_s")
+        if isinstance(duration, (int, float)) and duration > 0:
+            self.seek_slider.setRange(0, round(duration * 1000))
+        if isinstance(position, (int, float)) and not self.seek_slider.isSliderDown():
+            self.seek_slider.setValue(round(position * 1000))
+        if isinstance(position, (int, float)):
+            total = f"{duration:.1f} s" if isinstance(duration, (int, float)) else "?"
+            self.position_label.setText(f" {position:.1f} / {total} ")
+        speed = status.get("speed")
+        if self.file_controls() and speed is not None:
+            text = "max" if speed == "max" else f"{float(speed):g}"
+            if self.speed_box.findText(text) < 0:
+                self.speed_box.addItem(text)
+            self.speed_box.setCurrentText(text)
+            self.speed = text
+        if isinstance(status.get("loop"), bool):
+            self.loop_box.setChecked(status["loop"])
+
+    def play_pause(self) -> None:
+        """Space: pause / resume a file replay; on a live source, freeze / unfreeze the display."""
+        if self.file_controls():
+            self.send_control({"cmd": "resume" if self.source_paused else "pause"})
+        else:
+            self.toggle_freeze()
+
+    def seek_to(self, position_s: float) -> None:
+        """Continue the file replay at ``position_s`` seconds from its start (clamped to the file)."""
+        if not self.file_controls():
+            return
+        duration = self.source_status.get("duration_s")
+        position_s = max(0.0, float(position_s))
+        if isinstance(duration, (int, float)):
+            position_s = min(position_s, float(duration))
+        self.send_control({"cmd": "seek", "position_s": position_s})
+        self.seek_slider.setValue(round(position_s * 1000))
+
+    def seek_by(self, delta_s: float) -> None:
+        if self.file_controls() and isinstance(self.source_status.get("position_s"), (int, float)):
+            self.seek_to(self.source_status["position_s"] + delta_s)
+
+    def _slider_action(self, action: int) -> None:
+        """Clicks on the slider's groove (page steps) seek at once; drags seek on release."""
+        if action in (QtWidgets.QAbstractSlider.SliderAction.SliderPageStepAdd.value,
+                      QtWidgets.QAbstractSlider.SliderAction.SliderPageStepSub.value):  # fmt: skip
+            QtCore.QTimer.singleShot(0, lambda: self.seek_to(self.seek_slider.value() / 1000.0))
+
+    def set_speed(self, text: str) -> None:
+        """Replay speed ("max" or a factor): a file changes at once, the simulator restarts."""
+        if self.file_controls():
+            self.send_control({"cmd": "speed", "speed": "max" if text == "max" else float(text)})
+            self.speed = text
+        elif self.source_control is not None:
+            self.speed_box.setCurrentText(text)
+            self.restart_source(self.source_spec)
+
+    def step_speed(self, direction: int) -> None:
+        """Next faster (+1) or slower (-1) entry of ``SPEEDS``."""
+        current = self.speed_box.currentText()
+        index = SPEEDS.index(current) if current in SPEEDS else SPEEDS.index("1")
+        target = SPEEDS[min(max(index + direction, 0), len(SPEEDS) - 1)]
+        if target != current:
+            self.speed_box.setCurrentText(target)
+            self.set_speed(target)
+
+    def set_loop(self, loop: bool) -> None:
+        """Replay the file forever (True) or stop at its end."""
+        self.loop_box.setChecked(bool(loop))
+        if self.file_controls():
+            self.send_control({"cmd": "loop", "loop": bool(loop)})
+
+    # -- other user actions --
+
+    def toggle_freeze(self) -> None:
         """Freeze / unfreeze the display (the pipeline keeps running; data keeps being drained)."""
-        self.paused = not self.paused
-        self.pause_action.setChecked(self.paused)
-        self.pause_action.setText("Resume" if self.paused else "Pause")
-        self.event_view.set_caption("PAUSED" if self.paused else "")
+        self.frozen = not self.frozen
+        self.freeze_action.setChecked(self.frozen)
+        self.event_view.set_caption("FROZEN" if self.frozen else "")
 
     def set_accumulation_us(self, accumulation_us: int) -> None:
         """Event time shown in the view, µs (clamped to 1 ms .. 2 s)."""
@@ -683,22 +876,28 @@ class MainWindow(QtWidgets.QMainWindow):
 
     def update_view(self) -> None:
         received = self.receiver.take()
+        now_s = time.monotonic()
         for events, sensor in received.packets:
             if self.accumulator is None or self.accumulator.sensor_size != sensor:
                 self.accumulator = EventAccumulator(sensor, self.accumulation_us)
                 self.sensor = SensorSize(*sensor)
             self.accumulator.add(events)
+            self._events_newest = (now_s, int(events["t"][-1]))
             self._events_shown += len(events)
-        now_s = time.monotonic()
+        self._truth.extend(received.truth)
+        if received.clock is not None:
+            self.last_clock, self._last_clock_s = received.clock, now_s
+            self.source_paused = bool(received.clock.get("paused"))
+        self._advance_view(now_s)
         for prediction in received.predictions:
             self._record_prediction(prediction, now_s)
         if received.stats is not None:
-            self._take_stats(received.stats)
+            self._take_stats(received.stats, now_s)
         if received.end is not None:
-            self._take_stats(received.end)
+            self._take_stats(received.end, now_s)
             self.ended = True
             self.show_state("end of stream: the source has no more events", alarm=False)
-        if self.paused:
+        if self.frozen:
             return
         if self.accumulator is not None:
             self.event_view.show_counts(self.accumulator.counts, self.full_scale)
@@ -706,11 +905,41 @@ class MainWindow(QtWidgets.QMainWindow):
             self._show_prediction(received.predictions[-1])
         self.rate_meter.tick()
 
+    def _advance_view(self, now_s: float) -> None:
+        """Keep the event view moving while the source is silent: to the source's clock, or
+        (a source without clock messages) by the wall time since its newest events."""
+        if self.accumulator is None:
+            return
+        if self._last_clock_s is not None and now_s - self._last_clock_s < CLOCK_FALLBACK_S:
+            self.accumulator.advance(int(self.last_clock["time_us"]))
+        elif self._events_newest is not None and not self.source_paused:
+            since_s, newest_us = self._events_newest
+            if now_s - since_s > CLOCK_FALLBACK_S:
+                self.accumulator.advance(newest_us + int((now_s - since_s) * 1e6))
+
+    def _truth_at(self, time_us: Any) -> int:
+        """The true class at stream time ``time_us`` (-1: none or unknown)."""
+        if not isinstance(time_us, int):
+            return -1
+        for segment in reversed(self._truth):
+            if segment.start_us <= time_us < segment.end_us:
+                return int(segment.label)
+        return -1
+
     def _record_prediction(self, prediction: dict, now_s: float) -> None:
         self.predictions_seen += 1
+        self._check_worker(prediction.get("worker_id"), now_s)
+        last = self.last_prediction_s
+        if last is not None and (self._gap_label is not None or now_s - last > PREDICTION_GAP_S):
+            label = self._gap_label or ("source paused" if self.source_paused else f"no predictions {now_s - last:.1f} s")
+            for plot in (self.strip, self.latency_plot):
+                plot.mark_gap(last, now_s, label)
+        self._gap_label = None
+        self.last_prediction_s = now_s
         stable = prediction.get("stable", {})
         probabilities = np.asarray(prediction.get("probabilities", ()), dtype=np.float64)
-        self.strip.add(now_s, probabilities, int(stable.get("index", -1)))
+        truth = self._truth_at(prediction.get("window", {}).get("end_us"))
+        self.strip.add(now_s, probabilities, int(stable.get("index", -1)), truth)
         timing = prediction.get("timing", {})
         if "compute_ms" in timing:
             self.latency_plot.add("compute", now_s, float(timing["compute_ms"]))
@@ -718,6 +947,17 @@ class MainWindow(QtWidgets.QMainWindow):
             self.latency_plot.add("end to end", now_s, (prediction["gui_recv_us"] - timing["source_send_us"]) / 1000.0)
         self.counters = prediction.get("counters", self.counters)
         self.backend = prediction.get("backend", self.backend)
+
+    def _check_worker(self, worker_id: Any, now_s: float) -> None:
+        """A new ``worker_id`` in the worker's messages: the worker was restarted."""
+        if worker_id is None:
+            return
+        worker_id = str(worker_id)
+        if self.worker_id is not None and worker_id != self.worker_id:
+            self.worker_restarted_s = now_s
+            self._gap_label = "worker restarted"
+            log.warning("worker restarted (id %s -> %s)", self.worker_id, worker_id)
+        self.worker_id = worker_id
 
     def _show_prediction(self, prediction: dict) -> None:
         self.latest_prediction = prediction
@@ -729,7 +969,8 @@ class MainWindow(QtWidgets.QMainWindow):
         self.prediction_panel.show_stable(index, self.stable_name, float(stable.get("confidence", 0.0)), top)
         self.bars.show_probabilities(probabilities, highlight=index if index >= 0 else None)
 
-    def _take_stats(self, stats: dict) -> None:
+    def _take_stats(self, stats: dict, now_s: float) -> None:
+        self._check_worker(stats.get("worker_id"), now_s)
         self.counters = stats.get("counters", self.counters) or self.counters
         self.backend = stats.get("backend", self.backend) or self.backend
         source = stats.get("source") or {}
@@ -737,7 +978,7 @@ class MainWindow(QtWidgets.QMainWindow):
             if source.get("source"):
                 self.source_name = str(source["source"])
             if isinstance(source.get("event_rate"), (int, float)):
-                self.rate_plot.add("source", time.monotonic(), source["event_rate"] / 1e6)
+                self.rate_plot.add("source", now_s, source["event_rate"] / 1e6)
 
     # -- the slow timer: plots, strip, status, stall watch --
 
@@ -747,11 +988,15 @@ class MainWindow(QtWidgets.QMainWindow):
         if elapsed >= 1.0:
             self.rate_plot.add("shown", now_s, self._events_shown / elapsed / 1e6)
             self._events_shown, self._rate_since = 0, now_s
+        self._poll_control(now_s)
         self._watch(now_s)
-        if self.paused:
+        if self.frozen:
             return
         if self.accumulator is not None:
             self._auto_contrast()
+        stale = self.last_prediction_s is not None and now_s - self.last_prediction_s > PREDICTION_GAP_S
+        if stale != self.prediction_panel.stale:
+            self.prediction_panel.set_stale(stale)
         self.strip.refresh(now_s)
         self.latency_plot.refresh(now_s)
         self.rate_plot.refresh(now_s)
@@ -764,6 +1009,8 @@ class MainWindow(QtWidgets.QMainWindow):
         self.full_scale = max(2, int(np.percentile(active, 95))) if active.size else 2
 
     def _watch(self, now_s: float) -> None:
+        """The state line: errors, stage exits, then the most important of stalled pipeline,
+        source paused, worker restarted, no data from the source, no predictions."""
         receiver = self.receiver
         if receiver.error is not None:
             self.show_state(f"receiver stopped: {receiver.error}")
@@ -778,6 +1025,14 @@ class MainWindow(QtWidgets.QMainWindow):
                 self._stage_exited(stage_exit.name, stage_exit.returncode)
         if self.ended:
             return
+        text, alarm = self._watch_text(now_s)
+        if text:
+            self.show_state(text, alarm)
+        elif self.state_text and any(word in self.state_text for word in TRANSIENT_STATES):
+            self.show_state("")
+
+    def _watch_text(self, now_s: float) -> tuple[str, bool]:
+        receiver = self.receiver
         last_worker = receiver.last_worker_s
         silent_s = now_s - (last_worker if last_worker is not None else receiver.started_s)
         if silent_s > self.stall_after_s:
@@ -787,14 +1042,23 @@ class MainWindow(QtWidgets.QMainWindow):
                 text = f"no data for {silent_s:.1f} s — pipeline stalled"
             if receiver.reconnects:
                 text += f", reconnecting ({receiver.reconnects})"
-            self.show_state(text)
-            return
-        last_events = receiver.last_events_s
-        if last_events is not None and now_s - last_events > self.stall_after_s:
-            self.show_state(f"no events for {now_s - last_events:.1f} s — source stalled or idle")
-            return
-        if self.state_text and ("stalled" in self.state_text or "nothing received" in self.state_text):
-            self.show_state("")
+            return text, True
+        if self.source_paused:
+            return "source paused (Space plays)", False
+        if self.worker_restarted_s is not None and now_s - self.worker_restarted_s < SHOW_RESTART_S:
+            return "worker restarted", True
+        if receiver.events_endpoint is not None and receiver.last_source_s is not None:
+            quiet_s = now_s - receiver.last_source_s
+            if quiet_s > self.stall_after_s:
+                return f"no data since {quiet_s:.1f} s — source stalled", True
+            last_events = receiver.last_events_s
+            if last_events is not None and now_s - last_events > self.stall_after_s:
+                return f"no events for {now_s - last_events:.1f} s — source idle", False
+        if self.last_prediction_s is not None and now_s - self.last_prediction_s > PREDICTION_GAP_S:
+            return f"no predictions for {now_s - self.last_prediction_s:.1f} s", True
+        if self.control_problem:
+            return self.control_problem, True
+        return "", False
 
     def _stage_exited(self, name: str, code: int) -> None:
         if code == 0:
@@ -819,9 +1083,8 @@ class MainWindow(QtWidgets.QMainWindow):
         if self.sensor is not None:
             parts.append(f"sensor {self.sensor}")
         self.status_label.setText("   ·   ".join(parts))
-        self.event_view.set_caption(
-            "PAUSED" if self.paused else f"{self.accumulation_us / 1000:g} ms · full colour at {self.full_scale} events"
-        )
+        caption = f"{self.accumulation_us / 1000:g} ms · full colour at {self.full_scale} events"
+        self.event_view.set_caption("FROZEN" if self.frozen else ("PAUSED · " if self.source_paused else "") + caption)
 
     def _show_fps(self, fps: float) -> None:
         self.fps_label.setText(f"{fps:.0f} fps")
@@ -838,6 +1101,8 @@ class MainWindow(QtWidgets.QMainWindow):
         self.fast_timer.stop()
         self.slow_timer.stop()
         self.receiver.close()
+        if self.control is not None:
+            self.control.close()
         super().closeEvent(event)
 
 
@@ -864,6 +1129,7 @@ def run_gui(args: argparse.Namespace, endpoints: Any, supervisor: Any = None) ->
     window = MainWindow(
         endpoints.predictions,
         endpoints.events,
+        control_endpoint=getattr(endpoints, "control", None),
         source_spec=getattr(args, "source", ""),
         speed=str(getattr(args, "speed", "1")),
         loop=bool(getattr(args, "loop", False)),

@@ -126,6 +126,14 @@ class EventAccumulator:
         self.newest_us = int(events["t"][-1])
         self._expire()
 
+    def advance(self, time_us: int) -> None:
+        """Stream time has reached ``time_us`` without events (a source clock message): events
+        older than the window leave, so a silent source's image fades instead of freezing.
+        Events later added must not be earlier than ``time_us`` (a clock promises that)."""
+        if self.newest_us is not None and int(time_us) > self.newest_us:
+            self.newest_us = int(time_us)
+            self._expire()
+
     def _expire(self) -> None:
         """Subtract the events older than the window or beyond ``max_events``."""
         if self.newest_us is None:
@@ -235,20 +243,28 @@ class PredictionPanel(QtWidgets.QWidget):
         layout.setContentsMargins(4, 4, 4, 4)
         layout.addWidget(self.label)
         layout.addWidget(self.detail)
+        self._index = -1
+        self.stale = False
         self.show_stable(-1, NO_GESTURE, 0.0, None)
 
     def show_stable(self, index: int, name: str, confidence: float, top: tuple[str, float] | None) -> None:
         """Show the stable label (``index`` -1: no gesture) and, below, the raw top class."""
+        self._index = index
         if index < 0:
             self.label.setText(NO_GESTURE)
-            self.label.setStyleSheet("color: #8a8a93;")
         else:
             self.label.setText(name)
-            self.label.setStyleSheet("color: #ffb347;")
+        self.set_stale(False)
         parts = [f"confidence {confidence * 100:.0f} %"] if index >= 0 else []
         if top is not None:
             parts.append(f"this window: {top[0]} {top[1] * 100:.0f} %")
         self.detail.setText("   ·   ".join(parts) if parts else "")
+
+    def set_stale(self, stale: bool) -> None:
+        """Grey the label out while no fresh prediction comes (it is the last one, not the current)."""
+        self.stale = stale
+        colour = "#8a8a93" if self._index < 0 else ("#6f6a62" if stale else "#ffb347")
+        self.label.setStyleSheet(f"color: {colour};")
 
 
 class ProbabilityBars(pg.PlotWidget):
@@ -282,15 +298,61 @@ class ProbabilityBars(pg.PlotWidget):
         self.bars.setOpts(width=probabilities, brushes=brushes)
 
 
-class PredictionStrip(pg.PlotWidget):
-    """Recent predictions over time: class probabilities as a heat map (one row per class, newest
-    on the right) and the stable label as white dots."""
+GAP_BRUSH = (120, 120, 140, 70)  # marked gaps (worker restarted, no predictions) in the strip and plots
+MAX_GAPS = 16  # gaps remembered per plot
 
-    def __init__(self, classes: tuple[str, ...] = GESTURE_CLASSES, history: int = 150,
-                 parent: QtWidgets.QWidget | None = None) -> None:  # fmt: skip
+
+class GapMarks:
+    """Shaded, labelled time spans (x = seconds ago) on a plot: where predictions were missing."""
+
+    def __init__(self, plot: pg.PlotWidget, labelled: bool) -> None:
+        self.plot = plot
+        self.labelled = labelled
+        self.gaps: deque[tuple[float, float, str]] = deque(maxlen=MAX_GAPS)  # monotonic s, s, label
+        self._regions: list[pg.LinearRegionItem] = []
+        self._labels: list[pg.TextItem] = []
+
+    def add(self, start_s: float, end_s: float, label: str) -> None:
+        self.gaps.append((start_s, end_s, label))
+
+    def refresh(self, now_s: float, top: float) -> None:
+        """Draw the gaps relative to ``now_s``; labels at view y = ``top``."""
+        while len(self._regions) < len(self.gaps):
+            region = pg.LinearRegionItem(movable=False, brush=pg.mkBrush(GAP_BRUSH), pen=pg.mkPen(None))
+            region.setZValue(5)
+            self.plot.addItem(region)
+            self._regions.append(region)
+            label = pg.TextItem("", color=(220, 220, 235), anchor=(0, 0))
+            label.setZValue(6)
+            self.plot.addItem(label)
+            self._labels.append(label)
+        for k, (region, label) in enumerate(zip(self._regions, self._labels)):
+            visible = k < len(self.gaps)
+            region.setVisible(visible)
+            label.setVisible(visible and self.labelled)
+            if visible:
+                start_s, end_s, text = self.gaps[k]
+                region.setRegion((start_s - now_s, end_s - now_s))
+                label.setText(text)
+                label.setPos(start_s - now_s, top)
+
+
+class PredictionStrip(pg.PlotWidget):
+    """Recent predictions over time (x = seconds ago): class probabilities as a heat map (one row
+    per class, in ``classes`` order, the same rows as the axis labels), the stable label as white
+    dots, the true class (when the source knows it) as cyan rings, and gaps (no predictions,
+    worker restarted) shaded and labelled.
+
+    The heat map is drawn on a fixed time grid of ``bin_s`` columns: each column shows the newest
+    prediction at or before it, for at most ``hold_s``; columns without one are left empty, so a
+    pause in the predictions shows as a gap at its true place in time.
+    """
+
+    def __init__(self, classes: tuple[str, ...] = GESTURE_CLASSES, history: int = 400, span_s: float = 10.0,
+                 bin_s: float = 0.025, hold_s: float = 0.3, parent: QtWidgets.QWidget | None = None) -> None:  # fmt: skip
         super().__init__(parent)
         self.classes = tuple(classes)
-        self.history = history
+        self.span_s, self.bin_s, self.hold_s = span_s, bin_s, hold_s
         self.setMouseEnabled(False, False)
         self.hideButtons()
         self.setMenuEnabled(False)
@@ -301,42 +363,61 @@ class PredictionStrip(pg.PlotWidget):
         self.heat = pg.ImageItem(axisOrder="row-major")
         self.heat.setLookupTable(pg.colormap.get("inferno").getLookupTable(nPts=256))
         self.addItem(self.heat)
+        self.truth_rings = pg.ScatterPlotItem(size=10, pen=pg.mkPen(80, 220, 255, width=1.5), brush=None)
+        self.addItem(self.truth_rings)
         self.dots = pg.ScatterPlotItem(size=5, pen=None, brush=pg.mkBrush(255, 255, 255))
         self.addItem(self.dots)
-        self._probabilities = np.zeros((len(self.classes), history), dtype=np.float32)
-        self._stable = np.full(history, -1, dtype=np.int64)
-        self._times = np.full(history, np.nan)
+        self.gap_marks = GapMarks(self, labelled=True)
+        self._probabilities: deque[np.ndarray] = deque(maxlen=history)
+        self._stable: deque[int] = deque(maxlen=history)
+        self._truth: deque[int] = deque(maxlen=history)
+        self._times: deque[float] = deque(maxlen=history)
         self.setYRange(-0.5, len(self.classes) - 0.5, padding=0)
-        self.setXRange(-10.0, 0.0, padding=0.01)
+        self.setXRange(-span_s, 0.0, padding=0.01)
         _plain_axes(self)
 
-    def add(self, time_s: float, probabilities: np.ndarray, stable_index: int) -> None:
-        """Append one prediction at ``time_s`` (monotonic seconds)."""
+    def add(self, time_s: float, probabilities: np.ndarray, stable_index: int, truth_index: int = -1) -> None:
+        """Append one prediction at ``time_s`` (monotonic seconds); ``truth_index`` -1: unknown."""
         probabilities = np.asarray(probabilities, dtype=np.float32)
         if probabilities.shape != (len(self.classes),):
             return
-        self._probabilities = np.roll(self._probabilities, -1, axis=1)
-        self._probabilities[:, -1] = probabilities
-        self._stable = np.roll(self._stable, -1)
-        self._stable[-1] = stable_index
-        self._times = np.roll(self._times, -1)
-        self._times[-1] = time_s
+        self._probabilities.append(probabilities)
+        self._stable.append(int(stable_index))
+        self._truth.append(int(truth_index))
+        self._times.append(float(time_s))
+
+    def mark_gap(self, start_s: float, end_s: float, label: str) -> None:
+        """Shade ``start_s``..``end_s`` (monotonic s) and label it (e.g. "worker restarted")."""
+        self.gap_marks.add(start_s, end_s, label)
+
+    def heat_image(self, now_s: float) -> np.ndarray:
+        """float32 ``[classes, span_s / bin_s]``: the time grid ending at ``now_s`` (NaN: no prediction)."""
+        columns = round(self.span_s / self.bin_s)
+        image = np.full((len(self.classes), columns), np.nan, dtype=np.float32)
+        if not self._times:
+            return image
+        times = np.fromiter(self._times, dtype=np.float64, count=len(self._times))
+        column_times = now_s - self.span_s + (np.arange(columns) + 1) * self.bin_s  # right edge of each column
+        newest = np.searchsorted(times, column_times, side="right") - 1
+        valid = newest >= 0
+        valid[valid] = column_times[valid] - times[newest[valid]] <= self.hold_s
+        if valid.any():
+            probabilities = np.stack(self._probabilities, axis=1)  # [classes, predictions]
+            image[:, valid] = probabilities[:, newest[valid]]
+        return image
 
     def refresh(self, now_s: float) -> None:
         """Redraw with x = seconds before ``now_s``."""
-        known = np.isfinite(self._times)
-        if not known.any():
-            return
-        first = int(np.argmax(known))
-        ago = self._times[known] - now_s
-        span = max(float(ago[-1] - ago[0]), 1e-3)
-        step = span / max(len(ago) - 1, 1)
-        self.heat.setImage(self._probabilities[:, first:], autoLevels=False, levels=(0.0, 1.0))
-        self.heat.setRect(QtCore.QRectF(ago[0] - step / 2, -0.5, span + step, len(self.classes)))
-        stable = self._stable[first:]
-        shown = stable >= 0
-        self.dots.setData(ago[shown], stable[shown])
-        self.setXRange(min(ago[0], ago[-1] - 5.0), max(ago[-1], 0.0), padding=0.01)
+        self.heat.setImage(self.heat_image(now_s), autoLevels=False, levels=(0.0, 1.0))
+        self.heat.setRect(QtCore.QRectF(-self.span_s, -0.5, self.span_s, len(self.classes)))
+        if self._times:
+            ago = np.fromiter(self._times, dtype=np.float64, count=len(self._times)) - now_s
+            stable = np.fromiter(self._stable, dtype=np.int64, count=len(self._stable))
+            truth = np.fromiter(self._truth, dtype=np.int64, count=len(self._truth))
+            self.dots.setData(ago[stable >= 0], stable[stable >= 0])
+            self.truth_rings.setData(ago[truth >= 0], truth[truth >= 0])
+        self.gap_marks.refresh(now_s, top=-0.5)
+        self.setXRange(-self.span_s, 0.0, padding=0.01)
 
 
 class RollingPlot(pg.PlotWidget):
@@ -354,7 +435,9 @@ class RollingPlot(pg.PlotWidget):
         self.showGrid(x=True, y=True, alpha=0.2)
         self.addLegend(offset=(5, 5), labelTextSize="8pt")
         self._data = {name: deque(maxlen=capacity) for name in curves}
-        self._curves = {name: self.plot(name=name, pen=pg.mkPen(colour, width=2)) for name, colour in curves.items()}
+        self._curves = {name: self.plot(name=name, pen=pg.mkPen(colour, width=2), connect="finite")
+                        for name, colour in curves.items()}  # fmt: skip
+        self.gap_marks = GapMarks(self, labelled=False)
         self.setXRange(-span_s, 0, padding=0)
         _plain_axes(self)
 
@@ -362,7 +445,15 @@ class RollingPlot(pg.PlotWidget):
         """Append a point (``time_s`` monotonic seconds) to curve ``name``."""
         self._data[name].append((time_s, value))
 
+    def mark_gap(self, start_s: float, end_s: float, label: str = "") -> None:
+        """Shade ``start_s``..``end_s`` (monotonic s) and break the curves there."""
+        self.gap_marks.add(start_s, end_s, label)
+        for points in self._data.values():
+            if points and points[-1][0] <= end_s:
+                points.append((max(points[-1][0], start_s), np.nan))  # connect="finite": no line across
+
     def refresh(self, now_s: float) -> None:
+        self.gap_marks.refresh(now_s, top=0.0)
         for name, points in self._data.items():
             while points and points[0][0] < now_s - self.span_s:
                 points.popleft()
@@ -373,13 +464,20 @@ class RollingPlot(pg.PlotWidget):
                 self._curves[name].setData([], [])
 
     def latest(self, name: str) -> float | None:
-        points = self._data[name]
-        return points[-1][1] if points else None
+        """The newest value of curve ``name`` (gap breaks skipped)."""
+        for _, value in reversed(self._data[name]):
+            if np.isfinite(value):
+                return value
+        return None
 
 
 HELP_TEXT = """<h2>spikeformer-live — keys</h2>
 <table cellspacing=6>
-<tr><td><b>Space</b></td><td>pause / resume the display</td></tr>
+<tr><td><b>Space</b></td><td>pause / play (a file: its replay; a live source: the display)</td></tr>
+<tr><td><b>F</b></td><td>freeze / unfreeze the display (the pipeline keeps running)</td></tr>
+<tr><td><b>← / →</b></td><td>file: seek 5 s back / forward &nbsp; <b>Home</b>: to the start</td></tr>
+<tr><td><b>[ / ]</b></td><td>file: slower / faster replay</td></tr>
+<tr><td><b>L</b></td><td>file: loop on / off</td></tr>
 <tr><td><b>R</b></td><td>start / stop recording events to AEDAT4</td></tr>
 <tr><td><b>S</b></td><td>save a screenshot (PNG)</td></tr>
 <tr><td><b>+ / −</b></td><td>longer / shorter accumulation time</td></tr>
@@ -387,7 +485,9 @@ HELP_TEXT = """<h2>spikeformer-live — keys</h2>
 <tr><td><b>Q</b></td><td>quit</td></tr>
 </table>
 <p>Orange: ON events (brighter) · Blue: OFF events (darker).<br>
-The big label is the smoothed (stable) gesture; “no gesture” when nothing is confident.</p>"""
+The big label is the smoothed (stable) gesture; “no gesture” when nothing is confident; grey when<br>
+no fresh prediction comes. Strip: heat = class probabilities, white dots = stable label,<br>
+cyan rings = true gesture (simulator), shaded = gaps (no predictions, worker restarted).</p>"""
 
 
 class HelpOverlay(QtWidgets.QLabel):

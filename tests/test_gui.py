@@ -162,13 +162,13 @@ def test_pause_accumulation_keys_and_help(qtbot, window: MainWindow, publishers)
     from PySide6 import QtCore
 
     worker, _ = publishers
-    qtbot.keyClick(window, QtCore.Qt.Key.Key_Space)
-    assert window.paused
+    qtbot.keyClick(window, QtCore.Qt.Key.Key_Space)  # no file control: Space freezes the display
+    assert window.frozen
     worker.publish_json(STATUS_KIND, prediction(0, 2))
     qtbot.waitUntil(lambda: window.predictions_seen == 1, timeout=5000)
     assert window.prediction_panel.label.text() == NO_GESTURE  # frozen while paused
     qtbot.keyClick(window, QtCore.Qt.Key.Key_Space)
-    assert not window.paused
+    assert not window.frozen
     worker.publish_json(STATUS_KIND, prediction(1, 2))
     qtbot.waitUntil(lambda: window.prediction_panel.label.text() == GESTURE_CLASSES[2], timeout=5000)
     before = window.accumulation_us
