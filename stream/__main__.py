@@ -5,6 +5,8 @@ Commands:
     convert IN OUT                      convert between event file formats
     simulate --out DIR --samples N      write a synthetic DVS128-Gesture-style data set
     frames IN --bins T --bin-us B ...   write the [T, 2, H, W] frames of one window as .npy
+    keys generate DIR [--name NAME]     write a CurveZMQ key pair (DIR/NAME.key, DIR/NAME.key_secret)
+    keys list DIR [--json]              show the CurveZMQ keys of a directory
 
 Each command lives in the module named below and exposes ``main(argv) -> int``.
 Expected failures (bad files, bad arguments) print one ``error:`` line and exit 2.
@@ -20,6 +22,7 @@ COMMANDS = {
     "convert": "stream.files",
     "simulate": "stream.simulator",
     "frames": "stream.binning",
+    "keys": "stream.keys",
 }
 
 

@@ -25,10 +25,11 @@ import os
 import struct
 import xml.etree.ElementTree as ElementTree
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, NamedTuple
 
 import dv_processing as dv
 import faery
+import numba
 import numpy as np
 
 from stream.events import (
@@ -45,17 +46,33 @@ _aedat = faery.aedat  # faery's compiled AEDAT4 codec (Decoder, Encoder, Descrip
 
 MAGIC = b"#!AER-DAT4.0\r\n"
 MAX_HEADER_BYTES = 1 << 24  # the IOHeader holds a few kB of XML
+MAX_PACKET_BYTES = 1 << 28  # bytes of one packet in the file
+MAX_DECODED_PACKET_BYTES = 1 << 27  # one packet decompressed: 8 M events (DV writes far smaller ones)
 COMPRESSIONS = {"lz4": ("lz4", 1), "zstd": ("zstd", 3), None: None}
+COMPRESSION_NAMES = {0: "none", 1: "LZ4", 2: "LZ4 high", 3: "Zstd", 4: "Zstd high"}
 DEFAULT_CAMERA = "spikeformer-live"
 
 
-def _check_io_header(path: Path) -> None:
-    """Check the file's magic and IOHeader (a FlatBuffer holding the XML description) in Python.
+class _Layout(NamedTuple):
+    """Where things are in an AEDAT4 file (byte offsets)."""
 
-    faery's XML parser panics (a BaseException, not an error) on some malformed descriptions,
-    so the header is checked here first: sizes against the file, the XML for well-formedness.
+    data_start: int  # first packet
+    data_end: int  # the FileDataTable's position, or the file size when the file has none
+    file_size: int
+    cut: bool  # the data table lies past the end of the file: the file was truncated
+    compression: int  # IOHeader CompressionType: 0 none, 1 LZ4, 2 LZ4 high, 3 Zstd, 4 Zstd high
+
+
+def _check_io_header(path: Path) -> _Layout:
+    """Check the file's magic and IOHeader (a FlatBuffer: compression, dataTablePosition, the XML
+    description) in Python, and return where the packets are.
+
+    faery reads the IOHeader without verifying it and panics (a BaseException, not an error) on
+    bad offsets, so every field is checked here first: offsets against the header, the
+    description for well-formed XML, the data table position against the file.
     """
     with open(path, "rb") as file:  # clear OSErrors for missing files and directories
+        file_size = os.fstat(file.fileno()).st_size
         magic = file.read(len(MAGIC))
         if not magic:
             raise EventFormatError(f"{path}: empty file (expected an AEDAT4 header)")
@@ -67,9 +84,11 @@ def _check_io_header(path: Path) -> None:
         (size,) = struct.unpack("<I", size_bytes)
         if size > MAX_HEADER_BYTES:
             raise EventFormatError(f"{path}: AEDAT4 header claims {size} bytes (limit {MAX_HEADER_BYTES})")
+        if len(MAGIC) + 4 + size > file_size:
+            raise EventFormatError(
+                f"{path}: truncated AEDAT4 header (needs {size} bytes, {file_size - len(MAGIC) - 4} left)"
+            )
         header = file.read(size)
-    if len(header) < size:
-        raise EventFormatError(f"{path}: truncated AEDAT4 header (needs {size} bytes, {len(header)} left)")
 
     def read(fmt: str, offset: int) -> int:
         if not 0 <= offset <= len(header) - struct.calcsize(fmt):
@@ -78,10 +97,32 @@ def _check_io_header(path: Path) -> None:
 
     table = read("<I", 0)
     vtable = table - read("<i", table)
-    info_field = read("<H", vtable + 8) if read("<H", vtable) > 8 else 0  # field 2: infoNode string
-    if not info_field:
+    vtable_size, table_size = read("<H", vtable), read("<H", vtable + 2)
+    read("<B", vtable + vtable_size - 1)  # the whole vtable lies in the header
+    read("<B", table + max(table_size, 1) - 1)  # and so does the table
+
+    def field(index: int, fmt: str) -> int | None:
+        """Offset of field ``index`` in the table, None when absent (the schema default applies)."""
+        at = read("<H", vtable + 4 + 2 * index) if vtable_size >= 6 + 2 * index else 0
+        if not at:
+            return None
+        if at + struct.calcsize(fmt) > table_size:
+            raise EventFormatError(f"{path}: corrupt AEDAT4 header (field {index} outside its table)")
+        return table + at
+
+    compression_at, position_at, info_at = field(0, "<i"), field(1, "<q"), field(2, "<I")
+    compression = 0 if compression_at is None else read("<i", compression_at)
+    if compression not in COMPRESSION_NAMES:
+        raise EventFormatError(f"{path}: AEDAT4 header names unknown compression {compression}")
+    data_start = len(MAGIC) + 4 + size
+    data_end = -1 if position_at is None else read("<q", position_at)
+    if data_end == -1:
+        data_end = file_size
+    elif data_end < data_start:
+        raise EventFormatError(f"{path}: corrupt AEDAT4 header (data table at byte {data_end}, before the packets)")
+    if info_at is None:
         raise EventFormatError(f"{path}: AEDAT4 header has no description")
-    text_at = table + info_field + read("<I", table + info_field)
+    text_at = info_at + read("<I", info_at)
     length = read("<I", text_at)
     if text_at + 4 + length > size:
         raise EventFormatError(f"{path}: corrupt AEDAT4 header (description runs past the header)")
@@ -89,6 +130,170 @@ def _check_io_header(path: Path) -> None:
         ElementTree.fromstring(header[text_at + 4 : text_at + 4 + length].decode("utf-8"))
     except (UnicodeDecodeError, ElementTree.ParseError) as error:
         raise EventFormatError(f"{path}: corrupt AEDAT4 description ({error})") from None
+    return _Layout(data_start, min(data_end, file_size), file_size, data_end > file_size, compression)
+
+
+# --- packet framing check -----------------------------------------------------------------------
+# faery and dv-processing trust the sizes in a file: a packet size of -1 makes faery allocate 4 GiB
+# and abort the process, and a compressed packet can expand without limit. So every packet's
+# framing, and an upper bound of its decompressed size from its LZ4 / Zstd frame and block headers,
+# is checked in one pass before either library sees the file (one 8-byte read per packet and a few
+# bytes per compressed block: about a page of I/O per packet).
+
+_PROBLEMS = (
+    "",
+    "truncated packet header",
+    "negative stream id",
+    "packet size out of range",
+    "packet runs past the end of the packets",
+    "corrupt LZ4 frame",
+    "corrupt Zstd frame",
+    "packet would decompress to more than the limit",
+)
+
+
+@numba.njit(cache=True, nogil=True)
+def _u32(data: np.ndarray, at: int) -> int:
+    """Little-endian u32 at data[at] as a signed int64 (numba turns int64 + uint64 into float64)."""
+    return np.int64(data[at]) | np.int64(data[at + 1]) << 8 | np.int64(data[at + 2]) << 16 | np.int64(data[at + 3]) << 24
+
+
+@numba.njit(cache=True, nogil=True)
+def _lz4_bound(data: np.ndarray, at: int, end: int) -> int:
+    """Upper bound of the decompressed size of LZ4 frames in data[at:end], or -1 if malformed."""
+    total = 0
+    while at < end:
+        if end - at < 7:
+            return -1
+        magic = _u32(data, at)
+        if magic & 0xFFFFFFF0 == 0x184D2A50:  # skippable frame
+            if end - at < 8:
+                return -1
+            at += 8 + _u32(data, at + 4)
+            continue
+        if magic != 0x184D2204:
+            return -1
+        flags, block_code = np.int64(data[at + 4]), (np.int64(data[at + 5]) >> 4) & 7
+        if flags >> 6 != 1 or flags & 2 or block_code < 4:
+            return -1
+        block_max = 1 << (2 * block_code + 8)  # 4: 64 KiB, 5: 256 KiB, 6: 1 MiB, 7: 4 MiB
+        at += 7 + (8 if flags & 8 else 0) + (4 if flags & 1 else 0)
+        block_checksum = 4 if flags & 16 else 0
+        while True:
+            if end - at < 4:
+                return -1
+            block = _u32(data, at)
+            at += 4
+            if block == 0:  # end mark
+                break
+            size = block & 0x7FFFFFFF
+            if size > block_max:
+                return -1
+            at += size + block_checksum
+            total += size if block & 0x80000000 else block_max
+        at += 4 if flags & 4 else 0
+    return total if at == end else -1
+
+
+@numba.njit(cache=True, nogil=True)
+def _zstd_bound(data: np.ndarray, at: int, end: int) -> int:
+    """Upper bound of the decompressed size of Zstd frames in data[at:end], or -1 if malformed."""
+    total = 0
+    while at < end:
+        if end - at < 6:
+            return -1
+        magic = _u32(data, at)
+        if magic & 0xFFFFFFF0 == 0x184D2A50:  # skippable frame
+            if end - at < 8:
+                return -1
+            at += 8 + _u32(data, at + 4)
+            continue
+        if magic != 0xFD2FB528:
+            return -1
+        descriptor = np.int64(data[at + 4])
+        if descriptor & 8:  # reserved bit
+            return -1
+        single_segment = (descriptor >> 5) & 1
+        content_size_code = descriptor >> 6
+        content_size_bytes = (1 << content_size_code) if content_size_code else single_segment  # 0|1, 2, 4, 8
+        dictionary_bytes = (1 << (descriptor & 3)) >> 1  # 0, 1, 2, 4
+        at += 5 + (1 - single_segment) + dictionary_bytes + content_size_bytes
+        while True:
+            if end - at < 3:
+                return -1
+            header = np.int64(data[at]) | np.int64(data[at + 1]) << 8 | np.int64(data[at + 2]) << 16
+            at += 3
+            block_type, size = (header >> 1) & 3, header >> 3
+            if block_type == 3 or size > 1 << 17:
+                return -1
+            at += 1 if block_type == 1 else size
+            total += size if block_type < 2 else 1 << 17  # raw and RLE: exactly size; compressed: <= 128 KiB
+            if header & 1:  # last block
+                break
+        at += 4 if descriptor & 4 else 0
+    return total if at == end else -1
+
+
+@numba.njit(cache=True, nogil=True)
+def _scan_packets(
+    data: np.ndarray, start: int, end: int, compression: int, max_packet_bytes: int, max_decoded_bytes: int
+) -> tuple[int, int, int, int]:
+    """Walk the packets in data[start:end]: ``(packets, offset, problem, value)``; problem indexes _PROBLEMS
+    (0: every packet fine), offset is where the first bad packet starts, value its bad number."""
+    packets = 0
+    at = start
+    while at < end:
+        if end - at < 8:
+            return packets, at, 1, end - at
+        stream_id, size = _u32(data, at), _u32(data, at + 4)
+        if stream_id >= 1 << 31:
+            return packets, at, 2, stream_id - (1 << 32)
+        if size >= 1 << 31 or size > max_packet_bytes:
+            return packets, at, 3, size - (1 << 32) if size >= 1 << 31 else size
+        if size > end - at - 8:
+            return packets, at, 4, size
+        body = at + 8
+        if compression == 1 or compression == 2:
+            decoded = _lz4_bound(data, body, body + size)
+            problem = 5
+        elif compression == 3 or compression == 4:
+            decoded = _zstd_bound(data, body, body + size)
+            problem = 6
+        else:
+            decoded, problem = size, 0
+        if decoded < 0:
+            return packets, at, problem, size
+        if decoded > max_decoded_bytes:
+            return packets, at, 7, decoded
+        at = body + size
+        packets += 1
+    return packets, at, 0, 0
+
+
+def _check_packets(path: Path, layout: _Layout) -> tuple[int, str]:
+    """``(complete packets, damage)``: damage is "" when every packet's framing is sound."""
+    if layout.data_end <= layout.data_start:
+        return 0, "file truncated after its header" if layout.cut else ""
+    data = np.memmap(path, dtype=np.uint8, mode="r", shape=(layout.file_size,))
+    try:
+        packets, offset, problem, value = _scan_packets(
+            data, layout.data_start, layout.data_end, layout.compression, MAX_PACKET_BYTES, MAX_DECODED_PACKET_BYTES
+        )
+        if not problem and layout.data_end < layout.file_size:  # the FileDataTable is compressed too
+            table = (
+                _lz4_bound(data, layout.data_end, layout.file_size) if layout.compression in (1, 2)
+                else _zstd_bound(data, layout.data_end, layout.file_size) if layout.compression in (3, 4)
+                else layout.file_size - layout.data_end
+            )  # fmt: skip
+            if not 0 <= table <= MAX_DECODED_PACKET_BYTES:
+                return packets, f"corrupt file data table at byte {layout.data_end}"
+    finally:
+        del data
+    if problem:
+        return packets, f"{_PROBLEMS[problem]} at byte {offset} (value {value}) after {packets} packets"
+    if layout.cut:
+        return packets, f"file truncated at byte {layout.file_size}, before its data table, after {packets} packets"
+    return packets, ""
 
 
 def _info_attributes(description: list, stream_id: int) -> dict[str, object]:
@@ -100,6 +305,17 @@ def _info_attributes(description: list, stream_id: int) -> dict[str, object]:
             return {key: attribute.value for key, attribute in node.attributes.items()}
         pending.extend(node.nodes)
     return {}
+
+
+def _is_native_error(error: BaseException) -> bool:
+    """An error raised by faery or dv-processing on bad data: a RuntimeError, or a Rust panic inside
+    faery (pyo3's ``PanicException`` derives from BaseException, so ``except Exception`` misses it)."""
+    return isinstance(error, RuntimeError) or type(error).__name__ == "PanicException"
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 class Aedat4Reader:
@@ -119,8 +335,15 @@ class Aedat4Reader:
         self.path = Path(path)
         self.allow_truncated = allow_truncated
         self.damage = ""
-        _check_io_header(self.path)
-        self._recording = self._open_with_dv()
+        layout = _check_io_header(self.path)
+        self._packet_limit, damage = _check_packets(self.path, layout)
+        if damage:
+            if not allow_truncated:
+                raise EventFormatError(f"{self.path}: damaged or truncated: {damage}")
+            self.damage = damage
+        else:
+            self._packet_limit = None
+        self._recording = None if damage else self._open_with_dv()
         if self._recording is not None:
             width, height = self._recording.getEventResolution()
             self.sensor_size = SensorSize(int(width), int(height)).validated()
@@ -130,10 +353,13 @@ class Aedat4Reader:
             return
         try:
             self._decoder = _aedat.Decoder(self.path).__enter__()
-        except RuntimeError as error:
-            raise EventFormatError(f"{self.path}: unreadable AEDAT4 header ({error})") from None
-        event_tracks = sorted((track for track in self._decoder.tracks() if track.data_type == "events"),
-                              key=lambda track: track.id)
+            tracks = self._decoder.tracks()
+            description = self._decoder.description()
+        except BaseException as error:
+            if not _is_native_error(error):
+                raise
+            raise EventFormatError(f"{self.path}: unreadable AEDAT4 header ({_first_line(error)})") from None
+        event_tracks = sorted((track for track in tracks if track.data_type == "events"), key=lambda track: track.id)
         if not event_tracks:
             raise EventFormatError(f"{self.path}: AEDAT4 file has no event stream")
         track = event_tracks[0]
@@ -142,15 +368,15 @@ class Aedat4Reader:
             self.sensor_size = SensorSize(*track.dimensions).validated()
         except (TypeError, ValueError) as error:
             raise EventFormatError(f"{self.path}: bad event stream dimensions {track.dimensions}: {error}") from None
-        self.camera = str(_info_attributes(self._decoder.description(), track.id).get("source", ""))
+        self.camera = str(_info_attributes(description, track.id).get("source", ""))
 
     def _open_with_dv(self) -> "dv.io.MonoCameraRecording | None":
         """dv-processing's reader if it accepts the file (intact, with an event stream), else None."""
         try:
             recording = dv.io.MonoCameraRecording(str(self.path))
+            return recording if recording.isEventStreamAvailable() else None
         except RuntimeError:
             return None
-        return recording if recording.isEventStreamAvailable() else None
 
     def packets(self) -> Iterator[np.ndarray]:
         """Yield each event packet of the stream as canonical events, in file order."""
@@ -162,12 +388,20 @@ class Aedat4Reader:
                     delivered += len(events)
                     yield events
                 return
-            for track, packet in self._decoder:
+            read = 0
+            while self._packet_limit is None or read < self._packet_limit:  # faery never sees the damage
+                item = next(self._decoder, None)
+                if item is None:
+                    break
+                read += 1
+                track, packet = item
                 if track.id == self.stream_id:
                     delivered += len(packet)
                     yield from_aedat(packet)
-        except RuntimeError as error:
-            message = f"damaged or truncated after {delivered} events ({error})"
+        except BaseException as error:
+            if not _is_native_error(error):
+                raise
+            message = f"damaged or truncated after {delivered} events ({_first_line(error)})"
             if not self.allow_truncated:
                 raise EventFormatError(f"{self.path}: {message}") from None
             self.damage = message

@@ -8,8 +8,12 @@ Formats, recognised by their first bytes (never by extension alone):
 
 ``open_events`` yields canonical event chunks (``stream.events.EVENT_DTYPE``, t in microseconds)
 of at most ``chunk_events`` events, in file order, and guarantees that timestamps never decrease
-(within and across chunks): a file that goes back in time raises ``EventFormatError`` naming the
-event. Memory is bounded by one chunk plus one packet of the file.
+(within and across chunks), that every event lies on the sensor and that polarities are 0 or 1:
+a file that breaks this raises ``EventFormatError`` naming the event. Memory is bounded by one
+chunk plus one packet of the file.
+
+Bad input of any kind (random bytes, cut or corrupted files, sizes that claim gigabytes) ends in
+``EventFormatError`` (a ``ValueError``) or valid events; ``tests/test_fuzz.py`` checks it.
 """
 
 from __future__ import annotations
@@ -54,14 +58,23 @@ def detect_format(path: str | os.PathLike) -> str:
     raise EventFormatError(f"{path}: unknown event file format (first bytes {head!r}); expected AEDAT4, AEDAT 3.1 or .npy")
 
 
-@numba.njit(["int64(int64[::1], int64)", "int64(int64[:], int64)"], cache=True, nogil=True)
-def first_backwards(t: np.ndarray, previous_t: int) -> int:
-    """Index of the first timestamp smaller than the one before it (``previous_t`` before t[0]), or -1."""
+@numba.njit(cache=True, nogil=True)
+def first_invalid(events: np.ndarray, previous_t: int, width: int, height: int) -> tuple[int, int]:
+    """``(index, problem)`` of the first event that breaks the contract, or ``(-1, 0)``.
+
+    problem 1: timestamp smaller than the one before it (``previous_t`` before events[0]);
+    2: x or y outside the ``width`` x ``height`` sensor; 3: polarity not 0 or 1. One pass.
+    """
+    t, x, y, p = events["t"], events["x"], events["y"], events["p"]
     for index in range(t.shape[0]):
         if t[index] < previous_t:
-            return index
+            return index, 1
+        if x[index] < 0 or x[index] >= width or y[index] < 0 or y[index] >= height:
+            return index, 2
+        if p[index] != 0 and p[index] != 1:
+            return index, 3
         previous_t = t[index]
-    return -1
+    return -1, 0
 
 
 class EventFileReader:
@@ -88,18 +101,23 @@ class EventFileReader:
 
     def __iter__(self) -> Iterator[np.ndarray]:
         last_t = np.iinfo(np.int64).min
+        width, height = self.sensor_size
         index = 0
         for chunk in self._reader.chunks(self.chunk_events):
             if not len(chunk):
                 continue
-            t = chunk["t"]
-            at = first_backwards(t, last_t)
-            if at >= 0:
-                before = last_t if at == 0 else int(t[at - 1])
-                raise EventFormatError(
-                    f"{self.path}: timestamps go back in time at event {index + at} ({before} -> {int(t[at])} µs)"
-                )
-            last_t = int(t[-1])
+            at, problem = first_invalid(chunk, last_t, width, height)
+            if problem:
+                event = chunk[at]
+                if problem == 1:
+                    before = last_t if at == 0 else int(chunk["t"][at - 1])
+                    what = f"timestamps go back in time at event {index + at} ({before} -> {int(event['t'])} µs)"
+                elif problem == 2:
+                    what = f"event {index + at} at x={event['x']}, y={event['y']} lies outside the {self.sensor_size} sensor"
+                else:
+                    what = f"event {index + at} has polarity {event['p']} (expected 0 or 1)"
+                raise EventFormatError(f"{self.path}: {what}")
+            last_t = int(chunk["t"][-1])
             index += len(chunk)
             yield chunk
 

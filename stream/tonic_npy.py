@@ -25,6 +25,8 @@ MAGIC = b"\x93NUMPY"
 SENSOR_SIZE = SensorSize(128, 128)
 US_PER_MS = 1000
 SPLIT_FOLDERS = {True: "ibmGestureTrain", False: "ibmGestureTest"}
+HEADER_LENGTH_BYTES = {(1, 0): 2, (2, 0): 4, (3, 0): 4}  # .npy versions and the size of their header-length field
+MAX_HEADER_BYTES = 10_000  # numpy's own limit for headers it parses
 
 
 def sample_path(root: str | os.PathLike, *, train: bool, user: int, lighting: str, label: int) -> Path:
@@ -68,6 +70,14 @@ class TonicNpyReader:
             file.seek(0)
             try:
                 version = np.lib.format.read_magic(file)
+                if version not in HEADER_LENGTH_BYTES:
+                    raise ValueError(f"unsupported .npy version {version[0]}.{version[1]}")
+                # numpy reads the header length it is told before checking it: bound it by the file first
+                length_bytes = HEADER_LENGTH_BYTES[version]
+                header_length = int.from_bytes(file.read(length_bytes), "little")
+                if header_length > MAX_HEADER_BYTES or file.tell() + header_length > file_size:
+                    raise ValueError(f"header claims {header_length} bytes, the file has {file_size}")
+                file.seek(-length_bytes, os.SEEK_CUR)
                 read_header = (
                     np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
                 )
@@ -75,7 +85,7 @@ class TonicNpyReader:
             except (ValueError, SyntaxError, TypeError, tokenize.TokenError) as error:  # numpy's header parser
                 raise EventFormatError(f"{self.path}: bad .npy header ({error})") from None
             data_start = file.tell()
-        if dtype.hasobject or dtype.kind not in "iuf" or len(shape) != 2 or shape[1] != 4:
+        if dtype.hasobject or dtype.kind not in "iuf" or len(shape) != 2 or shape[1] != 4 or shape[0] < 0:
             raise EventFormatError(f"{self.path}: expected an (N, 4) numeric array, got {shape} {dtype}")
         rows = shape[0]
         available = file_size - data_start

@@ -44,12 +44,23 @@ unless ``allow_remote=True``. High-water marks are bounded: when a subscriber fa
 behind, the PUB socket drops new messages for it (ZeroMQ's PUB policy) and the subscriber sees
 the gap in ``stats.lost``. The SUB socket sets ``zmq.MAXMSGSIZE`` so an oversized frame is refused
 by ZeroMQ itself before Python sees it: libzmq treats it as a protocol error and closes that
-connection for good, so a connecting subscriber watches its socket monitor and connects again
-(``stats.disconnects`` counts it, and it is logged). Publishers split event packets larger than
+connection for good. A connecting subscriber tells the two kinds of disconnect apart by its socket
+monitor: when the publisher is gone, ZeroMQ reconnects by itself (``EVENT_CONNECT_RETRIED``
+follows) and the subscriber leaves the socket alone; when no reconnect follows within
+``RECONNECT_GRACE_S``, it closes its socket and opens a new one (``stats.reopened``). It never calls
+``socket.disconnect()``: terminating a pipe that still holds a message trips libzmq's assertion
+``!_more (fq.cpp:80)`` and aborts the process. Publishers split event packets larger than
 ``max_packet_events`` (default: what the default limit allows) so they never trigger it.
 Everything the subscriber gets that breaks this spec is counted in ``stats.rejected[reason]``,
 logged (at most once per reason every few seconds) and skipped; the subscriber keeps working.
 Every socket owner is a context manager and closes with linger 0.
+
+CurveZMQ (``curve=CurveConfig``, see ``stream.keys``): on tcp endpoints the publisher is the
+CurveZMQ server and accepts only clients whose public key the config authorises (a ZAP handler,
+pyzmq's ``ThreadAuthenticator``, one per context); the subscriber is the client and must know the
+publisher's public key. The stream is then encrypted and authenticated; a client with an unknown key
+or without CurveZMQ receives nothing (``stats.handshake_failures`` counts the refusals it sees).
+ipc and inproc endpoints ignore ``curve``: file permissions and the process boundary protect them.
 """
 
 from __future__ import annotations
@@ -58,7 +69,9 @@ import enum
 import ipaddress
 import json
 import logging
+import hashlib
 import struct
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -66,9 +79,11 @@ from typing import Any, Iterable
 
 import numpy as np
 import zmq
+from zmq.auth.thread import ThreadAuthenticator
 from zmq.utils.monitor import recv_monitor_message
 
 from stream.events import EVENT_DTYPE, GestureSegment, SensorSize, check_events
+from stream.keys import CurveConfig
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +98,13 @@ DEFAULT_MAX_MESSAGE_BYTES = 64 << 20  # 4 M events per packet
 DEFAULT_MAX_PACKET_EVENTS = DEFAULT_MAX_MESSAGE_BYTES // EVENT_DTYPE.itemsize
 ZERO_COPY_MIN_BYTES = 64 << 10  # payloads from this size are sent without copying (see benchmark)
 LOOPBACK_HOSTS = {"localhost", "127.0.0.1", "::1", "[::1]"}
+CURVE_OVERHEAD_BYTES = 64  # CurveZMQ adds 33 bytes to each frame on the wire, and MAXMSGSIZE counts them
+RECONNECT_GRACE_S = 0.5  # a disconnect without ZeroMQ's own reconnect within this time reopens the socket
+HANDSHAKE_FAILED_EVENTS = (
+    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+)
+RECONNECTING_EVENTS = zmq.EVENT_CONNECT_RETRIED | zmq.EVENT_CONNECTED | zmq.EVENT_CONNECT_DELAYED
+MONITOR_EVENTS = zmq.EVENT_DISCONNECTED | RECONNECTING_EVENTS | HANDSHAKE_FAILED_EVENTS
 
 REJECT_REASONS = (
     "frame_count",  # not exactly 3 frames
@@ -302,14 +324,31 @@ def _is_loopback(host: str) -> bool:
 
 
 def _open_socket(
-    context: zmq.Context, socket_type: int, endpoint: str, *, bind: bool, allow_remote: bool, options: dict[int, int]
+    context: zmq.Context, socket_type: int, endpoint: str, *, bind: bool, allow_remote: bool, options: dict[int, int],
+    curve: CurveConfig | None = None,
 ) -> tuple[zmq.Socket, str]:
+    """A socket with ``options`` set, bound or connected. With ``curve`` and a tcp endpoint, a PUB
+    socket is the CurveZMQ server (register its ZAP domain with ``_Authenticators`` first) and any
+    other socket a client."""
     check_endpoint(endpoint, allow_remote=allow_remote)
+    use_curve = curve is not None and endpoint.startswith("tcp://")
+    if not use_curve and endpoint.startswith("tcp://") and not _is_loopback(endpoint[6:].rpartition(":")[0]):
+        log.warning("%s: plaintext tcp on the network; pass a CurveConfig (--curve-keys) to encrypt it", endpoint)
+    if use_curve and socket_type != zmq.PUB and curve.server_key is None:
+        raise ValueError(f"{endpoint}: a CurveZMQ client needs the publisher's public key (CurveConfig.server_key)")
     socket = context.socket(socket_type)
     try:
         socket.setsockopt(zmq.LINGER, 0)
         for option, value in options.items():
             socket.setsockopt(option, value)
+        if use_curve:
+            socket.curve_secretkey = curve.secret_key
+            socket.curve_publickey = curve.public_key
+            if socket_type == zmq.PUB:
+                socket.curve_server = True
+                socket.zap_domain = _Authenticators.domain(curve).encode()
+            else:
+                socket.curve_serverkey = curve.server_key
         if bind:
             socket.bind(endpoint)
             endpoint = socket.getsockopt(zmq.LAST_ENDPOINT).decode()
@@ -319,6 +358,67 @@ def _open_socket(
         socket.close(linger=0)
         raise OSError(f"cannot {'bind' if bind else 'connect'} {endpoint!r}: {error}") from None
     return socket, endpoint
+
+
+class _KeySet:
+    """pyzmq credentials provider: a client may connect when its Z85 public key is in the set.
+    A refused key is logged once a minute (a refused client retries every half second)."""
+
+    LOG_INTERVAL_S = 60.0
+
+    def __init__(self, keys: frozenset[bytes]) -> None:
+        self.keys = keys
+        self._logged: dict[bytes, float] = {}
+
+    def callback(self, domain: str, key: bytes) -> bool:
+        allowed = key in self.keys
+        now = time.monotonic()
+        if not allowed and now - self._logged.get(key, -np.inf) >= self.LOG_INTERVAL_S:
+            if len(self._logged) > 1000:
+                self._logged.clear()  # bounded memory under a flood of random keys
+            self._logged[key] = now
+            log.warning("CurveZMQ: refused a client with unknown public key %s", key.decode(errors="replace"))
+        return allowed
+
+
+class _Authenticators:
+    """One ZAP handler (``ThreadAuthenticator``) per ZeroMQ context, shared by its CurveZMQ publishers.
+
+    Each distinct set of authorised keys is one ZAP domain; the handler stops when the last
+    publisher of its context closes.
+    """
+
+    _lock = threading.Lock()
+    _running: dict[int, list] = {}  # id(context) -> [authenticator, users]
+
+    @staticmethod
+    def domain(curve: CurveConfig) -> str:
+        return "sfl-" + hashlib.sha256(b"\n".join(sorted(curve.authorized))).hexdigest()[:24]
+
+    @classmethod
+    def acquire(cls, context: zmq.Context, curve: CurveConfig) -> None:
+        with cls._lock:
+            entry = cls._running.get(id(context))
+            if entry is None:
+                authenticator = ThreadAuthenticator(context)
+                try:
+                    authenticator.start()
+                except zmq.ZMQError as error:  # another ZAP handler already serves this context
+                    raise OSError(f"cannot start the CurveZMQ authenticator: {error}") from None
+                entry = cls._running[id(context)] = [authenticator, 0]
+            entry[0].configure_curve_callback(cls.domain(curve), _KeySet(curve.authorized))
+            entry[1] += 1
+
+    @classmethod
+    def release(cls, context: zmq.Context) -> None:
+        with cls._lock:
+            entry = cls._running.get(id(context))
+            if entry is None:
+                return
+            entry[1] -= 1
+            if entry[1] <= 0:
+                del cls._running[id(context)]
+                entry[0].stop()
 
 
 # --- publisher and subscriber ---------------------------------------------------------------
@@ -338,6 +438,8 @@ class EventPublisher:
         max_packet_events: larger event packets are sent as several messages (keep it within the
             subscribers' ``max_message_bytes`` / 16).
         context: a ``zmq.Context`` (default: the process-wide instance).
+        curve: CurveZMQ keys (``stream.keys``); on a tcp endpoint the socket is then a CurveZMQ
+            server that accepts only ``curve.authorized`` clients.
     """
 
     def __init__(
@@ -350,16 +452,26 @@ class EventPublisher:
         zero_copy_min_bytes: int = ZERO_COPY_MIN_BYTES,
         max_packet_events: int = DEFAULT_MAX_PACKET_EVENTS,
         context: zmq.Context | None = None,
+        curve: CurveConfig | None = None,
     ) -> None:
         if sndhwm < 1:
             raise ValueError(f"sndhwm must be >= 1 message, got {sndhwm}")
         if max_packet_events < 1:
             raise ValueError(f"max_packet_events must be >= 1, got {max_packet_events}")
         self.max_packet_events = max_packet_events
-        self.socket, self.endpoint = _open_socket(
-            context or zmq.Context.instance(), zmq.PUB, endpoint, bind=bind, allow_remote=allow_remote,
-            options={zmq.SNDHWM: sndhwm},
-        )  # fmt: skip
+        self._context = context or zmq.Context.instance()
+        self.curve = curve if curve is not None and endpoint.startswith("tcp://") else None
+        if self.curve is not None:
+            _Authenticators.acquire(self._context, self.curve)
+        try:
+            self.socket, self.endpoint = _open_socket(
+                self._context, zmq.PUB, endpoint, bind=bind, allow_remote=allow_remote,
+                options={zmq.SNDHWM: sndhwm}, curve=self.curve,
+            )  # fmt: skip
+        except BaseException:
+            if self.curve is not None:
+                _Authenticators.release(self._context)
+            raise
         self.zero_copy_min_bytes = zero_copy_min_bytes
         self._seq: Counter[Kind] = Counter()
 
@@ -403,7 +515,11 @@ class EventPublisher:
         return seq
 
     def close(self) -> None:
+        if self.socket.closed:
+            return
         self.socket.close(linger=0)
+        if self.curve is not None:
+            _Authenticators.release(self._context)
 
     def __enter__(self) -> "EventPublisher":
         return self
@@ -419,7 +535,9 @@ class SubscriberStats:
     received: int = 0
     lost: int = 0
     restarts: int = 0  # a sequence number went back: the publisher restarted
-    disconnects: int = 0  # connections ZeroMQ closed (oversized frame, publisher gone); re-connected
+    disconnects: int = 0  # connections closed (publisher gone, oversized message)
+    reopened: int = 0  # sockets closed and opened again: ZeroMQ closed a connection for good (oversized message)
+    handshake_failures: int = 0  # connections refused during the handshake (CurveZMQ key or mechanism mismatch)
     rejected: Counter = field(default_factory=Counter)
 
     @property
@@ -438,9 +556,13 @@ class EventSubscriber:
         max_message_bytes: largest payload accepted; also set as ``zmq.MAXMSGSIZE`` on the socket.
         allow_remote: allow a non-loopback TCP address.
         context: a ``zmq.Context`` (default: the process-wide instance).
+        curve: CurveZMQ keys (``stream.keys``); on a tcp endpoint the socket is then a CurveZMQ
+            client that authenticates with ``curve.public_key`` to the publisher ``curve.server_key``.
 
     To wait in your own ``zmq.Poller`` (next to a control socket), register every socket of
-    ``.poll_sockets`` (the SUB socket and its monitor) and call ``recv(0)`` when one is readable.
+    ``.poll_sockets`` (the SUB socket and its monitor) and call ``recv(0)`` when one is readable
+    and at least every ``RECONNECT_GRACE_S``. ``poll_sockets`` changes when the socket is reopened:
+    read it again for every new poller (``recv`` keeps its own poller current).
     """
 
     LOG_INTERVAL_S = 5.0
@@ -455,6 +577,7 @@ class EventSubscriber:
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         allow_remote: bool = False,
         context: zmq.Context | None = None,
+        curve: CurveConfig | None = None,
     ) -> None:
         topics = [topic.encode() if isinstance(topic, str) else bytes(topic) for topic in topics]
         unknown = [topic for topic in topics if topic not in TOPIC_KINDS]
@@ -465,22 +588,33 @@ class EventSubscriber:
         if max_message_bytes < 1:
             raise ValueError(f"max_message_bytes must be >= 1, got {max_message_bytes}")
         self.max_message_bytes = max_message_bytes
-        self.socket, self.endpoint = _open_socket(
-            context or zmq.Context.instance(), zmq.SUB, endpoint, bind=bind, allow_remote=allow_remote,
-            options={zmq.RCVHWM: rcvhwm, zmq.MAXMSGSIZE: max(max_message_bytes, HEADER.size)},
-        )  # fmt: skip
-        for topic in topics:
-            self.socket.setsockopt(zmq.SUBSCRIBE, topic)
+        self.curve = curve if curve is not None and endpoint.startswith("tcp://") else None
+        wire_limit = max(max_message_bytes, HEADER.size) + (CURVE_OVERHEAD_BYTES if self.curve is not None else 0)
+        self._topics = topics
         self._bind = bind
-        self.monitor = self.socket.get_monitor_socket(zmq.EVENT_DISCONNECTED)
-        self.poll_sockets = (self.socket, self.monitor)
-        self._poller = zmq.Poller()
-        for socket in self.poll_sockets:
-            self._poller.register(socket, zmq.POLLIN)
+        self._context = context or zmq.Context.instance()
+        self._requested_endpoint = endpoint
+        self._allow_remote = allow_remote
+        self._options = {zmq.RCVHWM: rcvhwm, zmq.MAXMSGSIZE: wire_limit}
         self.stats = SubscriberStats()
         self._next_seq: dict[Kind, int] = {}
         self._last_log: dict[str, float] = {}
         self._unlogged: Counter[str] = Counter()
+        self._open()
+
+    def _open(self) -> None:
+        self.socket, self.endpoint = _open_socket(
+            self._context, zmq.SUB, self._requested_endpoint, bind=self._bind, allow_remote=self._allow_remote,
+            options=self._options, curve=self.curve,
+        )  # fmt: skip
+        for topic in self._topics:
+            self.socket.setsockopt(zmq.SUBSCRIBE, topic)
+        self.monitor = self.socket.get_monitor_socket(MONITOR_EVENTS)
+        self.poll_sockets = (self.socket, self.monitor)
+        self._poller = zmq.Poller()
+        for socket in self.poll_sockets:
+            self._poller.register(socket, zmq.POLLIN)
+        self._lost_at: float | None = None  # a connection closed and ZeroMQ has not yet shown it reconnects
 
     def recv(self, timeout_ms: int | None = 0) -> Message | None:
         """The next valid message, or None when none came within ``timeout_ms`` (None: wait forever).
@@ -490,13 +624,17 @@ class EventSubscriber:
         """
         deadline = None if timeout_ms is None else time.monotonic() + timeout_ms / 1000
         while True:
-            wait_ms = None if deadline is None else max(0, round((deadline - time.monotonic()) * 1000))
+            now = time.monotonic()
+            if self._lost_at is not None and now - self._lost_at >= RECONNECT_GRACE_S:
+                self._reopen()
+            wake = deadline if self._lost_at is None else min(deadline or np.inf, self._lost_at + RECONNECT_GRACE_S)
+            wait_ms = None if wake is None else max(0, round((wake - now) * 1000))
             ready = dict(self._poller.poll(wait_ms))
-            if not ready:
-                return None
             if self.monitor in ready:
-                self._on_disconnect()
+                self._on_monitor()
             if self.socket not in ready:
+                if deadline is not None and time.monotonic() >= deadline:
+                    return None
                 continue
             frames = self.socket.recv_multipart(copy=False)
             try:
@@ -509,20 +647,33 @@ class EventSubscriber:
             self._count(message)
             return message
 
-    def _on_disconnect(self) -> None:
-        """ZeroMQ closed a connection; a connecting subscriber connects again (a protocol error
-        such as an oversized frame would otherwise end the connection for good)."""
+    def _on_monitor(self) -> None:
+        """Read the socket's monitor events: count disconnects and handshake failures, and note a
+        connection closed without ZeroMQ reconnecting (``recv`` then reopens the socket)."""
         while self.monitor.poll(0):
-            if recv_monitor_message(self.monitor)["event"] != zmq.EVENT_DISCONNECTED:
-                continue
-            self.stats.disconnects += 1
-            log.warning("%s: connection closed (oversized message or publisher gone); connecting again", self.endpoint)
-            if not self._bind:
-                try:
-                    self.socket.disconnect(self.endpoint)
-                except zmq.ZMQError:
-                    pass  # libzmq already dropped the endpoint
-                self.socket.connect(self.endpoint)
+            event = recv_monitor_message(self.monitor)["event"]
+            if event == zmq.EVENT_DISCONNECTED:
+                self.stats.disconnects += 1
+                if not self._bind:
+                    self._lost_at = time.monotonic()
+            elif event & RECONNECTING_EVENTS:
+                if self._lost_at is not None:
+                    log.info("%s: publisher gone; ZeroMQ reconnects", self.endpoint)
+                self._lost_at = None
+            elif event & HANDSHAKE_FAILED_EVENTS:
+                self.stats.handshake_failures += 1
+                self._warn("handshake", "connection refused in the handshake (CurveZMQ keys or mechanism differ "
+                                        "from the publisher's)")  # fmt: skip
+
+    def _reopen(self) -> None:
+        """ZeroMQ closed the connection for good (a protocol error such as a message over
+        MAXMSGSIZE): close the socket and open a new one. ``socket.disconnect()`` is never used:
+        terminating a pipe that holds messages can abort the process in libzmq (fq.cpp:80)."""
+        self.stats.reopened += 1
+        self._warn("reopen", f"connection closed by ZeroMQ for good (a message over {self.max_message_bytes} "
+                             "bytes, or a refused handshake); socket opened again")  # fmt: skip
+        self._close_sockets()
+        self._open()
 
     def _count(self, message: Message) -> None:
         self.stats.received += 1
@@ -536,18 +687,25 @@ class EventSubscriber:
 
     def _reject(self, error: MessageError) -> None:
         self.stats.rejected[error.reason] += 1
-        self._unlogged[error.reason] += 1
-        now = time.monotonic()
-        if now - self._last_log.get(error.reason, -np.inf) >= self.LOG_INTERVAL_S:
-            log.warning("%s: rejected %d message(s): %s", self.endpoint, self._unlogged[error.reason], error)
-            self._last_log[error.reason] = now
-            self._unlogged[error.reason] = 0
+        self._warn(error.reason, f"rejected message(s): {error}")
 
-    def close(self) -> None:
+    def _warn(self, key: str, text: str) -> None:
+        """Log a warning at most once per ``key`` every LOG_INTERVAL_S, with the count since the last one."""
+        self._unlogged[key] += 1
+        now = time.monotonic()
+        if now - self._last_log.get(key, -np.inf) >= self.LOG_INTERVAL_S:
+            log.warning("%s: %d x %s", self.endpoint, self._unlogged[key], text)
+            self._last_log[key] = now
+            self._unlogged[key] = 0
+
+    def _close_sockets(self) -> None:
         if not self.socket.closed:
             self.socket.disable_monitor()
         self.monitor.close(linger=0)
         self.socket.close(linger=0)
+
+    def close(self) -> None:
+        self._close_sockets()
 
     def __enter__(self) -> "EventSubscriber":
         return self
