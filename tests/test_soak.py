@@ -1,0 +1,96 @@
+"""A short soak (30 s) of the whole pipeline: ``benchmarks/bench_soak.py`` with real stages, asserting
+what the 10-minute soak asserts, with tolerances for a 30 s run on a shared 2-core machine that
+would still catch a real leak or a growing backlog."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from test_pipeline import REPO, TEST_BACKEND
+
+SECONDS = 30
+RATE = 5e5  # events/s: kept low so 2 cores sustain it next to other jobs (the soak itself runs 5e6)
+WINDOW_S = 10.0  # first vs last 10 s; memory baseline at 10 s
+
+
+@pytest.mark.slow
+def test_short_soak_memory_flat_latency_stable_every_loss_explained(tmp_path):
+    env = dict(os.environ, XDG_CACHE_HOME=str(tmp_path / "cache"))
+    out = tmp_path / "soak.json"
+    result = subprocess.run(
+        [sys.executable, "benchmarks/bench_soak.py", "--minutes", f"{SECONDS / 60:g}", "--rate", f"{RATE:g}",
+         "--window-s", f"{WINDOW_S:g}", "--sample-s", "1", "--backend", TEST_BACKEND, "--json", str(out), "--quiet"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=SECONDS + 240,
+    )  # fmt: skip
+    assert out.is_file(), result.stderr[-3000:]
+    soak = json.loads(out.read_text())
+    summary = result.stdout
+    assert soak["failures"] == [] and soak["targets"]["ended"], summary
+    assert soak["duration_s"] >= SECONDS - 5, summary
+    assert soak["events_per_s"] >= 0.5 * RATE, summary
+    # Memory: each stage within 5 % of its size at 10 s (a worker of ~450 MB would have to leak
+    # about 1 MB/s to fail; the recorder of ~45 MB 100 kB/s).
+    assert set(soak["memory"]) == {"source", "worker", "recorder"}
+    for stage, memory in soak["memory"].items():
+        assert memory["growth_pct"] < 5.0, f"{stage}: {memory}\n{summary}"
+    # Latency: the last 10 s no worse than the first 10 s beyond noise (a growing backlog would
+    # take seconds).
+    latency = soak["latency_ms"]
+    for kind in ("compute", "e2e"):
+        first, last = latency["first"][kind], latency["last"][kind]
+        assert first["count"] >= 50 and last["count"] >= 50, summary
+        assert last["p99"] <= 2 * first["p99"] + 100, f"{kind}: {first} -> {last}\n{summary}"
+        assert last["p99"] < 1000, summary
+    # Every event and prediction accounted for; nothing unexplained.
+    account = soak["accounting"]
+    assert account["unexplained"] == [], summary
+    assert account["events_sent"] == account["events_in"] + account["events_lost"] > 0
+    assert account["predictions_received"] == account["windows"] >= 200, summary  # 600 windows due in 30 s
+    assert soak["windows"]["skipped_pct"] is not None
+    assert "| worker |" in summary and "targets:" in summary
+
+
+# --- the soak's bookkeeping (pure functions) ----------------------------------------------------------
+
+sys.path.insert(0, str(REPO / "benchmarks"))
+from bench_soak import accounting, latency_windows, memory_growth  # noqa: E402
+
+
+def test_memory_growth_is_measured_from_the_baseline_sample():
+    leak_mb_per_s = 2.0
+    samples = [{"t_s": t, "rss": {"worker": int((400 + (300 if t < 3 else 0) + leak_mb_per_s * t) * 1e6)}}
+               for t in range(0, 31)]  # fmt: skip  # a start-up peak, then a steady leak
+    memory = memory_growth(samples, baseline_s=10)["worker"]
+    assert memory["baseline_t_s"] == 10 and memory["baseline_mb"] == 420.0 and memory["end_mb"] == 460.0
+    assert memory["growth_pct"] == pytest.approx(100 * 40 / 420, abs=0.01) and memory["max_mb"] == 704.0
+
+
+def test_latency_windows_compare_first_and_last_seconds():
+    t = [0.05 * i for i in range(1200)]  # 60 s of predictions
+    compute = [10.0 if at < 30 else 40.0 for at in t]
+    result = latency_windows(t, compute, compute, window_s=10)
+    assert result["first"]["compute"]["p99"] == 10.0 and result["last"]["compute"]["p99"] == 40.0
+    assert result["p99_stable"] == {"compute": False, "e2e": False}
+    assert latency_windows(t, [10.0] * 1200, [12.0] * 1200, window_s=10)["p99_stable"] == {"compute": True, "e2e": True}
+
+
+def test_accounting_explains_every_loss_or_says_what_does_not_add_up():
+    counters = {"events_in": 900, "events_binned": 800, "events_unused": 50, "events_unmapped": 30,
+                "dropped_backwards": 20, "events_lost": 100, "packets_lost": 2, "windows": 10, "windows_skipped": 3}  # fmt: skip
+    source = {"events_sent": 1000, "late_events": 20}
+    account = accounting(counters, source, predictions_received=10, consumer_lost=0)
+    assert account["unexplained"] == [] and len(account["explained"]) == 5
+    assert accounting(counters, {"events_sent": 1000}, 10, 0)["unexplained"] == [
+        "20 events dropped as time going back, the source counts only 0 late"]  # fmt: skip
+    hidden_loss = accounting({**counters, "packets_lost": 0}, source, 10, 0)["unexplained"]
+    assert hidden_loss == ["100 events lost but 0 packet sequence gaps"]
+    not_binned = accounting({**counters, "events_binned": 790}, source, 10, 0)["unexplained"]
+    assert not_binned == ["worker received 900 events but accounts for 890"]
+    missing = accounting(counters, source, predictions_received=8, consumer_lost=0)["unexplained"]
+    assert missing == ["worker inferred 10 windows, 8 predictions arrived, 0 seen lost"]
+    assert accounting(counters, {**source, "events_sent": 1100}, 10, 0)["unexplained"][0].startswith("source sent 1100")
