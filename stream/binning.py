@@ -37,6 +37,12 @@ chunks; if live inference uses one, training must use the same): ``BackgroundAct
 (drop events with no event on the 8 neighbouring pixels within ``dt_us``) and ``HotPixelFilter``
 (mute pixels that fired more than ``max_events`` in the previous ``period_us``).
 
+Speed: one Numba kernel, one pass over the events, no Python per event. Chunks of at least
+``2 * MIN_EVENTS_PER_THREAD`` events are cut at bin edges into pieces binned on up to ``threads``
+Python threads at once (the kernel releases the GIL; each thread writes only its own bins, so no
+locks; plain threads, not a Numba threading layer, so safe in forked processes and from several
+threads). Pass ``out=`` to ``bin_window`` in a loop: a fresh array costs its page faults each call.
+
 Call ``warmup()`` at worker start-up: it compiles (or loads from the Numba cache) every kernel.
 """
 
