@@ -12,7 +12,8 @@ prediction. Every ``--sample-s`` seconds it samples the resident memory (``VmRSS
 and the counters. At the end (the source's end message, forwarded by the worker with its final
 counters) it reports:
 
-* memory: RSS of each stage at ``--window-s`` (minute 1) and at the end, growth % (target < 5 %);
+* memory: RSS of each stage at ``--window-s`` (minute 1) and at the end (each the median of 3
+  samples), growth % (target < 5 %);
 * latency: compute and end-to-end p50/p99 of the first ``--window-s`` seconds against the last
   (stable: last p99 <= 1.5 x first p99 + 2 ms);
 * accounting: events sent by the source = received by the worker + lost (ZeroMQ high-water mark
@@ -50,6 +51,7 @@ BASE_SIM_RATE = 60_000  # events/s of the 128x128 simulator without replication 
 STARTUP_TIMEOUT_S = 300.0
 END_GRACE_S = 60.0  # after the planned duration, how long to wait for the end message
 MEMORY_TARGET_PCT = 5.0
+MEMORY_SPAN_SAMPLES = 3  # the baseline and the end RSS are medians of this many samples
 P99_STABLE_FACTOR, P99_STABLE_SLACK_MS = 1.5, 2.0
 
 
@@ -147,25 +149,33 @@ def _progress(sample: dict[str, Any], args: argparse.Namespace) -> None:
 # --- the summary (pure functions) -------------------------------------------------------------------
 
 
-def memory_growth(samples: list[dict[str, Any]], baseline_s: float) -> dict[str, dict[str, float | None]]:
-    """Per stage: RSS (MB) at the first sample at or after ``baseline_s``, at the last sample, the
-    maximum, and growth % from the baseline to the end."""
-    if not samples:
+def memory_growth(
+    samples: list[dict[str, Any]], baseline_s: float, end_s: float, span_s: float
+) -> dict[str, dict[str, float | None]]:
+    """Per stage: RSS (MB) at ``baseline_s`` (median of the samples in ``[baseline_s, baseline_s +
+    span_s)``), at the end (median of the samples in ``(end_s - span_s, end_s]``), the maximum,
+    and growth % from the baseline to the end. Medians of a few samples, because packets queued in
+    the sockets (up to the high-water marks) make single samples jump; samples after ``end_s``
+    (the source ending, its queues draining) are left out."""
+    steady = [s for s in samples if s["t_s"] <= end_s]
+    if not steady:
         return {}
-    base = next((s for s in samples if s["t_s"] >= baseline_s), samples[-1])
-    end = samples[-1]
+    base = [s for s in steady if baseline_s <= s["t_s"] < baseline_s + span_s] or steady[-1:]
+    last = [s for s in steady if s["t_s"] > end_s - span_s] or steady[-1:]
     result = {}
-    for name in end["rss"]:
-        values = [s["rss"].get(name) for s in samples if s["rss"].get(name)]
-        first, last = base["rss"].get(name), end["rss"].get(name)
-        growth = None if not first or not last else round((last - first) / first * 100, 2)
+    for name in steady[-1]["rss"]:
+        values = [s["rss"][name] for s in steady if s["rss"].get(name)]
+        first = [s["rss"][name] for s in base if s["rss"].get(name)]
+        end = [s["rss"][name] for s in last if s["rss"].get(name)]
+        first_mb = float(np.median(first)) / 1e6 if first else None
+        end_mb = float(np.median(end)) / 1e6 if end else None
         result[name] = {
-            "baseline_mb": None if not first else round(first / 1e6, 1),
-            "end_mb": None if not last else round(last / 1e6, 1),
+            "baseline_mb": None if first_mb is None else round(first_mb, 1),
+            "end_mb": None if end_mb is None else round(end_mb, 1),
             "max_mb": round(max(values) / 1e6, 1) if values else None,
-            "growth_pct": growth,
-            "baseline_t_s": base["t_s"],
-            "end_t_s": end["t_s"],
+            "growth_pct": None if not first_mb or end_mb is None else round((end_mb - first_mb) / first_mb * 100, 2),
+            "baseline_t_s": [base[0]["t_s"], base[-1]["t_s"]],
+            "end_t_s": [last[0]["t_s"], last[-1]["t_s"]],
         }
     return result
 
@@ -255,7 +265,7 @@ def summarise(run: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     samples = run["samples"]
     counters, source = recorder.counters, recorder.source
     duration_s = float(run["prediction_s"][-1]) if len(run["prediction_s"]) else 0.0
-    memory = memory_growth(samples, args.window_s)
+    memory = memory_growth(samples, args.window_s, end_s=args.minutes * 60 - 1, span_s=MEMORY_SPAN_SAMPLES * args.sample_s)
     latency = latency_windows(run["prediction_s"], recorder.compute_ms, recorder.e2e_ms, args.window_s)
     account = accounting(counters, source, len(recorder.compute_ms), run["consumer_lost"])
     windows_total = account["windows"] + account["windows_skipped"]

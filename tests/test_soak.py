@@ -61,13 +61,15 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 from bench_soak import accounting, latency_windows, memory_growth  # noqa: E402
 
 
-def test_memory_growth_is_measured_from_the_baseline_sample():
+def test_memory_growth_is_measured_from_the_baseline_to_the_end():
     leak_mb_per_s = 2.0
-    samples = [{"t_s": t, "rss": {"worker": int((400 + (300 if t < 3 else 0) + leak_mb_per_s * t) * 1e6)}}
-               for t in range(0, 31)]  # fmt: skip  # a start-up peak, then a steady leak
-    memory = memory_growth(samples, baseline_s=10)["worker"]
-    assert memory["baseline_t_s"] == 10 and memory["baseline_mb"] == 420.0 and memory["end_mb"] == 460.0
-    assert memory["growth_pct"] == pytest.approx(100 * 40 / 420, abs=0.01) and memory["max_mb"] == 704.0
+    jitter = [0, 30, -30]  # packets queued in sockets come and go
+    samples = [{"t_s": t, "rss": {"worker": int((400 + (300 if t < 3 else 0) + leak_mb_per_s * t + jitter[t % 3]) * 1e6)}}
+               for t in range(0, 34)]  # fmt: skip  # a start-up peak, a steady leak, then the end (t > 30)
+    memory = memory_growth(samples, baseline_s=10, end_s=30, span_s=3)["worker"]
+    assert memory["baseline_t_s"] == [10, 12] and memory["end_t_s"] == [28, 30]
+    assert memory["baseline_mb"] == 424.0 and memory["end_mb"] == 460.0  # medians: the jitter is gone
+    assert memory["growth_pct"] == pytest.approx(100 * 36 / 424, abs=0.01) and memory["max_mb"] == 732.0
 
 
 def test_latency_windows_compare_first_and_last_seconds():
