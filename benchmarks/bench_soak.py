@@ -200,9 +200,12 @@ def latency_windows(prediction_s: np.ndarray, compute_ms: list[float], e2e_ms: l
     return result
 
 
-def accounting(counters: dict[str, Any], source: dict[str, Any], predictions_received: int, consumer_lost: int) -> dict:
+def accounting(
+    counters: dict[str, Any], source: dict[str, Any], predictions_received: int, consumer_lost: int, ended: bool = True
+) -> dict:
     """Every event and prediction accounted for, with the explanation of each nonzero loss; the
-    counts that do not add up go to ``unexplained``."""
+    counts that do not add up go to ``unexplained``. Sent = received + lost holds exactly only at the
+    end (``ended``: the counters of the worker's end message); before, the source's count is older."""
     c = {name: int(counters.get(name, 0) or 0) for name in (
         "events_in", "events_binned", "events_unused", "events_unmapped", "dropped_out_of_sensor",
         "dropped_bad_polarity", "dropped_backwards", "events_lost", "packets_lost", "messages_rejected",
@@ -211,8 +214,7 @@ def accounting(counters: dict[str, Any], source: dict[str, Any], predictions_rec
     sent = int(source.get("events_sent", 0) or 0)
     explained: list[str] = []
     unexplained: list[str] = []
-    lost_by_count = sent - c["events_in"]
-    if lost_by_count != c["events_lost"]:
+    if ended and sent - c["events_in"] != c["events_lost"]:
         unexplained.append(f"source sent {sent}, worker received {c['events_in']}, but the worker counts {c['events_lost']} lost")
     if c["events_lost"] > 0 and c["packets_lost"] > 0:
         explained.append(f"{c['events_lost']} events lost in {c['packets_lost']} packets: ZeroMQ high-water mark "
@@ -242,7 +244,7 @@ def accounting(counters: dict[str, Any], source: dict[str, Any], predictions_rec
         unexplained.append(f"{c['messages_rejected']} malformed messages rejected by the worker")
     # The worker's end message is not a prediction, so every window it inferred was published before it.
     missing = c["windows"] - predictions_received
-    if missing != consumer_lost and missing > 0:
+    if ended and missing != consumer_lost and missing > 0:
         unexplained.append(f"worker inferred {c['windows']} windows, {predictions_received} predictions arrived, "
                            f"{consumer_lost} seen lost")  # fmt: skip
     elif consumer_lost:
@@ -251,6 +253,7 @@ def accounting(counters: dict[str, Any], source: dict[str, Any], predictions_rec
         explained.append(f"{c['windows_skipped']} windows skipped: inference fell behind the stride, the worker "
                          "jumped to the newest window (latency stays bounded)")  # fmt: skip
     return {
+        "exact": ended,
         "events_sent": sent,
         **c,
         "predictions_received": predictions_received,
@@ -267,7 +270,7 @@ def summarise(run: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     duration_s = float(run["prediction_s"][-1]) if len(run["prediction_s"]) else 0.0
     memory = memory_growth(samples, args.window_s, end_s=args.minutes * 60 - 1, span_s=MEMORY_SPAN_SAMPLES * args.sample_s)
     latency = latency_windows(run["prediction_s"], recorder.compute_ms, recorder.e2e_ms, args.window_s)
-    account = accounting(counters, source, len(recorder.compute_ms), run["consumer_lost"])
+    account = accounting(counters, source, len(recorder.compute_ms), run["consumer_lost"], ended=recorder.ended)
     windows_total = account["windows"] + account["windows_skipped"]
     sent = account["events_sent"]
     targets = {

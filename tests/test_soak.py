@@ -96,3 +96,4 @@ def test_accounting_explains_every_loss_or_says_what_does_not_add_up():
     missing = accounting(counters, source, predictions_received=8, consumer_lost=0)["unexplained"]
     assert missing == ["worker inferred 10 windows, 8 predictions arrived, 0 seen lost"]
     assert accounting(counters, {**source, "events_sent": 1100}, 10, 0)["unexplained"][0].startswith("source sent 1100")
+    assert accounting(counters, {**source, "events_sent": 1100}, 8, 0, ended=False)["unexplained"] == []  # counts of different times
