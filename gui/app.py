@@ -5,7 +5,10 @@ The GUI is a ZeroMQ subscriber of the pipeline (so it can watch stages running o
 * the worker's endpoint (``endpoints.predictions``): ``prediction`` JSON (predictions, ``stats``
   about once a second, ``end``) and ``truth`` segments;
 * the source's endpoint (``endpoints.events``): the raw ``events``, for the event view and for
-  recording to AEDAT4.
+  recording to AEDAT4, and the source's ``clock`` messages (stream time while it is silent,
+  paused or not), which keep the event view moving when no events come;
+* the source stage's control socket (``endpoints.control``, optional): file replay controls
+  (play/pause, seek slider with position and duration, speed, loop) and the source's status.
 
 ``PipelineReceiver`` owns both sockets in one thread (ZeroMQ sockets stay in the thread that made
 them). It hands over what arrived through bounded buffers: event packets beyond
@@ -21,6 +24,10 @@ that exited (when it has the launcher's supervisor).
 
 Source switching restarts the launcher's source stage with a new spec, speed or loop flag
 (``SupervisorSourceControl``); without a supervisor (stages on another machine) it is disabled.
+A file's speed and loop change through the control socket without a restart.
+
+Gaps: a new ``worker_id`` in the worker's messages ("worker restarted") or no prediction for more
+than ``PREDICTION_GAP_S`` is shown in the state line and shaded in the strip and latency plot.
 """
 
 from __future__ import annotations
@@ -132,6 +139,7 @@ class PipelineReceiver:
         self.last_worker_s: float | None = None  # monotonic time of the newest worker message
         self.last_events_s: float | None = None  # ... and of the newest non-empty event packet
         self.last_source_s: float | None = None  # ... and of the newest events or clock from the source
+        self.last_clock_s: float | None = None  # ... and of the newest clock message from the source
         self.events_received = 0
         self.events_dropped = 0  # dropped here because the GUI thread fell behind
         self.reconnects = 0
@@ -272,7 +280,7 @@ class PipelineReceiver:
         if from_source and message.kind != Kind.EVENTS:  # the source's own status: only clocks are used
             data = message.data
             if isinstance(data, dict) and data.get("type") == "clock" and isinstance(data.get("time_us"), int):
-                self.last_source_s = now
+                self.last_source_s = self.last_clock_s = now
                 with self._lock:
                     self._pending.clock = data
             return
@@ -448,7 +456,6 @@ class MainWindow(QtWidgets.QMainWindow):
         self.control_problem = ""  # why the control socket does not answer ("" when it does)
         self._control_sent: dict[int, float] = {}  # request id -> monotonic s sent
         self.last_clock: dict | None = None
-        self._last_clock_s: float | None = None
         self._events_newest: tuple[float, int] | None = None  # (monotonic s, stream µs) of the newest events
         self._truth: deque[GestureSegment] = deque(maxlen=256)
         self._events_shown = 0
@@ -557,7 +564,7 @@ class MainWindow(QtWidgets.QMainWindow):
         self.addToolBarBreak()
         bar = self.addToolBar("replay")
         bar.setMovable(False)
-        self.play_action = bar.addAction("⏸ Pause", self.play_pause)
+        self.play_action = bar.addAction("Pause", self.play_pause)
         self.play_action.setToolTip("pause / play the file replay (Space)")
         self.seek_slider = QtWidgets.QSlider(QtCore.Qt.Orientation.Horizontal)
         self.seek_slider.setFocusPolicy(QtCore.Qt.FocusPolicy.NoFocus)
@@ -716,7 +723,7 @@ class MainWindow(QtWidgets.QMainWindow):
         self.source_status = status
         self.source_paused = bool(status.get("paused"))
         self._enable_file_controls()
-        self.play_action.setText("▶ Play" if self.source_paused else "⏸ Pause")
+        self.play_action.setText("▶ Play" if self.source_paused else "Pause")
         position, duration = status.get("position_s"), status.get("duration_s")
         if isinstance(duration, (int, float)) and duration > 0:
             self.seek_slider.setRange(0, round(duration * 1000))
@@ -886,7 +893,7 @@ class MainWindow(QtWidgets.QMainWindow):
             self._events_shown += len(events)
         self._truth.extend(received.truth)
         if received.clock is not None:
-            self.last_clock, self._last_clock_s = received.clock, now_s
+            self.last_clock = received.clock
             self.source_paused = bool(received.clock.get("paused"))
         self._advance_view(now_s)
         for prediction in received.predictions:
@@ -907,15 +914,17 @@ class MainWindow(QtWidgets.QMainWindow):
 
     def _advance_view(self, now_s: float) -> None:
         """Keep the event view moving while the source is silent: to the source's clock, or
-        (a source without clock messages) by the wall time since its newest events."""
+        (a source without clock messages) by the wall time since its newest events arrived.
+        Arrival times are the receiver thread's, so a busy GUI thread does not fake a silence."""
+        receiver = self.receiver
         if self.accumulator is None:
             return
-        if self._last_clock_s is not None and now_s - self._last_clock_s < CLOCK_FALLBACK_S:
+        if receiver.last_clock_s is not None and now_s - receiver.last_clock_s < CLOCK_FALLBACK_S:
             self.accumulator.advance(int(self.last_clock["time_us"]))
-        elif self._events_newest is not None and not self.source_paused:
-            since_s, newest_us = self._events_newest
-            if now_s - since_s > CLOCK_FALLBACK_S:
-                self.accumulator.advance(newest_us + int((now_s - since_s) * 1e6))
+        elif self._events_newest is not None and receiver.last_events_s is not None and not self.source_paused:
+            silent_s = now_s - receiver.last_events_s
+            if silent_s > CLOCK_FALLBACK_S:
+                self.accumulator.advance(self._events_newest[1] + int(silent_s * 1e6))
 
     def _truth_at(self, time_us: Any) -> int:
         """The true class at stream time ``time_us`` (-1: none or unknown)."""

@@ -82,7 +82,10 @@ class EventAccumulator:
         max_events: most events kept for the window (older ones leave early; bounds memory).
 
     ``add(events)`` takes time-ordered event packets; ``counts`` is int32 ``[2, H, W]`` (channel =
-    polarity). A packet earlier than the newest time seen (a restarted source) clears the image.
+    polarity). A packet earlier than the newest event seen (a restarted source) clears the image.
+    The window ends at ``time_us``: the newest event, or later when ``advance`` moved it on
+    (a silent source's clock); a packet that comes before an advanced ``time_us`` (it was only an
+    estimate) pulls it back to its own newest event.
     """
 
     def __init__(
@@ -97,7 +100,8 @@ class EventAccumulator:
         self.accumulation_us = _check_accumulation(accumulation_us)
         self.max_events = int(max_events)
         self.counts = np.zeros((2, self.sensor_size.height, self.sensor_size.width), dtype=np.int32)
-        self.newest_us: int | None = None
+        self.newest_us: int | None = None  # newest event
+        self.time_us: int | None = None  # end of the window shown (>= newest_us)
         self._chunks: deque[np.ndarray] = deque()  # events inside the window, oldest first
         self._held = 0  # events in _chunks
 
@@ -112,6 +116,7 @@ class EventAccumulator:
         self._chunks.clear()
         self._held = 0
         self.newest_us = None
+        self.time_us = None
 
     def add(self, events: np.ndarray) -> None:
         """Add a time-ordered packet of ``EVENT_DTYPE`` events on this sensor."""
@@ -124,21 +129,25 @@ class EventAccumulator:
         self._chunks.append(events)
         self._held += len(events)
         self.newest_us = int(events["t"][-1])
+        if self.time_us is None or int(events["t"][0]) < self.time_us:
+            self.time_us = self.newest_us  # first packet, or an advance that overshot
+        else:
+            self.time_us = max(self.time_us, self.newest_us)
         self._expire()
 
     def advance(self, time_us: int) -> None:
         """Stream time has reached ``time_us`` without events (a source clock message): events
         older than the window leave, so a silent source's image fades instead of freezing.
         Events later added must not be earlier than ``time_us`` (a clock promises that)."""
-        if self.newest_us is not None and int(time_us) > self.newest_us:
-            self.newest_us = int(time_us)
+        if self.time_us is not None and int(time_us) > self.time_us:
+            self.time_us = int(time_us)
             self._expire()
 
     def _expire(self) -> None:
         """Subtract the events older than the window or beyond ``max_events``."""
-        if self.newest_us is None:
+        if self.time_us is None:
             return
-        cutoff = self.newest_us - self.accumulation_us
+        cutoff = self.time_us - self.accumulation_us
         while self._chunks:
             oldest = self._chunks[0]
             excess = self._held - self.max_events

@@ -246,6 +246,215 @@ def test_gui_drops_oldest_events_instead_of_building_a_backlog(tmp_path: Path) -
     assert int(received.packets[-1][0]["t"][0]) >= 90_000  # the newest packet is kept
 
 
+def test_strip_and_bars_rows_line_up_with_the_class_labels(qtbot) -> None:
+    """Every class k: the strip's heat band, dot and ring and the bar sit on the row labelled
+    GESTURE_CLASSES[k] (an off-by-one anywhere fails)."""
+    from PySide6 import QtCore
+
+    from gui.widgets import PredictionStrip, ProbabilityBars
+
+    strip, bars = PredictionStrip(span_s=5.0), ProbabilityBars()
+    for widget in (strip, bars):
+        qtbot.addWidget(widget)
+        widget.resize(700, 330)
+        widget.show()
+    classes = len(GESTURE_CLASSES)
+    assert strip.getAxis("left")._tickLevels[0] == list(enumerate(GESTURE_CLASSES))
+    assert bars.getAxis("left")._tickLevels[0] == list(enumerate(GESTURE_CLASSES))
+    start = 100.0
+    for k in range(classes):  # class k for 0.4 s, one prediction every 50 ms
+        for step in range(8):
+            probabilities = np.zeros(classes)
+            probabilities[k] = 1.0
+            strip.add(start + 0.4 * k + 0.05 * step, probabilities, k, truth_index=k)
+    now = start + 0.4 * classes
+    strip.refresh(now)
+    qtbot.wait(50)
+    image = strip.grab().toImage()
+    view = strip.getViewBox()
+    for k in range(classes):
+        x = -0.4 * (classes - k) + 0.2  # the middle of class k's stretch, seconds ago
+        point = strip.mapFromScene(view.mapViewToScene(QtCore.QPointF(x, k)))
+        column = [image.pixelColor(point.x(), y).lightness() for y in range(image.height())]
+        bright = [y for y, value in enumerate(column) if value > 200]
+        row_px = view.mapViewToScene(QtCore.QPointF(x, 1)).y() - view.mapViewToScene(QtCore.QPointF(x, 0)).y()
+        assert bright and abs(np.mean(bright) - point.y()) < row_px / 4, (k, GESTURE_CLASSES[k])
+    assert strip.dots.data["y"].tolist() == [k for k in range(classes) for _ in range(8)]
+    assert strip.truth_rings.data["y"].tolist() == strip.dots.data["y"].tolist()
+    for k in range(classes):
+        probabilities = np.zeros(classes)
+        probabilities[k] = 1.0
+        bars.show_probabilities(probabilities, highlight=k)
+        widths = bars.bars.opts["width"]
+        assert int(np.argmax(widths)) == k and bars.bars.opts["y"][k] == k
+
+
+def test_strip_shows_a_gap_where_predictions_stopped_and_marks_it(qtbot) -> None:
+    from gui.widgets import PredictionStrip
+
+    strip = PredictionStrip(span_s=10.0, bin_s=0.05, hold_s=0.2)
+    qtbot.addWidget(strip)
+    times = [*np.arange(0.0, 3.0, 0.05), *np.arange(6.0, 9.0, 0.05)]  # nothing from 3 s to 6 s
+    for t in times:
+        strip.add(t, np.full(len(GESTURE_CLASSES), 0.5), 0)
+    strip.mark_gap(2.95, 6.0, "worker restarted")
+    image = strip.heat_image(now_s=10.0)  # columns of 50 ms from 0 to 10 s
+    filled = np.isfinite(image[0])
+    assert filled[5:55].all() and filled[125:175].all()  # predictions held between them
+    assert not filled[64:118].any()  # the gap stays empty (hold 0.2 s)
+    strip.refresh(10.0)
+    region = strip.gap_marks._regions[0]
+    assert region.isVisible() and region.getRegion() == pytest.approx((-7.05, -4.0))
+    assert strip.gap_marks._labels[0].textItem.toPlainText() == "worker restarted"
+
+
+def test_silent_source_clock_moves_the_event_view_and_paused_is_shown(qtbot, window: MainWindow, publishers) -> None:
+    worker, source = publishers
+    worker.publish_json(STATUS_KIND, prediction(0, 1))
+    clock = {"type": "clock", "time_us": 1_000_000, "paused": False}
+    source.publish_json(STATUS_KIND, clock)
+    feed(source, 1_000_000, count=3_000)  # events at 1.00 .. 1.02 s, then silence
+    qtbot.waitUntil(lambda: window.receiver.events_received == 3_000 and window.accumulator is not None, timeout=5000)
+    for _ in range(100):  # the source is silent: its clock goes on, 10 ms per message
+        clock["time_us"] += 10_000
+        source.publish_json(STATUS_KIND, clock)
+        qtbot.wait(10)
+        if window.accumulator.time_us == clock["time_us"] and int(window.event_view.image.image.max()) == 0:
+            break
+    assert window.accumulator.time_us == clock["time_us"]  # the view follows the source's clock
+    assert window.accumulator.events_held == 0 and int(window.event_view.image.image.max()) == 0  # not frozen
+
+    def silent_but_alive(paused: bool) -> None:  # the worker and the source's clock keep talking
+        worker.publish_json(STATUS_KIND, {"type": "stats", "counters": {}, "backend": "b"})
+        source.publish_json(STATUS_KIND, {**clock, "paused": paused})
+
+    for paused, text in ((False, "source idle"), (True, "source paused")):
+        for _ in range(100):
+            silent_but_alive(paused)
+            qtbot.wait(50)
+            if text in window.state_label.text():
+                break
+        assert text in window.state_label.text()
+    assert "PAUSED" in window.event_view.caption.textItem.toPlainText()
+
+
+def test_source_without_clock_messages_fades_and_says_no_data(qtbot, window: MainWindow, publishers) -> None:
+    worker, source = publishers
+    feed(source, 5_000_000, count=2_000)
+    qtbot.waitUntil(lambda: window.accumulator is not None and window.accumulator.events_held == 2_000, timeout=5000)
+    for seq in range(8):  # the worker keeps talking, the source is gone (no events, no clock)
+        worker.publish_json(STATUS_KIND, prediction(seq, 2))
+        qtbot.wait(100)
+    assert window.accumulator.events_held == 0  # faded by the wall clock after CLOCK_FALLBACK_S
+    qtbot.waitUntil(lambda: "no data since" in window.state_label.text(), timeout=5000)
+
+
+def test_worker_restart_and_prediction_gaps_are_shown_and_marked(qtbot, window: MainWindow, publishers) -> None:
+    worker, source = publishers
+
+    def predict(seq: int, worker_id: str) -> None:
+        worker.publish_json(STATUS_KIND, {**prediction(seq, 4), "worker_id": worker_id})
+
+    predict(0, "aaaa")
+    qtbot.waitUntil(lambda: window.worker_id == "aaaa", timeout=5000)
+    worker.publish_json(STATUS_KIND, {"type": "stats", "worker_id": "bbbb", "counters": {}, "backend": "b"})
+    qtbot.waitUntil(lambda: window.state_label.text() == "worker restarted", timeout=5000)
+    predict(0, "bbbb")
+    qtbot.waitUntil(lambda: window.predictions_seen == 2, timeout=5000)
+    assert [label for *_, label in window.strip.gap_marks.gaps] == ["worker restarted"]
+    assert [label for *_, label in window.latency_plot.gap_marks.gaps] == ["worker restarted"]
+    window.worker_restarted_s -= 10  # the restart notice has been shown long enough
+    clock = {"type": "clock", "time_us": 0, "paused": False}
+    for _ in range(100):  # the worker and the source are alive, but no prediction comes
+        worker.publish_json(STATUS_KIND, {"type": "stats", "worker_id": "bbbb", "counters": {}, "backend": "b"})
+        clock["time_us"] += 50_000
+        source.publish_json(STATUS_KIND, clock)
+        qtbot.wait(50)
+        if "no predictions for" in window.state_label.text():
+            break
+    assert "no predictions for" in window.state_label.text()
+    assert window.prediction_panel.stale  # the last label is greyed out
+    predict(1, "bbbb")
+    qtbot.waitUntil(lambda: len(window.strip.gap_marks.gaps) == 2, timeout=5000)
+    assert window.strip.gap_marks.gaps[-1][2].startswith("no predictions")
+    qtbot.waitUntil(lambda: "no predictions" not in window.state_label.text(), timeout=5000)
+    assert not window.prediction_panel.stale
+
+
+def test_source_chooser_offers_simulator_cameras_file_and_network(qtbot, window: MainWindow) -> None:
+    from stream.sources import list_cameras
+
+    box = window.source_box
+    items = [(box.itemText(i), box.itemData(i), box.model().item(i).isEnabled()) for i in range(box.count())]
+    cameras = list_cameras()
+    assert items[0] == ("Simulator", "sim", True)
+    if cameras:
+        assert [data for _, data, _ in items[1 : 1 + len(cameras)]] == [f"camera:{serial}" for _, serial in cameras]
+    else:
+        assert items[1] == ("(no camera connected)", None, False)  # says so, cannot be chosen
+    assert ("Open file…", "?file", True) in items and ("Network stream…", "?dv", True) in items
+
+
+def write_recording(path: Path, seconds: float = 8.0, rate: int = 20_000) -> np.ndarray:
+    from stream.aedat4 import Aedat4Writer
+
+    count = int(seconds * rate)
+    events = random_events(count, SENSOR, 0, int(seconds * 1e6), seed=5)
+    with Aedat4Writer(path, SENSOR) as writer:
+        writer.write(events)
+    return events
+
+
+def test_file_controls_and_keys_drive_a_real_source_stage(qtbot, tmp_path: Path) -> None:
+    """The window's file controls against a real source stage process replaying a real AEDAT4 file."""
+    from PySide6 import QtCore
+
+    write_recording(tmp_path / "rec.aedat4")
+    control = f"ipc://{tmp_path}/control"
+    command = [sys.executable, "-m", "stream.source", "--source", f"file:{tmp_path / 'rec.aedat4'}",
+               "--pub", f"ipc://{tmp_path}/events", "--control", control, "--wait-subscribers", "1", "--quiet"]  # fmt: skip
+    stage = subprocess.Popen(command)
+    try:
+        with StagePublisher(f"ipc://{tmp_path}/predictions") as worker:
+            main = MainWindow(worker.endpoint, f"ipc://{tmp_path}/events", control_endpoint=control, source_spec="file",
+                              output_dir=tmp_path)  # fmt: skip
+            qtbot.addWidget(main)
+            main.show()
+            alive = QtCore.QTimer(main)  # the worker's stats, so the pipeline is not taken for stalled
+            alive.timeout.connect(lambda: worker.publish_json(STATUS_KIND, {"type": "stats", "counters": {}}))
+            alive.start(200)
+            qtbot.waitUntil(lambda: main.file_controls() and main.source_status["duration_s"] is not None, timeout=30_000)
+            assert main.seek_slider.isEnabled() and main.seek_slider.maximum() == 8_000
+            qtbot.waitUntil(lambda: main.receiver.events_received > 0, timeout=10_000)
+
+            qtbot.keyClick(main, QtCore.Qt.Key.Key_Space)  # pause the replay
+            qtbot.waitUntil(lambda: main.source_paused and main.play_action.text() == "▶ Play", timeout=5000)
+            qtbot.waitUntil(lambda: "source paused" in main.state_label.text(), timeout=5000)
+            qtbot.wait(100)
+            received = main.receiver.events_received
+            qtbot.wait(300)
+            assert main.receiver.events_received == received  # no events while paused
+
+            position = main.source_status["position_s"]
+            qtbot.keyClick(main, QtCore.Qt.Key.Key_Right)  # +5 s
+            qtbot.waitUntil(lambda: main.source_status["position_s"] == pytest.approx(position + 5.0, abs=0.01), timeout=5000)
+            assert main.seek_slider.value() == pytest.approx((position + 5.0) * 1000, abs=10)
+            assert "/ 8.0 s" in main.position_label.text()
+            qtbot.keyClick(main, QtCore.Qt.Key.Key_BracketRight)  # faster: 1 -> 2
+            qtbot.waitUntil(lambda: main.source_status["speed"] == 2.0, timeout=5000)
+            qtbot.keyClick(main, QtCore.Qt.Key.Key_L)
+            qtbot.waitUntil(lambda: main.source_status["loop"] is True and main.loop_box.isChecked(), timeout=5000)
+
+            qtbot.keyClick(main, QtCore.Qt.Key.Key_Space)  # play again: events flow
+            qtbot.waitUntil(lambda: not main.source_paused, timeout=5000)
+            qtbot.waitUntil(lambda: main.receiver.events_received > received, timeout=5000)
+            assert main.source_status["position_s"] >= position + 5.0
+            main.close()
+    finally:
+        stage.terminate()
+        stage.wait(10)
+
+
 # --- the window against the real pipeline ---------------------------------------------------
 
 
@@ -275,19 +484,22 @@ def start_pipeline(tmp_path: Path, checkpoint: Path, backend: str):
     import launch
 
     args = launch.build_parser().parse_args(["--source", "sim", "--checkpoint", str(checkpoint), "--backend", backend])
-    endpoints = launch.Endpoints(f"ipc://{tmp_path}/events", f"ipc://{tmp_path}/predictions")
-    supervisor = launch.Supervisor([launch.worker_stage(args, endpoints, 1), launch.source_stage(args, endpoints, 1)])
+    endpoints = launch.Endpoints(f"ipc://{tmp_path}/events", f"ipc://{tmp_path}/predictions", f"ipc://{tmp_path}/control")
+    # as launch.py does: the source waits for the worker and the GUI, the worker for the GUI
+    supervisor = launch.Supervisor([launch.worker_stage(args, endpoints, 1), launch.source_stage(args, endpoints, 2)])
     return launch, args, endpoints, supervisor
 
 
-def test_real_pipeline_predictions_source_restart_and_stall(qtbot, tmp_path: Path) -> None:
+def test_real_pipeline_predictions_source_restart_stall_worker_restart_and_file(qtbot, tmp_path: Path) -> None:
+    from PySide6 import QtCore, QtWidgets
+
     checkpoint = tiny_checkpoint(tmp_path)
     launch, args, endpoints, supervisor = start_pipeline(tmp_path, checkpoint, backend="torch")
     with supervisor:
         control = SupervisorSourceControl(supervisor, args, endpoints, launch.source_stage)
-        main = MainWindow(endpoints.predictions, endpoints.events, source_spec="sim", source_control=control,
-                          supervisor=supervisor, model_name=checkpoint.stem, stall_after_s=1.5,
-                          reconnect_after_s=30.0, output_dir=tmp_path)  # fmt: skip
+        main = MainWindow(endpoints.predictions, endpoints.events, control_endpoint=endpoints.control,
+                          source_spec="sim", source_control=control, supervisor=supervisor, model_name=checkpoint.stem,
+                          stall_after_s=1.5, reconnect_after_s=30.0, output_dir=tmp_path)  # fmt: skip
         qtbot.addWidget(main)
         main.show()
         qtbot.waitUntil(lambda: main.predictions_seen >= 3, timeout=60_000)
@@ -310,6 +522,42 @@ def test_real_pipeline_predictions_source_restart_and_stall(qtbot, tmp_path: Pat
         finally:
             os.kill(worker.pid, signal.SIGCONT)
         qtbot.waitUntil(lambda: "stalled" not in main.state_label.text(), timeout=15_000)
+        assert main.source_status is not None and not main.file_controls()  # the simulator: status only
+
+        old_id = main.worker_id  # a killed worker is started again: the GUI says so and marks the gap
+        assert old_id is not None
+        os.kill(supervisor.stages["worker"].process.pid, signal.SIGKILL)
+        qtbot.waitUntil(lambda: main.worker_id not in (None, old_id), timeout=60_000)
+        qtbot.waitUntil(lambda: main.state_label.text() == "worker restarted", timeout=5_000)
+        seen = main.predictions_seen
+        qtbot.waitUntil(lambda: main.predictions_seen > seen, timeout=30_000)
+        assert [label for *_, label in main.strip.gap_marks.gaps][-1] == "worker restarted"
+
+        recording = tmp_path / "walk.aedat4"  # the source chooser: a file from the file dialog
+        write_recording(recording, seconds=30.0, rate=5_000)  # long enough to be still playing when paused
+
+        def choose_file(tries: int = 50) -> None:  # type the path into the real dialog and press Open
+            dialog = QtWidgets.QApplication.activeModalWidget()
+            if not isinstance(dialog, QtWidgets.QFileDialog):
+                if tries:
+                    QtCore.QTimer.singleShot(100, lambda: choose_file(tries - 1))
+                elif dialog is not None:
+                    dialog.close()  # never hang the test on an unexpected modal window
+                return
+            dialog.findChild(QtWidgets.QLineEdit, "fileNameEdit").setText(str(recording))
+            dialog.accept()
+
+        old_pid = supervisor.stages["source"].process.pid
+        QtCore.QTimer.singleShot(100, choose_file)
+        main.source_box.activated.emit(main.source_box.findData("?file"))
+        assert supervisor.stages["source"].process.pid != old_pid
+        assert main.source_spec == f"file:{recording}" and main.source_box.currentText() == "File walk.aedat4"
+        qtbot.waitUntil(lambda: main.sensor == SENSOR, timeout=30_000)  # the file's events arrive
+        qtbot.waitUntil(main.file_controls, timeout=10_000)  # and the new stage answers file commands
+        main.activateWindow()  # back from the dialog: shortcuts go to the active window
+        qtbot.waitUntil(main.isActiveWindow, timeout=5_000)
+        qtbot.keyClick(main, QtCore.Qt.Key.Key_Space)
+        qtbot.waitUntil(lambda: "source paused" in main.state_label.text(), timeout=10_000)
         main.close()
 
 
