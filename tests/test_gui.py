@@ -82,6 +82,21 @@ def test_accumulator_bounds_memory_and_rejects_bad_input() -> None:
         accumulator.add(np.zeros(3, dtype=np.int64))
 
 
+def test_accumulator_advance_moves_the_window_and_a_late_packet_pulls_it_back() -> None:
+    events = random_events(5_000, SENSOR, 0, 100_000, seed=4)
+    accumulator = EventAccumulator(SENSOR, 50_000)
+    accumulator.add(events)
+    accumulator.advance(120_000)  # a clock: 20 ms of silence after the last event
+    np.testing.assert_array_equal(accumulator.counts, brute_counts(events, SENSOR, 120_000 - 50_000))
+    accumulator.advance(110_000)  # a clock never goes back: ignored
+    assert accumulator.time_us == 120_000
+    accumulator.advance(1_000_000)
+    assert accumulator.events_held == 0 and int(accumulator.counts.sum()) == 0
+    late = random_events(100, SENSOR, 130_000, 140_000, seed=5)  # before the estimated time, after the events
+    accumulator.add(late)
+    assert accumulator.time_us == int(late["t"][-1]) and accumulator.events_held == 100  # not cleared, not expired
+
+
 def test_colour_index_levels_and_lut() -> None:
     counts = np.zeros((2, 1, 4), dtype=np.int32)
     counts[1, 0] = [0, 1, 4, 100]  # ON
