@@ -1,10 +1,15 @@
 """iniVation AEDAT4 files: streaming reader and streaming writer.
 
-Reading: an intact file (one with its trailing FileDataTable) is read through dv-processing's
-``MonoCameraRecording``, whose event batches already have the canonical memory layout (a view, no
-copy: the fastest reader here). dv-processing refuses a file without that table (a recording cut
-short by a crash or a full disk); such a file, and any file dv-processing will not open, is read
-through faery's ``aedat.Decoder``, packet by packet, which also finds where the damage starts.
+Reading goes through faery's ``aedat.Decoder`` (Rust), packet by packet, after this module has
+checked the file's IOHeader and the framing of every packet in Python/Numba (sizes against the
+file, LZ4/Zstd frame and block headers, an upper bound of each packet's decompressed size):
+faery trusts those sizes (a size of -1 makes it allocate 4 GiB and abort the process) and panics
+on some malformed headers (turned into ``EventFormatError`` here). dv-processing is not used for
+reading files: on a recording with one or two corrupted bytes in an LZ4 packet its
+``MonoCameraRecording.getNextEventBatch`` never returned in about half of the cases tried, and
+crashed with SIGSEGV in a few (dv-processing 2.0.4; see
+``tests/test_fuzz.py::test_corrupt_lz4_packet_that_hung_dv_processing``); faery reports the same
+damage as an error.
 Writing from Python through dv-processing means one ``push_back`` per event, so the writer uses
 faery's ``aedat.Encoder``, which takes NumPy packets at > 10 M events/s. Files written here open in
 dv-processing and DV.
@@ -14,7 +19,9 @@ Reader guarantees:
     canonical ``EVENT_DTYPE`` (t in microseconds);
   * ``sensor_size`` from that stream's ``sizeX``/``sizeY``; ``camera`` from its ``source``;
   * no timestamp-order check here (``stream.files`` checks it); DV and this writer write
-    non-decreasing timestamps;
+    non-decreasing timestamps (faery raises a timestamp smaller than the previous one of its stream
+    to that one, so such a file reads as non-decreasing);
+  * memory per packet is bounded by min(128 MiB, 1 MiB + 1024 x the packet's size in the file);
   * a damaged or cut file raises ``EventFormatError``; with ``allow_truncated=True`` every
     complete packet before the damage is yielded and ``reader.damage`` says what stopped it.
 """
@@ -27,7 +34,6 @@ import xml.etree.ElementTree as ElementTree
 from pathlib import Path
 from typing import Iterator, NamedTuple
 
-import dv_processing as dv
 import faery
 import numba
 import numpy as np
@@ -38,7 +44,6 @@ from stream.events import (
     check_events,
     concatenate_events,
     from_aedat,
-    from_dv,
     to_aedat,
 )
 
@@ -48,6 +53,7 @@ MAGIC = b"#!AER-DAT4.0\r\n"
 MAX_HEADER_BYTES = 1 << 24  # the IOHeader holds a few kB of XML
 MAX_PACKET_BYTES = 1 << 28  # bytes of one packet in the file
 MAX_DECODED_PACKET_BYTES = 1 << 27  # one packet decompressed: 8 M events (DV writes far smaller ones)
+DECODED_BASE_BYTES, DECODED_PER_BYTE = 1 << 20, 1024  # and at most 1 MiB + 1024 x its size in the file
 COMPRESSIONS = {"lz4": ("lz4", 1), "zstd": ("zstd", 3), None: None}
 COMPRESSION_NAMES = {0: "none", 1: "LZ4", 2: "LZ4 high", 3: "Zstd", 4: "Zstd high"}
 DEFAULT_CAMERA = "spikeformer-live"
@@ -135,10 +141,11 @@ def _check_io_header(path: Path) -> _Layout:
 
 # --- packet framing check -----------------------------------------------------------------------
 # faery and dv-processing trust the sizes in a file: a packet size of -1 makes faery allocate 4 GiB
-# and abort the process, and a compressed packet can expand without limit. So every packet's
-# framing, and an upper bound of its decompressed size from its LZ4 / Zstd frame and block headers,
-# is checked in one pass before either library sees the file (one 8-byte read per packet and a few
-# bytes per compressed block: about a page of I/O per packet).
+# and abort the process, and a compressed packet can expand without limit (a Zstd RLE block turns
+# 4 bytes into 128 KiB). So every packet's framing, and an upper bound of its decompressed size from
+# its LZ4 / Zstd frame and block headers, is checked in one pass before either library sees the
+# file (one 8-byte read per packet and a few bytes per block: about a page of I/O per packet).
+# Memory per packet is then at most min(128 MiB, 1 MiB + 1024 x its size in the file).
 
 _PROBLEMS = (
     "",
@@ -190,7 +197,8 @@ def _lz4_bound(data: np.ndarray, at: int, end: int) -> int:
             if size > block_max:
                 return -1
             at += size + block_checksum
-            total += size if block & 0x80000000 else block_max
+            # a compressed block holds at most ~255 output bytes per input byte (LZ4's longest match code)
+            total += size if block & 0x80000000 else min(block_max, 256 * size + 64)
         at += 4 if flags & 4 else 0
     return total if at == end else -1
 
@@ -263,7 +271,7 @@ def _scan_packets(
             decoded, problem = size, 0
         if decoded < 0:
             return packets, at, problem, size
-        if decoded > max_decoded_bytes:
+        if decoded > min(max_decoded_bytes, DECODED_BASE_BYTES + DECODED_PER_BYTE * size):
             return packets, at, 7, decoded
         at = body + size
         packets += 1
@@ -285,7 +293,8 @@ def _check_packets(path: Path, layout: _Layout) -> tuple[int, str]:
                 else _zstd_bound(data, layout.data_end, layout.file_size) if layout.compression in (3, 4)
                 else layout.file_size - layout.data_end
             )  # fmt: skip
-            if not 0 <= table <= MAX_DECODED_PACKET_BYTES:
+            table_bytes = layout.file_size - layout.data_end
+            if not 0 <= table <= min(MAX_DECODED_PACKET_BYTES, DECODED_BASE_BYTES + DECODED_PER_BYTE * table_bytes):
                 return packets, f"corrupt file data table at byte {layout.data_end}"
     finally:
         del data
@@ -308,7 +317,7 @@ def _info_attributes(description: list, stream_id: int) -> dict[str, object]:
 
 
 def _is_native_error(error: BaseException) -> bool:
-    """An error raised by faery or dv-processing on bad data: a RuntimeError, or a Rust panic inside
+    """An error raised by faery on bad data: a RuntimeError, or a Rust panic inside
     faery (pyo3's ``PanicException`` derives from BaseException, so ``except Exception`` misses it)."""
     return isinstance(error, RuntimeError) or type(error).__name__ == "PanicException"
 
@@ -343,51 +352,35 @@ class Aedat4Reader:
             self.damage = damage
         else:
             self._packet_limit = None
-        self._recording = None if damage else self._open_with_dv()
-        if self._recording is not None:
-            width, height = self._recording.getEventResolution()
-            self.sensor_size = SensorSize(int(width), int(height)).validated()
-            self.camera = str(self._recording.getCameraName())
-            self.stream_id = -1  # dv-processing picks the recording's event stream itself
-            self._decoder = None
-            return
+        self._decoder = None
         try:
             self._decoder = _aedat.Decoder(self.path).__enter__()
             tracks = self._decoder.tracks()
             description = self._decoder.description()
         except BaseException as error:
+            self.close()
             if not _is_native_error(error):
                 raise
             raise EventFormatError(f"{self.path}: unreadable AEDAT4 header ({_first_line(error)})") from None
         event_tracks = sorted((track for track in tracks if track.data_type == "events"), key=lambda track: track.id)
-        if not event_tracks:
-            raise EventFormatError(f"{self.path}: AEDAT4 file has no event stream")
-        track = event_tracks[0]
+        try:
+            if not event_tracks:
+                raise EventFormatError(f"{self.path}: AEDAT4 file has no event stream")
+            track = event_tracks[0]
+            try:
+                self.sensor_size = SensorSize(*track.dimensions).validated()
+            except (TypeError, ValueError) as error:
+                raise EventFormatError(f"{self.path}: bad event stream dimensions {track.dimensions}: {error}") from None
+        except EventFormatError:
+            self.close()
+            raise
         self.stream_id = track.id
-        try:
-            self.sensor_size = SensorSize(*track.dimensions).validated()
-        except (TypeError, ValueError) as error:
-            raise EventFormatError(f"{self.path}: bad event stream dimensions {track.dimensions}: {error}") from None
         self.camera = str(_info_attributes(description, track.id).get("source", ""))
-
-    def _open_with_dv(self) -> "dv.io.MonoCameraRecording | None":
-        """dv-processing's reader if it accepts the file (intact, with an event stream), else None."""
-        try:
-            recording = dv.io.MonoCameraRecording(str(self.path))
-            return recording if recording.isEventStreamAvailable() else None
-        except RuntimeError:
-            return None
 
     def packets(self) -> Iterator[np.ndarray]:
         """Yield each event packet of the stream as canonical events, in file order."""
         delivered = 0
         try:
-            if self._recording is not None:
-                while (batch := self._recording.getNextEventBatch()) is not None:
-                    events = from_dv(batch.numpy())
-                    delivered += len(events)
-                    yield events
-                return
             read = 0
             while self._packet_limit is None or read < self._packet_limit:  # faery never sees the damage
                 item = next(self._decoder, None)
@@ -422,9 +415,9 @@ class Aedat4Reader:
         return concatenate_events(list(self.packets()))
 
     def close(self) -> None:
-        self._recording = None
         if self._decoder is not None:
-            self._decoder.__exit__(None, None, None)
+            decoder, self._decoder = self._decoder, None
+            decoder.__exit__(None, None, None)
 
     def __enter__(self) -> "Aedat4Reader":
         return self

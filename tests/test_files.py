@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from stream.aedat4 import Aedat4Reader, Aedat4Writer, read_aedat4, write_aedat4
 from stream.aedat31 import write_aedat31
 from stream.events import EVENT_DTYPE, EventFormatError, SensorSize, from_dv, make_events
-from stream.files import convert, detect_format, file_info, open_events, read_events
+from stream.files import convert, detect_format, file_info, first_invalid, open_events, read_events
 from stream.tonic_npy import list_samples, read_tonic_npy, sample_path, write_tonic_npy
 
 REPO = Path(__file__).resolve().parents[1]
@@ -317,3 +317,15 @@ def test_real_recording(real_aedat4: Path) -> None:
     info = file_info(real_aedat4)
     assert (info["format"], info["width"], info["height"]) == ("aedat4", 346, 260)
     assert info["events"] > 0 and info["camera"].startswith("DAVIS346")
+
+
+def test_first_invalid_finds_each_broken_rule() -> None:
+    """The one-pass check behind open_events: order, sensor bounds and polarity."""
+    good = make_events([1, 2, 2, 5], [0, 9, 3, 0], [0, 0, 7, 3], [0, 1, 1, 0])
+    assert first_invalid(good, 1, 10, 8) == (-1, 0)
+    assert first_invalid(good, 2, 10, 8) == (0, 1)  # the previous chunk ended at t = 2
+    for field, value, problem in (("t", 0, 1), ("x", 10, 2), ("x", -1, 2), ("y", 8, 2), ("p", 2, 3), ("p", -1, 3)):
+        bad = good.copy()
+        bad[field][2] = value
+        assert first_invalid(bad, 0, 10, 8) == (2, problem), (field, value)
+
