@@ -11,6 +11,8 @@ the work the GUI's fast timer does. Peers measured in the same run on the same e
 * per-event loop: the same with a Python loop over events (measured on a few updates only).
 
 Qt runs offscreen. Prints a markdown table: ms per update (median, p90) and ratio vs ours.
+A second table: the slow timer's panels (prediction strip on its time grid with 400 predictions,
+latency and rate plots), redrawn 5 times a second.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
-from gui.widgets import EventAccumulator, EventView  # noqa: E402  (installs the PySide6 guard first)
+from gui.widgets import EventAccumulator, EventView, PredictionStrip, RollingPlot  # noqa: E402  (PySide6 guard first)
 import pyqtgraph as pg  # noqa: E402
 from PySide6 import QtWidgets  # noqa: E402
 from stream.events import SensorSize, make_events  # noqa: E402
@@ -93,6 +95,32 @@ def measure(renderer, packets: list[np.ndarray], warmup: int = 5) -> np.ndarray:
     return np.asarray(times)
 
 
+def measure_panels(updates: int) -> np.ndarray:
+    """ms per slow-timer redraw: strip (400 predictions at 20/s) + latency and rate plots, rendered."""
+    rng = np.random.default_rng(1)
+    strip = PredictionStrip()
+    latency = RollingPlot("latency", "ms", {"compute": "#ffb347", "end to end": "#5ab0ff"})
+    rate = RollingPlot("event rate", "M events/s", {"source": "#7ddc7d", "shown": "#c8c8c8"})
+    for widget in (strip, latency, rate):
+        widget.resize(640, 220)
+    now = 1000.0
+    for k in range(400):
+        t = now - 20.0 + k * 0.05
+        strip.add(t, rng.dirichlet(np.ones(11)), int(rng.integers(-1, 11)), int(rng.integers(-1, 11)))
+        latency.add("compute", t, 10.0)
+        latency.add("end to end", t, 12.0)
+        rate.add("source", t, 1.0)
+    strip.mark_gap(now - 8.0, now - 6.0, "worker restarted")
+    times = []
+    for k in range(updates):
+        start = time.perf_counter()
+        for widget in (strip, latency, rate):
+            widget.refresh(now + k * 0.2)
+            widget.grab()  # render
+        times.append((time.perf_counter() - start) * 1000.0)
+    return np.asarray(times[3:])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rate", type=float, default=1e6, help="events per second")
@@ -116,6 +144,10 @@ def main() -> None:
         for name, times in rows:
             median = float(np.median(times))
             print(f"| {name} | {accumulation_ms} ms | {median:.2f} | {np.percentile(times, 90):.2f} | {median / ours:.1f}x |")
+    panels = measure_panels(40)
+    print("\n| slow timer (5 Hz): strip + 2 plots, rendered | ms/update median | p90 |")
+    print("|---|---|---|")
+    print(f"| 400 predictions, 1 gap | {np.median(panels):.2f} | {np.percentile(panels, 90):.2f} |")
 
 
 if __name__ == "__main__":
