@@ -189,6 +189,7 @@ class HeadlessRecorder:
         self.worker_counters: dict[str | None, dict] = {}  # the latest counters of each worker
         self.stride_us: int | None = None
         self.stopped_us: int | None = None  # when the recording stopped (set by ``record``)
+        self.worker_busy_s: dict = {}  # the latest worker's busy seconds by part (its stats)
         self.counters: dict = {}
         self.source: dict = {}
         self.backend: str | None = None
@@ -229,6 +230,8 @@ class HeadlessRecorder:
         else:
             self.source = data.get("source") or self.source
             self.ended = self.ended or kind == "end"
+            if isinstance(data.get("busy_s"), dict):
+                self.worker_busy_s = data["busy_s"]
             window = data.get("window")
             if isinstance(window, dict) and self.stride_us is None:
                 self.stride_us = window.get("stride_us")
@@ -274,6 +277,7 @@ class HeadlessRecorder:
             "gap_threshold_s": threshold_s,
             "worker_restarts": max(0, len(self.worker_ids) - 1),
             "worker_ids": self.worker_ids,
+            "worker_busy_s": self.worker_busy_s,
         }
         if self.segments:
             truth = window_truth(self.window_start_us, self.window_end_us, self.segments)
@@ -338,10 +342,12 @@ def record(
     duration_s: float | None = None,
     quiet: bool = False,
     on_ready: Any = None,
+    on_first_message: Any = None,
 ) -> tuple[HeadlessRecorder, float, list[str]]:
     """Subscribe to the worker at ``endpoint`` and record until its end message, ``duration_s``,
     or (with a ``launch.Supervisor``) a stage failing. Returns the recorder, the wall time (s) and
-    the failures (one line each)."""
+    the failures (one line each). ``on_ready()`` runs once the subscriber exists (e.g. start the
+    stages), ``on_first_message()`` when the first message arrives (``duration_s`` counts from it)."""
     recorder = HeadlessRecorder()
     failures: list[str] = []
     topics = (STATUS_KIND.topic.decode(), "truth")
@@ -356,6 +362,8 @@ def record(
             message = subscriber.recv(POLL_MS)
             now = time.monotonic()
             if message is not None:
+                if recorder.first_us is None and on_first_message is not None:
+                    on_first_message()
                 recorder.add(message, now_us())
                 if deadline is None and duration_s is not None:
                     deadline = now + duration_s

@@ -32,10 +32,10 @@ The source's clock messages ``{"type": "clock", "time_us": T, "paused": bool}`` 
 gesture") when a camera sees nothing; while ``paused`` nothing advances.
 
 Latency never grows with a backlog. Each step drains the socket (whatever is queued, for at most
-``DRAIN_BUDGET_S``) and bins consecutive packets as one batch (one binner call, not one per
-packet): the packets up to the one that completed the newest window first, then the model runs on
-that window and the prediction goes out, then the rest of the batch (it only adds to windows not
-due yet) is binned. Windows passed over are counted (``windows_skipped``). Events are accounted
+``DRAIN_BUDGET_S``) and bins consecutive packets in batches (one binner call per batch of up to
+``MAX_BATCH_EVENTS``, not one per packet); of the last batch, the packets up to the one that
+completed the newest window are binned first, then the model runs on that window and the
+prediction goes out, then the rest (it only adds to windows not due yet) is binned. Windows passed over are counted (``windows_skipped``). Events are accounted
 for: received, binned, unused (only in skipped windows), unmapped (outside the mapping's crop),
 dropped (outside the sensor, bad polarity, time going back) and lost (the source's
 ``events_sent`` minus those received: ZeroMQ high-water mark overflow; a worker that joins a stream
@@ -58,7 +58,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import zmq
-from numba import njit
+from numba import njit, types
 
 from inference.smoothing import SMOOTHING_METHODS, LabelSmoother, SmoothingConfig, softmax
 from stream.binning import SensorMapping, StreamingBinner, Window, WindowSpec, warmup
@@ -78,14 +78,26 @@ from stream.transport import DEFAULT_HWM, EventSubscriber, Kind, Message, now_us
 log = logging.getLogger("inference.worker")
 
 DRAIN_BUDGET_S = 0.05  # at most this long receiving queued messages before inferring the newest window
-MAX_BATCH_EVENTS = 1 << 22  # a batch of packets is binned once it holds this many events (64 MiB)
+# Queued packets are binned in batches of at most this many events (512 kB, still in the CPU cache
+# when binned): small packets are merged, 20k-event packets are not. Draining 10 M queued events on
+# this 2-core machine took 36 ns/event of worker CPU with 2k-event packets (50 one by one) and
+# 18.5 with 20k-event packets (unchanged); batches of 4 M events were slower (cache misses).
+MAX_BATCH_EVENTS = 1 << 15
 STATS_INTERVAL_S = 1.0
 DEFAULT_FRAME_FPS = 30.0
 RECV_TIMEOUT_MS = 50
 TIME_RESET_US = 1_000_000  # a packet this far behind the stream time restarts the windows
 
 
-@njit(cache=True, nogil=True)
+_ACCUMULATE_SIGNATURE = types.void(
+    types.Array(types.int16, 1, "A"),  # x (a strided view of an EVENT_DTYPE array)
+    types.Array(types.int16, 1, "A"),  # y
+    types.Array(types.int8, 1, "A"),  # p
+    types.Array(types.int32, 3, "C"),  # counts [2, H, W]
+)
+
+
+@njit(_ACCUMULATE_SIGNATURE, cache=True, nogil=True)  # eager: compiled (or loaded) at import, not on the first packet
 def _accumulate(x, y, p, counts):  # pragma: no cover - compiled
     """counts[p, y, x] += 1 per event (coordinates already checked by the transport)."""
     for i in range(x.shape[0]):
@@ -93,13 +105,9 @@ def _accumulate(x, y, p, counts):  # pragma: no cover - compiled
 
 
 def _concatenate(arrays: list[np.ndarray]) -> np.ndarray:
-    """One EVENT_DTYPE array (``np.concatenate`` would promote the padded dtype to a packed one)."""
-    out = np.empty(sum(len(a) for a in arrays), dtype=EVENT_DTYPE)
-    position = 0
-    for array in arrays:
-        out[position : position + len(array)] = array
-        position += len(array)
-    return out
+    """One EVENT_DTYPE array, copied as bytes (``np.concatenate`` on the structured arrays would
+    promote the padded dtype to a packed one, and a field-wise copy is 7x slower)."""
+    return np.concatenate([np.ascontiguousarray(array).view(np.uint8) for array in arrays]).view(EVENT_DTYPE)
 
 
 class Packet(NamedTuple):
@@ -497,12 +505,13 @@ class WorkerLoop:
     def handle(self, message: Message) -> None:
         """Act on one received message (event packets are batched: see ``step``)."""
         if message.kind == Kind.EVENTS:
-            if self._batch and (message.sensor_size != self._batch_sensor or self._batch_events >= MAX_BATCH_EVENTS):
+            count = len(message.events)
+            if self._batch and (message.sensor_size != self._batch_sensor or self._batch_events + count > MAX_BATCH_EVENTS):
                 self._bin_batch()
-            self.loss.on_events(message.seq, len(message.events))
+            self.loss.on_events(message.seq, count)
             self._batch.append(Packet(message.events, message.send_us, now_us()))
             self._batch_sensor = message.sensor_size
-            self._batch_events += len(message.events)
+            self._batch_events += count
             return
         self._bin_batch()  # keep the order of events and everything else
         if message.kind == Kind.TRUTH:
