@@ -99,9 +99,13 @@ _ACCUMULATE_SIGNATURE = types.void(
 
 @njit(_ACCUMULATE_SIGNATURE, cache=True, nogil=True)  # eager: compiled (or loaded) at import, not on the first packet
 def _accumulate(x, y, p, counts):  # pragma: no cover - compiled
-    """counts[p, y, x] += 1 per event (coordinates already checked by the transport)."""
+    """counts[p, y, x] += 1 per event; events outside ``counts`` (not possible after the
+    transport's checks) are skipped, never written out of bounds."""
+    height, width = counts.shape[1], counts.shape[2]
     for i in range(x.shape[0]):
-        counts[p[i], y[i], x[i]] += 1
+        xi, yi, pi = x[i], y[i], p[i]
+        if 0 <= xi < width and 0 <= yi < height and 0 <= pi <= 1:
+            counts[pi, yi, xi] += 1
 
 
 def _concatenate(arrays: list[np.ndarray]) -> np.ndarray:

@@ -229,6 +229,18 @@ def test_a_batch_of_packets_bins_like_packets_one_by_one(backend):
     assert worker.counter_dict()["events_in"] == len(events)
 
 
+def test_events_outside_the_sensor_are_dropped_and_counted_not_drawn(backend):
+    model, metadata = backend
+    worker = InferenceWorker(model, metadata, WorkerConfig())
+    sensor = SensorSize(64, 64)
+    bad = make_events([10, 20, 30, 40], [5, 64, -1, 7], [5, 3, 3, 70_00], [1, 0, 1, 2])  # only the first is valid
+    worker.push(bad, sensor, 0, 0)
+    counters = worker.counter_dict()
+    assert counters["events_in"] == 4 and counters["dropped_out_of_sensor"] + counters["dropped_bad_polarity"] == 3
+    frame = worker.take_frame()
+    assert frame.sum() == 1 and frame[1, 5, 5] == 1
+
+
 class SlowBackend:
     """Test-only: the real backend plus a sleep, to overload the worker on purpose."""
 
