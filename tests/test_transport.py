@@ -186,7 +186,8 @@ def test_oversized_message_refused_by_socket(bind_endpoint):
         assert message.count == 10
         while (late := sub.recv(50)) is not None:
             assert late.count == 10  # the 101-event packet never arrives
-        assert sub.stats.disconnects == 1
+        assert sub.stats.disconnects == 1 and sub.stats.reopened == 1  # no reconnect by ZeroMQ: socket reopened
+        assert sub.stats.rejected_total == 0  # refused by the socket, never decoded
 
 
 def test_publisher_splits_packets_above_max_packet_events(tmp_path):
@@ -251,3 +252,216 @@ def test_recv_times_out_without_publisher(tmp_path):
         start = time.monotonic()
         assert sub.recv(50) is None
         assert time.monotonic() - start < 2.0
+
+
+# --- publishers that die, restart or are refused --------------------------------------------------
+
+RAW_PUBLISHER = """
+import struct, sys, zmq
+socket = zmq.Context().socket(zmq.PUB)
+socket.linger = 0
+socket.sndhwm = 100_000
+socket.bind(sys.argv[1])
+print("ready", flush=True)
+payload = bytes(16 * 5000)
+seq = 0
+while True:  # 3-frame messages as fast as possible until killed
+    header = struct.pack("<4sHHQHHIqII", b"SFLV", 1, 1, seq, 128, 128, 0, 0, 5000, len(payload))
+    socket.send_multipart([b"events", header, payload])
+    seq += 1
+"""
+
+SUBSCRIBER = """
+import json, sys, time
+from stream.transport import EventSubscriber
+with EventSubscriber(sys.argv[1], rcvhwm=1000) as sub:
+    print("ready", flush=True)
+    end = time.monotonic() + float(sys.argv[2])
+    while time.monotonic() < end:
+        sub.recv(10)
+    print(json.dumps({"received": sub.stats.received, "disconnects": sub.stats.disconnects,
+                      "reopened": sub.stats.reopened}), flush=True)
+"""
+
+
+def test_subscriber_survives_publishers_killed_mid_stream(tmp_path):
+    """Regression: the subscriber called socket.disconnect() when a publisher died, and libzmq
+    aborted the process ("Assertion failed: !_more (src/fq.cpp:80)") within 1-2 kills."""
+    import subprocess
+    import sys
+
+    endpoint = f"ipc://{tmp_path}/killed.sock"
+    rounds = 6
+    subscriber = subprocess.Popen([sys.executable, "-c", SUBSCRIBER, endpoint, str(rounds * 0.8 + 3)],
+                                  stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert subscriber.stdout.readline().strip() == "ready"
+        for _ in range(rounds):
+            publisher = subprocess.Popen([sys.executable, "-c", RAW_PUBLISHER, endpoint], stdout=subprocess.PIPE, text=True)
+            assert publisher.stdout.readline().strip() == "ready"
+            time.sleep(0.3)  # mid-stream: the publisher never stops sending by itself
+            publisher.kill()
+            publisher.wait()
+            assert subscriber.poll() is None, f"subscriber died with {subscriber.returncode}"
+        out, _ = subscriber.communicate(timeout=30)
+    finally:
+        subscriber.kill()
+    assert subscriber.returncode == 0
+    import json
+
+    stats = json.loads(out)
+    assert stats["received"] > rounds and stats["disconnects"] >= rounds - 1
+    assert stats["reopened"] == 0  # ZeroMQ reconnected by itself every time
+
+
+def test_publisher_restart_resumes_without_reopening(tmp_path):
+    endpoint = f"ipc://{tmp_path}/restart.sock"
+    with EventSubscriber(endpoint) as sub:
+        for round_ in range(2):
+            with EventPublisher(endpoint) as pub:
+                message = join(lambda: pub.publish_events(random_events(5, seed=round_), SENSOR), sub)
+                assert message.count == 5
+        assert sub.stats.disconnects == 1 and sub.stats.reopened == 0  # ZeroMQ reconnected by itself
+
+
+# --- CurveZMQ -----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def curve_keys(tmp_path):
+    """A server and a client key directory that trust each other, and a stranger the server does not know."""
+    import shutil
+
+    from stream.keys import CurveConfig, generate_keys
+
+    for name in ("server", "client", "stranger"):
+        generate_keys(tmp_path / name, name)
+    for directory in ("client", "stranger"):
+        shutil.copy(tmp_path / "server" / "server.key", tmp_path / directory / "server.key")
+    shutil.copy(tmp_path / "client" / "client.key", tmp_path / "server" / "client.key")
+    return {
+        "server": CurveConfig.from_directory(tmp_path / "server"),
+        "client": CurveConfig.from_directory(tmp_path / "client", "client", server="server"),
+        "stranger": CurveConfig.from_directory(tmp_path / "stranger", "stranger", server="server"),
+    }
+
+
+def test_curve_only_authorised_clients_receive(curve_keys):
+    events = random_events(10)
+    with EventPublisher("tcp://127.0.0.1:*", curve=curve_keys["server"]) as pub, \
+            EventSubscriber(pub.endpoint, curve=curve_keys["client"]) as client, \
+            EventSubscriber(pub.endpoint, curve=curve_keys["stranger"]) as stranger, \
+            EventSubscriber(pub.endpoint) as plaintext:  # fmt: skip
+        message = join(lambda: pub.publish_events(events, SENSOR), client)
+        assert message.events.tobytes() == events.tobytes()
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline:  # keep publishing: the others have every chance to connect
+            pub.publish_events(events, SENSOR)
+            assert stranger.recv(10) is None and plaintext.recv(10) is None
+            assert recv_next(client).count == 10
+        assert stranger.stats.received == 0 and plaintext.stats.received == 0
+        assert stranger.stats.handshake_failures >= 1  # the publisher's ZAP handler said no
+
+
+def test_curve_message_size_limit_counts_the_payload_not_the_encryption(curve_keys):
+    limit = 10 * EVENT_DTYPE.itemsize
+    with EventPublisher("tcp://127.0.0.1:*", curve=curve_keys["server"]) as pub, \
+            EventSubscriber(pub.endpoint, curve=curve_keys["client"], max_message_bytes=limit) as sub:  # fmt: skip
+        assert join(lambda: pub.publish_events(random_events(10), SENSOR), sub).count == 10  # exactly the limit
+        pub.publish_events(random_events(11), SENSOR)  # one event over: refused by the socket
+        assert join(lambda: pub.publish_events(random_events(3), SENSOR), sub).count == 3
+        while (late := sub.recv(50)) is not None:
+            assert late.count in (3, 10)
+        assert sub.stats.reopened == 1
+
+
+def test_curve_is_ignored_on_ipc(tmp_path, curve_keys):
+    with EventPublisher(f"ipc://{tmp_path}/c.sock", curve=curve_keys["server"]) as pub, \
+            EventSubscriber(pub.endpoint) as sub:  # fmt: skip
+        assert pub.curve is None
+        assert join(lambda: pub.publish_events(random_events(2), SENSOR), sub).count == 2
+
+
+def test_curve_subscriber_needs_the_server_key(curve_keys):
+    from dataclasses import replace
+
+    with pytest.raises(ValueError, match="needs the publisher's public key"):
+        EventSubscriber("tcp://127.0.0.1:5999", curve=replace(curve_keys["client"], server_key=None))
+
+
+# --- keys: python -m stream keys, CurveConfig, stage arguments -----------------------------------
+
+
+def run_stream_cli(*args: str):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    return subprocess.run([sys.executable, "-m", "stream", *args], capture_output=True, text=True, env=env, timeout=60)
+
+
+def test_keys_generate_and_list_cli(tmp_path):
+    import json
+    import stat
+
+    keys = tmp_path / "keys"
+    result = run_stream_cli("keys", "generate", str(keys), "--name", "camera")
+    assert result.returncode == 0, result.stderr
+    public, secret = keys / "camera.key", keys / "camera.key_secret"
+    assert stat.S_IMODE(secret.stat().st_mode) == 0o600 and stat.S_IMODE(keys.stat().st_mode) == 0o700
+    assert "secret-key" not in public.read_text() and "secret-key" in secret.read_text()
+    assert run_stream_cli("keys", "generate", str(keys)).returncode == 0  # default name: spikeformer
+    listing = run_stream_cli("keys", "list", str(keys), "--json")
+    rows = json.loads(listing.stdout)
+    assert [(row["name"], row["secret"]) for row in rows] == [
+        ("camera", False), ("camera", True), ("spikeformer", False), ("spikeformer", True)]  # fmt: skip
+    assert rows[0]["public_key"] == rows[1]["public_key"] and len(rows[0]["public_key"]) == 40
+    assert rows[0]["file"] == str(public) and not any(row["problem"] for row in rows)
+    text = run_stream_cli("keys", "list", str(keys)).stdout
+    assert rows[0]["public_key"] in text and str(secret) in text
+    for bad in (["keys", "generate", str(keys), "--name", "camera"],  # exists: never overwritten
+                ["keys", "generate", str(keys), "--name", "../escape"],
+                ["keys", "list", str(tmp_path / "missing")],
+                ["keys"]):  # fmt: skip
+        result = run_stream_cli(*bad)
+        assert result.returncode == 2, bad
+        assert result.stderr.startswith("error: ") and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert not (tmp_path / "escape.key").exists()
+
+
+def test_curve_config_from_directory_checks(tmp_path):
+    import argparse
+    import os
+
+    from stream.keys import CurveConfig, CurveKeyError, add_curve_arguments, curve_from_args, generate_keys
+
+    with pytest.raises(CurveKeyError, match="no such key directory"):
+        CurveConfig.from_directory(tmp_path / "none")
+    generate_keys(tmp_path, "a")
+    config = CurveConfig.from_directory(tmp_path)
+    assert config.name == "a" and config.server_key == config.public_key and config.authorized == {config.public_key}
+    assert config.secret_key.decode() not in repr(config)
+    generate_keys(tmp_path, "b")
+    with pytest.raises(CurveKeyError, match="holds 2 secret keys"):
+        CurveConfig.from_directory(tmp_path)
+    config = CurveConfig.from_directory(tmp_path, "a", server="b")
+    assert config.server_key != config.public_key and len(config.authorized) == 2
+    with pytest.raises(CurveKeyError, match="no such key file"):
+        CurveConfig.from_directory(tmp_path, "a", server="c")
+    os.chmod(tmp_path / "a.key_secret", 0o644)
+    with pytest.raises(CurveKeyError, match="readable by others"):
+        CurveConfig.from_directory(tmp_path, "a")
+    (tmp_path / "broken.key").write_text("curve\n    public-key = \"short\"\n")
+    with pytest.raises(CurveKeyError, match="not 40 Z85 characters"):
+        CurveConfig.from_directory(tmp_path, "b")
+
+    parser = argparse.ArgumentParser()
+    add_curve_arguments(parser)
+    assert curve_from_args(parser.parse_args([])) is None
+    (tmp_path / "broken.key").unlink()
+    config = curve_from_args(parser.parse_args(["--curve-keys", str(tmp_path), "--curve-name", "b"]))
+    assert config.name == "b"
+    with pytest.raises(CurveKeyError, match="need --curve-keys"):
+        curve_from_args(parser.parse_args(["--curve-name", "b"]))
