@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 import safetensors.torch
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from training.checkpoint import (
     FORMAT,
@@ -150,9 +152,10 @@ def test_extra_tensor_refused(saved: Path, trained_model: Spikeformer):
         load_checkpoint(saved)
 
 
-def test_nan_weight_refused(saved: Path, trained_model: Spikeformer):
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_nan_and_inf_weights_refused(saved: Path, trained_model: Spikeformer, value: float):
     tensors = {k: v.clone() for k, v in trained_model.state_dict().items()}
-    tensors["blocks.0.mlp.fc1.weight"][3, 5] = float("nan")
+    tensors["blocks.0.mlp.fc1.weight"][3, 5] = value
     rewrite_weights(saved, tensors)
     with pytest.raises(CheckpointError, match="'blocks.0.mlp.fc1.weight' holds NaN or Inf"):
         load_checkpoint(saved)
@@ -210,8 +213,9 @@ def test_oversized_weights_refused(saved: Path):
 )
 def test_inconsistent_json_refused(saved: Path, edit, message: str):  # noqa: ANN001
     edit_json(saved, edit)
-    with pytest.raises(CheckpointError, match=message):
+    with pytest.raises(CheckpointError, match=message) as info:
         load_checkpoint(saved)
+    assert "\n" not in str(info.value)  # one line
 
 
 def test_missing_and_malformed_files_refused(saved: Path):
@@ -245,3 +249,74 @@ def test_save_refuses_bad_metadata_and_nan_weights(tmp_path: Path, trained_model
 
 def test_checkpoint_error_is_a_value_error():
     assert issubclass(CheckpointError, ValueError)
+
+
+def test_tampered_hash_refused(saved: Path):
+    edit_json(saved, lambda d: d["weights"].update(sha256="0" * 64))
+    with pytest.raises(CheckpointError, match="sha256 .* does not match 0{64}"):
+        load_checkpoint(saved)
+
+
+def test_truncated_weights_refused(saved: Path):
+    weights = saved.with_suffix(".safetensors")
+    weights.write_bytes(weights.read_bytes()[:-1000])
+    with pytest.raises(CheckpointError, match="sha256 .* does not match"):  # the recorded hash catches it first
+        load_checkpoint(saved)
+    edit_json(saved, lambda d: d["weights"].update(sha256=hashlib.sha256(weights.read_bytes()).hexdigest()))
+    with pytest.raises(CheckpointError, match="not a valid safetensors file"):  # and so does the format
+        load_checkpoint(saved)
+
+
+def test_directory_paths_refused(saved: Path, tmp_path: Path):
+    for function in (load_checkpoint, read_metadata):
+        with pytest.raises(CheckpointError, match="is a directory; pass a checkpoint's NAME.json"):
+            function(tmp_path)
+    (tmp_path / "folder.json").mkdir()
+    with pytest.raises(CheckpointError, match="folder.json is a directory"):
+        load_checkpoint(tmp_path / "folder.json")
+    saved.with_suffix(".safetensors").unlink()
+    saved.with_suffix(".safetensors").mkdir()
+    with pytest.raises(CheckpointError, match="model.safetensors: weights file is a directory"):
+        load_checkpoint(saved)
+
+
+def test_huge_config_refused_without_allocating(saved: Path):
+    """A config that asks for ~10^11 weights fails on the shapes, built on the meta device only."""
+    import resource
+
+    def huge(document: dict) -> None:
+        document["model"].update(tokenizer_channels=[8, 16, 65536], embed_dim=65536, depth=24)
+
+    edit_json(saved, huge)
+    peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(CheckpointError, match="tensors do not match model"):
+        load_checkpoint(saved)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak_before < 200 * 1024  # kB: < 200 MB more
+
+
+@settings(max_examples=60, deadline=None, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(path=st.lists(st.sampled_from(["model", "input", "window", "sensor_mapping", "weights", "classes", "data",
+                                      "bins", "embed_dim", "depth", "file", "parameters", "format", "version"]),
+                     min_size=1, max_size=3),
+       value=st.recursive(st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats() | st.text(max_size=8),
+                          lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner,
+                                                                                        max_size=3), max_leaves=6))
+def test_fuzz_json_values_refused_cleanly(saved: Path, path: list[str], value: object):
+    """Any value anywhere in the JSON: a loaded model or a one-line CheckpointError, nothing else."""
+    original = saved.read_text()
+    document = json.loads(original)
+    node = document
+    for key in path[:-1]:
+        if not isinstance(node, dict) or key not in node:
+            break
+        node = node[key]
+    if isinstance(node, dict):
+        node[path[-1]] = value
+    try:
+        saved.write_text(json.dumps(document))
+        load_checkpoint(saved)
+    except CheckpointError as error:
+        assert "\n" not in str(error)
+    finally:
+        saved.write_text(original)

@@ -118,7 +118,7 @@ def save_checkpoint(path_stem_or_dir: str | os.PathLike[str], model: Spikeformer
 
 def read_metadata(path: str | os.PathLike[str]) -> dict:
     """The validated JSON of a checkpoint (no weights read). Raises :class:`CheckpointError`."""
-    json_path, _ = checkpoint_paths(path)
+    json_path, _ = _load_paths(path)
     document = _read_json(json_path)
     _validate_document(document, where=str(json_path))
     return document
@@ -128,17 +128,21 @@ def load_checkpoint(path: str | os.PathLike[str], device: str | torch.device = "
     """Rebuild the model from a checkpoint and load its weights; returns ``(model in eval mode, metadata)``.
 
     ``path`` is the ``.json``, the ``.safetensors`` or the common stem. Every check in the module
-    docstring raises :class:`CheckpointError` naming what is wrong.
+    docstring raises :class:`CheckpointError` naming what is wrong, in one line. Memory is bounded
+    by the weights the config describes and the size of the weights file: the model is laid out on
+    PyTorch's meta device (no memory) to bound the file read, and built only once every tensor
+    matched.
     """
-    json_path, _ = checkpoint_paths(path)
+    json_path, _ = _load_paths(path)
     document = _read_json(json_path)
     config = _validate_document(document, where=str(json_path))
     weights_path = json_path.with_name(document["weights"]["file"])
 
-    model = build_model(config)
-    expected = model.state_dict()
-    limit = sum(t.numel() * t.element_size() for t in expected.values()) + WEIGHTS_HEADER_ALLOWANCE
-    raw = _read_bounded(weights_path, limit, "weights file")
+    with torch.device("meta"):  # shapes and dtypes only: a config asking for 10^12 weights costs nothing
+        skeleton = build_model(config)
+    expected = {key: (tuple(tensor.shape), tensor.dtype) for key, tensor in skeleton.state_dict().items()}
+    tensor_bytes = sum(tensor.numel() * tensor.element_size() for tensor in skeleton.state_dict().values())
+    raw = _read_bounded(weights_path, tensor_bytes + WEIGHTS_HEADER_ALLOWANCE, "weights file")
     digest = hashlib.sha256(raw).hexdigest()
     if digest != document["weights"]["sha256"]:
         raise CheckpointError(
@@ -147,8 +151,11 @@ def load_checkpoint(path: str | os.PathLike[str], device: str | torch.device = "
         )
     try:
         tensors = safetensors.torch.load(raw)
-    except Exception as error:  # safetensors raises its own SafetensorError for malformed files
-        raise CheckpointError(f"{weights_path}: not a valid safetensors file ({error})") from None
+    except BaseException as error:  # SafetensorError, or a Rust panic (BaseException) on a malformed header
+        if not isinstance(error, Exception) and type(error).__name__ != "PanicException":
+            raise
+        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise CheckpointError(f"{weights_path}: not a valid safetensors file ({message})") from None
 
     missing = sorted(set(expected) - set(tensors))
     extra = sorted(set(tensors) - set(expected))
@@ -157,24 +164,33 @@ def load_checkpoint(path: str | os.PathLike[str], device: str | torch.device = "
             f"{weights_path}: tensors do not match model {config.name!r}: missing {missing[:5]}"
             f"{' ...' if len(missing) > 5 else ''}, unexpected {extra[:5]}{' ...' if len(extra) > 5 else ''}"
         )
-    for key, reference in expected.items():
+    for key, (shape, dtype) in expected.items():
         tensor = tensors[key]
-        if tuple(tensor.shape) != tuple(reference.shape):
+        if tuple(tensor.shape) != shape:
             raise CheckpointError(
-                f"{weights_path}: tensor {key!r} has shape {list(tensor.shape)}, the config needs "
-                f"{list(reference.shape)}"
+                f"{weights_path}: tensor {key!r} has shape {list(tensor.shape)}, the config needs {list(shape)}"
             )
-        if tensor.dtype != reference.dtype:
-            raise CheckpointError(f"{weights_path}: tensor {key!r} is {tensor.dtype}, expected {reference.dtype}")
+        if tensor.dtype != dtype:
+            raise CheckpointError(f"{weights_path}: tensor {key!r} is {tensor.dtype}, expected {dtype}")
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             raise CheckpointError(f"{weights_path}: tensor {key!r} holds NaN or Inf")
-    if count_parameters(model) != document["weights"]["parameters"]:
+    if count_parameters(skeleton) != document["weights"]["parameters"]:
         raise CheckpointError(
             f"{json_path}: weights.parameters is {document['weights']['parameters']}, the model has "
-            f"{count_parameters(model)}"
+            f"{count_parameters(skeleton)}"
         )
+    model = build_model(config)
     model.load_state_dict(tensors, strict=True)
     return model.to(device).eval(), document
+
+
+def _load_paths(path: str | os.PathLike[str]) -> tuple[Path, Path]:
+    """``checkpoint_paths`` for reading: a directory is refused with a clear message."""
+    if Path(path).is_dir():
+        raise CheckpointError(
+            f"{path} is a directory; pass a checkpoint's NAME.json, NAME.safetensors or NAME (the common stem)"
+        )
+    return checkpoint_paths(path)
 
 
 # --- helpers ----------------------------------------------------------------------------------
@@ -195,13 +211,13 @@ def _read_bounded(path: Path, limit: int, what: str) -> bytes:
         if size > limit:
             raise CheckpointError(f"{path}: {what} is {size} bytes, more than the {limit} this checkpoint allows")
         with path.open("rb") as file:
-            data = file.read(limit + 1)
+            data = file.read(size + 1)  # read(n) allocates n bytes at once: never more than the file
     except FileNotFoundError:
         raise CheckpointError(f"{path}: {what} not found") from None
     except IsADirectoryError:
         raise CheckpointError(f"{path}: {what} is a directory") from None
-    if len(data) > limit:
-        raise CheckpointError(f"{path}: {what} grew past {limit} bytes while being read")
+    if len(data) != size:
+        raise CheckpointError(f"{path}: {what} changed size while being read")
     return data
 
 
