@@ -481,6 +481,62 @@ def test_headless_reports_a_killed_and_restarted_worker_as_a_gap(tiny_checkpoint
     assert "| worker restarts | 1 |" in summary and "worker restarted" in summary
 
 
+def test_a_silent_stretch_keeps_predictions_going_and_a_pause_is_a_gap(tiny_checkpoint, stage_env, tmp_path):
+    """Real source stage replaying a file with 0.9 s without events (its clock messages close the
+    windows), paused for 1.5 s through its control socket; real worker stage; the headless recorder."""
+    from stream.aedat4 import write_aedat4
+    from stream.source import ControlClient
+
+    sensor = SensorSize(128, 128)
+    first, second = synthetic_events(0, 1_000_000, 50_000, sensor), synthetic_events(1_900_000, 3_000_000, 50_000, sensor, 1)
+    path = tmp_path / "silent.aedat4"
+    write_aedat4(path, np.concatenate([first.view(np.uint8), second.view(np.uint8)]).view(first.dtype), sensor)
+    events_endpoint, predictions_endpoint, control = (f"ipc://{tmp_path}/{name}" for name in ("ev", "pr", "ctl"))
+    commands = [
+        [sys.executable, "-m", "inference.worker", "--sub", events_endpoint, "--pub", predictions_endpoint,
+         "--checkpoint", str(tiny_checkpoint), "--backend", TEST_BACKEND, "--wait-subscribers", "1", "--frame-fps", "0"],
+        [sys.executable, "-m", "stream.source", "--source", f"file:{path}", "--pub", events_endpoint, "--speed", "1",
+         "--wait-subscribers", "1", "--control", control, "--quiet"],
+    ]  # fmt: skip
+    recorder = HeadlessRecorder()
+    stages = []
+    with EventSubscriber(predictions_endpoint, ("prediction",), rcvhwm=10_000) as consumer, ControlClient(control) as client:
+
+        def record_while(condition, timeout_s: float = 90) -> None:
+            deadline = time.monotonic() + timeout_s
+            while condition() and not recorder.ended:
+                assert time.monotonic() < deadline, "the pipeline stalled"
+                if (message := consumer.recv(50)) is not None:
+                    recorder.add(message, now_us())
+
+        try:
+            stages = [subprocess.Popen(command, cwd=REPO, env=stage_env, stderr=subprocess.DEVNULL) for command in commands]
+            record_while(lambda: not recorder.window_end_us or max(recorder.window_end_us) < 1_500_000)
+            assert client.request({"cmd": "pause"}, timeout_s=10)["ok"]
+            paused_at = time.monotonic()
+            record_while(lambda: time.monotonic() < paused_at + 0.3)  # what was on its way arrives
+            newest_at_pause = max(recorder.window_end_us)
+            record_while(lambda: time.monotonic() < paused_at + 1.5)
+            newest_after_pause = max(recorder.window_end_us)
+            assert client.request({"cmd": "resume"}, timeout_s=10)["ok"]
+            record_while(lambda: True)  # until the end message
+        finally:
+            for stage in stages:
+                if stage.poll() is None:
+                    stage.terminate()
+                stage.wait(timeout=30)
+    recorder.stopped_us = now_us()
+    report = recorder.report(str(tiny_checkpoint), 0.0)
+    assert report["ended"] and report["events_in"] == len(first) + len(second) and report["events_dropped"] == 0
+    ends = np.array(recorder.window_end_us)
+    silent = (ends >= 1_100_000) & (ends <= 1_900_000)  # windows (100 ms) holding no event
+    assert silent.sum() >= 8, ends.tolist()  # the source's clock closed them: 17 were due
+    assert (np.array(recorder.stable_index)[silent] == NO_GESTURE_INDEX).all()
+    assert newest_after_pause == newest_at_pause  # nothing advanced while paused
+    assert [gap["reason"] for gap in report["gaps"]] == ["no predictions"], report["gaps"]
+    assert 1.2 <= report["gaps"][0]["duration_s"] < 5 and report["worker_restarts"] == 0
+
+
 # --- launch.py end to end ------------------------------------------------------------------------
 
 
