@@ -153,10 +153,12 @@ _PROBLEMS = (
     "negative stream id",
     "packet size out of range",
     "packet runs past the end of the packets",
-    "corrupt LZ4 frame",
+    "corrupt LZ4 data",
     "corrupt Zstd frame",
     "packet would decompress to more than the limit",
+    "packet too short to hold an event packet",
 )
+MIN_PACKET_BYTES = 12  # decompressed: size prefix, root offset and the "EVTS" identifier (faery panics on less)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -166,80 +168,160 @@ def _u32(data: np.ndarray, at: int) -> int:
 
 
 @numba.njit(cache=True, nogil=True)
-def _lz4_bound(data: np.ndarray, at: int, end: int) -> int:
-    """Upper bound of the decompressed size of LZ4 frames in data[at:end], or -1 if malformed."""
+def _lz4_length(data: np.ndarray, at: int, end: int, length: int) -> tuple[int, int]:
+    """Add an LZ4 length continuation (bytes of 255 ... then one < 255) to ``length``: (length, at), at -1 if cut."""
+    while True:
+        if at >= end:
+            return length, -1
+        byte = np.int64(data[at])
+        at += 1
+        length += byte
+        if byte != 255:
+            return length, at
+
+
+@numba.njit(cache=True, nogil=True)
+def _lz4_block(data: np.ndarray, at: int, end: int, history: int, block_max: int) -> int:
+    """Decompressed size of the LZ4 block data[at:end] (every sequence checked: lengths inside the
+    block, match offsets inside the window), or -1 if it is not a valid block. ``history``: bytes
+    of the frame before this block that matches may reach (0 for independent blocks)."""
+    out = 0
+    while True:
+        if at >= end:
+            return -1
+        token = np.int64(data[at])
+        at += 1
+        literals = token >> 4
+        if literals == 15:
+            literals, at = _lz4_length(data, at, end, literals)
+            if at < 0:
+                return -1
+        at += literals
+        out += literals
+        if at > end or out > block_max:
+            return -1
+        if at == end:  # the last sequence holds literals only
+            return out
+        if end - at < 2:
+            return -1
+        offset = np.int64(data[at]) | np.int64(data[at + 1]) << 8
+        at += 2
+        if offset == 0 or offset > history + out:
+            return -1
+        match = token & 15
+        if match == 15:
+            match, at = _lz4_length(data, at, end, match)
+            if at < 0:
+                return -1
+        out += match + 4
+        if out > block_max:
+            return -1
+
+
+@numba.njit(cache=True, nogil=True)
+def _lz4_size(data: np.ndarray, at: int, end: int) -> tuple[int, int]:
+    """Exact decompressed size of the LZ4 frames in data[at:end] as ``(size, size)``, or ``(-1, -1)``
+    if any frame or block is malformed. Checksums are left to the decompressor."""
     total = 0
     while at < end:
         if end - at < 7:
-            return -1
+            return -1, -1
         magic = _u32(data, at)
         if magic & 0xFFFFFFF0 == 0x184D2A50:  # skippable frame
             if end - at < 8:
-                return -1
+                return -1, -1
             at += 8 + _u32(data, at + 4)
             continue
         if magic != 0x184D2204:
-            return -1
+            return -1, -1
         flags, block_code = np.int64(data[at + 4]), (np.int64(data[at + 5]) >> 4) & 7
         if flags >> 6 != 1 or flags & 2 or block_code < 4:
-            return -1
+            return -1, -1
         block_max = 1 << (2 * block_code + 8)  # 4: 64 KiB, 5: 256 KiB, 6: 1 MiB, 7: 4 MiB
+        linked = (flags & 32) == 0
         at += 7 + (8 if flags & 8 else 0) + (4 if flags & 1 else 0)
         block_checksum = 4 if flags & 16 else 0
+        frame_out = 0
         while True:
             if end - at < 4:
-                return -1
+                return -1, -1
             block = _u32(data, at)
             at += 4
             if block == 0:  # end mark
                 break
             size = block & 0x7FFFFFFF
-            if size > block_max:
-                return -1
+            if size > block_max or size > end - at:
+                return -1, -1
+            if block & 0x80000000:  # stored uncompressed
+                decoded = size
+            else:
+                decoded = _lz4_block(data, at, at + size, min(frame_out, 1 << 16) if linked else 0, block_max)
+                if decoded < 0:
+                    return -1, -1
+            frame_out += decoded
             at += size + block_checksum
-            # a compressed block holds at most ~255 output bytes per input byte (LZ4's longest match code)
-            total += size if block & 0x80000000 else min(block_max, 256 * size + 64)
+        total += frame_out
         at += 4 if flags & 4 else 0
-    return total if at == end else -1
+    return (total, total) if at == end else (-1, -1)
 
 
 @numba.njit(cache=True, nogil=True)
-def _zstd_bound(data: np.ndarray, at: int, end: int) -> int:
-    """Upper bound of the decompressed size of Zstd frames in data[at:end], or -1 if malformed."""
-    total = 0
+def _zstd_bounds(data: np.ndarray, at: int, end: int) -> tuple[int, int]:
+    """``(lower, upper)`` bounds of the decompressed size of the Zstd frames in data[at:end] from
+    their frame and block headers (exact when frames state their content size), or ``(-1, -1)``."""
+    lower = upper = 0
     while at < end:
         if end - at < 6:
-            return -1
+            return -1, -1
         magic = _u32(data, at)
         if magic & 0xFFFFFFF0 == 0x184D2A50:  # skippable frame
             if end - at < 8:
-                return -1
+                return -1, -1
             at += 8 + _u32(data, at + 4)
             continue
         if magic != 0xFD2FB528:
-            return -1
+            return -1, -1
         descriptor = np.int64(data[at + 4])
         if descriptor & 8:  # reserved bit
-            return -1
+            return -1, -1
         single_segment = (descriptor >> 5) & 1
         content_size_code = descriptor >> 6
         content_size_bytes = (1 << content_size_code) if content_size_code else single_segment  # 0|1, 2, 4, 8
         dictionary_bytes = (1 << (descriptor & 3)) >> 1  # 0, 1, 2, 4
-        at += 5 + (1 - single_segment) + dictionary_bytes + content_size_bytes
+        at += 5 + (1 - single_segment) + dictionary_bytes
+        if end - at < content_size_bytes:
+            return -1, -1
+        content_size = -1
+        if content_size_bytes:
+            content_size = 0
+            for index in range(min(content_size_bytes, 7)):  # 8-byte sizes beyond 2^56 are refused below anyway
+                content_size |= np.int64(data[at + index]) << (8 * index)
+            if content_size_bytes == 8 and data[at + 7]:
+                content_size = 1 << 62
+            content_size += 256 if content_size_bytes == 2 else 0
+        at += content_size_bytes
+        frame_lower = frame_upper = 0
         while True:
             if end - at < 3:
-                return -1
+                return -1, -1
             header = np.int64(data[at]) | np.int64(data[at + 1]) << 8 | np.int64(data[at + 2]) << 16
             at += 3
             block_type, size = (header >> 1) & 3, header >> 3
             if block_type == 3 or size > 1 << 17:
-                return -1
+                return -1, -1
             at += 1 if block_type == 1 else size
-            total += size if block_type < 2 else 1 << 17  # raw and RLE: exactly size; compressed: <= 128 KiB
+            frame_lower += size if block_type < 2 else 0
+            frame_upper += size if block_type < 2 else 1 << 17  # raw and RLE: exactly size; compressed: <= 128 KiB
             if header & 1:  # last block
                 break
+        if content_size >= 0:  # the decompressor checks the stated size
+            if not frame_lower <= content_size <= frame_upper:
+                return -1, -1
+            frame_lower = frame_upper = content_size
+        lower += frame_lower
+        upper += frame_upper
         at += 4 if descriptor & 4 else 0
-    return total if at == end else -1
+    return (lower, upper) if at == end else (-1, -1)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -262,17 +344,19 @@ def _scan_packets(
             return packets, at, 4, size
         body = at + 8
         if compression == 1 or compression == 2:
-            decoded = _lz4_bound(data, body, body + size)
+            lower, upper = _lz4_size(data, body, body + size)
             problem = 5
         elif compression == 3 or compression == 4:
-            decoded = _zstd_bound(data, body, body + size)
+            lower, upper = _zstd_bounds(data, body, body + size)
             problem = 6
         else:
-            decoded, problem = size, 0
-        if decoded < 0:
+            lower, upper, problem = size, size, 0
+        if upper < 0:
             return packets, at, problem, size
-        if decoded > min(max_decoded_bytes, DECODED_BASE_BYTES + DECODED_PER_BYTE * size):
-            return packets, at, 7, decoded
+        if upper > min(max_decoded_bytes, DECODED_BASE_BYTES + DECODED_PER_BYTE * size):
+            return packets, at, 7, upper
+        if upper < MIN_PACKET_BYTES:  # surely too short (Zstd without a content size may still be)
+            return packets, at, 8, upper
         at = body + size
         packets += 1
     return packets, at, 0, 0
@@ -289,8 +373,8 @@ def _check_packets(path: Path, layout: _Layout) -> tuple[int, str]:
         )
         if not problem and layout.data_end < layout.file_size:  # the FileDataTable is compressed too
             table = (
-                _lz4_bound(data, layout.data_end, layout.file_size) if layout.compression in (1, 2)
-                else _zstd_bound(data, layout.data_end, layout.file_size) if layout.compression in (3, 4)
+                _lz4_size(data, layout.data_end, layout.file_size)[1] if layout.compression in (1, 2)
+                else _zstd_bounds(data, layout.data_end, layout.file_size)[1] if layout.compression in (3, 4)
                 else layout.file_size - layout.data_end
             )  # fmt: skip
             table_bytes = layout.file_size - layout.data_end
