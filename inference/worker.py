@@ -505,6 +505,9 @@ class WorkerLoop:
         self._batch: list[Packet] = []
         self._batch_sensor: SensorSize | None = None
         self._batch_events = 0
+        self._poller = zmq.Poller()  # waits here, so receiving time excludes waiting time
+        for socket in subscriber.poll_sockets:
+            self._poller.register(socket, zmq.POLLIN)
 
     def handle(self, message: Message) -> None:
         """Act on one received message (event packets are batched: see ``step``)."""
@@ -564,18 +567,16 @@ class WorkerLoop:
     def _receive(self, timeout_ms: int) -> None:
         """Wait up to ``timeout_ms`` for a message, then take whatever is queued (at most
         ``DRAIN_BUDGET_S``)."""
-        start = time.perf_counter()
-        message = self.subscriber.recv(timeout_ms)
-        if message is None:
+        if not self._poller.poll(timeout_ms):
             return
-        waited = time.perf_counter() - start
+        start = time.perf_counter()
+        binning = self.busy_s["bin"]  # batches binned in between count as binning, not receiving
         deadline = time.monotonic() + DRAIN_BUDGET_S
-        while message is not None:
+        while (message := self.subscriber.recv(0)) is not None:
             self.handle(message)
             if self.ended or time.monotonic() >= deadline:
                 break
-            message = self.subscriber.recv(0)
-        self.busy_s["receive"] += time.perf_counter() - start - waited
+        self.busy_s["receive"] += time.perf_counter() - start - (self.busy_s["bin"] - binning)
 
     def step(self, timeout_ms: int = RECV_TIMEOUT_MS) -> None:
         """Receive (waiting up to ``timeout_ms``, less when a frame is due), bin, infer the newest
