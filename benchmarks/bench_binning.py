@@ -1,4 +1,4 @@
-"""Binning speed: ``python benchmarks/bench_binning.py [--events N] [--repeats R]``.
+"""Binning speed: ``python benchmarks/bench_binning.py [--events N] [--repeats R] [--clock wall|cpu] [--only TABLE]``.
 
 Prints markdown tables (best of several runs, this machine, same events and same output for every
 method): throughput of ``bin_window`` (fresh array, reused ``out=``, one and all threads) and of
@@ -8,7 +8,8 @@ without the on-disk cache; a 50 M events/s burst in one chunk.
 
 Window: T=16 bins of 50 ms (0.8 s, the built-in checkpoint's window). Events per window (default
 4 M, ``--events``): 5 M events/s on average, e.g. a busy 640x480 scene, or 50 M events/s bursts
-during a tenth of the window.
+during a tenth of the window. On a machine shared with other jobs, ``--clock cpu`` gives steadier
+single-thread ratios (time slices lost to other processes do not count; caches still suffer).
 """
 
 from __future__ import annotations
@@ -38,8 +39,6 @@ from stream.binning import (  # noqa: E402
 from stream.events import SensorSize, empty_events, make_events, to_tonic  # noqa: E402
 
 WINDOW = WindowSpec(16, 50_000, 50_000)
-
-
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 
 
