@@ -448,7 +448,9 @@ class SimulatorSource:
     rendered incrementally (100 ms at a time, a few pieces ahead) by a worker thread, so memory is
     bounded and nothing is pre-generated. Chunks of ``chunk_us`` event time are paced on a monotonic
     clock at ``speed`` x real time (``None``: as fast as the simulator runs, about 10x real time at
-    128x128 on one core). Events have the canonical top-left origin, t from 0 µs.
+    128x128 on one core). Events have the canonical top-left origin, t from 0 µs. ``clock_us()``
+    is exact: the end of the newest chunk handed over (a chunk holds the events in its
+    ``(start, end]``), so it never runs ahead of events still being rendered.
 
     Load testing: ``rate_scale=k`` replicates every event k times (copy j shifted by a fixed pixel
     offset, wrapping round the sensor; time order kept, O(n)): ~50-100k ev/s x k, so k=100..500 gives
@@ -503,6 +505,7 @@ class SimulatorSource:
         self._truth: list[GestureSegment] = []
         self._worker: threading.Thread | None = None
         self._iterated = False
+        self._clock_us: int | None = None  # end of the newest chunk handed over: no later event before it
 
     # -- protocol --
 
@@ -520,6 +523,12 @@ class SimulatorSource:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+    def clock_us(self) -> int | None:
+        """Stream time (µs) before which no further event will come: the end of the newest chunk
+        taken by the consumer (events of later chunks have ``t`` > it); None before the first.
+        Exact, not estimated: while rendering lags behind the pace, the clock waits for it."""
+        return self._clock_us
 
     def drain_truth(self) -> list[GestureSegment]:
         """Gesture segments whose start has been emitted since the last call (stream µs)."""
@@ -559,10 +568,13 @@ class SimulatorSource:
                 cuts = np.searchsorted(events["t"], chunk_ends, side="right")
                 previous_cut, chunk_start = 0, piece_start
                 for chunk_end, cut in zip(chunk_ends.tolist(), cuts.tolist()):
-                    if self.speed is not None:
-                        wait = clock_start + chunk_end * 1e-6 / self.speed - time.monotonic()
-                        if wait > 0 and self._stop.wait(wait):
-                            return
+                    if self.speed is not None:  # paced: wait, still yielding every IDLE_YIELD_S
+                        due = clock_start + chunk_end * 1e-6 / self.speed
+                        while (wait := due - time.monotonic()) > 0:
+                            if self._stop.wait(min(wait, IDLE_YIELD_S)):
+                                return
+                            if wait > IDLE_YIELD_S:
+                                yield empty_events()
                     if self._stop.is_set():
                         return
                     if upcoming and upcoming[0].start_us <= chunk_end:
@@ -571,6 +583,9 @@ class SimulatorSource:
                         with self._truth_lock:
                             self._truth.extend(started)
                     yield self._amplify(events[previous_cut:cut], chunk_start, chunk_end, amplify_rng)
+                    # Set once the consumer is back for more (it has sent the chunk): a clock read
+                    # while the chunk is still in its hands could announce a time after its events.
+                    self._clock_us = chunk_end
                     previous_cut, chunk_start = cut, chunk_end
                     if self.duration_us is not None and chunk_end >= self.duration_us:
                         return

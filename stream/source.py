@@ -8,15 +8,19 @@ Opens a live source (``auto | camera[:SERIAL] | file:PATH | dv:HOST:PORT | sim``
 * JSON status messages (``STATUS_KIND``) with a ``"type"``: ``"stats"`` about once a second and
   ``"end"`` once when the source ends by itself (end of a file): both carry the cumulative counters
   ``events_sent`` / ``packets_sent``, so a receiver that compares them with what it received knows
-  exactly how many events the socket dropped;
+  exactly how many events the socket dropped. ``stats`` also carries ``connected`` (False while a
+  camera or network source has lost its device or server and is reconnecting), ``disconnects``
+  and ``reconnects`` (sources without these: True, 0, 0);
 * ``{"type": "clock", "time_us": T, "paused": bool}`` (the source's watermark): T is the stream
   time (µs, the events' clock) before which no further event will come. It is sent whenever
   ``CLOCK_INTERVAL_S`` (10 ms) of wall time passed without any message, so a silent source still
-  tells how far its time has gone (at least every ~20 ms). T never goes back. Files: the replay
-  clock, which stops while paused; camera and network: the last event's time plus the wall time
-  elapsed since it; a source with its own ``clock_us()`` (see ``stream.sources``) gives it; any
-  other (the simulator today) is estimated as last event time + (wall time since it - 5 ms) x
-  speed. Empty chunks are not published (clock messages replace them).
+  tells how far its time has gone (at least every ~20 ms). T never goes back. A source's own
+  ``clock_us()`` gives it (see ``stream.sources``: exact for files and the simulator, for camera
+  and network the last event's time plus the wall time since it, less a margin); a source without
+  one is estimated as last event time + (wall time since it - 5 ms) x speed. A clock is a promise:
+  an event that still comes earlier than a clock already sent (an estimate that ran ahead) is sent
+  with its time raised to that clock, never dropped, and counted (``late_events``). Empty chunks
+  are not published (clock messages replace them).
 
 Control (``--control ENDPOINT``, ``ControlServer``): a ROUTER socket polled between packets (it
 never blocks the stage) takes JSON commands of at most ``CONTROL_MAX_BYTES``, never pickled, from
@@ -39,7 +43,12 @@ packet is lost when the stage exits. With ``--speed max`` (a file replayed as fa
 drop: a full queue makes the source wait (back-pressure), so every event of the file reaches the
 worker. At any other speed a slow subscriber loses packets (counted by it) and latency stays bounded.
 
+The end message is never dropped: when a subscriber's queue is full (an overloaded worker) the
+stage waits for room, up to ``END_WAIT_S``, or until a stop request.
+
 SIGINT/SIGTERM stop the stage cleanly (exit code 0); the end message is only sent at a real end.
+A camera or network source that is lost reconnects by itself (``connected`` False meanwhile); if
+it stops trying, the stage exits with one ``error:`` line and code 2 (``SourceLost``), no end.
 """
 
 from __future__ import annotations
@@ -82,13 +91,18 @@ CONTROL_MAX_BYTES = 4096  # larger control messages are refused by the socket (Z
 CONTROL_MAX_PER_POLL = 32  # commands handled per poll at most, so a flood cannot starve the stream
 CONTROL_COMMANDS = ("status", "pause", "resume", "seek", "speed", "loop")
 SEND_POLL_MS = 100  # a blocked send wakes this often to honour a stop request
-RELIABLE_SEND_S = 5.0  # how long an end message waits for room in a full queue
-END_WAIT_S = 30.0  # after the end message, how long subscribers get to read everything and leave
+RELIABLE_SEND_S = 5.0  # how long a reliable message waits for room in a full queue by default
+END_WAIT_S = 30.0  # how long the end message waits for room, then how long subscribers get to read it and leave
 END_LINGER_MS = 1000  # then queued messages get this long to leave
 
 
 class Stopped(Exception):
     """The stage was asked to stop (SIGINT/SIGTERM) while waiting."""
+
+
+class SourceLost(OSError):
+    """A camera or network source lost its device or server and stopped reconnecting: not an end
+    of the data, so no end message; the stage exits with an error (the launcher may restart it)."""
 
 
 class StopRequest:
@@ -229,31 +243,34 @@ class StagePublisher:
         self.send_frames(encode_truth(segments, seq))
         return seq
 
-    def publish_json(self, kind: Kind, obj: Any, *, reliable: bool = False) -> int:
-        """Publish JSON; ``reliable`` waits for room even on a dropping socket (end messages)."""
+    def publish_json(self, kind: Kind, obj: Any, *, reliable: bool = False, wait_s: float = RELIABLE_SEND_S) -> int:
+        """Publish JSON; ``reliable`` waits for room even on a dropping socket (end messages), up
+        to ``wait_s`` seconds or until a stop request (``Stopped``); with ``nodrop`` every send waits."""
         seq = self.next_seq(kind)
         frames = encode_json(kind, seq, obj)
         if reliable and not self.nodrop:
             self.socket.setsockopt(zmq.XPUB_NODROP, 1)
             try:
-                self._send_until(frames, time.monotonic() + RELIABLE_SEND_S)
+                self._send_until(frames, wait_s)
             finally:
                 self.socket.setsockopt(zmq.XPUB_NODROP, 0)
         else:
-            self.send_frames(frames)
+            self.send_frames(frames)  # a back-pressure socket waits anyway (until a stop request)
         return seq
 
-    def _send_until(self, frames: list[Any], deadline: float) -> None:
+    def _send_until(self, frames: list[Any], wait_s: float) -> None:
+        deadline = time.monotonic() + wait_s
         while True:
             try:
                 self.socket.send_multipart(frames, copy=False)
                 return
-            except zmq.Again:
+            except zmq.Again:  # SNDTIMEO (SEND_POLL_MS) passed with the queue still full
                 if self.stop.is_set():
                     raise Stopped() from None
                 if time.monotonic() >= deadline:
-                    log.warning("%s: a subscriber did not take the message within %g s", self.endpoint, RELIABLE_SEND_S)
+                    log.warning("%s: a subscriber did not take the message within %g s", self.endpoint, wait_s)
                     return
+                self._read_subscriptions(0)  # a subscriber that left frees the send
 
     def publish_raw(self, kind: Kind, payload: bytes | np.ndarray, *, count: int = 0,
                     sensor_size: SensorSize | None = None) -> int:  # fmt: skip
@@ -280,7 +297,7 @@ class SourceCounters:
         self.packets_sent = 0
         self.segments_sent = 0
         self.clocks_sent = 0
-        self.late_events = 0  # events earlier than a clock already announced (a live source's lag)
+        self.late_events = 0  # events earlier than a clock already announced, sent at that clock's time
         self.ended = False  # the source ended by itself and the end message was sent
 
     def as_dict(self) -> dict[str, int]:
@@ -293,7 +310,7 @@ class StageClock:
 
     Uses ``source.clock_us()`` when the source has one, else last event time + (wall time since
     it arrived - ``FALLBACK_CLOCK_MARGIN_S``) x the source's ``speed`` (1 without one, 0 for "as
-    fast as possible").
+    fast as possible"). ``admit`` keeps the announced clock a promise whatever the source does.
     """
 
     def __init__(self, source: Any) -> None:
@@ -303,15 +320,18 @@ class StageClock:
         self.announced_us: int | None = None
         self._last_event_wall = 0.0
 
-    def saw(self, events: np.ndarray, now_s: float) -> int:
-        """Note a non-empty packet about to be sent; returns how many of its events are earlier
-        than the clock already announced (late)."""
+    def admit(self, events: np.ndarray, now_s: float) -> tuple[np.ndarray, int]:
+        """A non-empty, time-ordered packet about to be sent: returns it with the times of its
+        events earlier than the clock already announced (late) raised to that clock (a copy; the
+        input is not changed), and how many were late."""
         late = 0
         if self.announced_us is not None and int(events["t"][0]) < self.announced_us:
             late = int(np.searchsorted(events["t"], self.announced_us, side="left"))
+            events = events.copy()
+            events["t"][:late] = self.announced_us
         self.last_event_us = int(events["t"][-1])
         self._last_event_wall = now_s
-        return late
+        return events, late
 
     def time_us(self, now_s: float) -> int | None:
         """The clock now (None while nothing is known: before the first event)."""
@@ -576,6 +596,16 @@ class ControlClient:
 # --- the stage loop ----------------------------------------------------------------------------
 
 
+def connection_state(source: Any) -> dict[str, Any]:
+    """``connected``, ``disconnects``, ``reconnects`` of a camera or network source (a source
+    without them: always connected, 0, 0), JSON-ready."""
+    return {
+        "connected": bool(getattr(source, "connected", True)),
+        "disconnects": int(getattr(source, "disconnects", 0)),
+        "reconnects": int(getattr(source, "reconnects", 0)),
+    }
+
+
 def stream_source(
     source: Any,
     publisher: StagePublisher,
@@ -589,7 +619,8 @@ def stream_source(
 ) -> SourceCounters:
     """Publish everything ``source`` yields until it ends (then send the end message),
     ``duration_s`` passes or ``stop`` is set; clock messages while it is silent; ``control``
-    commands answered between packets. Returns the counters."""
+    commands answered between packets; stats every ``stats_interval_s`` and at once when the
+    source's ``connected`` state changes. Returns the counters."""
     stop = stop or threading.Event()
     counters = SourceCounters()
     sensor = SensorSize(*source.sensor_size)
@@ -597,9 +628,10 @@ def stream_source(
     clock = StageClock(source)
     start = time.monotonic()
     deadline = None if duration_s is None else start + duration_s
-    next_stats = start + stats_interval_s
+    last_stats = start
     last_sent = start
     interval_events = 0
+    connection = connection_state(source)
 
     def publish_truth() -> None:
         segments = drain_truth() if drain_truth is not None else []
@@ -611,7 +643,8 @@ def stream_source(
         publish_truth()  # a segment goes out before (or with) the events of its start
         now = time.monotonic()
         if len(events):
-            counters.late_events += clock.saw(events, now)
+            events, late = clock.admit(events, now)
+            counters.late_events += late
             for begin in range(0, len(events), MAX_PACKET_EVENTS):
                 publisher.publish_events(events[begin : begin + MAX_PACKET_EVENTS], sensor)
                 counters.packets_sent += 1
@@ -627,13 +660,15 @@ def stream_source(
                 last_sent = now
         if control is not None:
             control.poll(source)
-        if now >= next_stats:
+        previous_connected, connection = connection["connected"], connection_state(source)
+        if now - last_stats >= stats_interval_s or connection["connected"] != previous_connected:
             stats = {
                 "type": "stats",
                 "source": source.name,
                 "sensor": list(sensor),
-                "event_rate": interval_events / (now - next_stats + stats_interval_s),
+                "event_rate": interval_events / max(now - last_stats, 1e-6),
                 **counters.as_dict(),
+                **connection,
             }
             if hasattr(source, "status"):
                 stats["replay"] = source.status()
@@ -641,13 +676,16 @@ def stream_source(
             if on_stats is not None:
                 on_stats(stats)
             interval_events = 0
-            next_stats = now + stats_interval_s
+            last_stats = now
         if stop.is_set() or (deadline is not None and now >= deadline):
             return counters
     if stop.is_set():  # the source ended because it was stopped, not at its end
         return counters
+    if not connection_state(source)["connected"]:
+        raise SourceLost(f"{source.name} was lost and did not come back ({counters.events_sent} events sent)")
     publish_truth()
-    publisher.publish_json(STATUS_KIND, {"type": "end", "source": source.name, **counters.as_dict()}, reliable=True)
+    end = {"type": "end", "source": source.name, **counters.as_dict(), **connection_state(source)}
+    publisher.publish_json(STATUS_KIND, end, reliable=True, wait_s=END_WAIT_S)  # an overloaded worker still ends
     counters.ended = True
     return counters
 

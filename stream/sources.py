@@ -11,16 +11,21 @@ The source protocol (every source follows it; the pipeline, GUI and transport re
   ``IDLE_YIELD_S`` (5 ms) of wall time while nothing arrives, so a consumer loop never blocks
   for long and can check its own stop flags and control socket, and send clock messages. Never
   ``None``.
-* Iteration ends when the data ends (end of file without ``loop``, camera unplugged, server gone
-  and reconnection given up) or after ``source.stop()``.
+* Iteration ends when the data ends (end of file without ``loop``) or after ``source.stop()``.
+  A camera or network source that loses its device or server reconnects with backoff (one loop
+  for both, ``_LiveInput``) and tells it by ``connected`` / ``disconnects`` / ``reconnects``;
+  its iteration ends only when reconnection is off or given up, with ``connected`` False.
 * ``source.stop()`` may be called from any thread, any number of times; iteration returns within
   about ``IDLE_YIELD_S``. It does not release resources.
 * A source is a context manager; ``close()`` (called by ``__exit__``) stops it and releases the
   camera, file or socket. Iterate a source once; open a new one to start again.
 * Optional clock: ``source.clock_us() -> int | None``, the stream time (µs, the events' clock)
-  before which no further event will come, None before the first event. Files: the replay
-  clock (it stops while paused); camera and network: the last event's time plus the wall time
-  elapsed since it arrived. The source stage publishes it while the source is silent.
+  before which no further event will come, None before the first event. A promise: no event
+  yielded after a call has ``t`` below the value returned. Files: the replay clock (it stops
+  while paused), at most the next event's time; the simulator: the end of the newest chunk;
+  camera and network (whose next event time is unknown): the last event's time plus the wall
+  time since it arrived, less ``LIVE_CLOCK_MARGIN_S``, and an event that still comes earlier is
+  raised to it (``Timeline.promise``). The source stage publishes it while the source is silent.
 * Optional control (``FileSource``): ``pause()``, ``resume()``, ``seek(position_s)``,
   ``set_speed(speed)``, ``set_loop(loop)``, ``status()``, ``paused``; see ``stream.source``.
 * Optional ground truth: a source that knows what happens in its stream (the simulator) also has
@@ -41,7 +46,7 @@ import math
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -96,7 +101,9 @@ class Timeline:
         (``jumps_compressed`` counts them), so a replay never sleeps for hours;
       * a step back of more than ``max_jump_us`` (when set) is a clock restart: the stream
         continues at the latest time emitted so far (``restarts`` counts them);
-      * any event earlier than one already emitted is dropped (``dropped_backward`` counts them).
+      * any event earlier than one already emitted is dropped (``dropped_backward`` counts them);
+      * any event earlier than a promised time (``promise(floor_us)``: a clock already given out)
+        is raised to it (``raised`` counts them), so the promise holds and nothing is lost.
     ``rebase()`` makes the next event continue 1 µs after the last one emitted if it would
     otherwise be earlier (used when a file loops or a network stream reconnects).
     Output timestamps are raw timestamps plus a shift that only changes at those points.
@@ -111,7 +118,14 @@ class Timeline:
         self.dropped_backward = 0
         self.jumps_compressed = 0
         self.restarts = 0
+        self.floor_us: int | None = None  # latest time promised: no event is emitted before it
+        self.raised = 0
         self._prev_raw: int | None = None
+
+    def promise(self, floor_us: int) -> None:
+        """No event will be emitted before ``floor_us`` (a clock given out; never goes back)."""
+        if self.floor_us is None or floor_us > self.floor_us:
+            self.floor_us = int(floor_us)
 
     def rebase(self, floor_us: int | None = None) -> None:
         """The next event starts a new stretch of time (see class docstring); with ``floor_us``
@@ -157,14 +171,19 @@ class Timeline:
         keep = t >= self._latest_before(t)
         self.shift_us = int(shift[-1])
         self._prev_raw = int(raw[-1])
-        kept = int(keep.sum())
-        self.dropped_backward += len(raw) - kept
-        if kept:
-            self.last_us = int(t[keep][-1])  # kept times never decrease
-        if kept == len(raw) and not shift.any():
+        kept_t = t[keep]  # a copy (boolean index); kept times never decrease
+        self.dropped_backward += len(raw) - len(kept_t)
+        raised = 0
+        if self.floor_us is not None and len(kept_t) and kept_t[0] < self.floor_us:
+            raised = int(np.searchsorted(kept_t, self.floor_us, side="left"))
+            kept_t[:raised] = self.floor_us
+            self.raised += raised
+        if len(kept_t):
+            self.last_us = int(kept_t[-1])
+        if len(kept_t) == len(raw) and not shift.any() and not raised:
             return events
-        out = events[keep]  # a copy (boolean index)
-        out["t"] = t[keep]
+        out = events[keep]
+        out["t"] = kept_t
         return out
 
 
@@ -582,47 +601,111 @@ class _Seek:
 
 POLL_S = 0.001  # how often a dv-processing input is polled when it has nothing, seconds
 DEFAULT_DV_PORT = 7777  # DV's default network output port
+LIVE_CLOCK_MARGIN_S = 0.02  # a live clock stays this far behind "last event + wall time since it"
+FIRST_BACKOFF_S = 0.05  # first wait between reconnection attempts, seconds (doubles each time)
 
 
 def _first_line(error: BaseException) -> str:
     return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
-class _DvInput:
-    """A dv-processing input (camera or network reader) polled for event batches.
+def _check_reconnect(max_backoff_s: float, give_up_after_s: float | None) -> None:
+    if not max_backoff_s > 0:
+        raise ValueError(f"max_backoff_s must be > 0 s, got {max_backoff_s}")
+    if give_up_after_s is not None and not give_up_after_s >= 0:
+        raise ValueError(f"give_up_after_s must be >= 0 s or None, got {give_up_after_s}")
 
-    ``poll()`` yields time-ordered chunks until the input stops running, ``stop()`` is called
-    or ``release()`` drops the input; a lock keeps ``release()`` from destroying the input while
-    another thread is inside a dv-processing call.
+
+class _LiveInput:
+    """A dv-processing input (camera or network reader) that reconnects when it is lost: the one
+    loop behind ``CameraSource`` and ``NetworkSource``.
+
+    ``chunks()`` yields time-ordered chunks (an empty one at least every ``IDLE_YIELD_S``). When
+    the device stops (unplugged, server gone, a dv-processing error) it counts a disconnect, logs
+    "<label> lost; reconnecting" and calls ``open_device()`` with exponential backoff
+    (``FIRST_BACKOFF_S`` doubling to ``max_backoff_s``) until it returns a device with the same
+    sensor size (logged "<label> reconnected"). Events after a reconnection continue after the
+    clock given out meanwhile (``Timeline.rebase``). Iteration ends on ``stop``, without
+    ``reconnect``, after ``give_up_after_s`` without a device, or when the device comes back
+    with another sensor size (``SourceError``). A lock keeps ``release()`` from destroying the
+    device while another thread is inside a dv-processing call.
+
+    Args:
+        device: the opened dv-processing input.
+        open_device: opens it again; raises ``SourceError`` while it is not there.
+        label: names the input in log lines ("camera DVXplorer_DXA00093", "DV stream host:port").
+        reconnect, max_backoff_s, give_up_after_s: see ``CameraSource`` / ``NetworkSource``.
     """
 
-    def __init__(self, device, timeline: Timeline, stop: threading.Event) -> None:
+    def __init__(self, device, open_device: Callable[[], object], label: str, *, reconnect: bool,
+                 max_backoff_s: float, give_up_after_s: float | None) -> None:  # fmt: skip
+        _check_reconnect(max_backoff_s, give_up_after_s)
         self.device = device
-        self._timeline = timeline
-        self._stop = stop
+        self.sensor_size = SensorSize(*device.getEventResolution())
+        self.open_device = open_device
+        self.label = label
+        self.reconnect = reconnect
+        self.max_backoff_s = max_backoff_s
+        self.give_up_after_s = give_up_after_s
+        self.connected = True
+        self.disconnects = 0
+        self.reconnects = 0
+        self.timeline = Timeline()
+        self.stop = threading.Event()
         self._lock = threading.Lock()
         self._last_event_wall = time.monotonic()  # when the newest event arrived
 
     def clock_us(self) -> int | None:
-        """The newest event's time plus the wall time elapsed since it arrived (µs); None before any."""
-        last = self._timeline.last_us
+        """The newest event's time plus the wall time since it arrived, less
+        ``LIVE_CLOCK_MARGIN_S`` (µs; None before any event). It keeps running while disconnected.
+        The value given out is a promise: a later event earlier than it is raised to it
+        (``Timeline.promise``; ``timeline.raised`` counts them)."""
+        last = self.timeline.last_us
         if last is None:
             return None
-        return last + int((time.monotonic() - self._last_event_wall) * 1e6)
+        elapsed_s = max(0.0, time.monotonic() - self._last_event_wall - LIVE_CLOCK_MARGIN_S)
+        clock = last + int(elapsed_s * 1e6)
+        if self.timeline.floor_us is not None:
+            clock = max(clock, self.timeline.floor_us)  # never back
+        self.timeline.promise(clock)
+        return clock
 
-    def poll(self) -> Iterator[np.ndarray]:
+    def chunks(self) -> Iterator[np.ndarray]:
+        while True:
+            yield from self._poll()
+            if self.stop.is_set() or self.device is None:
+                return
+            self.connected = False
+            self.disconnects += 1
+            self.release()
+            if not self.reconnect:
+                log.warning("%s closed", self.label)
+                return
+            log.warning("%s lost; reconnecting", self.label)
+            device = yield from self._reopen()
+            if device is None:
+                return
+            self.timeline.rebase(floor_us=self.clock_us())  # after the clock given out meanwhile
+            with self._lock:
+                if self.stop.is_set():
+                    return  # closed while connecting: drop the new device
+                self.device = device
+            self.connected = True
+
+    def _poll(self) -> Iterator[np.ndarray]:
+        """Chunks while the device runs."""
         last_yield = time.monotonic()
-        while not self._stop.is_set():
+        while not self.stop.is_set():
             with self._lock:
                 if self.device is None or not self.device.isRunning():
                     return
                 try:
                     batch = self.device.getNextEventBatch()
                 except RuntimeError as error:  # a broken connection or device
-                    log.warning("%s: %s", self.device.getCameraName(), _first_line(error))
+                    log.warning("%s: %s", self.label, _first_line(error))
                     return
             if batch is not None and batch.size() > 0:
-                chunk = self._timeline.apply(from_dv(batch.numpy()))
+                chunk = self.timeline.apply(from_dv(batch.numpy()))
                 last_yield = time.monotonic()
                 if len(chunk):
                     self._last_event_wall = last_yield
@@ -631,11 +714,87 @@ class _DvInput:
                 yield empty_events()
                 last_yield = time.monotonic()
             else:
-                self._stop.wait(POLL_S)
+                self.stop.wait(POLL_S)
+
+    def _reopen(self):
+        """Open the device again with backoff, yielding empty chunks; the device, or None."""
+        delay, start = FIRST_BACKOFF_S, time.monotonic()
+        while not self.stop.is_set():
+            try:
+                device = self.open_device()
+            except SourceError as error:
+                if self.give_up_after_s is not None and time.monotonic() - start >= self.give_up_after_s:
+                    log.error("%s: giving up after %.1f s: %s", self.label, self.give_up_after_s, error)
+                    return None
+                wake = time.monotonic() + delay
+                while (remaining := wake - time.monotonic()) > 0:
+                    if self.stop.wait(min(remaining, IDLE_YIELD_S)):
+                        return None
+                    yield empty_events()
+                delay = min(delay * 2, self.max_backoff_s)
+                continue
+            size = SensorSize(*device.getEventResolution())
+            if size != self.sensor_size:
+                raise SourceError(f"{self.label} came back with sensor {size}, was {self.sensor_size}")
+            self.reconnects += 1
+            log.warning("%s reconnected", self.label)
+            return device
+        return None
 
     def release(self) -> None:
         with self._lock:
             self.device = None  # dv-processing closes the device or socket when the object goes
+
+
+class _LiveSource:
+    """What ``CameraSource`` and ``NetworkSource`` share: iteration, clock, state, stop and close
+    all go to their ``_LiveInput`` (``self._input``)."""
+
+    name: str
+    sensor_size: SensorSize
+    _input: _LiveInput
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        return self._input.chunks()
+
+    @property
+    def connected(self) -> bool:
+        """False from the loss of the device or server until it is back."""
+        return self._input.connected
+
+    @property
+    def disconnects(self) -> int:
+        """How often the device or server was lost."""
+        return self._input.disconnects
+
+    @property
+    def reconnects(self) -> int:
+        """How often it came back."""
+        return self._input.reconnects
+
+    @property
+    def raised_to_clock(self) -> int:
+        """Events that came earlier than a clock already given out and were raised to it."""
+        return self._input.timeline.raised
+
+    def clock_us(self) -> int | None:
+        """Stream time (µs) before which no further event will come (None before the first
+        event); see ``_LiveInput.clock_us``."""
+        return self._input.clock_us()
+
+    def stop(self) -> None:
+        """End iteration (thread-safe), also while reconnecting."""
+        self._input.stop.set()
+
+    def close(self) -> None:
+        self.stop()
+        self._input.release()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
 
 def _camera_api() -> tuple[str, object]:
@@ -657,66 +816,61 @@ def list_cameras() -> list[tuple[str, str]]:
     return [tuple(name.rsplit("_", 1)) if "_" in name else (name, "") for name in names]
 
 
-class CameraSource:
+def open_camera(serial: str | None = None) -> tuple[object, str]:
+    """Open the camera with ``serial`` (None: the first one found) through dv-processing;
+    returns the dv-processing camera and its serial number.
+
+    Raises ``SourceError`` naming the cameras found when none is connected or none has
+    ``serial``, or when it cannot be opened or has no event stream.
+    """
+    cameras = list_cameras()
+    if not cameras:
+        raise SourceError("no event camera connected (dv-processing found none; check the USB cable and udev rules)")
+    found = ", ".join(f"{model} {number}" for model, number in cameras)
+    if serial is not None and serial not in [number for _, number in cameras]:
+        raise SourceError(f"no camera with serial {serial!r} connected; found: {found}")
+    serial = serial if serial is not None else cameras[0][1]
+    version, api = _camera_api()
+    try:
+        if version == "2.x":
+            device = api.open(serial)
+        else:
+            model = next(model for model, number in cameras if number == serial)
+            device = api.CameraCapture(f"{model}_{serial}" if serial else model)
+    except RuntimeError as error:
+        raise SourceError(f"cannot open camera {serial!r}: {_first_line(error)}") from None
+    if not device.isEventStreamAvailable():
+        raise SourceError(f"camera {device.getCameraName()} has no event stream")
+    return device, serial
+
+
+class CameraSource(_LiveSource):
     """A live event camera (DVS128, DAVIS, DVXplorer, ...) through dv-processing.
 
     Args:
         serial: serial number of the camera to open; None opens the first one found.
+        reconnect: when the camera is lost (unplugged), open it again by its serial number with
+            exponential backoff (logged) and keep going; if False, iteration ends.
+        max_backoff_s: longest wait between reconnection attempts, seconds.
+        give_up_after_s: end iteration after this long without the camera (None: never).
 
-    Raises ``SourceError`` naming the cameras found when none is connected or none has ``serial``.
-    Timestamps are the camera's (microseconds, usually since the Unix epoch). Iteration ends
-    (with a logged error) when the camera is unplugged.
+    Construction opens the camera (``SourceError`` naming the cameras found when none is
+    connected or none has ``serial``). Timestamps are the camera's (microseconds, usually since
+    the Unix epoch). While the camera is lost the source yields empty chunks every
+    ``IDLE_YIELD_S``; ``connected``, ``disconnects`` and ``reconnects`` tell the state.
     """
 
-    def __init__(self, serial: str | None = None) -> None:
-        cameras = list_cameras()
-        if not cameras:
-            raise SourceError("no event camera connected (dv-processing found none; check the USB cable and udev rules)")
-        found = ", ".join(f"{model} {number}" for model, number in cameras)
-        if serial is not None and serial not in [number for _, number in cameras]:
-            raise SourceError(f"no camera with serial {serial!r} connected; found: {found}")
-        serial = serial if serial is not None else cameras[0][1]
-        version, api = _camera_api()
-        try:
-            if version == "2.x":
-                device = api.open(serial)
-            else:
-                model = next(model for model, number in cameras if number == serial)
-                device = api.CameraCapture(f"{model}_{serial}" if serial else model)
-        except RuntimeError as error:
-            raise SourceError(f"cannot open camera {serial!r}: {_first_line(error)}") from None
-        if not device.isEventStreamAvailable():
-            raise SourceError(f"camera {device.getCameraName()} has no event stream")
+    def __init__(self, serial: str | None = None, *, reconnect: bool = True, max_backoff_s: float = 2.0,
+                 give_up_after_s: float | None = None) -> None:  # fmt: skip
+        _check_reconnect(max_backoff_s, give_up_after_s)
+        device, self.serial = open_camera(serial)
         self.name: str = device.getCameraName()
         self.sensor_size: SensorSize = SensorSize(*device.getEventResolution())
-        self._stop = threading.Event()
-        self._input = _DvInput(device, Timeline(), self._stop)
-
-    def __iter__(self) -> Iterator[np.ndarray]:
-        yield from self._input.poll()
-        if not self._stop.is_set():
-            log.error("camera %s stopped sending (unplugged?)", self.name)
-
-    def clock_us(self) -> int | None:
-        """Newest event time + wall time since it arrived, µs (None before the first event)."""
-        return self._input.clock_us()
-
-    def stop(self) -> None:
-        """End iteration (thread-safe)."""
-        self._stop.set()
-
-    def close(self) -> None:
-        self.stop()
-        self._input.release()
-
-    def __enter__(self) -> "CameraSource":
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
+        self._input = _LiveInput(device, lambda: open_camera(self.serial)[0], f"camera {self.name}",
+                                 reconnect=reconnect, max_backoff_s=max_backoff_s, give_up_after_s=give_up_after_s)  # fmt: skip
 
 
-class NetworkSource:
+class NetworkSource(_LiveSource):
     """A DV network event stream (DV software's network output or dv-processing's NetworkWriter).
 
     Args:
@@ -744,25 +898,13 @@ class NetworkSource:
     ) -> None:
         if not 1 <= int(port) <= 65535:
             raise SourceError(f"port must be 1..65535, got {port}")
-        if max_backoff_s <= 0:
-            raise ValueError(f"max_backoff_s must be > 0 s, got {max_backoff_s}")
+        _check_reconnect(max_backoff_s, give_up_after_s)
         self.host, self.port = host, int(port)
-        self.reconnect = reconnect
-        self.max_backoff_s = max_backoff_s
-        self.give_up_after_s = give_up_after_s
-        self.disconnects = 0
-        self.reconnects = 0
-        self._stop = threading.Event()
-        self._timeline = Timeline()
         reader = self._connect()
         self.sensor_size: SensorSize = SensorSize(*reader.getEventResolution())
         self.name: str = f"dv:{host}:{self.port} ({reader.getCameraName()})"
-        self._input = _DvInput(reader, self._timeline, self._stop)
-
-    @property
-    def connected(self) -> bool:
-        device = self._input.device
-        return device is not None and device.isRunning()
+        self._input = _LiveInput(reader, self._connect, f"DV stream {host}:{self.port}", reconnect=reconnect,
+                                 max_backoff_s=max_backoff_s, give_up_after_s=give_up_after_s)  # fmt: skip
 
     def _connect(self):
         where = f"{self.host}:{self.port}"
@@ -773,71 +915,6 @@ class NetworkSource:
         if not reader.isEventStreamAvailable() or reader.getEventResolution() is None:
             raise SourceError(f"the DV stream at {where} carries no events")
         return reader
-
-    def __iter__(self) -> Iterator[np.ndarray]:
-        while True:
-            yield from self._input.poll()
-            if self._stop.is_set() or self._input.device is None:
-                return
-            self.disconnects += 1
-            self._input.release()
-            if not self.reconnect:
-                log.warning("DV stream %s:%d closed", self.host, self.port)
-                return
-            log.warning("DV stream %s:%d lost; reconnecting", self.host, self.port)
-            reader = yield from self._reconnect()
-            if reader is None:
-                return
-            self._timeline.rebase(floor_us=self._input.clock_us())  # after the clock announced meanwhile
-            with self._input._lock:
-                if self._stop.is_set():
-                    return  # closed while connecting: drop the new reader
-                self._input.device = reader
-
-    def clock_us(self) -> int | None:
-        """Newest event time + wall time since it arrived, µs (None before the first event); it
-        keeps running while disconnected, and events after a reconnection come after it."""
-        return self._input.clock_us()
-
-    def _reconnect(self):
-        """Try to reconnect with backoff, yielding empty chunks; the reader, or None to stop."""
-        delay, start = 0.05, time.monotonic()
-        while not self._stop.is_set():
-            try:
-                reader = self._connect()
-            except SourceError as error:
-                if self.give_up_after_s is not None and time.monotonic() - start >= self.give_up_after_s:
-                    log.error("DV stream %s:%d: giving up after %.1f s: %s", self.host, self.port,
-                              self.give_up_after_s, error)  # fmt: skip
-                    return None
-                wake = time.monotonic() + delay
-                while (remaining := wake - time.monotonic()) > 0:
-                    if self._stop.wait(min(remaining, IDLE_YIELD_S)):
-                        return None
-                    yield empty_events()
-                delay = min(delay * 2, self.max_backoff_s)
-                continue
-            size = SensorSize(*reader.getEventResolution())
-            if size != self.sensor_size:
-                raise SourceError(f"DV stream {self.host}:{self.port} came back with sensor {size}, was {self.sensor_size}")
-            self.reconnects += 1
-            log.warning("DV stream %s:%d reconnected", self.host, self.port)
-            return reader
-        return None
-
-    def stop(self) -> None:
-        """End iteration (thread-safe)."""
-        self._stop.set()
-
-    def close(self) -> None:
-        self.stop()
-        self._input.release()
-
-    def __enter__(self) -> "NetworkSource":
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
 
 
 # --- specs --------------------------------------------------------------------------------------
