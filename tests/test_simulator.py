@@ -222,3 +222,42 @@ def test_live_source_rate_scale_replicates_events():
     noisy = events_of(extra_noise_hz=1e6)
     assert 150_000 < len(noisy) - len(plain) < 250_000
     assert np.all(np.diff(noisy["t"]) >= 0)
+
+
+class SlowQueue:
+    """The renderer's queue with every hand-over delayed: the simulator renders slower than real
+    time, as on a loaded machine."""
+
+    def __init__(self, inner, delay_s: float) -> None:
+        self.inner, self.delay_s = inner, delay_s
+
+    def put(self, item, block: bool = True, timeout: float | None = None) -> None:
+        threading.Event().wait(self.delay_s)  # the fault being simulated: rendering takes this long
+        self.inner.put(item, block, timeout)
+
+
+class LaggingSimulator(SimulatorSource):
+    """A real SimulatorSource whose renderer hands over each 100 ms piece 160 ms late (0.6x real time)."""
+
+    def _produce(self, pieces) -> None:
+        super()._produce(SlowQueue(pieces, 0.16))
+
+
+def test_live_clock_is_exact_and_never_passes_an_event_still_to_come_while_rendering_lags():
+    clocks: list[tuple[int, int]] = []  # (clock read on an empty chunk, events yielded before it)
+    chunks = []
+    with LaggingSimulator(seed=4, speed=1.0, duration_s=0.6, chunk_us=2_000) as source:
+        assert source.clock_us() is None
+        for chunk in source:
+            if len(chunk):
+                chunks.append(chunk)
+            else:
+                clocks.append((source.clock_us(), len(chunks)))
+    events = join(chunks)
+    assert len(events) > 1_000 and np.all(np.diff(events["t"]) >= 0)
+    stalls = [(clock, seen) for clock, seen in clocks if clock is not None and seen < len(chunks)]
+    assert len(stalls) > 20  # the consumer waited for the renderer many times
+    for clock, seen in stalls:  # every event yielded after a clock reading is at or after it
+        assert int(chunks[seen]["t"][0]) >= clock
+    # and it is not behind what was handed over: at least the newest event yielded before it
+    assert all(clock >= int(chunks[seen - 1]["t"][-1]) for clock, seen in stalls if seen)

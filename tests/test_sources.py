@@ -679,3 +679,176 @@ def test_source_stage_control_pause_resume_seek_speed_and_garbage(tmp_path):
         stage.terminate()
         _, stderr = stage.communicate(timeout=WAIT_S)
     assert stage.returncode == 0 and "Traceback" not in stderr
+
+
+# --- a clock is a promise: (events, clock) on the wire under delays, every source ------------------
+
+
+class WireStage:
+    """``stream_source`` on a real source and publisher in a thread; a real subscriber in another
+    thread records every message in arrival order (one ZeroMQ pipe keeps the send order).
+
+    Args:
+        source: the source.
+        endpoint: where the publisher binds.
+        nodrop: back-pressure publisher (a slow reader slows the stage down instead of losing packets).
+        reader_pause_s: the reader waits this long after each message (a slow consumer).
+    """
+
+    def __init__(self, source, endpoint: str, *, nodrop: bool = False, reader_pause_s: float = 0.0, **options) -> None:
+        from stream.source import StagePublisher
+        from stream.transport import EventSubscriber
+
+        self.source = source
+        self.stop = threading.Event()
+        self.publisher = StagePublisher(endpoint, stop=self.stop, nodrop=nodrop, sndhwm=8)
+        self.subscriber = EventSubscriber(self.publisher.endpoint, ("events", "prediction"), rcvhwm=8)
+        assert self.publisher.wait_for_subscribers(1, b"events", timeout_s=WAIT_S)
+        self.messages: list = []  # ("events", array) or (type, dict), in arrival order
+        self.counters = None
+        self.error: BaseException | None = None
+        self._reading = threading.Event()
+        self._reader_pause_s = reader_pause_s
+        self._reader = threading.Thread(target=self._read)
+        self._reader.start()
+        self.thread = threading.Thread(target=self._run, kwargs=options)
+        self.thread.start()
+
+    def _run(self, **options) -> None:
+        from stream.source import stream_source
+
+        try:
+            self.counters = stream_source(self.source, self.publisher, stop=self.stop, stats_interval_s=0.2, **options)
+        except BaseException as error:  # handed to the test
+            self.error = error
+
+    def _read(self) -> None:
+        while not self._reading.is_set():
+            message = self.subscriber.recv(20)
+            if message is None:
+                continue
+            self.messages.append(("events", message.events) if message.events is not None else (message.data["type"], message.data))
+            if self._reader_pause_s:
+                self._reading.wait(self._reader_pause_s)  # the slow consumer
+
+    def of_type(self, kind: str) -> list:
+        return [data for name, data in list(self.messages) if name == kind]
+
+    def check_promise(self) -> tuple[int, int]:
+        """Asserts that no event comes after a clock message announcing a later time; (events, clocks)."""
+        announced, events, clocks = None, 0, 0
+        for kind, data in list(self.messages):
+            if kind == "clock":
+                assert announced is None or data["time_us"] >= announced  # never back
+                announced, clocks = data["time_us"], clocks + 1
+            elif kind == "events":
+                assert announced is None or int(data["t"].min()) >= announced, (int(data["t"].min()), announced)
+                events += len(data)
+        return events, clocks
+
+    def close(self) -> None:
+        self.stop.set()
+        self.source.stop()
+        self.thread.join(WAIT_S)
+        self._reading.set()
+        self._reader.join(WAIT_S)
+        self.subscriber.close()
+        self.publisher.close()
+
+
+def gapped_events() -> np.ndarray:
+    """Bursts of 300 events (over 20 ms) every 60 ms for 1.2 s: silent stretches for clock messages."""
+    starts = 1_000_000 + 60_000 * np.arange(20)
+    t = (starts[:, None] + np.linspace(0, 20_000, 300).astype(np.int64)[None, :]).ravel()
+    index = np.arange(len(t))
+    return make_events(t, index % SENSOR.width, index % SENSOR.height, index % 2)
+
+
+def test_file_source_clock_is_a_promise_under_a_slow_consumer(tmp_path):
+    events = gapped_events()
+    # long slices: a slice is released when the replay clock reaches its last event, so the clock
+    # passes the slice's first event while the stage waits for it
+    source = FileSource.from_events(events, SENSOR, speed=2.0, slice_us=20_000)
+    stage = WireStage(source, f"ipc://{tmp_path}/events", nodrop=True, reader_pause_s=0.004)
+    try:
+        wait_for(lambda: stage.of_type("end") or stage.error, "the end of the replay")
+        received, clocks = stage.check_promise()
+        assert received == len(events) and clocks >= 10 and stage.error is None
+        assert stage.counters.late_events == 0  # the replay clock itself never ran ahead
+    finally:
+        stage.close()
+
+
+def test_simulator_clock_is_a_promise_while_its_renderer_lags(tmp_path):
+    from tests.test_simulator import LaggingSimulator
+
+    stage = WireStage(LaggingSimulator(seed=5, speed=1.0, duration_s=0.6), f"ipc://{tmp_path}/events", nodrop=True)
+    try:
+        wait_for(lambda: stage.of_type("end") or stage.error, "the end of the simulated stream")
+        received, clocks = stage.check_promise()
+        (end,) = stage.of_type("end")
+        assert received == end["events_sent"] > 1_000 and clocks >= 10
+        assert end["late_events"] == 0  # the exact clock waited for the renderer
+    finally:
+        stage.close()
+        stage.source.close()
+
+
+class WithoutClock:
+    """A real source seen without its ``clock_us()``: the stage has to estimate the clock."""
+
+    def __init__(self, source) -> None:
+        self._source, self.name, self.sensor_size, self.speed = source, source.name, source.sensor_size, source.speed
+
+    def __iter__(self):
+        return iter(self._source)
+
+    def stop(self) -> None:
+        self._source.stop()
+
+
+def test_estimated_clock_that_runs_ahead_is_kept_by_raising_late_events(tmp_path):
+    from tests.test_simulator import LaggingSimulator
+
+    simulator = LaggingSimulator(seed=5, speed=1.0, duration_s=0.6)
+    stage = WireStage(WithoutClock(simulator), f"ipc://{tmp_path}/events", nodrop=True)
+    try:
+        wait_for(lambda: stage.of_type("end") or stage.error, "the end of the simulated stream")
+        received, clocks = stage.check_promise()  # holds on the wire although the estimate ran ahead
+        (end,) = stage.of_type("end")
+        assert received == end["events_sent"] and clocks >= 10
+        assert end["late_events"] > 0  # the estimate ran ahead of the lagging renderer: raised, none lost
+    finally:
+        stage.close()
+        simulator.close()
+
+
+def test_network_source_clock_is_a_promise_when_events_arrive_late(tmp_path):
+    port = free_port()
+    writer = dv.io.NetworkWriter("127.0.0.1", port, dv.io.Stream.EventStream(0, "events", "TestCam_9", SENSOR))
+    stage = None
+    try:
+        source = NetworkSource("127.0.0.1", port)
+        wait_for(lambda: writer.getClientCount() == 1, "the server to accept the client")
+        stage = WireStage(source, f"ipc://{tmp_path}/events")
+        first = synthetic_events(duration_us=10_000, count=500, start_us=1_000_000)
+        writer.writeEvents(dv_store(first))
+        last_us = int(first["t"][-1])
+        # silence: the stage announces the clock running on with the wall clock ...
+        wait_for(lambda: any(c["time_us"] > last_us + 50_000 for c in stage.of_type("clock")), "clock messages")
+        # ... then events stamped before that clock arrive (a camera's batch delivered late)
+        late = synthetic_events(duration_us=40_000, count=400, start_us=last_us + 1)
+        writer.writeEvents(dv_store(late))
+        wait_for(lambda: sum(len(e) for e in stage.of_type("events")) == 900, "the late events")
+        received, clocks = stage.check_promise()
+        assert received == 900 and clocks >= 3
+        assert source.raised_to_clock > 0  # the source raised them to the clock it had given out
+        stage.stop.set()
+        stage.thread.join(WAIT_S)
+        assert stage.counters.late_events == 0  # so the stage had nothing to fix
+    finally:
+        if stage is not None:
+            stage.close()
+            stage.source.close()
+        wait_for(lambda: writer.getClientCount() == 0, "the server to see the client leave")
+        del writer
