@@ -144,12 +144,11 @@ def throughput_table(count: int, repeats: int, clock: str) -> None:
             if clock == "cpu":  # CPU time says nothing of a speed-up from threads
                 del methods["threads"]
             seconds = race(methods, repeats, clock)
-            seconds.setdefault("threads", float("nan"))
             row = [f"{n / 1e6:.2f} M {kind}", f"{sensor[0]}x{sensor[1]} -> {model[0]}x{model[1]}"]
-            row += [f"{n / seconds[name] / 1e6:.0f}" for name in ("fresh", "out", "threads", "streaming")]
+            row += [f"{n / seconds[name] / 1e6:.0f}" if name in seconds else "n/a" for name in ("fresh", "out", "threads", "streaming")]
             if sensor == model:
                 row += [f"{n / seconds[name] / 1e6:.1f}" for name in ("tonic", "numpy")]
-                row += [f"{seconds['tonic'] / seconds[name]:.1f}x" for name in ("fresh", "out", "threads")]
+                row += [f"{seconds['tonic'] / seconds[name]:.1f}x" if name in seconds else "n/a" for name in ("fresh", "out", "threads")]
                 row += [f"{seconds['numpy'] / seconds['fresh']:.1f}x"]
             else:
                 row += ["n/a (no resize)", "n/a", "", "", "", ""]
