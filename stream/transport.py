@@ -46,10 +46,11 @@ the gap in ``stats.lost``. The SUB socket sets ``zmq.MAXMSGSIZE`` so an oversize
 by ZeroMQ itself before Python sees it: libzmq treats it as a protocol error and closes that
 connection for good. A connecting subscriber tells the two kinds of disconnect apart by its socket
 monitor: when the publisher is gone, ZeroMQ reconnects by itself (``EVENT_CONNECT_RETRIED``
-follows) and the subscriber leaves the socket alone; when no reconnect follows within
-``RECONNECT_GRACE_S``, it closes its socket and opens a new one (``stats.reopened``). It never calls
-``socket.disconnect()``: terminating a pipe that still holds a message trips libzmq's assertion
-``!_more (fq.cpp:80)`` and aborts the process. Publishers split event packets larger than
+follows at once) and the subscriber leaves the socket alone: calling ``socket.disconnect()`` then
+terminates the live pipe that ZeroMQ keeps across reconnects, and libzmq aborted the process with
+``Assertion failed: !_more (src/fq.cpp:80)`` within one or two publisher kills. Only when no
+reconnect follows within ``RECONNECT_GRACE_S`` (a protocol error: ZeroMQ has already dropped that
+pipe) does it disconnect and connect again (``stats.reconnected``). Publishers split event packets larger than
 ``max_packet_events`` (default: what the default limit allows) so they never trigger it.
 Everything the subscriber gets that breaks this spec is counted in ``stats.rejected[reason]``,
 logged (at most once per reason every few seconds) and skipped; the subscriber keeps working.
@@ -99,7 +100,7 @@ DEFAULT_MAX_PACKET_EVENTS = DEFAULT_MAX_MESSAGE_BYTES // EVENT_DTYPE.itemsize
 ZERO_COPY_MIN_BYTES = 64 << 10  # payloads from this size are sent without copying (see benchmark)
 LOOPBACK_HOSTS = {"localhost", "127.0.0.1", "::1", "[::1]"}
 CURVE_OVERHEAD_BYTES = 33  # a CurveZMQ MESSAGE frame: 8 command + 8 nonce + 16 MAC + 1 flags bytes; MAXMSGSIZE counts them
-RECONNECT_GRACE_S = 0.5  # a disconnect without ZeroMQ's own reconnect within this time reopens the socket
+RECONNECT_GRACE_S = 0.5  # a disconnect that ZeroMQ does not follow with its own reconnect by then: connect again
 HANDSHAKE_FAILED_EVENTS = (
     zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_AUTH
 )
@@ -536,7 +537,7 @@ class SubscriberStats:
     lost: int = 0
     restarts: int = 0  # a sequence number went back: the publisher restarted
     disconnects: int = 0  # connections closed (publisher gone, oversized message)
-    reopened: int = 0  # sockets closed and opened again: ZeroMQ closed a connection for good (oversized message)
+    reconnected: int = 0  # connections ZeroMQ closed for good (oversized message, refused handshake), made again
     handshake_failures: int = 0  # connections refused during the handshake (CurveZMQ key or mechanism mismatch)
     rejected: Counter = field(default_factory=Counter)
 
@@ -560,9 +561,9 @@ class EventSubscriber:
             client that authenticates with ``curve.public_key`` to the publisher ``curve.server_key``.
 
     To wait in your own ``zmq.Poller`` (next to a control socket), register every socket of
-    ``.poll_sockets`` (the SUB socket and its monitor) and call ``recv(0)`` when one is readable
-    and at least every ``RECONNECT_GRACE_S``. ``poll_sockets`` changes when the socket is reopened:
-    read it again for every new poller (``recv`` keeps its own poller current).
+    ``.poll_sockets`` (the SUB socket and its monitor; they stay the same for the subscriber's
+    life), bound the wait with ``poll_timeout_ms(timeout_ms)`` and call ``recv(0)`` when one is
+    readable, ``maintain()`` when none is (it connects again after a connection ZeroMQ closed for good).
     """
 
     LOG_INTERVAL_S = 5.0
@@ -616,6 +617,20 @@ class EventSubscriber:
             self._poller.register(socket, zmq.POLLIN)
         self._lost_at: float | None = None  # a connection closed and ZeroMQ has not yet shown it reconnects
 
+    def poll_timeout_ms(self, timeout_ms: int | None) -> int | None:
+        """``timeout_ms`` for an outside poller, shortened while a lost connection awaits ``maintain()``."""
+        if self._lost_at is None:
+            return timeout_ms
+        due_ms = max(0, round((self._lost_at + RECONNECT_GRACE_S - time.monotonic()) * 1000))
+        return due_ms if timeout_ms is None else min(timeout_ms, due_ms)
+
+    def maintain(self) -> None:
+        """Read the monitor; connect again if ZeroMQ closed a connection for good (cheap; ``recv`` calls it)."""
+        if self.monitor.poll(0):
+            self._on_monitor()
+        if self._lost_at is not None and time.monotonic() - self._lost_at >= RECONNECT_GRACE_S:
+            self._reconnect()
+
     def recv(self, timeout_ms: int | None = 0) -> Message | None:
         """The next valid message, or None when none came within ``timeout_ms`` (None: wait forever).
 
@@ -624,12 +639,9 @@ class EventSubscriber:
         """
         deadline = None if timeout_ms is None else time.monotonic() + timeout_ms / 1000
         while True:
-            now = time.monotonic()
-            if self._lost_at is not None and now - self._lost_at >= RECONNECT_GRACE_S:
-                self._reopen()
-            wake = deadline if self._lost_at is None else min(deadline or np.inf, self._lost_at + RECONNECT_GRACE_S)
-            wait_ms = None if wake is None else max(0, round((wake - now) * 1000))
-            ready = dict(self._poller.poll(wait_ms))
+            self.maintain()
+            wait_ms = None if deadline is None else max(0, round((deadline - time.monotonic()) * 1000))
+            ready = dict(self._poller.poll(self.poll_timeout_ms(wait_ms)))
             if self.monitor in ready:
                 self._on_monitor()
             if self.socket not in ready:
@@ -649,7 +661,7 @@ class EventSubscriber:
 
     def _on_monitor(self) -> None:
         """Read the socket's monitor events: count disconnects and handshake failures, and note a
-        connection closed without ZeroMQ reconnecting (``recv`` then reopens the socket)."""
+        connection closed without ZeroMQ reconnecting (``maintain`` then connects again)."""
         while self.monitor.poll(0):
             event = recv_monitor_message(self.monitor)["event"]
             if event == zmq.EVENT_DISCONNECTED:
@@ -665,15 +677,19 @@ class EventSubscriber:
                 self._warn("handshake", "connection refused in the handshake (CurveZMQ keys or mechanism differ "
                                         "from the publisher's)")  # fmt: skip
 
-    def _reopen(self) -> None:
+    def _reconnect(self) -> None:
         """ZeroMQ closed the connection for good (a protocol error such as a message over
-        MAXMSGSIZE): close the socket and open a new one. ``socket.disconnect()`` is never used:
-        terminating a pipe that holds messages can abort the process in libzmq (fq.cpp:80)."""
-        self.stats.reopened += 1
-        self._warn("reopen", f"connection closed by ZeroMQ for good (a message over {self.max_message_bytes} "
-                             "bytes, or a refused handshake); socket opened again")  # fmt: skip
-        self._close_sockets()
-        self._open()
+        MAXMSGSIZE, or a refused handshake) and dropped its pipe: connect again. Only here is
+        ``socket.disconnect()`` safe (see the module docstring)."""
+        self._lost_at = None
+        self.stats.reconnected += 1
+        self._warn("reconnect", f"connection closed by ZeroMQ for good (a message over {self.max_message_bytes} "
+                                "bytes, or a refused handshake); connected again")  # fmt: skip
+        try:
+            self.socket.disconnect(self._requested_endpoint)
+        except zmq.ZMQError:
+            pass  # libzmq already forgot the endpoint
+        self.socket.connect(self._requested_endpoint)
 
     def _count(self, message: Message) -> None:
         self.stats.received += 1
@@ -698,14 +714,11 @@ class EventSubscriber:
             self._last_log[key] = now
             self._unlogged[key] = 0
 
-    def _close_sockets(self) -> None:
+    def close(self) -> None:
         if not self.socket.closed:
             self.socket.disable_monitor()
         self.monitor.close(linger=0)
         self.socket.close(linger=0)
-
-    def close(self) -> None:
-        self._close_sockets()
 
     def __enter__(self) -> "EventSubscriber":
         return self
