@@ -43,8 +43,9 @@ packet is lost when the stage exits. With ``--speed max`` (a file replayed as fa
 drop: a full queue makes the source wait (back-pressure), so every event of the file reaches the
 worker. At any other speed a slow subscriber loses packets (counted by it) and latency stays bounded.
 
-The end message is never dropped: when a subscriber's queue is full (an overloaded worker) the
-stage waits for room, up to ``END_WAIT_S``, or until a stop request.
+The end message is never given up early: when a subscriber's queue is full (an overloaded
+worker) the stage waits for room and sends it again until every subscriber has read it and left,
+up to ``END_WAIT_S``, or until a stop request (``StagePublisher.publish_end``).
 
 SIGINT/SIGTERM stop the stage cleanly (exit code 0); the end message is only sent at a real end.
 A camera or network source that is lost reconnects by itself (``connected`` False meanwhile); if
@@ -243,20 +244,52 @@ class StagePublisher:
         self.send_frames(encode_truth(segments, seq))
         return seq
 
-    def publish_json(self, kind: Kind, obj: Any, *, reliable: bool = False, wait_s: float = RELIABLE_SEND_S) -> int:
+    def publish_json(self, kind: Kind, obj: Any, *, reliable: bool = False, wait_s: float | None = None) -> int:
         """Publish JSON; ``reliable`` waits for room even on a dropping socket (end messages), up
-        to ``wait_s`` seconds or until a stop request (``Stopped``); with ``nodrop`` every send waits."""
+        to ``wait_s`` seconds (default ``RELIABLE_SEND_S``) or until a stop request (``Stopped``);
+        with ``nodrop`` every send waits."""
         seq = self.next_seq(kind)
         frames = encode_json(kind, seq, obj)
         if reliable and not self.nodrop:
             self.socket.setsockopt(zmq.XPUB_NODROP, 1)
             try:
-                self._send_until(frames, wait_s)
+                self._send_until(frames, RELIABLE_SEND_S if wait_s is None else wait_s)
             finally:
                 self.socket.setsockopt(zmq.XPUB_NODROP, 0)
         else:
             self.send_frames(frames)  # a back-pressure socket waits anyway (until a stop request)
         return seq
+
+    def publish_end(self, kind: Kind, obj: Any, topic: bytes, wait_s: float) -> bool:
+        """Publish the last message of a stream (JSON) so that every subscriber of ``topic`` gets
+        it, then wait until they have all left (each closes its socket once it has read it).
+
+        ZeroMQ skips, without an error, a subscriber whose queue overflowed on a dropping socket
+        (libzmq deactivates that pipe until its reader has drained half of it), so a single send
+        can miss an overloaded worker. The message is therefore sent again, with back-off from
+        ``SEND_POLL_MS`` to 1 s, waiting for room each time, while subscribers remain. Gives up
+        after ``wait_s`` seconds (False, logged) or at a stop request (False); True when all left.
+        Raises ``Stopped`` only if the stop request comes before the first send.
+        """
+        deadline = time.monotonic() + wait_s
+        self.publish_json(kind, obj, reliable=True, wait_s=wait_s)
+        interval_s = SEND_POLL_MS / 1000
+        try:
+            self._read_subscriptions(0)
+            while self.subscriptions.get(topic, 0) > 0:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    log.warning("%s: subscribers still connected %g s after the end message; closing", self.endpoint, wait_s)
+                    return False
+                resend_at = time.monotonic() + min(interval_s, remaining)
+                while self.subscriptions.get(topic, 0) > 0 and (left_s := resend_at - time.monotonic()) > 0:
+                    self._read_subscriptions(max(1, round(left_s * 1000)))
+                if self.subscriptions.get(topic, 0) > 0 and time.monotonic() < deadline:
+                    self.publish_json(kind, obj, reliable=True, wait_s=deadline - time.monotonic())
+                interval_s = min(interval_s * 2, 1.0)
+        except Stopped:
+            return False
+        return True
 
     def _send_until(self, frames: list[Any], wait_s: float) -> None:
         deadline = time.monotonic() + wait_s
@@ -616,11 +649,13 @@ def stream_source(
     on_stats: Callable[[dict], None] | None = None,
     stop: threading.Event | None = None,
     control: ControlServer | None = None,
+    end_wait_s: float = END_WAIT_S,
 ) -> SourceCounters:
     """Publish everything ``source`` yields until it ends (then send the end message),
     ``duration_s`` passes or ``stop`` is set; clock messages while it is silent; ``control``
     commands answered between packets; stats every ``stats_interval_s`` and at once when the
-    source's ``connected`` state changes. Returns the counters."""
+    source's ``connected`` state changes. At the end, ``StagePublisher.publish_end``: the end
+    message until the subscribers of events have left, at most ``end_wait_s``. Returns the counters."""
     stop = stop or threading.Event()
     counters = SourceCounters()
     sensor = SensorSize(*source.sensor_size)
@@ -685,8 +720,8 @@ def stream_source(
         raise SourceLost(f"{source.name} was lost and did not come back ({counters.events_sent} events sent)")
     publish_truth()
     end = {"type": "end", "source": source.name, **counters.as_dict(), **connection_state(source)}
-    publisher.publish_json(STATUS_KIND, end, reliable=True, wait_s=END_WAIT_S)  # an overloaded worker still ends
     counters.ended = True
+    publisher.publish_end(STATUS_KIND, end, Kind.EVENTS.topic, end_wait_s)  # an overloaded worker still gets it
     return counters
 
 
@@ -770,9 +805,8 @@ def main(argv: list[str] | None = None) -> int:
             counters = stream_source(source, publisher, duration_s=args.duration, on_stats=report, stop=stop.event,
                                      control=control)  # fmt: skip
             log.info("done: %d events in %d packets", counters.events_sent, counters.packets_sent)
-            if counters.ended:  # let subscribers read everything before the socket goes
+            if counters.ended:  # the subscribers have read everything (publish_end): let the rest leave
                 source.close()
-                publisher.wait_for_unsubscribed(Kind.EVENTS.topic, END_WAIT_S)
                 publisher.close(linger_ms=END_LINGER_MS)
     except (Stopped, KeyboardInterrupt):
         pass

@@ -693,9 +693,11 @@ class WireStage:
         endpoint: where the publisher binds.
         nodrop: back-pressure publisher (a slow reader slows the stage down instead of losing packets).
         reader_pause_s: the reader waits this long after each message (a slow consumer).
+        reader_start_s: the reader starts reading this long after the stage (a stalled consumer).
     """
 
-    def __init__(self, source, endpoint: str, *, nodrop: bool = False, reader_pause_s: float = 0.0, **options) -> None:
+    def __init__(self, source, endpoint: str, *, nodrop: bool = False, reader_pause_s: float = 0.0,
+                 reader_start_s: float = 0.0, **options) -> None:  # fmt: skip
         from stream.source import StagePublisher
         from stream.transport import EventSubscriber
 
@@ -709,6 +711,7 @@ class WireStage:
         self.error: BaseException | None = None
         self._reading = threading.Event()
         self._reader_pause_s = reader_pause_s
+        self._reader_start_s = reader_start_s
         self._reader = threading.Thread(target=self._read)
         self._reader.start()
         self.thread = threading.Thread(target=self._run, kwargs=options)
@@ -723,6 +726,7 @@ class WireStage:
             self.error = error
 
     def _read(self) -> None:
+        self._reading.wait(self._reader_start_s)  # the stalled consumer
         while not self._reading.is_set():
             message = self.subscriber.recv(20)
             if message is None:
@@ -746,13 +750,17 @@ class WireStage:
                 events += len(data)
         return events, clocks
 
+    def leave(self) -> None:
+        """The subscriber stops reading and closes its socket (as a worker does after the end)."""
+        self._reading.set()
+        self._reader.join(WAIT_S)
+        self.subscriber.close()
+
     def close(self) -> None:
         self.stop.set()
         self.source.stop()
         self.thread.join(WAIT_S)
-        self._reading.set()
-        self._reader.join(WAIT_S)
-        self.subscriber.close()
+        self.leave()
         self.publisher.close()
 
 
@@ -774,7 +782,7 @@ def test_file_source_clock_is_a_promise_under_a_slow_consumer(tmp_path):
         wait_for(lambda: stage.of_type("end") or stage.error, "the end of the replay")
         received, clocks = stage.check_promise()
         assert received == len(events) and clocks >= 10 and stage.error is None
-        assert stage.counters.late_events == 0  # the replay clock itself never ran ahead
+        assert stage.of_type("end")[0]["late_events"] == 0  # the replay clock itself never ran ahead
     finally:
         stage.close()
 
@@ -786,7 +794,7 @@ def test_simulator_clock_is_a_promise_while_its_renderer_lags(tmp_path):
     try:
         wait_for(lambda: stage.of_type("end") or stage.error, "the end of the simulated stream")
         received, clocks = stage.check_promise()
-        (end,) = stage.of_type("end")
+        end = stage.of_type("end")[0]
         assert received == end["events_sent"] > 1_000 and clocks >= 10
         assert end["late_events"] == 0  # the exact clock waited for the renderer
     finally:
@@ -815,7 +823,7 @@ def test_estimated_clock_that_runs_ahead_is_kept_by_raising_late_events(tmp_path
     try:
         wait_for(lambda: stage.of_type("end") or stage.error, "the end of the simulated stream")
         received, clocks = stage.check_promise()  # holds on the wire although the estimate ran ahead
-        (end,) = stage.of_type("end")
+        end = stage.of_type("end")[0]
         assert received == end["events_sent"] and clocks >= 10
         assert end["late_events"] > 0  # the estimate ran ahead of the lagging renderer: raised, none lost
     finally:
@@ -852,3 +860,24 @@ def test_network_source_clock_is_a_promise_when_events_arrive_late(tmp_path):
             stage.source.close()
         wait_for(lambda: writer.getClientCount() == 0, "the server to see the client leave")
         del writer
+
+
+def test_end_message_waits_for_a_full_queue_longer_than_the_reliable_send_limit(tmp_path, monkeypatch):
+    import stream.source as stage_module
+
+    monkeypatch.setattr(stage_module, "RELIABLE_SEND_S", 0.2)  # a reliable message's usual limit, made short
+    events = synthetic_events(duration_us=2_000_000, count=2_000_000)  # 31 packets of 1 MiB
+    source = FileSource.from_events(events, SENSOR, speed=None)
+    stage = WireStage(source, f"ipc://{tmp_path}/events", reader_start_s=1.0)  # dropping socket, reader stalled 1 s
+    try:
+        wait_for(lambda: stage.of_type("end") or stage.error, "the end message")
+        end = stage.of_type("end")[0]
+        assert end["events_sent"] == len(events) and stage.error is None
+        received, _ = stage.check_promise()
+        assert received < len(events)  # the queue was full: packets were dropped, the end was not
+        assert stage.thread.is_alive()  # the stage waits for its subscriber to leave ...
+        stage.leave()
+        stage.thread.join(WAIT_S)  # ... and returns once it has
+        assert not stage.thread.is_alive() and stage.counters.ended
+    finally:
+        stage.close()
