@@ -5,8 +5,10 @@ The GUI is a ZeroMQ subscriber of the pipeline (so it can watch stages running o
 * the worker's endpoint (``endpoints.predictions``): ``prediction`` JSON (predictions, ``stats``
   about once a second, ``end``) and ``truth`` segments;
 * the source's endpoint (``endpoints.events``): the raw ``events``, for the event view and for
-  recording to AEDAT4, and the source's ``clock`` messages (stream time while it is silent,
-  paused or not), which keep the event view moving when no events come;
+  recording to AEDAT4, the source's ``clock`` messages (stream time while it is silent,
+  paused or not), which keep the event view moving when no events come, and its ``stats``
+  (``connected``: a camera or network source that lost its device or server shows "source lost,
+  reconnecting"; without the events endpoint the copy in the worker's stats is used);
 * the source stage's control socket (``endpoints.control``, optional): file replay controls
   (play/pause, seek slider with position and duration, speed, loop) and the source's status.
 
@@ -28,6 +30,11 @@ A file's speed and loop change through the control socket without a restart.
 
 Gaps: a new ``worker_id`` in the worker's messages ("worker restarted") or no prediction for more
 than ``PREDICTION_GAP_S`` is shown in the state line and shaded in the strip and latency plot.
+
+Stage failures: with the launcher's restart policy (``supervisor.policy``, the default) the
+supervisor restarts a failed stage itself and reports only a failure it gave up on, which the
+window shows until a source is chosen again; without a policy the window restarts a dead worker
+itself (at most ``WORKER_RESTARTS`` times).
 """
 
 from __future__ import annotations
@@ -88,7 +95,7 @@ CLOCK_FALLBACK_S = 0.5  # no clock message for this long: the event view moves b
 PREDICTION_GAP_S = 1.0  # no prediction for this long: a gap, shown and marked
 SHOW_RESTART_S = 5.0  # "worker restarted" stays in the state line this long
 TRANSIENT_STATES = ("stalled", "nothing received", "paused", "restarted", "no data", "no events", "no predictions",
-                    "control")  # fmt: skip
+                    "control", "source lost")  # fmt: skip
 
 
 # --- receiving -------------------------------------------------------------------------------
@@ -104,6 +111,7 @@ class Received:
     truth: list[GestureSegment] = field(default_factory=list)
     packets: list[tuple[np.ndarray, SensorSize]] = field(default_factory=list)  # event packets, oldest first
     clock: dict | None = None  # the source's newest "clock" message (stream time, paused)
+    source_stats: dict | None = None  # the source's newest "stats" message (from its own endpoint)
 
 
 class PipelineReceiver:
@@ -277,12 +285,15 @@ class PipelineReceiver:
 
     def _handle(self, message: Any, from_source: bool = False) -> None:
         now = time.monotonic()
-        if from_source and message.kind != Kind.EVENTS:  # the source's own status: only clocks are used
+        if from_source and message.kind != Kind.EVENTS:  # the source's own status: clocks and stats
             data = message.data
             if isinstance(data, dict) and data.get("type") == "clock" and isinstance(data.get("time_us"), int):
                 self.last_source_s = self.last_clock_s = now
                 with self._lock:
                     self._pending.clock = data
+            elif isinstance(data, dict) and data.get("type") == "stats":
+                with self._lock:
+                    self._pending.source_stats = data
             return
         if message.kind == Kind.EVENTS:
             events = message.events
@@ -446,7 +457,11 @@ class MainWindow(QtWidgets.QMainWindow):
         self.state_text = ""  # the stall / end / error line, also in the status bar
         self.last_screenshot: Path | None = None
         self.last_recording: Path | None = None
-        self.worker_restarts = 0
+        self.worker_restarts = 0  # restarts done by this window (a supervisor without a policy)
+        self.stage_failure: str | None = None  # a stage that failed for good: shown until a source is chosen
+        self.source_connected = True  # from the source's stats: False while it has lost its camera or server
+        self.source_disconnects = 0
+        self.source_reconnects = 0
         self.worker_id: str | None = None  # the worker's id from its messages; a new one = restarted
         self.worker_restarted_s: float | None = None
         self.last_prediction_s: float | None = None
@@ -669,6 +684,8 @@ class MainWindow(QtWidgets.QMainWindow):
         self.ended = False
         self.source_status = None
         self.source_paused = False
+        self.source_connected = True
+        self.stage_failure = None
         self._control_sent.clear()
         self.show_state(f"source restarted: {spec}", alarm=False)
         self._fill_sources()
@@ -898,6 +915,8 @@ class MainWindow(QtWidgets.QMainWindow):
         self._advance_view(now_s)
         for prediction in received.predictions:
             self._record_prediction(prediction, now_s)
+        if received.source_stats is not None:
+            self._take_source_stats(received.source_stats)
         if received.stats is not None:
             self._take_stats(received.stats, now_s)
         if received.end is not None:
@@ -988,6 +1007,21 @@ class MainWindow(QtWidgets.QMainWindow):
                 self.source_name = str(source["source"])
             if isinstance(source.get("event_rate"), (int, float)):
                 self.rate_plot.add("source", now_s, source["event_rate"] / 1e6)
+            if self.receiver.events_endpoint is None:  # no direct line to the source: the worker's copy
+                self._take_source_stats(source)
+
+    def _take_source_stats(self, stats: dict) -> None:
+        """The source's connection state from its stats (``connected``, ``disconnects``, ``reconnects``)."""
+        connected = stats.get("connected")
+        if not isinstance(connected, bool):
+            return
+        if connected != self.source_connected:
+            log.warning("source %s", "reconnected" if connected else "lost; reconnecting")
+        self.source_connected = connected
+        for name in ("disconnects", "reconnects"):
+            value = stats.get(name)
+            if isinstance(value, int) and not isinstance(value, bool):
+                setattr(self, f"source_{name}", value)
 
     # -- the slow timer: plots, strip, status, stall watch --
 
@@ -1032,6 +1066,9 @@ class MainWindow(QtWidgets.QMainWindow):
         if self.supervisor is not None:
             for stage_exit in self.supervisor.poll():
                 self._stage_exited(stage_exit.name, stage_exit.returncode)
+        if self.stage_failure is not None:
+            self.show_state(self.stage_failure)
+            return
         if self.ended:
             return
         text, alarm = self._watch_text(now_s)
@@ -1052,6 +1089,8 @@ class MainWindow(QtWidgets.QMainWindow):
             if receiver.reconnects:
                 text += f", reconnecting ({receiver.reconnects})"
             return text, True
+        if not self.source_connected:
+            return f"source lost, reconnecting (lost {self.source_disconnects}x)", True
         if self.source_paused:
             return "source paused (Space plays)", False
         if self.worker_restarted_s is not None and now_s - self.worker_restarted_s < SHOW_RESTART_S:
@@ -1070,20 +1109,36 @@ class MainWindow(QtWidgets.QMainWindow):
         return "", False
 
     def _stage_exited(self, name: str, code: int) -> None:
+        """A stage the supervisor reports as exited. With a restart policy the supervisor has
+        already restarted failed stages and reports only the failure it gave up on; without one
+        this window restarts a dead worker (at most ``WORKER_RESTARTS`` times)."""
         if code == 0:
             self.show_state(f"stage {name} ended", alarm=False)
+            return
+        if getattr(self.supervisor, "policy", None) is not None:
+            stage = self.supervisor.stages.get(name)
+            restarts = getattr(stage, "restarts", 0)
+            self.stage_failure = (f"stage {name} failed (exit code {code}) after {restarts} automatic restarts; "
+                                  "gave up: see the terminal, then choose a source")  # fmt: skip
+            self.show_state(self.stage_failure)
             return
         if name == "worker" and self.worker_restarts < WORKER_RESTARTS:
             self.worker_restarts += 1
             self.show_state(f"stage worker died (exit code {code}); restarting it ({self.worker_restarts}/{WORKER_RESTARTS})")
             self.supervisor.restart("worker")
             return
-        self.show_state(f"stage {name} died (exit code {code}); see the terminal, then choose a source")
+        self.stage_failure = f"stage {name} died (exit code {code}); see the terminal, then choose a source"
+        self.show_state(self.stage_failure)
 
     def _show_status(self) -> None:
         counters = self.counters or {}
+        source = self.source_name or "?"
+        if not self.source_connected:
+            source += " (lost, reconnecting)"
+        elif self.source_reconnects:
+            source += f" (reconnected {self.source_reconnects}x)"
         parts = [
-            f"source: {self.source_name or '?'}",
+            f"source: {source}",
             f"backend: {self.backend or '?'}",
             f"model: {self.model_name or '?'}",
             f"windows skipped: {counters.get('windows_skipped', 0)}",

@@ -396,6 +396,76 @@ def test_worker_restart_and_prediction_gaps_are_shown_and_marked(qtbot, window: 
     assert not window.prediction_panel.stale
 
 
+def test_lost_source_from_its_stats_is_shown_until_it_reconnects(qtbot, window: MainWindow, publishers) -> None:
+    worker, source = publishers
+    stats = {"type": "stats", "source": "dv:127.0.0.1:7777 (Cam)", "events_sent": 10, "connected": False,
+             "disconnects": 1, "reconnects": 0}  # fmt: skip
+    clock = {"type": "clock", "time_us": 0, "paused": False}
+    for _ in range(100):  # the worker and the source's clock keep talking; the source says it is lost
+        worker.publish_json(STATUS_KIND, prediction(0, 1))
+        clock["time_us"] += 50_000
+        source.publish_json(STATUS_KIND, clock)
+        source.publish_json(STATUS_KIND, stats)
+        qtbot.wait(50)
+        if "source lost, reconnecting" in window.state_label.text():
+            break
+    assert window.state_label.text() == "source lost, reconnecting (lost 1x)"
+    qtbot.waitUntil(lambda: "(lost, reconnecting)" in window.status_label.text(), timeout=5000)
+    for _ in range(100):
+        worker.publish_json(STATUS_KIND, prediction(1, 1))
+        source.publish_json(STATUS_KIND, {**stats, "connected": True, "reconnects": 1})
+        qtbot.wait(50)
+        if "source lost" not in window.state_label.text():
+            break
+    assert "source lost" not in window.state_label.text() and window.source_connected
+    qtbot.waitUntil(lambda: "(reconnected 1x)" in window.status_label.text(), timeout=5000)
+
+
+def failing_stage_supervisor(tmp_path: Path, policy):
+    """launch.py's Supervisor running a "worker" stage that fails at once (exit code 2)."""
+    sys.path.insert(0, str(REPO))
+    import launch
+
+    stage = launch.Stage("worker", "json.tool", [str(tmp_path / "missing.json")])
+    return launch.Supervisor([stage], log=lambda line: None, policy=policy)
+
+
+def test_with_a_restart_policy_the_supervisor_restarts_and_a_give_up_stays_shown(qtbot, publishers, tmp_path) -> None:
+    import launch
+
+    worker, source = publishers
+    supervisor = failing_stage_supervisor(tmp_path, launch.RestartPolicy(first_backoff_s=0.05, max_backoff_s=0.05,
+                                                                          max_restarts=1))  # fmt: skip
+    with supervisor:
+        main = MainWindow(worker.endpoint, source.endpoint, source_spec="sim", supervisor=supervisor,
+                          stall_after_s=0.3, output_dir=tmp_path)  # fmt: skip
+        qtbot.addWidget(main)
+        main.show()
+        qtbot.waitUntil(lambda: "gave up" in main.state_label.text(), timeout=15_000)
+        stage = supervisor.stages["worker"]
+        assert stage.starts == 2 and stage.restarts == 1  # restarted once by the supervisor ...
+        assert main.worker_restarts == 0  # ... not by the window
+        assert main.state_label.text() == ("stage worker failed (exit code 2) after 1 automatic restarts; "
+                                           "gave up: see the terminal, then choose a source")  # fmt: skip
+        qtbot.wait(800)  # the pipeline is silent: a stall would be shown now, but the failure stays
+        assert "gave up" in main.state_label.text() and stage.starts == 2
+        main.close()
+
+
+def test_without_a_restart_policy_the_window_restarts_a_dead_worker_itself(qtbot, publishers, tmp_path) -> None:
+    from gui.app import WORKER_RESTARTS
+
+    worker, source = publishers
+    with failing_stage_supervisor(tmp_path, policy=None) as supervisor:
+        main = MainWindow(worker.endpoint, source.endpoint, source_spec="sim", supervisor=supervisor, output_dir=tmp_path)
+        qtbot.addWidget(main)
+        main.show()
+        qtbot.waitUntil(lambda: "died" in main.state_label.text() and "restarting" not in main.state_label.text(),
+                        timeout=15_000)  # fmt: skip
+        assert main.worker_restarts == WORKER_RESTARTS and supervisor.stages["worker"].starts == WORKER_RESTARTS + 1
+        main.close()
+
+
 def test_source_chooser_offers_simulator_cameras_file_and_network(qtbot, window: MainWindow) -> None:
     from stream.sources import list_cameras
 
