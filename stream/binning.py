@@ -44,6 +44,7 @@ locks; plain threads, not a Numba threading layer, so safe in forked processes a
 threads). Pass ``out=`` to ``bin_window`` in a loop: a fresh array costs its page faults each call.
 
 Call ``warmup()`` at worker start-up: it compiles (or loads from the Numba cache) every kernel.
+Read-only event arrays (``np.frombuffer`` of received bytes) are taken as they are, not copied.
 """
 
 from __future__ import annotations
@@ -80,14 +81,19 @@ EMIT_MODES = ("all", "latest")
 
 # --- Numba kernels (eager signatures: compiled once, cached on disk, reused by every caller) ----
 
-_I64_1D = types.Array(types.int64, 1, "A")
+# Event inputs are typed read-only: such a signature takes writable arrays too, and also read-only
+# ones (``np.frombuffer`` of received bytes), which a writable signature rejects with a TypeError.
+_I64_1D = types.Array(types.int64, 1, "A", readonly=True)
+_I16_1D = types.Array(types.int16, 1, "A", readonly=True)
+_I8_1D = types.Array(types.int8, 1, "A", readonly=True)
+_I32_TABLE = types.Array(types.int32, 1, "C", readonly=True)
 _BIN_SIGNATURE = types.UniTuple(types.int64, 6)(
     _I64_1D,  # t (µs), usually a strided view of an EVENT_DTYPE array
-    types.Array(types.int16, 1, "A"),  # x
-    types.Array(types.int16, 1, "A"),  # y
-    types.Array(types.int8, 1, "A"),  # p
-    types.Array(types.int32, 1, "C"),  # x table: sensor x -> input x, -1 = unmapped
-    types.Array(types.int32, 1, "C"),  # y table
+    _I16_1D,  # x
+    _I16_1D,  # y
+    _I8_1D,  # p
+    _I32_TABLE,  # x table: sensor x -> input x, -1 = unmapped
+    _I32_TABLE,  # y table
     types.int64,  # origin_us
     types.int64,  # bin_us
     types.int64,  # first_bin (inclusive)
@@ -514,7 +520,7 @@ def bin_window(
 
 # --- noise filters (optional; state carried across chunks; apply the same ones in training) ---
 
-_FILTER_EVENTS = (_I64_1D, types.Array(types.int16, 1, "A"), types.Array(types.int16, 1, "A"))
+_FILTER_EVENTS = (_I64_1D, _I16_1D, _I16_1D)
 
 
 @njit(

@@ -442,6 +442,27 @@ def test_empty_chunks_and_now_us_advance_time() -> None:
         binner.push(empty_events(), emit="oldest")
 
 
+def test_read_only_events_are_accepted_and_give_the_same_results() -> None:
+    """Events decoded from received bytes (``np.frombuffer``) are read-only: every kernel takes them."""
+    sensor, spec = (64, 48), WindowSpec(4, 1_000, 2_000)
+    events = random_events(7, 5_000, sensor, (0, 20_000))
+    events["t"][100] = 0  # one event going back in time: the streaming binner drops it (a copy)
+    read_only = np.frombuffer(events.tobytes(), dtype=events.dtype)
+    assert not read_only.flags.writeable
+    mapping = SensorMapping.create(sensor, (32, 32))
+    np.testing.assert_array_equal(bin_window(read_only, mapping, spec, 4_000), bin_window(events, mapping, spec, 4_000))
+    writable_binner, read_only_binner = StreamingBinner(mapping, spec), StreamingBinner(mapping, spec)
+    expected, got = writable_binner.push(events, emit="all"), read_only_binner.push(read_only, emit="all")
+    assert [w.end_us for w in got] == [w.end_us for w in expected] and len(got) == 9
+    for a, b in zip(got, expected):
+        np.testing.assert_array_equal(a.frames, b.frames)
+    assert read_only_binner.stats == writable_binner.stats and read_only_binner.stats.dropped_backwards == 1
+    filters = (lambda: BackgroundActivityFilter(sensor, 500), lambda: HotPixelFilter(sensor, period_us=5_000, max_events=2))
+    for make_filter in filters:
+        np.testing.assert_array_equal(make_filter()(read_only), make_filter()(events))
+    assert not read_only.flags.writeable  # nothing was written into the caller's array
+
+
 def test_warmup_and_window_emission_shapes() -> None:
     warmup()
     spec = WindowSpec(16, 1_000, 1_000)
