@@ -24,8 +24,15 @@ a new sensor size rebuilds it), runs the model on the newest window every stride
 * ``frame`` messages: the ON/OFF event counts accumulated since the previous frame at the sensor's
   resolution, uint8 ``[2, H, W]`` (channel = polarity, saturated at 255), header width/height =
   the sensor, ``count`` = 2; ``--frame-fps`` (30) per second, no more, also while the source is
-  silent (empty frames, so a viewer keeps moving); none while the source is paused.
+  silent (empty frames, so a viewer keeps moving); none while the source is paused. Only while a
+  consumer subscribes to ``frame`` (checked every ``SUBSCRIBER_CHECK_S``): otherwise the events
+  are not accumulated at all (that costs ~15% of the worker's work per event). The first frame
+  after a subscription holds the events since it was noticed.
 * ``truth`` messages forwarded unchanged from the source (gesture segments, stream time).
+
+A new source run (the events' sequence number goes back: a source process started again on the
+same endpoint) restarts the windows at its first packet, whatever its time; so do events more than
+``TIME_RESET_US`` behind the stream time (``time_resets`` counts both).
 
 The source's clock messages ``{"type": "clock", "time_us": T, "paused": bool}`` (no event with
 ``t < T`` will follow) advance the windows while the source is silent, so predictions go on ("no
@@ -87,12 +94,13 @@ STATS_INTERVAL_S = 1.0
 DEFAULT_FRAME_FPS = 30.0
 RECV_TIMEOUT_MS = 50
 TIME_RESET_US = 1_000_000  # a packet this far behind the stream time restarts the windows
+SUBSCRIBER_CHECK_S = 0.1  # how often the worker looks for consumers of display frames
 
 
-_ACCUMULATE_SIGNATURE = types.void(
-    types.Array(types.int16, 1, "A"),  # x (a strided view of an EVENT_DTYPE array)
-    types.Array(types.int16, 1, "A"),  # y
-    types.Array(types.int8, 1, "A"),  # p
+_ACCUMULATE_SIGNATURE = types.void(  # read-only inputs: takes writable and read-only event arrays
+    types.Array(types.int16, 1, "A", readonly=True),  # x (a strided view of an EVENT_DTYPE array)
+    types.Array(types.int16, 1, "A", readonly=True),  # y
+    types.Array(types.int8, 1, "A", readonly=True),  # p
     types.Array(types.int32, 3, "C"),  # counts [2, H, W]
 )
 
@@ -116,11 +124,14 @@ def _concatenate(arrays: list[np.ndarray]) -> np.ndarray:
 
 class Packet(NamedTuple):
     """Received events (time-ordered, checked by the transport) and when they travelled: the
-    sender's ``send_us`` and this worker's ``recv_us`` (transport clock, µs)."""
+    sender's ``send_us`` and this worker's ``recv_us`` (transport clock, µs). ``restart``: the
+    first packet of a new source run (its sequence number went back), so the windows start again
+    at it whatever its time."""
 
     events: np.ndarray
     send_us: int
     recv_us: int
+    restart: bool = False
 
 
 @dataclass
@@ -144,7 +155,7 @@ class WorkerCounters:
     windows_skipped: int = 0  # due but passed over to stay current
     windows_in_gaps: int = 0  # silent windows inside time gaps (nothing to infer)
     sensor_changes: int = 0
-    time_resets: int = 0
+    time_resets: int = 0  # windows restarted: stream time went back > TIME_RESET_US, or a new source run
     clocks_in: int = 0  # clock messages from the source
     source_restarts: int = 0  # the source's counters started again
 
@@ -199,6 +210,9 @@ class InferenceWorker:
         self._pending_binned_us = 0
         self._queue: list[tuple[Window, tuple[int, int], int]] = []  # all_windows mode
         self._frame_counts: np.ndarray | None = None
+        # Display frames are accumulated only while someone wants them (``WorkerLoop`` turns this
+        # off while no consumer subscribes to frames: the accumulation is ~15% of the binning).
+        self.frames_wanted = config.frame_fps > 0
         self._binner_base: dict[str, int] = {}  # counters of binners replaced or reset
         self._seq = 0
         self.backend_name = str(getattr(backend, "name", type(backend).__name__))
@@ -218,8 +232,8 @@ class InferenceWorker:
         self.pending = None
         self._queue.clear()
 
-    def _restart_windows(self, behind_us: int) -> None:
-        log.info("stream time went back %.3f s: restarting the windows", behind_us / 1e6)
+    def _restart_windows(self, reason: str) -> None:
+        log.info("%s: restarting the windows", reason)
         self.counters.time_resets += 1
         self._fold_binner_stats()
         self.binner.reset()
@@ -234,7 +248,8 @@ class InferenceWorker:
 
     def push_packets(self, packets: list[Packet], sensor: SensorSize) -> None:
         """Bin consecutive packets of one sensor as one batch (one binner call per run of packets;
-        a packet far behind the stream time starts a new run after restarting the windows)."""
+        the first packet of a new source run (``Packet.restart``), or a packet far behind the stream
+        time, starts a new run after restarting the windows)."""
         if self.sensor != sensor:
             self._rebuild(SensorSize(*sensor))
         counters = self.counters
@@ -243,13 +258,18 @@ class InferenceWorker:
         for packet in packets:
             counters.events_in += len(packet.events)
             counters.packets_in += 1
+            if packet.restart and time_us is not None:
+                self._bin_run(run)
+                run = []
+                self._restart_windows("the source started again")
+                time_us = None
             if not len(packet.events):
                 continue
             first_t = int(packet.events["t"][0])
             if time_us is not None and first_t < time_us - TIME_RESET_US:
                 self._bin_run(run)
                 run = []
-                self._restart_windows(time_us - first_t)
+                self._restart_windows(f"stream time went back {(time_us - first_t) / 1e6:.3f} s")
                 time_us = None
             run.append(packet)
             time_us = max(time_us, int(packet.events["t"][-1])) if time_us is not None else int(packet.events["t"][-1])
@@ -259,7 +279,8 @@ class InferenceWorker:
         if not run:
             return
         events = run[0].events if len(run) == 1 else _concatenate([packet.events for packet in run])
-        _accumulate(events["x"], events["y"], events["p"], self._frame_counts)
+        if self.frames_wanted:
+            _accumulate(events["x"], events["y"], events["p"], self._frame_counts)
         windows = self.binner.push(events, emit="all" if self.config.all_windows else "latest")
         if not windows:
             return
@@ -279,7 +300,7 @@ class InferenceWorker:
         time_us = binner.time_us
         last_t = np.array([int(p.events["t"][-1]) if len(p.events) else time_us for p in packets], dtype=np.int64)
         first_t = np.array([int(p.events["t"][0]) if len(p.events) else time_us for p in packets], dtype=np.int64)
-        if first_t.min() < time_us - TIME_RESET_US:
+        if first_t.min() < time_us - TIME_RESET_US or any(p.restart for p in packets):
             return packets, []  # the windows restart inside this batch: bin it all
         stride = self.window.stride_us
         newest_end = int(last_t.max()) // stride * stride
@@ -404,9 +425,17 @@ class InferenceWorker:
         result["windows_skipped"] = counters.windows_skipped + skipped_by_binner
         return result
 
+    def want_frames(self, wanted: bool) -> None:
+        """Accumulate display frames from now on (True) or not (False: ``take_frame`` gives None).
+        Counts from before a pause are not carried into the next frame."""
+        if wanted and not self.frames_wanted and self._frame_counts is not None:
+            self._frame_counts.fill(0)
+        self.frames_wanted = wanted
+
     def take_frame(self) -> np.ndarray | None:
-        """The ON/OFF counts since the previous call as uint8 ``[2, H, W]`` (None before any packet)."""
-        if self._frame_counts is None:
+        """The ON/OFF counts since the previous call as uint8 ``[2, H, W]`` (None before any packet,
+        or while frames are not wanted)."""
+        if self._frame_counts is None or not self.frames_wanted:
             return None
         frame = np.minimum(self._frame_counts, 255).astype(np.uint8)
         self._frame_counts.fill(0)
@@ -501,6 +530,8 @@ class WorkerLoop:
         self._started = time.monotonic()
         self._frame_interval_s = 1.0 / worker.config.frame_fps if worker.config.frame_fps > 0 else None
         self._next_frame = time.monotonic()
+        self._next_subscriber_check = time.monotonic()
+        self._events_seq: int | None = None  # sequence number of the latest event packet
         self._next_stats = time.monotonic() + STATS_INTERVAL_S
         self._batch: list[Packet] = []
         self._batch_sensor: SensorSize | None = None
@@ -516,7 +547,11 @@ class WorkerLoop:
             if self._batch and (message.sensor_size != self._batch_sensor or self._batch_events + count > MAX_BATCH_EVENTS):
                 self._bin_batch()
             self.loss.on_events(message.seq, count)
-            self._batch.append(Packet(message.events, message.send_us, now_us()))
+            # A sequence number going back is a new source run (the subscriber counts it in
+            # stats.restarts): its stream time may start anywhere, even just behind the old one.
+            restart = self._events_seq is not None and message.seq < self._events_seq
+            self._events_seq = message.seq
+            self._batch.append(Packet(message.events, message.send_us, now_us(), restart))
             self._batch_sensor = message.sensor_size
             self._batch_events += count
             return
@@ -556,6 +591,16 @@ class WorkerLoop:
             self.worker.push_packets(packets, self._batch_sensor)
             self.busy_s["bin"] += time.perf_counter() - start
 
+    def frame_subscribed(self) -> bool:
+        """Whether a consumer subscribes to display frames (a subscription that is a prefix of the
+        ``frame`` topic, the empty one included), read from this worker's XPUB socket."""
+        self.publisher._read_subscriptions(0)  # non-blocking; keeps StagePublisher.subscriptions current
+        topic = Kind.FRAME.topic
+        return any(count > 0 and topic.startswith(prefix) for prefix, count in self.publisher.subscriptions.items())
+
+    def _frames_on(self) -> bool:
+        return self._frame_interval_s is not None and self.worker.frames_wanted and not self.paused
+
     def _sync_subscriber_counters(self) -> None:
         stats = self.subscriber.stats
         rejected = Counter(stats.rejected) + self.rejected
@@ -581,7 +626,10 @@ class WorkerLoop:
     def step(self, timeout_ms: int = RECV_TIMEOUT_MS) -> None:
         """Receive (waiting up to ``timeout_ms``, less when a frame is due), bin, infer the newest
         window, publish; then bin the rest of the batch, publish a frame and stats when due."""
-        if self._frame_interval_s is not None and self.worker.sensor is not None and not self.paused:
+        if self._frame_interval_s is not None and time.monotonic() >= self._next_subscriber_check:
+            self.worker.want_frames(self.frame_subscribed())
+            self._next_subscriber_check = time.monotonic() + SUBSCRIBER_CHECK_S
+        if self._frames_on() and self.worker.sensor is not None:
             timeout_ms = max(0, min(timeout_ms, round((self._next_frame - time.monotonic()) * 1000)))
         self._receive(timeout_ms)
         head, rest = self.worker.split_at_newest_window(self._batch) if self._batch else ([], [])
@@ -606,7 +654,7 @@ class WorkerLoop:
                 break
         self._bin_batch()
         now = time.monotonic()
-        if self._frame_interval_s is not None and now >= self._next_frame and not self.paused:
+        if self._frames_on() and now >= self._next_frame:
             frame = self.worker.take_frame()
             if frame is not None:
                 self.publisher.publish_raw(Kind.FRAME, frame, count=2, sensor_size=self.worker.sensor)
@@ -628,6 +676,7 @@ class WorkerLoop:
             "window": self.worker.window.to_dict(),
             "source": self.source_stats,
             "source_paused": self.paused,
+            "frames_wanted": self.worker.frames_wanted,
             "busy_s": {name: round(value, 4) for name, value in self.busy_s.items()},
             "uptime_s": round(time.monotonic() - self._started, 3),
         }

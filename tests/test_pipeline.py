@@ -360,6 +360,107 @@ def test_clock_messages_close_windows_while_the_source_is_silent(backend, tmp_pa
     assert paused == []
 
 
+def _step_until(loop: WorkerLoop, condition, timeout_s: float = 20) -> None:
+    """Run the worker loop until ``condition()`` holds (a real signal: messages arriving)."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "the worker loop never got there"
+        loop.step(timeout_ms=20)
+
+
+def test_a_source_started_again_restarts_the_windows_even_within_a_second(backend, tmp_path):
+    """Two real source publishers, one after the other, on one endpoint: the second starts its
+    stream time again at 0, only 0.6 s behind the first (under TIME_RESET_US). Its events must be
+    binned into its own windows, not dropped as going backwards."""
+    model, metadata = backend
+    worker = InferenceWorker(model, metadata, WorkerConfig(all_windows=True, frame_fps=0))
+    sensor = SensorSize(64, 64)
+    first = synthetic_events(0, 600_000, 50_000, sensor)
+    second = synthetic_events(0, 400_000, 50_000, sensor, seed=1)
+    endpoint = f"ipc://{tmp_path}/events"
+    with EventSubscriber(endpoint, ("events", "prediction")) as subscriber, \
+            StagePublisher(f"ipc://{tmp_path}/predictions") as loop_publisher, \
+            EventSubscriber(loop_publisher.endpoint, ("prediction",), rcvhwm=10_000) as consumer:  # fmt: skip
+        assert loop_publisher.wait_for_subscribers(1, b"prediction", timeout_s=10)
+        loop = WorkerLoop(worker, subscriber, loop_publisher)
+        with StagePublisher(endpoint) as publisher:
+            assert publisher.wait_for_subscribers(1, b"events", timeout_s=10)
+            for chunk in np.array_split(first, 6):
+                publisher.publish_events(chunk, sensor)
+            _step_until(loop, lambda: worker.counters.events_in == len(first))
+        with StagePublisher(endpoint) as publisher:  # a new source process: sequence numbers from 0 again
+            # libzmq attaches the reconnected pipe (and sends the subscription) only when the SUB
+            # socket is used, as the running worker loop does.
+            _step_until(loop, lambda: publisher.wait_for_subscribers(1, b"events", timeout_s=0.01))
+            for chunk in np.array_split(second, 4):
+                publisher.publish_events(chunk, sensor)
+            publisher.publish_json(STATUS_KIND, {"type": "end", "events_sent": len(second)}, reliable=True)
+            loop.run(duration_s=30)
+        predictions = []
+        while (message := consumer.recv(0)) is not None:
+            if message.data.get("type") == "prediction":
+                predictions.append(message.data)
+    assert loop.ended and subscriber.stats.restarts >= 1
+    counters = worker.counter_dict()
+    assert counters["dropped_backwards"] == 0 and counters["time_resets"] == 1 and counters["source_restarts"] == 1
+    assert counters["events_binned"] + counters["events_unused"] == len(first) + len(second)
+    ends = [p["window"]["end_us"] for p in predictions]
+    restart = ends.index(50_000, 1)  # the second run's windows start again on the grid
+    assert ends[:restart] == list(range(50_000, 600_000, 50_000)) and ends[restart:] == list(range(50_000, 450_000, 50_000))
+    # Each window of the second run holds exactly its own events (none of the first run's).
+    t = second["t"]
+    expected = [int(((t >= end - 100_000) & (t < end)).sum()) for end in ends[restart:]]
+    assert [p["window"]["events"] for p in predictions[restart:]] == expected
+
+    # The batch holding a new run's first packet is binned whole, never split at a window.
+    sensor_events = synthetic_events(0, 300_000, 50_000, sensor)
+    packets = [Packet(chunk, 0, 0, restart=i == 2) for i, chunk in enumerate(np.array_split(sensor_events, 4))]
+    assert worker.split_at_newest_window(packets) == (packets, [])
+
+
+def test_display_frames_are_made_only_while_a_consumer_subscribes(backend, tmp_path):
+    model, metadata = backend
+    worker = InferenceWorker(model, metadata, WorkerConfig(frame_fps=50))
+    sensor = SensorSize(64, 64)
+    batches = [synthetic_events(k * 100_000, (k + 1) * 100_000, 30_000, sensor, seed=k) for k in range(4)]
+    received = [0]
+
+    def publish_and_step(publisher, events, condition=lambda: True) -> None:
+        target = worker.counters.events_in + len(events)
+        publisher.publish_events(events, sensor)
+        _step_until(loop, lambda: worker.counters.events_in == target and condition())
+
+    with StagePublisher(f"ipc://{tmp_path}/ev") as publisher, EventSubscriber(publisher.endpoint, ("events",)) as subscriber, \
+            StagePublisher(f"ipc://{tmp_path}/pr") as loop_publisher:  # fmt: skip
+        assert publisher.wait_for_subscribers(1, b"events", timeout_s=10)
+        loop = WorkerLoop(worker, subscriber, loop_publisher)
+        publish_and_step(publisher, batches[0])
+        assert not worker.frames_wanted and worker._frame_counts.sum() == 0  # nobody watches: nothing accumulated
+        assert worker.take_frame() is None
+        with EventSubscriber(loop_publisher.endpoint, ("frame",)) as viewer:
+            _step_until(loop, lambda: worker.frames_wanted)  # the subscription reached the worker's XPUB socket
+
+            def frames_arrived() -> bool:
+                while (message := viewer.recv(0)) is not None:
+                    received[0] += int(np.frombuffer(message.payload, dtype=np.uint8).sum())  # [2, H, W] counts
+                return received[0] == len(batches[1])
+
+            publish_and_step(publisher, batches[1], frames_arrived)  # every event since then, in frames
+        _step_until(loop, lambda: not worker.frames_wanted)  # the viewer left
+        before = worker._frame_counts.copy()
+        publish_and_step(publisher, batches[2])
+        np.testing.assert_array_equal(worker._frame_counts, before)
+        # Any subscription that prefixes the topic (here the empty one: everything) wants frames too.
+        raw = zmq.Context.instance().socket(zmq.SUB)
+        try:
+            raw.setsockopt(zmq.SUBSCRIBE, b"")
+            raw.connect(loop_publisher.endpoint)
+            _step_until(loop, lambda: worker.frames_wanted)
+        finally:
+            raw.close(linger=0)
+    assert worker.counter_dict()["events_in"] == sum(len(b) for b in batches[:3])
+
+
 def test_worker_stage_keeps_running_through_garbage(tiny_checkpoint, stage_env, tmp_path):
     events_endpoint, predictions_endpoint = f"ipc://{tmp_path}/ev", f"ipc://{tmp_path}/pr"
     sensor = SensorSize(128, 128)
