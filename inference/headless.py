@@ -25,6 +25,10 @@ processes are valid on the same machine. Across machines the end-to-end figure i
   ``worker_restarts`` counts the worker ids seen after the first, with or without a pause.
 * Counters (``windows``, ``events_in``, ``events_dropped``, ...) are summed over the workers seen
   (each worker counts from its own start); ``counters`` holds every numeric counter summed.
+* ``stage_restarts`` (``launch.py --headless``): ``{stage: count}`` of the automatic restarts the
+  launcher's ``Supervisor`` made after a stage failed (``--on-failure restart``); ``{}`` without a
+  supervisor. ``worker_restarts`` above counts worker processes seen, whoever started them.
+* ``failures``: one line per stage failure that ended the recording.
 """
 
 from __future__ import annotations
@@ -312,6 +316,7 @@ def format_summary(report: dict) -> str:
         ("events in / dropped (lost)", f"{report['events_in']} / {report['events_dropped']} ({report['events_lost']})"),
         ("event rate (ev/s)", report.get("event_rate")),
         ("worker restarts", report.get("worker_restarts", 0)),
+        ("stage restarts (launcher)", _restarts_text(report.get("stage_restarts", {}))),
         (f"gaps > {report.get('gap_threshold_s', 1.0):g} s", _gaps_text(report.get("gaps", []))),
     ]
     if "accuracy" in report:
@@ -324,6 +329,12 @@ def format_summary(report: dict) -> str:
                      f"{decision['undecided']} not)"))  # fmt: skip
     lines = ["| metric | value |", "|---|---|"] + [f"| {name} | {value} |" for name, value in rows]
     return "\n".join(lines)
+
+
+def _restarts_text(restarts: dict[str, int]) -> str:
+    if not any(restarts.values()):
+        return "none"
+    return ", ".join(f"{stage} {count}" for stage, count in restarts.items())
 
 
 def _gaps_text(gaps: list[dict], shown: int = 3) -> str:
@@ -405,13 +416,24 @@ def _progress(recorder: HeadlessRecorder) -> None:
     )
 
 
+def build_report(recorder: HeadlessRecorder, checkpoint: str, wall_s: float, failures: list[str],
+                 supervisor: Any = None) -> dict:  # fmt: skip
+    """The recorder's report plus ``failures`` and ``stage_restarts`` (from
+    ``supervisor.restart_counts()`` when the supervisor has it, else ``{}``)."""
+    report = recorder.report(checkpoint, wall_s)
+    report["failures"] = list(failures)
+    restart_counts = getattr(supervisor, "restart_counts", None)
+    counts = restart_counts() if callable(restart_counts) else {}
+    report["stage_restarts"] = {str(name): int(count) for name, count in counts.items()}
+    return report
+
+
 def run_headless(args: Any, endpoints: Any, supervisor: Any) -> int:
     """``launch.py --headless``: start the stages, record, print the summary, write ``--report``."""
     recorder, wall_s, failures = record(
         endpoints.predictions, supervisor=supervisor, duration_s=args.duration, quiet=args.quiet, on_ready=supervisor.start
     )
-    report = recorder.report(str(args.checkpoint), wall_s)
-    report["failures"] = failures
+    report = build_report(recorder, str(args.checkpoint), wall_s, failures, supervisor)
     for failure in failures:
         print(f"launch: {failure}", file=sys.stderr)
     print(format_summary(report))

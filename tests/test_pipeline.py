@@ -17,6 +17,7 @@ import zmq
 
 from inference.headless import (
     HeadlessRecorder,
+    build_report,
     find_gaps,
     format_summary,
     gap_threshold_s,
@@ -169,6 +170,32 @@ def test_loss_count_joins_running_streams_and_follows_source_restarts():
     late.on_events(0, 50)  # the source started again: a new count, added to the old one
     late.on_sent(80)
     assert late.lost == 130 and late.restarts == 1
+
+
+def test_report_carries_the_supervisor_restart_counts(tmp_path):
+    """A real ``launch.Supervisor``: one stage fails (restarted once, then given up), one succeeds."""
+    from launch import RestartPolicy, Stage, Supervisor
+
+    good = tmp_path / "ok.json"
+    good.write_text("{}")
+    stages = [Stage("source", "json.tool", [str(good), str(tmp_path / "out.json")]),
+              Stage("worker", "json.tool", [str(tmp_path / "missing.json")])]  # exits with code 2  # fmt: skip
+    logged: list[str] = []
+    policy = RestartPolicy(first_backoff_s=0.05, max_backoff_s=0.05, max_restarts=1)
+    with Supervisor(stages, log=logged.append, policy=policy) as supervisor:
+        deadline = time.monotonic() + 30
+        exits = []
+        while not any(e.name == "worker" for e in exits):  # the failure after the restart is final
+            assert time.monotonic() < deadline, logged
+            exits += supervisor.poll()
+            time.sleep(0.02)  # poll interval of a consumer loop, not synchronisation
+    recorder = HeadlessRecorder()
+    report = build_report(recorder, "ck.json", 1.0, ["stage worker exited with code 2"], supervisor)
+    assert report["stage_restarts"] == {"source": 0, "worker": 1} and report["failures"] == ["stage worker exited with code 2"]
+    assert json.loads(json.dumps(report, allow_nan=False))["stage_restarts"] == {"source": 0, "worker": 1}
+    assert "| stage restarts (launcher) | source 0, worker 1 |" in format_summary(report)
+    quiet = build_report(recorder, "ck.json", 1.0, [], supervisor=None)  # a consumer without a launcher
+    assert quiet["stage_restarts"] == {} and "| stage restarts (launcher) | none |" in format_summary(quiet)
 
 
 # --- the worker in process -----------------------------------------------------------------------
@@ -663,6 +690,7 @@ def test_pipeline_on_the_simulator_reports(tiny_checkpoint, stage_env, tmp_path)
     assert e2e["p50"] >= latency["p50"] * 0.5 and e2e["max"] < 10_000
     assert report["backend"].startswith(TEST_BACKEND) and report["checkpoint"] == str(tiny_checkpoint)
     assert report["gestures"] >= 1  # the simulator sends its truth through the worker
+    assert report["stage_restarts"] == {"worker": 0, "source": 0} and report["failures"] == []
     assert "| compute latency" in result.stdout
 
 
