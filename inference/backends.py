@@ -8,6 +8,10 @@ Every backend maps frames ``[B, T, 2, H, W]`` (or one window ``[T, 2, H, W]``) f
 ONNX Runtime on CUDA, then PyTorch on CUDA, then ONNX Runtime on CPU) and logs why. The choice is
 made once; the hot path is a single ``predict`` call on the chosen object.
 
+PyTorch is imported only where it is used (the ``torch`` backend, exports, and the GPU probe
+when the CUDA driver reports a device): an ONNX Runtime worker on a CPU machine starts without
+paying the 1-2 s torch import (given a checkpoint reader that does not import it either).
+
 The ONNX file (and TensorRT engine) a backend needs is built on demand and cached under
 :func:`default_cache_dir` by the checkpoint's weights sha256, so no manual export step is needed:
 ``onnx/<sha256>-code<fingerprint>-opset17-fp32-v1.onnx``, ``tensorrt/<engine_cache_key>.engine``.
@@ -15,6 +19,9 @@ The ONNX file (and TensorRT engine) a backend needs is built on demand and cache
 
 from __future__ import annotations
 
+import ctypes
+import hashlib
+import importlib.util
 import logging
 import os
 from dataclasses import dataclass
@@ -45,9 +52,14 @@ DEFAULT_CPU_THREADS = 1
 
 __all__ = [
     "Backend", "BackendUnavailable", "Capabilities", "BackendChoice", "TorchBackend", "OnnxRuntimeBackend",
-    "TensorRTBackend", "as_batch", "choose_backend", "detect_capabilities", "create_backend",
+    "TensorRTBackend", "as_batch", "choose_backend", "cuda_visible", "detect_capabilities", "create_backend",
     "cached_onnx", "default_cache_dir", "model_code_fingerprint",
 ]
+
+# The modules whose source defines the exported graph (see model_code_fingerprint).
+MODEL_CODE_MODULES = ("training.spikeformer", "training.neuron")
+# The CUDA driver library, by platform; absent = no CUDA device.
+_CUDA_DRIVER_LIBRARIES = ("libcuda.so.1", "libcuda.so", "nvcuda.dll")
 
 
 class Backend(Protocol):
@@ -251,7 +263,7 @@ class TensorRTBackend:
 
 @dataclass(frozen=True)
 class Capabilities:
-    """What this machine can run. ``cuda``: torch sees a CUDA GPU (the only GPU probe used, so a
+    """What this machine can run. ``cuda``: torch sees a CUDA GPU (:func:`cuda_visible`, so a
     CPU-only torch build means "no GPU"); ``tensorrt``: ``import tensorrt`` works;
     ``onnxruntime_cuda``: ONNX Runtime lists its CUDAExecutionProvider."""
 
@@ -280,10 +292,38 @@ def choose_backend(capabilities: Capabilities) -> BackendChoice:
     return BackendChoice("onnxruntime", "cpu", f"{missing}no CUDA GPU visible to torch: ONNX Runtime on CPU")
 
 
+def cuda_driver_devices() -> int:
+    """CUDA devices the driver (``libcuda``, loaded with ctypes) reports: 0 without a driver, when
+    it fails to initialise (``CUDA_VISIBLE_DEVICES=""`` included) or sees no device. A few ms."""
+    for name in _CUDA_DRIVER_LIBRARIES:
+        try:
+            driver = ctypes.CDLL(name)
+        except OSError:
+            continue
+        count = ctypes.c_int(0)
+        try:
+            if driver.cuInit(0) != 0 or driver.cuDeviceGetCount(ctypes.byref(count)) != 0:
+                return 0
+        except AttributeError:  # a library of that name without the driver API
+            return 0
+        return count.value
+    return 0
+
+
+def cuda_visible() -> bool:
+    """Whether torch sees a CUDA GPU (``torch.cuda.is_available()``), importing torch only when the
+    CUDA driver reports a device: torch cannot see one the driver does not, and on a machine
+    without one this skips the 1-2 s torch import."""
+    if cuda_driver_devices() == 0:
+        return False
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
 def detect_capabilities() -> Capabilities:
     """Probe this machine once (imports tensorrt if installed; a broken install counts as absent)."""
     import onnxruntime as ort
-    import torch
 
     try:
         from inference.tensorrt_engine import import_tensorrt
@@ -293,7 +333,7 @@ def detect_capabilities() -> Capabilities:
     except BackendUnavailable:
         tensorrt = False
     return Capabilities(
-        cuda=bool(torch.cuda.is_available()),
+        cuda=cuda_visible(),
         tensorrt=tensorrt,
         onnxruntime_cuda="CUDAExecutionProvider" in ort.get_available_providers(),
     )
@@ -316,15 +356,15 @@ def _weights_sha256(metadata: dict) -> str:
 
 
 def model_code_fingerprint() -> str:
-    """12 hex chars of sha256 over the model's source files (training.spikeformer, training.neuron):
-    a cached export goes stale when the code that defines the graph changes, not only the weights."""
-    import hashlib
-    import importlib
-
+    """12 hex chars of sha256 over the source files of ``MODEL_CODE_MODULES`` (found, not imported:
+    no torch import): a cached export goes stale when the code that defines the graph changes, not
+    only the weights."""
     digest = hashlib.sha256()
-    for module_name in ("training.spikeformer", "training.neuron"):
-        source = importlib.import_module(module_name).__file__
-        digest.update(Path(source).read_bytes())
+    for module_name in MODEL_CODE_MODULES:
+        spec = importlib.util.find_spec(module_name)
+        if spec is None or spec.origin is None:
+            raise ValueError(f"cannot find the source of {module_name} for the model code fingerprint")
+        digest.update(Path(spec.origin).read_bytes())
     return digest.hexdigest()[:12]
 
 
@@ -381,8 +421,8 @@ def create_backend(
     Args:
         name: ``"auto"``, ``"tensorrt"``, ``"onnxruntime"`` or ``"torch"``.
         checkpoint_path: a :mod:`training.checkpoint` file.
-        device: ``"cpu"`` or ``"cuda[:N]"``; None: CUDA when torch sees a GPU, else CPU
-            (``auto`` decides itself; ``tensorrt`` is always CUDA).
+        device: ``"cpu"`` or ``"cuda[:N]"``; None: CUDA when torch sees a GPU (:func:`cuda_visible`),
+            else CPU (``auto`` decides itself; ``tensorrt`` is always CUDA).
         cache_dir: where ONNX files and engines are cached (default :func:`default_cache_dir`).
         warmup_iterations: windows run before returning.
         threads: ONNX Runtime CPU intra-op threads.
@@ -402,9 +442,7 @@ def create_backend(
         log.info("backend auto -> %s on %s: %s (%s)", choice.name, choice.device, choice.reason, capabilities)
         name, device = choice.name, choice.device
     elif device is None and name != "tensorrt":
-        import torch
-
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = "cuda" if cuda_visible() else "cpu"
 
     backend: Backend
     if name == "tensorrt":

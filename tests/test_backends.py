@@ -67,6 +67,34 @@ def test_detect_capabilities_matches_this_machine():
     assert all(isinstance(value, bool) for value in vars(capabilities).values())
 
 
+def test_backends_import_torch_only_where_used():
+    """In a fresh interpreter: importing the backends, the model code fingerprint and the GPU probe
+    on a machine whose CUDA driver sees no device cost no torch import (1-2 s at every worker
+    start); where the driver sees one, the probe asks torch and agrees with it."""
+    import hashlib
+    import subprocess
+    import sys
+
+    script = (
+        "import sys\n"
+        "import inference.backends as backends\n"
+        "assert 'torch' not in sys.modules, 'imported by inference.backends'\n"
+        "fingerprint = backends.model_code_fingerprint()\n"
+        "assert 'torch' not in sys.modules and 'training.spikeformer' not in sys.modules, 'imported by the fingerprint'\n"
+        "visible = backends.cuda_visible()\n"
+        "assert ('torch' in sys.modules) == (backends.cuda_driver_devices() > 0), 'torch imported without a GPU'\n"
+        "import torch\n"
+        "assert visible == torch.cuda.is_available(), (visible, torch.cuda.is_available())\n"
+        "print(fingerprint)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                            cwd=Path(__file__).resolve().parents[1])  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    repo = Path(__file__).resolve().parents[1]
+    digest = hashlib.sha256((repo / "training/spikeformer.py").read_bytes() + (repo / "training/neuron.py").read_bytes())
+    assert result.stdout.strip() == digest.hexdigest()[:12]  # the same name as before: cached exports stay valid
+
+
 # --- the CPU backends --------------------------------------------------------------------------
 
 
