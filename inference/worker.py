@@ -26,8 +26,9 @@ a new sensor size rebuilds it), runs the model on the newest window every stride
   the sensor, ``count`` = 2; ``--frame-fps`` (30) per second, no more, also while the source is
   silent (empty frames, so a viewer keeps moving); none while the source is paused. Only while a
   consumer subscribes to ``frame`` (checked every ``SUBSCRIBER_CHECK_S``): otherwise the events
-  are not accumulated at all (that costs ~15% of the worker's work per event). The first frame
-  after a subscription holds the events since it was noticed.
+  are not accumulated at all (accumulating took 5.4 of 18 ns/event of the worker's binning CPU,
+  346x260, 2k-event packets). The first frame after a subscription holds the events since it was
+  noticed.
 * ``truth`` messages forwarded unchanged from the source (gesture segments, stream time).
 
 A new source run (the events' sequence number goes back: a source process started again on the
@@ -211,7 +212,7 @@ class InferenceWorker:
         self._queue: list[tuple[Window, tuple[int, int], int]] = []  # all_windows mode
         self._frame_counts: np.ndarray | None = None
         # Display frames are accumulated only while someone wants them (``WorkerLoop`` turns this
-        # off while no consumer subscribes to frames: the accumulation is ~15% of the binning).
+        # off while no consumer subscribes to frames: the accumulation is ~30% of the binning CPU).
         self.frames_wanted = config.frame_fps > 0
         self._binner_base: dict[str, int] = {}  # counters of binners replaced or reset
         self._seq = 0
