@@ -17,7 +17,7 @@ SIGKILL for a stage that has not exited) and the headless report is still writte
 their own process group (a terminal's Ctrl-C reaches this process only, which stops them in order)
 and on Linux get SIGTERM if this process dies without cleaning up (``PR_SET_PDEATHSIG``).
 Failures (``--on-failure``): with ``restart`` (the default) a stage that exits with a nonzero code
-(crashed, killed, or a source that lost its camera or server) is started again after a backoff of
+(crashed, killed, or a source that lost its camera or server and gave up reconnecting) is started again after a backoff of
 0.5 s doubling to 5 s; after 5 restarts within a minute the next failure is final: one line on
 stderr and the pipeline stops (exit code 1). With ``stop`` the first failure stops every stage
 (one line naming the stage and its exit code; exit code 1). A stage that ends by itself (exit code

@@ -234,6 +234,9 @@ def accounting(
         explained.append(f"{invalid} events dropped as invalid (outside the sensor {c['dropped_out_of_sensor']}, "
                          f"bad polarity {c['dropped_bad_polarity']})")  # fmt: skip
     late = int(source.get("late_events", 0) or 0)
+    if late:
+        explained.append(f"{late} events arrived at the source after a clock message announcing a later time; "
+                         "sent stamped at that time (counted by the source as late_events, none dropped)")
     if c["dropped_backwards"] and c["dropped_backwards"] <= late:
         explained.append(f"{c['dropped_backwards']} events dropped as time going back: the source sent them after a "
                          f"clock message announcing a later time (it counts {late} such late events: the simulator "
