@@ -10,7 +10,13 @@ ZeroMQ; the consumer (GUI or headless recorder) runs in this process. By default
 ``--predictions-endpoint`` (e.g. ``tcp://127.0.0.1:5555``) and ``--stages`` let stages run on
 different machines (start ``--stages source`` on the camera host and ``--stages worker,consumer``
 elsewhere, with the same endpoints; the source binds the events endpoint, the worker binds the
-predictions endpoint).
+predictions endpoint; a non-loopback address needs ``--allow-remote``).
+
+CurveZMQ (``--curve-keys DIR [--curve-name NAME] [--curve-server NAME]``, see ``stream.keys`` and
+the README): every stage and the consumer get the key directory, so every tcp endpoint is
+encrypted and authenticated. A subscriber trusts its own key for a publisher that runs here and
+``DIR/SERVER.key`` (``--curve-server``) for one that runs elsewhere (the stages not in
+``--stages``). A bad key directory is one ``error:`` line and exit code 2, before anything starts.
 
 Shutdown: Ctrl-C (SIGINT) or SIGTERM stops every stage within ``STOP_TIMEOUT_S`` (SIGTERM, then
 SIGKILL for a stage that has not exited) and the headless report is still written. Children run in
@@ -39,6 +45,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, NamedTuple
+
+from stream.keys import CurveConfig, CurveKeyError, add_curve_arguments, curve_from_args
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "inference" / "checkpoints" / "spikeformer-small-sim.json"
 STOP_TIMEOUT_S = 1.5  # SIGTERM -> SIGKILL grace for all stages together
@@ -339,12 +347,44 @@ def build_parser() -> argparse.ArgumentParser:
         "--stages", type=_stages, default=STAGES,
         help="which stages run here, comma separated (default: source,worker,consumer)",
     )  # fmt: skip
+    parser.add_argument("--allow-remote", action="store_true", help="allow non-loopback tcp endpoints (other machines)")
     parser.add_argument("--quiet", action="store_true", help="headless: no per-second progress lines")
     parser.add_argument(
         "--on-failure", choices=ON_FAILURE, default="restart",
         help="a stage that fails: restart it with backoff (default), or stop the pipeline (exit code 1)",
     )  # fmt: skip
+    add_curve_arguments(parser)
     return parser
+
+
+def _curve_server(args: argparse.Namespace, publisher: str) -> str | None:
+    """The key name a subscriber trusts for the ``publisher`` stage: None (its own key) when that
+    stage runs here, else ``--curve-server``."""
+    return None if publisher in getattr(args, "stages", STAGES) else getattr(args, "curve_server", None)
+
+
+def _common_stage_args(args: argparse.Namespace, publisher: str | None = None) -> list[str]:
+    """``--allow-remote`` and the ``--curve-*`` options a stage gets; ``publisher``: the stage whose
+    endpoint it subscribes to (None: it subscribes to none)."""
+    stage_args = ["--allow-remote"] if getattr(args, "allow_remote", False) else []
+    if getattr(args, "curve_keys", None) is None:
+        return stage_args
+    stage_args += ["--curve-keys", str(args.curve_keys)]
+    if args.curve_name:
+        stage_args += ["--curve-name", args.curve_name]
+    server = _curve_server(args, publisher) if publisher is not None else None
+    if server:
+        stage_args += ["--curve-server", server]
+    return stage_args
+
+
+def consumer_curves(args: argparse.Namespace) -> tuple[CurveConfig | None, CurveConfig | None]:
+    """CurveZMQ keys of the consumer for the (predictions, events) endpoints; (None, None) without
+    ``--curve-keys``. Raises ``CurveKeyError`` (one line) for a bad key directory."""
+    if curve_from_args(args) is None:  # also refuses --curve-name / --curve-server without --curve-keys
+        return None, None
+    return tuple(CurveConfig.from_directory(args.curve_keys, args.curve_name, _curve_server(args, publisher))
+                 for publisher in ("worker", "source"))  # type: ignore[return-value]  # fmt: skip
 
 
 def source_stage(args: argparse.Namespace, endpoints: Endpoints, wait_subscribers: int) -> Stage:
@@ -355,6 +395,7 @@ def source_stage(args: argparse.Namespace, endpoints: Endpoints, wait_subscriber
         stage_args.append("--loop")
     if endpoints.control:
         stage_args += ["--control", endpoints.control]
+    stage_args += _common_stage_args(args)
     return Stage("source", "stream.source", stage_args)
 
 
@@ -367,6 +408,7 @@ def worker_stage(args: argparse.Namespace, endpoints: Endpoints, wait_subscriber
         stage_args += ["--device", args.device]
     if args.stride_us:
         stage_args += ["--stride-us", str(args.stride_us)]
+    stage_args += _common_stage_args(args, publisher="source")
     return Stage("worker", "inference.worker", stage_args)
 
 
@@ -408,6 +450,11 @@ def main(argv: list[str] | None = None) -> int:
     if "worker" in args.stages and not args.checkpoint.is_file():
         print(f"error: checkpoint {args.checkpoint} not found (pass --checkpoint PATH)", file=sys.stderr)
         return 2
+    try:
+        predictions_curve, events_curve = consumer_curves(args)
+    except CurveKeyError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
 
     temp_dir = None
     if args.events_endpoint is None or args.predictions_endpoint is None or "source" in args.stages:
@@ -432,9 +479,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.headless:
             from inference.headless import run_headless
 
-            return run_headless(args, endpoints, supervisor)
+            return run_headless(args, endpoints, supervisor, curve=predictions_curve)
         supervisor.start()
-        return int(run_gui(args, endpoints, supervisor) or 0)
+        return int(run_gui(args, endpoints, supervisor, curve=predictions_curve, events_curve=events_curve) or 0)
     except (KeyboardInterrupt, _Stop):
         return 130
     except (ValueError, OSError) as error:

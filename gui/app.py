@@ -12,6 +12,9 @@ The GUI is a ZeroMQ subscriber of the pipeline (so it can watch stages running o
 * the source stage's control socket (``endpoints.control``, optional): file replay controls
   (play/pause, seek slider with position and duration, speed, loop) and the source's status.
 
+With CurveZMQ keys (``launch.py --curve-keys DIR``) every tcp endpoint above is encrypted and
+authenticated; connections a publisher refuses in the handshake are named in the state line.
+
 ``PipelineReceiver`` owns both sockets in one thread (ZeroMQ sockets stay in the thread that made
 them). It hands over what arrived through bounded buffers: event packets beyond
 ``max_queued_events`` are dropped oldest first (counted, shown as "GUI dropped"), predictions
@@ -73,6 +76,7 @@ from gui.widgets import (
 from stream.aedat4 import DEFAULT_CAMERA, Aedat4Writer
 from stream.classes import GESTURE_CLASSES, NO_GESTURE
 from stream.events import GestureSegment, SensorSize
+from stream.keys import CurveConfig
 from stream.source import STATUS_KIND, ControlClient
 from stream.transport import EventSubscriber, Kind, now_us
 
@@ -123,6 +127,8 @@ class PipelineReceiver:
         max_queued_events: events buffered for the GUI thread at most (older packets dropped).
         reconnect_after_s: silence from the worker after which the sockets are opened again.
         allow_remote: allow non-loopback TCP endpoints.
+        curve: CurveZMQ keys for a tcp predictions endpoint (``server_key``: the worker's public key).
+        events_curve: the same for a tcp events endpoint (``server_key``: the source's; default ``curve``).
 
     A context manager; ``close()`` stops the thread within ``POLL_MS`` and closes a recording.
     """
@@ -135,6 +141,8 @@ class PipelineReceiver:
         max_queued_events: int = DEFAULT_MAX_QUEUED_EVENTS,
         reconnect_after_s: float = RECONNECT_AFTER_S,
         allow_remote: bool = False,
+        curve: CurveConfig | None = None,
+        events_curve: CurveConfig | None = None,
     ) -> None:
         if max_queued_events < 1:
             raise ValueError(f"max_queued_events must be >= 1, got {max_queued_events}")
@@ -143,6 +151,8 @@ class PipelineReceiver:
         self.max_queued_events = max_queued_events
         self.reconnect_after_s = reconnect_after_s
         self.allow_remote = allow_remote
+        self.curve = curve
+        self.events_curve = events_curve if events_curve is not None else curve
         self.started_s = time.monotonic()
         self.last_worker_s: float | None = None  # monotonic time of the newest worker message
         self.last_events_s: float | None = None  # ... and of the newest non-empty event packet
@@ -159,6 +169,8 @@ class PipelineReceiver:
         self._record_lock = threading.Lock()
         self._stop = threading.Event()
         self._error: BaseException | None = None
+        self._subscribers: list[EventSubscriber] = []  # the receiver thread's, read for their stats only
+        self._refused_before = 0  # handshake failures of subscribers closed by a reconnect
         self._thread = threading.Thread(target=self._run, name="gui-receiver", daemon=True)
 
     # -- life cycle --
@@ -239,27 +251,38 @@ class PipelineReceiver:
 
     # -- the thread --
 
-    def _open(self, context: zmq.Context) -> list[EventSubscriber]:
+    def _open(self, context: zmq.Context) -> tuple[list[EventSubscriber], zmq.Poller]:
+        """The subscribers (worker first, then the source) and one poller over all their sockets."""
         subscribers = [
-            EventSubscriber(self.predictions_endpoint, ("prediction", "truth"), allow_remote=self.allow_remote, context=context)
+            EventSubscriber(self.predictions_endpoint, ("prediction", "truth"), allow_remote=self.allow_remote,
+                            context=context, curve=self.curve)  # fmt: skip
         ]
         if self.events_endpoint is not None:  # events, and the source's clock messages (STATUS_KIND)
             topics = ("events", STATUS_KIND.topic.decode())
-            subscribers.append(EventSubscriber(self.events_endpoint, topics, allow_remote=self.allow_remote, context=context))
-        return subscribers
+            subscribers.append(EventSubscriber(self.events_endpoint, topics, allow_remote=self.allow_remote,
+                                               context=context, curve=self.events_curve))  # fmt: skip
+        poller = zmq.Poller()  # a subscriber's poll_sockets stay the same for its life
+        for subscriber in subscribers:
+            for socket in subscriber.poll_sockets:
+                poller.register(socket, zmq.POLLIN)
+        return subscribers, poller
+
+    @property
+    def handshake_failures(self) -> int:
+        """Connections the publishers refused in the CurveZMQ handshake (keys or mechanism differ)."""
+        return self._refused_before + sum(subscriber.stats.handshake_failures for subscriber in self._subscribers)
 
     def _run(self) -> None:
         context = zmq.Context()
         subscribers: list[EventSubscriber] = []
         try:
-            subscribers = self._open(context)
+            subscribers, poller = self._open(context)
+            self._subscribers = list(subscribers)
             opened_s = time.monotonic()
             while not self._stop.is_set():
-                poller = zmq.Poller()
-                for subscriber in subscribers:
-                    for socket in subscriber.poll_sockets:
-                        poller.register(socket, zmq.POLLIN)
-                poller.poll(POLL_MS)
+                # Each pass calls recv(0) on every subscriber, which also maintains it (reconnects
+                # after a connection ZeroMQ closed for good); poll_timeout_ms keeps that on time.
+                poller.poll(min(subscriber.poll_timeout_ms(POLL_MS) for subscriber in subscribers))
                 for index, subscriber in enumerate(subscribers):
                     for _ in range(MAX_DRAIN_MESSAGES):
                         message = subscriber.recv(0)
@@ -272,7 +295,9 @@ class PipelineReceiver:
                     log.info("no data for %.1f s: opening the sockets again", now - last)
                     for subscriber in subscribers:
                         subscriber.close()
-                    subscribers = self._open(context)
+                    self._refused_before += sum(subscriber.stats.handshake_failures for subscriber in subscribers)
+                    subscribers, poller = self._open(context)
+                    self._subscribers = list(subscribers)
                     opened_s = now
                     self.reconnects += 1
         except BaseException as error:  # reported by the window; the thread must not die silently
@@ -410,6 +435,8 @@ class MainWindow(QtWidgets.QMainWindow):
         stall_after_s: silence after which the window says the pipeline stalled.
         output_dir: where recordings and screenshots go.
         allow_remote: allow non-loopback TCP endpoints.
+        curve: CurveZMQ keys for a tcp predictions endpoint (``server_key``: the worker's public key).
+        events_curve: the same for the source's tcp events and control endpoints (default ``curve``).
     """
 
     fpsChanged = QtCore.Signal(float)
@@ -431,6 +458,8 @@ class MainWindow(QtWidgets.QMainWindow):
         reconnect_after_s: float = RECONNECT_AFTER_S,
         output_dir: Path | None = None,
         allow_remote: bool = False,
+        curve: CurveConfig | None = None,
+        events_curve: CurveConfig | None = None,
     ) -> None:
         super().__init__()
         if not fps > 0:
@@ -476,9 +505,12 @@ class MainWindow(QtWidgets.QMainWindow):
         self._events_shown = 0
         self._rate_since = time.monotonic()
 
-        self.receiver = PipelineReceiver(predictions_endpoint, events_endpoint,
-                                         reconnect_after_s=reconnect_after_s, allow_remote=allow_remote)  # fmt: skip
-        self.control = ControlClient(control_endpoint, allow_remote=allow_remote) if control_endpoint else None
+        events_curve = events_curve if events_curve is not None else curve
+        self.receiver = PipelineReceiver(predictions_endpoint, events_endpoint, reconnect_after_s=reconnect_after_s,
+                                         allow_remote=allow_remote, curve=curve, events_curve=events_curve)  # fmt: skip
+        self.control = None
+        if control_endpoint:
+            self.control = ControlClient(control_endpoint, allow_remote=allow_remote, curve=events_curve)
         self._build()
         self.rate_meter = RateMeter(self)
         self.rate_meter.rate.connect(self.fpsChanged)
@@ -1088,6 +1120,9 @@ class MainWindow(QtWidgets.QMainWindow):
                 text = f"no data for {silent_s:.1f} s — pipeline stalled"
             if receiver.reconnects:
                 text += f", reconnecting ({receiver.reconnects})"
+            refused = receiver.handshake_failures
+            if refused:
+                text += f"; {refused} connection(s) refused in the CurveZMQ handshake (keys differ)"
             return text, True
         if not self.source_connected:
             return f"source lost, reconnecting (lost {self.source_disconnects}x)", True
@@ -1173,13 +1208,15 @@ class MainWindow(QtWidgets.QMainWindow):
 # --- entry point ----------------------------------------------------------------------------
 
 
-def run_gui(args: argparse.Namespace, endpoints: Any, supervisor: Any = None) -> int:
+def run_gui(args: argparse.Namespace, endpoints: Any, supervisor: Any = None, curve: CurveConfig | None = None,
+            events_curve: CurveConfig | None = None) -> int:  # fmt: skip
     """Open the window on the pipeline at ``endpoints`` (``.events``, ``.predictions``) and run
     until it is closed, ``args.duration`` seconds pass, or SIGINT/SIGTERM. With
     ``args.screenshot`` (a path), the window is saved there just before it closes.
 
     ``supervisor`` (launch.py's ``Supervisor``) enables source switching and stage watching.
-    Returns the exit code: 0, or 130 after a signal.
+    ``curve`` / ``events_curve``: CurveZMQ keys for tcp endpoints of the worker / the source
+    (``args.allow_remote`` allows non-loopback ones). Returns the exit code: 0, or 130 after a signal.
     """
     app = QtWidgets.QApplication.instance() or QtWidgets.QApplication(["spikeformer-live"])
     app.setStyle("Fusion")
@@ -1200,6 +1237,9 @@ def run_gui(args: argparse.Namespace, endpoints: Any, supervisor: Any = None) ->
         source_control=source_control,
         supervisor=supervisor,
         model_name=Path(checkpoint).stem if checkpoint else "",
+        allow_remote=bool(getattr(args, "allow_remote", False)),
+        curve=curve,
+        events_curve=events_curve,
     )
     window.show()
     signalled: list[int] = []

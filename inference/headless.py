@@ -42,6 +42,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from stream.events import GestureSegment
+from stream.keys import CurveConfig
 from stream.source import STATUS_KIND
 from stream.transport import EventSubscriber, Kind, Message, now_us
 
@@ -354,15 +355,21 @@ def record(
     quiet: bool = False,
     on_ready: Any = None,
     on_first_message: Any = None,
+    curve: CurveConfig | None = None,
+    allow_remote: bool = False,
+    startup_timeout_s: float = STARTUP_TIMEOUT_S,
 ) -> tuple[HeadlessRecorder, float, list[str]]:
     """Subscribe to the worker at ``endpoint`` and record until its end message, ``duration_s``,
     or (with a ``launch.Supervisor``) a stage failing. Returns the recorder, the wall time (s) and
     the failures (one line each). ``on_ready()`` runs once the subscriber exists (e.g. start the
-    stages), ``on_first_message()`` when the first message arrives (``duration_s`` counts from it)."""
+    stages), ``on_first_message()`` when the first message arrives (``duration_s`` counts from it);
+    no message within ``startup_timeout_s`` is a failure. ``curve``: CurveZMQ keys of this
+    subscriber (a tcp endpoint only; ``curve.server_key`` is the worker's public key);
+    ``allow_remote``: allow a non-loopback tcp endpoint."""
     recorder = HeadlessRecorder()
     failures: list[str] = []
     topics = (STATUS_KIND.topic.decode(), "truth")
-    with EventSubscriber(endpoint, topics, rcvhwm=10_000) as subscriber:
+    with EventSubscriber(endpoint, topics, rcvhwm=10_000, curve=curve, allow_remote=allow_remote) as subscriber:
         if on_ready is not None:
             on_ready()  # e.g. start the stages once this subscriber exists
         started = time.monotonic()
@@ -380,8 +387,9 @@ def record(
                     deadline = now + duration_s
             if deadline is not None and now >= deadline:
                 break
-            if deadline is None and now - started > STARTUP_TIMEOUT_S:
-                failures.append(f"no message from the worker within {STARTUP_TIMEOUT_S:g} s")
+            if deadline is None and now - started > startup_timeout_s:
+                failures.append(f"no message from the worker within {startup_timeout_s:g} s"
+                                + _refused(subscriber))  # fmt: skip
                 break
             if supervisor is not None:
                 for stage_exit in supervisor.poll():
@@ -395,16 +403,24 @@ def record(
                         failures.append("every stage exited but no end message arrived")
                         break
             if not quiet and now >= next_progress:
-                _progress(recorder)
+                _progress(recorder, subscriber)
                 next_progress = now + 1.0
         recorder.stopped_us = now_us()
     return recorder, time.monotonic() - started, failures
 
 
-def _progress(recorder: HeadlessRecorder) -> None:
+def _refused(subscriber: EventSubscriber) -> str:
+    """Why nothing came, when the subscriber knows: its CurveZMQ handshakes were refused."""
+    refused = subscriber.stats.handshake_failures
+    if not refused:
+        return ""
+    return f" ({refused} connection(s) refused in the handshake: CurveZMQ keys or mechanism differ from the worker's)"
+
+
+def _progress(recorder: HeadlessRecorder, subscriber: EventSubscriber) -> None:
     prediction = recorder.last_prediction
     if prediction is None:
-        print("waiting for predictions ...", file=sys.stderr, flush=True)
+        print("waiting for predictions ..." + _refused(subscriber), file=sys.stderr, flush=True)
         return
     counters = recorder.counters
     print(
@@ -428,11 +444,13 @@ def build_report(recorder: HeadlessRecorder, checkpoint: str, wall_s: float, fai
     return report
 
 
-def run_headless(args: Any, endpoints: Any, supervisor: Any) -> int:
-    """``launch.py --headless``: start the stages, record, print the summary, write ``--report``."""
+def run_headless(args: Any, endpoints: Any, supervisor: Any, curve: CurveConfig | None = None) -> int:
+    """``launch.py --headless``: start the stages, record, print the summary, write ``--report``.
+    ``curve``: CurveZMQ keys for the predictions endpoint (its ``server_key``: the worker's)."""
     recorder, wall_s, failures = record(
-        endpoints.predictions, supervisor=supervisor, duration_s=args.duration, quiet=args.quiet, on_ready=supervisor.start
-    )
+        endpoints.predictions, supervisor=supervisor, duration_s=args.duration, quiet=args.quiet,
+        on_ready=supervisor.start, curve=curve, allow_remote=bool(getattr(args, "allow_remote", False)),
+    )  # fmt: skip
     report = build_report(recorder, str(args.checkpoint), wall_s, failures, supervisor)
     for failure in failures:
         print(f"launch: {failure}", file=sys.stderr)

@@ -31,6 +31,11 @@ a new sensor size rebuilds it), runs the model on the newest window every stride
   noticed.
 * ``truth`` messages forwarded unchanged from the source (gesture segments, stream time).
 
+CurveZMQ (``--curve-keys DIR [--curve-name NAME] [--curve-server NAME]``, see ``stream.keys``):
+a tcp ``--pub`` is then a CurveZMQ server that accepts only the public keys in DIR, and a tcp
+``--sub`` authenticates to the source whose public key is ``DIR/SERVER.key`` (default: this
+stage's own key). A bad key directory is one ``error:`` line and exit code 2, before the model loads.
+
 A new source run (the events' sequence number goes back: a source process started again on the
 same endpoint) restarts the windows at its first packet, whatever its time; so do events more than
 ``TIME_RESET_US`` behind the stream time (``time_resets`` counts both).
@@ -71,6 +76,7 @@ from numba import njit, types
 from inference.smoothing import SMOOTHING_METHODS, LabelSmoother, SmoothingConfig, softmax
 from stream.binning import SensorMapping, StreamingBinner, Window, WindowSpec, warmup
 from stream.events import EVENT_DTYPE, SensorSize, empty_events
+from stream.keys import add_curve_arguments, curve_from_args
 from stream.source import (
     END_LINGER_MS,
     END_WAIT_S,
@@ -713,6 +719,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     parser.add_argument("--hwm", type=int, default=DEFAULT_HWM, help="packets queued before the socket drops")
     parser.add_argument("--allow-remote", action="store_true", help="allow non-loopback TCP endpoints")
+    add_curve_arguments(parser)
     return parser
 
 
@@ -724,6 +731,7 @@ def main(argv: list[str] | None = None) -> int:
         raise ValueError(f"checkpoint {args.checkpoint} not found")
     if args.frame_fps < 0 or args.frame_fps != args.frame_fps:
         raise ValueError(f"--frame-fps must be >= 0, got {args.frame_fps}")
+    curve = curve_from_args(args)  # before the model loads: a bad key directory is one error line at once
     config = WorkerConfig(
         stride_us=args.stride_us,
         all_windows=args.all_windows,
@@ -738,11 +746,13 @@ def main(argv: list[str] | None = None) -> int:
         stop = StopRequest().install()  # until here, the default handlers end a stage still loading
         # Bind, wait for the consumers, only then connect to the source (which waits for this
         # subscriber): nothing is published before someone listens.
-        publisher = StagePublisher(args.pub, allow_remote=args.allow_remote, context=context, stop=stop.event)
+        publisher = StagePublisher(args.pub, allow_remote=args.allow_remote, context=context, stop=stop.event,
+                                   curve=curve)  # fmt: skip
         with publisher:
             publisher.wait_for_subscribers(args.wait_subscribers, STATUS_KIND.topic)
             topics = ("events", "truth", STATUS_KIND.topic.decode())
-            subscriber = EventSubscriber(args.sub, topics, rcvhwm=args.hwm, allow_remote=args.allow_remote, context=context)
+            subscriber = EventSubscriber(args.sub, topics, rcvhwm=args.hwm, allow_remote=args.allow_remote,
+                                         context=context, curve=curve)  # fmt: skip
             with subscriber:  # closed first at the end: the source waits for it to leave
                 log.info("%s on %s (worker %s): %s -> %s", worker.backend_name, args.checkpoint.name, worker.worker_id,
                          args.sub, publisher.endpoint)  # fmt: skip

@@ -47,6 +47,10 @@ The end message is never given up early: when a subscriber's queue is full (an o
 worker) the stage waits for room and sends it again until every subscriber has read it and left,
 up to ``END_WAIT_S``, or until a stop request (``StagePublisher.publish_end``).
 
+CurveZMQ (``--curve-keys DIR [--curve-name NAME]``, see ``stream.keys``): the events endpoint and
+a tcp control endpoint are then CurveZMQ servers that accept only the public keys in DIR; ipc
+endpoints stay plaintext. A bad key directory is one ``error:`` line and exit code 2.
+
 SIGINT/SIGTERM stop the stage cleanly (exit code 0); the end message is only sent at a real end.
 A camera or network source that is lost reconnects by itself (``connected`` False meanwhile); if
 it stops trying, the stage exits with one ``error:`` line and code 2 (``SourceLost``), no end.
@@ -55,6 +59,7 @@ it stops trying, the stage exits with one ``error:`` line and code 2 (``SourceLo
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import math
@@ -69,9 +74,13 @@ import numpy as np
 import zmq
 
 from stream.events import GestureSegment, SensorSize
+from stream.keys import CurveConfig, add_curve_arguments, curve_from_args
 from stream.transport import (
+    CURVE_OVERHEAD_BYTES,
     DEFAULT_HWM,
     Kind,
+    _Authenticators,
+    _open_socket,
     check_endpoint,
     encode,
     encode_events,
@@ -131,6 +140,36 @@ class StopRequest:
             callback()
 
 
+def _bind_server_socket(
+    context: zmq.Context, socket_type: int, endpoint: str, *, allow_remote: bool, options: dict[int, int],
+    curve: CurveConfig | None,
+) -> tuple[zmq.Socket, str, CurveConfig | None]:
+    """Bind a stage's XPUB or ROUTER socket as ``EventPublisher`` binds its PUB: with ``curve`` on a
+    tcp endpoint it is a CurveZMQ server whose clients the context's ZAP handler checks against
+    ``curve.authorized``. Returns (socket, bound endpoint, the curve in use: None off tcp); close it
+    with ``_close_server_socket``."""
+    check_endpoint(endpoint, allow_remote=allow_remote)
+    curve = curve if curve is not None and endpoint.startswith("tcp://") else None
+    if curve is not None:
+        _Authenticators.acquire(context, curve)
+    try:
+        socket, endpoint = _open_socket(context, socket_type, endpoint, bind=True, allow_remote=allow_remote,
+                                        options=options, curve=curve)  # fmt: skip
+    except BaseException:
+        if curve is not None:
+            _Authenticators.release(context)
+        raise
+    return socket, endpoint, curve
+
+
+def _close_server_socket(socket: zmq.Socket, context: zmq.Context, curve: CurveConfig | None, linger_ms: int = 0) -> None:
+    if socket.closed:
+        return
+    socket.close(linger=linger_ms)
+    if curve is not None:
+        _Authenticators.release(context)
+
+
 class StagePublisher:
     """XPUB socket speaking the ``stream.transport`` wire format, for pipeline stages.
 
@@ -145,6 +184,8 @@ class StagePublisher:
         allow_remote: allow a non-loopback TCP address.
         context: a ``zmq.Context`` (default: the process-wide instance).
         stop: when this event is set, waiting calls raise ``Stopped``.
+        curve: CurveZMQ keys (``stream.keys``); on a tcp endpoint the socket is then a CurveZMQ
+            server that accepts only ``curve.authorized`` clients (as ``EventPublisher``).
     """
 
     def __init__(
@@ -156,24 +197,22 @@ class StagePublisher:
         allow_remote: bool = False,
         context: zmq.Context | None = None,
         stop: threading.Event | None = None,
+        curve: CurveConfig | None = None,
     ) -> None:
-        check_endpoint(endpoint, allow_remote=allow_remote)
         if sndhwm < 1:
             raise ValueError(f"sndhwm must be >= 1 message, got {sndhwm}")
         self.nodrop = nodrop
         self.stop = stop or threading.Event()
-        self.socket = (context or zmq.Context.instance()).socket(zmq.XPUB)
-        try:
-            self.socket.setsockopt(zmq.LINGER, 0)
-            self.socket.setsockopt(zmq.SNDHWM, sndhwm)
-            self.socket.setsockopt(zmq.XPUB_VERBOSER, 1)  # every (un)subscription, not only the first/last
-            self.socket.setsockopt(zmq.XPUB_NODROP, int(nodrop))
-            self.socket.setsockopt(zmq.SNDTIMEO, SEND_POLL_MS)
-            self.socket.bind(endpoint)
-        except zmq.ZMQError as error:
-            self.socket.close(linger=0)
-            raise OSError(f"cannot bind {endpoint!r}: {error}") from None
-        self.endpoint = self.socket.getsockopt(zmq.LAST_ENDPOINT).decode()
+        self._context = context or zmq.Context.instance()
+        options = {
+            zmq.SNDHWM: sndhwm,
+            zmq.XPUB_VERBOSER: 1,  # every (un)subscription, not only the first/last
+            zmq.XPUB_NODROP: int(nodrop),
+            zmq.SNDTIMEO: SEND_POLL_MS,
+        }
+        self.socket, self.endpoint, self.curve = _bind_server_socket(
+            self._context, zmq.XPUB, endpoint, allow_remote=allow_remote, options=options, curve=curve
+        )
         self.subscriptions: dict[bytes, int] = {}
         self._seq: dict[Kind, int] = {}
 
@@ -313,7 +352,7 @@ class StagePublisher:
 
     def close(self, linger_ms: int = 0) -> None:
         """Close; ``linger_ms`` > 0 lets queued messages (an end message) leave first."""
-        self.socket.close(linger=linger_ms)
+        _close_server_socket(self.socket, self._context, self.curve, linger_ms)
 
     def __enter__(self) -> "StagePublisher":
         return self
@@ -477,25 +516,21 @@ class ControlServer:
         allow_remote: allow a non-loopback TCP address.
         on_speed: called with the new speed (None: "max") after a speed command.
         context: a ``zmq.Context`` (default: the process-wide instance).
+        curve: CurveZMQ keys; on a tcp endpoint only ``curve.authorized`` clients get in.
     """
 
     def __init__(self, endpoint: str, *, allow_remote: bool = False,
-                 on_speed: Callable[[float | None], None] | None = None, context: zmq.Context | None = None) -> None:  # fmt: skip
-        check_endpoint(endpoint, allow_remote=allow_remote)
+                 on_speed: Callable[[float | None], None] | None = None, context: zmq.Context | None = None,
+                 curve: CurveConfig | None = None) -> None:  # fmt: skip
         self.on_speed = on_speed
         self.commands = 0
         self.errors = 0
-        self.socket = (context or zmq.Context.instance()).socket(zmq.ROUTER)
-        try:
-            self.socket.setsockopt(zmq.LINGER, 0)
-            self.socket.setsockopt(zmq.MAXMSGSIZE, CONTROL_MAX_BYTES)
-            self.socket.setsockopt(zmq.RCVHWM, 64)
-            self.socket.setsockopt(zmq.SNDHWM, 64)
-            self.socket.bind(endpoint)
-        except zmq.ZMQError as error:
-            self.socket.close(linger=0)
-            raise OSError(f"cannot bind control endpoint {endpoint!r}: {error}") from None
-        self.endpoint = self.socket.getsockopt(zmq.LAST_ENDPOINT).decode()
+        self._context = context or zmq.Context.instance()
+        wire_limit = CONTROL_MAX_BYTES + (CURVE_OVERHEAD_BYTES if curve is not None else 0)
+        options = {zmq.MAXMSGSIZE: wire_limit, zmq.RCVHWM: 64, zmq.SNDHWM: 64}
+        self.socket, self.endpoint, self.curve = _bind_server_socket(
+            self._context, zmq.ROUTER, endpoint, allow_remote=allow_remote, options=options, curve=curve
+        )
 
     def poll(self, source: Any) -> int:
         """Answer the commands waiting (at most ``CONTROL_MAX_PER_POLL``); returns how many."""
@@ -522,7 +557,7 @@ class ControlServer:
         return handled
 
     def close(self) -> None:
-        self.socket.close(linger=0)
+        _close_server_socket(self.socket, self._context, self.curve)
 
     def __enter__(self) -> "ControlServer":
         return self
@@ -542,26 +577,28 @@ class ControlClient:
         endpoint: the stage's ``--control`` endpoint.
         allow_remote: allow a non-loopback TCP address.
         context: a ``zmq.Context`` (default: the process-wide instance).
+        curve: CurveZMQ keys; on a tcp endpoint the client authenticates with them to the stage
+            whose public key is ``curve.server_key``.
     """
 
-    def __init__(self, endpoint: str, *, allow_remote: bool = False, context: zmq.Context | None = None) -> None:
+    def __init__(self, endpoint: str, *, allow_remote: bool = False, context: zmq.Context | None = None,
+                 curve: CurveConfig | None = None) -> None:  # fmt: skip
         check_endpoint(endpoint, allow_remote=allow_remote)
         self.endpoint = endpoint
+        self.allow_remote = allow_remote
+        self.curve = curve if curve is not None and endpoint.startswith("tcp://") else None
         self._context = context or zmq.Context.instance()
         self._next_id = 1
         self.socket = self._open()
 
     def _open(self) -> zmq.Socket:
-        socket = self._context.socket(zmq.DEALER)
-        socket.setsockopt(zmq.LINGER, 0)
-        socket.setsockopt(zmq.IMMEDIATE, 1)  # queue nothing for a stage that is not there
-        socket.setsockopt(zmq.SNDHWM, 16)
-        socket.setsockopt(zmq.MAXMSGSIZE, 1 << 16)
-        try:
-            socket.connect(self.endpoint)
-        except zmq.ZMQError as error:
-            socket.close(linger=0)
-            raise OSError(f"cannot connect to control endpoint {self.endpoint!r}: {error}") from None
+        options = {
+            zmq.IMMEDIATE: 1,  # queue nothing for a stage that is not there
+            zmq.SNDHWM: 16,
+            zmq.MAXMSGSIZE: (1 << 16) + (CURVE_OVERHEAD_BYTES if self.curve is not None else 0),
+        }
+        socket, _ = _open_socket(self._context, zmq.DEALER, self.endpoint, bind=False, allow_remote=self.allow_remote,
+                                 options=options, curve=self.curve)  # fmt: skip
         return socket
 
     def reconnect(self) -> None:
@@ -737,6 +774,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--control", default=None, help="bind a control endpoint (pause, resume, seek, speed, loop, status)")
     parser.add_argument("--allow-remote", action="store_true", help="allow binding a non-loopback TCP address")
     parser.add_argument("--quiet", action="store_true", help="no per-second stats lines on stderr")
+    add_curve_arguments(parser)
     simulator = parser.add_argument_group("simulator (--source sim)")
     simulator.add_argument("--seed", type=int, default=0, help="same seed, same stream")
     simulator.add_argument("--sim-size", type=SensorSize.parse, default=None, help="sensor WxH (default 128x128)")
@@ -787,27 +825,31 @@ def main(argv: list[str] | None = None) -> int:
                                    "extra_noise_hz": args.noise_hz}  # fmt: skip
     if args.sim_size is not None:
         sim_options["sensor_size"] = args.sim_size
+    curve = curve_from_args(args)  # before anything opens: a bad key directory is one error line
     context = zmq.Context()
     try:
         publisher = StagePublisher(
             args.pub, sndhwm=args.hwm, nodrop=speed is None, allow_remote=args.allow_remote, context=context,
-            stop=stop.event,
+            stop=stop.event, curve=curve,
         )
-        control = None
-        if args.control:
-            control = ControlServer(args.control, allow_remote=args.allow_remote, context=context,
-                                    on_speed=lambda value: publisher.set_nodrop(value is None))  # fmt: skip
-        with publisher, open_stage_source(args.source, speed, args.loop, sim_options) as source:
-            stop.callbacks.append(source.stop)
-            log.info("%s (%s) -> %s", source.name, SensorSize(*source.sensor_size), publisher.endpoint)
-            publisher.wait_for_subscribers(args.wait_subscribers, Kind.EVENTS.topic)
-            report = None if args.quiet else _log_stats
-            counters = stream_source(source, publisher, duration_s=args.duration, on_stats=report, stop=stop.event,
-                                     control=control)  # fmt: skip
-            log.info("done: %d events in %d packets", counters.events_sent, counters.packets_sent)
-            if counters.ended:  # the subscribers have read everything (publish_end): let the rest leave
-                source.close()
-                publisher.close(linger_ms=END_LINGER_MS)
+        with publisher:
+            control = None
+            if args.control:
+                control = ControlServer(args.control, allow_remote=args.allow_remote, context=context, curve=curve,
+                                        on_speed=lambda value: publisher.set_nodrop(value is None))  # fmt: skip
+            closing_control = control if control is not None else contextlib.nullcontext()
+            with closing_control, open_stage_source(args.source, speed, args.loop, sim_options) as source:
+                stop.callbacks.append(source.stop)
+                log.info("%s (%s) -> %s%s", source.name, SensorSize(*source.sensor_size), publisher.endpoint,
+                         " (CurveZMQ)" if publisher.curve is not None else "")  # fmt: skip
+                publisher.wait_for_subscribers(args.wait_subscribers, Kind.EVENTS.topic)
+                report = None if args.quiet else _log_stats
+                counters = stream_source(source, publisher, duration_s=args.duration, on_stats=report, stop=stop.event,
+                                         control=control)  # fmt: skip
+                log.info("done: %d events in %d packets", counters.events_sent, counters.packets_sent)
+                if counters.ended:  # the subscribers have read everything (publish_end): let the rest leave
+                    source.close()
+                    publisher.close(linger_ms=END_LINGER_MS)
     except (Stopped, KeyboardInterrupt):
         pass
     finally:

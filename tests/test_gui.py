@@ -261,6 +261,42 @@ def test_gui_drops_oldest_events_instead_of_building_a_backlog(tmp_path: Path) -
     assert int(received.packets[-1][0]["t"][0]) >= 90_000  # the newest packet is kept
 
 
+def test_window_with_keys_receives_over_curve_and_a_wrong_key_is_named(qtbot, tmp_path: Path) -> None:
+    """Worker- and source-side publishers as the stages open them with --curve-keys (tcp): the
+    window with the pipeline's key gets predictions and events; one with a key the publishers do
+    not know gets nothing and says that the handshake was refused."""
+    import shutil
+
+    from stream.keys import CurveConfig, generate_keys
+
+    generate_keys(tmp_path / "pipeline", "pipeline")
+    generate_keys(tmp_path / "stranger", "stranger")
+    shutil.copy(tmp_path / "pipeline" / "pipeline.key", tmp_path / "stranger" / "pipeline.key")
+    keys = CurveConfig.from_directory(tmp_path / "pipeline")
+    stranger = CurveConfig.from_directory(tmp_path / "stranger", "stranger", server="pipeline")
+    with StagePublisher("tcp://127.0.0.1:*", curve=keys) as worker, StagePublisher("tcp://127.0.0.1:*", curve=keys) as source:
+        windows = {}
+        for name, curve in (("trusted", keys), ("stranger", stranger)):
+            windows[name] = MainWindow(worker.endpoint, source.endpoint, stall_after_s=0.6, reconnect_after_s=60.0,
+                                       output_dir=tmp_path, curve=curve)  # fmt: skip
+            qtbot.addWidget(windows[name])
+        assert worker.wait_for_subscribers(1, STATUS_KIND.topic, timeout_s=5)
+        assert source.wait_for_subscribers(1, b"events", timeout_s=5)
+        try:
+            trusted, outsider = windows["trusted"], windows["stranger"]
+            qtbot.waitUntil(lambda: "refused in the CurveZMQ handshake" in outsider.state_label.text(), timeout=5000)
+            worker.publish_json(STATUS_KIND, prediction(0, 2))
+            feed(source, 0)
+            qtbot.waitUntil(lambda: trusted.predictions_seen == 1 and trusted.receiver.events_received == 2_000,
+                            timeout=5000)  # fmt: skip
+            assert outsider.predictions_seen == 0 and outsider.receiver.events_received == 0
+            assert trusted.receiver.handshake_failures == 0 and "refused" not in trusted.state_label.text()
+            assert worker.subscriptions.get(STATUS_KIND.topic) == 1  # the stranger never subscribed
+        finally:
+            for window in windows.values():
+                window.close()
+
+
 def test_strip_and_bars_rows_line_up_with_the_class_labels(qtbot) -> None:
     """Every class k: the strip's heat band, dot and ring and the bar sit on the row labelled
     GESTURE_CLASSES[k] (an off-by-one anywhere fails)."""

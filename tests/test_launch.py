@@ -293,3 +293,48 @@ def test_a_manual_restart_cancels_a_pending_one_and_stop_clears_them():
         assert supervisor.poll() == []  # pending again (second failure)
     assert supervisor.running() == []  # stop() dropped the pending restart
     assert supervisor.poll() == [] and failing.starts == 2
+
+
+def test_curve_options_reach_every_stage_and_trust_the_right_publisher(tmp_path):
+    """Machine B of the README (``--stages worker,consumer --curve-server A``): its worker and the
+    consumer's events subscription trust A's key, the consumer's predictions subscription its own;
+    with every stage here, everything trusts the launcher's own key. The stages' own parsers take
+    the options the launcher gives them."""
+    import shutil
+
+    from inference.worker import build_parser as worker_parser
+    from launch import Endpoints, build_parser, consumer_curves, source_stage, worker_stage
+    from stream.keys import CurveConfig, curve_from_args, generate_keys
+    from stream.source import build_parser as source_parser
+
+    generate_keys(tmp_path / "a", "a")
+    generate_keys(tmp_path / "b", "b")
+    shutil.copy(tmp_path / "a" / "a.key", tmp_path / "b" / "a.key")
+    key_a = CurveConfig.from_directory(tmp_path / "a").public_key
+    key_b = CurveConfig.from_directory(tmp_path / "b").public_key
+    endpoints = Endpoints("tcp://10.0.0.1:5555", "tcp://0.0.0.0:5556")
+    args = build_parser().parse_args(["--headless", "--stages", "worker,consumer", "--allow-remote", "--curve-keys",
+                                      str(tmp_path / "b"), "--curve-server", "a"])  # fmt: skip
+    worker = worker_stage(args, endpoints, wait_subscribers=1)
+    assert worker.args[-5:] == ["--allow-remote", "--curve-keys", str(tmp_path / "b"), "--curve-server", "a"]
+    worker_args = worker_parser().parse_args(worker.args)
+    assert worker_args.allow_remote and curve_from_args(worker_args).server_key == key_a
+    predictions, events = consumer_curves(args)
+    assert (predictions.server_key, events.server_key) == (key_b, key_a)
+    assert predictions.public_key == events.public_key == key_b
+
+    args = build_parser().parse_args(["--headless", "--curve-keys", str(tmp_path / "b")])
+    source = source_stage(args, endpoints, wait_subscribers=1)
+    assert source.args[-2:] == ["--curve-keys", str(tmp_path / "b")] and "--allow-remote" not in source.args
+    assert curve_from_args(source_parser().parse_args(source.args)).public_key == key_b
+    assert "--curve-server" not in worker_stage(args, endpoints, wait_subscribers=1).args  # the source runs here
+    assert [config.server_key for config in consumer_curves(args)] == [key_b, key_b]
+    assert consumer_curves(build_parser().parse_args(["--headless"])) == (None, None)
+    assert "--curve-keys" not in worker_stage(build_parser().parse_args([]), endpoints, 1).args
+
+
+def test_curve_name_without_keys_fails_with_one_line(env):
+    result = subprocess.run([sys.executable, "launch.py", "--headless", "--curve-server", "a"], cwd=REPO, env=env,
+                            capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == ["error: --curve-name and --curve-server need --curve-keys DIR"]

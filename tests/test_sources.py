@@ -774,6 +774,44 @@ def gapped_events() -> np.ndarray:
     return make_events(t, index % SENSOR.width, index % SENSOR.height, index % 2)
 
 
+def test_control_socket_with_keys_answers_only_clients_with_a_trusted_key(tmp_path):
+    """``--control tcp://...`` with ``--curve-keys``: a CurveZMQ server like the events endpoint."""
+    import shutil
+    import threading
+
+    from stream.keys import CurveConfig, generate_keys
+    from stream.simulator import SimulatorSource
+    from stream.source import ControlClient, ControlServer
+
+    generate_keys(tmp_path / "stage", "stage")
+    generate_keys(tmp_path / "stranger", "stranger")
+    shutil.copy(tmp_path / "stage" / "stage.key", tmp_path / "stranger" / "stage.key")
+    keys = CurveConfig.from_directory(tmp_path / "stage")
+    stranger = CurveConfig.from_directory(tmp_path / "stranger", "stranger", server="stage")
+    source = SimulatorSource(speed=None)  # answers status; never iterated here
+    stop = threading.Event()
+    with ControlServer("tcp://127.0.0.1:*", curve=keys) as server:
+        assert server.curve is keys and server.socket.curve_server
+
+        def serve() -> None:  # the server socket is used in this thread only
+            while not stop.is_set():
+                if server.socket.poll(20):
+                    server.poll(source)
+
+        thread = threading.Thread(target=serve)
+        thread.start()
+        try:
+            with ControlClient(server.endpoint, curve=keys) as client:
+                assert client.request({"cmd": "status"}, timeout_s=WAIT_S)["status"]["source"] == source.name
+            for curve in (stranger, None):
+                with ControlClient(server.endpoint, curve=curve) as outsider, pytest.raises(TimeoutError):
+                    outsider.request({"cmd": "pause"}, timeout_s=1.0)
+        finally:
+            stop.set()
+            thread.join()
+    assert server.commands == 1  # the outsiders' commands never reached it
+
+
 def test_file_source_clock_is_a_promise_under_a_slow_consumer(tmp_path):
     events = gapped_events()
     # long slices: a slice is released when the replay clock reaches its last event, so the clock

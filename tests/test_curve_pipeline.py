@@ -1,0 +1,135 @@
+"""CurveZMQ through the real stages: source and worker processes on loopback tcp with keys made by
+``python -m stream keys generate``; a recorder with the keys gets predictions, one with an unknown
+key and one in plaintext get nothing; a bad key directory is one error line and exit code 2."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from inference.headless import record
+from stream.keys import CurveConfig
+from stream.transport import EventSubscriber
+from test_pipeline import REPO, TEST_BACKEND, make_tiny_checkpoint
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    return make_tiny_checkpoint(tmp_path_factory.mktemp("checkpoint"))
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory) -> dict:
+    """Environment for stage processes: ONNX caches in a temp dir, the repository importable."""
+    import os
+
+    env = dict(os.environ)
+    env["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("cache"))
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory, env) -> dict[str, Path]:
+    """``trusted``: the pipeline's key directory (key ``pipeline``); ``stranger``: another key
+    that knows the pipeline's public key but is not in the pipeline's directory."""
+    base = tmp_path_factory.mktemp("keys")
+    for directory, name in (("trusted", "pipeline"), ("stranger", "stranger")):
+        result = subprocess.run([sys.executable, "-m", "stream", "keys", "generate", str(base / directory), "--name", name],
+                                cwd=REPO, env=env, capture_output=True, text=True, timeout=60)  # fmt: skip
+        assert result.returncode == 0, result.stderr
+    shutil.copy(base / "trusted" / "pipeline.key", base / "stranger" / "pipeline.key")
+    return {"trusted": base / "trusted", "stranger": base / "stranger"}
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_only_a_recorder_with_the_keys_gets_predictions(checkpoint, env, keys):
+    events, predictions = (f"tcp://127.0.0.1:{free_port()}" for _ in range(2))  # loopback: no --allow-remote
+    curve = ["--curve-keys", str(keys["trusted"])]
+    commands = [
+        [sys.executable, "-m", "inference.worker", "--sub", events, "--pub", predictions, "--checkpoint", str(checkpoint),
+         "--backend", TEST_BACKEND, "--wait-subscribers", "1", "--frame-fps", "0", *curve],
+        [sys.executable, "-m", "stream.source", "--source", "sim", "--pub", events, "--speed", "2", "--sim-duration", "3",
+         "--wait-subscribers", "1", "--quiet", *curve],
+    ]  # fmt: skip
+    stranger = CurveConfig.from_directory(keys["stranger"], "stranger", server="pipeline")
+    outsiders = {  # connected before the stages start: they have every chance to get in
+        (endpoint, who): EventSubscriber(endpoint, topics, curve=config)
+        for endpoint, topics in ((events, ("events", "truth", "prediction")), (predictions, ("prediction", "truth")))
+        for who, config in (("stranger", stranger), ("plaintext", None))
+    }
+    stages: list[subprocess.Popen] = []
+    try:
+        recorder, _, failures = record(
+            predictions, curve=CurveConfig.from_directory(keys["trusted"]), quiet=True, startup_timeout_s=120,
+            on_ready=lambda: stages.extend(subprocess.Popen(command, cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)
+                                           for command in commands),
+        )  # fmt: skip
+        leaked = {key: [] for key in outsiders}
+        for key, subscriber in outsiders.items():  # whatever reached them is queued in their sockets
+            while (message := subscriber.recv(100)) is not None:
+                leaked[key].append(message)
+        for stage in stages:
+            assert stage.wait(timeout=30) == 0, stage.stderr.read()[-2000:]
+    finally:
+        for stage in stages:
+            if stage.poll() is None:
+                stage.kill()
+            stage.wait()
+        for subscriber in outsiders.values():
+            subscriber.close()
+    assert failures == [] and recorder.ended
+    report = recorder.report(str(checkpoint), 0.0)
+    assert report["windows"] >= 10 and report["events_in"] > 10_000 and report["events_lost"] == 0
+    assert report["gestures"] >= 1  # truth travelled through both encrypted hops
+    for (endpoint, who), subscriber in outsiders.items():
+        assert leaked[endpoint, who] == [] and subscriber.stats.received == 0, (endpoint, who)
+        assert subscriber.stats.rejected_total == 0  # refused before anything reached them, not garbled
+        if who == "stranger":
+            assert subscriber.stats.handshake_failures >= 1, endpoint  # the stage's ZAP handler said no
+
+
+@pytest.mark.parametrize("stage", ["source", "worker", "launch"])
+def test_a_bad_key_directory_is_one_error_line_and_exit_code_2(stage, checkpoint, env, tmp_path):
+    missing = tmp_path / "no-keys"
+    commands = {
+        "source": ["-m", "stream.source", "--source", "sim", "--pub", "tcp://127.0.0.1:5999"],
+        "worker": ["-m", "inference.worker", "--sub", "tcp://127.0.0.1:5998", "--pub", "tcp://127.0.0.1:5999",
+                   "--checkpoint", str(checkpoint)],
+        "launch": ["launch.py", "--headless", "--source", "sim", "--checkpoint", str(checkpoint)],
+    }  # fmt: skip
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, *commands[stage], "--curve-keys", str(missing)], cwd=REPO, env=env,
+                            capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [f"error: {missing}: no such key directory "
+                                                  "(create one with python -m stream keys generate)"]  # fmt: skip
+    assert time.monotonic() - started < 30  # refused before a model loads or a source opens
+
+
+def test_launch_runs_the_whole_pipeline_encrypted(checkpoint, env, keys, tmp_path):
+    report_path = tmp_path / "report.json"
+    endpoints = ["--events-endpoint", f"tcp://127.0.0.1:{free_port()}",
+                 "--predictions-endpoint", f"tcp://127.0.0.1:{free_port()}"]  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "launch.py", "--headless", "--quiet", "--backend", TEST_BACKEND, "--source", "sim",
+         "--checkpoint", str(checkpoint), "--duration", "2", "--report", str(report_path), *endpoints,
+         "--curve-keys", str(keys["trusted"])],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=150,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(report_path.read_text())
+    assert report["windows"] >= 10 and report["events_in"] > 10_000 and report["failures"] == []
+    assert report["stage_restarts"] == {"worker": 0, "source": 0}
