@@ -618,8 +618,11 @@ class WorkerLoop:
 
     def _receive(self, timeout_ms: int) -> None:
         """Wait up to ``timeout_ms`` for a message, then take whatever is queued (at most
-        ``DRAIN_BUDGET_S``)."""
-        if not self._poller.poll(timeout_ms):
+        ``DRAIN_BUDGET_S``). While idle the subscriber is maintained: after a connection ZeroMQ
+        closed for good (an oversized message, a refused handshake) nothing arrives any more, so
+        only ``maintain()`` connects it again."""
+        if not self._poller.poll(self.subscriber.poll_timeout_ms(timeout_ms)):
+            self.subscriber.maintain()
             return
         start = time.perf_counter()
         binning = self.busy_s["bin"]  # batches binned in between count as binning, not receiving

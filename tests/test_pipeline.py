@@ -445,6 +445,32 @@ def test_a_source_started_again_restarts_the_windows_even_within_a_second(backen
     assert worker.split_at_newest_window(packets) == (packets, [])
 
 
+def test_an_idle_worker_connects_again_after_an_oversized_message(backend, tmp_path):
+    """ZeroMQ closes a connection for good when a message is over the subscriber's size limit;
+    nothing arrives on it any more, so the idle worker loop itself must connect again."""
+    model, metadata = backend
+    worker = InferenceWorker(model, metadata, WorkerConfig(frame_fps=0))
+    sensor = SensorSize(64, 64)
+    small, oversized = synthetic_events(0, 10_000, 100_000, sensor), synthetic_events(10_000, 50_000, 100_000, sensor)
+    limit = 2 * small.nbytes  # the oversized packet is 4x the small one
+    with StagePublisher(f"ipc://{tmp_path}/ev") as publisher, \
+            EventSubscriber(publisher.endpoint, ("events",), max_message_bytes=limit) as subscriber, \
+            StagePublisher(f"ipc://{tmp_path}/pr") as loop_publisher:  # fmt: skip
+        assert publisher.wait_for_subscribers(1, b"events", timeout_s=10)
+        loop = WorkerLoop(worker, subscriber, loop_publisher)
+        publisher.publish_events(small, sensor)
+        _step_until(loop, lambda: worker.counters.events_in == len(small))
+        publisher.publish_events(oversized, sensor)
+        _step_until(loop, lambda: subscriber.stats.reconnected == 1, timeout_s=10)  # only idle steps from here
+
+        def resent() -> bool:  # the new connection subscribes when it is up; until then packets are dropped
+            publisher.publish_events(small, sensor)
+            return worker.counters.events_in > len(small)
+
+        _step_until(loop, resent, timeout_s=10)
+    assert subscriber.stats.disconnects >= 1 and worker.counters.events_in % len(small) == 0
+
+
 def test_display_frames_are_made_only_while_a_consumer_subscribes(backend, tmp_path):
     model, metadata = backend
     worker = InferenceWorker(model, metadata, WorkerConfig(frame_fps=50))
