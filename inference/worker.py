@@ -20,7 +20,9 @@ a new sensor size rebuilds it), runs the model on the newest window every stride
   - ``{"type": "stats", ...}`` about once a second: counters, the source's own stats, ``busy_s``
     (seconds this worker spent receiving, binning, inferring and publishing since it started) and
     ``uptime_s``.
-  - ``{"type": "end", ...}`` once, after the source's end message, with the final counters.
+  - ``{"type": "end", ...}`` after the source's end message, with the final counters; sent again
+    (back-off) until every consumer has read it and left, at most ``END_WAIT_S``
+    (``WorkerLoop.publish_end``), so a consumer whose queue overflowed gets it too.
 * ``frame`` messages: the ON/OFF event counts accumulated since the previous frame at the sensor's
   resolution, uint8 ``[2, H, W]`` (channel = polarity, saturated at 255), header width/height =
   the sensor, ``count`` = 2; ``--frame-fps`` (30) per second, no more, also while the source is
@@ -600,10 +602,8 @@ class WorkerLoop:
 
     def frame_subscribed(self) -> bool:
         """Whether a consumer subscribes to display frames (a subscription that is a prefix of the
-        ``frame`` topic, the empty one included), read from this worker's XPUB socket."""
-        self.publisher._read_subscriptions(0)  # non-blocking; keeps StagePublisher.subscriptions current
-        topic = Kind.FRAME.topic
-        return any(count > 0 and topic.startswith(prefix) for prefix, count in self.publisher.subscriptions.items())
+        ``frame`` topic, the empty one included), read from this worker's XPUB socket (never waits)."""
+        return self.publisher.subscribed(Kind.FRAME.topic) > 0
 
     def _frames_on(self) -> bool:
         return self._frame_interval_s is not None and self.worker.frames_wanted and not self.paused
@@ -692,7 +692,7 @@ class WorkerLoop:
         }
 
     def run(self, duration_s: float | None = None, stop: threading.Event | None = None) -> None:
-        """Step until the source's end message (then publish ``end``), ``duration_s`` or ``stop``."""
+        """Step until the source's end message (``ended``; then ``publish_end``), ``duration_s`` or ``stop``."""
         deadline = None if duration_s is None else time.monotonic() + duration_s
         while not self.ended:
             if stop is not None and stop.is_set():
@@ -700,8 +700,13 @@ class WorkerLoop:
             self.step()
             if deadline is not None and time.monotonic() >= deadline:
                 return
+
+    def publish_end(self, wait_s: float = END_WAIT_S) -> bool:
+        """Publish the ``end`` message (after the source's) until every consumer of predictions has
+        read it and left, at most ``wait_s`` (``StagePublisher.publish_end``: ZeroMQ silently skips
+        a consumer whose queue overflowed, so one send may reach no one). True when all left."""
         self._sync_subscriber_counters()
-        self.publisher.publish_json(STATUS_KIND, self.status("end"), reliable=True)
+        return self.publisher.publish_end(STATUS_KIND, self.status("end"), STATUS_KIND.topic, wait_s)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -761,8 +766,8 @@ def main(argv: list[str] | None = None) -> int:
                          args.sub, publisher.endpoint)  # fmt: skip
                 loop = WorkerLoop(worker, subscriber, publisher)
                 loop.run(args.duration, stop.event)
-            if loop.ended:
-                publisher.wait_for_unsubscribed(STATUS_KIND.topic, END_WAIT_S)
+            if loop.ended:  # the consumers have read everything (publish_end): let the rest leave
+                loop.publish_end()
                 publisher.close(linger_ms=END_LINGER_MS)
     except (Stopped, KeyboardInterrupt):
         pass

@@ -236,10 +236,20 @@ class StagePublisher:
             elif message[:1] == b"\x00" and self.subscriptions.get(message[1:], 0) > 0:
                 self.subscriptions[message[1:]] -= 1
 
+    def _delivering(self, topic: bytes) -> int:
+        """Subscriptions known so far that deliver ``topic`` (it starts with them; ``b""``: all)."""
+        return sum(count for prefix, count in self.subscriptions.items() if count > 0 and topic.startswith(prefix))
+
+    def subscribed(self, topic: bytes) -> int:
+        """How many subscriptions deliver ``topic`` now: those to it or to any prefix of it, the
+        empty one included. Reads the (un)subscriptions that arrived; never waits."""
+        self._read_subscriptions(0)
+        return self._delivering(topic)
+
     def wait_for_subscribers(self, count: int, topic: bytes, timeout_s: float | None = None) -> bool:
-        """Wait until ``count`` subscriptions to ``topic`` arrived; False on timeout (None: forever)."""
+        """Wait until ``count`` subscriptions delivering ``topic`` arrived; False on timeout (None: forever)."""
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        while self.subscriptions.get(topic, 0) < count:
+        while self._delivering(topic) < count:
             if deadline is not None and time.monotonic() >= deadline:
                 return False
             self._read_subscriptions(SEND_POLL_MS)
@@ -249,8 +259,7 @@ class StagePublisher:
         """After an end message: wait until every subscriber of ``topic`` has left (it closes its
         socket once it has read the end), so no queued message dies with this socket. False on timeout."""
         deadline = time.monotonic() + timeout_s
-        self._read_subscriptions(0)
-        while self.subscriptions.get(topic, 0) > 0:
+        while self.subscribed(topic) > 0:
             if time.monotonic() >= deadline:
                 log.warning("%s: subscribers still connected %g s after the end message; closing", self.endpoint, timeout_s)
                 return False
@@ -314,16 +323,15 @@ class StagePublisher:
         self.publish_json(kind, obj, reliable=True, wait_s=wait_s)
         interval_s = SEND_POLL_MS / 1000
         try:
-            self._read_subscriptions(0)
-            while self.subscriptions.get(topic, 0) > 0:
+            while self.subscribed(topic) > 0:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     log.warning("%s: subscribers still connected %g s after the end message; closing", self.endpoint, wait_s)
                     return False
                 resend_at = time.monotonic() + min(interval_s, remaining)
-                while self.subscriptions.get(topic, 0) > 0 and (left_s := resend_at - time.monotonic()) > 0:
+                while self._delivering(topic) > 0 and (left_s := resend_at - time.monotonic()) > 0:
                     self._read_subscriptions(max(1, round(left_s * 1000)))
-                if self.subscriptions.get(topic, 0) > 0 and time.monotonic() < deadline:
+                if self._delivering(topic) > 0 and time.monotonic() < deadline:
                     self.publish_json(kind, obj, reliable=True, wait_s=deadline - time.monotonic())
                 interval_s = min(interval_s * 2, 1.0)
         except Stopped:

@@ -471,6 +471,46 @@ def test_an_idle_worker_connects_again_after_an_oversized_message(backend, tmp_p
     assert subscriber.stats.disconnects >= 1 and worker.counters.events_in % len(small) == 0
 
 
+def test_the_end_reaches_a_consumer_whose_queue_overflowed(backend, tmp_path):
+    """ZeroMQ silently skips a subscriber whose queue overflowed on a dropping socket: the worker's
+    end message is sent again until the consumer, stalled while predictions piled up, has it and left."""
+    model, metadata = backend
+    worker = InferenceWorker(model, metadata, WorkerConfig(frame_fps=0))
+    sensor = SensorSize(64, 64)
+    events = synthetic_events(0, 300_000, 50_000, sensor)
+    got: list[dict] = []
+    with StagePublisher(f"ipc://{tmp_path}/ev") as publisher, EventSubscriber(publisher.endpoint, ("events", "prediction")) as subscriber, \
+            StagePublisher(f"ipc://{tmp_path}/pr", sndhwm=4) as loop_publisher:  # fmt: skip
+        consumer = EventSubscriber(loop_publisher.endpoint, ("prediction",), rcvhwm=4)
+        assert publisher.wait_for_subscribers(1, b"events", timeout_s=10)
+        assert loop_publisher.wait_for_subscribers(1, STATUS_KIND.topic, timeout_s=10)
+        loop = WorkerLoop(worker, subscriber, loop_publisher)
+        publisher.publish_events(events, sensor)
+        publisher.publish_json(STATUS_KIND, {"type": "end", "events_sent": len(events)}, reliable=True)
+        loop.run(duration_s=30)
+        for seq in range(5_000):  # a burst the stalled consumer cannot hold (2 kB each, 10 MB)
+            loop_publisher.publish_json(STATUS_KIND, {"type": "stats", "seq": seq, "pad": "x" * 2_000})
+        release = threading.Event()
+
+        def consume() -> None:  # stalled until the end was first sent, then reads until the end and leaves
+            release.wait(30)
+            with consumer:
+                deadline = time.monotonic() + 30
+                while time.monotonic() < deadline and not any(m.get("type") == "end" for m in got):
+                    if (message := consumer.recv(100)) is not None:
+                        got.append(message.data)
+
+        reader = threading.Thread(target=consume)
+        reader.start()
+        threading.Timer(0.5, release.set).start()
+        started = time.monotonic()
+        all_left = loop.publish_end(wait_s=20)
+        reader.join()
+    assert loop.ended and all_left and time.monotonic() - started < 20
+    assert consumer.stats.lost > 0  # the burst overflowed its queue ...
+    assert [m["type"] for m in got][-1] == "end" and got[-1]["counters"]["events_in"] == len(events)  # ... the end did not
+
+
 def test_display_frames_are_made_only_while_a_consumer_subscribes(backend, tmp_path):
     model, metadata = backend
     worker = InferenceWorker(model, metadata, WorkerConfig(frame_fps=50))

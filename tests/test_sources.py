@@ -774,6 +774,33 @@ def gapped_events() -> np.ndarray:
     return make_events(t, index % SENSOR.width, index % SENSOR.height, index % 2)
 
 
+def test_stage_publisher_counts_the_subscriptions_that_deliver_a_topic(tmp_path):
+    import zmq
+
+    from stream.source import StagePublisher
+
+    context = zmq.Context.instance()
+    with StagePublisher(f"ipc://{tmp_path}/pub") as publisher:
+        sockets = {}
+        for prefix in (b"frame", b"fr", b"", b"events", b"frames"):
+            sockets[prefix] = context.socket(zmq.SUB)
+            sockets[prefix].setsockopt(zmq.SUBSCRIBE, prefix)
+            sockets[prefix].connect(publisher.endpoint)
+        try:
+            assert publisher.wait_for_subscribers(4, b"frames", timeout_s=WAIT_S)  # "frames", "frame", "fr", ""
+            assert publisher.subscribed(b"frames") == 4
+            assert publisher.subscribed(b"frame") == 3 and publisher.subscribed(b"events") == 2
+            assert publisher.subscribed(b"truth") == 1  # only the empty prefix
+            sockets.pop(b"").close(linger=0)
+            deadline = time.monotonic() + WAIT_S
+            while publisher.subscribed(b"truth") > 0 and time.monotonic() < deadline:
+                publisher.socket.poll(10)
+            assert publisher.subscribed(b"truth") == 0 and publisher.subscribed(b"frame") == 2
+        finally:
+            for sub in sockets.values():
+                sub.close(linger=0)
+
+
 def test_control_socket_with_keys_answers_only_clients_with_a_trusted_key(tmp_path):
     """``--control tcp://...`` with ``--curve-keys``: a CurveZMQ server like the events endpoint."""
     import shutil
