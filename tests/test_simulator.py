@@ -224,6 +224,33 @@ def test_live_source_rate_scale_replicates_events():
     assert np.all(np.diff(noisy["t"]) >= 0)
 
 
+def numpy_replicate(chunk: np.ndarray, copies: int, width: int, height: int) -> np.ndarray:
+    """The former NumPy replication of ``rate_scale``: the oracle of the Numba kernel."""
+    chunk = np.repeat(chunk, copies)
+    copy = np.tile(np.arange(copies), len(chunk) // copies)
+    chunk["x"] = (chunk["x"] + (copy * 37) % width) % width
+    chunk["y"] = (chunk["y"] + (copy * 59) % height) % height
+    return chunk
+
+
+@pytest.mark.parametrize("width, height", [(128, 128), (346, 260), (640, 480), (7, 3)])
+@pytest.mark.parametrize("copies", [2, 37, 300])
+def test_rate_scale_replication_is_identical_to_the_numpy_version(width, height, copies):
+    rng = np.random.default_rng(copies * 1000 + width)
+    count = int(rng.integers(1, 500))
+    chunk = np.zeros(count, EVENT_DTYPE)  # zero padding, as the simulator's arrays (compared byte for byte)
+    chunk["t"] = np.sort(rng.integers(0, 2_000, count)) + 10**12
+    chunk["x"], chunk["y"] = rng.integers(0, width, count), rng.integers(0, height, count)
+    chunk["x"][:2], chunk["y"][:2] = (0, width - 1), (height - 1, 0)  # the edges wrap
+    chunk["p"] = rng.integers(0, 2, count)
+    source = SimulatorSource(sensor_size=SensorSize(width, height), rate_scale=copies)
+    before = chunk.view(np.uint8).copy()  # bytes: a structured copy need not keep the padding
+    amplified = source._amplify(chunk, 0, 2_000, np.random.default_rng(0))
+    assert amplified.dtype == EVENT_DTYPE and amplified.tobytes() == numpy_replicate(chunk, copies, width, height).tobytes()
+    assert chunk.tobytes() == before.tobytes()  # the input is not changed
+    assert len(source._amplify(chunk[:0], 0, 2_000, np.random.default_rng(0))) == 0
+
+
 class SlowQueue:
     """The renderer's queue with every hand-over delayed: the simulator renders slower than real
     time, as on a loaded machine."""
