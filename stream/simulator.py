@@ -663,7 +663,13 @@ class SimulatorSource:
             noise["t"] = np.sort(rng.integers(start_us + 1, end_us + 1, count))
             noise["x"], noise["y"] = rng.integers(0, width, count), rng.integers(0, height, count)
             noise["p"] = rng.integers(0, 2, count)
-            chunk = np.insert(chunk, np.searchsorted(chunk["t"], noise["t"], side="right"), noise)
+            # Sorted merge into zeros (np.insert leaves stale heap bytes in the padding, sent on the wire).
+            merged = np.zeros(len(chunk) + count, EVENT_DTYPE)
+            at = np.searchsorted(chunk["t"], noise["t"], side="right") + np.arange(count)
+            from_chunk = np.ones(len(merged), dtype=bool)
+            from_chunk[at] = False
+            merged[at], merged[from_chunk] = noise, chunk
+            chunk = merged
         return chunk
 
 

@@ -407,7 +407,9 @@ class StageClock:
         late = 0
         if self.announced_us is not None and int(events["t"][0]) < self.announced_us:
             late = int(np.searchsorted(events["t"], self.announced_us, side="left"))
-            events = events.copy()
+            copied = np.zeros(len(events), events.dtype)  # zeros: a structured copy()/mask leaves stale heap
+            copied[...] = events  # bytes in the padding (NumPy 2), and the padding goes on the wire
+            events = copied
             events["t"][:late] = self.announced_us
         self.last_event_us = int(events["t"][-1])
         self._last_event_wall = now_s

@@ -251,6 +251,30 @@ def test_rate_scale_replication_is_identical_to_the_numpy_version(width, height,
     assert len(source._amplify(chunk[:0], 0, 2_000, np.random.default_rng(0))) == 0
 
 
+def test_extra_noise_merges_in_time_order_like_np_insert_and_leaves_no_stale_padding():
+    width = height = 128
+    rng = np.random.default_rng(5)
+    chunk = np.zeros(400, EVENT_DTYPE)
+    chunk["t"] = np.sort(rng.integers(0, 2_000, 400))
+    chunk["x"], chunk["y"], chunk["p"] = rng.integers(0, width, 400), rng.integers(0, height, 400), rng.integers(0, 2, 400)
+    source = SimulatorSource(rate_scale=3, extra_noise_hz=2e6)
+    garbage = np.full(1 << 16, 0x2020202020202020, np.int64)  # leave stale bytes on the heap
+    del garbage
+    amplified = source._amplify(chunk, 0, 2_000, np.random.default_rng(9))
+    oracle_rng = np.random.default_rng(9)  # the same draws, merged the NumPy way
+    replicated = numpy_replicate(chunk, 3, width, height)
+    count = oracle_rng.poisson(2e6 * 2_000 * 1e-6)
+    noise = np.zeros(count, EVENT_DTYPE)
+    noise["t"] = np.sort(oracle_rng.integers(1, 2_001, count))
+    noise["x"], noise["y"] = oracle_rng.integers(0, width, count), oracle_rng.integers(0, height, count)
+    noise["p"] = oracle_rng.integers(0, 2, count)
+    expected = np.insert(replicated, np.searchsorted(replicated["t"], noise["t"], side="right"), noise)
+    assert count > 3_000 and len(amplified) == len(expected) == 1_200 + count
+    for name in ("t", "x", "y", "p"):
+        np.testing.assert_array_equal(amplified[name], expected[name])
+    assert not amplified.view(np.uint8).reshape(-1, 16)[:, 13:].any()  # padding bytes are zero
+
+
 class SlowQueue:
     """The renderer's queue with every hand-over delayed: the simulator renders slower than real
     time, as on a loaded machine."""

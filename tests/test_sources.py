@@ -898,6 +898,24 @@ def test_estimated_clock_that_runs_ahead_is_kept_by_raising_late_events(tmp_path
         simulator.close()
 
 
+def test_raising_late_events_copies_them_with_zero_padding():
+    """The padding goes on the wire: the copy made to raise late events must not carry stale heap
+    bytes (a structured ``copy()`` leaves them there in NumPy 2)."""
+    from stream.source import StageClock
+
+    clock = StageClock(FileSource.from_events(synthetic_events(duration_us=1_000, count=10), SENSOR, speed=None))
+    events = np.zeros(1_000, EVENT_DTYPE)
+    events["t"] = np.arange(1_000) * 10
+    clock.admit(events[:1], 0.0)
+    clock.announced_us = 5_000
+    garbage = np.full(1 << 16, 0x2020202020202020, np.int64)  # leave stale bytes on the heap
+    del garbage
+    raised, late = clock.admit(events, 1.0)
+    assert late == 500 and raised is not events and int(raised["t"][0]) == 5_000 and int(events["t"][0]) == 0
+    assert np.array_equal(raised["t"][500:], events["t"][500:])
+    assert not raised.view(np.uint8).reshape(-1, 16)[:, 13:].any()
+
+
 def test_network_source_clock_is_a_promise_when_events_arrive_late(tmp_path):
     port = free_port()
     writer = dv.io.NetworkWriter("127.0.0.1", port, dv.io.Stream.EventStream(0, "events", "TestCam_9", SENSOR))
