@@ -1,6 +1,7 @@
 """CurveZMQ through the real stages: source and worker processes on loopback tcp with keys made by
-``python -m stream keys generate``; a recorder with the keys gets predictions, one with an unknown
-key and one in plaintext get nothing; a bad key directory is one error line and exit code 2."""
+``python -m stream keys generate``, set up as the README's two machines (A: the camera, B: the
+worker and the consumer); a recorder with B's keys gets predictions, one with an unknown key and
+one in plaintext get nothing; a bad key directory is one error line and exit code 2."""
 
 from __future__ import annotations
 
@@ -38,15 +39,17 @@ def env(tmp_path_factory) -> dict:
 
 @pytest.fixture(scope="module")
 def keys(tmp_path_factory, env) -> dict[str, Path]:
-    """``trusted``: the pipeline's key directory (key ``pipeline``); ``stranger``: another key
-    that knows the pipeline's public key but is not in the pipeline's directory."""
+    """Key directories as the README sets them up: ``a`` (key ``a``, trusts ``b``), ``b`` (key
+    ``b``, trusts ``a``), and ``stranger`` (key ``stranger``: knows both public keys, trusted by none)."""
     base = tmp_path_factory.mktemp("keys")
-    for directory, name in (("trusted", "pipeline"), ("stranger", "stranger")):
-        result = subprocess.run([sys.executable, "-m", "stream", "keys", "generate", str(base / directory), "--name", name],
+    for name in ("a", "b", "stranger"):
+        result = subprocess.run([sys.executable, "-m", "stream", "keys", "generate", str(base / name), "--name", name],
                                 cwd=REPO, env=env, capture_output=True, text=True, timeout=60)  # fmt: skip
         assert result.returncode == 0, result.stderr
-    shutil.copy(base / "trusted" / "pipeline.key", base / "stranger" / "pipeline.key")
-    return {"trusted": base / "trusted", "stranger": base / "stranger"}
+    for name, peers in (("a", ("b",)), ("b", ("a",)), ("stranger", ("a", "b"))):
+        for peer in peers:
+            shutil.copy(base / peer / f"{peer}.key", base / name / f"{peer}.key")
+    return {name: base / name for name in ("a", "b", "stranger")}
 
 
 def free_port() -> int:
@@ -57,23 +60,23 @@ def free_port() -> int:
 
 def test_only_a_recorder_with_the_keys_gets_predictions(checkpoint, env, keys):
     events, predictions = (f"tcp://127.0.0.1:{free_port()}" for _ in range(2))  # loopback: no --allow-remote
-    curve = ["--curve-keys", str(keys["trusted"])]
-    commands = [
+    commands = [  # B's worker trusts A's source; A's source accepts B (b.key is in A's directory)
         [sys.executable, "-m", "inference.worker", "--sub", events, "--pub", predictions, "--checkpoint", str(checkpoint),
-         "--backend", TEST_BACKEND, "--wait-subscribers", "1", "--frame-fps", "0", *curve],
+         "--backend", TEST_BACKEND, "--wait-subscribers", "1", "--frame-fps", "0",
+         "--curve-keys", str(keys["b"]), "--curve-server", "a"],
         [sys.executable, "-m", "stream.source", "--source", "sim", "--pub", events, "--speed", "2", "--sim-duration", "3",
-         "--wait-subscribers", "1", "--quiet", *curve],
+         "--wait-subscribers", "1", "--quiet", "--curve-keys", str(keys["a"])],
     ]  # fmt: skip
-    stranger = CurveConfig.from_directory(keys["stranger"], "stranger", server="pipeline")
     outsiders = {  # connected before the stages start: they have every chance to get in
         (endpoint, who): EventSubscriber(endpoint, topics, curve=config)
-        for endpoint, topics in ((events, ("events", "truth", "prediction")), (predictions, ("prediction", "truth")))
-        for who, config in (("stranger", stranger), ("plaintext", None))
-    }
+        for endpoint, topics, server in ((events, ("events", "truth", "prediction"), "a"),
+                                         (predictions, ("prediction", "truth"), "b"))
+        for who, config in (("stranger", CurveConfig.from_directory(keys["stranger"], server=server)), ("plaintext", None))
+    }  # fmt: skip
     stages: list[subprocess.Popen] = []
     try:
         recorder, _, failures = record(
-            predictions, curve=CurveConfig.from_directory(keys["trusted"]), quiet=True, startup_timeout_s=120,
+            predictions, curve=CurveConfig.from_directory(keys["b"]), quiet=True, startup_timeout_s=120,
             on_ready=lambda: stages.extend(subprocess.Popen(command, cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)
                                            for command in commands),
         )  # fmt: skip
@@ -126,7 +129,7 @@ def test_launch_runs_the_whole_pipeline_encrypted(checkpoint, env, keys, tmp_pat
     result = subprocess.run(
         [sys.executable, "launch.py", "--headless", "--quiet", "--backend", TEST_BACKEND, "--source", "sim",
          "--checkpoint", str(checkpoint), "--duration", "2", "--report", str(report_path), *endpoints,
-         "--curve-keys", str(keys["trusted"])],
+         "--curve-keys", str(keys["b"])],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=150,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
