@@ -76,7 +76,7 @@ def test_only_a_recorder_with_the_keys_gets_predictions(checkpoint, env, keys):
     stages: list[subprocess.Popen] = []
     try:
         recorder, _, failures = record(
-            predictions, curve=CurveConfig.from_directory(keys["b"]), quiet=True, startup_timeout_s=120,
+            predictions, curve=CurveConfig.from_directory(keys["b"]), quiet=True, startup_timeout_s=60,
             on_ready=lambda: stages.extend(subprocess.Popen(command, cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)
                                            for command in commands),
         )  # fmt: skip
