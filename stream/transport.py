@@ -88,6 +88,8 @@ from stream.keys import CurveConfig
 
 log = logging.getLogger(__name__)
 
+PADDING_BYTES = slice(13, 16)  # bytes of an EVENT_DTYPE record after p: zeroed before sending
+
 MAGIC = b"SFLV"
 VERSION = 1
 HEADER = struct.Struct("<4sHHQHHIqII")
@@ -100,6 +102,7 @@ DEFAULT_MAX_PACKET_EVENTS = DEFAULT_MAX_MESSAGE_BYTES // EVENT_DTYPE.itemsize
 ZERO_COPY_MIN_BYTES = 64 << 10  # payloads from this size are sent without copying (see benchmark)
 LOOPBACK_HOSTS = {"localhost", "127.0.0.1", "::1", "[::1]"}
 CURVE_OVERHEAD_BYTES = 33  # a CurveZMQ MESSAGE frame: 8 command + 8 nonce + 16 MAC + 1 flags bytes; MAXMSGSIZE counts them
+CURVE_SERVER_SOCKETS = (zmq.PUB, zmq.XPUB, zmq.ROUTER)  # with CurveZMQ these are servers, all other sockets clients
 RECONNECT_GRACE_S = 0.5  # a disconnect that ZeroMQ does not follow with its own reconnect by then: connect again
 HANDSHAKE_FAILED_EVENTS = (
     zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_AUTH
@@ -202,8 +205,17 @@ def encode(
 
 
 def encode_events(events: np.ndarray, sensor_size: SensorSize, seq: int, *, send_us: int | None = None) -> list[Any]:
-    """Frames of an ``events`` message; the payload is the array's memory (made contiguous)."""
+    """Frames of an ``events`` message; the payload is the array's memory (made contiguous).
+
+    The 3 padding bytes of every event (13-15) are zeroed first, in place when the array is writable:
+    NumPy leaves them as whatever the heap held (``np.empty``, masks, ``copy()`` of a padded dtype), and
+    they would otherwise leave the machine with the events."""
     events = np.ascontiguousarray(check_events(events))
+    padding = events.view(np.uint8).reshape(-1, EVENT_DTYPE.itemsize)[:, PADDING_BYTES]
+    if padding.any():
+        if not events.flags.writeable:
+            events = events.copy()
+        events.view(np.uint8).reshape(-1, EVENT_DTYPE.itemsize)[:, PADDING_BYTES] = 0
     return encode(Kind.EVENTS, seq, events, count=len(events), sensor_size=sensor_size, send_us=send_us)
 
 
@@ -328,14 +340,14 @@ def _open_socket(
     context: zmq.Context, socket_type: int, endpoint: str, *, bind: bool, allow_remote: bool, options: dict[int, int],
     curve: CurveConfig | None = None,
 ) -> tuple[zmq.Socket, str]:
-    """A socket with ``options`` set, bound or connected. With ``curve`` and a tcp endpoint, a PUB
-    socket is the CurveZMQ server (register its ZAP domain with ``_Authenticators`` first) and any
-    other socket a client."""
+    """A socket with ``options`` set, bound or connected. With ``curve`` and a tcp endpoint, a PUB,
+    XPUB or ROUTER socket is the CurveZMQ server (register its ZAP domain with ``_Authenticators``
+    first) and any other socket a client."""
     check_endpoint(endpoint, allow_remote=allow_remote)
     use_curve = curve is not None and endpoint.startswith("tcp://")
     if not use_curve and endpoint.startswith("tcp://") and not _is_loopback(endpoint[6:].rpartition(":")[0]):
         log.warning("%s: plaintext tcp on the network; pass a CurveConfig (--curve-keys) to encrypt it", endpoint)
-    if use_curve and socket_type != zmq.PUB and curve.server_key is None:
+    if use_curve and socket_type not in CURVE_SERVER_SOCKETS and curve.server_key is None:
         raise ValueError(f"{endpoint}: a CurveZMQ client needs the publisher's public key (CurveConfig.server_key)")
     socket = context.socket(socket_type)
     try:
@@ -345,7 +357,7 @@ def _open_socket(
         if use_curve:
             socket.curve_secretkey = curve.secret_key
             socket.curve_publickey = curve.public_key
-            if socket_type == zmq.PUB:
+            if socket_type in CURVE_SERVER_SOCKETS:
                 socket.curve_server = True
                 socket.zap_domain = _Authenticators.domain(curve).encode()
             else:

@@ -493,3 +493,20 @@ def test_curve_config_from_directory_checks(tmp_path):
     assert config.name == "b"
     with pytest.raises(CurveKeyError, match="need --curve-keys"):
         curve_from_args(parser.parse_args(["--curve-name", "b"]))
+
+
+def test_event_padding_bytes_are_zeroed_before_sending() -> None:
+    """Heap bytes left in the dtype's padding (13-15) never go on the wire, read-only input included."""
+    events = np.zeros(100, EVENT_DTYPE)
+    events["t"] = np.arange(100)
+    raw = events.view(np.uint8).reshape(-1, EVENT_DTYPE.itemsize)
+    raw[:, 13:] = 0xAB  # what np.empty / copy() of a padded dtype may leave there
+    frames = encode_events(events, SensorSize(128, 128), 0)
+    payload = np.frombuffer(bytes(frames[-1]), np.uint8).reshape(-1, EVENT_DTYPE.itemsize)
+    assert not payload[:, 13:].any()
+    assert np.array_equal(np.frombuffer(bytes(frames[-1]), EVENT_DTYPE)["t"], np.arange(100))
+    raw[:, 13:] = 0xCD
+    read_only = np.frombuffer(events.tobytes(), EVENT_DTYPE)
+    frames = encode_events(read_only, SensorSize(128, 128), 1)
+    assert not np.frombuffer(bytes(frames[-1]), np.uint8).reshape(-1, 16)[:, 13:].any()
+    assert read_only.view(np.uint8).reshape(-1, 16)[:, 13:].all()  # the caller's read-only array untouched
