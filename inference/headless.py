@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import json
 import sys
+from array import array
 import time
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -73,7 +74,7 @@ def gap_threshold_s(stride_us: int | None) -> float:
 
 
 def find_gaps(
-    times_s: Sequence[float] | np.ndarray, worker_ids: Sequence[str | None], threshold_s: float,
+    times_s: Sequence[float] | np.ndarray, worker_ids: Sequence[int | str | None], threshold_s: float,
     end_s: float | None = None,
 ) -> list[dict]:  # fmt: skip
     """Pauses longer than ``threshold_s`` between consecutive predictions received at ``times_s``
@@ -181,15 +182,18 @@ class HeadlessRecorder:
     """Collects the worker's messages (predictions, truth, stats, end) and builds the report."""
 
     def __init__(self) -> None:
-        self.window_start_us: list[int] = []
-        self.window_end_us: list[int] = []
-        self.class_index: list[int] = []
-        self.stable_index: list[int] = []
-        self.compute_ms: list[float] = []
-        self.e2e_ms: list[float] = []
+        # One compact machine number per prediction (8 bytes, not a Python object): a long run keeps
+        # every window for the report's percentiles, so the recorder's memory grows only by ~60 bytes
+        # per prediction.
+        self.window_start_us = array("q")
+        self.window_end_us = array("q")
+        self.class_index = array("q")
+        self.stable_index = array("q")
+        self.compute_ms = array("d")
+        self.e2e_ms = array("d")
         self.segments: list[GestureSegment] = []
-        self.prediction_us: list[int] = []  # when each prediction arrived here (transport clock)
-        self.prediction_worker: list[str | None] = []
+        self.prediction_us = array("q")  # when each prediction arrived here (transport clock)
+        self.prediction_worker = array("q")  # index into worker_ids of each prediction's worker (-1: none)
         self.worker_ids: list[str] = []  # in the order they were first seen
         self.worker_counters: dict[str | None, dict] = {}  # the latest counters of each worker
         self.stride_us: int | None = None
@@ -223,7 +227,7 @@ class HeadlessRecorder:
         if kind == "prediction":
             timing = data["timing"]
             self.prediction_us.append(recv_us)
-            self.prediction_worker.append(worker_id)
+            self.prediction_worker.append(self.worker_ids.index(worker_id) if worker_id is not None else -1)
             self.stride_us = data["window"].get("stride_us", self.stride_us)
             self.window_start_us.append(int(data["window"]["start_us"]))
             self.window_end_us.append(int(data["window"]["end_us"]))

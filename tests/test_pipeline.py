@@ -634,8 +634,7 @@ def test_headless_reports_a_killed_and_restarted_worker_as_a_gap(tiny_checkpoint
             if message is not None:
                 recorder.add(message, now_us())
             if len(recorder.worker_ids) > worker_index:
-                wanted = recorder.worker_ids[worker_index]
-                if sum(w == wanted for w in recorder.prediction_worker) >= count:
+                if sum(w == worker_index for w in recorder.prediction_worker) >= count:
                     return
         raise AssertionError(f"no {count} predictions from worker {worker_index + 1}: {recorder.worker_ids}")
 
