@@ -937,6 +937,7 @@ class MainWindow(QtWidgets.QMainWindow):
             if self.accumulator is None or self.accumulator.sensor_size != sensor:
                 self.accumulator = EventAccumulator(sensor, self.accumulation_us)
                 self.sensor = SensorSize(*sensor)
+                self.last_clock = None  # a clock of the previous source says nothing of this one
             self.accumulator.add(events)
             self._events_newest = (now_s, int(events["t"][-1]))
             self._events_shown += len(events)
@@ -970,8 +971,9 @@ class MainWindow(QtWidgets.QMainWindow):
         receiver = self.receiver
         if self.accumulator is None:
             return
-        if receiver.last_clock_s is not None and now_s - receiver.last_clock_s < CLOCK_FALLBACK_S:
-            self.accumulator.advance(int(self.last_clock["time_us"]))
+        clock = self.last_clock  # the receiver may know of a clock this thread has not taken yet
+        if clock is not None and receiver.last_clock_s is not None and now_s - receiver.last_clock_s < CLOCK_FALLBACK_S:
+            self.accumulator.advance(int(clock["time_us"]))
         elif self._events_newest is not None and receiver.last_events_s is not None and not self.source_paused:
             silent_s = now_s - receiver.last_events_s
             if silent_s > CLOCK_FALLBACK_S:
