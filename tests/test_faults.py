@@ -21,34 +21,14 @@ from stream.source import StagePublisher
 from stream.transport import EventSubscriber, Kind, now_us
 from test_launch import alive, children_of, line_reader, wait_for_line
 from test_pipeline import REPO, TEST_BACKEND, make_tiny_checkpoint, synthetic_events
-from test_sources import free_port
+from test_sources import free_port, start_server
 
 WAIT_S = 60.0  # bound on every wait for a real signal (model loading on a busy 2-core machine)
 
-# A dv-processing NetworkWriter in its own process, so that it can really disappear (SIGKILL; this
-# also avoids dv-processing 2.0.4's destructor deadlock with a connected client). 2k events/s.
-DV_SERVER = """
-import sys, time
-import dv_processing as dv
-port, start = int(sys.argv[1]), int(sys.argv[2])
-writer = dv.io.NetworkWriter("127.0.0.1", port, dv.io.Stream.EventStream(0, "events", "FaultCam", (128, 128)))
-print("ready", flush=True)
-t = start
-while True:
-    if writer.getClientCount():
-        store = dv.EventStore()
-        for i in range(10):
-            store.push_back(t, 10 * i, 5 * i, i % 2 == 0)
-            t += 500
-        writer.writeEvents(store)
-    time.sleep(0.005)
-"""
-
-
 def start_dv_server(port: int, start_us: int) -> subprocess.Popen:
-    process = subprocess.Popen([sys.executable, "-c", DV_SERVER, str(port), str(start_us)], stdout=subprocess.PIPE, text=True)
-    assert process.stdout.readline().strip() == "ready"
-    return process
+    """test_sources' DV server process on a 128x128 sensor: 2k events/s, alternating polarity."""
+    return start_server(port, start_us, sensor=(128, 128), x_step=10, y_step=5, step_us=500, alternate=True,
+                        camera="FaultCam")  # fmt: skip
 
 
 def kill(process: subprocess.Popen) -> None:

@@ -370,24 +370,28 @@ def test_network_source_without_server_is_a_clear_error():
 SERVER = """
 import sys, time
 import dv_processing as dv
-port, start = int(sys.argv[1]), int(sys.argv[2])
-writer = dv.io.NetworkWriter("127.0.0.1", port, dv.io.Stream.EventStream(0, "events", "Server_1", (64, 48)))
+port, start, width, height, x_step, y_step, step_us, alternate = map(int, sys.argv[1:9])
+writer = dv.io.NetworkWriter("127.0.0.1", port, dv.io.Stream.EventStream(0, "events", sys.argv[9], (width, height)))
 print("ready", flush=True)
 t = start
 while True:
     if writer.getClientCount():
         store = dv.EventStore()
         for i in range(10):
-            store.push_back(t, i, i, True)
-            t += 100
+            store.push_back(t, x_step * i, y_step * i, i % 2 == 0 if alternate else True)
+            t += step_us
         writer.writeEvents(store)
     time.sleep(0.005)
 """
 
 
-def start_server(port: int, start_us: int) -> subprocess.Popen:
-    """A NetworkWriter in its own process, so that it can really disappear (killed)."""
-    process = subprocess.Popen([sys.executable, "-c", SERVER, str(port), str(start_us)], stdout=subprocess.PIPE, text=True)
+def start_server(port: int, start_us: int, *, sensor: tuple[int, int] = (64, 48), x_step: int = 1, y_step: int = 1,
+                 step_us: int = 100, alternate: bool = False, camera: str = "Server_1") -> subprocess.Popen:  # fmt: skip
+    """A DV NetworkWriter in its own process, so that it can really disappear (killed; this also avoids
+    dv-processing 2.0.4's destructor deadlock with a connected client): 10 events every 5 ms at
+    (x_step * i, y_step * i), ``step_us`` apart, polarity ON or alternating."""
+    args = [port, start_us, *sensor, x_step, y_step, step_us, int(alternate)]
+    process = subprocess.Popen([sys.executable, "-c", SERVER, *map(str, args), camera], stdout=subprocess.PIPE, text=True)
     assert process.stdout.readline().strip() == "ready"
     return process
 
