@@ -300,7 +300,10 @@ def test_overloaded_worker_skips_windows_and_keeps_latency_bounded(backend, tmp_
     worker = InferenceWorker(SlowBackend(model, delay_s), metadata, WorkerConfig(stride_us=25_000, frame_fps=0))
     sensor = SensorSize(64, 64)
     endpoint = f"ipc://{tmp_path}/events"
-    with StagePublisher(endpoint) as publisher, EventSubscriber(endpoint, ("events", "prediction")) as subscriber:
+    # Queue room for the whole 1.5 s (750 packets): the test is about skipping windows, and a CI box
+    # that starves this thread for > 0.4 s (the default 100 + 100 packets) must not turn into loss.
+    with StagePublisher(endpoint) as publisher, \
+            EventSubscriber(endpoint, ("events", "prediction"), rcvhwm=1_000) as subscriber:  # fmt: skip
         loop_publisher = StagePublisher(f"ipc://{tmp_path}/predictions")
         with loop_publisher, EventSubscriber(loop_publisher.endpoint, ("prediction",)) as consumer:
             assert publisher.wait_for_subscribers(1, b"events", timeout_s=10)
