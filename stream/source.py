@@ -60,10 +60,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import json
 import logging
 import math
 import os
+import platform
 import signal
 import sys
 import threading
@@ -104,6 +106,8 @@ SEND_POLL_MS = 100  # a blocked send wakes this often to honour a stop request
 RELIABLE_SEND_S = 5.0  # how long a reliable message waits for room in a full queue by default
 END_WAIT_S = 30.0  # how long the end message waits for room, then how long subscribers get to read it and leave
 END_LINGER_MS = 1000  # then queued messages get this long to leave
+MMAP_THRESHOLD_BYTES = 1 << 20  # the source stage's fixed glibc mmap threshold (see fix_mmap_threshold)
+_M_MMAP_THRESHOLD = -3  # mallopt parameter number (glibc malloc.h)
 
 
 class Stopped(Exception):
@@ -113,6 +117,28 @@ class Stopped(Exception):
 class SourceLost(OSError):
     """A camera or network source lost its device or server and stopped reconnecting: not an end
     of the data, so no end message; the stage exits with an error (the launcher may restart it)."""
+
+
+def fix_mmap_threshold(threshold_bytes: int = MMAP_THRESHOLD_BYTES) -> bool:
+    """Have glibc's malloc serve every block of ``threshold_bytes`` or more with its own mmap, given
+    back to the system when freed, for the rest of this process. True when set.
+
+    By default glibc raises its mmap threshold to the size of each large block freed (up to 32 MiB)
+    and keeps up to twice that of freed memory in its heaps. The source stage frees such blocks
+    over and over (the simulator's ~11 MB cycle of body shapes, 4 MiB file packets), so its resident
+    memory climbed in 7-10 MB steps through a 10-minute soak (+6.9 %) while what it held alive did
+    not grow. Fixed at 1 MiB (which also stops the thresholds moving) it stays flat; the 160 kB
+    packets of a 5 M events/s stream stay in the heap. Not done in the worker: its 2 MiB windows
+    would each be a fresh mmap (a window copy measured 4x slower), and it does not grow.
+    Does nothing (False) off glibc or when ``MALLOC_MMAP_THRESHOLD_`` is set (the user's choice).
+    """
+    if platform.libc_ver()[0] != "glibc" or "MALLOC_MMAP_THRESHOLD_" in os.environ:
+        return False
+    try:
+        libc = ctypes.CDLL(None)
+        return bool(libc.mallopt(_M_MMAP_THRESHOLD, int(threshold_bytes)))
+    except (OSError, AttributeError):
+        return False
 
 
 class StopRequest:
@@ -826,6 +852,7 @@ def open_stage_source(spec: str, speed: float | None, loop: bool, sim_options: d
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv if argv is None else argv)
     args = build_parser().parse_args(argv[1:])
+    fix_mmap_threshold()
     stop = StopRequest().install()
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     speed = parse_speed(args.speed)
