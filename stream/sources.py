@@ -204,6 +204,7 @@ class ReplayStats:
     jumps_compressed: int = 0
     restarts: int = 0
     seeks: int = 0
+    reads: int = 0  # times the file was opened to read: the first pass, each loop, each seek back
 
 
 def check_speed(speed: float | None) -> float | None:
@@ -239,9 +240,11 @@ class FileSource:
     ``resume()``, ``seek(position_s)`` (file time from the first event), ``set_speed(speed)``,
     ``set_loop(loop)``; ``status()`` tells position, duration, paused, speed and loop.
     The replay clock (``clock_us()``, output time) is the time before which no further event will
-    come; it advances with the wall clock at ``speed`` and stops while paused. A seek re-reads the
-    file from its start up to the target (decoding, ~25 M events/s); output time never goes back
-    (after a backward seek it continues 1 µs after the last event, as a loop does). The duration
+    come; it advances with the wall clock at ``speed`` and stops while paused. A seek forward
+    (to the chunk being replayed or later) reads on from there, skipping the chunks before the
+    target; a seek further back reads the file again from its start up to the target (decoding,
+    ~25 M events/s: the readers cannot start mid-file). Output time never goes back (after a
+    backward seek it continues 1 µs after the last event, as a loop does). The duration
     is measured by reading the file once in a background thread (``duration_s`` is None until then).
     """
 
@@ -456,12 +459,8 @@ class FileSource:
             outcome = yield from self._play(start_us)
             if self._stop.is_set():
                 return
-            if isinstance(outcome, _Seek):  # a seek interrupted the pass
-                # Events read but not released are forgotten: the next ones continue after the
-                # newest released event or the clock, whichever is later (never before a clock
-                # value already given out), not after the unreleased rest of the chunk.
-                self._timeline.last_us = self.clock_us()
-                self.stats.seeks += 1
+            if isinstance(outcome, _Seek):  # a seek back interrupted the pass: read the file again
+                self._note_seek()
                 start_us, first_pass = outcome.target_us, False
                 continue
             self.stats.passes += 1
@@ -478,42 +477,74 @@ class FileSource:
 
     def _play(self, start_us: int):
         """One pass from ``start_us`` (file time): yields chunks; returns the number of events
-        released, or a ``_Seek`` when a seek interrupted it."""
-        self._timeline.rebase()
-        with self._lock:
-            self._anchor = None  # the replay clock starts again at the first event released
+        released, or a ``_Seek`` when a seek to before the chunk being replayed interrupted it. A
+        seek forward continues this pass at its target (the chunks before it are skipped)."""
+        self._new_stretch()
         released = 0
+        self.stats.reads += 1
         with self._open_chunks() as chunks:
             for chunk in chunks:
-                if self._stop.is_set():
-                    return released
-                target = self._take_seek()
-                if target is not None:
-                    return target
-                if not len(chunk):
-                    continue
-                if self._first_raw_us is None:
-                    with self._lock:
-                        self._first_raw_us = int(chunk["t"][0])
-                begin = self._first_raw_us + start_us
-                if start_us and int(chunk["t"][-1]) < begin:
-                    continue
-                if start_us:
-                    chunk = chunk[int(np.searchsorted(chunk["t"], begin, side="left")) :]
-                raw_t = chunk["t"]
-                out = self._timeline.apply(chunk)
-                self._update_stats(len(out))
-                if not len(out):
-                    continue
-                # output minus file time per event (exact unless the timeline dropped events)
-                offset = out["t"] - raw_t if len(out) == len(chunk) else np.full(len(out), int(out["t"][-1] - raw_t[-1]))
-                for piece, piece_offset in self._pieces(out, offset):
-                    outcome = yield from self._release(piece, piece_offset)
-                    if outcome is not None:
+                while True:  # again from a forward seek's target within or after this chunk
+                    outcome = yield from self._play_chunk(chunk, start_us)
+                    if not isinstance(outcome, _Seek):
+                        break
+                    if self._first_raw_us + outcome.target_us < int(chunk["t"][0]):
                         return outcome
-                    if self._stop.is_set():
-                        return released
-                    released += len(piece)
+                    self._note_seek()
+                    self._new_stretch()
+                    start_us = outcome.target_us
+                if outcome is None:  # stopped
+                    return released
+                released += outcome
+        return released
+
+    def _new_stretch(self) -> None:
+        """Output time goes on from here as after a loop; the replay clock starts again at the
+        first event released."""
+        self._timeline.rebase()
+        with self._lock:
+            self._anchor = None
+
+    def _note_seek(self) -> None:
+        # Events read but not released are forgotten: the next ones continue after the newest
+        # released event or the clock, whichever is later (never before a clock value already
+        # given out), not after the unreleased rest of the chunk.
+        self._timeline.last_us = self.clock_us()
+        self.stats.seeks += 1
+
+    def _play_chunk(self, chunk: np.ndarray, start_us: int):
+        """Release the events of ``chunk`` at or after ``start_us`` (file time), paced. Returns how
+        many were released, None when stopped, or a ``_Seek`` when a seek came first."""
+        if self._stop.is_set():
+            return None
+        if not len(chunk):
+            return 0
+        if self._first_raw_us is None:
+            with self._lock:
+                self._first_raw_us = int(chunk["t"][0])
+        target = self._take_seek()
+        if target is not None:
+            return target
+        begin = self._first_raw_us + start_us
+        if start_us and int(chunk["t"][-1]) < begin:
+            return 0
+        if start_us:
+            chunk = chunk[int(np.searchsorted(chunk["t"], begin, side="left")) :]
+        raw_t = chunk["t"]
+        out = self._timeline.apply(chunk)
+        self._update_stats(len(out))
+        if not len(out):
+            return 0
+        # output minus file time per event (exact unless the timeline dropped events)
+        offset = out["t"] - raw_t if len(out) == len(chunk) else np.full(len(out), int(out["t"][-1] - raw_t[-1]))
+        released = 0
+        for piece, piece_offset in self._pieces(out, offset):
+            outcome = yield from self._release(piece, piece_offset)
+            if outcome is not None:
+                return outcome
+            if self._stop.is_set():
+                return None
+            released += len(piece)
         return released
 
     def _pieces(self, chunk: np.ndarray, offset: np.ndarray):

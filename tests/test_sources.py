@@ -242,7 +242,7 @@ def test_pause_stops_events_and_the_clock_and_resume_continues_without_loss():
 def test_seek_forward_and_back_restarts_at_the_target_and_time_keeps_increasing():
     events = synthetic_events(duration_us=2_000_000, count=20_000)  # t = 1.0 .. 3.0 s
     first_us = int(events["t"][0])
-    source = FileSource.from_events(events, SENSOR, speed=10.0)
+    source = FileSource.from_events(events, SENSOR, speed=10.0, chunk_events=2_000)  # chunks of 0.2 s
     assert source.duration_s == pytest.approx(2.0)
     chunks, marks = [], {}
     for chunk in source:
@@ -267,10 +267,39 @@ def test_seek_forward_and_back_restarts_at_the_target_and_time_keeps_increasing(
         assert np.array_equal(after_back[name], events[name][start : start + len(after_back)])
     out = np.concatenate(chunks)
     assert np.all(np.diff(out["t"]) >= 0) and source.stats.seeks == 2
+    assert source.stats.reads == 2  # the forward seek read on; the seek back read from the start again
     with pytest.raises(ValueError, match="past the end"):
         source.seek(2.5)
     with pytest.raises(ValueError, match=">= 0"):
         source.seek(-1)
+
+
+def test_seek_within_the_chunk_being_replayed_and_before_the_first_event():
+    """A seek to a point inside the chunk being released starts that chunk again at the target
+    (no new read of the file); a seek made before anything was read is carried out at once."""
+    events = synthetic_events(duration_us=2_000_000, count=20_000)  # one chunk of 20,000 events
+    first_us = int(events["t"][0])
+    source = FileSource.from_events(events, SENSOR, speed=20.0, chunk_events=len(events), slice_us=10_000)
+    source.seek(0.5)  # before iterating
+    pieces = []
+    for piece in source:
+        if not len(piece):
+            continue
+        pieces.append(piece)
+        if len(pieces) == 3:
+            source.seek(0.5)  # back, but still inside the chunk being released: replay from 0.5 s
+        if len(pieces) == 5:
+            source.seek(1.8)  # forward
+        if len(pieces) == 6:
+            source.stop()
+    at = {s: int(np.searchsorted(events["t"], first_us + round(s * 1e6))) for s in (0.5, 1.8)}
+    assert int(pieces[0]["t"][0]) == int(events["t"][at[0.5]])
+    for name in ("x", "y", "p"):
+        assert np.array_equal(pieces[3][name], events[name][at[0.5] : at[0.5] + len(pieces[3])])
+        assert np.array_equal(pieces[5][name], events[name][at[1.8] : at[1.8] + len(pieces[5])])
+    out = np.concatenate(pieces)
+    assert np.all(np.diff(out["t"]) >= 0)
+    assert source.stats.seeks == 3 and source.stats.reads == 1
 
 
 def test_set_speed_changes_the_replay_rate():
