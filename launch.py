@@ -23,11 +23,13 @@ SIGKILL for a stage that has not exited) and the headless report is still writte
 their own process group (a terminal's Ctrl-C reaches this process only, which stops them in order)
 and on Linux get SIGTERM if this process dies without cleaning up (``PR_SET_PDEATHSIG``).
 Failures (``--on-failure``): with ``restart`` (the default) a stage that exits with a nonzero code
-(crashed, killed, or a source that lost its camera or server and gave up reconnecting) is started again after a backoff of
-0.5 s doubling to 5 s; after 5 restarts within a minute the next failure is final: one line on
-stderr and the pipeline stops (exit code 1). With ``stop`` the first failure stops every stage
-(one line naming the stage and its exit code; exit code 1). A stage that ends by itself (exit code
-0, e.g. at the end of a file) is never restarted. See ``RestartPolicy``.
+(crashed, killed, or a source that lost its camera or server and gave up reconnecting) is started
+again after a backoff of 0.5 s doubling to 5 s; after 5 restarts within a minute the next failure is
+final: one line on stderr and the pipeline stops (exit code 1). A stage that stops with its own
+one-line error (exit code 2: a missing or damaged file, a bad checkpoint, no camera or server at
+start) is not restarted: the same input would fail the same way. With ``stop`` the first failure
+stops every stage (one line naming the stage and its exit code; exit code 1). A stage that ends by
+itself (exit code 0, e.g. at the end of a file) is never restarted. See ``RestartPolicy``.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ from pathlib import Path
 from typing import Callable, NamedTuple
 
 from stream.keys import CurveConfig, CurveKeyError, add_curve_arguments, curve_from_args
+from stream.source import EXIT_ERROR
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "inference" / "checkpoints" / "spikeformer-small-sim.json"
 STOP_TIMEOUT_S = 1.5  # SIGTERM -> SIGKILL grace for all stages together
@@ -117,8 +120,10 @@ class RestartPolicy:
     waits ``first_backoff_s * 2**(n-1)`` seconds (at most ``max_backoff_s``) before the restart.
     The failure is final (reported by ``Supervisor.poll``) when ``max_restarts`` restarts already
     happened within the last ``window_s`` seconds, or in a row without a stable run: a stage that
-    cannot start (a bad checkpoint, a source that is not there) is given up after a few tries even
-    when loading it takes longer than ``window_s / max_restarts``.
+    cannot start for a reason that may pass is given up after a few tries even when loading it
+    takes longer than ``window_s / max_restarts``. An exit code in ``final_codes`` is final at once:
+    the stage stopped with its own error line (``stream.source.EXIT_ERROR``: a missing or damaged
+    file, a bad checkpoint, no camera at start), which a restart would only repeat.
 
     Args:
         first_backoff_s: wait before the first restart, seconds.
@@ -126,6 +131,7 @@ class RestartPolicy:
         max_restarts: restarts allowed per ``window_s``, and in a row, per stage.
         window_s: the sliding window of ``max_restarts``, seconds.
         stable_after_s: a run this long ends a series of consecutive failures, seconds.
+        final_codes: exit codes never restarted.
     """
 
     first_backoff_s: float = 0.5
@@ -133,6 +139,7 @@ class RestartPolicy:
     max_restarts: int = 5
     window_s: float = 60.0
     stable_after_s: float = 30.0
+    final_codes: tuple[int, ...] = (EXIT_ERROR,)
 
     def __post_init__(self) -> None:
         if not 0 < self.first_backoff_s <= self.max_backoff_s:
@@ -218,6 +225,10 @@ class Supervisor:
     def _schedule_restart(self, stage: Stage, code: int, now: float) -> bool:
         """Plan the restart of a failed stage; False (and one line logged) when the policy gives up."""
         policy = self.policy
+        if code in policy.final_codes:
+            self.log(f"launch: stage {stage.name} stopped with an error (exit code {code}, its line above); "
+                     "not restarting it: it would fail the same way")  # fmt: skip
+            return False
         times = self._restart_times[stage.name]
         while times and now - times[0] > policy.window_s:
             times.popleft()

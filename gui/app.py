@@ -77,7 +77,7 @@ from stream.aedat4 import DEFAULT_CAMERA, Aedat4Writer
 from stream.classes import GESTURE_CLASSES, NO_GESTURE
 from stream.events import GestureSegment, SensorSize
 from stream.keys import CurveConfig
-from stream.source import STATUS_KIND, ControlClient
+from stream.source import EXIT_ERROR, STATUS_KIND, ControlClient
 from stream.transport import EventSubscriber, Kind, now_us
 
 log = logging.getLogger("gui")
@@ -1148,18 +1148,20 @@ class MainWindow(QtWidgets.QMainWindow):
     def _stage_exited(self, name: str, code: int) -> None:
         """A stage the supervisor reports as exited. With a restart policy the supervisor has
         already restarted failed stages and reports only the failure it gave up on; without one
-        this window restarts a dead worker (at most ``WORKER_RESTARTS`` times)."""
+        this window restarts a dead worker (at most ``WORKER_RESTARTS`` times), unless it stopped
+        with its own error (``EXIT_ERROR``: a bad checkpoint), which a restart would repeat."""
         if code == 0:
             self.show_state(f"stage {name} ended", alarm=False)
             return
         if getattr(self.supervisor, "policy", None) is not None:
             stage = self.supervisor.stages.get(name)
             restarts = getattr(stage, "restarts", 0)
-            self.stage_failure = (f"stage {name} failed (exit code {code}) after {restarts} automatic restarts; "
-                                  "gave up: see the terminal, then choose a source")  # fmt: skip
+            given_up = f"after {restarts} automatic restarts; gave up" if restarts else "not restarted"
+            self.stage_failure = (f"stage {name} failed (exit code {code}) {given_up}: "
+                                  "see the terminal, then choose a source")  # fmt: skip
             self.show_state(self.stage_failure)
             return
-        if name == "worker" and self.worker_restarts < WORKER_RESTARTS:
+        if name == "worker" and code != EXIT_ERROR and self.worker_restarts < WORKER_RESTARTS:  # 2: its own error
             self.worker_restarts += 1
             self.show_state(f"stage worker died (exit code {code}); restarting it ({self.worker_restarts}/{WORKER_RESTARTS})")
             self.supervisor.restart("worker")

@@ -53,7 +53,9 @@ endpoints stay plaintext. A bad key directory is one ``error:`` line and exit co
 
 SIGINT/SIGTERM stop the stage cleanly (exit code 0); the end message is only sent at a real end.
 A camera or network source that is lost reconnects by itself (``connected`` False meanwhile); if
-it stops trying, the stage exits with one ``error:`` line and code 2 (``SourceLost``), no end.
+it stops trying, the stage exits with one ``error:`` line and code 3 (``EXIT_SOURCE_LOST``: the
+launcher starts it again), no end. Any other expected failure (a bad file, argument or key, no
+camera or server at start) is one ``error:`` line and code 2 (``EXIT_ERROR``: not restarted).
 """
 
 from __future__ import annotations
@@ -106,6 +108,8 @@ SEND_POLL_MS = 100  # a blocked send wakes this often to honour a stop request
 RELIABLE_SEND_S = 5.0  # how long a reliable message waits for room in a full queue by default
 END_WAIT_S = 30.0  # how long the end message waits for room, then how long subscribers get to read it and leave
 END_LINGER_MS = 1000  # then queued messages get this long to leave
+EXIT_ERROR = 2  # exit code of an expected failure (one error line) that a restart would not change
+EXIT_SOURCE_LOST = 3  # exit code after SourceLost: the device or server may come back, so restart
 MMAP_THRESHOLD_BYTES = 1 << 20  # the source stage's fixed glibc mmap threshold (see fix_mmap_threshold)
 _M_MMAP_THRESHOLD = -3  # mallopt parameter number (glibc malloc.h)
 
@@ -908,15 +912,19 @@ class StageArgumentParser(argparse.ArgumentParser):
 def exit_stage(main: Callable[[], int]) -> None:
     """Run a stage's ``main`` as a process entry point and exit with its code.
 
-    Expected failures become one ``error:`` line and exit code 2. Every socket, file and device
+    Expected failures become one ``error:`` line and exit code ``EXIT_ERROR`` (2), a lost source
+    ``EXIT_SOURCE_LOST`` (3), which the launcher restarts. Every socket, file and device
     is closed by the time ``main`` returns, so the interpreter's teardown of torch and friends
     (1-2 s on a busy 2-core machine) is skipped and a stage stops within milliseconds of SIGTERM.
     """
     try:
         code = main()
+    except SourceLost as error:
+        print(f"error: {error}", file=sys.stderr)
+        code = EXIT_SOURCE_LOST
     except (ValueError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
-        code = 2
+        code = EXIT_ERROR
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)

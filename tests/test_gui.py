@@ -457,12 +457,16 @@ def test_lost_source_from_its_stats_is_shown_until_it_reconnects(qtbot, window: 
     qtbot.waitUntil(lambda: "(reconnected 1x)" in window.status_label.text(), timeout=5000)
 
 
-def failing_stage_supervisor(tmp_path: Path, policy):
-    """launch.py's Supervisor running a "worker" stage that fails at once (exit code 2)."""
+def failing_stage_supervisor(tmp_path: Path, policy, own_error: bool = False):
+    """launch.py's Supervisor running a "worker" stage that fails at once: exit code 1 (a crash,
+    restarted by a policy), or with ``own_error`` exit code 2 (its own error line, never restarted)."""
     sys.path.insert(0, str(REPO))
     import launch
 
-    stage = launch.Stage("worker", "json.tool", [str(tmp_path / "missing.json")])
+    if own_error:
+        stage = launch.Stage("worker", "json.tool", [str(tmp_path / "missing.json")])
+    else:
+        stage = launch.Stage("worker", "timeit", ["-n", "1", "raise SystemExit(3)"])  # timeit: exit code 1
     return launch.Supervisor([stage], log=lambda line: None, policy=policy)
 
 
@@ -481,10 +485,27 @@ def test_with_a_restart_policy_the_supervisor_restarts_and_a_give_up_stays_shown
         stage = supervisor.stages["worker"]
         assert stage.starts == 2 and stage.restarts == 1  # restarted once by the supervisor ...
         assert main.worker_restarts == 0  # ... not by the window
-        assert main.state_label.text() == ("stage worker failed (exit code 2) after 1 automatic restarts; "
+        assert main.state_label.text() == ("stage worker failed (exit code 1) after 1 automatic restarts; "
                                            "gave up: see the terminal, then choose a source")  # fmt: skip
         qtbot.wait(800)  # the pipeline is silent: a stall would be shown now, but the failure stays
         assert "gave up" in main.state_label.text() and stage.starts == 2
+        main.close()
+
+
+@pytest.mark.parametrize("policy", [True, False], ids=["restart-policy", "no-policy"])
+def test_a_stage_that_stopped_with_its_own_error_is_not_restarted(qtbot, publishers, tmp_path, policy) -> None:
+    import launch
+
+    worker, source = publishers
+    with failing_stage_supervisor(tmp_path, launch.RestartPolicy(first_backoff_s=0.05) if policy else None,
+                                  own_error=True) as supervisor:  # fmt: skip
+        main = MainWindow(worker.endpoint, source.endpoint, source_spec="sim", supervisor=supervisor, output_dir=tmp_path)
+        qtbot.addWidget(main)
+        main.show()
+        qtbot.waitUntil(lambda: "exit code 2" in main.state_label.text(), timeout=15_000)
+        qtbot.wait(500)  # a restart would have happened by now
+        assert supervisor.stages["worker"].starts == 1 and main.worker_restarts == 0
+        assert "restart" not in main.state_label.text() or "not restarted" in main.state_label.text()
         main.close()
 
 

@@ -265,6 +265,44 @@ def test_restart_policy_gives_up_after_failures_in_a_row_even_when_they_are_slow
     assert messages[-1] == "launch: stage failing exited with code 1 after 2 restarts (limit: 2 in a row); giving up"
 
 
+def test_restart_policy_never_restarts_a_stage_that_stopped_with_its_own_error(tmp_path):
+    """Exit code 2 (``stream.source.EXIT_ERROR``: a missing file, a bad checkpoint, no camera at
+    start) is final at once: a restart would fail the same way."""
+    broken = Stage("source", "json.tool", [str(tmp_path / "missing.json")])  # one error line, exit code 2
+    messages = []
+    with Supervisor([broken], log=messages.append, policy=RestartPolicy(first_backoff_s=0.05)) as supervisor:
+        assert [tuple(e) for e in wait_for_exit(supervisor, timeout_s=60)] == [("source", 2)]
+        assert supervisor.running() == []
+    assert broken.starts == 1 and broken.restarts == 0
+    assert messages == ["launch: stage source stopped with an error (exit code 2, its line above); "
+                        "not restarting it: it would fail the same way"]  # fmt: skip
+
+
+def test_headless_with_a_missing_file_stops_at_once_with_its_error(env, tmp_path, checkpoint):
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, "launch.py", "--headless", "--source", f"file:{tmp_path / 'gone.aedat4'}",
+                             "--checkpoint", str(checkpoint), "--backend", TEST_BACKEND, "--duration", "30"],
+                            cwd=REPO, env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert result.returncode == 1 and time.monotonic() - started < 60  # not the 30 s of --duration
+    assert result.stderr.count("gone.aedat4: no such file") == 1, result.stderr  # started once
+    assert "not restarting it" in result.stderr and "restarting it in" not in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_stage_exit_codes_tell_a_lost_source_from_an_error():
+    """``exit_stage``: SourceLost exits with EXIT_SOURCE_LOST (restarted by the launcher), other
+    expected failures with EXIT_ERROR (not restarted), each as one error line."""
+    from stream.source import EXIT_ERROR, EXIT_SOURCE_LOST
+
+    assert EXIT_SOURCE_LOST not in RestartPolicy().final_codes and EXIT_ERROR in RestartPolicy().final_codes
+    for error, code in (("SourceLost('camera X was lost and did not come back')", EXIT_SOURCE_LOST),
+                        ("ValueError('bad file')", EXIT_ERROR), ("FileNotFoundError('no such file')", EXIT_ERROR)):
+        script = f"from stream.source import SourceLost, exit_stage\ndef main():\n    raise {error}\nexit_stage(main)"
+        result = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=60)
+        assert result.returncode == code, result.stderr
+        assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, result.stderr
+
+
 def test_restart_policy_never_restarts_a_stage_that_ended_and_resets_after_stable_runs():
     ending = Stage("ending", "timeit", ["-n", "1", "pass"])
     with Supervisor([ending], log=lambda m: None, policy=RestartPolicy(first_backoff_s=0.05)) as supervisor:

@@ -179,7 +179,7 @@ def test_report_carries_the_supervisor_restart_counts(tmp_path):
     good = tmp_path / "ok.json"
     good.write_text("{}")
     stages = [Stage("source", "json.tool", [str(good), str(tmp_path / "out.json")]),
-              Stage("worker", "json.tool", [str(tmp_path / "missing.json")])]  # exits with code 2  # fmt: skip
+              Stage("worker", "timeit", ["-n", "1", "raise SystemExit(3)"])]  # timeit: exit code 1  # fmt: skip
     logged: list[str] = []
     policy = RestartPolicy(first_backoff_s=0.05, max_backoff_s=0.05, max_restarts=1)
     with Supervisor(stages, log=logged.append, policy=policy) as supervisor:
@@ -190,8 +190,8 @@ def test_report_carries_the_supervisor_restart_counts(tmp_path):
             exits += supervisor.poll()
             time.sleep(0.02)  # poll interval of a consumer loop, not synchronisation
     recorder = HeadlessRecorder()
-    report = build_report(recorder, "ck.json", 1.0, ["stage worker exited with code 2"], supervisor)
-    assert report["stage_restarts"] == {"source": 0, "worker": 1} and report["failures"] == ["stage worker exited with code 2"]
+    report = build_report(recorder, "ck.json", 1.0, ["stage worker exited with code 1"], supervisor)
+    assert report["stage_restarts"] == {"source": 0, "worker": 1} and report["failures"] == ["stage worker exited with code 1"]
     assert json.loads(json.dumps(report, allow_nan=False))["stage_restarts"] == {"source": 0, "worker": 1}
     assert "| stage restarts (launcher) | source 0, worker 1 |" in format_summary(report)
     quiet = build_report(recorder, "ck.json", 1.0, [], supervisor=None)  # a consumer without a launcher
