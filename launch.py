@@ -348,6 +348,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT, help="model checkpoint (.json)")
     parser.add_argument("--speed", type=_speed, default="1", help="replay speed factor for files and the simulator, or 'max'")
     parser.add_argument("--loop", action="store_true", help="replay a file forever")
+    parser.add_argument("--allow-truncated", action="store_true",
+                        help="replay a damaged or cut file up to the damage instead of refusing it")  # fmt: skip
     parser.add_argument("--duration", type=_positive_seconds, default=None, help="stop after this many seconds")
     parser.add_argument("--report", type=Path, default=None, help="headless: write the JSON report here")
     parser.add_argument("--screenshot", type=Path, default=None, help="GUI: save the whole window here before it closes (with --duration)")
@@ -404,6 +406,8 @@ def source_stage(args: argparse.Namespace, endpoints: Endpoints, wait_subscriber
     stage_args += ["--wait-subscribers", str(wait_subscribers), "--quiet"]
     if args.loop:
         stage_args.append("--loop")
+    if args.allow_truncated:
+        stage_args.append("--allow-truncated")
     if endpoints.control:
         stage_args += ["--control", endpoints.control]
     stage_args += _common_stage_args(args)

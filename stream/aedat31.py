@@ -40,7 +40,15 @@ from typing import BinaryIO, Iterable, Iterator
 import numpy as np
 
 from stream.classes import GESTURE_CLASSES
-from stream.events import EVENT_DTYPE, EventFormatError, GestureSegment, SensorSize, check_events, empty_events
+from stream.events import (
+    EVENT_DTYPE,
+    TRUNCATED_HINT,
+    EventFormatError,
+    GestureSegment,
+    SensorSize,
+    check_events,
+    empty_events,
+)
 
 MAGIC_PREFIX = b"#!AER-DAT3."
 END_OF_HEADER = b"#!END-HEADER"
@@ -171,7 +179,7 @@ class Aedat31Reader:
     def _fail(self, message: str) -> None:
         """Raise, or (allow_truncated) record the damage so the caller stops."""
         if not self.allow_truncated:
-            raise EventFormatError(f"{self.path}: {message}")
+            raise EventFormatError(f"{self.path}: {message}; {TRUNCATED_HINT}")
         self.damage = message
 
     def packets(self) -> Iterator[np.ndarray]:

@@ -39,6 +39,7 @@ import numba
 import numpy as np
 
 from stream.events import (
+    TRUNCATED_HINT,
     EventFormatError,
     SensorSize,
     check_events,
@@ -432,7 +433,7 @@ class Aedat4Reader:
         self._packet_limit, damage = _check_packets(self.path, layout)
         if damage:
             if not allow_truncated:
-                raise EventFormatError(f"{self.path}: damaged or truncated: {damage}")
+                raise EventFormatError(f"{self.path}: damaged or truncated: {damage}; {TRUNCATED_HINT}")
             self.damage = damage
         else:
             self._packet_limit = None
@@ -480,7 +481,7 @@ class Aedat4Reader:
                 raise
             message = f"damaged or truncated after {delivered} events ({_first_line(error)})"
             if not self.allow_truncated:
-                raise EventFormatError(f"{self.path}: {message}") from None
+                raise EventFormatError(f"{self.path}: {message}; {TRUNCATED_HINT}") from None
             self.damage = message
 
     def chunks(self, chunk_events: int = 1 << 18) -> Iterator[np.ndarray]:

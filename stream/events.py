@@ -46,6 +46,11 @@ class EventFormatError(ValueError):
     """A file, buffer or message does not hold valid events. The message says what and where."""
 
 
+# Said with the error of a damaged or cut file (the readers, ``python -m stream info|convert``, the
+# source stage and launch.py all take the option).
+TRUNCATED_HINT = "--allow-truncated reads the events before it (allow_truncated=True in Python)"
+
+
 class SensorSize(NamedTuple):
     """Sensor size in pixels."""
 

@@ -808,6 +808,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--pub", required=True, help="endpoint to bind, e.g. ipc:///tmp/events or tcp://127.0.0.1:5555")
     parser.add_argument("--speed", default="1", help="replay speed factor for files and the simulator, or 'max'")
     parser.add_argument("--loop", action="store_true", help="replay a file forever")
+    parser.add_argument("--allow-truncated", action="store_true",
+                        help="replay a damaged or cut file up to the damage instead of refusing it")  # fmt: skip
     parser.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     parser.add_argument("--wait-subscribers", type=int, default=0, help="send nothing before N subscribers joined")
     parser.add_argument("--hwm", type=int, default=DEFAULT_HWM, help="packets queued per subscriber")
@@ -837,9 +839,10 @@ def parse_speed(text: str) -> float | None:
     return value
 
 
-def open_stage_source(spec: str, speed: float | None, loop: bool, sim_options: dict[str, Any] | None = None) -> Any:
+def open_stage_source(spec: str, speed: float | None, loop: bool, sim_options: dict[str, Any] | None = None,
+                      allow_truncated: bool = False) -> Any:  # fmt: skip
     """Open the source named by ``spec`` (see ``stream.sources.open_source``) with the options that
-    kind takes: files get ``speed`` and ``loop``, the simulator ``speed`` and ``sim_options``
+    kind takes: files get ``speed``, ``loop`` and ``allow_truncated``, the simulator ``speed`` and ``sim_options``
     (``seed``, ``sensor_size``, ``duration_s``, ``rate_scale``, ...); ``auto`` is resolved here."""
     from stream.sources import list_cameras, open_source  # lazy: camera libraries load only here
 
@@ -847,7 +850,7 @@ def open_stage_source(spec: str, speed: float | None, loop: bool, sim_options: d
     if spec == "auto":
         kind = spec = "camera" if list_cameras() else "sim"
     if kind == "file":
-        return open_source(spec, speed=speed, loop=loop)
+        return open_source(spec, speed=speed, loop=loop, allow_truncated=allow_truncated)
     if kind == "sim":
         return open_source(spec, speed=speed, **(sim_options or {}))
     return open_source(spec)
@@ -879,7 +882,8 @@ def main(argv: list[str] | None = None) -> int:
                 control = ControlServer(args.control, allow_remote=args.allow_remote, context=context, curve=curve,
                                         on_speed=lambda value: publisher.set_nodrop(value is None))  # fmt: skip
             closing_control = control if control is not None else contextlib.nullcontext()
-            with closing_control, open_stage_source(args.source, speed, args.loop, sim_options) as source:
+            with closing_control, open_stage_source(args.source, speed, args.loop, sim_options,
+                                                    allow_truncated=args.allow_truncated) as source:  # fmt: skip
                 stop.callbacks.append(source.stop)
                 log.info("%s (%s) -> %s%s", source.name, SensorSize(*source.sensor_size), publisher.endpoint,
                          " (CurveZMQ)" if publisher.curve is not None else "")  # fmt: skip

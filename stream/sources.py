@@ -205,6 +205,7 @@ class ReplayStats:
     restarts: int = 0
     seeks: int = 0
     reads: int = 0  # times the file was opened to read: the first pass, each loop, each seek back
+    damage: str = ""  # allow_truncated: what ended the pass early ("" for an intact file)
 
 
 def check_speed(speed: float | None) -> float | None:
@@ -230,6 +231,8 @@ class FileSource:
             the replay clock reaches the time of its last event, so latency stays ~1 slice.
         max_jump_us: a gap in the recording longer than this (µs) is shortened to it.
         chunk_events: events read from the file at a time (bounds memory).
+        allow_truncated: replay a damaged or cut file up to the damage (logged once) instead of
+            refusing it.
 
     Timestamps keep the recording's clock (plus the loop shift). Forward jumps > ``max_jump_us``
     are compressed, backward steps are dropped and counted (``stats``), see ``Timeline``; note
@@ -258,16 +261,21 @@ class FileSource:
         slice_us: int = DEFAULT_SLICE_US,
         max_jump_us: int = DEFAULT_MAX_JUMP_US,
         chunk_events: int = 1 << 16,
+        allow_truncated: bool = False,
     ) -> None:
         from stream.files import open_events  # stream.files imports the format readers
 
         path = Path(path)
-        with open_events(path, chunk_events=chunk_events) as reader:  # fails early on a bad file
+        with open_events(path, chunk_events=chunk_events, allow_truncated=allow_truncated) as reader:  # fails early
             sensor_size, camera = reader.sensor_size, reader.camera
         name = f"file:{path.name}" + (f" ({camera})" if camera else "")
-        self._setup(lambda: open_events(path, chunk_events=chunk_events), sensor_size, name,
+
+        def open_reader(chunk_events: int):
+            return open_events(path, chunk_events=chunk_events, allow_truncated=allow_truncated)
+
+        self._setup(lambda: open_reader(chunk_events), sensor_size, name,
                     speed, loop, start_offset_us, slice_us, max_jump_us)  # fmt: skip
-        self._scanner = threading.Thread(target=self._measure, args=(lambda: open_events(path, chunk_events=1 << 18),),
+        self._scanner = threading.Thread(target=self._measure, args=(lambda: open_reader(1 << 18),),
                                          name="file-duration", daemon=True)  # fmt: skip
         self._scanner.start()
 
@@ -496,6 +504,10 @@ class FileSource:
                 if outcome is None:  # stopped
                     return released
                 released += outcome
+            damage = getattr(chunks, "damage", "")  # allow_truncated: the pass ended at the damage
+            if damage and not self.stats.damage:
+                log.warning("%s is damaged or cut (%s); replayed the events before it", self.name, damage)
+            self.stats.damage = damage
         return released
 
     def _new_stretch(self) -> None:

@@ -13,6 +13,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from launch import STOP_TIMEOUT_S, RestartPolicy, Stage, Supervisor
@@ -287,6 +288,35 @@ def test_headless_with_a_missing_file_stops_at_once_with_its_error(env, tmp_path
     assert result.stderr.count("gone.aedat4: no such file") == 1, result.stderr  # started once
     assert "not restarting it" in result.stderr and "restarting it in" not in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_headless_replays_a_cut_recording_with_allow_truncated(env, tmp_path, checkpoint):
+    """A recorder that died mid-packet: refused with the hint, then replayed up to the cut."""
+    from stream.aedat4 import Aedat4Writer
+    from stream.events import SensorSize, make_events
+    from stream.files import open_events
+
+    count = 200_000
+    index = np.arange(count)
+    events = make_events(index * 10, index % 128, (index // 128) % 128, index % 2)  # 2 s
+    path = tmp_path / "cut.aedat4"
+    with Aedat4Writer(path, SensorSize(128, 128)) as writer:
+        for begin in range(0, count, 20_000):
+            writer.write(events[begin : begin + 20_000])
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) * 3 // 4])
+    command = [sys.executable, "launch.py", "--headless", "--source", f"file:{path}", "--speed", "max",
+               "--checkpoint", str(checkpoint), "--backend", TEST_BACKEND, "--report", str(tmp_path / "r.json")]
+    refused = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 1 and "--allow-truncated reads the events before it" in refused.stderr
+    replayed = subprocess.run([*command, "--allow-truncated"], cwd=REPO, env=env, capture_output=True, text=True,
+                              timeout=120)  # fmt: skip
+    assert replayed.returncode == 0, replayed.stderr[-2000:]
+    report = json.loads((tmp_path / "r.json").read_text())
+    with open_events(path, allow_truncated=True) as reader:
+        complete = sum(len(chunk) for chunk in reader)  # the events of the packets before the cut
+    assert report["ended"] and 0 < report["events_in"] == complete < count
+    assert report["events_lost"] == 0 and "is damaged or cut" in replayed.stderr
 
 
 def test_stage_exit_codes_tell_a_lost_source_from_an_error():

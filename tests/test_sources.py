@@ -210,6 +210,27 @@ def test_file_source_missing_file_is_a_clear_error(tmp_path):
         FileSource(tmp_path / "absent.aedat4")
 
 
+def test_file_source_refuses_a_cut_file_unless_allow_truncated_then_replays_up_to_the_cut(tmp_path, caplog):
+    from stream.aedat4 import Aedat4Writer
+
+    events = synthetic_events(duration_us=400_000, count=40_000)
+    path = tmp_path / "cut.aedat4"
+    with Aedat4Writer(path, SENSOR) as writer:
+        for begin in range(0, len(events), 4_000):  # 10 packets
+            writer.write(events[begin : begin + 4_000])
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) * 2 // 3])  # a recorder that died mid-packet
+    with pytest.raises(ValueError, match="truncated.*--allow-truncated reads the events before it"):
+        FileSource(path)
+    with caplog.at_level("WARNING", logger="stream.sources"):
+        with open_source(f"file:{path}", speed=None, allow_truncated=True) as source:
+            out, _ = collect(source)
+    assert 0 < len(out) < len(events) and len(out) % 4_000 == 0  # whole packets, up to the cut
+    assert np.array_equal(out, events[: len(out)])
+    assert "past the end" in source.stats.damage
+    assert any("is damaged or cut" in record.getMessage() for record in caplog.records)
+
+
 # --- FileSource control: pause, resume, seek, speed, clock ----------------------------------------
 
 
