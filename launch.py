@@ -42,6 +42,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -57,6 +58,8 @@ STAGES = ("source", "worker", "consumer")
 BACKENDS = ("auto", "tensorrt", "onnxruntime", "torch")
 ON_FAILURE = ("restart", "stop")
 SUPERVISE_POLL_S = 0.1  # how often a launcher without a consumer checks its stages
+STDERR_DRAIN_S = 1.0  # after a stage exits, how long its last stderr lines may take to come through
+MAX_ERROR_CHARS = 500  # Stage.last_error keeps this much of the line
 
 
 class Endpoints(NamedTuple):
@@ -99,6 +102,8 @@ class Stage:
     starts: int = 0
     restarts: int = 0  # automatic restarts after a failure (``RestartPolicy``)
     started_at: float = 0.0  # time.monotonic() of the latest start
+    last_error: str = ""  # the latest ``error:`` line the stage wrote to stderr in this run
+    _stderr_reader: threading.Thread | None = field(default=None, repr=False)
 
     @property
     def command(self) -> list[str]:
@@ -154,7 +159,9 @@ class Supervisor:
     ``poll()`` is cheap (no blocking) and meant to be called from the consumer's loop (every
     ~100 ms): it reports exits and, with a ``policy``, performs the restarts that are due.
     ``restart`` starts an exited stage again by hand. A context manager: leaving it stops every
-    stage still running.
+    stage still running. A stage's stderr passes through this process line by line (to this
+    process's stderr), and its latest ``error:`` line is kept in ``Stage.last_error`` for the
+    consumer to show (the GUI's status line, the headless report's failures).
 
     Args:
         stages: what to run, started in this order.
@@ -185,9 +192,13 @@ class Supervisor:
 
     def _spawn(self, stage: Stage) -> None:
         self._due.pop(stage.name, None)
-        stage.process = subprocess.Popen(stage.command, preexec_fn=self._preexec, close_fds=True)
+        stage.process = subprocess.Popen(stage.command, preexec_fn=self._preexec, close_fds=True, stderr=subprocess.PIPE)
         stage.starts += 1
         stage.started_at = time.monotonic()
+        stage.last_error = ""
+        stage._stderr_reader = threading.Thread(target=_pass_stderr, args=(stage, stage.process.stderr),
+                                                name=f"{stage.name}-stderr", daemon=True)  # fmt: skip
+        stage._stderr_reader.start()
         self._reported.discard(stage.name)
 
     def restart(self, name: str) -> None:
@@ -217,6 +228,8 @@ class Supervisor:
             code = stage.process.poll()
             if code is not None:
                 self._reported.add(stage.name)
+                if stage._stderr_reader is not None:  # its last lines (the error) are read by now
+                    stage._stderr_reader.join(STDERR_DRAIN_S)
                 if code != 0 and self.policy is not None and self._schedule_restart(stage, code, now):
                     continue
                 exits.append(StageExit(stage.name, code))
@@ -292,6 +305,20 @@ class Supervisor:
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
+
+
+def _pass_stderr(stage: Stage, pipe) -> None:
+    """Thread: copy a stage's stderr to ours line by line; remember its latest ``error:`` line."""
+    with pipe:
+        for raw in iter(pipe.readline, b""):
+            line = raw.decode("utf-8", errors="replace")
+            if line.startswith("error:"):
+                stage.last_error = line[len("error:") :].strip()[:MAX_ERROR_CHARS]
+            try:
+                sys.stderr.write(line)
+                sys.stderr.flush()
+            except (OSError, ValueError):  # our stderr is closed: keep draining the pipe
+                pass
 
 
 def _signal(process: subprocess.Popen, signum: int) -> None:

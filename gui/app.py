@@ -1153,12 +1153,13 @@ class MainWindow(QtWidgets.QMainWindow):
         if code == 0:
             self.show_state(f"stage {name} ended", alarm=False)
             return
+        stage = self.supervisor.stages.get(name)
+        error = getattr(stage, "last_error", "")  # the stage's own error line, if it wrote one
+        advice = f"{error} — choose a source" if error else "see the terminal, then choose a source"
         if getattr(self.supervisor, "policy", None) is not None:
-            stage = self.supervisor.stages.get(name)
             restarts = getattr(stage, "restarts", 0)
             given_up = f"after {restarts} automatic restarts; gave up" if restarts else "not restarted"
-            self.stage_failure = (f"stage {name} failed (exit code {code}) {given_up}: "
-                                  "see the terminal, then choose a source")  # fmt: skip
+            self.stage_failure = f"stage {name} failed (exit code {code}) {given_up}: {advice}"
             self.show_state(self.stage_failure)
             return
         if name == "worker" and code != EXIT_ERROR and self.worker_restarts < WORKER_RESTARTS:  # 2: its own error
@@ -1166,7 +1167,7 @@ class MainWindow(QtWidgets.QMainWindow):
             self.show_state(f"stage worker died (exit code {code}); restarting it ({self.worker_restarts}/{WORKER_RESTARTS})")
             self.supervisor.restart("worker")
             return
-        self.stage_failure = f"stage {name} died (exit code {code}); see the terminal, then choose a source"
+        self.stage_failure = f"stage {name} died (exit code {code}); {advice}"
         self.show_state(self.stage_failure)
 
     def _show_status(self) -> None:

@@ -398,7 +398,9 @@ def record(
             if supervisor is not None:
                 for stage_exit in supervisor.poll():
                     if stage_exit.returncode != 0:
-                        failures.append(f"stage {stage_exit.name} exited with code {stage_exit.returncode}")
+                        error = getattr(supervisor.stages.get(stage_exit.name), "last_error", "")
+                        failures.append(f"stage {stage_exit.name} exited with code {stage_exit.returncode}"
+                                        + (f": {error}" if error else ""))  # fmt: skip
                 if failures:
                     break
                 if not supervisor.running():

@@ -463,8 +463,9 @@ def failing_stage_supervisor(tmp_path: Path, policy, own_error: bool = False):
     sys.path.insert(0, str(REPO))
     import launch
 
-    if own_error:
-        stage = launch.Stage("worker", "json.tool", [str(tmp_path / "missing.json")])
+    if own_error:  # the real worker stage with a checkpoint that is not there: one error line, exit code 2
+        stage = launch.Stage("worker", "inference.worker", ["--sub", f"ipc://{tmp_path}/events", "--pub",
+                             f"ipc://{tmp_path}/predictions", "--checkpoint", str(tmp_path / "missing.json")])
     else:
         stage = launch.Stage("worker", "timeit", ["-n", "1", "raise SystemExit(3)"])  # timeit: exit code 1
     return launch.Supervisor([stage], log=lambda line: None, policy=policy)
@@ -506,6 +507,7 @@ def test_a_stage_that_stopped_with_its_own_error_is_not_restarted(qtbot, publish
         qtbot.wait(500)  # a restart would have happened by now
         assert supervisor.stages["worker"].starts == 1 and main.worker_restarts == 0
         assert "restart" not in main.state_label.text() or "not restarted" in main.state_label.text()
+        assert "missing.json not found — choose a source" in main.state_label.text()  # its error line, shown
         main.close()
 
 

@@ -281,13 +281,26 @@ def test_restart_policy_never_restarts_a_stage_that_stopped_with_its_own_error(t
 
 def test_headless_with_a_missing_file_stops_at_once_with_its_error(env, tmp_path, checkpoint):
     started = time.monotonic()
-    result = subprocess.run([sys.executable, "launch.py", "--headless", "--source", f"file:{tmp_path / 'gone.aedat4'}",
-                             "--checkpoint", str(checkpoint), "--backend", TEST_BACKEND, "--duration", "30"],
+    gone = tmp_path / "gone.aedat4"
+    result = subprocess.run([sys.executable, "launch.py", "--headless", "--source", f"file:{gone}", "--checkpoint",
+                             str(checkpoint), "--backend", TEST_BACKEND, "--duration", "30",
+                             "--report", str(tmp_path / "r.json")],
                             cwd=REPO, env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
     assert result.returncode == 1 and time.monotonic() - started < 60  # not the 30 s of --duration
-    assert result.stderr.count("gone.aedat4: no such file") == 1, result.stderr  # started once
+    assert result.stderr.count(f"error: {gone}: no such file") == 1, result.stderr  # started once
     assert "not restarting it" in result.stderr and "restarting it in" not in result.stderr
     assert "Traceback" not in result.stderr
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["failures"] == [f"stage source exited with code 2: {gone}: no such file"]  # the reason, kept
+
+
+def test_supervisor_passes_stage_stderr_through_and_keeps_the_error_line(tmp_path, capfd):
+    stage = Stage("source", "stream.source", ["--source", f"file:{tmp_path / 'none.aedat4'}",
+                                                "--pub", f"ipc://{tmp_path}/events"])  # fmt: skip
+    with Supervisor([stage], log=lambda m: None) as supervisor:
+        assert [tuple(e) for e in wait_for_exit(supervisor, timeout_s=60)] == [("source", 2)]
+    assert stage.last_error == f"{tmp_path / 'none.aedat4'}: no such file"
+    assert f"error: {tmp_path / 'none.aedat4'}: no such file\n" in capfd.readouterr().err  # still on our stderr
 
 
 def test_headless_replays_a_cut_recording_with_allow_truncated(env, tmp_path, checkpoint):
