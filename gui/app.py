@@ -65,7 +65,7 @@ from gui.widgets import (
     MIN_ACCUMULATION_US,
     EventAccumulator,
     EventView,
-    HelpOverlay,
+    Overlay,
     PredictionPanel,
     PredictionStrip,
     ProbabilityBars,
@@ -551,7 +551,9 @@ class MainWindow(QtWidgets.QMainWindow):
         splitter.addWidget(right)
         splitter.setSizes([700, 560])
         self.setCentralWidget(splitter)
-        self.help_overlay = HelpOverlay(splitter)
+        # Children of the window, not of the splitter (a splitter makes every child widget a pane).
+        self.help_overlay = Overlay(self)
+        self.failure_overlay = Overlay(self, text="", border="#ff6b6b")  # why a stage failed
 
         self.state_label = QtWidgets.QLabel("")
         self.state_label.setStyleSheet("color: #ff6b6b; font-weight: bold;")
@@ -718,6 +720,7 @@ class MainWindow(QtWidgets.QMainWindow):
         self.source_paused = False
         self.source_connected = True
         self.stage_failure = None
+        self.failure_overlay.hide()
         self._control_sent.clear()
         self.show_state(f"source restarted: {spec}", alarm=False)
         self._fill_sources()
@@ -1161,6 +1164,8 @@ class MainWindow(QtWidgets.QMainWindow):
             given_up = f"after {restarts} automatic restarts; gave up" if restarts else "not restarted"
             self.stage_failure = f"stage {name} failed (exit code {code}) {given_up}: {advice}"
             self.show_state(self.stage_failure)
+            self.failure_overlay.show_message(f"stage {name} failed (exit code {code}), {given_up}",
+                                              f"{error or 'see the terminal'}\n\nChoose a source to go on.")  # fmt: skip
             return
         if name == "worker" and code != EXIT_ERROR and self.worker_restarts < WORKER_RESTARTS:  # 2: its own error
             self.worker_restarts += 1
@@ -1169,6 +1174,8 @@ class MainWindow(QtWidgets.QMainWindow):
             return
         self.stage_failure = f"stage {name} died (exit code {code}); {advice}"
         self.show_state(self.stage_failure)
+        self.failure_overlay.show_message(f"stage {name} died (exit code {code})",
+                                          f"{error or 'see the terminal'}\n\nChoose a source to go on.")  # fmt: skip
 
     def _show_status(self) -> None:
         counters = self.counters or {}
@@ -1197,9 +1204,9 @@ class MainWindow(QtWidgets.QMainWindow):
 
     def resizeEvent(self, event: QtGui.QResizeEvent) -> None:  # noqa: N802 - Qt name
         super().resizeEvent(event)
-        if self.help_overlay.isVisible():
-            self.help_overlay.toggle()
-            self.help_overlay.toggle()
+        for overlay in (self.help_overlay, self.failure_overlay):
+            if overlay.isVisible():
+                overlay.place()
 
     def closeEvent(self, event: QtGui.QCloseEvent) -> None:  # noqa: N802 - Qt name
         self.fast_timer.stop()

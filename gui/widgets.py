@@ -13,6 +13,7 @@ so a frame costs a few vectorised passes over the sensor and no auto-levelling.
 from __future__ import annotations
 
 import ctypes
+import html
 import sys
 import time
 from collections import deque
@@ -503,16 +504,20 @@ no fresh prediction comes. Strip: heat = class probabilities, white dots = stabl
 cyan rings = true gesture (simulator), shaded = gaps (no predictions, worker restarted).</p>"""
 
 
-class HelpOverlay(QtWidgets.QLabel):
-    """A translucent panel over its parent listing the keyboard shortcuts."""
+QT_MAX_SIZE = 16_777_215  # QWIDGETSIZE_MAX: no maximum
 
-    def __init__(self, parent: QtWidgets.QWidget) -> None:
-        super().__init__(HELP_TEXT, parent)
+
+class Overlay(QtWidgets.QLabel):
+    """A translucent panel centred over its parent: the keyboard shortcuts (``HELP_TEXT``) or a
+    message such as why a stage failed (``show_message``)."""
+
+    def __init__(self, parent: QtWidgets.QWidget, text: str = HELP_TEXT, border: str = "#ffb347") -> None:
+        super().__init__(text, parent)
         self.setTextFormat(QtCore.Qt.TextFormat.RichText)
         self.setAlignment(QtCore.Qt.AlignmentFlag.AlignCenter)
         self.setStyleSheet(
             "background-color: rgba(10, 10, 14, 225); color: #f0f0f0; font-size: 15pt;"
-            "border: 2px solid #ffb347; border-radius: 12px; padding: 20px;"
+            f"border: 2px solid {border}; border-radius: 12px; padding: 20px;"
         )
         self.hide()
 
@@ -520,10 +525,22 @@ class HelpOverlay(QtWidgets.QLabel):
         if self.isVisible():
             self.hide()
             return
-        self.adjustSize()
+        self.place()
+        self.show()
+
+    def place(self) -> None:
+        """Size to the text (a wrapped message: at most 80 % of the parent's width) and centre on the parent."""
         parent = self.parentWidget()
+        self.setMaximumWidth(max(200, int(parent.width() * 0.8)) if self.wordWrap() else QT_MAX_SIZE)
+        self.adjustSize()
         self.move((parent.width() - self.width()) // 2, (parent.height() - self.height()) // 2)
         self.raise_()
+
+    def show_message(self, title: str, text: str) -> None:
+        """Show ``title`` (bold) over ``text`` (plain text, wrapped)."""
+        self.setWordWrap(True)
+        self.setText(f"<b>{html.escape(title)}</b><br>" + html.escape(text).replace("\n", "<br>"))
+        self.place()
         self.show()
 
 

@@ -192,8 +192,13 @@ def test_pause_accumulation_keys_and_help(qtbot, window: MainWindow, publishers)
     qtbot.keyClick(window, QtCore.Qt.Key.Key_Minus)
     qtbot.keyClick(window, QtCore.Qt.Key.Key_Minus)
     assert window.accumulation_us < before
+    panes = [widget.width() for widget in (window.centralWidget().widget(i) for i in range(window.centralWidget().count()))]
     qtbot.keyClick(window, QtCore.Qt.Key.Key_F1)
     assert window.help_overlay.isVisible()
+    # Floats over the window: the splitter keeps its two panes and their widths (it once became a third pane).
+    splitter = window.centralWidget()
+    assert splitter.count() == 2 and [splitter.widget(i).width() for i in range(2)] == panes
+    assert window.rect().contains(window.help_overlay.geometry())
     qtbot.keyClick(window, QtCore.Qt.Key.Key_H)
     assert not window.help_overlay.isVisible()
 
@@ -508,6 +513,8 @@ def test_a_stage_that_stopped_with_its_own_error_is_not_restarted(qtbot, publish
         assert supervisor.stages["worker"].starts == 1 and main.worker_restarts == 0
         assert "restart" not in main.state_label.text() or "not restarted" in main.state_label.text()
         assert "missing.json not found — choose a source" in main.state_label.text()  # its error line, shown
+        assert main.failure_overlay.isVisible() and "missing.json not found" in main.failure_overlay.text()
+        assert main.centralWidget().count() == 2
         main.close()
 
 
