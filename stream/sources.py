@@ -649,7 +649,10 @@ FIRST_BACKOFF_S = 0.05  # first wait between reconnection attempts, seconds (dou
 
 
 def _first_line(error: BaseException) -> str:
-    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+    """The first line of a native library's error, without Boost's source location
+    (``connect: Connection refused [system:111 at /vcpkg/.../reactive_socket_service.hpp:588 ...]``)."""
+    line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    return line.split(" [system:", 1)[0].strip() or type(error).__name__
 
 
 def _check_reconnect(max_backoff_s: float, give_up_after_s: float | None) -> None:
