@@ -76,6 +76,7 @@ import zmq
 from numba import njit, types
 
 from inference.smoothing import SMOOTHING_METHODS, LabelSmoother, SmoothingConfig, softmax
+from inference.tensorrt_engine import BackendUnavailable
 from stream.binning import SensorMapping, StreamingBinner, Window, WindowSpec, warmup
 from stream.events import EVENT_DTYPE, SensorSize, empty_events
 from stream.keys import add_curve_arguments, curve_from_args
@@ -777,4 +778,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    exit_stage(main)
+    exit_stage(main, expected=(BackendUnavailable,))  # e.g. --backend tensorrt where TensorRT is not installed

@@ -913,10 +913,11 @@ class StageArgumentParser(argparse.ArgumentParser):
         raise ValueError(message)
 
 
-def exit_stage(main: Callable[[], int]) -> None:
+def exit_stage(main: Callable[[], int], expected: tuple[type[BaseException], ...] = ()) -> None:
     """Run a stage's ``main`` as a process entry point and exit with its code.
 
-    Expected failures become one ``error:`` line and exit code ``EXIT_ERROR`` (2), a lost source
+    Expected failures (ValueError, OSError and the ``expected`` types) become one ``error:`` line
+    and exit code ``EXIT_ERROR`` (2), a lost source
     ``EXIT_SOURCE_LOST`` (3), which the launcher restarts. Every socket, file and device
     is closed by the time ``main`` returns, so the interpreter's teardown of torch and friends
     (1-2 s on a busy 2-core machine) is skipped and a stage stops within milliseconds of SIGTERM.
@@ -926,7 +927,7 @@ def exit_stage(main: Callable[[], int]) -> None:
     except SourceLost as error:
         print(f"error: {error}", file=sys.stderr)
         code = EXIT_SOURCE_LOST
-    except (ValueError, OSError) as error:
+    except (ValueError, OSError, *expected) as error:
         print(f"error: {error}", file=sys.stderr)
         code = EXIT_ERROR
     sys.stdout.flush()

@@ -332,6 +332,21 @@ def test_headless_replays_a_cut_recording_with_allow_truncated(env, tmp_path, ch
     assert report["events_lost"] == 0 and "is damaged or cut" in replayed.stderr
 
 
+def test_a_backend_that_cannot_run_here_is_one_error_line_not_a_restart_loop(env, checkpoint):
+    """``--backend tensorrt`` without TensorRT (or ``--device cuda`` without a GPU): the worker says
+    so in one line and exits 2; the launcher does not restart it (it once printed a traceback per restart)."""
+    from inference.backends import detect_capabilities
+
+    if detect_capabilities().tensorrt:
+        pytest.skip("TensorRT runs here")
+    result = subprocess.run([sys.executable, "launch.py", "--headless", "--source", "sim", "--backend", "tensorrt",
+                             "--checkpoint", str(checkpoint), "--duration", "20"],
+                            cwd=REPO, env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert result.stderr.count("error: ") == 1 and ("TensorRT" in result.stderr or "GPU" in result.stderr)
+    assert "not restarting it" in result.stderr and "restarting it in" not in result.stderr
+
+
 def test_stage_exit_codes_tell_a_lost_source_from_an_error():
     """``exit_stage``: SourceLost exits with EXIT_SOURCE_LOST (restarted by the launcher), other
     expected failures with EXIT_ERROR (not restarted), each as one error line."""
