@@ -343,13 +343,14 @@ def _speed(text: str) -> str:
     return text
 
 
-def _positive_seconds(text: str) -> float:
+def positive_number(text: str) -> float:
+    """argparse type: a finite number > 0 (also used by the benchmarks' command lines)."""
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"duration must be > 0 seconds, got {text!r}")
+        value = float("nan")
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
     return value
 
 
@@ -377,7 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--loop", action="store_true", help="replay a file forever")
     parser.add_argument("--allow-truncated", action="store_true",
                         help="replay a damaged or cut file up to the damage instead of refusing it")  # fmt: skip
-    parser.add_argument("--duration", type=_positive_seconds, default=None, help="stop after this many seconds")
+    parser.add_argument("--duration", type=positive_number, default=None, help="stop after this many seconds")
     parser.add_argument("--report", type=Path, default=None, help="headless: write the JSON report here")
     parser.add_argument("--screenshot", type=Path, default=None, help="GUI: save the whole window here before it closes (with --duration)")
     parser.add_argument("--stride-us", type=int, default=None, help="time between predictions (default: checkpoint's)")

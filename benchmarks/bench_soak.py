@@ -43,7 +43,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from inference.headless import HeadlessRecorder, latency_summary  # noqa: E402
-from launch import DEFAULT_CHECKPOINT, Stage, Supervisor  # noqa: E402
+from launch import DEFAULT_CHECKPOINT, Stage, Supervisor, positive_number  # noqa: E402
 from stream.source import STATUS_KIND  # noqa: E402
 from stream.transport import EventSubscriber, now_us  # noqa: E402
 
@@ -349,22 +349,12 @@ def format_markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _positive(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--minutes", type=_positive, default=10.0, help="soak length (event time of the source)")
-    parser.add_argument("--rate", type=_positive, default=5e6, help="target events/s")
-    parser.add_argument("--window-s", type=_positive, default=60.0, help="first/last window for latency; memory baseline time")
-    parser.add_argument("--sample-s", type=_positive, default=5.0, help="seconds between memory samples")
+    parser.add_argument("--minutes", type=positive_number, default=10.0, help="soak length (event time of the source)")
+    parser.add_argument("--rate", type=positive_number, default=5e6, help="target events/s")
+    parser.add_argument("--window-s", type=positive_number, default=60.0, help="first/last window for latency; memory baseline time")
+    parser.add_argument("--sample-s", type=positive_number, default=5.0, help="seconds between memory samples")
     parser.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT)
     parser.add_argument("--backend", default="onnxruntime")
     parser.add_argument("--seed", type=int, default=1)
