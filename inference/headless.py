@@ -29,14 +29,20 @@ processes are valid on the same machine. Across machines the end-to-end figure i
   launcher's ``Supervisor`` made after a stage failed (``--on-failure restart``); ``{}`` without a
   supervisor. ``worker_restarts`` above counts worker processes seen, whoever started them.
 * ``failures``: one line per stage failure that ended the recording.
+* ``environment`` (``launch.py --headless``): where the figures were measured: Python, OS, CPU
+  model and count, load average at the end, and the versions of the packages on the path
+  (read from their metadata: nothing is imported for it), so a report can be compared with another.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import platform
 import sys
-from array import array
 import time
+from array import array
+from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -324,6 +330,11 @@ def format_summary(report: dict) -> str:
         ("stage restarts (launcher)", _restarts_text(report.get("stage_restarts", {}))),
         (f"gaps > {report.get('gap_threshold_s', 1.0):g} s", _gaps_text(report.get("gaps", []))),
     ]
+    environment = report.get("environment")
+    if environment:
+        load = environment.get("load_average")
+        rows.append(("machine", f"{environment['cpu']}, {environment['cpus']} CPUs"
+                                + (f", load {load[0]:g}" if load else "")))  # fmt: skip
     if "accuracy" in report:
         accuracy = report["accuracy"]
         rows.append(("accuracy (windows inside gestures)",
@@ -438,15 +449,45 @@ def _progress(recorder: HeadlessRecorder, subscriber: EventSubscriber) -> None:
     )
 
 
+REPORTED_PACKAGES = ("numpy", "numba", "pyzmq", "onnxruntime", "onnxruntime-gpu", "torch", "tensorrt", "dv-processing")
+
+
+def environment_info() -> dict:
+    """Python, OS, CPU (model, count, load average) and package versions of this machine."""
+    versions = {}
+    for name in REPORTED_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    cpu_model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu_model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "python": platform.python_version(),
+        "os": platform.platform(),
+        "cpu": cpu_model,
+        "cpus": os.cpu_count(),
+        "load_average": [round(value, 2) for value in os.getloadavg()] if hasattr(os, "getloadavg") else None,
+        "packages": versions,
+    }
+
+
 def build_report(recorder: HeadlessRecorder, checkpoint: str, wall_s: float, failures: list[str],
                  supervisor: Any = None) -> dict:  # fmt: skip
-    """The recorder's report plus ``failures`` and ``stage_restarts`` (from
-    ``supervisor.restart_counts()`` when the supervisor has it, else ``{}``)."""
+    """The recorder's report plus ``failures``, ``stage_restarts`` (from
+    ``supervisor.restart_counts()`` when the supervisor has it, else ``{}``) and ``environment``."""
     report = recorder.report(checkpoint, wall_s)
     report["failures"] = list(failures)
     restart_counts = getattr(supervisor, "restart_counts", None)
     counts = restart_counts() if callable(restart_counts) else {}
     report["stage_restarts"] = {str(name): int(count) for name, count in counts.items()}
+    report["environment"] = environment_info()
     return report
 
 

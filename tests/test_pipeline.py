@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import subprocess
 import sys
 import threading
@@ -194,6 +195,9 @@ def test_report_carries_the_supervisor_restart_counts(tmp_path):
     assert report["stage_restarts"] == {"source": 0, "worker": 1} and report["failures"] == ["stage worker exited with code 1"]
     assert json.loads(json.dumps(report, allow_nan=False))["stage_restarts"] == {"source": 0, "worker": 1}
     assert "| stage restarts (launcher) | source 0, worker 1 |" in format_summary(report)
+    environment = json.loads(json.dumps(report, allow_nan=False))["environment"]  # where it was measured
+    assert environment["packages"]["numpy"] == np.__version__ and environment["cpus"] == os.cpu_count()
+    assert environment["python"] == platform.python_version() and "| machine |" in format_summary(report)
     quiet = build_report(recorder, "ck.json", 1.0, [], supervisor=None)  # a consumer without a launcher
     assert quiet["stage_restarts"] == {} and "| stage restarts (launcher) | none |" in format_summary(quiet)
 
