@@ -18,33 +18,17 @@ import pytest
 from inference.headless import record
 from stream.keys import CurveConfig
 from stream.transport import EventSubscriber
-from test_pipeline import REPO, TEST_BACKEND, make_tiny_checkpoint
+from test_pipeline import REPO, TEST_BACKEND
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    return make_tiny_checkpoint(tmp_path_factory.mktemp("checkpoint"))
-
-
-@pytest.fixture(scope="module")
-def env(tmp_path_factory) -> dict:
-    """Environment for stage processes: ONNX caches in a temp dir, the repository importable."""
-    import os
-
-    env = dict(os.environ)
-    env["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("cache"))
-    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-    return env
-
-
-@pytest.fixture(scope="module")
-def keys(tmp_path_factory, env) -> dict[str, Path]:
+def keys(tmp_path_factory, stage_env) -> dict[str, Path]:
     """Key directories as the README sets them up: ``a`` (key ``a``, trusts ``b``), ``b`` (key
     ``b``, trusts ``a``), and ``stranger`` (key ``stranger``: knows both public keys, trusted by none)."""
     base = tmp_path_factory.mktemp("keys")
     for name in ("a", "b", "stranger"):
         result = subprocess.run([sys.executable, "-m", "stream", "keys", "generate", str(base / name), "--name", name],
-                                cwd=REPO, env=env, capture_output=True, text=True, timeout=60)  # fmt: skip
+                                cwd=REPO, env=stage_env, capture_output=True, text=True, timeout=60)  # fmt: skip
         assert result.returncode == 0, result.stderr
     for name, peers in (("a", ("b",)), ("b", ("a",)), ("stranger", ("a", "b"))):
         for peer in peers:
@@ -58,10 +42,10 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def test_only_a_recorder_with_the_keys_gets_predictions(checkpoint, env, keys):
+def test_only_a_recorder_with_the_keys_gets_predictions(tiny_checkpoint, stage_env, keys):
     events, predictions = (f"tcp://127.0.0.1:{free_port()}" for _ in range(2))  # loopback: no --allow-remote
     commands = [  # B's worker trusts A's source; A's source accepts B (b.key is in A's directory)
-        [sys.executable, "-m", "inference.worker", "--sub", events, "--pub", predictions, "--checkpoint", str(checkpoint),
+        [sys.executable, "-m", "inference.worker", "--sub", events, "--pub", predictions, "--checkpoint", str(tiny_checkpoint),
          "--backend", TEST_BACKEND, "--wait-subscribers", "1", "--frame-fps", "0",
          "--curve-keys", str(keys["b"]), "--curve-server", "a"],
         [sys.executable, "-m", "stream.source", "--source", "sim", "--pub", events, "--speed", "2", "--sim-duration", "3",
@@ -77,7 +61,7 @@ def test_only_a_recorder_with_the_keys_gets_predictions(checkpoint, env, keys):
     try:
         recorder, _, failures = record(
             predictions, curve=CurveConfig.from_directory(keys["b"]), quiet=True, startup_timeout_s=60,
-            on_ready=lambda: stages.extend(subprocess.Popen(command, cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)
+            on_ready=lambda: stages.extend(subprocess.Popen(command, cwd=REPO, env=stage_env, stderr=subprocess.PIPE, text=True)
                                            for command in commands),
         )  # fmt: skip
         leaked = {key: [] for key in outsiders}
@@ -94,7 +78,7 @@ def test_only_a_recorder_with_the_keys_gets_predictions(checkpoint, env, keys):
         for subscriber in outsiders.values():
             subscriber.close()
     assert failures == [] and recorder.ended
-    report = recorder.report(str(checkpoint), 0.0)
+    report = recorder.report(str(tiny_checkpoint), 0.0)
     assert report["windows"] >= 10 and report["events_in"] > 10_000 and report["events_lost"] == 0
     assert report["gestures"] >= 1  # truth travelled through both encrypted hops
     for (endpoint, who), subscriber in outsiders.items():
@@ -105,16 +89,16 @@ def test_only_a_recorder_with_the_keys_gets_predictions(checkpoint, env, keys):
 
 
 @pytest.mark.parametrize("stage", ["source", "worker", "launch"])
-def test_a_bad_key_directory_is_one_error_line_and_exit_code_2(stage, checkpoint, env, tmp_path):
+def test_a_bad_key_directory_is_one_error_line_and_exit_code_2(stage, tiny_checkpoint, stage_env, tmp_path):
     missing = tmp_path / "no-keys"
     commands = {
         "source": ["-m", "stream.source", "--source", "sim", "--pub", "tcp://127.0.0.1:5999"],
         "worker": ["-m", "inference.worker", "--sub", "tcp://127.0.0.1:5998", "--pub", "tcp://127.0.0.1:5999",
-                   "--checkpoint", str(checkpoint)],
-        "launch": ["launch.py", "--headless", "--source", "sim", "--checkpoint", str(checkpoint)],
+                   "--checkpoint", str(tiny_checkpoint)],
+        "launch": ["launch.py", "--headless", "--source", "sim", "--checkpoint", str(tiny_checkpoint)],
     }  # fmt: skip
     started = time.monotonic()
-    result = subprocess.run([sys.executable, *commands[stage], "--curve-keys", str(missing)], cwd=REPO, env=env,
+    result = subprocess.run([sys.executable, *commands[stage], "--curve-keys", str(missing)], cwd=REPO, env=stage_env,
                             capture_output=True, text=True, timeout=60)  # fmt: skip
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [f"error: {missing}: no such key directory "
@@ -122,15 +106,15 @@ def test_a_bad_key_directory_is_one_error_line_and_exit_code_2(stage, checkpoint
     assert time.monotonic() - started < 30  # refused before a model loads or a source opens
 
 
-def test_launch_runs_the_whole_pipeline_encrypted(checkpoint, env, keys, tmp_path):
+def test_launch_runs_the_whole_pipeline_encrypted(tiny_checkpoint, stage_env, keys, tmp_path):
     report_path = tmp_path / "report.json"
     endpoints = ["--events-endpoint", f"tcp://127.0.0.1:{free_port()}",
                  "--predictions-endpoint", f"tcp://127.0.0.1:{free_port()}"]  # fmt: skip
     result = subprocess.run(
         [sys.executable, "launch.py", "--headless", "--quiet", "--backend", TEST_BACKEND, "--source", "sim",
-         "--checkpoint", str(checkpoint), "--duration", "2", "--report", str(report_path), *endpoints,
+         "--checkpoint", str(tiny_checkpoint), "--duration", "2", "--report", str(report_path), *endpoints,
          "--curve-keys", str(keys["b"])],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=150,
+        cwd=REPO, env=stage_env, capture_output=True, text=True, timeout=150,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(report_path.read_text())

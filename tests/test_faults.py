@@ -4,7 +4,6 @@ and comes back (the source reconnects, the rest keeps running), and a consumer t
 
 from __future__ import annotations
 
-import os
 import re
 import signal
 import subprocess
@@ -20,7 +19,7 @@ from stream.events import SensorSize
 from stream.source import StagePublisher
 from stream.transport import EventSubscriber, Kind, now_us
 from test_launch import alive, children_of, line_reader, wait_for_line
-from test_pipeline import REPO, TEST_BACKEND, make_tiny_checkpoint, synthetic_events
+from test_pipeline import REPO, TEST_BACKEND, synthetic_events
 from test_sources import free_port, start_server
 
 WAIT_S = 60.0  # bound on every wait for a real signal (model loading on a busy 2-core machine)
@@ -54,27 +53,14 @@ def wait_for_progress(lines, more_than: tuple[int, int], timeout_s: float) -> tu
             return seen
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    return make_tiny_checkpoint(tmp_path_factory.mktemp("checkpoint"))
-
-
-@pytest.fixture(scope="module")
-def env(tmp_path_factory) -> dict:
-    environment = dict(os.environ)
-    environment["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("cache"))
-    environment["PYTHONPATH"] = str(REPO) + os.pathsep + environment.get("PYTHONPATH", "")
-    return environment
-
-
 @pytest.mark.slow
-def test_network_server_lost_and_back_the_source_reconnects_and_the_rest_keeps_running(checkpoint, env):
+def test_network_server_lost_and_back_the_source_reconnects_and_the_rest_keeps_running(tiny_checkpoint, stage_env):
     port = free_port()
     server = start_dv_server(port, 1_000_000)
     launcher = subprocess.Popen(
         [sys.executable, "launch.py", "--headless", "--source", f"dv:127.0.0.1:{port}", "--backend", TEST_BACKEND,
-         "--checkpoint", str(checkpoint)],
-        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+         "--checkpoint", str(tiny_checkpoint)],
+        cwd=REPO, env=stage_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     try:
         lines = line_reader(launcher.stdout)
@@ -148,14 +134,14 @@ class FastConsumer(threading.Thread):
 
 
 @pytest.mark.slow
-def test_a_stalled_consumer_neither_slows_the_others_nor_grows_the_worker(checkpoint, env, tmp_path):
+def test_a_stalled_consumer_neither_slows_the_others_nor_grows_the_worker(tiny_checkpoint, stage_env, tmp_path):
     events_endpoint, predictions_endpoint = f"ipc://{tmp_path}/events", f"ipc://{tmp_path}/predictions"
     stop = threading.Event()
     with StagePublisher(events_endpoint, stop=stop) as publisher:
         worker = subprocess.Popen(
             [sys.executable, "-m", "inference.worker", "--sub", events_endpoint, "--pub", predictions_endpoint,
-             "--checkpoint", str(checkpoint), "--backend", TEST_BACKEND, "--wait-subscribers", "2"],
-            cwd=REPO, env=env, stderr=subprocess.PIPE, text=True,
+             "--checkpoint", str(tiny_checkpoint), "--backend", TEST_BACKEND, "--wait-subscribers", "2"],
+            cwd=REPO, env=stage_env, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
         fast = FastConsumer(predictions_endpoint)
         slow = EventSubscriber(predictions_endpoint, ("prediction", "frame"))

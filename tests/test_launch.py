@@ -17,19 +17,7 @@ import numpy as np
 import pytest
 
 from launch import STOP_TIMEOUT_S, RestartPolicy, Stage, Supervisor
-from test_pipeline import REPO, TEST_BACKEND, make_tiny_checkpoint
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    return make_tiny_checkpoint(tmp_path_factory.mktemp("checkpoint"))
-
-
-@pytest.fixture(scope="module")
-def env(tmp_path_factory) -> dict:
-    environment = dict(os.environ)
-    environment["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("cache"))
-    return environment
+from test_pipeline import REPO, TEST_BACKEND
 
 
 def children_of(pid: int) -> list[int]:
@@ -92,16 +80,16 @@ def wait_for_line(lines: queue.Queue, text: str, timeout_s: float, seen: list[st
     raise AssertionError(f"{text!r} not seen within {timeout_s} s; got:\n{''.join(seen)[-3000:]}")
 
 
-def start_launch(checkpoint: Path, env: dict, *extra: str) -> subprocess.Popen:
+def start_launch(tiny_checkpoint: Path, stage_env: dict, *extra: str) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "launch.py", "--headless", "--source", "sim", "--backend", TEST_BACKEND,
-         "--checkpoint", str(checkpoint), *extra],
-        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+         "--checkpoint", str(tiny_checkpoint), *extra],
+        cwd=REPO, env=stage_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
 
 
-def test_sigint_stops_every_stage_quickly(checkpoint, env):
-    launcher = start_launch(checkpoint, env)
+def test_sigint_stops_every_stage_quickly(tiny_checkpoint, stage_env):
+    launcher = start_launch(tiny_checkpoint, stage_env)
     try:
         lines = line_reader(launcher.stdout)
         wait_for_line(lines, "windows (", timeout_s=120)  # predictions flow: every stage is up
@@ -136,9 +124,9 @@ def windows_seen(line: str) -> int:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("stage, module", [("worker", "inference.worker"), ("source", "stream.source")])
-def test_a_killed_stage_is_restarted_and_predictions_resume(checkpoint, env, tmp_path, stage, module):
+def test_a_killed_stage_is_restarted_and_predictions_resume(tiny_checkpoint, stage_env, tmp_path, stage, module):
     report_path = tmp_path / "report.json"
-    launcher = start_launch(checkpoint, env, "--duration", "12", "--report", str(report_path))
+    launcher = start_launch(tiny_checkpoint, stage_env, "--duration", "12", "--report", str(report_path))
     try:
         lines = line_reader(launcher.stdout)
         seen = [wait_for_line(lines, "windows (", timeout_s=120)]
@@ -162,8 +150,8 @@ def test_a_killed_stage_is_restarted_and_predictions_resume(checkpoint, env, tmp
     assert report["counters"]["windows"] >= 20  # counted by the worker running at the end
 
 
-def test_on_failure_stop_ends_the_pipeline_within_2_s(checkpoint, env):
-    launcher = start_launch(checkpoint, env, "--on-failure", "stop")
+def test_on_failure_stop_ends_the_pipeline_within_2_s(tiny_checkpoint, stage_env):
+    launcher = start_launch(tiny_checkpoint, stage_env, "--on-failure", "stop")
     try:
         lines = line_reader(launcher.stdout)
         wait_for_line(lines, "windows (", timeout_s=120)
@@ -185,17 +173,17 @@ def test_on_failure_stop_ends_the_pipeline_within_2_s(checkpoint, env):
     assert not [pid for pid in stages if alive(pid)]
 
 
-def test_gui_without_a_display_says_so_in_one_line(env):
-    environment = {k: v for k, v in env.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY", "QT_QPA_PLATFORM")}
+def test_gui_without_a_display_says_so_in_one_line(stage_env):
+    environment = {k: v for k, v in stage_env.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY", "QT_QPA_PLATFORM")}
     result = subprocess.run([sys.executable, "launch.py", "--source", "sim"], cwd=REPO, env=environment,
                             capture_output=True, text=True, timeout=60)  # fmt: skip
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and "--headless" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_bad_arguments_fail_with_one_line(env, tmp_path):
+def test_bad_arguments_fail_with_one_line(stage_env, tmp_path):
     result = subprocess.run([sys.executable, "launch.py", "--headless", "--checkpoint", str(tmp_path / "none.json")],
-                            cwd=REPO, env=env, capture_output=True, text=True, timeout=60)  # fmt: skip
+                            cwd=REPO, env=stage_env, capture_output=True, text=True, timeout=60)  # fmt: skip
     assert result.returncode == 2 and "not found" in result.stderr and "Traceback" not in result.stderr
 
 
@@ -279,13 +267,13 @@ def test_restart_policy_never_restarts_a_stage_that_stopped_with_its_own_error(t
                         "not restarting it: it would fail the same way"]  # fmt: skip
 
 
-def test_headless_with_a_missing_file_stops_at_once_with_its_error(env, tmp_path, checkpoint):
+def test_headless_with_a_missing_file_stops_at_once_with_its_error(stage_env, tmp_path, tiny_checkpoint):
     started = time.monotonic()
     gone = tmp_path / "gone.aedat4"
     result = subprocess.run([sys.executable, "launch.py", "--headless", "--source", f"file:{gone}", "--checkpoint",
-                             str(checkpoint), "--backend", TEST_BACKEND, "--duration", "30",
+                             str(tiny_checkpoint), "--backend", TEST_BACKEND, "--duration", "30",
                              "--report", str(tmp_path / "r.json")],
-                            cwd=REPO, env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+                            cwd=REPO, env=stage_env, capture_output=True, text=True, timeout=120)  # fmt: skip
     assert result.returncode == 1 and time.monotonic() - started < 60  # not the 30 s of --duration
     assert result.stderr.count(f"error: {gone}: no such file") == 1, result.stderr  # started once
     assert "not restarting it" in result.stderr and "restarting it in" not in result.stderr
@@ -303,7 +291,7 @@ def test_supervisor_passes_stage_stderr_through_and_keeps_the_error_line(tmp_pat
     assert f"error: {tmp_path / 'none.aedat4'}: no such file\n" in capfd.readouterr().err  # still on our stderr
 
 
-def test_headless_replays_a_cut_recording_with_allow_truncated(env, tmp_path, checkpoint):
+def test_headless_replays_a_cut_recording_with_allow_truncated(stage_env, tmp_path, tiny_checkpoint):
     """A recorder that died mid-packet: refused with the hint, then replayed up to the cut."""
     from stream.aedat4 import Aedat4Writer
     from stream.events import SensorSize, make_events
@@ -319,10 +307,10 @@ def test_headless_replays_a_cut_recording_with_allow_truncated(env, tmp_path, ch
     data = path.read_bytes()
     path.write_bytes(data[: len(data) * 3 // 4])
     command = [sys.executable, "launch.py", "--headless", "--source", f"file:{path}", "--speed", "max",
-               "--checkpoint", str(checkpoint), "--backend", TEST_BACKEND, "--report", str(tmp_path / "r.json")]
-    refused = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+               "--checkpoint", str(tiny_checkpoint), "--backend", TEST_BACKEND, "--report", str(tmp_path / "r.json")]
+    refused = subprocess.run(command, cwd=REPO, env=stage_env, capture_output=True, text=True, timeout=120)
     assert refused.returncode == 1 and "--allow-truncated reads the events before it" in refused.stderr
-    replayed = subprocess.run([*command, "--allow-truncated"], cwd=REPO, env=env, capture_output=True, text=True,
+    replayed = subprocess.run([*command, "--allow-truncated"], cwd=REPO, env=stage_env, capture_output=True, text=True,
                               timeout=120)  # fmt: skip
     assert replayed.returncode == 0, replayed.stderr[-2000:]
     report = json.loads((tmp_path / "r.json").read_text())
@@ -332,7 +320,7 @@ def test_headless_replays_a_cut_recording_with_allow_truncated(env, tmp_path, ch
     assert report["events_lost"] == 0 and "is damaged or cut" in replayed.stderr
 
 
-def test_a_backend_that_cannot_run_here_is_one_error_line_not_a_restart_loop(env, checkpoint):
+def test_a_backend_that_cannot_run_here_is_one_error_line_not_a_restart_loop(stage_env, tiny_checkpoint):
     """``--backend tensorrt`` without TensorRT (or ``--device cuda`` without a GPU): the worker says
     so in one line and exits 2; the launcher does not restart it (it once printed a traceback per restart)."""
     from inference.backends import detect_capabilities
@@ -340,8 +328,8 @@ def test_a_backend_that_cannot_run_here_is_one_error_line_not_a_restart_loop(env
     if detect_capabilities().tensorrt:
         pytest.skip("TensorRT runs here")
     result = subprocess.run([sys.executable, "launch.py", "--headless", "--source", "sim", "--backend", "tensorrt",
-                             "--checkpoint", str(checkpoint), "--duration", "20"],
-                            cwd=REPO, env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+                             "--checkpoint", str(tiny_checkpoint), "--duration", "20"],
+                            cwd=REPO, env=stage_env, capture_output=True, text=True, timeout=120)  # fmt: skip
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
     assert result.stderr.count("error: ") == 1 and ("TensorRT" in result.stderr or "GPU" in result.stderr)
     assert "not restarting it" in result.stderr and "restarting it in" not in result.stderr
@@ -429,8 +417,8 @@ def test_curve_options_reach_every_stage_and_trust_the_right_publisher(tmp_path)
     assert "--curve-keys" not in worker_stage(build_parser().parse_args([]), endpoints, 1).args
 
 
-def test_curve_name_without_keys_fails_with_one_line(env):
-    result = subprocess.run([sys.executable, "launch.py", "--headless", "--curve-server", "a"], cwd=REPO, env=env,
+def test_curve_name_without_keys_fails_with_one_line(stage_env):
+    result = subprocess.run([sys.executable, "launch.py", "--headless", "--curve-server", "a"], cwd=REPO, env=stage_env,
                             capture_output=True, text=True, timeout=60)  # fmt: skip
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == ["error: --curve-name and --curve-server need --curve-keys DIR"]

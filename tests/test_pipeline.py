@@ -64,20 +64,6 @@ def make_tiny_checkpoint(directory: Path, window: dict = WINDOW) -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_checkpoint(tmp_path_factory) -> Path:
-    return make_tiny_checkpoint(tmp_path_factory.mktemp("checkpoint"))
-
-
-@pytest.fixture(scope="session")
-def stage_env(tmp_path_factory) -> dict:
-    """Environment for stage processes: ONNX/engine caches in a temp dir, repo importable."""
-    env = dict(os.environ)
-    env["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("cache"))
-    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-    return env
-
-
-@pytest.fixture(scope="session")
 def backend(tiny_checkpoint, stage_env):
     from inference.backends import create_backend
     from training.checkpoint import read_metadata
