@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import threading
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -911,19 +912,27 @@ def main(argv: list[str]) -> int:
         frames = np.zeros((spec.bins, 2, mapping.input_size.height, mapping.input_size.width), dtype=np.float32)
         start_us = args.start_us
         scratch = np.empty_like(frames)
+        first_us = last_us = None  # first event of the recording, last event read
         for chunk in reader:
             if len(chunk) == 0:
                 continue
+            first_us = int(chunk["t"][0]) if first_us is None else first_us
+            last_us = int(chunk["t"][-1])
             if start_us is None:
                 start_us = int(chunk["t"][0])
             if int(chunk["t"][0]) >= start_us + spec.window_us:
                 break  # time-ordered: nothing later can fall in the window
             frames += bin_window(chunk, mapping, spec, start_us, out=scratch)
-    if start_us is None:
+    if start_us is None or first_us is None:
         raise EventFormatError(f"{args.input}: holds no events")
     np.save(args.out, frames, allow_pickle=False)
     print(f"{args.out}: frames {tuple(frames.shape)} float32, {int(frames.sum())} events, "
           f"window [{start_us}, {start_us + spec.window_us}) µs")  # fmt: skip
+    if start_us + spec.window_us <= first_us:
+        print(f"note: the window ends before the recording's first event ({first_us} µs); --start-us is the "
+              "recording's own timestamp, not an offset", file=sys.stderr)  # fmt: skip
+    elif start_us > last_us:  # then every chunk was read: last_us is the recording's last event
+        print(f"note: the window starts after the recording's last event ({last_us} µs)", file=sys.stderr)
     return 0
 
 

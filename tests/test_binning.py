@@ -531,3 +531,19 @@ def test_cli_writes_frames_of_one_window(tmp_path) -> None:
     mapping = SensorMapping.create((346, 260), (64, 64), flip_y=True)
     np.testing.assert_array_equal(frames, bin_window(events, mapping, WindowSpec(8, 10_000, 10_000), 200_000))
     assert dispatcher(["frames", str(tmp_path / "nope.aedat4"), "--bins", "8", "--bin-us", "10", "--out", str(out)]) == 2
+
+
+def test_cli_frames_says_when_the_window_misses_the_recording(tmp_path, capsys) -> None:
+    from stream.__main__ import main as dispatcher
+    from stream.aedat4 import write_aedat4
+
+    events = random_events(9, 5_000, (64, 48), (1_000_000, 2_000_000))
+    path, out = tmp_path / "rec.aedat4", tmp_path / "frames.npy"
+    write_aedat4(path, events, SensorSize(64, 48))
+    base = ["frames", str(path), "--bins", "4", "--bin-us", "10000", "--out", str(out)]
+    assert dispatcher([*base, "--start-us", "0"]) == 0  # an offset where a timestamp was meant
+    assert "ends before the recording's first event" in capsys.readouterr().err and not np.load(out).any()
+    assert dispatcher([*base, "--start-us", "5000000"]) == 0
+    assert f"starts after the recording's last event ({int(events['t'][-1])} µs)" in capsys.readouterr().err
+    assert dispatcher([*base, "--start-us", "1500000"]) == 0
+    assert capsys.readouterr().err == "" and np.load(out).any()
