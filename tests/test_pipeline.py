@@ -33,7 +33,7 @@ from inference.worker import InferenceWorker, LossCount, Packet, WorkerConfig, W
 from stream.classes import GESTURE_CLASSES, NO_GESTURE
 from stream.events import GestureSegment, SensorSize, make_events
 from stream.source import STATUS_KIND, StagePublisher
-from stream.transport import EventSubscriber, Kind, encode_events, now_us
+from stream.transport import EventSubscriber, Kind, Message, encode_events, now_us
 
 REPO = Path(__file__).resolve().parents[1]
 TEST_BACKEND = "onnxruntime"  # the default CPU backend of `auto`
@@ -302,10 +302,7 @@ def test_overloaded_worker_skips_windows_and_keeps_latency_bounded(backend, tmp_
             loop = WorkerLoop(worker, subscriber, loop_publisher)
             loop.run(duration_s=30)
             sender.join()
-            predictions = []
-            while (message := consumer.recv(0)) is not None:
-                if message.data.get("type") == "prediction":
-                    predictions.append(message.data)
+            predictions = [m.data for m in drain(consumer) if m.data.get("type") == "prediction"]
     counters = worker.counter_dict()
     assert loop.ended
     assert counters["windows_skipped"] > counters["windows"] > 3  # 60 windows due, ~10 inferred
@@ -356,7 +353,7 @@ def test_clock_messages_close_windows_while_the_source_is_silent(backend, tmp_pa
             loop.run(duration_s=30)
             sender.join()
             predictions, frames = [], []
-            while (message := consumer.recv(0)) is not None:
+            for message in drain(consumer):
                 if message.kind == Kind.FRAME:
                     frames.append(message.send_us)
                 elif message.data.get("type") == "prediction":
@@ -388,6 +385,15 @@ def _step_until(loop: WorkerLoop, condition, timeout_s: float = 20) -> None:
         loop.step(timeout_ms=20)
 
 
+def drain(consumer: EventSubscriber, quiet_ms: int = 300) -> list[Message]:
+    """Every message ``consumer`` gets until none comes for ``quiet_ms``: a message published just
+    before may still be in ZeroMQ's pipes, so one non-blocking pass could miss it (flaky tests)."""
+    messages = []
+    while (message := consumer.recv(quiet_ms)) is not None:
+        messages.append(message)
+    return messages
+
+
 def test_a_source_started_again_restarts_the_windows_even_within_a_second(backend, tmp_path):
     """Two real source publishers, one after the other, on one endpoint: the second starts its
     stream time again at 0, only 0.6 s behind the first (under TIME_RESET_US). Its events must be
@@ -416,10 +422,7 @@ def test_a_source_started_again_restarts_the_windows_even_within_a_second(backen
                 publisher.publish_events(chunk, sensor)
             publisher.publish_json(STATUS_KIND, {"type": "end", "events_sent": len(second)}, reliable=True)
             loop.run(duration_s=30)
-        predictions = []
-        while (message := consumer.recv(0)) is not None:
-            if message.data.get("type") == "prediction":
-                predictions.append(message.data)
+        predictions = [m.data for m in drain(consumer) if m.data.get("type") == "prediction"]
     assert loop.ended and subscriber.stats.restarts >= 1
     counters = worker.counter_dict()
     assert counters["dropped_backwards"] == 0 and counters["time_resets"] == 1 and counters["source_restarts"] == 1
