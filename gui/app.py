@@ -430,6 +430,8 @@ class MainWindow(QtWidgets.QMainWindow):
         loop: replay files forever.
         source_control: restarts the source stage; None disables source switching.
         supervisor: launch.py's ``Supervisor``, watched for stages that exit (optional).
+        on_failure: launch.py's ``--on-failure``: with ``"stop"`` a stage failure stops every stage
+            (the window stays open and says why; ``run_gui`` then returns 1).
         model_name: shown in the status line.
         fps: event view updates per second.
         stall_after_s: silence after which the window says the pipeline stalled.
@@ -452,6 +454,7 @@ class MainWindow(QtWidgets.QMainWindow):
         loop: bool = False,
         source_control: SourceControl | None = None,
         supervisor: Any = None,
+        on_failure: str = "restart",
         model_name: str = "",
         fps: float = DEFAULT_FPS,
         stall_after_s: float = STALL_AFTER_S,
@@ -468,6 +471,8 @@ class MainWindow(QtWidgets.QMainWindow):
         self.source_spec, self.speed, self.loop = source_spec, speed, loop
         self.source_control = source_control
         self.supervisor = supervisor
+        self.on_failure = on_failure
+        self.stopped_on_failure = False  # on_failure "stop": a stage failed and every stage was stopped
         self.model_name = model_name
         self.stall_after_s = stall_after_s
         self.output_dir = Path(output_dir) if output_dir is not None else Path.cwd()
@@ -1158,6 +1163,8 @@ class MainWindow(QtWidgets.QMainWindow):
             return
         stage = self.supervisor.stages.get(name)
         error = getattr(stage, "last_error", "")  # the stage's own error line, if it wrote one
+        if not error and code < 0:
+            error = f"killed by {signal.Signals(-code).name}" if -code in signal.valid_signals() else f"killed by signal {-code}"
         advice = f"{error} — choose a source" if error else "see the terminal, then choose a source"
         if getattr(self.supervisor, "policy", None) is not None:
             restarts = getattr(stage, "restarts", 0)
@@ -1166,6 +1173,15 @@ class MainWindow(QtWidgets.QMainWindow):
             self.show_state(self.stage_failure)
             self.failure_overlay.show_message(f"stage {name} failed (exit code {code}), {given_up}",
                                               f"{error or 'see the terminal'}\n\nChoose a source to go on.")  # fmt: skip
+            return
+        if self.on_failure == "stop":  # what the user asked for: the first failure stops the pipeline
+            self.supervisor.stop()
+            self.stopped_on_failure = True
+            self.stage_failure = f"stage {name} failed (exit code {code}); --on-failure stop: every stage stopped"
+            self.show_state(self.stage_failure)
+            self.failure_overlay.show_message(f"stage {name} failed (exit code {code})",
+                                              f"{error or 'see the terminal'}\n\n--on-failure stop: every stage "
+                                              "was stopped; close the window.")  # fmt: skip
             return
         if name == "worker" and code != EXIT_ERROR and self.worker_restarts < WORKER_RESTARTS:  # 2: its own error
             self.worker_restarts += 1
@@ -1228,7 +1244,8 @@ def run_gui(args: argparse.Namespace, endpoints: Any, supervisor: Any = None, cu
 
     ``supervisor`` (launch.py's ``Supervisor``) enables source switching and stage watching.
     ``curve`` / ``events_curve``: CurveZMQ keys for tcp endpoints of the worker / the source
-    (``args.allow_remote`` allows non-loopback ones). Returns the exit code: 0, or 130 after a signal.
+    (``args.allow_remote`` allows non-loopback ones). Returns the exit code: 0, 130 after a signal, 1
+    when ``args.on_failure == "stop"`` and a stage failure stopped the pipeline.
     """
     app = QtWidgets.QApplication.instance() or QtWidgets.QApplication(["spikeformer-live"])
     app.setStyle("Fusion")
@@ -1248,6 +1265,7 @@ def run_gui(args: argparse.Namespace, endpoints: Any, supervisor: Any = None, cu
         loop=bool(getattr(args, "loop", False)),
         source_control=source_control,
         supervisor=supervisor,
+        on_failure=str(getattr(args, "on_failure", "restart")),
         model_name=Path(checkpoint).stem if checkpoint else "",
         allow_remote=bool(getattr(args, "allow_remote", False)),
         curve=curve,
@@ -1278,10 +1296,11 @@ def run_gui(args: argparse.Namespace, endpoints: Any, supervisor: Any = None, cu
         app.exec()
     finally:
         wake.stop()
+        stopped_on_failure = window.stopped_on_failure
         window.receiver.close()
         for signum, handler in previous.items():
             signal.signal(signum, handler)
         # Delete the window's C++ side now, while the QApplication lives: left to the garbage
         # collector at interpreter exit, PySide6 may free them in the wrong order and crash.
         shiboken6.delete(window)
-    return 130 if signalled else 0
+    return 130 if signalled else 1 if stopped_on_failure else 0

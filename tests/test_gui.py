@@ -518,6 +518,23 @@ def test_a_stage_that_stopped_with_its_own_error_is_not_restarted(qtbot, publish
         main.close()
 
 
+def test_on_failure_stop_stops_every_stage_and_does_not_restart(qtbot, publishers, tmp_path) -> None:
+    """launch.py --on-failure stop (no restart policy): the first failure stops the pipeline; the
+    window stays open and says so (it used to restart the worker itself three times)."""
+    worker, source = publishers
+    with failing_stage_supervisor(tmp_path, policy=None) as supervisor:
+        main = MainWindow(worker.endpoint, source.endpoint, source_spec="sim", supervisor=supervisor,
+                          on_failure="stop", output_dir=tmp_path)  # fmt: skip
+        qtbot.addWidget(main)
+        main.show()
+        qtbot.waitUntil(lambda: main.stopped_on_failure, timeout=15_000)
+        qtbot.wait(500)  # a restart would have happened by now
+        assert supervisor.stages["worker"].starts == 1 and main.worker_restarts == 0 and supervisor.running() == []
+        assert "--on-failure stop: every stage stopped" in main.state_label.text()
+        assert main.failure_overlay.isVisible() and "close the window" in main.failure_overlay.text()
+        main.close()
+
+
 def test_without_a_restart_policy_the_window_restarts_a_dead_worker_itself(qtbot, publishers, tmp_path) -> None:
     from gui.app import WORKER_RESTARTS
 
