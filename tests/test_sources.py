@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import subprocess
 import sys
@@ -393,23 +394,30 @@ def wait_for(condition, what: str) -> None:
         threading.Event().wait(0.001)  # polling a C++ object that offers no signal to wait on
 
 
-def test_network_source_reads_a_real_network_writer():
+@contextlib.contextmanager
+def network_writer(camera: str):
+    """A dv-processing NetworkWriter serving an event stream (``camera``, SENSOR) on a free loopback
+    port: ``(writer, port)``. On leaving it waits until its clients have gone (close them inside the
+    block): dv-processing 2.0.4 deadlocks destroying a NetworkWriter that still counts a client (it
+    holds the GIL while its I/O thread needs it)."""
     port = free_port()
-    writer = dv.io.NetworkWriter("127.0.0.1", port, dv.io.Stream.EventStream(0, "events", "TestCam_42", SENSOR))
-    events = synthetic_events(count=3_000)
+    writer = dv.io.NetworkWriter("127.0.0.1", port, dv.io.Stream.EventStream(0, "events", camera, SENSOR))
     try:
+        yield writer, port
+    finally:
+        wait_for(lambda: writer.getClientCount() == 0, "the server to see the client leave")
+
+
+def test_network_source_reads_a_real_network_writer():
+    events = synthetic_events(count=3_000)
+    with network_writer("TestCam_42") as (writer, port):
         with open_source(f"dv:127.0.0.1:{port}") as source:
             assert source.sensor_size == SENSOR and "TestCam_42" in source.name and source.connected
             wait_for(lambda: writer.getClientCount() == 1, "the server to accept the client")
             for start in range(0, len(events), 1_000):
                 writer.writeEvents(dv_store(events[start : start + 1_000]))
             out, _ = collect(source, limit=len(events))
-        assert np.array_equal(out, events)
-    finally:
-        # dv-processing 2.0.4: destroying a NetworkWriter that still counts a client deadlocks
-        # (it holds the GIL while its I/O thread needs it), so wait until it has seen the client go.
-        wait_for(lambda: writer.getClientCount() == 0, "the server to see the client leave")
-        del writer
+    assert np.array_equal(out, events)
 
 
 def test_network_source_without_server_is_a_clear_error():
@@ -623,29 +631,26 @@ def test_silent_file_sends_advancing_clock_messages_and_a_paused_one_does_not_ad
 
 
 def test_silent_network_stream_sends_clock_messages_that_follow_the_wall_clock(tmp_path):
-    port = free_port()
-    writer = dv.io.NetworkWriter("127.0.0.1", port, dv.io.Stream.EventStream(0, "events", "TestCam_7", SENSOR))
-    stage = None
-    try:
-        source = NetworkSource("127.0.0.1", port)
-        wait_for(lambda: writer.getClientCount() == 1, "the server to accept the client")
-        stage = StageThread(source, f"ipc://{tmp_path}/events")
-        events = synthetic_events(duration_us=10_000, count=500)
-        writer.writeEvents(dv_store(events))
-        received, clocks = stage.collect(0.4)  # then the camera is silent
-        assert sum(len(e) for _, e in received) == 500
-        last_event_at = received[-1][0]
-        after = [(at, clock["time_us"]) for at, clock in clocks if at > last_event_at + 0.05]
-        assert len(after) >= 10
-        for at, time_us in after:  # last event time + wall time since it - the margin (within the delivery jitter)
-            expected_us = (at - last_event_at - LIVE_CLOCK_MARGIN_S) * 1e6
-            assert time_us - int(events["t"][-1]) == pytest.approx(expected_us, abs=30_000)
-    finally:
-        if stage is not None:
-            stage.close()
-            stage.source.close()
-        wait_for(lambda: writer.getClientCount() == 0, "the server to see the client leave")
-        del writer
+    with network_writer("TestCam_7") as (writer, port):
+        stage = None
+        try:
+            source = NetworkSource("127.0.0.1", port)
+            wait_for(lambda: writer.getClientCount() == 1, "the server to accept the client")
+            stage = StageThread(source, f"ipc://{tmp_path}/events")
+            events = synthetic_events(duration_us=10_000, count=500)
+            writer.writeEvents(dv_store(events))
+            received, clocks = stage.collect(0.4)  # then the camera is silent
+            assert sum(len(e) for _, e in received) == 500
+            last_event_at = received[-1][0]
+            after = [(at, clock["time_us"]) for at, clock in clocks if at > last_event_at + 0.05]
+            assert len(after) >= 10
+            for at, time_us in after:  # last event time + wall time since it - the margin (within the delivery jitter)
+                expected_us = (at - last_event_at - LIVE_CLOCK_MARGIN_S) * 1e6
+                assert time_us - int(events["t"][-1]) == pytest.approx(expected_us, abs=30_000)
+        finally:
+            if stage is not None:
+                stage.close()
+                stage.source.close()
 
 
 def write_aedat4(path, events) -> None:
@@ -972,34 +977,31 @@ def test_raising_late_events_copies_them_with_zero_padding():
 
 
 def test_network_source_clock_is_a_promise_when_events_arrive_late(tmp_path):
-    port = free_port()
-    writer = dv.io.NetworkWriter("127.0.0.1", port, dv.io.Stream.EventStream(0, "events", "TestCam_9", SENSOR))
-    stage = None
-    try:
-        source = NetworkSource("127.0.0.1", port)
-        wait_for(lambda: writer.getClientCount() == 1, "the server to accept the client")
-        stage = WireStage(source, f"ipc://{tmp_path}/events")
-        first = synthetic_events(duration_us=10_000, count=500, start_us=1_000_000)
-        writer.writeEvents(dv_store(first))
-        last_us = int(first["t"][-1])
-        # silence: the stage announces the clock running on with the wall clock ...
-        wait_for(lambda: any(c["time_us"] > last_us + 50_000 for c in stage.of_type("clock")), "clock messages")
-        # ... then events stamped before that clock arrive (a camera's batch delivered late)
-        late = synthetic_events(duration_us=40_000, count=400, start_us=last_us + 1)
-        writer.writeEvents(dv_store(late))
-        wait_for(lambda: sum(len(e) for e in stage.of_type("events")) == 900, "the late events")
-        received, clocks = stage.check_promise()
-        assert received == 900 and clocks >= 3
-        assert source.raised_to_clock > 0  # the source raised them to the clock it had given out
-        stage.stop.set()
-        stage.thread.join(WAIT_S)
-        assert stage.counters.late_events == 0  # so the stage had nothing to fix
-    finally:
-        if stage is not None:
-            stage.close()
-            stage.source.close()
-        wait_for(lambda: writer.getClientCount() == 0, "the server to see the client leave")
-        del writer
+    with network_writer("TestCam_9") as (writer, port):
+        stage = None
+        try:
+            source = NetworkSource("127.0.0.1", port)
+            wait_for(lambda: writer.getClientCount() == 1, "the server to accept the client")
+            stage = WireStage(source, f"ipc://{tmp_path}/events")
+            first = synthetic_events(duration_us=10_000, count=500, start_us=1_000_000)
+            writer.writeEvents(dv_store(first))
+            last_us = int(first["t"][-1])
+            # silence: the stage announces the clock running on with the wall clock ...
+            wait_for(lambda: any(c["time_us"] > last_us + 50_000 for c in stage.of_type("clock")), "clock messages")
+            # ... then events stamped before that clock arrive (a camera's batch delivered late)
+            late = synthetic_events(duration_us=40_000, count=400, start_us=last_us + 1)
+            writer.writeEvents(dv_store(late))
+            wait_for(lambda: sum(len(e) for e in stage.of_type("events")) == 900, "the late events")
+            received, clocks = stage.check_promise()
+            assert received == 900 and clocks >= 3
+            assert source.raised_to_clock > 0  # the source raised them to the clock it had given out
+            stage.stop.set()
+            stage.thread.join(WAIT_S)
+            assert stage.counters.late_events == 0  # so the stage had nothing to fix
+        finally:
+            if stage is not None:
+                stage.close()
+                stage.source.close()
 
 
 def test_end_message_waits_for_a_full_queue_longer_than_the_reliable_send_limit(tmp_path, monkeypatch):
