@@ -192,7 +192,8 @@ class Supervisor:
 
     def _spawn(self, stage: Stage) -> None:
         self._due.pop(stage.name, None)
-        stage.process = subprocess.Popen(stage.command, preexec_fn=self._preexec, close_fds=True, stderr=subprocess.PIPE)
+        stage.process = subprocess.Popen(stage.command, preexec_fn=self._preexec, close_fds=True,
+                                         stderr=subprocess.PIPE)  # fmt: skip
         stage.starts += 1
         stage.started_at = time.monotonic()
         stage.last_error = ""
@@ -228,7 +229,7 @@ class Supervisor:
             code = stage.process.poll()
             if code is not None:
                 self._reported.add(stage.name)
-                if stage._stderr_reader is not None:  # its last lines (the error) are read by now
+                if code != 0 and stage._stderr_reader is not None:  # read its last lines: the error
                     stage._stderr_reader.join(STDERR_DRAIN_S)
                 if code != 0 and self.policy is not None and self._schedule_restart(stage, code, now):
                     continue

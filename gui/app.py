@@ -1163,35 +1163,40 @@ class MainWindow(QtWidgets.QMainWindow):
             return
         stage = self.supervisor.stages.get(name)
         error = getattr(stage, "last_error", "")  # the stage's own error line, if it wrote one
-        if not error and code < 0:
-            error = f"killed by {signal.Signals(-code).name}" if -code in signal.valid_signals() else f"killed by signal {-code}"
+        if not error and code < 0:  # killed: name the signal
+            try:
+                error = f"killed by {signal.Signals(-code).name}"
+            except ValueError:
+                error = f"killed by signal {-code}"
         advice = f"{error} — choose a source" if error else "see the terminal, then choose a source"
         if getattr(self.supervisor, "policy", None) is not None:
             restarts = getattr(stage, "restarts", 0)
             given_up = f"after {restarts} automatic restarts; gave up" if restarts else "not restarted"
-            self.stage_failure = f"stage {name} failed (exit code {code}) {given_up}: {advice}"
-            self.show_state(self.stage_failure)
-            self.failure_overlay.show_message(f"stage {name} failed (exit code {code}), {given_up}",
-                                              f"{error or 'see the terminal'}\n\nChoose a source to go on.")  # fmt: skip
+            self._show_failure(f"stage {name} failed (exit code {code}) {given_up}: {advice}",
+                               f"stage {name} failed (exit code {code}), {given_up}", error,
+                               "Choose a source to go on.")  # fmt: skip
             return
         if self.on_failure == "stop":  # what the user asked for: the first failure stops the pipeline
             self.supervisor.stop()
             self.stopped_on_failure = True
-            self.stage_failure = f"stage {name} failed (exit code {code}); --on-failure stop: every stage stopped"
-            self.show_state(self.stage_failure)
-            self.failure_overlay.show_message(f"stage {name} failed (exit code {code})",
-                                              f"{error or 'see the terminal'}\n\n--on-failure stop: every stage "
-                                              "was stopped; close the window.")  # fmt: skip
+            self._show_failure(f"stage {name} failed (exit code {code}); --on-failure stop: every stage stopped",
+                               f"stage {name} failed (exit code {code})", error,
+                               "--on-failure stop: every stage was stopped; close the window.")  # fmt: skip
             return
         if name == "worker" and code != EXIT_ERROR and self.worker_restarts < WORKER_RESTARTS:  # 2: its own error
             self.worker_restarts += 1
             self.show_state(f"stage worker died (exit code {code}); restarting it ({self.worker_restarts}/{WORKER_RESTARTS})")
             self.supervisor.restart("worker")
             return
-        self.stage_failure = f"stage {name} died (exit code {code}); {advice}"
-        self.show_state(self.stage_failure)
-        self.failure_overlay.show_message(f"stage {name} died (exit code {code})",
-                                          f"{error or 'see the terminal'}\n\nChoose a source to go on.")  # fmt: skip
+        self._show_failure(f"stage {name} died (exit code {code}); {advice}", f"stage {name} died (exit code {code})",
+                           error, "Choose a source to go on.")  # fmt: skip
+
+    def _show_failure(self, state: str, title: str, error: str, next_step: str) -> None:
+        """A stage failure, shown until a source is chosen: ``state`` in the status bar; ``title``,
+        the stage's ``error`` line and ``next_step`` in the panel over the window."""
+        self.stage_failure = state
+        self.show_state(state)
+        self.failure_overlay.show_message(title, f"{error or 'see the terminal'}\n\n{next_step}")
 
     def _show_status(self) -> None:
         counters = self.counters or {}

@@ -449,7 +449,9 @@ def _progress(recorder: HeadlessRecorder, subscriber: EventSubscriber) -> None:
     )
 
 
-REPORTED_PACKAGES = ("numpy", "numba", "pyzmq", "onnxruntime", "onnxruntime-gpu", "torch", "tensorrt", "dv-processing")
+REPORTED_PACKAGES = (
+    "numpy", "numba", "pyzmq", "onnxruntime", "onnxruntime-gpu", "torch", "tensorrt", "dv-processing",
+)  # fmt: skip
 
 
 def environment_info() -> dict:

@@ -923,7 +923,7 @@ def main(argv: list[str]) -> int:
             if int(chunk["t"][0]) >= start_us + spec.window_us:
                 break  # time-ordered: nothing later can fall in the window
             frames += bin_window(chunk, mapping, spec, start_us, out=scratch)
-    if start_us is None or first_us is None:
+    if first_us is None:  # (then start_us may be None too)
         raise EventFormatError(f"{args.input}: holds no events")
     np.save(args.out, frames, allow_pickle=False)
     print(f"{args.out}: frames {tuple(frames.shape)} float32, {int(frames.sum())} events, "

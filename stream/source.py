@@ -842,8 +842,9 @@ def parse_speed(text: str) -> float | None:
 def open_stage_source(spec: str, speed: float | None, loop: bool, sim_options: dict[str, Any] | None = None,
                       allow_truncated: bool = False) -> Any:  # fmt: skip
     """Open the source named by ``spec`` (see ``stream.sources.open_source``) with the options that
-    kind takes: files get ``speed``, ``loop`` and ``allow_truncated``, the simulator ``speed`` and ``sim_options``
-    (``seed``, ``sensor_size``, ``duration_s``, ``rate_scale``, ...); ``auto`` is resolved here."""
+    kind takes: files get ``speed``, ``loop`` and ``allow_truncated``, the simulator ``speed`` and
+    ``sim_options`` (``seed``, ``sensor_size``, ``duration_s``, ``rate_scale``, ...); ``auto`` is
+    resolved here."""
     from stream.sources import list_cameras, open_source  # lazy: camera libraries load only here
 
     kind = spec.partition(":")[0]
@@ -917,19 +918,16 @@ def exit_stage(main: Callable[[], int], expected: tuple[type[BaseException], ...
     """Run a stage's ``main`` as a process entry point and exit with its code.
 
     Expected failures (ValueError, OSError and the ``expected`` types) become one ``error:`` line
-    and exit code ``EXIT_ERROR`` (2), a lost source
-    ``EXIT_SOURCE_LOST`` (3), which the launcher restarts. Every socket, file and device
+    and exit code ``EXIT_ERROR`` (2); a lost source (``SourceLost``) ``EXIT_SOURCE_LOST`` (3), which
+    the launcher restarts. Every socket, file and device
     is closed by the time ``main`` returns, so the interpreter's teardown of torch and friends
     (1-2 s on a busy 2-core machine) is skipped and a stage stops within milliseconds of SIGTERM.
     """
     try:
         code = main()
-    except SourceLost as error:
+    except (ValueError, OSError, *expected) as error:  # SourceLost is an OSError
         print(f"error: {error}", file=sys.stderr)
-        code = EXIT_SOURCE_LOST
-    except (ValueError, OSError, *expected) as error:
-        print(f"error: {error}", file=sys.stderr)
-        code = EXIT_ERROR
+        code = EXIT_SOURCE_LOST if isinstance(error, SourceLost) else EXIT_ERROR
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)

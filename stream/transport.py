@@ -322,7 +322,8 @@ def check_endpoint(endpoint: str, *, allow_remote: bool = False) -> str:
         raise ValueError(f"tcp endpoint needs HOST:PORT (PORT may be *), got {endpoint!r}")
     if not allow_remote and not _is_loopback(host):
         raise ValueError(
-            f"endpoint {endpoint!r} is not on the loopback interface; --allow-remote (allow_remote=True) opens it to the network"
+            f"endpoint {endpoint!r} is not on the loopback interface; --allow-remote (allow_remote=True) opens it "
+            "to the network"
         )
     return endpoint
 
