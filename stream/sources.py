@@ -685,8 +685,7 @@ class _LiveInput:
 
     def __init__(self, device, open_device: Callable[[], object], label: str, *, reconnect: bool,
                  max_backoff_s: float, give_up_after_s: float | None) -> None:  # fmt: skip
-        _check_reconnect(max_backoff_s, give_up_after_s)
-        self.device = device
+        self.device = device  # the arguments were checked by the source, before it opened the device
         self.sensor_size = SensorSize(*device.getEventResolution())
         self.open_device = open_device
         self.label = label
