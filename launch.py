@@ -1,10 +1,11 @@
-"""``python launch.py``: run the live pipeline (source -> inference worker -> GUI or headless report).
+"""``python launch.py`` (``spikeformer-live run``): run the live pipeline (source -> inference worker
+-> GUI or headless report), and ``spikeformer-live``, the one command-line tool (``cli``).
 
     python launch.py                                  # GUI, first camera found (else the simulator)
     python launch.py --headless --source sim --duration 10 --report run.json
     python launch.py --headless --source file:rec.aedat4 --speed max   # replays every event, exits
 
-Stages are child processes (``python -m stream.source``, ``python -m inference.worker``) joined by
+Stages are child processes (``python -m stream.source_stage``, ``python -m inference.worker_stage``) joined by
 ZeroMQ; the consumer (GUI or headless recorder) runs in this process. By default the endpoints are
 ``ipc://`` sockets in a private temporary directory; ``--events-endpoint`` and
 ``--predictions-endpoint`` (e.g. ``tcp://127.0.0.1:5555``) and ``--stages`` let stages run on
@@ -12,8 +13,8 @@ different machines (start ``--stages source`` on the camera host and ``--stages 
 elsewhere, with the same endpoints; the source binds the events endpoint, the worker binds the
 predictions endpoint; a non-loopback address needs ``--allow-remote``).
 
-CurveZMQ (``--curve-keys DIR [--curve-name NAME] [--curve-server NAME]``, see ``stream.keys`` and
-the README): every stage and the consumer get the key directory, so every tcp endpoint is
+CurveZMQ (``--curve-keys DIR [--curve-name NAME] [--curve-server NAME]``, see
+``stream.transport.keys`` and the README): every stage and the consumer get the key directory, so every tcp endpoint is
 encrypted and authenticated. A subscriber trusts its own key for a publisher that runs here and
 ``DIR/SERVER.key`` (``--curve-server``) for one that runs elsewhere (the stages not in
 ``--stages``). A bad key directory is one ``error:`` line and exit code 2, before anything starts.
@@ -29,12 +30,17 @@ final: one line on stderr and the pipeline stops (exit code 1). A stage that sto
 one-line error (exit code 2: a missing or damaged file, a bad checkpoint, no camera or server at
 start) is not restarted: the same input would fail the same way. With ``stop`` the first failure
 stops every stage (one line naming the stage and its exit code; exit code 1). A stage that ends by
-itself (exit code 0, e.g. at the end of a file) is never restarted. See ``RestartPolicy``.
+itself (exit code 0, e.g. at the end of a file) is never restarted. See ``RestartPolicy``: the
+GUI asks this supervisor to restart stages (``SourceSwitcher``), it has no restart policy of its own.
+
+Bad input fails early: the source spec, the file's existence and format and the checkpoint are
+checked before any stage starts (``check_inputs``): one ``error:`` line, exit code 2.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import ctypes
 import os
 import shutil
@@ -47,10 +53,10 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, NamedTuple
+from typing import Callable, NamedTuple, Sequence
 
-from stream.keys import CurveConfig, CurveKeyError, add_curve_arguments, curve_from_args
-from stream.source import EXIT_ERROR
+from stream.stage import EXIT_ERROR, ArgumentParser, Command, dispatch, positive_number, run_main, speed_argument
+from stream.transport.keys import CurveConfig, add_curve_arguments, curve_from_args
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "inference" / "checkpoints" / "spikeformer-small-sim.json"
 STOP_TIMEOUT_S = 1.5  # SIGTERM -> SIGKILL grace for all stages together
@@ -65,7 +71,7 @@ MAX_ERROR_CHARS = 500  # Stage.last_error keeps this much of the line
 class Endpoints(NamedTuple):
     """ZeroMQ endpoints of the pipeline: ``events`` (source -> worker and GUI: events, truth,
     the source's stats and clock messages), ``predictions`` (worker -> consumers: predictions,
-    display frames, truth, stats, end of stream) and ``control`` (the source stage's control
+    truth, the worker's stats and end of stream) and ``control`` (the source stage's control
     socket: pause, resume, seek, speed, loop, status; None: no control)."""
 
     events: str
@@ -127,7 +133,7 @@ class RestartPolicy:
     happened within the last ``window_s`` seconds, or in a row without a stable run: a stage that
     cannot start for a reason that may pass is given up after a few tries even when loading it
     takes longer than ``window_s / max_restarts``. An exit code in ``final_codes`` is final at once:
-    the stage stopped with its own error line (``stream.source.EXIT_ERROR``: a missing or damaged
+    the stage stopped with its own error line (``stream.stage.EXIT_ERROR``: a missing or damaged
     file, a bad checkpoint, no camera at start), which a restart would only repeat.
 
     Args:
@@ -208,6 +214,21 @@ class Supervisor:
         if stage.process is not None and stage.process.poll() is None:
             raise ValueError(f"stage {name!r} is still running (pid {stage.process.pid})")
         self._spawn(stage)
+
+    def replace(self, name: str, args: list[str], stop_timeout_s: float = STOP_TIMEOUT_S) -> None:
+        """Stop stage ``name`` (SIGTERM, SIGKILL after ``stop_timeout_s``) and start it again with
+        ``args``; its exit is not reported as news."""
+        stage = self.stages[name]
+        process = stage.process
+        if process is not None and process.poll() is None:
+            _signal(process, signal.SIGTERM)
+            try:
+                process.wait(stop_timeout_s)
+            except subprocess.TimeoutExpired:
+                _signal(process, signal.SIGKILL)
+                process.wait()
+        stage.args = list(args)
+        self.restart(name)
 
     def poll(self) -> list[StageExit]:
         """Stages that have exited since the previous call (each reported once per start).
@@ -332,29 +353,6 @@ def _signal(process: subprocess.Popen, signum: int) -> None:
 # --- command line ---------------------------------------------------------------------------------
 
 
-def _speed(text: str) -> str:
-    if text == "max":
-        return text
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"speed must be a positive number or 'max', got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"speed must be a positive number or 'max', got {text!r}")
-    return text
-
-
-def positive_number(text: str) -> float:
-    """argparse type: a finite number > 0 (also used by the benchmarks' command lines)."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
-    return value
-
-
 def _stages(text: str) -> tuple[str, ...]:
     names = tuple(name.strip() for name in text.split(",") if name.strip())
     unknown = [name for name in names if name not in STAGES]
@@ -364,8 +362,8 @@ def _stages(text: str) -> tuple[str, ...]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python launch.py", description="Live gesture recognition: source -> spiking transformer -> GUI or report."
+    parser = ArgumentParser(
+        prog="spikeformer-live run", description="Live gesture recognition: source -> spiking transformer -> GUI or report."
     )
     parser.add_argument("--headless", action="store_true", help="no GUI: print a summary (and --report JSON)")
     parser.add_argument(
@@ -375,7 +373,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--backend", default="auto", choices=BACKENDS, help="inference backend")
     parser.add_argument("--device", default=None, help="backend device (e.g. cuda:0); default: the backend's choice")
     parser.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT, help="model checkpoint (.json)")
-    parser.add_argument("--speed", type=_speed, default="1", help="replay speed factor for files and the simulator, or 'max'")
+    parser.add_argument("--speed", type=speed_argument, default="1",
+                        help="replay speed factor for files and the simulator (0.1..100), or 'max'")  # fmt: skip
     parser.add_argument("--loop", action="store_true", help="replay a file forever")
     parser.add_argument("--allow-truncated", action="store_true",
                         help="replay a damaged or cut file up to the damage instead of refusing it")  # fmt: skip
@@ -440,7 +439,37 @@ def source_stage(args: argparse.Namespace, endpoints: Endpoints, wait_subscriber
     if endpoints.control:
         stage_args += ["--control", endpoints.control]
     stage_args += _common_stage_args(args)
-    return Stage("source", "stream.source", stage_args)
+    return Stage("source", "stream.source_stage", stage_args)
+
+
+class SourceSwitcher:
+    """Switches the pipeline's source for the GUI: the supervisor restarts the source stage with a
+    new spec, speed or loop flag (and a worker that has exited: it ends with its stream).
+
+    Args:
+        supervisor: the ``Supervisor`` (stages ``source`` and, optionally, ``worker``).
+        args: the launcher's arguments (copied; ``source``, ``speed``, ``loop`` replaced).
+        endpoints: the pipeline's endpoints.
+    """
+
+    def __init__(self, supervisor: Supervisor, args: argparse.Namespace, endpoints: Endpoints) -> None:
+        if "source" not in supervisor.stages:
+            raise ValueError("the supervisor runs no source stage here")
+        self.supervisor = supervisor
+        self.args = copy.copy(args)
+        self.endpoints = endpoints
+
+    def restart(self, spec: str, speed: str, loop: bool) -> None:
+        """Start the source stage again on ``spec`` at ``speed`` ("max" or a factor)."""
+        args = copy.copy(self.args)
+        args.source, args.speed, args.loop = spec, speed, loop
+        wait = 1 + ("worker" in self.supervisor.stages)  # the GUI subscribes to the events too
+        self.supervisor.replace("source", source_stage(args, self.endpoints, wait_subscribers=wait).args)
+        self.supervisor.poll()  # the old source's exit is not news
+        self.args = args
+        worker = self.supervisor.stages.get("worker")
+        if worker is not None and worker.process is not None and worker.process.poll() is not None:
+            self.supervisor.restart("worker")
 
 
 def worker_stage(args: argparse.Namespace, endpoints: Endpoints, wait_subscribers: int) -> Stage:
@@ -453,7 +482,7 @@ def worker_stage(args: argparse.Namespace, endpoints: Endpoints, wait_subscriber
     if args.stride_us:
         stage_args += ["--stride-us", str(args.stride_us)]
     stage_args += _common_stage_args(args, publisher="source")
-    return Stage("worker", "inference.worker", stage_args)
+    return Stage("worker", "inference.worker_stage", stage_args)
 
 
 def _display_problem() -> str | None:
@@ -474,11 +503,29 @@ def _raise_stop(signum: int, frame: object) -> None:
     raise _Stop()
 
 
-def main(argv: list[str] | None = None) -> int:
+def check_inputs(args: argparse.Namespace) -> None:
+    """Fail before any stage starts: the source spec, a file source's existence and format, and
+    the checkpoint, each with one line naming the problem (``ValueError``)."""
+    if "source" in args.stages:
+        from stream.sources import parse_spec
+
+        parse_spec(args.source, check_file=True)
+    if "worker" in args.stages:
+        from training.checkpoint import read_metadata
+
+        read_metadata(args.checkpoint)  # CheckpointError: missing, damaged, not a checkpoint
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python launch.py ARGS`` = ``spikeformer-live run ARGS``: bad arguments or inputs are one
+    ``error:`` line and exit code 2, before anything starts."""
+    return run_main(_run, argv)
+
+
+def _run(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     if args.report is not None and not args.headless:
-        print("error: --report needs --headless", file=sys.stderr)
-        return 2
+        raise ValueError("--report needs --headless")
     consumer_here = "consumer" in args.stages
     run_gui = None
     if consumer_here and not args.headless:
@@ -489,16 +536,9 @@ def main(argv: list[str] | None = None) -> int:
             except ImportError as error:
                 problem = f"the GUI cannot be loaded ({error})"
         if problem is not None:
-            print(f"error: {problem}; run with --headless for the report-only mode", file=sys.stderr)
-            return 2
-    if "worker" in args.stages and not args.checkpoint.is_file():
-        print(f"error: checkpoint {args.checkpoint} not found (pass --checkpoint PATH)", file=sys.stderr)
-        return 2
-    try:
-        predictions_curve, events_curve = consumer_curves(args)
-    except CurveKeyError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+            raise ValueError(f"{problem}; run with --headless for the report-only mode")
+    check_inputs(args)
+    predictions_curve, events_curve = consumer_curves(args)  # CurveKeyError (a ValueError): a bad key directory
 
     temp_dir = None
     if args.events_endpoint is None or args.predictions_endpoint is None or "source" in args.stages:
@@ -525,12 +565,11 @@ def main(argv: list[str] | None = None) -> int:
 
             return run_headless(args, endpoints, supervisor, curve=predictions_curve)
         supervisor.start()
-        return int(run_gui(args, endpoints, supervisor, curve=predictions_curve, events_curve=events_curve) or 0)
+        switcher = SourceSwitcher(supervisor, args, endpoints) if "source" in args.stages else None
+        return int(run_gui(args, endpoints, supervisor, switcher, curve=predictions_curve,
+                           events_curve=events_curve) or 0)  # fmt: skip
     except (KeyboardInterrupt, _Stop):
         return 130
-    except (ValueError, OSError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the clean-up short
         supervisor.stop()
@@ -552,6 +591,39 @@ def _supervise_only(supervisor: Supervisor, duration_s: float | None) -> int:
         if not supervisor.running() or (deadline is not None and time.monotonic() >= deadline):
             return 0
         time.sleep(SUPERVISE_POLL_S)  # poll interval (restarts are due at given times), not synchronisation
+
+
+# --- the command-line tool --------------------------------------------------------------------------
+
+
+def commands() -> dict[str, Command]:
+    """Every subcommand of ``spikeformer-live``: ``run`` and those of ``python -m stream``,
+    ``python -m training`` and ``python -m inference`` (one parser each, shared)."""
+    import inference.__main__
+    import stream.__main__
+    import training.__main__
+
+    return {
+        "run": Command("launch:main", "the live pipeline: source -> model -> GUI or headless report"),
+        **stream.__main__.COMMANDS,
+        **training.__main__.COMMANDS,
+        **inference.__main__.COMMANDS,
+    }
+
+
+def version() -> str:
+    """The installed package's version (or ``unknown`` in a checkout that was never installed)."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("spikeformer-live")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def cli(argv: Sequence[str] | None = None) -> int:
+    """``spikeformer-live COMMAND ...`` (the console script): ``--version``, ``--help``, or a command."""
+    return dispatch(commands(), argv, "spikeformer-live", version=version())
 
 
 if __name__ == "__main__":

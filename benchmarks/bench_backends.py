@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from inference.backends import OnnxRuntimeBackend, TensorRTBackend, TorchBackend  # noqa: E402
 from inference.export import export_onnx, poisson_windows  # noqa: E402
-from inference.tensorrt_engine import BackendUnavailable, build_engine, require_tensorrt  # noqa: E402
+from inference.tensorrt_engine import TensorRTUnavailable, build_engine, require_tensorrt  # noqa: E402
 from training.spikeformer import build_model  # noqa: E402
 
 TARGET_P99_MS = 15.0
@@ -72,7 +72,7 @@ def bench_preset(preset: str, runs: int, workdir: Path) -> list[tuple]:
 
     try:
         require_tensorrt()
-    except BackendUnavailable as error:
+    except TensorRTUnavailable as error:
         message = NO_GPU if not torch.cuda.is_available() else f"not available here ({error})"
         rows += [(preset, "TensorRT FP16", message), (preset, "TensorRT FP32", message)]
     else:

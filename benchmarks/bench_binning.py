@@ -73,7 +73,7 @@ def simulator_events(count: int, sensor: tuple[int, int], duration_us: int, seed
     """The simulator's person (right arm clockwise) over ``[0, duration_us)``, made about ``count``
     events by adding k - 1 copies of each event, each shifted by at most 2 pixels and 0.5 ms, then
     sorted by time: the same spatially clustered scene, k times busier."""
-    from stream.simulator import simulate_gesture
+    from stream.sim.recording import simulate_gesture
 
     events, _ = simulate_gesture(3, seed=seed, sensor_size=SensorSize(*sensor), duration_us=duration_us)
     events = events[events["t"] < duration_us]
@@ -239,7 +239,7 @@ def real_recording_table(repeats: int) -> None:
     if not path.is_file():
         print(f"\n(real recording {path} absent: skipped)")
         return
-    from stream.files import read_events
+    from stream.formats import read_events
 
     events, sensor = read_events(path)
     duration = int(events["t"][-1] - events["t"][0])

@@ -21,10 +21,10 @@ import dv_processing as dv
 import faery
 import numpy as np
 
-from stream.aedat4 import Aedat4Writer
-from stream.aedat31 import write_aedat31
 from stream.events import SensorSize, make_events
-from stream.files import open_events
+from stream.formats import open_events
+from stream.formats.aedat4 import Aedat4Writer
+from stream.formats.aedat31 import write_aedat31
 
 REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real" / "davis346_street.aedat4"
 SENSOR = SensorSize(346, 260)

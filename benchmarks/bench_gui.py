@@ -27,10 +27,10 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
-
-from gui.widgets import EventAccumulator, EventView, PredictionStrip, RollingPlot  # noqa: E402  (PySide6 guard first)
 import pyqtgraph as pg  # noqa: E402
 from PySide6 import QtWidgets  # noqa: E402
+
+from gui.widgets import EventAccumulator, EventView, PredictionStrip, RollingPlot  # noqa: E402  (PySide6 guard first)
 from stream.events import SensorSize, make_events  # noqa: E402
 
 SENSOR = SensorSize(346, 260)

@@ -3,9 +3,9 @@
     python benchmarks/bench_pipeline.py [--checkpoint CK] [--backend onnxruntime] [--rates 1,5,10,20,50]
                                         [--seconds 4]
 
-For each target rate (M events/s) it runs the real stages (``python -m stream.source`` with the
+For each target rate (M events/s) it runs the real stages (``python -m stream.source_stage`` with the
 simulator at real-time speed, its events replicated ``--rate-scale`` times to reach the rate, and
-``python -m inference.worker``) joined by ipc sockets, records the worker's output in this process
+``python -m inference.worker_stage``) joined by ipc sockets, records the worker's output in this process
 (``inference.headless.record``) for ``--seconds`` after the first message, and prints one markdown
 row (the README's format):
 
@@ -73,11 +73,11 @@ def run_rate(target: float, args: argparse.Namespace, directory: str) -> dict:
     """Run source + worker at ``target`` events/s; the headless report plus ``cpu_percent``."""
     events_endpoint, predictions_endpoint = f"ipc://{directory}/ev-{target:g}", f"ipc://{directory}/pr-{target:g}"
     scale = max(1, round(target / BASE_SIM_RATE))
-    source = Stage("source", "stream.source", [
+    source = Stage("source", "stream.source_stage", [
         "--source", "sim", "--pub", events_endpoint, "--speed", "1", "--rate-scale", str(scale),
         "--wait-subscribers", "1", "--quiet", "--seed", "1",
     ])  # fmt: skip
-    worker = Stage("worker", "inference.worker", [
+    worker = Stage("worker", "inference.worker_stage", [
         "--sub", events_endpoint, "--pub", predictions_endpoint, "--checkpoint", str(args.checkpoint),
         "--backend", args.backend, "--wait-subscribers", "1",
     ])  # fmt: skip

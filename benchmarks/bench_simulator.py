@@ -21,10 +21,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from stream.classes import GESTURE_CLASSES  # noqa: E402
 from stream.events import EVENT_DTYPE, GestureSegment, SensorSize  # noqa: E402
-from stream.simulator import (  # noqa: E402
-    BACKGROUND_PAD, LOG_EPS, SimulatorSource, _render_frame, _timeline_shapes, draw_scene, simulate_gesture,
-    simulate_recording,
-)
+from stream.sim.camera import BACKGROUND_PAD, LOG_EPS, _render_frame, draw_scene  # noqa: E402
+from stream.sim.recording import simulate_gesture, simulate_recording, timeline_shapes  # noqa: E402
+from stream.sources.simulated import SimulatorSource  # noqa: E402
 
 
 def numpy_peer(label: int, seed: int, sensor: SensorSize, duration_us: int) -> int:
@@ -32,7 +31,7 @@ def numpy_peer(label: int, seed: int, sensor: SensorSize, duration_us: int) -> i
     rng = np.random.default_rng(seed)
     scene = draw_scene(rng, sensor)
     step_t = np.arange(0, duration_us + 1, scene.step_us, dtype=np.int64)
-    shapes = _timeline_shapes(scene, step_t, [GestureSegment(label, 0, duration_us)], rng, 0.0)
+    shapes = timeline_shapes(scene, step_t, [GestureSegment(label, 0, duration_us)], rng, 0.0)
     shake = scene.shake(step_t)
     shapes[:, :, 0:4] += np.tile(shake, 2)[:, None, :]
     frame = np.zeros((sensor.height, sensor.width))

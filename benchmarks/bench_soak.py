@@ -4,9 +4,9 @@ every lost or dropped event explained.
     python benchmarks/bench_soak.py --minutes 10 --rate 5e6 [--json soak.json]
                                     [--checkpoint CK] [--backend onnxruntime] [--window-s 60]
 
-Runs the real stages (``python -m stream.source`` with the simulator at real-time speed, its events
+Runs the real stages (``python -m stream.source_stage`` with the simulator at real-time speed, its events
 replicated ``--rate-scale`` times to reach ``--rate``, ending by itself after ``--minutes`` of event
-time; ``python -m inference.worker``) joined by ipc sockets, and the headless recorder
+time; ``python -m inference.worker_stage``) joined by ipc sockets, and the headless recorder
 (``inference.headless.HeadlessRecorder``) in this process. The soak clock starts at the first
 prediction. Every ``--sample-s`` seconds it samples the resident memory (``VmRSS``) of each stage
 and the counters. At the end (the source's end message, forwarded by the worker with its final
@@ -43,9 +43,13 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from inference.headless import HeadlessRecorder, latency_summary  # noqa: E402
-from launch import DEFAULT_CHECKPOINT, Stage, Supervisor, positive_number  # noqa: E402
-from stream.source import STATUS_KIND  # noqa: E402
-from stream.transport import EventSubscriber, now_us  # noqa: E402
+from launch import DEFAULT_CHECKPOINT, Stage, Supervisor  # noqa: E402
+from stream.stage import positive_number  # noqa: E402
+from stream.transport.sockets import Subscriber  # noqa: E402
+from stream.transport.wire import (
+    Kind,  # noqa: E402
+    now_us,
+)
 
 BASE_SIM_RATE = 60_000  # events/s of the 128x128 simulator without replication (varies 40-100k by gesture)
 STARTUP_TIMEOUT_S = 300.0
@@ -70,11 +74,11 @@ def rss_bytes(pid: int) -> int | None:
 def soak_stages(args: argparse.Namespace, directory: str) -> tuple[list[Stage], str]:
     """The source and worker stages, and the predictions endpoint."""
     events_endpoint, predictions_endpoint = f"ipc://{directory}/events", f"ipc://{directory}/predictions"
-    source = Stage("source", "stream.source", [
+    source = Stage("source", "stream.source_stage", [
         "--source", "sim", "--pub", events_endpoint, "--speed", "1", "--rate-scale", str(args.rate_scale),
         "--sim-duration", f"{args.minutes * 60:g}", "--wait-subscribers", "1", "--quiet", "--seed", str(args.seed),
     ])  # fmt: skip
-    worker = Stage("worker", "inference.worker", [
+    worker = Stage("worker", "inference.worker_stage", [
         "--sub", events_endpoint, "--pub", predictions_endpoint, "--checkpoint", str(args.checkpoint),
         "--backend", args.backend, "--wait-subscribers", "1",
     ])  # fmt: skip
@@ -90,7 +94,7 @@ def run_soak(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="bench-soak-") as directory:
         stages, endpoint = soak_stages(args, directory)
         supervisor = Supervisor(stages)  # no restart policy: a failure during a soak is a failure
-        with EventSubscriber(endpoint, (STATUS_KIND.topic.decode(), "truth"), rcvhwm=10_000) as subscriber:
+        with Subscriber(endpoint, (Kind.STATUS.topic.decode(), "truth"), rcvhwm=10_000) as subscriber:
             supervisor.start()
             try:
                 begun, started, next_sample = time.monotonic(), None, 0.0

@@ -5,7 +5,7 @@
 The publisher runs in this process, the subscriber in a child process (spawned), so both sides
 have their own interpreter as in the real pipeline. Modes, same event payload in all of them:
 
-* ``zero-copy``: ``EventPublisher(zero_copy_min_bytes=0)`` -> ``EventSubscriber`` (recv
+* ``zero-copy``: ``Publisher(zero_copy_min_bytes=0)`` -> ``Subscriber`` (recv
   ``copy=False`` + ``np.frombuffer``), full wire format and checks.
 * ``copy``: the same wire format and checks, copying on both sides (``send_multipart(copy=True)``,
   ``recv_multipart(copy=True)``, then ``decode``).
@@ -34,7 +34,8 @@ import zmq
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from stream.events import SensorSize, make_events  # noqa: E402
-from stream.transport import EventPublisher, EventSubscriber, decode, now_us  # noqa: E402
+from stream.transport.sockets import Publisher, Subscriber  # noqa: E402
+from stream.transport.wire import decode, now_us
 
 SENSOR = SensorSize(346, 260)
 MODES = ("zero-copy", "copy", "raw")
@@ -63,7 +64,7 @@ def receiver(mode: str, endpoint: str, control_endpoint: str) -> None:
         sub.setsockopt(zmq.SUBSCRIBE, b"")
         subscriber = None
     else:
-        subscriber = EventSubscriber(endpoint, ["events"], rcvhwm=BIG_HWM, context=context)
+        subscriber = Subscriber(endpoint, ["events"], rcvhwm=BIG_HWM, context=context)
         sub = subscriber.socket
 
     def receive() -> tuple[int, int]:
@@ -121,7 +122,7 @@ class Sender:
             self.endpoint = self.socket.getsockopt(zmq.LAST_ENDPOINT).decode()
         else:
             threshold = 0 if mode == "zero-copy" else 1 << 62
-            self.publisher = EventPublisher(endpoint, sndhwm=BIG_HWM, zero_copy_min_bytes=threshold, context=context)
+            self.publisher = Publisher(endpoint, sndhwm=BIG_HWM, zero_copy_min_bytes=threshold, context=context)
             self.endpoint = self.publisher.endpoint
 
     def send(self, events: np.ndarray) -> None:

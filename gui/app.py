@@ -27,23 +27,22 @@ image (``setImage(..., autoLevels=False, levels=...)``) and the predicted label;
 (5 Hz) redraws plots, the prediction strip, the status line and watches for stalls and for stages
 that exited (when it has the launcher's supervisor).
 
-Source switching restarts the launcher's source stage with a new spec, speed or loop flag
-(``SupervisorSourceControl``); without a supervisor (stages on another machine) it is disabled.
+Source switching asks the launcher to restart its source stage with a new spec, speed or loop flag
+(``source_control``, the launcher's ``SourceSwitcher``); without one (stages on another machine)
+it is disabled.
 A file's speed and loop change through the control socket without a restart.
 
 Gaps: a new ``worker_id`` in the worker's messages ("worker restarted") or no prediction for more
 than ``PREDICTION_GAP_S`` is shown in the state line and shaded in the strip and latency plot.
 
-Stage failures: with the launcher's restart policy (``supervisor.policy``, the default) the
-supervisor restarts a failed stage itself and reports only a failure it gave up on, which the
-window shows until a source is chosen again; without a policy the window restarts a dead worker
-itself (at most ``WORKER_RESTARTS`` times).
+Stage failures: the launcher's supervisor alone restarts stages (its ``RestartPolicy``) and reports
+only a failure it gave up on, which the window shows until a source is chosen again; with
+``--on-failure stop`` (no policy) the first failure stops every stage.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import datetime
 import logging
 import signal
@@ -52,7 +51,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import shiboken6
@@ -73,12 +72,14 @@ from gui.widgets import (
     RollingPlot,
     dark_palette,
 )
-from stream.aedat4 import DEFAULT_CAMERA, Aedat4Writer
-from stream.classes import GESTURE_CLASSES, NO_GESTURE
+from inference.messages import read_worker_message
+from stream.classes import NO_GESTURE
 from stream.events import GestureSegment, SensorSize
-from stream.keys import CurveConfig
-from stream.source import EXIT_ERROR, STATUS_KIND, ControlClient
-from stream.transport import EventSubscriber, Kind, now_us
+from stream.formats.aedat4 import DEFAULT_CAMERA, Aedat4Writer
+from stream.transport.control import ControlClient
+from stream.transport.keys import CurveConfig
+from stream.transport.sockets import Subscriber
+from stream.transport.wire import Kind, Status, now_us
 
 log = logging.getLogger("gui")
 
@@ -92,7 +93,6 @@ MAX_QUEUED_PREDICTIONS = 512
 MAX_DRAIN_MESSAGES = 1000  # per socket per pass, so one busy socket cannot starve the other
 ACCUMULATION_STEPS_MS = (2, 5, 10, 20, 33, 50, 100, 200, 500, 1000, 2000)
 SPEEDS = ("0.25", "0.5", "1", "2", "4", "max")
-WORKER_RESTARTS = 3  # a worker that dies is started again at most this often
 SEEK_STEP_S = 5.0  # ← / → keys
 CONTROL_TIMEOUT_S = 1.5  # a control request unanswered this long: the source does not answer
 CLOCK_FALLBACK_S = 0.5  # no clock message for this long: the event view moves by the wall clock
@@ -160,6 +160,7 @@ class PipelineReceiver:
         self.last_clock_s: float | None = None  # ... and of the newest clock message from the source
         self.events_received = 0
         self.events_dropped = 0  # dropped here because the GUI thread fell behind
+        self.malformed = 0  # messages on the worker's endpoint that were not the worker's
         self.reconnects = 0
         self.recording_error: str | None = None
         self._lock = threading.Lock()
@@ -169,7 +170,7 @@ class PipelineReceiver:
         self._record_lock = threading.Lock()
         self._stop = threading.Event()
         self._error: BaseException | None = None
-        self._subscribers: list[EventSubscriber] = []  # the receiver thread's, read for their stats only
+        self._subscribers: list[Subscriber] = []  # the receiver thread's, read for their stats only
         self._refused_before = 0  # handshake failures of subscribers closed by a reconnect
         self._thread = threading.Thread(target=self._run, name="gui-receiver", daemon=True)
 
@@ -251,16 +252,15 @@ class PipelineReceiver:
 
     # -- the thread --
 
-    def _open(self, context: zmq.Context) -> tuple[list[EventSubscriber], zmq.Poller]:
+    def _open(self, context: zmq.Context) -> tuple[list[Subscriber], zmq.Poller]:
         """The subscribers (worker first, then the source) and one poller over all their sockets."""
         subscribers = [
-            EventSubscriber(self.predictions_endpoint, ("prediction", "truth"), allow_remote=self.allow_remote,
-                            context=context, curve=self.curve)  # fmt: skip
+            Subscriber(self.predictions_endpoint, ("prediction", "status", "truth"), allow_remote=self.allow_remote,
+                       context=context, curve=self.curve)  # fmt: skip
         ]
-        if self.events_endpoint is not None:  # events, and the source's clock messages (STATUS_KIND)
-            topics = ("events", STATUS_KIND.topic.decode())
-            subscribers.append(EventSubscriber(self.events_endpoint, topics, allow_remote=self.allow_remote,
-                                               context=context, curve=self.events_curve))  # fmt: skip
+        if self.events_endpoint is not None:  # events, and the source's clock and stats messages
+            subscribers.append(Subscriber(self.events_endpoint, ("events", "status"), allow_remote=self.allow_remote,
+                                          context=context, curve=self.events_curve))  # fmt: skip
         poller = zmq.Poller()  # a subscriber's poll_sockets stay the same for its life
         for subscriber in subscribers:
             for socket in subscriber.poll_sockets:
@@ -274,7 +274,7 @@ class PipelineReceiver:
 
     def _run(self) -> None:
         context = zmq.Context()
-        subscribers: list[EventSubscriber] = []
+        subscribers: list[Subscriber] = []
         try:
             subscribers, poller = self._open(context)
             self._subscribers = list(subscribers)
@@ -310,15 +310,15 @@ class PipelineReceiver:
 
     def _handle(self, message: Any, from_source: bool = False) -> None:
         now = time.monotonic()
-        if from_source and message.kind != Kind.EVENTS:  # the source's own status: clocks and stats
-            data = message.data
-            if isinstance(data, dict) and data.get("type") == "clock" and isinstance(data.get("time_us"), int):
+        if from_source and message.kind == Kind.STATUS:  # the source's own status: clocks and stats
+            status: Status = message.data
+            if status.type == "clock":
                 self.last_source_s = self.last_clock_s = now
                 with self._lock:
-                    self._pending.clock = data
-            elif isinstance(data, dict) and data.get("type") == "stats":
+                    self._pending.clock = status.fields
+            elif status.type == "stats":
                 with self._lock:
-                    self._pending.source_stats = data
+                    self._pending.source_stats = status.fields
             return
         if message.kind == Kind.EVENTS:
             events = message.events
@@ -336,17 +336,17 @@ class PipelineReceiver:
                     self._queued_events -= len(dropped)
                     self.events_dropped += len(dropped)
             return
+        received = read_worker_message(message)
+        if received is None:  # not one of the worker's messages: skipped
+            self.malformed += 1
+            return
         self.last_worker_s = now
+        kind, data = received
         with self._lock:
             pending = self._pending
-            if message.kind == Kind.TRUTH:
-                pending.truth.extend(message.data)
-                return
-            data = message.data
-            if not isinstance(data, dict):
-                return
-            kind = data.get("type")
-            if kind == "prediction":
+            if kind == "truth":
+                pending.truth.extend(data)
+            elif kind == "prediction":
                 data["gui_recv_us"] = now_us()
                 pending.predictions.append(data)
                 del pending.predictions[:-MAX_QUEUED_PREDICTIONS]
@@ -363,52 +363,6 @@ class SourceControl(Protocol):
     """Restarts the pipeline's source stage."""
 
     def restart(self, spec: str, speed: str, loop: bool) -> None: ...
-
-
-class SupervisorSourceControl:
-    """Restarts the launcher's source stage (and a worker that has exited) with a new source spec,
-    replay speed or loop flag.
-
-    Args:
-        supervisor: launch.py's ``Supervisor`` (stages ``source`` and ``worker``).
-        args: the launcher's arguments (copied; ``source``, ``speed``, ``loop`` replaced).
-        endpoints: the pipeline's endpoints.
-        source_stage: launch.py's ``source_stage(args, endpoints, wait_subscribers) -> Stage``.
-        stop_timeout_s: how long the old source gets to exit after SIGTERM before SIGKILL.
-    """
-
-    def __init__(self, supervisor: Any, args: argparse.Namespace, endpoints: Any,
-                 source_stage: Callable[..., Any], stop_timeout_s: float = 1.5) -> None:  # fmt: skip
-        if "source" not in supervisor.stages:
-            raise ValueError("the supervisor runs no source stage here")
-        self.supervisor = supervisor
-        self.args = copy.copy(args)
-        self.endpoints = endpoints
-        self.source_stage = source_stage
-        self.stop_timeout_s = stop_timeout_s
-
-    def restart(self, spec: str, speed: str, loop: bool) -> None:
-        """Stop the source stage, start it again on ``spec`` at ``speed`` ("max" or a factor)."""
-        args = copy.copy(self.args)
-        args.source, args.speed, args.loop = spec, speed, loop
-        wait = 1 + ("worker" in self.supervisor.stages)  # this GUI subscribes to the events too
-        new_stage = self.source_stage(args, self.endpoints, wait_subscribers=wait)
-        stage = self.supervisor.stages["source"]
-        process = stage.process
-        if process is not None and process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(self.stop_timeout_s)
-            except Exception:  # subprocess.TimeoutExpired
-                process.kill()
-                process.wait()
-        stage.args = list(new_stage.args)
-        self.supervisor.restart("source")
-        self.supervisor.poll()  # the old source's exit is not news
-        self.args = args
-        worker = self.supervisor.stages.get("worker")
-        if worker is not None and worker.process is not None and worker.process.poll() is not None:
-            self.supervisor.restart("worker")  # it ends with the stream it was given
 
 
 # --- the window --------------------------------------------------------------------------------
@@ -491,7 +445,6 @@ class MainWindow(QtWidgets.QMainWindow):
         self.state_text = ""  # the stall / end / error line, also in the status bar
         self.last_screenshot: Path | None = None
         self.last_recording: Path | None = None
-        self.worker_restarts = 0  # restarts done by this window (a supervisor without a policy)
         self.stage_failure: str | None = None  # a stage that failed for good: shown until a source is chosen
         self.source_connected = True  # from the source's stats: False while it has lost its camera or server
         self.source_disconnects = 0
@@ -667,7 +620,7 @@ class MainWindow(QtWidgets.QMainWindow):
         box.clear()
         box.addItem("Simulator", "sim")
         try:
-            from stream.sources import list_cameras
+            from stream.sources.live import list_cameras
 
             cameras = list_cameras()
             problem = "no camera connected"
@@ -1156,8 +1109,7 @@ class MainWindow(QtWidgets.QMainWindow):
     def _stage_exited(self, name: str, code: int) -> None:
         """A stage the supervisor reports as exited. With a restart policy the supervisor has
         already restarted failed stages and reports only the failure it gave up on; without one
-        this window restarts a dead worker (at most ``WORKER_RESTARTS`` times), unless it stopped
-        with its own error (``EXIT_ERROR``: a bad checkpoint), which a restart would repeat."""
+        (``--on-failure stop``) the first failure stops every stage."""
         if code == 0:
             self.show_state(f"stage {name} ended", alarm=False)
             return
@@ -1182,11 +1134,6 @@ class MainWindow(QtWidgets.QMainWindow):
             self._show_failure(f"stage {name} failed (exit code {code}); --on-failure stop: every stage stopped",
                                f"stage {name} failed (exit code {code})", error,
                                "--on-failure stop: every stage was stopped; close the window.")  # fmt: skip
-            return
-        if name == "worker" and code != EXIT_ERROR and self.worker_restarts < WORKER_RESTARTS:  # 2: its own error
-            self.worker_restarts += 1
-            self.show_state(f"stage worker died (exit code {code}); restarting it ({self.worker_restarts}/{WORKER_RESTARTS})")
-            self.supervisor.restart("worker")
             return
         self._show_failure(f"stage {name} died (exit code {code}); {advice}", f"stage {name} died (exit code {code})",
                            error, "Choose a source to go on.")  # fmt: skip
@@ -1241,13 +1188,14 @@ class MainWindow(QtWidgets.QMainWindow):
 # --- entry point ----------------------------------------------------------------------------
 
 
-def run_gui(args: argparse.Namespace, endpoints: Any, supervisor: Any = None, curve: CurveConfig | None = None,
-            events_curve: CurveConfig | None = None) -> int:  # fmt: skip
+def run_gui(args: argparse.Namespace, endpoints: Any, supervisor: Any = None, source_control: SourceControl | None = None,
+            curve: CurveConfig | None = None, events_curve: CurveConfig | None = None) -> int:  # fmt: skip
     """Open the window on the pipeline at ``endpoints`` (``.events``, ``.predictions``) and run
     until it is closed, ``args.duration`` seconds pass, or SIGINT/SIGTERM. With
     ``args.screenshot`` (a path), the window is saved there just before it closes.
 
-    ``supervisor`` (launch.py's ``Supervisor``) enables source switching and stage watching.
+    ``supervisor`` (launch.py's ``Supervisor``) enables stage watching, ``source_control`` (the
+    launcher's ``SourceSwitcher``) source switching.
     ``curve`` / ``events_curve``: CurveZMQ keys for tcp endpoints of the worker / the source
     (``args.allow_remote`` allows non-loopback ones). Returns the exit code: 0, 130 after a signal, 1
     when ``args.on_failure == "stop"`` and a stage failure stopped the pipeline.
@@ -1255,11 +1203,6 @@ def run_gui(args: argparse.Namespace, endpoints: Any, supervisor: Any = None, cu
     app = QtWidgets.QApplication.instance() or QtWidgets.QApplication(["spikeformer-live"])
     app.setStyle("Fusion")
     app.setPalette(dark_palette())
-    source_control = None
-    if supervisor is not None and "source" in getattr(supervisor, "stages", {}):
-        from launch import source_stage  # the launcher's own stage builder
-
-        source_control = SupervisorSourceControl(supervisor, args, endpoints, source_stage)
     checkpoint = getattr(args, "checkpoint", None)
     window = MainWindow(
         endpoints.predictions,

@@ -20,7 +20,6 @@ from collections import deque
 
 import numpy as np
 import PySide6
-from numba import njit
 from PySide6 import QtCore, QtGui, QtWidgets
 
 
@@ -42,6 +41,7 @@ PYSIDE_REFCOUNT_GUARD = _guard_pyside_refcount_bug()
 
 import pyqtgraph as pg  # noqa: E402 - after the guard: pyqtgraph emits signals from the start
 
+from stream.binning import add_counts
 from stream.classes import GESTURE_CLASSES, NO_GESTURE
 from stream.events import SensorSize, check_events
 
@@ -65,13 +65,6 @@ def _event_lut() -> np.ndarray:
 
 
 EVENT_LUT = _event_lut()
-
-
-@njit(cache=True, nogil=True)
-def _add_counts(counts, x, y, p, sign):  # pragma: no cover - compiled
-    """counts[p, y, x] += sign for every event (coordinates checked by the transport)."""
-    for i in range(x.shape[0]):
-        counts[p[i], y[i], x[i]] += sign
 
 
 class EventAccumulator:
@@ -126,7 +119,7 @@ class EventAccumulator:
             return
         if self.newest_us is not None and int(events["t"][0]) < self.newest_us:
             self.clear()  # time went back: a new stream
-        _add_counts(self.counts, events["x"], events["y"], events["p"], 1)
+        add_counts(self.counts, events)
         self._chunks.append(events)
         self._held += len(events)
         self.newest_us = int(events["t"][-1])
@@ -156,7 +149,7 @@ class EventAccumulator:
             if keep_from <= 0:
                 return
             gone = oldest[:keep_from]
-            _add_counts(self.counts, gone["x"], gone["y"], gone["p"], -1)
+            add_counts(self.counts, gone, -1)
             self._held -= len(gone)
             if keep_from >= len(oldest):
                 self._chunks.popleft()

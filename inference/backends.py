@@ -30,16 +30,10 @@ from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
-from inference.export import (
-    DEFAULT_OPSET,
-    EXPORT_FORMAT_VERSION,
-    INPUT_NAME,
-    OUTPUT_NAME,
-    export_onnx,
-    poisson_windows,
-    read_onnx_info,
-)
-from inference.tensorrt_engine import BackendUnavailable
+from inference.export import DEFAULT_OPSET, EXPORT_FORMAT_VERSION, export_onnx, poisson_windows
+from inference.onnx_info import INPUT_NAME, OUTPUT_NAME, read_onnx_info
+from inference.tensorrt_engine import TensorRTUnavailable
+from stream.stage import Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +49,12 @@ __all__ = [
     "TensorRTBackend", "as_batch", "choose_backend", "cuda_visible", "detect_capabilities", "create_backend",
     "cached_onnx", "default_cache_dir", "model_code_fingerprint",
 ]
+
+
+
+class BackendUnavailable(Unavailable):
+    """An inference backend cannot run here (library not installed, no CUDA GPU); says which."""
+
 
 # The modules whose source defines the exported graph (see model_code_fingerprint).
 MODEL_CODE_MODULES = ("training.spikeformer", "training.neuron")
@@ -330,7 +330,7 @@ def detect_capabilities() -> Capabilities:
 
         import_tensorrt()
         tensorrt = True
-    except BackendUnavailable:
+    except TensorRTUnavailable:
         tensorrt = False
     return Capabilities(
         cuda=cuda_visible(),
@@ -448,7 +448,10 @@ def create_backend(
     if name == "tensorrt":
         if device is not None and not device.startswith("cuda"):
             raise ValueError(f"the tensorrt backend runs on CUDA only, got device {device!r}")
-        backend = TensorRTBackend(_cached_engine(checkpoint_path, cache, max_batch=max_batch, fp16=fp16))
+        try:
+            backend = TensorRTBackend(_cached_engine(checkpoint_path, cache, max_batch=max_batch, fp16=fp16))
+        except TensorRTUnavailable as error:
+            raise BackendUnavailable(str(error)) from None
     elif name == "onnxruntime":
         backend = OnnxRuntimeBackend(cached_onnx(checkpoint_path, cache), device, threads=threads)
     else:

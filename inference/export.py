@@ -17,7 +17,6 @@ change), ``LayerNormalization`` and ``Softmax`` computed in float32 between cast
 
 from __future__ import annotations
 
-import argparse
 import copy
 import hashlib
 import json
@@ -28,26 +27,30 @@ import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from inference.onnx_info import (
+    INPUT_NAME,
+    META_CHECKPOINT,
+    META_FORMAT,
+    META_INPUT_SHAPE,
+    META_PRECISION,
+    META_WEIGHTS_SHA256,
+    OUTPUT_NAME,
+    read_onnx_info,
+)
+from stream.atomic import write_atomically
+from stream.stage import ArgumentParser
+
 log = logging.getLogger(__name__)
 
-INPUT_NAME = "frames"
-OUTPUT_NAME = "logits"
 DEFAULT_OPSET = 17
 # Bump when the exported graph changes in a way that must invalidate cached ONNX files.
 EXPORT_FORMAT_VERSION = 1
-
-META_PREFIX = "spikeformer_live."
-META_CHECKPOINT = META_PREFIX + "metadata"  # the checkpoint metadata, JSON
-META_INPUT_SHAPE = META_PREFIX + "input_shape"  # [T, 2, H, W], JSON
-META_WEIGHTS_SHA256 = META_PREFIX + "weights_sha256"
-META_PRECISION = META_PREFIX + "precision"  # "fp32" or "fp16" (compute; I/O is always float32)
-META_FORMAT = META_PREFIX + "format_version"
 
 FP16_MAX = 65504.0
 # Ops kept in float32 inside an FP16 model (reductions over many elements, exp).
@@ -153,7 +156,7 @@ def export_onnx(
     if fp16:
         proto = convert_to_fp16(proto)
     onnx.checker.check_model(proto, full_check=True)
-    return _save_atomically(proto, Path(out_path))
+    return write_atomically(out_path, proto.SerializeToString())
 
 
 def _trace(model: Any, input_shape: tuple[int, ...], opset: int, dynamic_batch: bool) -> onnx.ModelProto:
@@ -209,55 +212,6 @@ def _set_metadata(proto: onnx.ModelProto, metadata: dict, input_shape: tuple[int
     }
     onnx.helper.set_model_props(proto, {**{p.key: p.value for p in proto.metadata_props}, **props})
     proto.producer_name = "spikeformer-live"
-
-
-def _save_atomically(proto: onnx.ModelProto, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp_name = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    try:
-        onnx.save(proto, tmp_name)
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    return path
-
-
-@dataclass(frozen=True)
-class OnnxModelInfo:
-    """What an exported ONNX file says about itself (see the module docstring)."""
-
-    metadata: dict
-    input_shape: tuple[int, int, int, int]
-    weights_sha256: str
-    precision: str
-    dynamic_batch: bool  # False: the graph input's batch is fixed at 1
-
-
-def read_onnx_info(onnx_path_or_model: str | os.PathLike | onnx.ModelProto) -> OnnxModelInfo:
-    """Read the spikeformer-live ``metadata_props`` of an exported model; ValueError if absent."""
-    proto = onnx_path_or_model
-    if not isinstance(proto, onnx.ModelProto):
-        path = Path(onnx_path_or_model)
-        if not path.is_file():
-            raise FileNotFoundError(f"ONNX file not found: {path}")
-        proto = onnx.load(str(path), load_external_data=False)
-    props = {p.key: p.value for p in proto.metadata_props}
-    missing = [key for key in (META_CHECKPOINT, META_INPUT_SHAPE, META_WEIGHTS_SHA256, META_PRECISION)
-               if key not in props]
-    if missing:
-        raise ValueError(f"not a spikeformer-live ONNX export: metadata_props lack {', '.join(missing)}")
-    try:
-        metadata = json.loads(props[META_CHECKPOINT])
-        shape = tuple(int(side) for side in json.loads(props[META_INPUT_SHAPE]))
-    except (ValueError, TypeError) as error:
-        raise ValueError(f"corrupt spikeformer-live metadata in the ONNX file: {error}") from None
-    if len(shape) != 4 or not isinstance(metadata, dict):
-        raise ValueError(f"corrupt spikeformer-live metadata: input shape {shape!r}")
-    batch_dim = proto.graph.input[0].type.tensor_type.shape.dim[0]
-    return OnnxModelInfo(metadata, shape, props[META_WEIGHTS_SHA256], props[META_PRECISION],  # type: ignore[arg-type]
-                         dynamic_batch=not batch_dim.HasField("dim_value"))
 
 
 # --- FP16 conversion ---------------------------------------------------------------------------
@@ -462,15 +416,10 @@ def verify_parity(
 # --- CLI ---------------------------------------------------------------------------------------
 
 
-class _ArgumentParser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise ValueError(f"{self.prog}: {message}")
-
-
-def main(argv: list[str]) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     """``python -m inference export --checkpoint PATH --onnx OUT [--fp16] [--tensorrt ENGINE] ...``."""
-    parser = _ArgumentParser(
-        prog="python -m inference export",
+    parser = ArgumentParser(
+        prog="spikeformer-live export",
         description="Export a checkpoint to ONNX (verified against PyTorch), optionally build a TensorRT engine.")
     parser.add_argument("--checkpoint", required=True, help="checkpoint file (training.checkpoint format)")
     parser.add_argument("--onnx", required=True, help="ONNX file to write")
@@ -480,7 +429,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
     parser.add_argument("--max-batch", type=int, default=8, help="TensorRT profile's largest batch (default 8)")
     parser.add_argument("--windows", type=int, default=100, help="parity windows (0 skips the check)")
-    args = parser.parse_args(argv[1:])
+    args = parser.parse_args(argv)
     if not 1 <= args.max_batch <= 1024:
         raise ValueError(f"--max-batch must be 1..1024, got {args.max_batch}")
     if not 0 <= args.windows <= MAX_PARITY_WINDOWS:

@@ -48,10 +48,11 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from inference.messages import read_worker_message
 from stream.events import GestureSegment
-from stream.keys import CurveConfig
-from stream.source import STATUS_KIND
-from stream.transport import EventSubscriber, Kind, Message, now_us
+from stream.transport.keys import CurveConfig
+from stream.transport.sockets import Subscriber
+from stream.transport.wire import Message, now_us
 
 PERCENTILES = (50, 90, 99)
 POLL_MS = 100
@@ -213,27 +214,28 @@ class HeadlessRecorder:
         self.first_us: int | None = None
         self.last_us: int | None = None
         self.last_prediction: dict | None = None
+        self.malformed = 0  # messages that were not the worker's
 
     def add(self, message: Message, recv_us: int) -> None:
-        """Record one message received at ``recv_us`` (transport clock, µs)."""
+        """Record one message received at ``recv_us`` (transport clock, µs); one that is not the
+        worker's (``inference.messages``) is counted in ``malformed`` and skipped."""
+        received = read_worker_message(message)
+        if received is None:
+            self.malformed += 1
+            return
         self.first_us = recv_us if self.first_us is None else self.first_us
         self.last_us = recv_us
-        if message.kind == Kind.TRUTH:
-            self.segments.extend(message.data)
+        kind, data = received
+        if kind == "truth":
+            self.segments.extend(data)
             return
-        data = message.data
-        if message.kind != STATUS_KIND or not isinstance(data, dict):
-            return
-        kind = data.get("type")
-        if kind not in ("prediction", "stats", "end"):
-            return
-        worker_id = data.get("worker_id")
-        if worker_id is not None and worker_id not in self.worker_ids:
+        worker_id = data["worker_id"]
+        if worker_id not in self.worker_ids:
             self.worker_ids.append(worker_id)
         if kind == "prediction":
             timing = data["timing"]
             self.prediction_us.append(recv_us)
-            self.prediction_worker.append(self.worker_ids.index(worker_id) if worker_id is not None else -1)
+            self.prediction_worker.append(self.worker_ids.index(worker_id))
             self.stride_us = data["window"].get("stride_us", self.stride_us)
             self.window_start_us.append(int(data["window"]["start_us"]))
             self.window_end_us.append(int(data["window"]["end_us"]))
@@ -293,6 +295,7 @@ class HeadlessRecorder:
             "worker_restarts": max(0, len(self.worker_ids) - 1),
             "worker_ids": self.worker_ids,
             "worker_busy_s": self.worker_busy_s,
+            "messages_malformed": self.malformed,
         }
         if self.segments:
             truth = window_truth(self.window_start_us, self.window_end_us, self.segments)
@@ -383,8 +386,8 @@ def record(
     ``allow_remote``: allow a non-loopback tcp endpoint."""
     recorder = HeadlessRecorder()
     failures: list[str] = []
-    topics = (STATUS_KIND.topic.decode(), "truth")
-    with EventSubscriber(endpoint, topics, rcvhwm=10_000, curve=curve, allow_remote=allow_remote) as subscriber:
+    topics = ("prediction", "status", "truth")
+    with Subscriber(endpoint, topics, rcvhwm=10_000, curve=curve, allow_remote=allow_remote) as subscriber:
         if on_ready is not None:
             on_ready()  # e.g. start the stages once this subscriber exists
         started = time.monotonic()
@@ -426,7 +429,7 @@ def record(
     return recorder, time.monotonic() - started, failures
 
 
-def _refused(subscriber: EventSubscriber) -> str:
+def _refused(subscriber: Subscriber) -> str:
     """Why nothing came, when the subscriber knows: its CurveZMQ handshakes were refused."""
     refused = subscriber.stats.handshake_failures
     if not refused:
@@ -434,7 +437,7 @@ def _refused(subscriber: EventSubscriber) -> str:
     return f" ({refused} connection(s) refused in the handshake: CurveZMQ keys or mechanism differ from the worker's)"
 
 
-def _progress(recorder: HeadlessRecorder, subscriber: EventSubscriber) -> None:
+def _progress(recorder: HeadlessRecorder, subscriber: Subscriber) -> None:
     prediction = recorder.last_prediction
     if prediction is None:
         print("waiting for predictions ..." + _refused(subscriber), file=sys.stderr, flush=True)

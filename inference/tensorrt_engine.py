@@ -10,7 +10,8 @@ for the largest batch plus pinned host staging buffers, and runs each batch on i
 (``set_input_shape`` + ``execute_async_v3``).
 
 ``tensorrt`` is imported lazily; where it or a CUDA GPU is missing every entry point raises
-:class:`BackendUnavailable` with a message saying which.
+:class:`TensorRTUnavailable` with a message saying which (``inference.backends`` turns it into
+its ``BackendUnavailable``).
 """
 
 from __future__ import annotations
@@ -19,17 +20,20 @@ import hashlib
 import logging
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from inference.onnx_info import read_onnx_info
+from stream.atomic import write_atomically
+from stream.stage import Unavailable
+
 log = logging.getLogger(__name__)
 
 
-class BackendUnavailable(RuntimeError):
-    """An inference backend cannot run here (library not installed, no CUDA GPU); says which."""
+class TensorRTUnavailable(Unavailable):
+    """TensorRT cannot run here (not installed, too old, or no CUDA GPU); says which."""
 
 
 DEFAULT_WORKSPACE_BYTES = 1 << 30  # 1 GiB of builder scratch memory
@@ -42,28 +46,28 @@ INSTALL_HINT = "pip install 'spikeformer-live[tensorrt]' on a machine with an NV
 
 
 def import_tensorrt() -> Any:
-    """The ``tensorrt`` module (>= 10), or BackendUnavailable."""
+    """The ``tensorrt`` module (>= 10), or TensorRTUnavailable."""
     try:
         import tensorrt as trt
     except (ImportError, OSError) as error:  # OSError: the package is there, its libraries are not
-        raise BackendUnavailable(f"TensorRT is not installed ({INSTALL_HINT}): {error}") from None
+        raise TensorRTUnavailable(f"TensorRT is not installed ({INSTALL_HINT}): {error}") from None
     if int(trt.__version__.split(".")[0]) < 10:
-        raise BackendUnavailable(f"TensorRT >= 10 is needed, found {trt.__version__}")
+        raise TensorRTUnavailable(f"TensorRT >= 10 is needed, found {trt.__version__}")
     return trt
 
 
 def cuda_gpu_name() -> str:
-    """Name of the current CUDA GPU as torch sees it, or BackendUnavailable."""
+    """Name of the current CUDA GPU as torch sees it, or TensorRTUnavailable."""
     import torch
 
     if not torch.cuda.is_available():
-        raise BackendUnavailable("no CUDA GPU: torch.cuda.is_available() is False (CPU-only torch, "
+        raise TensorRTUnavailable("no CUDA GPU: torch.cuda.is_available() is False (CPU-only torch, "
                                  "no NVIDIA driver, or no GPU)")
     return torch.cuda.get_device_name()
 
 
 def require_tensorrt() -> tuple[Any, str]:
-    """``(tensorrt module, GPU name)`` or BackendUnavailable saying which of the two is missing."""
+    """``(tensorrt module, GPU name)`` or TensorRTUnavailable saying which of the two is missing."""
     return import_tensorrt(), cuda_gpu_name()
 
 
@@ -114,18 +118,6 @@ def timing_cache_name(tensorrt_version: str, gpu_name: str) -> str:
     return f"timing-trt{tensorrt_version}-{safe_gpu}.cache"
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp_name = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as tmp:
-            tmp.write(data)
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-
-
 # --- build -------------------------------------------------------------------------------------
 
 
@@ -149,7 +141,6 @@ def build_engine(
         workspace_bytes: builder workspace memory pool limit in bytes.
         timing_cache_path: timing cache file, read if present and written back after the build.
     """
-    from inference.export import read_onnx_info
 
     _check_max_batch(max_batch)
     if workspace_bytes < 1 << 20:
@@ -196,9 +187,9 @@ def build_engine(
     if serialized is None:
         raise RuntimeError(f"TensorRT failed to build an engine from {onnx_path} (see its log above)")
     engine_path = Path(engine_path)
-    _write_atomically(engine_path, bytes(serialized))
+    write_atomically(engine_path, bytes(serialized))
     if cache_file is not None:
-        _write_atomically(cache_file, bytes(config.get_timing_cache().serialize()))
+        write_atomically(cache_file, bytes(config.get_timing_cache().serialize()))
     return engine_path
 
 

@@ -49,9 +49,7 @@ Read-only event arrays (``np.frombuffer`` of received bytes) are taken as they a
 
 from __future__ import annotations
 
-import argparse
 import os
-import sys
 import threading
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -59,7 +57,7 @@ from typing import Any, NamedTuple
 import numpy as np
 from numba import njit, types
 
-from stream.events import EventFormatError, SensorSize, check_events, make_events
+from stream.events import SensorSize, check_events, make_events
 
 __all__ = [
     "WindowSpec",
@@ -73,8 +71,8 @@ __all__ = [
     "BackgroundActivityFilter",
     "HotPixelFilter",
     "default_threads",
+    "add_counts",
     "warmup",
-    "main",
 ]
 
 MAPPING_METHODS = ("area", "nearest")
@@ -870,6 +868,29 @@ def _k_ranges_minus(first: int, last: int, holes: list[tuple[int, int]]) -> list
     return [(lo, hi) for lo, hi in ranges if lo <= hi]
 
 
+# --- plain per-pixel counts (event views, pictures) ------------------------------------------
+
+_COUNT_SIGNATURE = types.void(_I16_1D, _I16_1D, _I8_1D, types.Array(types.int32, 3, "C"), types.int32)
+
+
+@njit(_COUNT_SIGNATURE, cache=True, nogil=True)
+def _add_counts(x, y, p, counts, weight):  # pragma: no cover - compiled
+    for i in range(x.shape[0]):
+        counts[p[i], y[i], x[i]] += weight
+
+
+def add_counts(counts: np.ndarray, events: np.ndarray, weight: int = 1) -> np.ndarray:
+    """``counts[p, y, x] += weight`` for every event: int32 ``[2, H, W]`` counts (channel =
+    polarity) at the sensor's own resolution, no mapping and no time bins (the GUI's event view,
+    pictures). Events must lie on the ``W x H`` sensor (``check_events`` and the readers and the
+    transport guarantee it). Returns ``counts``."""
+    if counts.dtype != np.int32 or counts.ndim != 3 or counts.shape[0] != 2 or not counts.flags.c_contiguous:
+        raise ValueError(f"counts must be a C-contiguous int32 [2, H, W] array, got {counts.dtype} {counts.shape}")
+    if len(events):
+        _add_counts(events["x"], events["y"], events["p"], counts, weight)
+    return counts
+
+
 def warmup() -> None:
     """Compile (or load from the Numba cache) every kernel on tiny inputs, so the first real
     window never waits for a compiler. Call it once at worker start-up."""
@@ -880,64 +901,4 @@ def warmup() -> None:
     StreamingBinner(mapping, spec).push(events)
     BackgroundActivityFilter((4, 4), 10)(events)
     HotPixelFilter((4, 4))(events)
-
-
-# --- CLI ----------------------------------------------------------------------------------------
-
-
-def main(argv: list[str]) -> int:
-    """``python -m stream frames IN --bins T --bin-us B [--start-us S] [--size WxH] [--flip-x]
-    [--flip-y] [--method area|nearest] --out frames.npy``: write one window as ``[T, 2, H, W]``
-    float32. ``--start-us`` defaults to the first event's timestamp; ``--size`` to the sensor's."""
-    parser = _ArgumentParser(prog="python -m stream frames", description="Bin one window of a recording into frames.")
-    parser.add_argument("input", help="event file (any format stream.files reads)")
-    parser.add_argument("--bins", type=int, required=True, help="number of time bins T")
-    parser.add_argument("--bin-us", type=int, required=True, help="bin duration in microseconds")
-    parser.add_argument("--start-us", type=int, default=None, help="window start in µs (default: first event)")
-    parser.add_argument("--size", type=SensorSize.parse, default=None, help="model input WxH (default: sensor size)")
-    parser.add_argument("--method", choices=MAPPING_METHODS, default="area")
-    parser.add_argument("--flip-x", action="store_true")
-    parser.add_argument("--flip-y", action="store_true")
-    parser.add_argument("--out", required=True, help="output .npy path")
-    args = parser.parse_args(argv[1:])
-    spec = WindowSpec(args.bins, args.bin_us, args.bin_us)
-
-    from stream.files import open_events  # lazy: only this command needs the file readers
-
-    with open_events(args.input) as reader:
-        mapping = SensorMapping.create(
-            reader.sensor_size, args.size or reader.sensor_size,
-            flip_x=args.flip_x, flip_y=args.flip_y, method=args.method,
-        )  # fmt: skip
-        frames = np.zeros((spec.bins, 2, mapping.input_size.height, mapping.input_size.width), dtype=np.float32)
-        start_us = args.start_us
-        scratch = np.empty_like(frames)
-        first_us = last_us = None  # first event of the recording, last event read
-        for chunk in reader:
-            if len(chunk) == 0:
-                continue
-            first_us = int(chunk["t"][0]) if first_us is None else first_us
-            last_us = int(chunk["t"][-1])
-            if start_us is None:
-                start_us = int(chunk["t"][0])
-            if int(chunk["t"][0]) >= start_us + spec.window_us:
-                break  # time-ordered: nothing later can fall in the window
-            frames += bin_window(chunk, mapping, spec, start_us, out=scratch)
-    if first_us is None:  # (then start_us may be None too)
-        raise EventFormatError(f"{args.input}: holds no events")
-    np.save(args.out, frames, allow_pickle=False)
-    print(f"{args.out}: frames {tuple(frames.shape)} float32, {int(frames.sum())} events, "
-          f"window [{start_us}, {start_us + spec.window_us}) µs")  # fmt: skip
-    if start_us + spec.window_us <= first_us:
-        print(f"note: the window ends before the recording's first event ({first_us} µs); --start-us is the "
-              "recording's own timestamp, not an offset", file=sys.stderr)  # fmt: skip
-    elif start_us > last_us:  # then every chunk was read: last_us is the recording's last event
-        print(f"note: the window starts after the recording's last event ({last_us} µs)", file=sys.stderr)
-    return 0
-
-
-class _ArgumentParser(argparse.ArgumentParser):
-    """argparse that raises ValueError (one ``error:`` line from the dispatcher) instead of exiting."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise ValueError(f"frames: {message}")
+    add_counts(np.zeros((2, 4, 4), np.int32), events)

@@ -87,10 +87,13 @@ def concatenate_events(chunks: "list[np.ndarray]") -> np.ndarray:
     """Join event arrays into one EVENT_DTYPE array (an empty list gives an empty array).
 
     Use this, not a bare ``np.concatenate``: NumPy 2 drops the padding of an aligned structured
-    dtype when concatenating and returns a packed 13-byte dtype.
+    dtype when concatenating and returns a packed 13-byte dtype. EVENT_DTYPE arrays are joined as
+    bytes (a field-wise structured copy is 7x slower); other dtypes are converted field by field.
     """
     if not chunks:
         return empty_events()
+    if all(chunk.dtype == EVENT_DTYPE for chunk in chunks):
+        return np.concatenate([np.ascontiguousarray(chunk).view(np.uint8) for chunk in chunks]).view(EVENT_DTYPE)
     return np.concatenate(chunks, dtype=EVENT_DTYPE)
 
 

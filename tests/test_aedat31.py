@@ -10,16 +10,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from stream.aedat31 import (
-    Aedat31Reader,
-    iter_aedat31,
-    read_aedat31,
-    read_gesture_labels,
-    read_trials,
-    write_aedat31,
-    write_gesture_labels,
-    write_trials,
-)
+from stream.formats.aedat31 import Aedat31Reader, iter_aedat31, read_aedat31, write_aedat31
+from stream.formats.labels import read_gesture_labels, read_trials, write_gesture_labels, write_trials
 from stream.events import EventFormatError, GestureSegment, SensorSize, make_events
 
 HEADER = b"#!AER-DAT3.1\r\n#Format: RAW\r\n#Source 1: DVS128\r\n#Start-Time: 2017-04-24\r\n#!END-HEADER\r\n"

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import tonic
 
+from stream.commands import frames_main
 from stream.binning import (
     MIN_EVENTS_PER_THREAD,
     BackgroundActivityFilter,
@@ -19,7 +20,6 @@ from stream.binning import (
     bin_window,
     check_normalisation,
     default_threads,
-    main,
     warmup,
 )
 from stream.binning import _pieces  # the split the threads work on
@@ -512,13 +512,13 @@ def test_cli_bad_arguments_give_one_error_line(capsys) -> None:
     assert dispatcher(["frames", "x", "--bins", "2", "--bin-us", "10", "--size", "12by3", "--out", "x.npy"]) == 2
     assert capsys.readouterr().err.startswith("error:")
     with pytest.raises(ValueError, match="--out"):
-        main(["frames", "in.aedat4", "--bins", "2", "--bin-us", "10"])
+        frames_main(["in.aedat4", "--bins", "2", "--bin-us", "10"])
 
 
 def test_cli_writes_frames_of_one_window(tmp_path) -> None:
-    pytest.importorskip("stream.files")
+    pytest.importorskip("stream.formats")
     from stream.__main__ import main as dispatcher
-    from stream.aedat4 import write_aedat4
+    from stream.formats.aedat4 import write_aedat4
 
     events = random_events(9, 50_000, (346, 260), (1_000, 500_000))
     path = tmp_path / "rec.aedat4"
@@ -535,7 +535,7 @@ def test_cli_writes_frames_of_one_window(tmp_path) -> None:
 
 def test_cli_frames_says_when_the_window_misses_the_recording(tmp_path, capsys) -> None:
     from stream.__main__ import main as dispatcher
-    from stream.aedat4 import write_aedat4
+    from stream.formats.aedat4 import write_aedat4
 
     events = random_events(9, 5_000, (64, 48), (1_000_000, 2_000_000))
     path, out = tmp_path / "rec.aedat4", tmp_path / "frames.npy"

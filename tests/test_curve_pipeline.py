@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from inference.headless import record
-from stream.keys import CurveConfig
-from stream.transport import EventSubscriber
+from stream.transport.keys import CurveConfig
+from stream.transport.sockets import Subscriber
 from test_pipeline import REPO, TEST_BACKEND
 
 
@@ -45,14 +45,14 @@ def free_port() -> int:
 def test_only_a_recorder_with_the_keys_gets_predictions(tiny_checkpoint, stage_env, keys):
     events, predictions = (f"tcp://127.0.0.1:{free_port()}" for _ in range(2))  # loopback: no --allow-remote
     commands = [  # B's worker trusts A's source; A's source accepts B (b.key is in A's directory)
-        [sys.executable, "-m", "inference.worker", "--sub", events, "--pub", predictions, "--checkpoint", str(tiny_checkpoint),
+        [sys.executable, "-m", "inference.worker_stage", "--sub", events, "--pub", predictions, "--checkpoint", str(tiny_checkpoint),
          "--backend", TEST_BACKEND, "--wait-subscribers", "1", "--frame-fps", "0",
          "--curve-keys", str(keys["b"]), "--curve-server", "a"],
-        [sys.executable, "-m", "stream.source", "--source", "sim", "--pub", events, "--speed", "2", "--sim-duration", "3",
+        [sys.executable, "-m", "stream.source_stage", "--source", "sim", "--pub", events, "--speed", "2", "--sim-duration", "3",
          "--wait-subscribers", "1", "--quiet", "--curve-keys", str(keys["a"])],
     ]  # fmt: skip
     outsiders = {  # connected before the stages start: they have every chance to get in
-        (endpoint, who): EventSubscriber(endpoint, topics, curve=config)
+        (endpoint, who): Subscriber(endpoint, topics, curve=config)
         for endpoint, topics, server in ((events, ("events", "truth", "prediction"), "a"),
                                          (predictions, ("prediction", "truth"), "b"))
         for who, config in (("stranger", CurveConfig.from_directory(keys["stranger"], server=server)), ("plaintext", None))
@@ -92,8 +92,8 @@ def test_only_a_recorder_with_the_keys_gets_predictions(tiny_checkpoint, stage_e
 def test_a_bad_key_directory_is_one_error_line_and_exit_code_2(stage, tiny_checkpoint, stage_env, tmp_path):
     missing = tmp_path / "no-keys"
     commands = {
-        "source": ["-m", "stream.source", "--source", "sim", "--pub", "tcp://127.0.0.1:5999"],
-        "worker": ["-m", "inference.worker", "--sub", "tcp://127.0.0.1:5998", "--pub", "tcp://127.0.0.1:5999",
+        "source": ["-m", "stream.source_stage", "--source", "sim", "--pub", "tcp://127.0.0.1:5999"],
+        "worker": ["-m", "inference.worker_stage", "--sub", "tcp://127.0.0.1:5998", "--pub", "tcp://127.0.0.1:5999",
                    "--checkpoint", str(tiny_checkpoint)],
         "launch": ["launch.py", "--headless", "--source", "sim", "--checkpoint", str(tiny_checkpoint)],
     }  # fmt: skip

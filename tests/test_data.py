@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from stream.aedat31 import write_aedat31, write_gesture_labels, write_trials
+from stream.formats.aedat31 import write_aedat31
+from stream.formats.labels import write_gesture_labels, write_trials
 from stream.binning import WindowSpec
 from stream.classes import GESTURE_CLASSES, MIRRORED_CLASS
 from stream.events import EVENT_DTYPE, GestureSegment, SensorSize, make_events
@@ -250,7 +251,7 @@ def test_shift_frames_moves_and_zero_fills():
 
 
 def test_tonic_loader(tmp_path: Path):
-    from stream.tonic_npy import sample_path, write_tonic_npy
+    from stream.formats.tonic_npy import sample_path, write_tonic_npy
 
     events = dot_events(0, 600_000, clockwise_y_up=True, step_us=1000)
     for train, user, label in ((True, 1, 3), (True, 2, 5), (False, 3, 3)):
@@ -264,7 +265,7 @@ def test_tonic_loader(tmp_path: Path):
 
 
 def test_folder_loader_csv_classes_and_splits(tmp_path: Path):
-    from stream.aedat4 import write_aedat4
+    from stream.formats.aedat4 import write_aedat4
 
     events, _ = labelled_recording([0, 1], seed=4)
     write_aedat4(tmp_path / "mine.aedat4", events, SENSOR)

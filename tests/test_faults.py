@@ -16,8 +16,9 @@ import numpy as np
 import pytest
 
 from stream.events import SensorSize
-from stream.source import StagePublisher
-from stream.transport import EventSubscriber, Kind, now_us
+from stream.transport.sockets import Publisher
+from stream.transport.sockets import Subscriber
+from stream.transport.wire import Kind, now_us
 from test_launch import alive, children_of, line_reader, wait_for_line
 from test_pipeline import REPO, TEST_BACKEND, synthetic_events
 from test_sources import free_port, start_server
@@ -102,7 +103,7 @@ def rss_bytes(pid: int) -> int:
     raise AssertionError(f"no VmRSS for pid {pid}")
 
 
-def publish_in_real_time(publisher: StagePublisher, stop: threading.Event) -> None:
+def publish_in_real_time(publisher: Publisher, stop: threading.Event) -> None:
     """Events at 100k/s in 5 ms packets, paced on the wall clock, until ``stop``."""
     packet_us, start, first = 5_000, time.monotonic(), 0
     while not stop.is_set():
@@ -118,7 +119,7 @@ class FastConsumer(threading.Thread):
 
     def __init__(self, endpoint: str) -> None:
         super().__init__(daemon=True)
-        self.subscriber = EventSubscriber(endpoint, ("prediction",))
+        self.subscriber = Subscriber(endpoint, ("prediction",))
         self.latencies: list[tuple[float, float]] = []
         self.stop = threading.Event()
 
@@ -137,14 +138,14 @@ class FastConsumer(threading.Thread):
 def test_a_stalled_consumer_neither_slows_the_others_nor_grows_the_worker(tiny_checkpoint, stage_env, tmp_path):
     events_endpoint, predictions_endpoint = f"ipc://{tmp_path}/events", f"ipc://{tmp_path}/predictions"
     stop = threading.Event()
-    with StagePublisher(events_endpoint, stop=stop) as publisher:
+    with Publisher(events_endpoint, stop=stop) as publisher:
         worker = subprocess.Popen(
-            [sys.executable, "-m", "inference.worker", "--sub", events_endpoint, "--pub", predictions_endpoint,
+            [sys.executable, "-m", "inference.worker_stage", "--sub", events_endpoint, "--pub", predictions_endpoint,
              "--checkpoint", str(tiny_checkpoint), "--backend", TEST_BACKEND, "--wait-subscribers", "2"],
             cwd=REPO, env=stage_env, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
         fast = FastConsumer(predictions_endpoint)
-        slow = EventSubscriber(predictions_endpoint, ("prediction", "frame"))
+        slow = Subscriber(predictions_endpoint, ("prediction", "frame"))
         sender = threading.Thread(target=publish_in_real_time, args=(publisher, stop), daemon=True)
         try:
             fast.start()

@@ -14,11 +14,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from stream.aedat4 import Aedat4Reader, Aedat4Writer, read_aedat4, write_aedat4
-from stream.aedat31 import write_aedat31
+from stream.formats.aedat4 import Aedat4Reader, Aedat4Writer, read_aedat4, write_aedat4
+from stream.formats.aedat31 import write_aedat31
 from stream.events import EVENT_DTYPE, EventFormatError, SensorSize, from_dv, make_events
-from stream.files import convert, detect_format, file_info, first_invalid, open_events, read_events
-from stream.tonic_npy import list_samples, read_tonic_npy, sample_path, write_tonic_npy
+from stream.formats import convert, detect_format, file_info, first_invalid, open_events, read_events
+from stream.formats.tonic_npy import list_samples, read_tonic_npy, sample_path, write_tonic_npy
 
 REPO = Path(__file__).resolve().parents[1]
 DAVIS = SensorSize(346, 260)
@@ -110,7 +110,7 @@ def test_aedat4_unclosed_writer_is_readable_with_allow_truncated(tmp_path: Path)
     events = random_events(3000, DAVIS)
     path = tmp_path / "crash.aedat4"
     script = (
-        "import numpy as np, os; from stream.aedat4 import Aedat4Writer; from stream.events import SensorSize\n"
+        "import numpy as np, os; from stream.formats.aedat4 import Aedat4Writer; from stream.events import SensorSize\n"
         f"events = np.load({str(tmp_path / 'e.npy')!r})\n"
         f"w = Aedat4Writer({str(path)!r}, SensorSize(346, 260)).open(); w.write(events); os._exit(0)\n"
     )

@@ -30,12 +30,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from stream.aedat4 import MAX_DECODED_PACKET_BYTES, Aedat4Writer
-from stream.aedat31 import write_aedat31
+from stream.formats.aedat4 import MAX_DECODED_PACKET_BYTES, Aedat4Writer
+from stream.formats.aedat31 import write_aedat31
 from stream.events import EVENT_DTYPE, EventFormatError, GestureSegment, SensorSize, make_events
-from stream.files import file_info, read_events
-from stream.tonic_npy import write_tonic_npy
-from stream.transport import Kind, Message, MessageError, decode, encode, encode_events, encode_json, encode_truth
+from stream.formats import file_info, read_events
+from stream.formats.tonic_npy import write_tonic_npy
+from stream.transport.wire import Kind, Message, MessageError, decode, encode, encode_events, encode_json, encode_truth
 
 FUZZ = settings(
     max_examples=int(os.environ.get("FUZZ_EXAMPLES", 150)),
@@ -351,7 +351,7 @@ def valid_messages() -> list[list[bytes]]:
         encode_events(random_events(0), SENSOR, 4),
         encode_truth([GestureSegment(2, 10, 20)], 5),
         encode_json(Kind.PREDICTION, 6, {"label": 1, "scores": [0.5, 0.5]}),
-        encode(Kind.FRAME, 7, b"\x00" * 32, count=1, sensor_size=SensorSize(4, 4)),
+        encode(Kind.PREDICTION, 7, b"\x00" * 32, count=1),
     ]
     return [[bytes(frame) if not isinstance(frame, np.ndarray) else frame.tobytes() for frame in message]
             for message in frames]  # fmt: skip

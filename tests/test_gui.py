@@ -18,12 +18,13 @@ import numpy as np
 import pytest
 
 from gui.widgets import EVENT_LUT, LEVELS, EventAccumulator, colour_index  # first: installs the PySide6 guard
-from gui.app import MainWindow, SupervisorSourceControl  # noqa: E402
+from gui.app import MainWindow  # noqa: E402
 from stream.classes import GESTURE_CLASSES, NO_GESTURE
 from stream.events import EVENT_DTYPE, SensorSize, make_events
-from stream.files import read_events
-from stream.source import STATUS_KIND, StagePublisher
-from stream.transport import now_us
+from stream.formats import read_events
+from stream.transport.sockets import Publisher
+from stream.transport.wire import Kind
+from stream.transport.wire import now_us
 
 REPO = Path(__file__).resolve().parents[1]
 BUILT_IN_CHECKPOINT = REPO / "inference" / "checkpoints" / "spikeformer-small-sim.json"
@@ -132,7 +133,7 @@ def prediction(seq: int, index: int, confidence: float = 0.9, stable: bool = Tru
 @pytest.fixture
 def publishers(tmp_path: Path):
     """A real worker-side and source-side publisher (XPUB over ipc)."""
-    with StagePublisher(f"ipc://{tmp_path}/predictions") as worker, StagePublisher(f"ipc://{tmp_path}/events") as source:
+    with Publisher(f"ipc://{tmp_path}/predictions") as worker, Publisher(f"ipc://{tmp_path}/events") as source:
         yield worker, source
 
 
@@ -143,13 +144,13 @@ def window(qtbot, publishers, tmp_path: Path):
                       stall_after_s=0.6, reconnect_after_s=60.0, output_dir=tmp_path)  # fmt: skip
     qtbot.addWidget(main)
     main.show()
-    assert worker.wait_for_subscribers(1, STATUS_KIND.topic, timeout_s=5)
+    assert worker.wait_for_subscribers(1, Kind.STATUS.topic, timeout_s=5)
     assert source.wait_for_subscribers(1, b"events", timeout_s=5)
     yield main
     main.close()
 
 
-def feed(source: StagePublisher, t0: int, count: int = 2_000, seed: int = 0) -> np.ndarray:
+def feed(source: Publisher, t0: int, count: int = 2_000, seed: int = 0) -> np.ndarray:
     events = random_events(count, SENSOR, t0, t0 + 20_000, seed=seed)
     source.publish_events(events, SENSOR)
     return events
@@ -159,10 +160,10 @@ def test_window_shows_events_predictions_and_status(qtbot, window: MainWindow, p
     worker, source = publishers
     feed(source, 0)
     qtbot.waitUntil(lambda: window.accumulator is not None and window.accumulator.events_held == 2_000, timeout=5000)
-    worker.publish_json(STATUS_KIND, prediction(0, 3))
+    worker.publish_json(Kind.STATUS, prediction(0, 3))
     qtbot.waitUntil(lambda: window.prediction_panel.label.text() == GESTURE_CLASSES[3], timeout=5000)
     assert "90 %" in window.prediction_panel.detail.text()
-    worker.publish_json(STATUS_KIND, prediction(1, 5, confidence=0.3, stable=False))
+    worker.publish_json(Kind.STATUS, prediction(1, 5, confidence=0.3, stable=False))
     qtbot.waitUntil(lambda: window.prediction_panel.label.text() == NO_GESTURE, timeout=5000)
     assert window.bars.bars.opts["width"][5] == pytest.approx(0.3)
     qtbot.waitUntil(lambda: "windows skipped: 7" in window.status_label.text(), timeout=5000)
@@ -179,12 +180,12 @@ def test_pause_accumulation_keys_and_help(qtbot, window: MainWindow, publishers)
     worker, _ = publishers
     qtbot.keyClick(window, QtCore.Qt.Key.Key_Space)  # no file control: Space freezes the display
     assert window.frozen
-    worker.publish_json(STATUS_KIND, prediction(0, 2))
+    worker.publish_json(Kind.STATUS, prediction(0, 2))
     qtbot.waitUntil(lambda: window.predictions_seen == 1, timeout=5000)
     assert window.prediction_panel.label.text() == NO_GESTURE  # frozen while paused
     qtbot.keyClick(window, QtCore.Qt.Key.Key_Space)
     assert not window.frozen
-    worker.publish_json(STATUS_KIND, prediction(1, 2))
+    worker.publish_json(Kind.STATUS, prediction(1, 2))
     qtbot.waitUntil(lambda: window.prediction_panel.label.text() == GESTURE_CLASSES[2], timeout=5000)
     before = window.accumulation_us
     qtbot.keyClick(window, QtCore.Qt.Key.Key_Plus)
@@ -227,7 +228,7 @@ def test_screenshot_is_saved_and_not_blank(qtbot, window: MainWindow, publishers
 
     worker, source = publishers
     feed(source, 0, count=5_000)
-    worker.publish_json(STATUS_KIND, prediction(0, 8))
+    worker.publish_json(Kind.STATUS, prediction(0, 8))
     qtbot.waitUntil(lambda: window.prediction_panel.label.text() == GESTURE_CLASSES[8], timeout=5000)
     qtbot.keyClick(window, QtCore.Qt.Key.Key_S)
     path = window.last_screenshot
@@ -240,18 +241,18 @@ def test_screenshot_is_saved_and_not_blank(qtbot, window: MainWindow, publishers
 
 def test_stall_is_shown_and_clears_when_data_comes_back(qtbot, window: MainWindow, publishers) -> None:
     worker, _ = publishers
-    worker.publish_json(STATUS_KIND, prediction(0, 1))
+    worker.publish_json(Kind.STATUS, prediction(0, 1))
     qtbot.waitUntil(lambda: window.predictions_seen == 1, timeout=5000)
     qtbot.waitUntil(lambda: "pipeline stalled" in window.state_label.text(), timeout=5000)
     assert window.state_label.text().startswith("no data for ")
-    worker.publish_json(STATUS_KIND, prediction(1, 1))
+    worker.publish_json(Kind.STATUS, prediction(1, 1))
     qtbot.waitUntil(lambda: "stalled" not in window.state_label.text(), timeout=5000)
 
 
 def test_gui_drops_oldest_events_instead_of_building_a_backlog(tmp_path: Path) -> None:
     from gui.app import PipelineReceiver
 
-    with StagePublisher(f"ipc://{tmp_path}/p") as worker, StagePublisher(f"ipc://{tmp_path}/e") as source:
+    with Publisher(f"ipc://{tmp_path}/p") as worker, Publisher(f"ipc://{tmp_path}/e") as source:
         with PipelineReceiver(worker.endpoint, source.endpoint, max_queued_events=5_000) as receiver:
             assert source.wait_for_subscribers(1, b"events", timeout_s=5)
             for k in range(10):
@@ -272,31 +273,31 @@ def test_window_with_keys_receives_over_curve_and_a_wrong_key_is_named(qtbot, tm
     not know gets nothing and says that the handshake was refused."""
     import shutil
 
-    from stream.keys import CurveConfig, generate_keys
+    from stream.transport.keys import CurveConfig, generate_keys
 
     generate_keys(tmp_path / "pipeline", "pipeline")
     generate_keys(tmp_path / "stranger", "stranger")
     shutil.copy(tmp_path / "pipeline" / "pipeline.key", tmp_path / "stranger" / "pipeline.key")
     keys = CurveConfig.from_directory(tmp_path / "pipeline")
     stranger = CurveConfig.from_directory(tmp_path / "stranger", "stranger", server="pipeline")
-    with StagePublisher("tcp://127.0.0.1:*", curve=keys) as worker, StagePublisher("tcp://127.0.0.1:*", curve=keys) as source:
+    with Publisher("tcp://127.0.0.1:*", curve=keys) as worker, Publisher("tcp://127.0.0.1:*", curve=keys) as source:
         windows = {}
         for name, curve in (("trusted", keys), ("stranger", stranger)):
             windows[name] = MainWindow(worker.endpoint, source.endpoint, stall_after_s=0.6, reconnect_after_s=60.0,
                                        output_dir=tmp_path, curve=curve)  # fmt: skip
             qtbot.addWidget(windows[name])
-        assert worker.wait_for_subscribers(1, STATUS_KIND.topic, timeout_s=5)
+        assert worker.wait_for_subscribers(1, Kind.STATUS.topic, timeout_s=5)
         assert source.wait_for_subscribers(1, b"events", timeout_s=5)
         try:
             trusted, outsider = windows["trusted"], windows["stranger"]
             qtbot.waitUntil(lambda: "refused in the CurveZMQ handshake" in outsider.state_label.text(), timeout=5000)
-            worker.publish_json(STATUS_KIND, prediction(0, 2))
+            worker.publish_json(Kind.STATUS, prediction(0, 2))
             feed(source, 0)
             qtbot.waitUntil(lambda: trusted.predictions_seen == 1 and trusted.receiver.events_received == 2_000,
                             timeout=5000)  # fmt: skip
             assert outsider.predictions_seen == 0 and outsider.receiver.events_received == 0
             assert trusted.receiver.handshake_failures == 0 and "refused" not in trusted.state_label.text()
-            assert worker.subscriptions.get(STATUS_KIND.topic) == 1  # the stranger never subscribed
+            assert worker.subscriptions.get(Kind.STATUS.topic) == 1  # the stranger never subscribed
         finally:
             for window in windows.values():
                 window.close()
@@ -366,14 +367,14 @@ def test_strip_shows_a_gap_where_predictions_stopped_and_marks_it(qtbot) -> None
 
 def test_silent_source_clock_moves_the_event_view_and_paused_is_shown(qtbot, window: MainWindow, publishers) -> None:
     worker, source = publishers
-    worker.publish_json(STATUS_KIND, prediction(0, 1))
+    worker.publish_json(Kind.STATUS, prediction(0, 1))
     clock = {"type": "clock", "time_us": 1_000_000, "paused": False}
-    source.publish_json(STATUS_KIND, clock)
+    source.publish_json(Kind.STATUS, clock)
     feed(source, 1_000_000, count=3_000)  # events at 1.00 .. 1.02 s, then silence
     qtbot.waitUntil(lambda: window.receiver.events_received == 3_000 and window.accumulator is not None, timeout=5000)
     for _ in range(100):  # the source is silent: its clock goes on, 10 ms per message
         clock["time_us"] += 10_000
-        source.publish_json(STATUS_KIND, clock)
+        source.publish_json(Kind.STATUS, clock)
         qtbot.wait(10)
         if window.accumulator.time_us == clock["time_us"] and int(window.event_view.image.image.max()) == 0:
             break
@@ -381,8 +382,8 @@ def test_silent_source_clock_moves_the_event_view_and_paused_is_shown(qtbot, win
     assert window.accumulator.events_held == 0 and int(window.event_view.image.image.max()) == 0  # not frozen
 
     def silent_but_alive(paused: bool) -> None:  # the worker and the source's clock keep talking
-        worker.publish_json(STATUS_KIND, {"type": "stats", "counters": {}, "backend": "b"})
-        source.publish_json(STATUS_KIND, {**clock, "paused": paused})
+        worker.publish_json(Kind.STATUS, {"type": "stats", "counters": {}, "backend": "b"})
+        source.publish_json(Kind.STATUS, {**clock, "paused": paused})
 
     for paused, text in ((False, "source idle"), (True, "source paused")):
         for _ in range(100):
@@ -399,7 +400,7 @@ def test_source_without_clock_messages_fades_and_says_no_data(qtbot, window: Mai
     feed(source, 5_000_000, count=2_000)
     qtbot.waitUntil(lambda: window.accumulator is not None and window.accumulator.events_held == 2_000, timeout=5000)
     for seq in range(8):  # the worker keeps talking, the source is gone (no events, no clock)
-        worker.publish_json(STATUS_KIND, prediction(seq, 2))
+        worker.publish_json(Kind.STATUS, prediction(seq, 2))
         qtbot.wait(100)
     assert window.accumulator.events_held == 0  # faded by the wall clock after CLOCK_FALLBACK_S
     qtbot.waitUntil(lambda: "no data since" in window.state_label.text(), timeout=5000)
@@ -409,11 +410,11 @@ def test_worker_restart_and_prediction_gaps_are_shown_and_marked(qtbot, window: 
     worker, source = publishers
 
     def predict(seq: int, worker_id: str) -> None:
-        worker.publish_json(STATUS_KIND, {**prediction(seq, 4), "worker_id": worker_id})
+        worker.publish_json(Kind.STATUS, {**prediction(seq, 4), "worker_id": worker_id})
 
     predict(0, "aaaa")
     qtbot.waitUntil(lambda: window.worker_id == "aaaa", timeout=5000)
-    worker.publish_json(STATUS_KIND, {"type": "stats", "worker_id": "bbbb", "counters": {}, "backend": "b"})
+    worker.publish_json(Kind.STATUS, {"type": "stats", "worker_id": "bbbb", "counters": {}, "backend": "b"})
     qtbot.waitUntil(lambda: window.state_label.text() == "worker restarted", timeout=5000)
     predict(0, "bbbb")
     qtbot.waitUntil(lambda: window.predictions_seen == 2, timeout=5000)
@@ -422,9 +423,9 @@ def test_worker_restart_and_prediction_gaps_are_shown_and_marked(qtbot, window: 
     window.worker_restarted_s -= 10  # the restart notice has been shown long enough
     clock = {"type": "clock", "time_us": 0, "paused": False}
     for _ in range(100):  # the worker and the source are alive, but no prediction comes
-        worker.publish_json(STATUS_KIND, {"type": "stats", "worker_id": "bbbb", "counters": {}, "backend": "b"})
+        worker.publish_json(Kind.STATUS, {"type": "stats", "worker_id": "bbbb", "counters": {}, "backend": "b"})
         clock["time_us"] += 50_000
-        source.publish_json(STATUS_KIND, clock)
+        source.publish_json(Kind.STATUS, clock)
         qtbot.wait(50)
         if "no predictions for" in window.state_label.text():
             break
@@ -443,18 +444,18 @@ def test_lost_source_from_its_stats_is_shown_until_it_reconnects(qtbot, window: 
              "disconnects": 1, "reconnects": 0}  # fmt: skip
     clock = {"type": "clock", "time_us": 0, "paused": False}
     for _ in range(100):  # the worker and the source's clock keep talking; the source says it is lost
-        worker.publish_json(STATUS_KIND, prediction(0, 1))
+        worker.publish_json(Kind.STATUS, prediction(0, 1))
         clock["time_us"] += 50_000
-        source.publish_json(STATUS_KIND, clock)
-        source.publish_json(STATUS_KIND, stats)
+        source.publish_json(Kind.STATUS, clock)
+        source.publish_json(Kind.STATUS, stats)
         qtbot.wait(50)
         if "source lost, reconnecting" in window.state_label.text():
             break
     assert window.state_label.text() == "source lost, reconnecting (lost 1x)"
     qtbot.waitUntil(lambda: "(lost, reconnecting)" in window.status_label.text(), timeout=5000)
     for _ in range(100):
-        worker.publish_json(STATUS_KIND, prediction(1, 1))
-        source.publish_json(STATUS_KIND, {**stats, "connected": True, "reconnects": 1})
+        worker.publish_json(Kind.STATUS, prediction(1, 1))
+        source.publish_json(Kind.STATUS, {**stats, "connected": True, "reconnects": 1})
         qtbot.wait(50)
         if "source lost" not in window.state_label.text():
             break
@@ -469,7 +470,7 @@ def failing_stage_supervisor(tmp_path: Path, policy, own_error: bool = False):
     import launch
 
     if own_error:  # the real worker stage with a checkpoint that is not there: one error line, exit code 2
-        stage = launch.Stage("worker", "inference.worker", ["--sub", f"ipc://{tmp_path}/events", "--pub",
+        stage = launch.Stage("worker", "inference.worker_stage", ["--sub", f"ipc://{tmp_path}/events", "--pub",
                              f"ipc://{tmp_path}/predictions", "--checkpoint", str(tmp_path / "missing.json")])
     else:
         stage = launch.Stage("worker", "timeit", ["-n", "1", "raise SystemExit(3)"])  # timeit: exit code 1
@@ -550,7 +551,7 @@ def test_without_a_restart_policy_the_window_restarts_a_dead_worker_itself(qtbot
 
 
 def test_source_chooser_offers_simulator_cameras_file_and_network(qtbot, window: MainWindow) -> None:
-    from stream.sources import list_cameras
+    from stream.sources.live import list_cameras
 
     box = window.source_box
     items = [(box.itemText(i), box.itemData(i), box.model().item(i).isEnabled()) for i in range(box.count())]
@@ -564,7 +565,7 @@ def test_source_chooser_offers_simulator_cameras_file_and_network(qtbot, window:
 
 
 def write_recording(path: Path, seconds: float = 8.0, rate: int = 20_000) -> np.ndarray:
-    from stream.aedat4 import Aedat4Writer
+    from stream.formats.aedat4 import Aedat4Writer
 
     count = int(seconds * rate)
     events = random_events(count, SENSOR, 0, int(seconds * 1e6), seed=5)
@@ -579,17 +580,17 @@ def test_file_controls_and_keys_drive_a_real_source_stage(qtbot, tmp_path: Path)
 
     write_recording(tmp_path / "rec.aedat4")
     control = f"ipc://{tmp_path}/control"
-    command = [sys.executable, "-m", "stream.source", "--source", f"file:{tmp_path / 'rec.aedat4'}",
+    command = [sys.executable, "-m", "stream.source_stage", "--source", f"file:{tmp_path / 'rec.aedat4'}",
                "--pub", f"ipc://{tmp_path}/events", "--control", control, "--wait-subscribers", "1", "--quiet"]  # fmt: skip
     stage = subprocess.Popen(command)
     try:
-        with StagePublisher(f"ipc://{tmp_path}/predictions") as worker:
+        with Publisher(f"ipc://{tmp_path}/predictions") as worker:
             main = MainWindow(worker.endpoint, f"ipc://{tmp_path}/events", control_endpoint=control, source_spec="file",
                               output_dir=tmp_path)  # fmt: skip
             qtbot.addWidget(main)
             main.show()
             alive = QtCore.QTimer(main)  # the worker's stats, so the pipeline is not taken for stalled
-            alive.timeout.connect(lambda: worker.publish_json(STATUS_KIND, {"type": "stats", "counters": {}}))
+            alive.timeout.connect(lambda: worker.publish_json(Kind.STATUS, {"type": "stats", "counters": {}}))
             alive.start(200)
             qtbot.waitUntil(lambda: main.file_controls() and main.source_status["duration_s"] is not None, timeout=30_000)
             assert main.seek_slider.isEnabled() and main.seek_slider.maximum() == 8_000

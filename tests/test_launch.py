@@ -123,7 +123,7 @@ def windows_seen(line: str) -> int:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("stage, module", [("worker", "inference.worker"), ("source", "stream.source")])
+@pytest.mark.parametrize("stage, module", [("worker", "inference.worker_stage"), ("source", "stream.source_stage")])
 def test_a_killed_stage_is_restarted_and_predictions_resume(tiny_checkpoint, stage_env, tmp_path, stage, module):
     report_path = tmp_path / "report.json"
     launcher = start_launch(tiny_checkpoint, stage_env, "--duration", "12", "--report", str(report_path))
@@ -156,7 +156,7 @@ def test_on_failure_stop_ends_the_pipeline_within_2_s(tiny_checkpoint, stage_env
         lines = line_reader(launcher.stdout)
         wait_for_line(lines, "windows (", timeout_s=120)
         stages = children_of(launcher.pid)
-        os.kill(stage_pid(launcher.pid, "inference.worker"), signal.SIGKILL)
+        os.kill(stage_pid(launcher.pid, "inference.worker_stage"), signal.SIGKILL)
         killed = time.monotonic()
         assert launcher.wait(timeout=10) == 1
         elapsed = time.monotonic() - killed
@@ -255,7 +255,7 @@ def test_restart_policy_gives_up_after_failures_in_a_row_even_when_they_are_slow
 
 
 def test_restart_policy_never_restarts_a_stage_that_stopped_with_its_own_error(tmp_path):
-    """Exit code 2 (``stream.source.EXIT_ERROR``: a missing file, a bad checkpoint, no camera at
+    """Exit code 2 (``stream.stage.EXIT_ERROR``: a missing file, a bad checkpoint, no camera at
     start) is final at once: a restart would fail the same way."""
     broken = Stage("source", "json.tool", [str(tmp_path / "missing.json")])  # one error line, exit code 2
     messages = []
@@ -283,7 +283,7 @@ def test_headless_with_a_missing_file_stops_at_once_with_its_error(stage_env, tm
 
 
 def test_supervisor_passes_stage_stderr_through_and_keeps_the_error_line(tmp_path, capfd):
-    stage = Stage("source", "stream.source", ["--source", f"file:{tmp_path / 'none.aedat4'}",
+    stage = Stage("source", "stream.source_stage", ["--source", f"file:{tmp_path / 'none.aedat4'}",
                                                 "--pub", f"ipc://{tmp_path}/events"])  # fmt: skip
     with Supervisor([stage], log=lambda m: None) as supervisor:
         assert [tuple(e) for e in wait_for_exit(supervisor, timeout_s=60)] == [("source", 2)]
@@ -293,9 +293,9 @@ def test_supervisor_passes_stage_stderr_through_and_keeps_the_error_line(tmp_pat
 
 def test_headless_replays_a_cut_recording_with_allow_truncated(stage_env, tmp_path, tiny_checkpoint):
     """A recorder that died mid-packet: refused with the hint, then replayed up to the cut."""
-    from stream.aedat4 import Aedat4Writer
+    from stream.formats.aedat4 import Aedat4Writer
     from stream.events import SensorSize, make_events
-    from stream.files import open_events
+    from stream.formats import open_events
 
     count = 200_000
     index = np.arange(count)
@@ -338,12 +338,12 @@ def test_a_backend_that_cannot_run_here_is_one_error_line_not_a_restart_loop(sta
 def test_stage_exit_codes_tell_a_lost_source_from_an_error():
     """``exit_stage``: SourceLost exits with EXIT_SOURCE_LOST (restarted by the launcher), other
     expected failures with EXIT_ERROR (not restarted), each as one error line."""
-    from stream.source import EXIT_ERROR, EXIT_SOURCE_LOST
+    from stream.stage import EXIT_ERROR, EXIT_SOURCE_LOST
 
     assert EXIT_SOURCE_LOST not in RestartPolicy().final_codes and EXIT_ERROR in RestartPolicy().final_codes
     for error, code in (("SourceLost('camera X was lost and did not come back')", EXIT_SOURCE_LOST),
                         ("ValueError('bad file')", EXIT_ERROR), ("FileNotFoundError('no such file')", EXIT_ERROR)):
-        script = f"from stream.source import SourceLost, exit_stage\ndef main():\n    raise {error}\nexit_stage(main)"
+        script = f"from stream.sources.base import SourceLost\nfrom stream.stage import exit_stage\ndef main(argv):\n    raise {error}\nexit_stage(main)"
         result = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=60)
         assert result.returncode == code, result.stderr
         assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, result.stderr
@@ -386,10 +386,10 @@ def test_curve_options_reach_every_stage_and_trust_the_right_publisher(tmp_path)
     the options the launcher gives them."""
     import shutil
 
-    from inference.worker import build_parser as worker_parser
+    from inference.worker_stage import build_parser as worker_parser
     from launch import Endpoints, build_parser, consumer_curves, source_stage, worker_stage
-    from stream.keys import CurveConfig, curve_from_args, generate_keys
-    from stream.source import build_parser as source_parser
+    from stream.transport.keys import CurveConfig, curve_from_args, generate_keys
+    from stream.source_stage import build_parser as source_parser
 
     generate_keys(tmp_path / "a", "a")
     generate_keys(tmp_path / "b", "b")

@@ -29,11 +29,14 @@ from inference.headless import (
     window_truth,
 )
 from inference.smoothing import NO_GESTURE_INDEX, LabelSmoother, SmoothingConfig, majority_vote
-from inference.worker import InferenceWorker, LossCount, Packet, WorkerConfig, WorkerLoop
+from inference.worker import InferenceWorker, Packet, WorkerConfig
+from inference.worker_stage import LossCount, WorkerLoop
 from stream.classes import GESTURE_CLASSES, NO_GESTURE
 from stream.events import GestureSegment, SensorSize, make_events
-from stream.source import STATUS_KIND, StagePublisher
-from stream.transport import EventSubscriber, Kind, Message, encode_events, now_us
+from stream.transport.sockets import Publisher
+from stream.transport.wire import Kind
+from stream.transport.sockets import Subscriber
+from stream.transport.wire import Kind, Message, encode_events, now_us
 
 REPO = Path(__file__).resolve().parents[1]
 TEST_BACKEND = "onnxruntime"  # the default CPU backend of `auto`
@@ -269,7 +272,7 @@ class SlowBackend:
         return self.backend.predict(frames)
 
 
-def _publish_paced(publisher: StagePublisher, sensor: SensorSize, duration_us: int, packet_us: int) -> int:
+def _publish_paced(publisher: Publisher, sensor: SensorSize, duration_us: int, packet_us: int) -> int:
     """Publish synthetic packets in real time (one every packet_us) then the end message."""
     sent = 0
     start = time.monotonic()
@@ -280,7 +283,7 @@ def _publish_paced(publisher: StagePublisher, sensor: SensorSize, duration_us: i
             time.sleep(delay)  # pacing a real-time source, not synchronisation
         publisher.publish_events(packet, sensor)
         sent += len(packet)
-    publisher.publish_json(STATUS_KIND, {"type": "end", "events_sent": sent}, reliable=True)
+    publisher.publish_json(Kind.STATUS, {"type": "end", "events_sent": sent}, reliable=True)
     return sent
 
 
@@ -292,10 +295,10 @@ def test_overloaded_worker_skips_windows_and_keeps_latency_bounded(backend, tmp_
     endpoint = f"ipc://{tmp_path}/events"
     # Queue room for the whole 1.5 s (750 packets): the test is about skipping windows, and a CI box
     # that starves this thread for > 0.4 s (the default 100 + 100 packets) must not turn into loss.
-    with StagePublisher(endpoint) as publisher, \
-            EventSubscriber(endpoint, ("events", "prediction"), rcvhwm=1_000) as subscriber:  # fmt: skip
-        loop_publisher = StagePublisher(f"ipc://{tmp_path}/predictions")
-        with loop_publisher, EventSubscriber(loop_publisher.endpoint, ("prediction",)) as consumer:
+    with Publisher(endpoint) as publisher, \
+            Subscriber(endpoint, ("events", "prediction"), rcvhwm=1_000) as subscriber:  # fmt: skip
+        loop_publisher = Publisher(f"ipc://{tmp_path}/predictions")
+        with loop_publisher, Subscriber(loop_publisher.endpoint, ("prediction",)) as consumer:
             assert publisher.wait_for_subscribers(1, b"events", timeout_s=10)
             sender = threading.Thread(target=_publish_paced, args=(publisher, sensor, 1_500_000, 2_000))
             sender.start()
@@ -312,7 +315,7 @@ def test_overloaded_worker_skips_windows_and_keeps_latency_bounded(backend, tmp_
     assert max(compute) < 1000 * delay_s + 600
 
 
-def _publish_then_fall_silent(publisher: StagePublisher, sensor: SensorSize, phases: dict) -> None:
+def _publish_then_fall_silent(publisher: Publisher, sensor: SensorSize, phases: dict) -> None:
     """0.3 s of events at once, then clock messages every 20 ms (the source's watermark: last
     event time + wall time since): 0.6 s silent, 0.4 s paused, then the end message."""
     events = synthetic_events(0, 300_000, 50_000, sensor)
@@ -328,11 +331,11 @@ def _publish_then_fall_silent(publisher: StagePublisher, sensor: SensorSize, pha
             phases["paused_us"], phases["paused_at_t"] = now_us(), clock
         if not paused:
             clock = last_t + int(elapsed * 1e6)
-        publisher.publish_json(STATUS_KIND, {"type": "clock", "time_us": clock, "paused": paused})
+        publisher.publish_json(Kind.STATUS, {"type": "clock", "time_us": clock, "paused": paused})
         time.sleep(0.02)  # the clock's own pace (every 20 ms of wall time), not synchronisation
     phases["end_us"] = now_us()
-    publisher.publish_json(STATUS_KIND, {"type": "clock", "time_us": "soon", "paused": False})  # malformed
-    publisher.publish_json(STATUS_KIND, {"type": "end", "events_sent": len(events)}, reliable=True)
+    publisher.publish_json(Kind.STATUS, {"type": "clock", "time_us": "soon", "paused": False})  # malformed
+    publisher.publish_json(Kind.STATUS, {"type": "end", "events_sent": len(events)}, reliable=True)
 
 
 def test_clock_messages_close_windows_while_the_source_is_silent(backend, tmp_path):
@@ -342,9 +345,9 @@ def test_clock_messages_close_windows_while_the_source_is_silent(backend, tmp_pa
     worker = InferenceWorker(model, metadata, WorkerConfig(frame_fps=fps, smoothing=SmoothingConfig(threshold=0.0)))
     sensor = SensorSize(64, 64)
     phases: dict = {}
-    with StagePublisher(f"ipc://{tmp_path}/ev") as publisher, EventSubscriber(publisher.endpoint, ("events", "prediction")) as subscriber:
-        with StagePublisher(f"ipc://{tmp_path}/pr") as loop_publisher, \
-                EventSubscriber(loop_publisher.endpoint, ("prediction", "frame"), rcvhwm=10_000) as consumer:  # fmt: skip
+    with Publisher(f"ipc://{tmp_path}/ev") as publisher, Subscriber(publisher.endpoint, ("events", "prediction")) as subscriber:
+        with Publisher(f"ipc://{tmp_path}/pr") as loop_publisher, \
+                Subscriber(loop_publisher.endpoint, ("prediction", "frame"), rcvhwm=10_000) as consumer:  # fmt: skip
             assert publisher.wait_for_subscribers(1, b"events", timeout_s=10)
             assert loop_publisher.wait_for_subscribers(1, b"frame", timeout_s=10)
             sender = threading.Thread(target=_publish_then_fall_silent, args=(publisher, sensor, phases))
@@ -385,7 +388,7 @@ def _step_until(loop: WorkerLoop, condition, timeout_s: float = 20) -> None:
         loop.step(timeout_ms=20)
 
 
-def drain(consumer: EventSubscriber, quiet_ms: int = 300) -> list[Message]:
+def drain(consumer: Subscriber, quiet_ms: int = 300) -> list[Message]:
     """Every message ``consumer`` gets until none comes for ``quiet_ms``: a message published just
     before may still be in ZeroMQ's pipes, so one non-blocking pass could miss it (flaky tests)."""
     messages = []
@@ -404,23 +407,23 @@ def test_a_source_started_again_restarts_the_windows_even_within_a_second(backen
     first = synthetic_events(0, 600_000, 50_000, sensor)
     second = synthetic_events(0, 400_000, 50_000, sensor, seed=1)
     endpoint = f"ipc://{tmp_path}/events"
-    with EventSubscriber(endpoint, ("events", "prediction")) as subscriber, \
-            StagePublisher(f"ipc://{tmp_path}/predictions") as loop_publisher, \
-            EventSubscriber(loop_publisher.endpoint, ("prediction",), rcvhwm=10_000) as consumer:  # fmt: skip
+    with Subscriber(endpoint, ("events", "prediction")) as subscriber, \
+            Publisher(f"ipc://{tmp_path}/predictions") as loop_publisher, \
+            Subscriber(loop_publisher.endpoint, ("prediction",), rcvhwm=10_000) as consumer:  # fmt: skip
         assert loop_publisher.wait_for_subscribers(1, b"prediction", timeout_s=10)
         loop = WorkerLoop(worker, subscriber, loop_publisher)
-        with StagePublisher(endpoint) as publisher:
+        with Publisher(endpoint) as publisher:
             assert publisher.wait_for_subscribers(1, b"events", timeout_s=10)
             for chunk in np.array_split(first, 6):
                 publisher.publish_events(chunk, sensor)
             _step_until(loop, lambda: worker.counters.events_in == len(first))
-        with StagePublisher(endpoint) as publisher:  # a new source process: sequence numbers from 0 again
+        with Publisher(endpoint) as publisher:  # a new source process: sequence numbers from 0 again
             # libzmq attaches the reconnected pipe (and sends the subscription) only when the SUB
             # socket is used, as the running worker loop does.
             _step_until(loop, lambda: publisher.wait_for_subscribers(1, b"events", timeout_s=0.01))
             for chunk in np.array_split(second, 4):
                 publisher.publish_events(chunk, sensor)
-            publisher.publish_json(STATUS_KIND, {"type": "end", "events_sent": len(second)}, reliable=True)
+            publisher.publish_json(Kind.STATUS, {"type": "end", "events_sent": len(second)}, reliable=True)
             loop.run(duration_s=30)
         predictions = [m.data for m in drain(consumer) if m.data.get("type") == "prediction"]
     assert loop.ended and subscriber.stats.restarts >= 1
@@ -449,9 +452,9 @@ def test_an_idle_worker_connects_again_after_an_oversized_message(backend, tmp_p
     sensor = SensorSize(64, 64)
     small, oversized = synthetic_events(0, 10_000, 100_000, sensor), synthetic_events(10_000, 50_000, 100_000, sensor)
     limit = 2 * small.nbytes  # the oversized packet is 4x the small one
-    with StagePublisher(f"ipc://{tmp_path}/ev") as publisher, \
-            EventSubscriber(publisher.endpoint, ("events",), max_message_bytes=limit) as subscriber, \
-            StagePublisher(f"ipc://{tmp_path}/pr") as loop_publisher:  # fmt: skip
+    with Publisher(f"ipc://{tmp_path}/ev") as publisher, \
+            Subscriber(publisher.endpoint, ("events",), max_message_bytes=limit) as subscriber, \
+            Publisher(f"ipc://{tmp_path}/pr") as loop_publisher:  # fmt: skip
         assert publisher.wait_for_subscribers(1, b"events", timeout_s=10)
         loop = WorkerLoop(worker, subscriber, loop_publisher)
         publisher.publish_events(small, sensor)
@@ -475,17 +478,17 @@ def test_the_end_reaches_a_consumer_whose_queue_overflowed(backend, tmp_path):
     sensor = SensorSize(64, 64)
     events = synthetic_events(0, 300_000, 50_000, sensor)
     got: list[dict] = []
-    with StagePublisher(f"ipc://{tmp_path}/ev") as publisher, EventSubscriber(publisher.endpoint, ("events", "prediction")) as subscriber, \
-            StagePublisher(f"ipc://{tmp_path}/pr", sndhwm=4) as loop_publisher:  # fmt: skip
-        consumer = EventSubscriber(loop_publisher.endpoint, ("prediction",), rcvhwm=4)
+    with Publisher(f"ipc://{tmp_path}/ev") as publisher, Subscriber(publisher.endpoint, ("events", "prediction")) as subscriber, \
+            Publisher(f"ipc://{tmp_path}/pr", sndhwm=4) as loop_publisher:  # fmt: skip
+        consumer = Subscriber(loop_publisher.endpoint, ("prediction",), rcvhwm=4)
         assert publisher.wait_for_subscribers(1, b"events", timeout_s=10)
-        assert loop_publisher.wait_for_subscribers(1, STATUS_KIND.topic, timeout_s=10)
+        assert loop_publisher.wait_for_subscribers(1, Kind.STATUS.topic, timeout_s=10)
         loop = WorkerLoop(worker, subscriber, loop_publisher)
         publisher.publish_events(events, sensor)
-        publisher.publish_json(STATUS_KIND, {"type": "end", "events_sent": len(events)}, reliable=True)
+        publisher.publish_json(Kind.STATUS, {"type": "end", "events_sent": len(events)}, reliable=True)
         loop.run(duration_s=30)
         for seq in range(5_000):  # a burst the stalled consumer cannot hold (2 kB each, 10 MB)
-            loop_publisher.publish_json(STATUS_KIND, {"type": "stats", "seq": seq, "pad": "x" * 2_000})
+            loop_publisher.publish_json(Kind.STATUS, {"type": "stats", "seq": seq, "pad": "x" * 2_000})
         release = threading.Event()
 
         def consume() -> None:  # stalled until the end was first sent, then reads until the end and leaves
@@ -519,14 +522,14 @@ def test_display_frames_are_made_only_while_a_consumer_subscribes(backend, tmp_p
         publisher.publish_events(events, sensor)
         _step_until(loop, lambda: worker.counters.events_in == target and condition())
 
-    with StagePublisher(f"ipc://{tmp_path}/ev") as publisher, EventSubscriber(publisher.endpoint, ("events",)) as subscriber, \
-            StagePublisher(f"ipc://{tmp_path}/pr") as loop_publisher:  # fmt: skip
+    with Publisher(f"ipc://{tmp_path}/ev") as publisher, Subscriber(publisher.endpoint, ("events",)) as subscriber, \
+            Publisher(f"ipc://{tmp_path}/pr") as loop_publisher:  # fmt: skip
         assert publisher.wait_for_subscribers(1, b"events", timeout_s=10)
         loop = WorkerLoop(worker, subscriber, loop_publisher)
         publish_and_step(publisher, batches[0])
         assert not worker.frames_wanted and worker._frame_counts.sum() == 0  # nobody watches: nothing accumulated
         assert worker.take_frame() is None
-        with EventSubscriber(loop_publisher.endpoint, ("frame",)) as viewer:
+        with Subscriber(loop_publisher.endpoint, ("frame",)) as viewer:
             _step_until(loop, lambda: worker.frames_wanted)  # the subscription reached the worker's XPUB socket
 
             def frames_arrived() -> bool:
@@ -553,9 +556,9 @@ def test_display_frames_are_made_only_while_a_consumer_subscribes(backend, tmp_p
 def test_worker_stage_keeps_running_through_garbage(tiny_checkpoint, stage_env, tmp_path):
     events_endpoint, predictions_endpoint = f"ipc://{tmp_path}/ev", f"ipc://{tmp_path}/pr"
     sensor = SensorSize(128, 128)
-    with StagePublisher(events_endpoint) as publisher, EventSubscriber(predictions_endpoint, ("prediction",)) as consumer:
+    with Publisher(events_endpoint) as publisher, Subscriber(predictions_endpoint, ("prediction",)) as consumer:
         worker = subprocess.Popen(
-            [sys.executable, "-m", "inference.worker", "--sub", events_endpoint, "--pub", predictions_endpoint,
+            [sys.executable, "-m", "inference.worker_stage", "--sub", events_endpoint, "--pub", predictions_endpoint,
              "--checkpoint", str(tiny_checkpoint), "--backend", TEST_BACKEND, "--wait-subscribers", "1"],
             cwd=REPO, env=stage_env, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
@@ -573,7 +576,7 @@ def test_worker_stage_keeps_running_through_garbage(tiny_checkpoint, stage_env, 
                 publisher.send_frames(frames)
             publisher.publish_events(good, sensor)
             publisher.publish_events(synthetic_events(400_000, 500_000, 50_000, sensor, seed=1), sensor)
-            publisher.publish_json(STATUS_KIND, {"type": "end", "events_sent": len(good) + 5000}, reliable=True)
+            publisher.publish_json(Kind.STATUS, {"type": "end", "events_sent": len(good) + 5000}, reliable=True)
             end = None
             deadline = time.monotonic() + 60
             while end is None and time.monotonic() < deadline:
@@ -593,7 +596,7 @@ def test_worker_stage_keeps_running_through_garbage(tiny_checkpoint, stage_env, 
     assert counters["windows"] >= 1
 
 
-def _publish_live(publisher: StagePublisher, sensor: SensorSize, stop: threading.Event, sent: list[int]) -> None:
+def _publish_live(publisher: Publisher, sensor: SensorSize, stop: threading.Event, sent: list[int]) -> None:
     """A live source: 2 ms packets in real time and a stats message (cumulative ``events_sent``)
     every 0.2 s, until ``stop``."""
     start = time.monotonic()
@@ -608,13 +611,13 @@ def _publish_live(publisher: StagePublisher, sensor: SensorSize, stop: threading
         sent[0] += len(packet)
         first += 2_000
         if first * 1e-6 >= next_stats:
-            publisher.publish_json(STATUS_KIND, {"type": "stats", "events_sent": sent[0]})
+            publisher.publish_json(Kind.STATUS, {"type": "stats", "events_sent": sent[0]})
             next_stats += 0.2
 
 
 def test_headless_reports_a_killed_and_restarted_worker_as_a_gap(tiny_checkpoint, stage_env, tmp_path):
     events_endpoint, predictions_endpoint = f"ipc://{tmp_path}/ev", f"ipc://{tmp_path}/pr"
-    command = [sys.executable, "-m", "inference.worker", "--sub", events_endpoint, "--pub", predictions_endpoint,
+    command = [sys.executable, "-m", "inference.worker_stage", "--sub", events_endpoint, "--pub", predictions_endpoint,
                "--checkpoint", str(tiny_checkpoint), "--backend", TEST_BACKEND, "--wait-subscribers", "1",
                "--frame-fps", "0"]  # fmt: skip
     sensor = SensorSize(64, 64)
@@ -634,8 +637,8 @@ def test_headless_reports_a_killed_and_restarted_worker_as_a_gap(tiny_checkpoint
                     return
         raise AssertionError(f"no {count} predictions from worker {worker_index + 1}: {recorder.worker_ids}")
 
-    with StagePublisher(events_endpoint) as publisher, \
-            EventSubscriber(predictions_endpoint, ("prediction",), rcvhwm=10_000) as consumer:  # fmt: skip
+    with Publisher(events_endpoint) as publisher, \
+            Subscriber(predictions_endpoint, ("prediction",), rcvhwm=10_000) as consumer:  # fmt: skip
         sender = threading.Thread(target=_publish_live, args=(publisher, sensor, stop, sent))
         try:
             workers.append(subprocess.Popen(command, cwd=REPO, env=stage_env, stderr=subprocess.DEVNULL))
@@ -673,8 +676,8 @@ def test_headless_reports_a_killed_and_restarted_worker_as_a_gap(tiny_checkpoint
 def test_a_silent_stretch_keeps_predictions_going_and_a_pause_is_a_gap(tiny_checkpoint, stage_env, tmp_path):
     """Real source stage replaying a file with 0.9 s without events (its clock messages close the
     windows), paused for 1.5 s through its control socket; real worker stage; the headless recorder."""
-    from stream.aedat4 import write_aedat4
-    from stream.source import ControlClient
+    from stream.formats.aedat4 import write_aedat4
+    from stream.transport.control import ControlClient
 
     sensor = SensorSize(128, 128)
     first, second = synthetic_events(0, 1_000_000, 50_000, sensor), synthetic_events(1_900_000, 3_000_000, 50_000, sensor, 1)
@@ -682,14 +685,14 @@ def test_a_silent_stretch_keeps_predictions_going_and_a_pause_is_a_gap(tiny_chec
     write_aedat4(path, np.concatenate([first.view(np.uint8), second.view(np.uint8)]).view(first.dtype), sensor)
     events_endpoint, predictions_endpoint, control = (f"ipc://{tmp_path}/{name}" for name in ("ev", "pr", "ctl"))
     commands = [
-        [sys.executable, "-m", "inference.worker", "--sub", events_endpoint, "--pub", predictions_endpoint,
+        [sys.executable, "-m", "inference.worker_stage", "--sub", events_endpoint, "--pub", predictions_endpoint,
          "--checkpoint", str(tiny_checkpoint), "--backend", TEST_BACKEND, "--wait-subscribers", "1", "--frame-fps", "0"],
-        [sys.executable, "-m", "stream.source", "--source", f"file:{path}", "--pub", events_endpoint, "--speed", "1",
+        [sys.executable, "-m", "stream.source_stage", "--source", f"file:{path}", "--pub", events_endpoint, "--speed", "1",
          "--wait-subscribers", "1", "--control", control, "--quiet"],
     ]  # fmt: skip
     recorder = HeadlessRecorder()
     stages = []
-    with EventSubscriber(predictions_endpoint, ("prediction",), rcvhwm=10_000) as consumer, ControlClient(control) as client:
+    with Subscriber(predictions_endpoint, ("prediction",), rcvhwm=10_000) as consumer, ControlClient(control) as client:
 
         def record_while(condition, timeout_s: float = 90) -> None:
             deadline = time.monotonic() + timeout_s
@@ -756,7 +759,7 @@ def test_pipeline_on_the_simulator_reports(tiny_checkpoint, stage_env, tmp_path)
 
 
 def test_replayed_file_is_processed_completely_and_ends_by_itself(tiny_checkpoint, stage_env, tmp_path):
-    from stream.aedat4 import write_aedat4
+    from stream.formats.aedat4 import write_aedat4
 
     sensor = SensorSize(346, 260)
     events = synthetic_events(5_000_000, 7_000_000, 150_000, sensor)

@@ -60,7 +60,7 @@ def test_short_soak_memory_flat_latency_stable_every_loss_explained(tmp_path):
 HEAP_PROBE = """
 import json, sys
 import numpy as np
-from stream.source import fix_mmap_threshold
+from stream.source_stage import fix_mmap_threshold
 fixed = fix_mmap_threshold() if sys.argv[1] == "fix" else False
 def rss():
     return next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith("VmRSS:"))

@@ -14,18 +14,10 @@ import numpy as np
 import pytest
 
 from stream.events import EVENT_DTYPE, SensorSize, make_events
-from stream.sources import (
-    IDLE_YIELD_S,
-    LIVE_CLOCK_MARGIN_S,
-    CameraSource,
-    FileSource,
-    NetworkSource,
-    Source,
-    SourceError,
-    Timeline,
-    list_cameras,
-    open_source,
-)
+from stream.sources import open_source
+from stream.sources.base import IDLE_YIELD_S, Source, SourceError, Timeline
+from stream.sources.file import FileSource
+from stream.sources.live import LIVE_CLOCK_MARGIN_S, CameraSource, NetworkSource, list_cameras
 
 SENSOR = SensorSize(64, 48)
 WAIT_S = 10.0  # bound on every wait for a real signal
@@ -194,7 +186,7 @@ def test_bad_replay_arguments():
 
 
 def test_file_source_reads_a_real_aedat4_file(tmp_path):
-    from stream.aedat4 import Aedat4Writer
+    from stream.formats.aedat4 import Aedat4Writer
 
     events = synthetic_events(duration_us=200_000, count=3_000)
     path = tmp_path / "walk.aedat4"
@@ -212,7 +204,7 @@ def test_file_source_missing_file_is_a_clear_error(tmp_path):
 
 
 def test_file_source_refuses_a_cut_file_unless_allow_truncated_then_replays_up_to_the_cut(tmp_path, caplog):
-    from stream.aedat4 import Aedat4Writer
+    from stream.formats.aedat4 import Aedat4Writer
 
     events = synthetic_events(duration_us=400_000, count=40_000)
     path = tmp_path / "cut.aedat4"
@@ -555,7 +547,7 @@ def test_open_source_spec_errors(spec, message):
 
 def test_open_source_sim_and_auto():
     try:
-        from stream.simulator import SimulatorSource  # noqa: F401
+        from stream.sources.simulated import SimulatorSource  # noqa: F401
     except ImportError:
         with pytest.raises(SourceError, match="simulator source is not available"):
             open_source("sim")
@@ -575,13 +567,14 @@ class StageThread:
     collects events and clock messages with their arrival times (monotonic s)."""
 
     def __init__(self, source, endpoint: str) -> None:
-        from stream.source import StagePublisher, stream_source
-        from stream.transport import EventSubscriber
+        from stream.source_stage import stream_source
+        from stream.transport.sockets import Publisher
+        from stream.transport.sockets import Subscriber
 
         self.source = source
         self.stop = threading.Event()
-        self.publisher = StagePublisher(endpoint, stop=self.stop)
-        self.subscriber = EventSubscriber(self.publisher.endpoint, ("events", "prediction"))
+        self.publisher = Publisher(endpoint, stop=self.stop)
+        self.subscriber = Subscriber(self.publisher.endpoint, ("events", "prediction"))
         assert self.publisher.wait_for_subscribers(1, b"events", timeout_s=WAIT_S)
         self.thread = threading.Thread(target=stream_source, args=(source, self.publisher), kwargs={"stop": self.stop})
         self.thread.start()
@@ -654,7 +647,7 @@ def test_silent_network_stream_sends_clock_messages_that_follow_the_wall_clock(t
 
 
 def write_aedat4(path, events) -> None:
-    from stream.aedat4 import Aedat4Writer
+    from stream.formats.aedat4 import Aedat4Writer
 
     with Aedat4Writer(path, SENSOR) as writer:
         writer.write(events)
@@ -662,17 +655,17 @@ def write_aedat4(path, events) -> None:
 
 def test_source_stage_control_pause_resume_seek_speed_and_garbage(tmp_path):
     """The source stage as a process replaying a real AEDAT4 file, driven over its control socket."""
-    from stream.source import ControlClient
-    from stream.transport import EventSubscriber
+    from stream.transport.control import ControlClient
+    from stream.transport.sockets import Subscriber
 
     events = synthetic_events(duration_us=6_000_000, count=120_000)  # 20 events per ms
     first_us = int(events["t"][0])
     write_aedat4(tmp_path / "rec.aedat4", events)
-    command = [sys.executable, "-m", "stream.source", "--source", f"file:{tmp_path / 'rec.aedat4'}",
+    command = [sys.executable, "-m", "stream.source_stage", "--source", f"file:{tmp_path / 'rec.aedat4'}",
                "--pub", f"ipc://{tmp_path}/events", "--control", f"ipc://{tmp_path}/control",
                "--wait-subscribers", "1", "--quiet"]  # fmt: skip
     stage = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
-    subscriber = EventSubscriber(f"ipc://{tmp_path}/events", ("events", "prediction"))
+    subscriber = Subscriber(f"ipc://{tmp_path}/events", ("events", "prediction"))
     client = ControlClient(f"ipc://{tmp_path}/control")
 
     def receive(seconds: float) -> tuple[list, list]:
@@ -760,13 +753,13 @@ class WireStage:
 
     def __init__(self, source, endpoint: str, *, nodrop: bool = False, reader_pause_s: float = 0.0,
                  reader_start_s: float = 0.0, **options) -> None:  # fmt: skip
-        from stream.source import StagePublisher
-        from stream.transport import EventSubscriber
+        from stream.transport.sockets import Publisher
+        from stream.transport.sockets import Subscriber
 
         self.source = source
         self.stop = threading.Event()
-        self.publisher = StagePublisher(endpoint, stop=self.stop, nodrop=nodrop, sndhwm=8)
-        self.subscriber = EventSubscriber(self.publisher.endpoint, ("events", "prediction"), rcvhwm=8)
+        self.publisher = Publisher(endpoint, stop=self.stop, nodrop=nodrop, sndhwm=8)
+        self.subscriber = Subscriber(self.publisher.endpoint, ("events", "prediction"), rcvhwm=8)
         assert self.publisher.wait_for_subscribers(1, b"events", timeout_s=WAIT_S)
         self.messages: list = []  # ("events", array) or (type, dict), in arrival order
         self.counters = None
@@ -780,7 +773,7 @@ class WireStage:
         self.thread.start()
 
     def _run(self, **options) -> None:
-        from stream.source import stream_source
+        from stream.source_stage import stream_source
 
         try:
             self.counters = stream_source(self.source, self.publisher, stop=self.stop, stats_interval_s=0.2, **options)
@@ -837,10 +830,10 @@ def gapped_events() -> np.ndarray:
 def test_stage_publisher_counts_the_subscriptions_that_deliver_a_topic(tmp_path):
     import zmq
 
-    from stream.source import StagePublisher
+    from stream.transport.sockets import Publisher
 
     context = zmq.Context.instance()
-    with StagePublisher(f"ipc://{tmp_path}/pub") as publisher:
+    with Publisher(f"ipc://{tmp_path}/pub") as publisher:
         sockets = {}
         for prefix in (b"frame", b"fr", b"", b"events", b"frames"):
             sockets[prefix] = context.socket(zmq.SUB)
@@ -866,9 +859,9 @@ def test_control_socket_with_keys_answers_only_clients_with_a_trusted_key(tmp_pa
     import shutil
     import threading
 
-    from stream.keys import CurveConfig, generate_keys
-    from stream.simulator import SimulatorSource
-    from stream.source import ControlClient, ControlServer
+    from stream.transport.keys import CurveConfig, generate_keys
+    from stream.sources.simulated import SimulatorSource
+    from stream.transport.control import ControlClient, ControlServer
 
     generate_keys(tmp_path / "stage", "stage")
     generate_keys(tmp_path / "stranger", "stranger")
@@ -961,7 +954,7 @@ def test_estimated_clock_that_runs_ahead_is_kept_by_raising_late_events(tmp_path
 def test_raising_late_events_copies_them_with_zero_padding():
     """The padding goes on the wire: the copy made to raise late events must not carry stale heap
     bytes (a structured ``copy()`` leaves them there in NumPy 2)."""
-    from stream.source import StageClock
+    from stream.source_stage import StageClock
 
     clock = StageClock(FileSource.from_events(synthetic_events(duration_us=1_000, count=10), SENSOR, speed=None))
     events = np.zeros(1_000, EVENT_DTYPE)
@@ -1005,7 +998,7 @@ def test_network_source_clock_is_a_promise_when_events_arrive_late(tmp_path):
 
 
 def test_end_message_waits_for_a_full_queue_longer_than_the_reliable_send_limit(tmp_path, monkeypatch):
-    import stream.source as stage_module
+    import stream.transport.sockets as stage_module
 
     monkeypatch.setattr(stage_module, "RELIABLE_SEND_S", 0.2)  # a reliable message's usual limit, made short
     events = synthetic_events(duration_us=2_000_000, count=2_000_000)  # 31 packets of 1 MiB
@@ -1055,7 +1048,7 @@ def test_stage_stats_tell_a_lost_and_reconnected_network_source_and_the_clock_ho
 
 
 def test_stage_with_a_source_that_gives_up_reconnecting_exits_with_an_error_and_no_end(tmp_path):
-    from stream.source import SourceLost
+    from stream.sources.base import SourceLost
 
     port = free_port()
     server = start_server(port, 1_000)
@@ -1076,7 +1069,7 @@ def test_stage_with_a_source_that_gives_up_reconnecting_exits_with_an_error_and_
 def test_shared_reconnect_loop_reopens_a_camera_by_serial_and_gives_up_with_the_camera_error(caplog):
     """No camera here: the loop camera and network share runs on a real network reader, and
     reopens through the camera opener (``open_camera(serial)``), as an unplugged camera does."""
-    from stream.sources import _LiveInput, open_camera
+    from stream.sources.live import _LiveInput, open_camera
 
     if list_cameras():
         pytest.skip("a camera is connected here")
@@ -1106,7 +1099,7 @@ def test_shared_reconnect_loop_reopens_a_camera_by_serial_and_gives_up_with_the_
 
 
 def test_camera_stage_without_the_camera_is_one_error_line(tmp_path):
-    command = [sys.executable, "-m", "stream.source", "--source", "camera:NOPE123", "--pub", f"ipc://{tmp_path}/events"]
+    command = [sys.executable, "-m", "stream.source_stage", "--source", "camera:NOPE123", "--pub", f"ipc://{tmp_path}/events"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]

@@ -11,7 +11,7 @@ from helpers_inference import StandInSNN
 
 from inference.export import export_onnx, poisson_windows
 from inference.tensorrt_engine import (
-    BackendUnavailable,
+    TensorRTUnavailable,
     TensorRTRunner,
     build_engine,
     engine_cache_key,
@@ -30,7 +30,7 @@ OTHER_VALUES = {"model_sha256": "b" * 64, "tensorrt_version": "11.0.0", "gpu_nam
 def tensorrt_ready() -> bool:
     try:
         require_tensorrt()
-    except BackendUnavailable:
+    except TensorRTUnavailable:
         return False
     return True
 
@@ -93,11 +93,11 @@ def test_build_engine_refuses_a_precision_the_onnx_does_not_have(stand_in_onnx, 
 def test_without_tensorrt_every_entry_point_says_what_is_missing(stand_in_onnx, tmp_path):
     _, _, fp16 = stand_in_onnx
     message = "TensorRT is not installed|no CUDA GPU"
-    with pytest.raises(BackendUnavailable, match=message):
+    with pytest.raises(TensorRTUnavailable, match=message):
         require_tensorrt()
-    with pytest.raises(BackendUnavailable, match=message):
+    with pytest.raises(TensorRTUnavailable, match=message):
         build_engine(fp16, tmp_path / "e.engine", fp16=True)
-    with pytest.raises(BackendUnavailable, match=message):
+    with pytest.raises(TensorRTUnavailable, match=message):
         TensorRTRunner(tmp_path / "e.engine")
     assert not (tmp_path / "e.engine").exists()
 
@@ -105,7 +105,7 @@ def test_without_tensorrt_every_entry_point_says_what_is_missing(stand_in_onnx, 
 def test_import_tensorrt_error_names_the_install_command():
     try:
         import_tensorrt()
-    except BackendUnavailable as error:
+    except TensorRTUnavailable as error:
         assert "pip install" in str(error) or ">= 10" in str(error)
     else:
         pytest.skip("TensorRT is installed here")

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from stream.aedat31 import write_aedat31, write_gesture_labels, write_trials
+from stream.formats.aedat31 import write_aedat31
+from stream.formats.labels import write_gesture_labels, write_trials
 from stream.events import EVENT_DTYPE, GestureSegment, SensorSize, make_events
 from training import train
 from training.__main__ import main as training_main

@@ -10,20 +10,8 @@ import pytest
 import zmq
 
 from stream.events import EVENT_DTYPE, GestureSegment, SensorSize, make_events
-from stream.transport import (
-    HEADER,
-    MAGIC,
-    VERSION,
-    EventPublisher,
-    EventSubscriber,
-    Kind,
-    MessageError,
-    check_endpoint,
-    decode,
-    encode,
-    encode_events,
-    encode_json,
-)
+from stream.transport.sockets import Publisher, Subscriber, check_endpoint
+from stream.transport.wire import HEADER, MAGIC, VERSION, Kind, MessageError, decode, encode, encode_events, encode_json
 
 SENSOR = SensorSize(128, 96)
 WAIT_S = 5.0  # bound on every wait for a real signal
@@ -44,7 +32,7 @@ def bind_endpoint(request, tmp_path) -> str:
     return f"ipc://{tmp_path}/events.sock" if request.param == "ipc" else "tcp://127.0.0.1:*"
 
 
-def join(publish, subscriber: EventSubscriber):
+def join(publish, subscriber: Subscriber):
     """Publish until the subscriber gets a message (slow-joiner), bounded; return that message."""
     deadline = time.monotonic() + WAIT_S
     while time.monotonic() < deadline:
@@ -55,7 +43,7 @@ def join(publish, subscriber: EventSubscriber):
     pytest.fail("subscriber never received a message")
 
 
-def recv_next(subscriber: EventSubscriber):
+def recv_next(subscriber: Subscriber):
     message = subscriber.recv(int(WAIT_S * 1000))
     assert message is not None, "timed out waiting for a message"
     return message
@@ -63,7 +51,7 @@ def recv_next(subscriber: EventSubscriber):
 
 def test_events_round_trip_exact(bind_endpoint):
     events = random_events(10_000)
-    with EventPublisher(bind_endpoint) as pub, EventSubscriber(pub.endpoint, ["events"]) as sub:
+    with Publisher(bind_endpoint) as pub, Subscriber(pub.endpoint, ["events"]) as sub:
         first = join(lambda: pub.publish_events(events[:1], SENSOR), sub)
         assert first.kind == Kind.EVENTS and first.topic == "events"
         big = random_events(300_000, seed=1)  # above the zero-copy threshold
@@ -81,8 +69,8 @@ def test_events_round_trip_exact(bind_endpoint):
 
 def test_truth_and_json_kinds_round_trip(tmp_path):
     segments = [GestureSegment(3, 1_000, 2_500_000), GestureSegment(10, 3_000_000, 4_000_000)]
-    with EventPublisher(f"ipc://{tmp_path}/t.sock") as pub, \
-            EventSubscriber(pub.endpoint, ["truth", "prediction"]) as sub:  # fmt: skip
+    with Publisher(f"ipc://{tmp_path}/t.sock") as pub, \
+            Subscriber(pub.endpoint, ["truth", "prediction"]) as sub:  # fmt: skip
         join(lambda: pub.publish_truth([]), sub)
         pub.publish_truth(segments)
         assert recv_next(sub).data == segments
@@ -92,7 +80,7 @@ def test_truth_and_json_kinds_round_trip(tmp_path):
 
 
 def test_sequence_gaps_counted_as_lost(bind_endpoint):
-    with EventPublisher(bind_endpoint) as pub, EventSubscriber(pub.endpoint) as sub:
+    with Publisher(bind_endpoint) as pub, Subscriber(pub.endpoint) as sub:
         join(lambda: pub.publish_events(random_events(10), SENSOR), sub)
         for _ in range(3):
             pub.next_seq(Kind.EVENTS)  # three messages "lost" on the way
@@ -144,10 +132,10 @@ def test_malformed_messages_are_counted_and_subscriber_keeps_working(case, tmp_p
     endpoint = f"ipc://{tmp_path}/raw.sock"
     raw.bind(endpoint)
     try:
-        with EventSubscriber(endpoint, ["events", "truth"]) as sub:
+        with Subscriber(endpoint, ["events", "truth"]) as sub:
             join(lambda: raw.send_multipart(_valid_frames(0)), sub)
             received = sub.stats.received
-            with caplog.at_level(logging.WARNING, logger="stream.transport"):
+            with caplog.at_level(logging.WARNING, logger="stream.transport.sockets"):
                 raw.send_multipart(MALFORMED[case])
                 raw.send_multipart(_valid_frames(1))
                 message = recv_next(sub)  # the malformed one is skipped, the valid one arrives
@@ -163,9 +151,9 @@ def test_rejects_are_logged_rate_limited(tmp_path, caplog):
     raw.setsockopt(zmq.LINGER, 0)
     raw.bind(f"ipc://{tmp_path}/raw.sock")
     try:
-        with EventSubscriber(f"ipc://{tmp_path}/raw.sock") as sub:
+        with Subscriber(f"ipc://{tmp_path}/raw.sock") as sub:
             join(lambda: raw.send_multipart(_valid_frames(0)), sub)
-            with caplog.at_level(logging.WARNING, logger="stream.transport"):
+            with caplog.at_level(logging.WARNING, logger="stream.transport.sockets"):
                 for _ in range(50):
                     raw.send_multipart(MALFORMED["bad_magic"])
                 raw.send_multipart(_valid_frames(1))
@@ -178,7 +166,7 @@ def test_rejects_are_logged_rate_limited(tmp_path, caplog):
 
 def test_oversized_message_refused_by_socket(bind_endpoint):
     limit = 100 * EVENT_DTYPE.itemsize
-    with EventPublisher(bind_endpoint) as pub, EventSubscriber(pub.endpoint, max_message_bytes=limit) as sub:
+    with Publisher(bind_endpoint) as pub, Subscriber(pub.endpoint, max_message_bytes=limit) as sub:
         join(lambda: pub.publish_events(random_events(100), SENSOR), sub)
         pub.publish_events(random_events(101), SENSOR)  # one event over: ZeroMQ drops the connection
         # libzmq closes that connection for good; the subscriber sees it and connects again.
@@ -194,8 +182,8 @@ def test_outside_poller_recovers_from_an_oversized_message(tmp_path):
     """The pattern of a stage that waits in its own poller: the sockets stay the same, and
     poll_timeout_ms + maintain() connect again after ZeroMQ closed the connection for good."""
     limit = 100 * EVENT_DTYPE.itemsize
-    with EventPublisher(f"ipc://{tmp_path}/o.sock") as pub, \
-            EventSubscriber(pub.endpoint, max_message_bytes=limit) as sub:  # fmt: skip
+    with Publisher(f"ipc://{tmp_path}/o.sock") as pub, \
+            Subscriber(pub.endpoint, max_message_bytes=limit) as sub:  # fmt: skip
         sockets = sub.poll_sockets
         poller = zmq.Poller()
         for socket in sockets:
@@ -220,8 +208,8 @@ def test_outside_poller_recovers_from_an_oversized_message(tmp_path):
 
 def test_publisher_splits_packets_above_max_packet_events(tmp_path):
     events = random_events(1000)
-    with EventPublisher(f"ipc://{tmp_path}/s.sock", max_packet_events=300) as pub, \
-            EventSubscriber(pub.endpoint, max_message_bytes=300 * EVENT_DTYPE.itemsize) as sub:  # fmt: skip
+    with Publisher(f"ipc://{tmp_path}/s.sock", max_packet_events=300) as pub, \
+            Subscriber(pub.endpoint, max_message_bytes=300 * EVENT_DTYPE.itemsize) as sub:  # fmt: skip
         join(lambda: pub.publish_events(events[:1], SENSOR), sub)
         assert pub.publish_events(events, SENSOR) - pub.publish_events(events[:0], SENSOR) == -1
         parts = [recv_next(sub) for _ in range(5)]
@@ -238,9 +226,9 @@ def test_decode_rejects_payload_over_limit():
 
 
 def test_encode_decode_pure_round_trip():
-    frames = encode(Kind.FRAME, 7, b"\x01\x02\x03", count=1, sensor_size=SensorSize(2, 2), send_us=42)
+    frames = encode(Kind.PREDICTION, 7, b"\x01\x02\x03", count=1, sensor_size=SensorSize(2, 2), send_us=42)
     message = decode(frames)
-    assert (message.kind, message.seq, message.send_us, bytes(message.payload)) == (Kind.FRAME, 7, 42, b"\x01\x02\x03")
+    assert (message.kind, message.seq, message.send_us, bytes(message.payload)) == (Kind.PREDICTION, 7, 42, b"\x01\x02\x03")
     with pytest.raises(ValueError):
         encode_json(Kind.PREDICTION, 0, float("nan"))  # not valid JSON
 
@@ -251,9 +239,9 @@ def test_encode_decode_pure_round_trip():
 )
 def test_non_loopback_refused_unless_allowed(endpoint):
     with pytest.raises(ValueError, match="allow_remote"):
-        EventPublisher(endpoint)
+        Publisher(endpoint)
     with pytest.raises(ValueError, match="allow_remote"):
-        EventSubscriber(endpoint)
+        Subscriber(endpoint)
     assert check_endpoint(endpoint, allow_remote=True) == endpoint
 
 
@@ -270,13 +258,13 @@ def test_bad_endpoints_rejected(endpoint):
 
 def test_subscriber_argument_checks():
     with pytest.raises(ValueError, match="topics"):
-        EventSubscriber("tcp://127.0.0.1:5999", ["nope"])
+        Subscriber("tcp://127.0.0.1:5999", ["nope"])
     with pytest.raises(ValueError, match="rcvhwm"):
-        EventSubscriber("tcp://127.0.0.1:5999", rcvhwm=0)
+        Subscriber("tcp://127.0.0.1:5999", rcvhwm=0)
 
 
 def test_recv_times_out_without_publisher(tmp_path):
-    with EventSubscriber(f"ipc://{tmp_path}/nobody.sock") as sub:
+    with Subscriber(f"ipc://{tmp_path}/nobody.sock") as sub:
         start = time.monotonic()
         assert sub.recv(50) is None
         assert time.monotonic() - start < 2.0
@@ -301,8 +289,8 @@ while True:  # 3-frame messages as fast as possible until killed
 
 SUBSCRIBER = """
 import json, sys, time
-from stream.transport import EventSubscriber
-with EventSubscriber(sys.argv[1], rcvhwm=1000) as sub:
+from stream.transport.sockets import Subscriber
+with Subscriber(sys.argv[1], rcvhwm=1000) as sub:
     print("ready", flush=True)
     end = time.monotonic() + float(sys.argv[2])
     while time.monotonic() < end:
@@ -344,9 +332,9 @@ def test_subscriber_survives_publishers_killed_mid_stream(tmp_path):
 
 def test_publisher_restart_resumes_without_reconnecting_by_hand(tmp_path):
     endpoint = f"ipc://{tmp_path}/restart.sock"
-    with EventSubscriber(endpoint) as sub:
+    with Subscriber(endpoint) as sub:
         for round_ in range(2):
-            with EventPublisher(endpoint) as pub:
+            with Publisher(endpoint) as pub:
                 message = join(lambda: pub.publish_events(random_events(5, seed=round_), SENSOR), sub)
                 assert message.count == 5
         assert sub.stats.disconnects == 1 and sub.stats.reconnected == 0  # ZeroMQ reconnected by itself
@@ -360,7 +348,7 @@ def curve_keys(tmp_path):
     """A server and a client key directory that trust each other, and a stranger the server does not know."""
     import shutil
 
-    from stream.keys import CurveConfig, generate_keys
+    from stream.transport.keys import CurveConfig, generate_keys
 
     for name in ("server", "client", "stranger"):
         generate_keys(tmp_path / name, name)
@@ -376,10 +364,10 @@ def curve_keys(tmp_path):
 
 def test_curve_only_authorised_clients_receive(curve_keys):
     events = random_events(10)
-    with EventPublisher("tcp://127.0.0.1:*", curve=curve_keys["server"]) as pub, \
-            EventSubscriber(pub.endpoint, curve=curve_keys["client"]) as client, \
-            EventSubscriber(pub.endpoint, curve=curve_keys["stranger"]) as stranger, \
-            EventSubscriber(pub.endpoint) as plaintext:  # fmt: skip
+    with Publisher("tcp://127.0.0.1:*", curve=curve_keys["server"]) as pub, \
+            Subscriber(pub.endpoint, curve=curve_keys["client"]) as client, \
+            Subscriber(pub.endpoint, curve=curve_keys["stranger"]) as stranger, \
+            Subscriber(pub.endpoint) as plaintext:  # fmt: skip
         message = join(lambda: pub.publish_events(events, SENSOR), client)
         assert message.events.tobytes() == events.tobytes()
         deadline = time.monotonic() + 1.0
@@ -393,8 +381,8 @@ def test_curve_only_authorised_clients_receive(curve_keys):
 
 def test_curve_message_size_limit_counts_the_payload_not_the_encryption(curve_keys):
     limit = 10 * EVENT_DTYPE.itemsize
-    with EventPublisher("tcp://127.0.0.1:*", curve=curve_keys["server"]) as pub, \
-            EventSubscriber(pub.endpoint, curve=curve_keys["client"], max_message_bytes=limit) as sub:  # fmt: skip
+    with Publisher("tcp://127.0.0.1:*", curve=curve_keys["server"]) as pub, \
+            Subscriber(pub.endpoint, curve=curve_keys["client"], max_message_bytes=limit) as sub:  # fmt: skip
         assert join(lambda: pub.publish_events(random_events(10), SENSOR), sub).count == 10  # exactly the limit
         pub.publish_events(random_events(11), SENSOR)  # one event over: refused by the socket
         assert join(lambda: pub.publish_events(random_events(3), SENSOR), sub).count == 3
@@ -404,8 +392,8 @@ def test_curve_message_size_limit_counts_the_payload_not_the_encryption(curve_ke
 
 
 def test_curve_is_ignored_on_ipc(tmp_path, curve_keys):
-    with EventPublisher(f"ipc://{tmp_path}/c.sock", curve=curve_keys["server"]) as pub, \
-            EventSubscriber(pub.endpoint) as sub:  # fmt: skip
+    with Publisher(f"ipc://{tmp_path}/c.sock", curve=curve_keys["server"]) as pub, \
+            Subscriber(pub.endpoint) as sub:  # fmt: skip
         assert pub.curve is None
         assert join(lambda: pub.publish_events(random_events(2), SENSOR), sub).count == 2
 
@@ -414,7 +402,7 @@ def test_curve_subscriber_needs_the_server_key(curve_keys):
     from dataclasses import replace
 
     with pytest.raises(ValueError, match="needs the publisher's public key"):
-        EventSubscriber("tcp://127.0.0.1:5999", curve=replace(curve_keys["client"], server_key=None))
+        Subscriber("tcp://127.0.0.1:5999", curve=replace(curve_keys["client"], server_key=None))
 
 
 # --- keys: python -m stream keys, CurveConfig, stage arguments -----------------------------------
@@ -463,7 +451,7 @@ def test_curve_config_from_directory_checks(tmp_path):
     import argparse
     import os
 
-    from stream.keys import CurveConfig, CurveKeyError, add_curve_arguments, curve_from_args, generate_keys
+    from stream.transport.keys import CurveConfig, CurveKeyError, add_curve_arguments, curve_from_args, generate_keys
 
     with pytest.raises(CurveKeyError, match="no such key directory"):
         CurveConfig.from_directory(tmp_path / "none")

@@ -35,6 +35,7 @@ from typing import Any
 import safetensors.torch
 import torch
 
+from stream.atomic import write_atomically
 from training.spikeformer import Spikeformer, SpikeformerConfig, build_model, count_parameters
 
 FORMAT = "spikeformer-live-checkpoint"
@@ -111,8 +112,8 @@ def save_checkpoint(path_stem_or_dir: str | os.PathLike[str], model: Spikeformer
         raise CheckpointError(f"checkpoint metadata is not plain JSON (no NaN, no objects): {error}") from None
 
     json_path.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomic(weights_path, weights_bytes)
-    _write_atomic(json_path, text.encode("utf-8"))
+    write_atomically(weights_path, weights_bytes)
+    write_atomically(json_path, text.encode("utf-8"))
     return json_path
 
 
@@ -194,15 +195,6 @@ def _load_paths(path: str | os.PathLike[str]) -> tuple[Path, Path]:
 
 
 # --- helpers ----------------------------------------------------------------------------------
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        temporary.write_bytes(data)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
 
 
 def _read_bounded(path: Path, limit: int, what: str) -> bytes:

@@ -11,7 +11,7 @@ Data specs (``--data SPEC``):
   (one gesture per file, label 0-based in the file name).
 * ``folder:CSV`` - your own recordings: a CSV with columns ``file,class,start_us,end_us`` and an
   optional ``split`` (``train``/``test``); ``file`` is relative to the CSV's folder (any format
-  ``stream.files.read_events`` reads, usually AEDAT4), ``class`` a name or a 0-based index into
+  ``stream.formats.read_events`` reads, usually AEDAT4), ``class`` a name or a 0-based index into
   ``stream.classes.GESTURE_CLASSES``. Without a ``split`` column a row goes to the test split when
   ``sha256(file, start_us)`` falls in the last ``FOLDER_TEST_PERCENT`` percent (deterministic).
 
@@ -62,16 +62,17 @@ import hashlib
 import json
 import os
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import torch
 
+from stream.atomic import write_atomically
 from stream.binning import SensorMapping, WindowSpec, apply_normalisation, bin_window, check_normalisation
 from stream.classes import GESTURE_CLASSES, MIRRORED_CLASS
-from stream.events import EventFormatError, GestureSegment, SensorSize, check_events
+from stream.events import GestureSegment, SensorSize, check_events
 
 SOURCE_KINDS = ("sim", "dvsgesture", "tonic", "folder")
 ORIENTATION = {"dvsgesture": "bottom-left", "tonic": "bottom-left", "sim": "bottom-left", "folder": "top-left"}
@@ -169,7 +170,7 @@ def simulated_dataset(samples: int, cache_dir: Path, *, seed: int = 0, sensor_si
     """The directory of a simulated data set of ``samples`` gestures; written once (atomically)."""
     if not 1 <= samples <= MAX_SIM_SAMPLES:
         raise ValueError(f"sim:N needs 1 <= N <= {MAX_SIM_SAMPLES}, got {samples}")
-    from stream.simulator import write_dataset  # the simulator is only needed here
+    from stream.sim.dataset import write_dataset  # the simulator is only needed here
 
     directory = Path(cache_dir) / "sim" / f"n{samples}-seed{seed}-{sensor_size}-{_simulator_fingerprint()}"
     if (directory / "trials_to_train.txt").is_file():
@@ -187,18 +188,17 @@ def simulated_dataset(samples: int, cache_dir: Path, *, seed: int = 0, sensor_si
 
 def _simulator_fingerprint() -> str:
     """First 12 hex digits of the SHA-256 of the simulator's source: a changed simulator gets a new data set."""
-    import stream.body
-    import stream.simulator
+    import stream.sim
 
     digest = hashlib.sha256()
-    for module in (stream.body, stream.simulator):
-        digest.update(Path(module.__file__).read_bytes())
+    for path in sorted(Path(stream.sim.__file__).parent.glob("*.py")):
+        digest.update(path.read_bytes())
     return digest.hexdigest()[:12]
 
 
 def _gesture_dir_recordings(directory: Path, kind: str) -> list[Recording]:
     """Recordings of a DVS128-Gesture-layout directory (trials lists + labels CSVs)."""
-    from stream.aedat31 import read_gesture_labels, read_trials
+    from stream.formats.labels import read_gesture_labels, read_trials
 
     if not directory.is_dir():
         raise ValueError(f"{kind} data: {directory} is not a directory")
@@ -295,15 +295,15 @@ def _folder_classes(csv_path: Path, texts: list[str]) -> tuple[tuple[str, ...], 
 def read_recording(recording: Recording) -> tuple[np.ndarray, SensorSize]:
     """The recording's events, time-ordered and in the canonical top-left orientation."""
     if recording.kind in ("sim", "dvsgesture"):
-        from stream.aedat31 import read_aedat31
+        from stream.formats.aedat31 import read_aedat31
 
         events, sensor_size = read_aedat31(recording.path)
     elif recording.kind == "tonic":
-        from stream.tonic_npy import read_tonic_npy
+        from stream.formats.tonic_npy import read_tonic_npy
 
         events, sensor_size = read_tonic_npy(recording.path)
     else:
-        from stream.files import read_events
+        from stream.formats import read_events
 
         events, sensor_size = read_events(recording.path)
     check_events(events)
@@ -525,20 +525,8 @@ def load_recording_windows(
     frames = _compact_counts(bin_windows(events, mapping, window, starts, stretches))
     arrays = {"frames": frames, "labels": labels, "segments": segments, "starts_us": starts,
               "stretches": stretches.astype(np.float64), "skipped": np.array(skipped, dtype=np.int64)}  # fmt: skip
-    _save_atomically(path, arrays)
+    write_atomically(path, lambda file: np.savez_compressed(file, **arrays))
     return arrays, False
-
-
-def _save_atomically(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=path.stem + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as file:
-            np.savez_compressed(file, **arrays)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 def load_windows(

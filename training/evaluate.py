@@ -13,9 +13,7 @@ accuracy, null for a class without samples), ``confusion`` (rows = true class, c
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -26,6 +24,7 @@ from torch import nn
 
 from stream.binning import WindowSpec, check_normalisation
 from stream.events import SensorSize
+from stream.stage import ArgumentParser
 from training import data
 
 
@@ -147,7 +146,7 @@ def checkpoint_inputs(metadata: dict) -> tuple[WindowSpec, dict, dict | None, tu
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m training evaluate --checkpoint PATH --data SPEC [--json] [--confusion OUT.png]``."""
-    parser = _ArgumentParser(prog="python -m training evaluate", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="spikeformer-live evaluate", description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", required=True, help="checkpoint .json (its .safetensors next to it)")
     parser.add_argument("--data", required=True, help="data spec: sim:DIR|sim:N, dvsgesture:DIR, tonic:DIR, folder:CSV")
     parser.add_argument("--split", choices=data.SPLITS, default="test", help="which split to evaluate (default test)")
@@ -157,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sim-seed", type=int, default=0, help="seed of a generated sim:N data set")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--confusion", default=None, help="write the confusion matrix to this PNG")
-    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(argv)
     if args.windows < 1 or args.batch_size < 1:
         raise ValueError("--windows and --batch-size must be >= 1")
 
@@ -188,11 +187,3 @@ def main(argv: list[str] | None = None) -> int:
     if args.confusion:
         print(f"confusion matrix: {args.confusion}")
     return 0
-
-
-class _ArgumentParser(argparse.ArgumentParser):
-    """argparse that raises ValueError (one ``error:`` line at the CLI) instead of exiting."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise ValueError(f"{self.prog}: {message}")
-

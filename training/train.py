@@ -45,7 +45,6 @@ import json
 import math
 import os
 import shlex
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,6 +60,7 @@ from tqdm import tqdm
 from stream.binning import WindowSpec, check_normalisation
 from stream.classes import GESTURE_CLASSES, MIRRORED_CLASS
 from stream.events import SensorSize
+from stream.stage import ArgumentParser
 from training import data
 from training.evaluate import EvalResult, evaluate_model
 from training.spikeformer import PRESETS, SpikeformerConfig, build_model
@@ -76,7 +76,7 @@ METRIC_FIELDS = ("epoch", "step", "lr", "train_loss", "train_accuracy", "test_lo
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _ArgumentParser(prog="python -m training train", description="Train a Spikeformer on event windows.")
+    parser = ArgumentParser(prog="spikeformer-live train", description="Train a Spikeformer on event windows.")
     add = parser.add_argument
     add("--config", required=True, help=f"preset ({', '.join(PRESETS)}) or a model-config .json")
     add("--data", required=True, help="data spec: sim:N | sim:DIR | dvsgesture:DIR | tonic:DIR | folder:CSV")
@@ -319,7 +319,6 @@ def _run_options(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m training train`` (argv without the command name)."""
-    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     for name in ("epochs", "batch_size", "train_windows", "eval_windows", "bin_us"):
         if getattr(args, name) < 1:
@@ -519,10 +518,3 @@ def _train(args: argparse.Namespace, normalisation: dict | None, job: Distribute
 def _without_managed_keys(metadata: dict[str, Any]) -> dict[str, Any]:
     """Metadata as ``save_checkpoint`` takes it (keys it writes itself removed)."""
     return {key: value for key, value in metadata.items() if key in ("classes", "input", "data", "metrics")}
-
-
-class _ArgumentParser(argparse.ArgumentParser):
-    """argparse that raises ValueError (one ``error:`` line at the CLI) instead of exiting."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise ValueError(f"{self.prog}: {message}")

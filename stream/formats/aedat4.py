@@ -18,7 +18,7 @@ Reader guarantees:
   * events of the FIRST event stream of the file (lowest stream id), in file order, in the
     canonical ``EVENT_DTYPE`` (t in microseconds);
   * ``sensor_size`` from that stream's ``sizeX``/``sizeY``; ``camera`` from its ``source``;
-  * no timestamp-order check here (``stream.files`` checks it); DV and this writer write
+  * no timestamp-order check here (``stream.formats`` checks it); DV and this writer write
     non-decreasing timestamps (faery raises a timestamp smaller than the previous one of its stream
     to that one, so such a file reads as non-decreasing);
   * memory per packet is bounded by min(128 MiB, 1 MiB + 1024 x the packet's size in the file);

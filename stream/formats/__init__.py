@@ -1,10 +1,10 @@
-"""One entry point for event files, and ``python -m stream info|convert``.
+"""Event file formats: detection by magic bytes, one reader interface, conversion.
 
 Formats, recognised by their first bytes (never by extension alone):
 
-    aedat4      ``#!AER-DAT4.0``   iniVation DV recordings (stream.aedat4)
-    aedat3.1    ``#!AER-DAT3.``    DVS128 Gesture's original files (stream.aedat31)
-    tonic-npy   ``\\x93NUMPY``      tonic's preprocessed DVSGesture samples (stream.tonic_npy)
+    aedat4      ``#!AER-DAT4.0``   iniVation DV recordings (stream.formats.aedat4)
+    aedat3.1    ``#!AER-DAT3.``    DVS128 Gesture's original files (stream.formats.aedat31)
+    tonic-npy   ``\\x93NUMPY``      tonic's preprocessed DVSGesture samples (stream.formats.tonic_npy)
 
 ``open_events`` yields canonical event chunks (``stream.events.EVENT_DTYPE``, t in microseconds)
 of at most ``chunk_events`` events, in file order, and guarantees that timestamps never decrease
@@ -18,20 +18,17 @@ Bad input of any kind (random bytes, cut or corrupted files, sizes that claim gi
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import sys
 from pathlib import Path
 from typing import Iterator
 
 import numba
 import numpy as np
 
-from stream.aedat4 import Aedat4Reader, Aedat4Writer
-from stream.aedat31 import Aedat31Reader, Aedat31Writer
 from stream.events import EVENT_DTYPE, EventFormatError, SensorSize, empty_events
-from stream.tonic_npy import TonicNpyReader, write_tonic_npy
+from stream.formats.aedat4 import Aedat4Reader, Aedat4Writer
+from stream.formats.aedat31 import Aedat31Reader, Aedat31Writer
+from stream.formats.tonic_npy import TonicNpyReader, write_tonic_npy
 
 READERS = {
     "aedat4": (b"#!AER-DAT4.0", Aedat4Reader),
@@ -213,56 +210,3 @@ def convert(
             target.unlink(missing_ok=True)
             raise
         return {"format": out_format, "events": events, "damage": reader.damage}
-
-
-class _ArgumentParser(argparse.ArgumentParser):
-    """argparse that reports bad arguments as a ValueError (one ``error:`` line from the dispatcher)."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise ValueError(f"{self.prog}: {message}")
-
-
-def main(argv: list[str]) -> int:
-    """``info PATH [--json] [--allow-truncated]`` or ``convert IN OUT [--allow-truncated]``."""
-    command, rest = argv[0], argv[1:]
-    parser = _ArgumentParser(prog=f"python -m stream {command}")
-    parser.add_argument("--allow-truncated", action="store_true", help="use every complete packet of a damaged file")
-    if command == "info":
-        parser.add_argument("path")
-        parser.add_argument("--json", action="store_true", help="print one JSON object")
-        args = parser.parse_args(rest)
-        info = file_info(args.path, allow_truncated=args.allow_truncated)
-        if args.json:
-            print(json.dumps(info))
-        else:
-            print(_format_info(info))
-        return 0
-    if command == "convert":
-        parser.add_argument("source")
-        parser.add_argument("target")
-        args = parser.parse_args(rest)
-        result = convert(args.source, args.target, allow_truncated=args.allow_truncated)
-        print(f"wrote {result['events']} events to {args.target} ({result['format']})")
-        if result["damage"]:
-            print(f"warning: input damaged, stopped early: {result['damage']}", file=sys.stderr)
-        return 0
-    raise ValueError(f"unknown command {command!r} (expected info or convert)")
-
-
-def _format_info(info: dict) -> str:
-    lines = [
-        f"path:       {info['path']}",
-        f"format:     {info['format']}",
-        f"camera:     {info['camera'] or '(not named)'}",
-        f"sensor:     {info['width']}x{info['height']} pixels",
-        f"events:     {info['events']}",
-    ]
-    if info["events"]:
-        lines += [
-            f"time:       {info['t_start_us']} .. {info['t_end_us']} µs",
-            f"duration:   {info['duration_s']:.6f} s",
-            f"event rate: {info['event_rate'] / 1e6:.3f} M events/s",
-        ]
-    if info["damage"]:
-        lines.append(f"damage:     {info['damage']}")
-    return "\n".join(lines)

@@ -1,4 +1,4 @@
-"""CurveZMQ keys for tcp endpoints: ``python -m stream keys generate|list``, and ``CurveConfig``.
+"""CurveZMQ keys for tcp endpoints (``CurveConfig``); the ``keys`` command writes and lists them.
 
 A key directory holds ZeroMQ certificate files as ``zmq.auth.create_certificates`` writes them:
 ``NAME.key`` (public key, safe to copy) and ``NAME.key_secret`` (public + secret key, mode 0600,
@@ -13,8 +13,8 @@ never copied). One directory serves one machine (or one user):
 
 Commands::
 
-    python -m stream keys generate DIR [--name NAME]    write DIR/NAME.key and DIR/NAME.key_secret
-    python -m stream keys list DIR [--json]             public keys and file paths in DIR
+    spikeformer-live keys generate DIR [--name NAME]    write DIR/NAME.key and DIR/NAME.key_secret
+    spikeformer-live keys list DIR [--json]             public keys and file paths in DIR
 
 Stages take ``--curve-keys DIR [--curve-name NAME] [--curve-server NAME]``
 (``add_curve_arguments`` / ``curve_from_args``); with it, every tcp endpoint they bind or connect
@@ -25,11 +25,9 @@ plaintext: the file system's permissions protect them.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import stat
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,6 +68,11 @@ def _load(path: Path, *, secret: bool) -> tuple[bytes, bytes | None]:
     if secret and secret_key is None:
         raise CurveKeyError(f"{path}: holds no secret key")
     return public, secret_key
+
+
+def public_key(path: str | os.PathLike) -> str:
+    """The Z85 public key of a key file (``NAME.key`` or ``NAME.key_secret``); CurveKeyError if it is not one."""
+    return _load(Path(path), secret=False)[0].decode()
 
 
 def generate_keys(directory: str | os.PathLike, name: str) -> tuple[Path, Path]:
@@ -189,40 +192,3 @@ def curve_from_args(args: argparse.Namespace) -> CurveConfig | None:
             raise CurveKeyError("--curve-name and --curve-server need --curve-keys DIR")
         return None
     return CurveConfig.from_directory(args.curve_keys, args.curve_name, args.curve_server)
-
-
-class _ArgumentParser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise ValueError(f"{self.prog}: {message}")
-
-
-def main(argv: list[str]) -> int:
-    """``keys generate DIR [--name NAME]`` or ``keys list DIR [--json]``."""
-    parser = _ArgumentParser(prog="python -m stream keys")
-    commands = parser.add_subparsers(dest="action", required=True, parser_class=_ArgumentParser)
-    generate = commands.add_parser("generate", help="write a new key pair")
-    generate.add_argument("directory")
-    generate.add_argument("--name", default="spikeformer", help="file name stem (default: spikeformer)")
-    listing = commands.add_parser("list", help="show the keys of a directory")
-    listing.add_argument("directory")
-    listing.add_argument("--json", action="store_true", help="print one JSON list")
-    args = parser.parse_args(argv[1:])
-    if args.action == "generate":
-        public_path, secret_path = generate_keys(args.directory, args.name)
-        public, _ = _load(public_path, secret=False)
-        print(f"public key {public.decode()}")
-        print(f"wrote {public_path} (give it to the peers that must trust this key)")
-        print(f"wrote {secret_path} (mode 600; keep it on this machine)")
-        return 0
-    rows = list_keys(args.directory)
-    if args.json:
-        print(json.dumps(rows))
-        return 0
-    if not rows:
-        print(f"no keys in {args.directory}", file=sys.stderr)
-        return 0
-    for row in rows:
-        kind = "secret" if row["secret"] else "public"
-        print(f"{row['name']:<20} {kind:<6} {row['public_key'] or '-':<40} {row['file']}"
-              + (f"  ({row['problem']})" if row["problem"] else ""))  # fmt: skip
-    return 0

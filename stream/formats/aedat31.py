@@ -1,4 +1,4 @@
-"""AEDAT 3.1 files (the DVS128 Gesture data set's original format) and its side files.
+"""AEDAT 3.1 files (the DVS128 Gesture data set's original format).
 
 File layout (little-endian)::
 
@@ -26,8 +26,7 @@ the reader stops quietly before the damage and returns every complete packet (``
 then says what was wrong). Events come in file order (jAER/cAER write them time-ordered; this
 module does not sort).
 
-DVS128 Gesture side files: ``userXX_<lighting>_labels.csv`` (``class,startTime_usec,endTime_usec``,
-classes 1..11) and ``trials_to_train.txt`` / ``trials_to_test.txt`` (one .aedat name per line).
+DVS128 Gesture's side files (labels CSV, trials lists) are read by ``stream.formats.labels``.
 """
 
 from __future__ import annotations
@@ -39,12 +38,10 @@ from typing import BinaryIO, Iterable, Iterator
 
 import numpy as np
 
-from stream.classes import GESTURE_CLASSES
 from stream.events import (
     EVENT_DTYPE,
     TRUNCATED_HINT,
     EventFormatError,
-    GestureSegment,
     SensorSize,
     check_events,
     empty_events,
@@ -393,59 +390,3 @@ def _check_ranges(events: np.ndarray, sensor_size: SensorSize) -> None:
         low, high = int(events[axis].min()), int(events[axis].max())
         if low < 0 or high >= side:
             raise ValueError(f"event {axis} must be in 0..{side - 1} for a {sensor_size} sensor, got {low}..{high}")
-
-
-# --- DVS128 Gesture side files ---------------------------------------------------------------
-
-LABELS_HEADER = "class,startTime_usec,endTime_usec"
-NUM_CLASSES = len(GESTURE_CLASSES)
-
-
-def read_gesture_labels(path: str | os.PathLike) -> list[GestureSegment]:
-    """Read a ``userXX_<lighting>_labels.csv``: classes 1..11 in the file -> 0-based labels, times in µs."""
-    text = Path(path).read_text(encoding="ascii", errors="replace")
-    lines = [line.strip() for line in text.splitlines()]
-    if not lines or lines[0].replace(" ", "") != LABELS_HEADER:
-        raise EventFormatError(f"{path}: first line must be {LABELS_HEADER!r}")
-    segments = []
-    for number, line in enumerate(lines[1:], start=2):
-        if not line:
-            continue
-        fields = line.split(",")
-        try:
-            label, start_us, end_us = (int(field) for field in fields)
-        except ValueError:
-            raise EventFormatError(f"{path}, line {number}: expected three integers, got {line!r}") from None
-        if not 1 <= label <= NUM_CLASSES:
-            raise EventFormatError(f"{path}, line {number}: class must be 1..{NUM_CLASSES}, got {label}")
-        if not 0 <= start_us <= end_us:
-            raise EventFormatError(f"{path}, line {number}: need 0 <= start <= end, got {start_us}, {end_us}")
-        segments.append(GestureSegment(label - 1, start_us, end_us))
-    return segments
-
-
-def write_gesture_labels(path: str | os.PathLike, segments: list[GestureSegment]) -> None:
-    """Write segments (0-based labels, µs) as a DVS128 Gesture labels CSV (1-based classes)."""
-    rows = [LABELS_HEADER]
-    for segment in segments:
-        label, start_us, end_us = (int(value) for value in segment)
-        if not 0 <= label < NUM_CLASSES:
-            raise ValueError(f"segment label must be 0..{NUM_CLASSES - 1}, got {label}")
-        if not 0 <= start_us <= end_us:
-            raise ValueError(f"segment needs 0 <= start_us <= end_us, got {start_us}, {end_us}")
-        rows.append(f"{label + 1},{start_us},{end_us}")
-    Path(path).write_text("\n".join(rows) + "\n", encoding="ascii")
-
-
-def read_trials(path: str | os.PathLike) -> list[str]:
-    """Read ``trials_to_train.txt`` / ``trials_to_test.txt``: one .aedat file name per line."""
-    text = Path(path).read_text(encoding="utf-8", errors="replace")
-    return [line.strip() for line in text.splitlines() if line.strip()]
-
-
-def write_trials(path: str | os.PathLike, names: list[str]) -> None:
-    """Write one file name per line (names must be non-empty, single-line)."""
-    for name in names:
-        if not name.strip() or "\n" in name or "\r" in name:
-            raise ValueError(f"trial name must be a non-empty single line, got {name!r}")
-    Path(path).write_text("".join(f"{name.strip()}\n" for name in names), encoding="utf-8")

@@ -1,47 +1,11 @@
-"""ZeroMQ transport for events, ground truth and (later) predictions and frames.
+"""ZeroMQ sockets speaking the wire format (``stream.transport.wire``): one ``Publisher``, one
+``Subscriber``.
 
-Wire format, version 1 (all integers little-endian). Every message is three ZeroMQ frames::
-
-    [topic, header, payload]
-
-* ``topic``: ASCII name of the kind (``b"events"``, ``b"truth"``, ``b"prediction"``, ``b"frame"``);
-  it comes first so that SUB sockets filter by prefix. It must match the header's ``kind``.
-* ``header``: exactly ``HEADER.size`` = 40 bytes, ``struct`` format ``<4sHHQHHIqII``:
-
-  ======  ============  ===================================================================
-  offset  field         meaning
-  ======  ============  ===================================================================
-  0       magic         ``b"SFLV"``
-  4       version       u16, ``VERSION`` (1); a receiver rejects any other version
-  6       kind          u16, a ``Kind`` value (1 events, 2 truth, 3 prediction, 4 frame)
-  8       seq           u64, per-topic sequence number of the publisher, +1 per message from 0;
-                        a receiver counts gaps as lost messages
-  16      width         u16, sensor width in pixels (0 when the kind has no sensor)
-  18      height        u16, sensor height in pixels (0 when the kind has no sensor)
-  20      reserved      u32, 0
-  24      send_us       i64, ``time.monotonic_ns() // 1000`` of the sender, microseconds. On Linux
-                        CLOCK_MONOTONIC is shared by all processes of one machine, so a receiver
-                        on the same machine gets latency as ``now_us() - send_us``; across
-                        machines it means nothing.
-  32      count         u32, number of items: events (kind 1), segments (kind 2), else 0 or
-                        kind-defined
-  36      payload_len   u32, byte length of the payload frame
-  ======  ============  ===================================================================
-
-* ``payload``: for ``events``, ``count`` raw ``EVENT_DTYPE`` records (16 bytes each: t i64 µs,
-  x i16, y i16, p i8, 3 padding bytes), exactly the bytes of the NumPy array; for ``truth``, UTF-8
-  JSON ``[{"label": int, "start_us": int, "end_us": int}, ...]``; for other JSON kinds, any UTF-8
-  JSON value. JSON, never pickle: nothing received is unpickled or executed.
-
-Adding a kind: add a member to ``Kind`` (its lower-case name is the topic), publish it with
-``publisher.publish_json(Kind.X, obj)`` (or ``publish_raw`` for binary payloads) and, if it needs
-checks, add them in ``decode``.
-
-Sockets: ``EventPublisher`` is a PUB socket (binds by default), ``EventSubscriber`` a SUB socket
-(connects by default). Endpoints are ``ipc://PATH``, ``inproc://NAME`` or ``tcp://HOST:PORT``;
+``Publisher`` is an XPUB socket (it binds; it can wait for its subscribers, and with ``nodrop``
+it applies back-pressure instead of dropping), ``Subscriber`` a SUB socket (connects by default). Endpoints are ``ipc://PATH``, ``inproc://NAME`` or ``tcp://HOST:PORT``;
 a TCP host other than loopback (``127.0.0.1``, ``localhost``, ``::1``), ``*`` included, is refused
 unless ``allow_remote=True``. High-water marks are bounded: when a subscriber falls
-behind, the PUB socket drops new messages for it (ZeroMQ's PUB policy) and the subscriber sees
+behind, the publisher drops new messages for it (ZeroMQ's PUB policy) and the subscriber sees
 the gap in ``stats.lost``. The SUB socket sets ``zmq.MAXMSGSIZE`` so an oversized frame is refused
 by ZeroMQ itself before Python sees it: libzmq treats it as a protocol error and closes that
 connection for good. A connecting subscriber tells the two kinds of disconnect apart by its socket
@@ -50,13 +14,13 @@ follows at once) and the subscriber leaves the socket alone: calling ``socket.di
 terminates the live pipe that ZeroMQ keeps across reconnects, and libzmq aborted the process with
 ``Assertion failed: !_more (src/fq.cpp:80)`` within one or two publisher kills. Only when no
 reconnect follows within ``RECONNECT_GRACE_S`` (a protocol error: ZeroMQ has already dropped that
-pipe) does it disconnect and connect again (``stats.reconnected``). Publishers split event packets larger than
-``max_packet_events`` (default: what the default limit allows) so they never trigger it.
+pipe) does it disconnect and connect again (``stats.reconnected``). The publisher splits event packets larger than
+``MAX_PACKET_EVENTS`` (4 MiB), which is what a subscriber accepts by default, so it never triggers it.
 Everything the subscriber gets that breaks this spec is counted in ``stats.rejected[reason]``,
 logged (at most once per reason every few seconds) and skipped; the subscriber keeps working.
 Every socket owner is a context manager and closes with linger 0.
 
-CurveZMQ (``curve=CurveConfig``, see ``stream.keys``): on tcp endpoints the publisher is the
+CurveZMQ (``curve=CurveConfig``, see ``stream.transport.keys``): on tcp endpoints the publisher is the
 CurveZMQ server and accepts only clients whose public key the config authorises (a ZAP handler,
 pyzmq's ``ThreadAuthenticator``, one per context); the subscriber is the client and must know the
 publisher's public key. The stream is then encrypted and authenticated; a client with an unknown key
@@ -66,12 +30,9 @@ ipc and inproc endpoints ignore ``curve``: file permissions and the process boun
 
 from __future__ import annotations
 
-import enum
-import ipaddress
-import json
-import logging
 import hashlib
-import struct
+import ipaddress
+import logging
 import threading
 import time
 from collections import Counter
@@ -83,22 +44,27 @@ import zmq
 from zmq.auth.thread import ThreadAuthenticator
 from zmq.utils.monitor import recv_monitor_message
 
-from stream.events import EVENT_DTYPE, GestureSegment, SensorSize, check_events
-from stream.keys import CurveConfig
+from stream.events import GestureSegment, SensorSize, check_events
+from stream.transport.keys import CurveConfig
+from stream.transport.wire import (
+    DEFAULT_MAX_MESSAGE_BYTES,
+    HEADER,
+    MAX_PACKET_EVENTS,
+    STATUS_TYPES,
+    TOPIC_KINDS,
+    Kind,
+    Message,
+    MessageError,
+    decode,
+    encode_events,
+    encode_json,
+    encode_truth,
+)
 
 log = logging.getLogger(__name__)
 
-PADDING_BYTES = slice(13, 16)  # bytes of an EVENT_DTYPE record after p: zeroed before sending
-
-MAGIC = b"SFLV"
-VERSION = 1
-HEADER = struct.Struct("<4sHHQHHIqII")
-assert HEADER.size == 40
-
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:5556"
-DEFAULT_HWM = 100  # messages queued per peer before the PUB socket drops
-DEFAULT_MAX_MESSAGE_BYTES = 64 << 20  # 4 M events per packet
-DEFAULT_MAX_PACKET_EVENTS = DEFAULT_MAX_MESSAGE_BYTES // EVENT_DTYPE.itemsize
+DEFAULT_HWM = 100  # messages queued per peer before the publisher drops
 ZERO_COPY_MIN_BYTES = 64 << 10  # payloads from this size are sent without copying (see benchmark)
 LOOPBACK_HOSTS = {"localhost", "127.0.0.1", "::1", "[::1]"}
 CURVE_OVERHEAD_BYTES = 33  # a CurveZMQ MESSAGE frame: 8 command + 8 nonce + 16 MAC + 1 flags bytes; MAXMSGSIZE counts them
@@ -109,199 +75,15 @@ HANDSHAKE_FAILED_EVENTS = (
 )
 RECONNECTING_EVENTS = zmq.EVENT_CONNECT_RETRIED | zmq.EVENT_CONNECTED | zmq.EVENT_CONNECT_DELAYED
 MONITOR_EVENTS = zmq.EVENT_DISCONNECTED | RECONNECTING_EVENTS | HANDSHAKE_FAILED_EVENTS
-
-REJECT_REASONS = (
-    "frame_count",  # not exactly 3 frames
-    "bad_topic",  # unknown topic, or topic does not match the header's kind
-    "short_header",  # header frame is not HEADER.size bytes
-    "bad_magic",
-    "wrong_version",
-    "unknown_kind",
-    "length_mismatch",  # payload_len differs from the payload frame's length
-    "oversized",  # payload larger than the subscriber's max_message_bytes
-    "count_mismatch",  # count * 16 != payload_len for events
-    "bad_sensor",  # events with a zero sensor width or height
-    "bad_events",  # coordinates outside the sensor, polarity not 0/1, or time going back
-    "bad_json",  # JSON payload that does not parse or does not have the kind's shape
-)
+SEND_POLL_MS = 100  # a blocked send wakes this often to honour a stop request
+RELIABLE_SEND_S = 5.0  # how long a reliable message waits for room in a full queue by default
 
 
-class Kind(enum.IntEnum):
-    """Message kinds; the topic of a kind is its lower-case name."""
-
-    EVENTS = 1
-    TRUTH = 2
-    PREDICTION = 3
-    FRAME = 4
-
-    @property
-    def topic(self) -> bytes:
-        return self.name.lower().encode()
+class Stopped(Exception):
+    """The stage was asked to stop (SIGINT/SIGTERM) while a publisher waited."""
 
 
-TOPIC_KINDS = {kind.topic: kind for kind in Kind}
-JSON_KINDS = {Kind.TRUTH, Kind.PREDICTION}
-
-
-class MessageError(ValueError):
-    """A received message breaks the wire format. ``reason`` is one of ``REJECT_REASONS``."""
-
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
-
-
-@dataclass(frozen=True)
-class Message:
-    """One decoded message.
-
-    ``events`` (kind EVENTS) is a view on the received message memory (no copy).
-    ``data`` is the decoded JSON (kind TRUTH: a list of ``GestureSegment``), ``payload`` the raw
-    payload bytes for other kinds. ``send_us`` is the sender's monotonic clock in microseconds.
-    """
-
-    kind: Kind
-    seq: int
-    sensor_size: SensorSize
-    send_us: int
-    count: int
-    events: np.ndarray | None = None
-    data: Any = None
-    payload: memoryview | bytes | None = None
-
-    @property
-    def topic(self) -> str:
-        return self.kind.name.lower()
-
-    def latency_us(self) -> int:
-        """Microseconds since the sender stamped the message (valid on the sender's machine)."""
-        return now_us() - self.send_us
-
-
-def now_us() -> int:
-    """The transport clock: ``time.monotonic_ns() // 1000`` (microseconds)."""
-    return time.monotonic_ns() // 1000
-
-
-# --- encoding and decoding (pure functions) -------------------------------------------------
-
-
-def encode(
-    kind: Kind,
-    seq: int,
-    payload: bytes | memoryview | np.ndarray,
-    *,
-    count: int = 0,
-    sensor_size: SensorSize | None = None,
-    send_us: int | None = None,
-) -> list[Any]:
-    """The three frames of a message. ``payload`` is passed through (not copied)."""
-    width, height = sensor_size if sensor_size is not None else (0, 0)
-    nbytes = payload.nbytes if isinstance(payload, (np.ndarray, memoryview)) else len(payload)
-    header = HEADER.pack(
-        MAGIC, VERSION, int(kind), seq, width, height, 0, now_us() if send_us is None else send_us, count, nbytes
-    )
-    return [Kind(kind).topic, header, payload]
-
-
-def encode_events(events: np.ndarray, sensor_size: SensorSize, seq: int, *, send_us: int | None = None) -> list[Any]:
-    """Frames of an ``events`` message; the payload is the array's memory (made contiguous).
-
-    The 3 padding bytes of every event (13-15) are zeroed first, in place when the array is writable:
-    NumPy leaves them as whatever the heap held (``np.empty``, masks, ``copy()`` of a padded dtype), and
-    they would otherwise leave the machine with the events."""
-    events = np.ascontiguousarray(check_events(events))
-    padding = events.view(np.uint8).reshape(-1, EVENT_DTYPE.itemsize)[:, PADDING_BYTES]
-    if padding.any():
-        if not events.flags.writeable:
-            events = events.copy()
-        events.view(np.uint8).reshape(-1, EVENT_DTYPE.itemsize)[:, PADDING_BYTES] = 0
-    return encode(Kind.EVENTS, seq, events, count=len(events), sensor_size=sensor_size, send_us=send_us)
-
-
-def encode_json(kind: Kind, seq: int, obj: Any, *, count: int = 0, send_us: int | None = None) -> list[Any]:
-    """Frames of a JSON message (``truth``, ``prediction`` or a new JSON kind)."""
-    payload = json.dumps(obj, separators=(",", ":"), allow_nan=False).encode()
-    return encode(kind, seq, payload, count=count, send_us=send_us)
-
-
-def encode_truth(segments: Iterable[GestureSegment], seq: int, *, send_us: int | None = None) -> list[Any]:
-    """Frames of a ``truth`` message carrying gesture segments (times in microseconds)."""
-    items = [{"label": int(s.label), "start_us": int(s.start_us), "end_us": int(s.end_us)} for s in segments]
-    return encode_json(Kind.TRUTH, seq, items, count=len(items), send_us=send_us)
-
-
-def _buffer(frame: Any) -> memoryview:
-    return frame.buffer if isinstance(frame, zmq.Frame) else memoryview(frame)
-
-
-def decode(frames: list[Any], *, max_payload_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> Message:
-    """Decode and check the frames of one message (``bytes`` or ``zmq.Frame``). Raises ``MessageError``."""
-    if len(frames) != 3:
-        raise MessageError("frame_count", f"expected 3 frames, got {len(frames)}")
-    topic, header, payload = (_buffer(frame) for frame in frames)
-    if len(header) != HEADER.size:
-        raise MessageError("short_header", f"header is {len(header)} bytes, expected {HEADER.size}")
-    magic, version, kind_value, seq, width, height, _, send_us, count, payload_len = HEADER.unpack(header)
-    if magic != MAGIC:
-        raise MessageError("bad_magic", f"magic {magic!r}, expected {MAGIC!r}")
-    if version != VERSION:
-        raise MessageError("wrong_version", f"version {version}, this receiver speaks {VERSION}")
-    try:
-        kind = Kind(kind_value)
-    except ValueError:
-        raise MessageError("unknown_kind", f"kind {kind_value}") from None
-    if bytes(topic) != kind.topic:
-        raise MessageError("bad_topic", f"topic {bytes(topic)[:32]!r} with kind {kind.name}")
-    if payload_len != len(payload):
-        raise MessageError("length_mismatch", f"header says {payload_len} payload bytes, frame has {len(payload)}")
-    if payload_len > max_payload_bytes:
-        raise MessageError("oversized", f"{payload_len} payload bytes > limit {max_payload_bytes}")
-    sensor_size = SensorSize(width, height)
-    fields = dict(kind=kind, seq=seq, sensor_size=sensor_size, send_us=send_us, count=count)
-    if kind == Kind.EVENTS:
-        return Message(**fields, events=_decode_events(payload, count, sensor_size))
-    if kind in JSON_KINDS:
-        return Message(**fields, data=_decode_json(kind, payload, count))
-    return Message(**fields, payload=payload)
-
-
-def _decode_events(payload: memoryview, count: int, sensor_size: SensorSize) -> np.ndarray:
-    if count * EVENT_DTYPE.itemsize != len(payload):
-        raise MessageError("count_mismatch", f"{count} events need {count * EVENT_DTYPE.itemsize} bytes, got {len(payload)}")
-    if sensor_size.width == 0 or sensor_size.height == 0:
-        raise MessageError("bad_sensor", f"sensor size {sensor_size}")
-    events = np.frombuffer(payload, dtype=EVENT_DTYPE)
-    if count:
-        t = events["t"]
-        # unsigned views: a negative coordinate or polarity becomes large, so one max() checks both ends
-        if (
-            events["x"].view(np.uint16).max() >= sensor_size.width
-            or events["y"].view(np.uint16).max() >= sensor_size.height
-            or events["p"].view(np.uint8).max() > 1
-            or (count > 1 and bool(np.any(t[1:] < t[:-1])))
-        ):
-            raise MessageError("bad_events", f"events outside {sensor_size}, polarity not 0/1, or time going back")
-    return events
-
-
-def _decode_json(kind: Kind, payload: memoryview, count: int) -> Any:
-    try:
-        obj = json.loads(bytes(payload).decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise MessageError("bad_json", f"{kind.name.lower()} payload: {error}") from None
-    if kind != Kind.TRUTH:
-        return obj
-    try:
-        segments = [GestureSegment(int(d["label"]), int(d["start_us"]), int(d["end_us"])) for d in obj]
-    except (TypeError, KeyError, ValueError) as error:
-        raise MessageError("bad_json", f"truth payload is not a list of segments: {error!r}") from None
-    if len(segments) != count:
-        raise MessageError("bad_json", f"header says {count} segments, payload has {len(segments)}")
-    return segments
-
-
-# --- endpoints --------------------------------------------------------------------------------
+# --- endpoints and sockets ------------------------------------------------------------------
 
 
 def check_endpoint(endpoint: str, *, allow_remote: bool = False) -> str:
@@ -337,12 +119,12 @@ def _is_loopback(host: str) -> bool:
         return False  # "*", interface names, host names
 
 
-def _open_socket(
+def open_socket(
     context: zmq.Context, socket_type: int, endpoint: str, *, bind: bool, allow_remote: bool, options: dict[int, int],
     curve: CurveConfig | None = None,
 ) -> tuple[zmq.Socket, str]:
     """A socket with ``options`` set, bound or connected. With ``curve`` and a tcp endpoint, a PUB,
-    XPUB or ROUTER socket is the CurveZMQ server (register its ZAP domain with ``_Authenticators``
+    XPUB or ROUTER socket is the CurveZMQ server (register its ZAP domain with ``Authenticators``
     first) and any other socket a client."""
     check_endpoint(endpoint, allow_remote=allow_remote)
     use_curve = curve is not None and endpoint.startswith("tcp://")
@@ -360,7 +142,7 @@ def _open_socket(
             socket.curve_publickey = curve.public_key
             if socket_type in CURVE_SERVER_SOCKETS:
                 socket.curve_server = True
-                socket.zap_domain = _Authenticators.domain(curve).encode()
+                socket.zap_domain = Authenticators.domain(curve).encode()
             else:
                 socket.curve_serverkey = curve.server_key
         if bind:
@@ -395,7 +177,7 @@ class _KeySet:
         return allowed
 
 
-class _Authenticators:
+class Authenticators:
     """One ZAP handler (``ThreadAuthenticator``) per ZeroMQ context, shared by its CurveZMQ publishers.
 
     Each distinct set of authorised keys is one ZAP domain; the handler stops when the last
@@ -438,76 +220,172 @@ class _Authenticators:
 # --- publisher and subscriber ---------------------------------------------------------------
 
 
-class EventPublisher:
-    """PUB socket that sends events, truth and JSON kinds in the wire format above.
+def bind_server_socket(
+    context: zmq.Context, socket_type: int, endpoint: str, *, allow_remote: bool, options: dict[int, int],
+    curve: CurveConfig | None,
+) -> tuple[zmq.Socket, str, CurveConfig | None]:
+    """Bind a server socket (XPUB, ROUTER): with ``curve`` on a tcp endpoint it is a CurveZMQ server whose clients the context's ZAP handler checks against
+    ``curve.authorized``. Returns (socket, bound endpoint, the curve in use: None off tcp); close it
+    with ``close_server_socket``."""
+    check_endpoint(endpoint, allow_remote=allow_remote)
+    curve = curve if curve is not None and endpoint.startswith("tcp://") else None
+    if curve is not None:
+        Authenticators.acquire(context, curve)
+    try:
+        socket, endpoint = open_socket(context, socket_type, endpoint, bind=True, allow_remote=allow_remote,
+                                        options=options, curve=curve)  # fmt: skip
+    except BaseException:
+        if curve is not None:
+            Authenticators.release(context)
+        raise
+    return socket, endpoint, curve
+
+
+def close_server_socket(socket: zmq.Socket, context: zmq.Context, curve: CurveConfig | None, linger_ms: int = 0) -> None:
+    if socket.closed:
+        return
+    socket.close(linger=linger_ms)
+    if curve is not None:
+        Authenticators.release(context)
+
+
+class Publisher:
+    """XPUB socket that publishes events, truth, predictions and status in the wire format.
+
+    It can wait until its subscribers are there before the first message (``wait_for_subscribers``),
+    and with ``nodrop=True`` it applies back-pressure (a send waits while the queue is full) instead
+    of dropping. Event packets larger than ``max_packet_events`` go out as several messages.
 
     Args:
-        endpoint: where to bind (or connect with ``bind=False``); ``tcp://127.0.0.1:*`` picks a
-            free port, see ``.endpoint`` for the one chosen.
-        bind: bind (default) or connect.
-        sndhwm: messages queued per subscriber before new ones are dropped for it.
+        endpoint: where to bind (``tcp://127.0.0.1:*`` picks a port: see ``.endpoint``).
+        sndhwm: messages queued per subscriber.
+        nodrop: wait instead of dropping when a subscriber's queue is full.
         allow_remote: allow a non-loopback TCP address.
         zero_copy_min_bytes: payloads of at least this many bytes are sent without a copy; the
             caller must then not modify the array after publishing it.
-        max_packet_events: larger event packets are sent as several messages (keep it within the
-            subscribers' ``max_message_bytes`` / 16).
+        max_packet_events: larger event packets are split (keep it within the subscribers'
+            ``max_message_bytes`` / 16).
         context: a ``zmq.Context`` (default: the process-wide instance).
-        curve: CurveZMQ keys (``stream.keys``); on a tcp endpoint the socket is then a CurveZMQ
-            server that accepts only ``curve.authorized`` clients.
+        stop: when this event is set, waiting calls raise ``Stopped``.
+        curve: CurveZMQ keys (``stream.transport.keys``); on a tcp endpoint the socket is then a
+            CurveZMQ server that accepts only ``curve.authorized`` clients.
     """
 
     def __init__(
         self,
-        endpoint: str = DEFAULT_ENDPOINT,
+        endpoint: str,
         *,
-        bind: bool = True,
         sndhwm: int = DEFAULT_HWM,
+        nodrop: bool = False,
         allow_remote: bool = False,
         zero_copy_min_bytes: int = ZERO_COPY_MIN_BYTES,
-        max_packet_events: int = DEFAULT_MAX_PACKET_EVENTS,
+        max_packet_events: int = MAX_PACKET_EVENTS,
         context: zmq.Context | None = None,
+        stop: threading.Event | None = None,
         curve: CurveConfig | None = None,
     ) -> None:
         if sndhwm < 1:
             raise ValueError(f"sndhwm must be >= 1 message, got {sndhwm}")
         if max_packet_events < 1:
             raise ValueError(f"max_packet_events must be >= 1, got {max_packet_events}")
-        self.max_packet_events = max_packet_events
-        self._context = context or zmq.Context.instance()
-        self.curve = curve if curve is not None and endpoint.startswith("tcp://") else None
-        if self.curve is not None:
-            _Authenticators.acquire(self._context, self.curve)
-        try:
-            self.socket, self.endpoint = _open_socket(
-                self._context, zmq.PUB, endpoint, bind=bind, allow_remote=allow_remote,
-                options={zmq.SNDHWM: sndhwm}, curve=self.curve,
-            )  # fmt: skip
-        except BaseException:
-            if self.curve is not None:
-                _Authenticators.release(self._context)
-            raise
+        self.nodrop = nodrop
         self.zero_copy_min_bytes = zero_copy_min_bytes
-        self._seq: Counter[Kind] = Counter()
+        self.max_packet_events = max_packet_events
+        self.stop = stop or threading.Event()
+        self._context = context or zmq.Context.instance()
+        options = {
+            zmq.SNDHWM: sndhwm,
+            zmq.XPUB_VERBOSER: 1,  # every (un)subscription, not only the first/last
+            zmq.XPUB_NODROP: int(nodrop),
+            zmq.SNDTIMEO: SEND_POLL_MS,
+        }
+        self.socket, self.endpoint, self.curve = bind_server_socket(
+            self._context, zmq.XPUB, endpoint, allow_remote=allow_remote, options=options, curve=curve
+        )
+        self.subscriptions: dict[bytes, int] = {}
+        self._seq: dict[Kind, int] = {}
+
+    def set_nodrop(self, nodrop: bool) -> None:
+        """Switch between back-pressure (True: a full queue makes sends wait) and dropping."""
+        self.nodrop = bool(nodrop)
+        self.socket.setsockopt(zmq.XPUB_NODROP, int(self.nodrop))
+
+    def _read_subscriptions(self, timeout_ms: int) -> None:
+        if self.stop.is_set():
+            raise Stopped()
+        if not self.socket.poll(timeout_ms, zmq.POLLIN):
+            return
+        while True:
+            try:
+                message = self.socket.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if message[:1] == b"\x01":
+                self.subscriptions[message[1:]] = self.subscriptions.get(message[1:], 0) + 1
+            elif message[:1] == b"\x00" and self.subscriptions.get(message[1:], 0) > 0:
+                self.subscriptions[message[1:]] -= 1
+
+    def _delivering(self, topic: bytes) -> int:
+        """Subscriptions known so far that deliver ``topic`` (it starts with them; ``b""``: all)."""
+        return sum(count for prefix, count in self.subscriptions.items() if count > 0 and topic.startswith(prefix))
+
+    def subscribed(self, topic: bytes) -> int:
+        """How many subscriptions deliver ``topic`` now: those to it or to any prefix of it, the
+        empty one included. Reads the (un)subscriptions that arrived; never waits."""
+        self._read_subscriptions(0)
+        return self._delivering(topic)
+
+    def wait_for_subscribers(self, count: int, topic: bytes, timeout_s: float | None = None) -> bool:
+        """Wait until ``count`` subscriptions delivering ``topic`` arrived; False on timeout (None: forever)."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while self._delivering(topic) < count:
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+            self._read_subscriptions(SEND_POLL_MS)
+        return True
+
+    def wait_for_unsubscribed(self, topic: bytes, timeout_s: float) -> bool:
+        """After an end message: wait until every subscriber of ``topic`` has left (it closes its
+        socket once it has read the end), so no queued message dies with this socket. False on timeout."""
+        deadline = time.monotonic() + timeout_s
+        while self.subscribed(topic) > 0:
+            if time.monotonic() >= deadline:
+                log.warning("%s: subscribers still connected %g s after the end message; closing", self.endpoint, timeout_s)
+                return False
+            self._read_subscriptions(SEND_POLL_MS)
+        return True
 
     def next_seq(self, kind: Kind) -> int:
         """Take the next sequence number of ``kind`` (0, 1, 2, ... per kind)."""
-        seq = self._seq[kind]
+        seq = self._seq.get(kind, 0)
         self._seq[kind] = seq + 1
         return seq
 
     def send_frames(self, frames: list[Any]) -> None:
-        """Send prepared frames; the payload goes without a copy when it is large enough."""
+        """Send one message; with ``nodrop`` wait (in ``SEND_POLL_MS`` steps) while queues are full.
+        The payload goes without a copy when it is at least ``zero_copy_min_bytes``."""
         payload = frames[2]
         nbytes = payload.nbytes if isinstance(payload, (np.ndarray, memoryview)) else len(payload)
-        self.socket.send_multipart(frames, copy=nbytes < self.zero_copy_min_bytes)
+        copy = nbytes < self.zero_copy_min_bytes
+        while True:
+            try:
+                self.socket.send_multipart(frames, copy=copy)
+                return
+            except zmq.Again:
+                if not self.nodrop:
+                    return  # dropped by ZeroMQ; the receiver sees the sequence gap
+                self._read_subscriptions(0)
 
     def publish_events(self, events: np.ndarray, sensor_size: SensorSize) -> int:
-        """Publish one event packet (may be empty; split above ``max_packet_events``); returns the last sequence number."""
+        """Publish one event packet (may be empty), split above ``max_packet_events``; returns the
+        number of messages sent."""
         check_events(events)
+        messages = 0
         for start in range(0, max(len(events), 1), self.max_packet_events):
             seq = self.next_seq(Kind.EVENTS)
             self.send_frames(encode_events(events[start : start + self.max_packet_events], sensor_size, seq))
-        return seq
+            messages += 1
+        return messages
 
     def publish_truth(self, segments: Iterable[GestureSegment]) -> int:
         """Publish ground-truth gesture segments; returns the sequence number."""
@@ -515,27 +393,79 @@ class EventPublisher:
         self.send_frames(encode_truth(segments, seq))
         return seq
 
-    def publish_json(self, kind: Kind, obj: Any, *, count: int = 0) -> int:
-        """Publish any JSON-serialisable object as ``kind``; returns the sequence number."""
+    def publish_json(self, kind: Kind, obj: Any, *, reliable: bool = False, wait_s: float | None = None) -> int:
+        """Publish JSON; ``reliable`` waits for room even on a dropping socket (end messages), up
+        to ``wait_s`` seconds (default ``RELIABLE_SEND_S``) or until a stop request (``Stopped``);
+        with ``nodrop`` every send waits."""
         seq = self.next_seq(kind)
-        self.send_frames(encode_json(kind, seq, obj, count=count))
+        frames = encode_json(kind, seq, obj)
+        if reliable and not self.nodrop:
+            self.socket.setsockopt(zmq.XPUB_NODROP, 1)
+            try:
+                self._send_until(frames, RELIABLE_SEND_S if wait_s is None else wait_s)
+            finally:
+                self.socket.setsockopt(zmq.XPUB_NODROP, 0)
+        else:
+            self.send_frames(frames)  # a back-pressure socket waits anyway (until a stop request)
         return seq
 
-    def publish_raw(self, kind: Kind, payload: bytes | np.ndarray, *, count: int = 0,
-                    sensor_size: SensorSize | None = None) -> int:  # fmt: skip
-        """Publish a binary payload as ``kind`` (e.g. a frame); returns the sequence number."""
-        seq = self.next_seq(kind)
-        self.send_frames(encode(kind, seq, payload, count=count, sensor_size=sensor_size))
-        return seq
+    def publish_status(self, fields: dict[str, Any], *, reliable: bool = False) -> int:
+        """Publish a status message (``fields["type"]`` one of ``STATUS_TYPES``); returns its sequence number."""
+        if fields.get("type") not in STATUS_TYPES:
+            raise ValueError(f"a status message needs a type in {STATUS_TYPES}, got {fields.get('type')!r}")
+        return self.publish_json(Kind.STATUS, fields, reliable=reliable)
 
-    def close(self) -> None:
-        if self.socket.closed:
-            return
-        self.socket.close(linger=0)
-        if self.curve is not None:
-            _Authenticators.release(self._context)
+    def publish_end(self, fields: dict[str, Any], topic: bytes, wait_s: float) -> bool:
+        """Publish the ``end`` status message (``fields``, without its type) so that every
+        subscriber of ``topic`` gets it, then wait until they have all left (each closes its socket
+        once it has read it).
 
-    def __enter__(self) -> "EventPublisher":
+        ZeroMQ skips, without an error, a subscriber whose queue overflowed on a dropping socket
+        (libzmq deactivates that pipe until its reader has drained half of it), so a single send
+        can miss an overloaded worker. The message is therefore sent again, with back-off from
+        ``SEND_POLL_MS`` to 1 s, waiting for room each time, while subscribers remain. Gives up
+        after ``wait_s`` seconds (False, logged) or at a stop request (False); True when all left.
+        Raises ``Stopped`` only if the stop request comes before the first send.
+        """
+        deadline = time.monotonic() + wait_s
+        kind, obj = Kind.STATUS, {"type": "end", **fields}
+        self.publish_json(kind, obj, reliable=True, wait_s=wait_s)
+        interval_s = SEND_POLL_MS / 1000
+        try:
+            while self.subscribed(topic) > 0:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    log.warning("%s: subscribers still connected %g s after the end message; closing", self.endpoint, wait_s)
+                    return False
+                resend_at = time.monotonic() + min(interval_s, remaining)
+                while self._delivering(topic) > 0 and (left_s := resend_at - time.monotonic()) > 0:
+                    self._read_subscriptions(max(1, round(left_s * 1000)))
+                if self._delivering(topic) > 0 and time.monotonic() < deadline:
+                    self.publish_json(kind, obj, reliable=True, wait_s=deadline - time.monotonic())
+                interval_s = min(interval_s * 2, 1.0)
+        except Stopped:
+            return False
+        return True
+
+    def _send_until(self, frames: list[Any], wait_s: float) -> None:
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                self.socket.send_multipart(frames, copy=False)
+                return
+            except zmq.Again:  # SNDTIMEO (SEND_POLL_MS) passed with the queue still full
+                if self.stop.is_set():
+                    raise Stopped() from None
+                if time.monotonic() >= deadline:
+                    log.warning("%s: a subscriber did not take the message within %g s", self.endpoint, wait_s)
+                    return
+                self._read_subscriptions(0)  # a subscriber that left frees the send
+
+    def close(self, linger_ms: int = 0) -> None:
+        """Close; ``linger_ms`` > 0 lets queued messages (an end message) leave first."""
+        close_server_socket(self.socket, self._context, self.curve, linger_ms)
+
+    def __enter__(self) -> "Publisher":
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -559,7 +489,7 @@ class SubscriberStats:
         return sum(self.rejected.values())
 
 
-class EventSubscriber:
+class Subscriber:
     """SUB socket that receives and checks messages of the wire format above.
 
     Args:
@@ -570,7 +500,7 @@ class EventSubscriber:
         max_message_bytes: largest payload accepted; also set as ``zmq.MAXMSGSIZE`` on the socket.
         allow_remote: allow a non-loopback TCP address.
         context: a ``zmq.Context`` (default: the process-wide instance).
-        curve: CurveZMQ keys (``stream.keys``); on a tcp endpoint the socket is then a CurveZMQ
+        curve: CurveZMQ keys (``stream.transport.keys``); on a tcp endpoint the socket is then a CurveZMQ
             client that authenticates with ``curve.public_key`` to the publisher ``curve.server_key``.
 
     To wait in your own ``zmq.Poller`` (next to a control socket), register every socket of
@@ -617,7 +547,7 @@ class EventSubscriber:
         self._open()
 
     def _open(self) -> None:
-        self.socket, self.endpoint = _open_socket(
+        self.socket, self.endpoint = open_socket(
             self._context, zmq.SUB, self._requested_endpoint, bind=self._bind, allow_remote=self._allow_remote,
             options=self._options, curve=self.curve,
         )  # fmt: skip
@@ -733,7 +663,7 @@ class EventSubscriber:
         self.monitor.close(linger=0)
         self.socket.close(linger=0)
 
-    def __enter__(self) -> "EventSubscriber":
+    def __enter__(self) -> "Subscriber":
         return self
 
     def __exit__(self, *exc_info: object) -> None:

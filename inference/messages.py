@@ -1,0 +1,114 @@
+"""The inference worker's messages: what the worker publishes, and what the GUI and the headless
+recorder read. One schema, written here, for all three.
+
+On the worker's endpoint (the wire format is ``stream.transport.wire``):
+
+* ``Kind.PREDICTION``, one per inferred window (``prediction``): ``worker_id`` (random, new at every
+  start of the worker process, so a consumer sees a restart), ``seq``, ``class_index``,
+  ``class_name``, ``probabilities``, ``stable`` {``index`` (-1 = no gesture), ``name``,
+  ``confidence``}, ``window`` {``start_us``, ``end_us`` (stream time, µs), ``stride_us``,
+  ``events``}, ``timing`` (transport clock ``time.monotonic_ns() // 1000``, µs:
+  ``source_send_us`` of the message that completed the window, ``recv_us`` when the worker got it,
+  ``binned_us``, ``published_us``; and ``recv_to_binned_ms``, ``inference_ms``, ``compute_ms`` =
+  published - recv), ``counters`` (``inference.worker.WorkerCounters``), ``backend``, ``sensor``.
+* ``Kind.STATUS`` ``{"type": "stats", ...}`` about once a second and ``{"type": "end", ...}`` after
+  the source's end (``worker_status``): ``worker_id``, ``counters``, ``backend``, ``sensor``,
+  ``window``, ``source`` (the source's own latest stats), ``source_paused``, ``busy_s`` (seconds
+  spent receiving, binning, inferring, publishing) and ``uptime_s``.
+* ``Kind.TRUTH``: the source's gesture segments, forwarded unchanged.
+
+``read_worker_message`` turns a received message into a ``WorkerMessage`` and refuses (None) one
+that lacks what the consumers use, so a malformed message from the network is skipped and counted,
+never a crash in a consumer.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+from stream.events import GestureSegment
+from stream.transport.wire import Kind, Message, Status
+
+WORKER_KINDS = ("prediction", "stats", "end", "truth")
+
+
+class WorkerMessage(NamedTuple):
+    """A message from the worker's endpoint: ``kind`` one of ``WORKER_KINDS``; ``data`` the JSON
+    object (a list of ``GestureSegment`` for ``truth``)."""
+
+    kind: str
+    data: Any
+
+    @property
+    def worker_id(self) -> str | None:
+        return self.data.get("worker_id") if isinstance(self.data, dict) else None
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _has(data: Any, fields: dict[str, Any]) -> bool:
+    """``data`` is a dict whose ``fields`` pass their checks (a check: a predicate or a nested dict)."""
+    if not isinstance(data, dict):
+        return False
+    for name, check in fields.items():
+        value = data.get(name)
+        if not (_has(value, check) if isinstance(check, dict) else check(value)):
+            return False
+    return True
+
+
+PREDICTION_FIELDS: dict[str, Any] = {
+    "worker_id": lambda v: isinstance(v, str),
+    "seq": _is_int,
+    "class_index": _is_int,
+    "class_name": lambda v: isinstance(v, str),
+    "probabilities": lambda v: isinstance(v, list) and all(_is_number(p) for p in v),
+    "stable": {"index": _is_int, "name": lambda v: isinstance(v, str), "confidence": _is_number},
+    "window": {"start_us": _is_int, "end_us": _is_int, "stride_us": _is_int, "events": _is_int},
+    "timing": {"source_send_us": _is_int, "recv_us": _is_int, "compute_ms": _is_number},
+    "counters": lambda v: isinstance(v, dict),
+}
+STATUS_FIELDS: dict[str, Any] = {
+    "worker_id": lambda v: isinstance(v, str),
+    "counters": lambda v: isinstance(v, dict),
+}
+
+
+def prediction(
+    *, worker_id: str, seq: int, classes: list[str], probabilities: list[float], class_index: int, stable: Any,
+    window: dict[str, int], timing: dict[str, Any], counters: dict[str, Any], backend: str, sensor: list[int],
+) -> dict[str, Any]:  # fmt: skip
+    """A prediction message (see the module docstring); ``stable`` is a ``StableLabel``."""
+    return {
+        "type": "prediction",
+        "worker_id": worker_id,
+        "seq": seq,
+        "class_index": class_index,
+        "class_name": classes[class_index],
+        "probabilities": [round(float(v), 5) for v in probabilities],
+        "stable": {"index": stable.index, "name": stable.name, "confidence": round(stable.confidence, 5)},
+        "window": window,
+        "timing": timing,
+        "counters": counters,
+        "backend": backend,
+        "sensor": sensor,
+    }
+
+
+def read_worker_message(message: Message) -> WorkerMessage | None:
+    """What a message from the worker's endpoint is, or None when it is not one of the worker's
+    (a source status on the wrong endpoint, or a prediction or status without the fields above)."""
+    if message.kind == Kind.TRUTH:
+        return WorkerMessage("truth", list[GestureSegment](message.data))
+    if message.kind == Kind.PREDICTION:
+        return WorkerMessage("prediction", message.data) if _has(message.data, PREDICTION_FIELDS) else None
+    if message.kind == Kind.STATUS and isinstance(message.data, Status) and message.data.type in ("stats", "end"):
+        fields = message.data.fields
+        return WorkerMessage(message.data.type, fields) if _has(fields, STATUS_FIELDS) else None
+    return None

@@ -1,0 +1,182 @@
+"""The event tools of the command line: ``info``, ``convert``, ``frames``, ``simulate``, ``keys``.
+
+Each ``*_main(argv)`` takes the arguments after the command name and returns the exit code; they
+run as ``spikeformer-live COMMAND`` or ``python -m stream COMMAND`` (``stream.__main__``).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from stream.binning import MAPPING_METHODS, SensorMapping, WindowSpec, bin_window
+from stream.events import EventFormatError, SensorSize
+from stream.formats import convert, file_info, open_events
+from stream.sim.camera import DEFAULT_SENSOR
+from stream.sim.recording import DEFAULT_GESTURE_US, DEFAULT_IDLE_US, NUM_CLASSES
+from stream.stage import ArgumentParser
+from stream.transport.keys import generate_keys, list_keys, public_key
+
+
+def info_main(argv: Sequence[str] | None = None) -> int:
+    """``info PATH [--json] [--allow-truncated]``: what a recording holds."""
+    parser = ArgumentParser(prog="spikeformer-live info", description="What an event file holds: format, camera, sensor, events, time range.")
+    parser.add_argument("path")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--allow-truncated", action="store_true", help="use every complete packet of a damaged file")
+    args = parser.parse_args(argv)
+    info = file_info(args.path, allow_truncated=args.allow_truncated)
+    print(json.dumps(info) if args.json else _format_info(info))
+    return 0
+
+
+def convert_main(argv: Sequence[str] | None = None) -> int:
+    """``convert IN OUT [--allow-truncated]``: the output format comes from OUT's extension."""
+    parser = ArgumentParser(prog="spikeformer-live convert", description="Convert an event file (.aedat4, .aedat, .npy).")
+    parser.add_argument("source")
+    parser.add_argument("target")
+    parser.add_argument("--allow-truncated", action="store_true", help="use every complete packet of a damaged file")
+    args = parser.parse_args(argv)
+    result = convert(args.source, args.target, allow_truncated=args.allow_truncated)
+    print(f"wrote {result['events']} events to {args.target} ({result['format']})")
+    if result["damage"]:
+        print(f"warning: input damaged, stopped early: {result['damage']}", file=sys.stderr)
+    return 0
+
+
+def _format_info(info: dict) -> str:
+    lines = [
+        f"path:       {info['path']}",
+        f"format:     {info['format']}",
+        f"camera:     {info['camera'] or '(not named)'}",
+        f"sensor:     {info['width']}x{info['height']} pixels",
+        f"events:     {info['events']}",
+    ]
+    if info["events"]:
+        lines += [
+            f"time:       {info['t_start_us']} .. {info['t_end_us']} µs",
+            f"duration:   {info['duration_s']:.6f} s",
+            f"event rate: {info['event_rate'] / 1e6:.3f} M events/s",
+        ]
+    if info["damage"]:
+        lines.append(f"damage:     {info['damage']}")
+    return "\n".join(lines)
+
+
+def frames_main(argv: Sequence[str] | None = None) -> int:
+    """``python -m stream frames IN --bins T --bin-us B [--start-us S] [--size WxH] [--flip-x]
+    [--flip-y] [--method area|nearest] --out frames.npy``: write one window as ``[T, 2, H, W]``
+    float32. ``--start-us`` defaults to the first event's timestamp; ``--size`` to the sensor's."""
+    parser = ArgumentParser(prog="spikeformer-live frames", description="Bin one window of a recording into frames.")
+    parser.add_argument("input", help="event file (any format stream.formats reads)")
+    parser.add_argument("--bins", type=int, required=True, help="number of time bins T")
+    parser.add_argument("--bin-us", type=int, required=True, help="bin duration in microseconds")
+    parser.add_argument("--start-us", type=int, default=None, help="window start in µs (default: first event)")
+    parser.add_argument("--size", type=SensorSize.parse, default=None, help="model input WxH (default: sensor size)")
+    parser.add_argument("--method", choices=MAPPING_METHODS, default="area")
+    parser.add_argument("--flip-x", action="store_true")
+    parser.add_argument("--flip-y", action="store_true")
+    parser.add_argument("--out", required=True, help="output .npy path")
+    args = parser.parse_args(argv)
+    spec = WindowSpec(args.bins, args.bin_us, args.bin_us)
+
+    with open_events(args.input) as reader:
+        mapping = SensorMapping.create(
+            reader.sensor_size, args.size or reader.sensor_size,
+            flip_x=args.flip_x, flip_y=args.flip_y, method=args.method,
+        )  # fmt: skip
+        frames = np.zeros((spec.bins, 2, mapping.input_size.height, mapping.input_size.width), dtype=np.float32)
+        start_us = args.start_us
+        scratch = np.empty_like(frames)
+        first_us = last_us = None  # first event of the recording, last event read
+        for chunk in reader:
+            if len(chunk) == 0:
+                continue
+            first_us = int(chunk["t"][0]) if first_us is None else first_us
+            last_us = int(chunk["t"][-1])
+            if start_us is None:
+                start_us = int(chunk["t"][0])
+            if int(chunk["t"][0]) >= start_us + spec.window_us:
+                break  # time-ordered: nothing later can fall in the window
+            frames += bin_window(chunk, mapping, spec, start_us, out=scratch)
+    if first_us is None:  # (then start_us may be None too)
+        raise EventFormatError(f"{args.input}: holds no events")
+    np.save(args.out, frames, allow_pickle=False)
+    print(f"{args.out}: frames {tuple(frames.shape)} float32, {int(frames.sum())} events, "
+          f"window [{start_us}, {start_us + spec.window_us}) µs")  # fmt: skip
+    if start_us + spec.window_us <= first_us:
+        print(f"note: the window ends before the recording's first event ({first_us} µs); --start-us is the "
+              "recording's own timestamp, not an offset", file=sys.stderr)  # fmt: skip
+    elif start_us > last_us:  # then every chunk was read: last_us is the recording's last event
+        print(f"note: the window starts after the recording's last event ({last_us} µs)", file=sys.stderr)
+    return 0
+
+
+def simulate_main(argv: Sequence[str] | None = None) -> int:
+    """``simulate --out DIR --samples N --seed S [--sensor WxH]`` (or ``--montage PNG``)."""
+    parser = ArgumentParser(
+        prog="spikeformer-live simulate",
+        description="Write a synthetic DVS128-Gesture-style data set, or a PNG montage of the classes.",
+    )
+    parser.add_argument("--out", type=Path, help="output folder for the data set")
+    parser.add_argument("--samples", type=int, default=NUM_CLASSES * 10, help="number of gesture samples")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--sensor", type=SensorSize.parse, default=DEFAULT_SENSOR, help="WIDTHxHEIGHT pixels")
+    parser.add_argument("--gesture-ms", type=int, default=DEFAULT_GESTURE_US // 1000)
+    parser.add_argument("--idle-ms", type=int, default=DEFAULT_IDLE_US // 1000)
+    parser.add_argument("--workers", type=int, default=1, help="processes (the data set is the same for any)")
+    parser.add_argument("--montage", type=Path, help="write a PNG with one picture per class instead")
+    args = parser.parse_args(argv)
+    if args.montage is not None:
+        from stream.sim.dataset import render_montage
+
+        render_montage(args.montage, seed=args.seed, sensor_size=args.sensor)
+        print(f"wrote {args.montage}")
+        return 0
+    if args.out is None:
+        raise ValueError("give --out DIR (the data set folder) or --montage PNG")
+    started = time.perf_counter()
+    from stream.sim.dataset import write_dataset
+
+    paths = write_dataset(args.out, samples=args.samples, seed=args.seed, sensor_size=args.sensor,
+                          gesture_us=args.gesture_ms * 1000, idle_us=args.idle_ms * 1000, workers=args.workers)
+    test_count = len((args.out / "trials_to_test.txt").read_text().split())
+    print(f"wrote {len(paths)} recordings ({args.samples} gestures, {test_count} test recordings) "
+          f"to {args.out} in {time.perf_counter() - started:.1f} s")
+    return 0
+
+
+def keys_main(argv: Sequence[str] | None = None) -> int:
+    """``keys generate DIR [--name NAME]`` or ``keys list DIR [--json]``."""
+    parser = ArgumentParser(prog="spikeformer-live keys", description="CurveZMQ key pairs for remote stages.")
+    commands = parser.add_subparsers(dest="action", required=True, parser_class=ArgumentParser)
+    generate = commands.add_parser("generate", help="write a new key pair")
+    generate.add_argument("directory")
+    generate.add_argument("--name", default="spikeformer", help="file name stem (default: spikeformer)")
+    listing = commands.add_parser("list", help="show the keys of a directory")
+    listing.add_argument("directory")
+    listing.add_argument("--json", action="store_true", help="print one JSON list")
+    args = parser.parse_args(argv)
+    if args.action == "generate":
+        public_path, secret_path = generate_keys(args.directory, args.name)
+        print(f"public key {public_key(public_path)}")
+        print(f"wrote {public_path} (give it to the peers that must trust this key)")
+        print(f"wrote {secret_path} (mode 600; keep it on this machine)")
+        return 0
+    rows = list_keys(args.directory)
+    if args.json:
+        print(json.dumps(rows))
+        return 0
+    if not rows:
+        print(f"no keys in {args.directory}", file=sys.stderr)
+        return 0
+    for row in rows:
+        kind = "secret" if row["secret"] else "public"
+        print(f"{row['name']:<20} {kind:<6} {row['public_key'] or '-':<40} {row['file']}"
+              + (f"  ({row['problem']})" if row["problem"] else ""))  # fmt: skip
+    return 0
