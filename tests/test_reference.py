@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from stream.events import SensorSize, make_events
-from stream.simulator import simulate_gesture, write_dataset
+from stream.sim.dataset import write_dataset
+from stream.sim.recording import simulate_gesture
 from training import reference
 
 SHARED_PT = Path(__file__).resolve().parents[1].parent / "shared/data/reference/sinabs_dvs_gesture_params.pt"

@@ -29,7 +29,6 @@ for every variant (a mirrored right-hand wave counts as wrong when it is called 
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -43,6 +42,7 @@ from torch import nn
 from stream.binning import SensorMapping, WindowSpec
 from stream.classes import GESTURE_CLASSES
 from stream.events import GestureSegment, SensorSize
+from stream.stage import ArgumentParser, run_main
 from training import data
 from training.evaluate import EvalResult
 
@@ -224,10 +224,10 @@ def report(results: dict[str, EvalResult]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``python -m training reference --data SPEC [...]``: print the table (see the module docstring)."""
-    parser = argparse.ArgumentParser(
-        prog="python -m training reference",
+def main(argv: Sequence[str] | None = None) -> int:
+    """``reference --data SPEC [...]``: print the table (see the module docstring)."""
+    parser = ArgumentParser(
+        prog="spikeformer-live reference",
         description="Accuracy of the reference classifier (trained on real DVS128 Gesture) per event layout.",
     )
     parser.add_argument("--data", required=True, help="sim:DIR|sim:N, dvsgesture:DIR, tonic:DIR, folder:CSV")
@@ -239,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache", default=None, help=f"cache directory of sim:N (default {data.DEFAULT_CACHE_DIR})")
     parser.add_argument("--sim-seed", type=int, default=0, help="seed of a generated sim:N data set")
     parser.add_argument("--json", type=Path, default=None, help="also write the results to this JSON file")
-    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(argv)
     if args.window_ms < 1 or args.windows < 1:
         raise ValueError("--window-ms and --windows must be >= 1")
     if args.weights == DEFAULT_WEIGHTS and not DEFAULT_WEIGHTS.is_file():
@@ -265,8 +265,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except (ValueError, OSError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+    sys.exit(run_main(main))
