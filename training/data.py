@@ -19,17 +19,17 @@ Splits: the trials files (sim, dvsgesture), the folder name (tonic), the ``split
 hash (folder).
 
 Orientation. The canonical events of this project have their origin at the TOP-LEFT (y down), like
-every iniVation camera through dv-processing and AEDAT4. DVS128 Gesture does not: jAER's DVS128
-address format puts (0, 0) in the LOWER-left corner (iniVation's AEDAT 1.0/2.0/3.1 documentation:
-"Y address ... (0, 0) in the lower left corner"), and the data set's AEDAT 3.1 files store those raw
-addresses. The loaders that read them keep the raw y: SpikingJelly's ``DVS128Gesture`` decodes
-``y = (data >> 2) & 0x1FFF`` with no flip, tonic's ``DVSGesture`` only converts its ``.npy`` time
-column from ms to us (its preprocessed files were cut from the same AEDAT 3.1 recordings), so
-a plain ``imshow`` of either shows the subjects upside down. The simulator writes its files like
-jAER (y flipped). ``ORIENTATION`` records this; every source is turned to top-left (``y ->
-height-1-y`` where needed) BEFORE binning, so the model learns upright people, and the checkpoint
-stores ``flip_x = flip_y = False``: a top-left camera (DVXplorer, DAVIS via dv-processing, the live
-simulator) needs no flip to see what the model was trained on.
+every iniVation camera through dv-processing and AEDAT4, and so are DVS128 Gesture's AEDAT 3.1
+files: the AEDAT 3.1 format documentation puts (0, 0) in the lower-left corner, but the data set was
+recorded with cAER/libcaer, whose DVS128 driver inverts y "to convert to CG format" (``dvs128.c``), so
+its files hold top-left addresses, and tonic's ``.npy`` samples were cut from them. A classifier
+trained on the real data set (``training.reference``, SynSense's weights) confirms it: it recognises
+simulated hand waves laid out top-left and fails on the y-flipped or mirrored layout. The simulator's
+data-set writer stores top-left as the real files do. ``ORIENTATION`` records the layout of each
+kind; every source is turned to top-left (``y -> height-1-y`` where a kind says bottom-left) BEFORE
+binning, so the model learns upright people, and the checkpoint stores ``flip_x = flip_y = False``:
+a top-left camera (DVXplorer, DAVIS via dv-processing, the live simulator) needs no flip to see what
+the model was trained on.
 
 Windows. A sample is one window of ``WindowSpec.bins x bin_us`` cut from a labelled segment and
 binned by ``stream.binning.bin_window`` with the ``SensorMapping`` and normalisation stored in the
@@ -75,7 +75,7 @@ from stream.classes import GESTURE_CLASSES, MIRRORED_CLASS
 from stream.events import GestureSegment, SensorSize, check_events
 
 SOURCE_KINDS = ("sim", "dvsgesture", "tonic", "folder")
-ORIENTATION = {"dvsgesture": "bottom-left", "tonic": "bottom-left", "sim": "bottom-left", "folder": "top-left"}
+ORIENTATION = {"dvsgesture": "top-left", "tonic": "top-left", "sim": "top-left", "folder": "top-left"}
 SPLITS = ("train", "test")
 CACHE_FORMAT_VERSION = 1
 DEFAULT_CACHE_DIR = Path.home() / ".cache" / "spikeformer-live"

@@ -38,7 +38,6 @@ def _write_recording(out_dir: Path, stem: str, labels: list[int], seed: list[int
     lighting = stem.split("_", 1)[1]
     events, segments = simulate_recording(labels, seed=seed, sensor_size=sensor_size, idle_us=idle_us,
                                           gesture_us=gesture_us, lighting=lighting)
-    events["y"] = sensor_size.height - 1 - events["y"]  # jAER / DVS128 Gesture: y origin at the bottom
     from stream.formats.aedat31 import write_aedat31
     from stream.formats.labels import write_gesture_labels
 
@@ -61,8 +60,8 @@ def write_dataset(
     """Write a synthetic data set in DVS128 Gesture's own layout; returns the .aedat paths.
 
     ``samples`` gestures go into recordings of up to 11 (each class at most once, random order),
-    one person and lighting per recording: ``userNN_<lighting>.aedat`` (AEDAT 3.1, y stored
-    bottom-up as jAER does), ``userNN_<lighting>_labels.csv``, and ``trials_to_train.txt`` /
+    one person and lighting per recording: ``userNN_<lighting>.aedat`` (AEDAT 3.1, top-left
+    as DVS128 Gesture's files are: cAER's DVS128 driver inverted y), ``userNN_<lighting>_labels.csv``, and ``trials_to_train.txt`` /
     ``trials_to_test.txt`` split by user (the last ``test_fraction`` of users test, at least one
     when there are two or more). Same arguments -> same bytes, whatever ``workers``.
     """
