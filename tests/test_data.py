@@ -22,7 +22,8 @@ INPUT = SensorSize(32, 32)
 
 def dot_events(start_us: int, end_us: int, *, centre=(64.0, 64.0), radius=30.0, turns_per_s=1.0,
                clockwise_y_up: bool = True, step_us: int = 100) -> np.ndarray:
-    """A dot circling ``centre`` in y-up (DVS128 file) coordinates, one event every ``step_us``."""
+    """A dot circling ``centre``, one event every ``step_us``: decreasing math angle with
+    ``clockwise_y_up`` (clockwise when y points up), else increasing (clockwise when y points down)."""
     t = np.arange(start_us, end_us, step_us, dtype=np.int64)
     sign = -1.0 if clockwise_y_up else 1.0  # clockwise with y up = decreasing math angle
     angle = sign * 2 * np.pi * turns_per_s * (t - start_us) / 1e6
@@ -166,9 +167,10 @@ def test_cache_files_hold_no_pickles(gesture_dir: Path, tmp_path: Path):
 
 
 def test_clockwise_dvs128_motion_is_clockwise_in_frames(tmp_path: Path):
-    """A dot turning clockwise as seen by the camera, written like jAER (y up), must turn clockwise
-    on screen (y down) in the binned frames: image angle atan2(row, col) increases."""
-    events = dot_events(0, 1_000_000, turns_per_s=1.0, clockwise_y_up=True)
+    """DVS128 Gesture's files hold top-left addresses (cAER's DVS128 driver inverted y): a dot
+    turning clockwise on screen (y down) in the file must turn clockwise in the binned frames too
+    (image angle atan2(row, col) increases): the loader must not flip it."""
+    events = dot_events(0, 1_000_000, turns_per_s=1.0, clockwise_y_up=False)  # clockwise with y down
     segment = GestureSegment(3, 0, 1_000_000)  # "right arm clockwise"
     root = write_gesture_dir(tmp_path / "dvs", {"user01_led": (events, [segment])}, {"user01_led"})
     source = data.open_source(f"dvsgesture:{root}")
@@ -183,14 +185,13 @@ def test_clockwise_dvs128_motion_is_clockwise_in_frames(tmp_path: Path):
     steps = np.diff(np.unwrap(np.arctan2(cy, cx)))
     assert np.all(steps > 0), steps  # clockwise on screen
     np.testing.assert_allclose(steps.mean(), 2 * np.pi * 0.05, rtol=0.1)  # 1 turn/s, 50 ms bins
-    # Sanity of the premise: the raw file coordinates turn the other way round on screen.
+    # The premise: the file's own coordinates already turn clockwise on screen (y down).
     raw_angle = np.unwrap(np.arctan2(events["y"] - 64.0, events["x"] - 64.0))
-    assert raw_angle[-1] < raw_angle[0]
+    assert raw_angle[-1] > raw_angle[0]
 
 
 def test_orientation_table_and_flip():
-    assert data.ORIENTATION == {"dvsgesture": "bottom-left", "tonic": "bottom-left", "sim": "bottom-left",
-                                "folder": "top-left"}
+    assert data.ORIENTATION == {"dvsgesture": "top-left", "tonic": "top-left", "sim": "top-left", "folder": "top-left"}
     events = make_events([0, 1], [3, 4], [0, 9], [1, 0])
     flipped = data.to_top_left(events, SensorSize(10, 10), "bottom-left")
     assert flipped["y"].tolist() == [9, 0] and events["y"].tolist() == [0, 9]

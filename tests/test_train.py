@@ -100,7 +100,7 @@ def test_training_reduces_loss_and_writes_csv_and_checkpoints(trained_run: Path)
         model, metadata = load_checkpoint(trained_run / f"{name}.json")
         assert metadata["input"]["window"] == {"bins": 4, "bin_us": 50000, "stride_us": 50000}
         assert metadata["input"]["sensor_mapping"]["flip_y"] is False
-        assert metadata["data"]["source_orientation"] == "bottom-left"
+        assert metadata["data"]["source_orientation"] == "top-left"
         assert 0.0 <= metadata["metrics"]["test_accuracy"] <= 1.0
     assert any((trained_run / "tensorboard").iterdir())
     state = json.loads((trained_run / "train_state.json").read_text())

@@ -11,7 +11,19 @@ import zmq
 
 from stream.events import EVENT_DTYPE, GestureSegment, SensorSize, make_events
 from stream.transport.sockets import Publisher, Subscriber, check_endpoint
-from stream.transport.wire import HEADER, MAGIC, VERSION, Kind, MessageError, decode, encode, encode_events, encode_json
+from stream.transport.wire import (
+    HEADER,
+    MAGIC,
+    MAX_PACKET_EVENTS,
+    VERSION,
+    Kind,
+    MessageError,
+    Status,
+    decode,
+    encode,
+    encode_events,
+    encode_json,
+)
 
 SENSOR = SensorSize(128, 96)
 WAIT_S = 5.0  # bound on every wait for a real signal
@@ -54,11 +66,13 @@ def test_events_round_trip_exact(bind_endpoint):
     with Publisher(bind_endpoint) as pub, Subscriber(pub.endpoint, ["events"]) as sub:
         first = join(lambda: pub.publish_events(events[:1], SENSOR), sub)
         assert first.kind == Kind.EVENTS and first.topic == "events"
-        big = random_events(300_000, seed=1)  # above the zero-copy threshold
+        big = random_events(200_000, seed=1)  # above the zero-copy threshold, below MAX_PACKET_EVENTS
+        previous = first
         for packet in (events, events[:0], big):
-            seq = pub.publish_events(packet, SENSOR)
+            assert pub.publish_events(packet, SENSOR) == 1  # one message each
             message = recv_next(sub)
-            assert message.seq == seq
+            assert message.seq == previous.seq + 1  # the next one: nothing lost, nothing repeated
+            previous = message
             assert message.sensor_size == SENSOR
             assert message.count == len(packet)
             assert message.events.dtype == EVENT_DTYPE
@@ -104,6 +118,10 @@ def _header(**fields) -> bytes:
     return HEADER.pack(*values.values())
 
 
+def _status_frames(payload: bytes) -> list[bytes]:
+    return [b"status", _header(kind=int(Kind.STATUS), count=0, length=len(payload)), payload]
+
+
 MALFORMED = {
     "frame_count": [b"events", _header()],
     "short_header": [b"events", _header()[:-1], bytes(64)],
@@ -119,10 +137,16 @@ MALFORMED = {
     "time_going_back": [b"events", _header(), make_events([0, 5, 2, 3], [0, 1, 2, 3], [0, 0, 0, 0], [1, 1, 1, 1]).tobytes()],
     "bad_json": [b"truth", _header(kind=2, count=1, length=5), b"[{]}x"],
     "extra_frames": [*_valid_frames(), b"extra"],
+    "status_without_type": _status_frames(b'{"time_us": 5}'),
+    "status_of_unknown_type": _status_frames(b'{"type": "frame"}'),
+    "clock_without_time": _status_frames(b'{"type": "clock", "paused": false}'),
+    "clock_with_text_time": _status_frames(b'{"type": "clock", "time_us": "soon", "paused": false}'),
+    "clock_paused_not_bool": _status_frames(b'{"type": "clock", "time_us": 5, "paused": 1}'),
     "garbage": [b"events" + bytes(range(200))],
 }
 EXPECTED_REASON = {"extra_frames": "frame_count", "garbage": "frame_count", "negative_coordinate": "bad_events",
-                   "time_going_back": "bad_events"}  # fmt: skip
+                   "time_going_back": "bad_events", **{case: "bad_status" for case in MALFORMED if "status" in case
+                                                       or "clock" in case}}  # fmt: skip
 
 
 @pytest.mark.parametrize("case", sorted(MALFORMED))
@@ -132,7 +156,7 @@ def test_malformed_messages_are_counted_and_subscriber_keeps_working(case, tmp_p
     endpoint = f"ipc://{tmp_path}/raw.sock"
     raw.bind(endpoint)
     try:
-        with Subscriber(endpoint, ["events", "truth"]) as sub:
+        with Subscriber(endpoint, ["events", "truth", "status"]) as sub:
             join(lambda: raw.send_multipart(_valid_frames(0)), sub)
             received = sub.stats.received
             with caplog.at_level(logging.WARNING, logger="stream.transport.sockets"):
@@ -211,11 +235,40 @@ def test_publisher_splits_packets_above_max_packet_events(tmp_path):
     with Publisher(f"ipc://{tmp_path}/s.sock", max_packet_events=300) as pub, \
             Subscriber(pub.endpoint, max_message_bytes=300 * EVENT_DTYPE.itemsize) as sub:  # fmt: skip
         join(lambda: pub.publish_events(events[:1], SENSOR), sub)
-        assert pub.publish_events(events, SENSOR) - pub.publish_events(events[:0], SENSOR) == -1
+        assert pub.publish_events(events, SENSOR) == 4  # the number of messages sent
+        assert pub.publish_events(events[:0], SENSOR) == 1  # an empty packet is one message too
         parts = [recv_next(sub) for _ in range(5)]
         assert [m.count for m in parts] == [300, 300, 300, 100, 0]
+        assert [m.seq for m in parts] == list(range(parts[0].seq, parts[0].seq + 5))
         assert np.array_equal(np.concatenate([m.events for m in parts]), events)
         assert sub.stats.disconnects == 0
+
+
+def test_status_messages_decode_to_a_status_with_its_type():
+    clock = decode(encode_json(Kind.STATUS, 0, {"type": "clock", "time_us": 1_500}))
+    assert isinstance(clock.data, Status) and clock.data.type == "clock"
+    assert (clock.data.time_us, clock.data.paused) == (1_500, False)  # paused defaults to False
+    end = decode(encode_json(Kind.STATUS, 1, {"type": "end", "events_sent": 7}))
+    assert end.data == Status("end", {"type": "end", "events_sent": 7})
+
+
+def test_publish_status_refuses_a_status_without_a_known_type(tmp_path):
+    with Publisher(f"ipc://{tmp_path}/s.sock") as pub:
+        with pytest.raises(ValueError, match="type"):
+            pub.publish_status({"type": "frame"})
+        with pytest.raises(ValueError, match="type"):
+            pub.publish_status({"events_sent": 3})
+
+
+def test_publisher_splits_packets_above_the_default_limit_into_messages_a_default_subscriber_takes(tmp_path):
+    events = random_events(MAX_PACKET_EVENTS + 1_000, seed=2)
+    with Publisher(f"ipc://{tmp_path}/d.sock") as pub, Subscriber(pub.endpoint) as sub:
+        join(lambda: pub.publish_events(events[:1], SENSOR), sub)
+        assert pub.publish_events(events, SENSOR) == 2
+        parts = [recv_next(sub) for _ in range(2)]
+        assert [m.count for m in parts] == [MAX_PACKET_EVENTS, 1_000]
+        assert np.array_equal(np.concatenate([m.events for m in parts]), events)
+        assert sub.stats.disconnects == 0 and sub.stats.rejected_total == 0
 
 
 def test_decode_rejects_payload_over_limit():
@@ -226,9 +279,10 @@ def test_decode_rejects_payload_over_limit():
 
 
 def test_encode_decode_pure_round_trip():
-    frames = encode(Kind.PREDICTION, 7, b"\x01\x02\x03", count=1, sensor_size=SensorSize(2, 2), send_us=42)
+    frames = encode(Kind.PREDICTION, 7, b'{"class_index": 3}', count=1, sensor_size=SensorSize(2, 2), send_us=42)
     message = decode(frames)
-    assert (message.kind, message.seq, message.send_us, bytes(message.payload)) == (Kind.PREDICTION, 7, 42, b"\x01\x02\x03")
+    assert (message.kind, message.seq, message.send_us, message.count) == (Kind.PREDICTION, 7, 42, 1)
+    assert message.sensor_size == SensorSize(2, 2) and message.data == {"class_index": 3}
     with pytest.raises(ValueError):
         encode_json(Kind.PREDICTION, 0, float("nan"))  # not valid JSON
 
