@@ -57,6 +57,7 @@ class WorkerCounters:
 
     events_in: int = 0  # in valid packets received
     events_binned: int = 0
+    events_filtered: int = 0  # removed by the checkpoint's noise filters
     events_unused: int = 0  # only in windows that were skipped
     events_unmapped: int = 0  # outside the sensor mapping's crop
     events_dropped: int = 0  # outside the sensor + bad polarity + backwards + lost
@@ -116,6 +117,7 @@ class InferenceWorker:
         self.window = window
         self.mapping_spec = dict(model_input["sensor_mapping"])
         self.normalisation = model_input.get("normalisation")
+        self.filters = model_input.get("filters")
         self.smoother = LabelSmoother(self.classes, config.smoothing)
         self.counters = WorkerCounters()
         self.sensor: SensorSize | None = None
@@ -137,7 +139,7 @@ class InferenceWorker:
             self._fold_binner_stats()
         self.sensor = sensor
         mapping = SensorMapping.from_dict(self.mapping_spec, sensor)
-        self.binner = StreamingBinner(mapping, self.window, normalisation=self.normalisation)
+        self.binner = StreamingBinner(mapping, self.window, normalisation=self.normalisation, filters=self.filters)
         self.smoother.reset()
         self.pending = None
         self._queue.clear()
@@ -307,6 +309,7 @@ class InferenceWorker:
         counters = self.counters
         binned = self.binner_totals()
         counters.events_binned = binned.get("events_binned", 0)
+        counters.events_filtered = binned.get("events_filtered", 0)
         counters.events_unused = binned.get("events_unused", 0)
         counters.events_unmapped = binned.get("events_unmapped", 0)
         counters.dropped_out_of_sensor = binned.get("dropped_out_of_sensor", 0)

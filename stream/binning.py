@@ -32,10 +32,11 @@ Upsampling (a crop smaller than the input) is refused. Events outside the crop a
 (ignored and counted); events outside the sensor or with a polarity other than 0/1 are dropped and
 counted.
 
-Optional noise filters, applied to time-ordered chunks before binning (state carries across
-chunks; if live inference uses one, training must use the same): ``BackgroundActivityFilter``
-(drop events with no event on the 8 neighbouring pixels within ``dt_us``) and ``HotPixelFilter``
-(mute pixels that fired more than ``max_events`` in the previous ``period_us``).
+Optional noise filters (``EventFilter``, from a spec stored in the checkpoint's ``input.filters``),
+applied to time-ordered chunks before binning, by training and by the live binner alike (state
+carries across chunks): ``BackgroundActivityFilter`` (drop events with no event on the 8
+neighbouring pixels within ``dt_us``) and ``HotPixelFilter`` (mute pixels that fired more than
+``max_events`` in the previous ``period_us``).
 
 Speed: one Numba kernel, one pass over the events, no Python per event. Chunks of at least
 ``2 * MIN_EVENTS_PER_THREAD`` events are cut at bin edges into pieces binned on up to ``threads``
@@ -70,6 +71,8 @@ __all__ = [
     "check_normalisation",
     "BackgroundActivityFilter",
     "HotPixelFilter",
+    "EventFilter",
+    "check_filters",
     "default_threads",
     "add_counts",
     "warmup",
@@ -375,32 +378,54 @@ def _check_keys(what: str, data: Any, required: set[str]) -> None:
 # --- normalisation ----------------------------------------------------------------------------
 
 
+NORMALISATIONS = ("clip", "log1p", "binary", "density")
+
+
 def check_normalisation(spec: dict[str, Any] | None) -> dict[str, Any] | None:
-    """Validate a normalisation spec (``None``, ``{"kind": "clip", "max": M}``, ``{"kind": "log1p"}``)."""
+    """Validate a normalisation spec: ``None``, ``{"kind": "clip", "max": M}``, ``{"kind": "log1p"}``,
+    ``{"kind": "binary"}`` or ``{"kind": "density", "max": M}``."""
     if spec is None:
         return None
     if not isinstance(spec, dict) or "kind" not in spec:
         raise ValueError(f"normalisation must be None or a dict with a 'kind', got {spec!r}")
     kind = spec["kind"]
-    if kind == "clip":
+    if kind in ("clip", "density"):
         maximum = spec.get("max")
         if isinstance(maximum, bool) or not isinstance(maximum, (int, float)) or not maximum > 0:
-            raise ValueError(f"clip normalisation needs a positive 'max', got {maximum!r}")
-        return {"kind": "clip", "max": maximum}
-    if kind == "log1p":
-        return {"kind": "log1p"}
-    raise ValueError(f"unknown normalisation kind {kind!r} (expected 'clip' or 'log1p')")
+            raise ValueError(f"{kind} normalisation needs a positive 'max', got {maximum!r}")
+        return {"kind": kind, "max": maximum}
+    if kind in ("log1p", "binary"):
+        return {"kind": kind}
+    raise ValueError(f"unknown normalisation kind {kind!r} (expected one of {', '.join(NORMALISATIONS)})")
 
 
 def apply_normalisation(frames: np.ndarray, spec: dict[str, Any] | None) -> np.ndarray:
-    """Normalise count frames in place (and return them): clip at ``max`` or ``log1p``; None: unchanged."""
+    """Normalise the count frames of one window ``[T, 2, H, W]`` in place (and return them).
+
+    * ``clip``: counts above ``max`` become ``max``;
+    * ``log1p``: ``log(1 + count)``;
+    * ``binary``: 1 where a pixel fired in a bin, else 0 (blind to how many events a crossing makes);
+    * ``density``: counts divided by their mean over the pixel-bins that fired, then clipped at
+      ``max``: a window's input does not depend on how many events per edge the camera makes
+      (contrast threshold, sensor resolution), only on where and when it fired and how much more
+      than usual.
+    None: unchanged.
+    """
     spec = check_normalisation(spec)
     if spec is None:
         return frames
-    if spec["kind"] == "clip":
+    kind = spec["kind"]
+    if kind == "clip":
         np.minimum(frames, np.float32(spec["max"]), out=frames)
-    else:
+    elif kind == "log1p":
         np.log1p(frames, out=frames)
+    elif kind == "binary":
+        np.greater(frames, 0, out=frames, casting="unsafe")
+    else:
+        fired = np.count_nonzero(frames)
+        if fired:
+            frames *= np.float32(fired / frames.sum(dtype=np.float64))
+            np.minimum(frames, np.float32(spec["max"]), out=frames)
     return frames
 
 
@@ -644,6 +669,58 @@ class HotPixelFilter:
         return events[keep]
 
 
+def check_filters(spec: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Validate a noise-filter spec (stored in checkpoints): None, or a dict with
+    ``background_activity_us`` (int µs or None) and ``hot_pixels`` (None or
+    ``{"period_us": int, "max_events": int}``)."""
+    if spec is None:
+        return None
+    if not isinstance(spec, dict) or not set(spec) <= {"background_activity_us", "hot_pixels"}:
+        raise ValueError(f"filters must be None or a dict of background_activity_us and hot_pixels, got {spec!r}")
+    dt_us = spec.get("background_activity_us")
+    if dt_us is not None and (isinstance(dt_us, bool) or not isinstance(dt_us, int) or dt_us < 1):
+        raise ValueError(f"background_activity_us must be a positive integer (µs) or None, got {dt_us!r}")
+    hot = spec.get("hot_pixels")
+    if hot is not None:
+        _check_keys("hot_pixels", hot, {"period_us", "max_events"})
+        if not all(isinstance(hot[key], int) and not isinstance(hot[key], bool) and hot[key] >= 1 for key in hot):
+            raise ValueError(f"hot_pixels needs positive integers period_us and max_events, got {hot!r}")
+    if dt_us is None and hot is None:
+        return None
+    return {"background_activity_us": dt_us, "hot_pixels": None if hot is None else dict(hot)}
+
+
+class EventFilter:
+    """The noise filters of a spec (``check_filters``) for one sensor, one after the other: the
+    background-activity filter, then the hot-pixel filter. State carries across chunks: feed a
+    recording or a stream in time order, once. Training and serving apply the same (the spec is
+    stored in the checkpoint's ``input.filters``).
+
+    Args:
+        spec: the filters (None: none; every event passes).
+        sensor_size: the camera's (width, height) pixels.
+    """
+
+    def __init__(self, spec: dict[str, Any] | None, sensor_size: tuple[int, int]) -> None:
+        self.spec = check_filters(spec)
+        self.filters: list[Any] = []
+        if self.spec is not None and self.spec["background_activity_us"] is not None:
+            self.filters.append(BackgroundActivityFilter(sensor_size, self.spec["background_activity_us"]))
+        if self.spec is not None and self.spec["hot_pixels"] is not None:
+            self.filters.append(HotPixelFilter(sensor_size, **self.spec["hot_pixels"]))
+        self.events_in = 0
+        self.events_removed = 0
+
+    def __call__(self, events: np.ndarray) -> np.ndarray:
+        """The events of a time-ordered chunk that pass every filter (the input itself without filters)."""
+        count = len(events)
+        for event_filter in self.filters:
+            events = event_filter(events)
+        self.events_in += count
+        self.events_removed += count - len(events)
+        return events
+
+
 # --- streaming --------------------------------------------------------------------------------
 
 
@@ -660,6 +737,7 @@ class BinningStats:
     """Counters of a ``StreamingBinner`` (events and windows since creation)."""
 
     events_binned: int = 0  # written into a bin
+    events_filtered: int = 0  # removed by the noise filters
     events_unmapped: int = 0  # inside the sensor, outside the crop / off the "nearest" lattice
     events_unused: int = 0  # valid, but only in windows that were skipped (or between windows)
     dropped_out_of_sensor: int = 0
@@ -696,6 +774,8 @@ class StreamingBinner:
         mapping: sensor -> input mapping (built for the actual camera's sensor size).
         window: window layout.
         normalisation: applied to each emitted window (see ``apply_normalisation``).
+        filters: noise filters applied to every chunk before it is binned (``EventFilter``);
+            removed events are counted in ``stats.events_filtered``.
         threads: at most this many threads for a large chunk (default ``default_threads()``); a
             chunk is split only into pieces of at least ``MIN_EVENTS_PER_THREAD`` events.
     """
@@ -706,11 +786,14 @@ class StreamingBinner:
         window: WindowSpec,
         *,
         normalisation: dict[str, Any] | None = None,
+        filters: dict[str, Any] | None = None,
         threads: int | None = None,
     ):
         self.mapping = mapping
         self.window = window
         self.normalisation = check_normalisation(normalisation)
+        self.filters = check_filters(filters)
+        self._filter = EventFilter(self.filters, mapping.sensor_size)
         self.threads = _check_threads(threads)
         self.stats = BinningStats()
         shape = (window.bins, 2, mapping.input_size.height, mapping.input_size.width)
@@ -734,6 +817,10 @@ class StreamingBinner:
         check_events(events)
         if emit not in EMIT_MODES:
             raise ValueError(f"emit must be one of {EMIT_MODES}, got {emit!r}")
+        if self._filter.filters and len(events):
+            removed = self._filter.events_removed
+            events = self._filter(events)
+            self.stats.events_filtered += self._filter.events_removed - removed
         if now_us is not None:
             now_us = int(now_us)
         spec = self.window
@@ -805,7 +892,8 @@ class StreamingBinner:
 
     def reset(self) -> None:
         """Forget all state and counters (e.g. after the source restarts its clock)."""
-        self.__init__(self.mapping, self.window, normalisation=self.normalisation, threads=self.threads)
+        self.__init__(self.mapping, self.window, normalisation=self.normalisation, filters=self.filters,
+                      threads=self.threads)  # fmt: skip
 
     def _bin_segment(self, events, times, start: int, end: int, end_us: int, last_bin: int | None = None) -> int:
         """Bin ``events[start:end]`` for the window ending at ``end_us``; events before that window

@@ -6,7 +6,9 @@ run as ``spikeformer-live COMMAND`` or ``python -m stream COMMAND`` (``stream.__
 
 from __future__ import annotations
 
+import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -17,9 +19,9 @@ import numpy as np
 from stream.binning import MAPPING_METHODS, SensorMapping, WindowSpec, bin_window
 from stream.events import EventFormatError, SensorSize
 from stream.formats import convert, file_info, open_events
-from stream.sim.camera import DEFAULT_SENSOR
+from stream.sim.scene import DEFAULT_SENSOR, LIGHTINGS, LOOKS
 from stream.sim.recording import DEFAULT_GESTURE_US, DEFAULT_IDLE_US, NUM_CLASSES
-from stream.stage import ArgumentParser
+from stream.stage import ArgumentParser, positive_number
 from stream.transport.keys import generate_keys, list_keys, public_key
 
 
@@ -129,7 +131,16 @@ def simulate_main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--sensor", type=SensorSize.parse, default=DEFAULT_SENSOR, help="WIDTHxHEIGHT pixels")
     parser.add_argument("--gesture-ms", type=int, default=DEFAULT_GESTURE_US // 1000)
     parser.add_argument("--idle-ms", type=int, default=DEFAULT_IDLE_US // 1000)
-    parser.add_argument("--workers", type=int, default=1, help="processes (the data set is the same for any)")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                        help="processes (default: one per CPU; the data set is the same for any)")  # fmt: skip
+    parser.add_argument("--looks", type=_names(LOOKS), default=LOOKS, help=f"renderers, comma separated: {', '.join(LOOKS)}")
+    parser.add_argument("--lightings", type=_names(tuple(LIGHTINGS)), default=tuple(LIGHTINGS),
+                        help=f"lighting families, comma separated: {', '.join(LIGHTINGS)}")  # fmt: skip
+    fixed = parser.add_argument_group("fix one scene parameter (robustness measurements)")
+    fixed.add_argument("--zoom", type=positive_number, default=None, help="the person's size as seen (1 = as drawn)")
+    fixed.add_argument("--threshold", type=positive_number, default=None, help="base contrast threshold (log)")
+    fixed.add_argument("--noise-hz", type=float, default=None, help="background activity per pixel, events/s")
+    fixed.add_argument("--flicker-depth", type=float, default=None, help="mains flicker depth (0: steady light)")
     parser.add_argument("--montage", type=Path, help="write a PNG with one picture per class instead")
     args = parser.parse_args(argv)
     if args.montage is not None:
@@ -143,12 +154,28 @@ def simulate_main(argv: Sequence[str] | None = None) -> int:
     started = time.perf_counter()
     from stream.sim.dataset import write_dataset
 
+    options = {name: getattr(args, name) for name in ("zoom", "threshold", "noise_hz", "flicker_depth")
+               if getattr(args, name) is not None}  # fmt: skip
     paths = write_dataset(args.out, samples=args.samples, seed=args.seed, sensor_size=args.sensor,
-                          gesture_us=args.gesture_ms * 1000, idle_us=args.idle_ms * 1000, workers=args.workers)
+                          gesture_us=args.gesture_ms * 1000, idle_us=args.idle_ms * 1000, workers=args.workers,
+                          looks=args.looks, lightings=args.lightings, scene_options=options)  # fmt: skip
     test_count = len((args.out / "trials_to_test.txt").read_text().split())
     print(f"wrote {len(paths)} recordings ({args.samples} gestures, {test_count} test recordings) "
           f"to {args.out} in {time.perf_counter() - started:.1f} s")
     return 0
+
+
+def _names(allowed: tuple[str, ...]):
+    """argparse type: a comma-separated subset of ``allowed``."""
+
+    def parse(text: str) -> tuple[str, ...]:
+        names = tuple(name.strip() for name in text.split(",") if name.strip())
+        unknown = [name for name in names if name not in allowed]
+        if not names or unknown:
+            raise argparse.ArgumentTypeError(f"expected a comma list of {', '.join(allowed)}, got {text!r}")
+        return names
+
+    return parse
 
 
 def keys_main(argv: Sequence[str] | None = None) -> int:

@@ -11,6 +11,7 @@ COMMANDS = {
     "evaluate": Command("training.evaluate:main", "evaluate a checkpoint on a data set's test split"),
     "summary": Command("training.commands:summary_main", "parameters, stage shapes and GFLOPs of a preset"),
     "reference": Command("training.reference:main", "the reference classifier (trained on real DVS128 Gesture) on a data set"),
+    "generalisation": Command("training.generalisation:main", "leave-one-domain-out, robustness and realism tables"),
 }
 
 

@@ -36,6 +36,7 @@ import safetensors.torch
 import torch
 
 from stream.atomic import write_atomically
+from stream.binning import check_filters, check_normalisation
 from training.spikeformer import Spikeformer, SpikeformerConfig, build_model, count_parameters
 
 FORMAT = "spikeformer-live-checkpoint"
@@ -265,7 +266,8 @@ def _validate_document(document: dict, where: str) -> SpikeformerConfig:
             f"{where}: {len(classes)} class names but the model has num_classes={config.num_classes}"
         )
 
-    inputs = _check_keys(f"{where}: input", document["input"], {"window", "sensor_mapping", "normalisation"})
+    inputs = _check_keys(f"{where}: input", document["input"], {"window", "sensor_mapping", "normalisation"},
+                         optional={"filters"})  # fmt: skip
     window = _check_keys(f"{where}: input.window", inputs["window"], {"bins", "bin_us", "stride_us"})
     for key in ("bins", "bin_us", "stride_us"):
         _positive_int(f"{where}: input.window.{key}", window[key])
@@ -290,11 +292,11 @@ def _validate_document(document: dict, where: str) -> SpikeformerConfig:
             f"{where}: sensor_mapping maps to {mapping['input_width']}x{mapping['input_height']} pixels but the "
             f"model input is {width}x{height} (width x height)"
         )
-    normalisation = inputs["normalisation"]
-    if normalisation is not None and not (isinstance(normalisation, dict)
-                                          and isinstance(normalisation.get("kind"), str)):
-        raise CheckpointError(f"{where}: input.normalisation must be null or an object with a 'kind', got "
-                              f"{normalisation!r}")
+    for key, check in (("normalisation", check_normalisation), ("filters", check_filters)):
+        try:
+            check(inputs.get(key))
+        except ValueError as error:
+            raise CheckpointError(f"{where}: input.{key}: {error}") from None
     for key in ("data", "metrics"):
         if not isinstance(document[key], dict):
             raise CheckpointError(f"{where}: {key} must be an object, got {type(document[key]).__name__}")

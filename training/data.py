@@ -39,8 +39,13 @@ evenly spaced, fixed positions per segment. Training draws ``train_windows`` ran
 segment once (seeded; a pool cached on disk) and each epoch picks one of them per segment.
 
 Time stretch (training pool only): a pool window may cover ``s * window_us`` of the recording,
-``s`` uniform in ``[1 - max_stretch, 1 + max_stretch]``, its timestamps rescaled by ``1/s`` before
-binning (a faster or slower gesture).
+``s`` log-uniform in ``[1 / stretch, stretch]`` (``stretch`` 2: gestures 0.5 to 2 times as fast), its
+timestamps rescaled by ``1/s`` before binning. Time is never reversed (it would swap the clockwise
+and counter-clockwise classes).
+
+Noise filters (``stream.binning.EventFilter``, the checkpoint's ``input.filters``) run over each
+recording's events in time order before its windows are binned, exactly as the live binner runs
+them over the stream.
 
 Cache. Binned windows are stored as raw counts (uint8/uint16) in ``.npz`` files under
 ``<cache>/windows/``, one per recording and role, named by a SHA-256 of everything that changes them:
@@ -57,11 +62,14 @@ same as dropping each event independently), and the pool's time stretch.
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import functools
 import hashlib
 import json
 import os
 import tempfile
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
@@ -70,7 +78,15 @@ import numpy as np
 import torch
 
 from stream.atomic import write_atomically
-from stream.binning import SensorMapping, WindowSpec, apply_normalisation, bin_window, check_normalisation
+from stream.binning import (
+    EventFilter,
+    SensorMapping,
+    WindowSpec,
+    apply_normalisation,
+    bin_window,
+    check_filters,
+    check_normalisation,
+)
 from stream.classes import GESTURE_CLASSES, MIRRORED_CLASS
 from stream.events import GestureSegment, SensorSize, check_events
 
@@ -129,9 +145,9 @@ class Recording:
 
 @dataclass(frozen=True)
 class DataSource:
-    """Recordings of a data spec and the class names their labels index."""
+    """Recordings of a data spec (or several joined by ``+``) and the class names their labels index."""
 
-    spec: DataSpec
+    spec: str
     recordings: tuple[Recording, ...]
     classes: tuple[str, ...]
 
@@ -142,7 +158,13 @@ class DataSource:
 
 
 def open_source(spec: DataSpec | str, *, cache_dir: Path | str | None = None, sim_seed: int = 0) -> DataSource:
-    """List the recordings of a data spec (``sim:N`` generates its data set into the cache first)."""
+    """List the recordings of a data spec (``sim:N`` generates its data set into the cache first).
+    ``SPEC+SPEC+...`` joins several sources of the same classes (e.g. two simulated domains)."""
+    if isinstance(spec, str) and "+" in spec:
+        parts = [open_source(part, cache_dir=cache_dir, sim_seed=sim_seed) for part in spec.split("+")]
+        if any(part.classes != parts[0].classes for part in parts):
+            raise ValueError(f"data spec {spec}: the joined sources have different classes")
+        return DataSource(spec, tuple(r for part in parts for r in part.recordings), parts[0].classes)
     spec = DataSpec.parse(spec) if isinstance(spec, str) else spec
     cache_dir = Path(cache_dir) if cache_dir is not None else DEFAULT_CACHE_DIR
     if spec.kind == "sim":
@@ -163,7 +185,7 @@ def open_source(spec: DataSpec | str, *, cache_dir: Path | str | None = None, si
         recordings, classes = _folder_recordings(Path(spec.location))
     if not recordings:
         raise ValueError(f"data spec {spec}: found no labelled recordings")
-    return DataSource(spec, tuple(recordings), tuple(classes))
+    return DataSource(str(spec), tuple(recordings), tuple(classes))
 
 
 def simulated_dataset(samples: int, cache_dir: Path, *, seed: int = 0, sensor_size: SensorSize = SIM_SENSOR) -> Path:
@@ -339,14 +361,14 @@ def eval_window_starts(segment: GestureSegment, window_us: int, count: int) -> n
 
 
 def train_window_plan(
-    segment: GestureSegment, window_us: int, count: int, rng: np.random.Generator, max_stretch: float = 0.0
+    segment: GestureSegment, window_us: int, count: int, rng: np.random.Generator, stretch: float = 1.0
 ) -> tuple[np.ndarray, np.ndarray]:
     """``count`` random windows inside the segment: starts (µs) and time stretches ``s`` (the window
     covers ``s * window_us``). Stretches are capped so that the window fits; empty if it cannot."""
     length = segment.end_us - segment.start_us
     if length < window_us or count < 1:
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float64)
-    stretches = rng.uniform(1.0 - max_stretch, 1.0 + max_stretch, count) if max_stretch > 0 else np.ones(count)
+    stretches = np.exp(rng.uniform(-np.log(stretch), np.log(stretch), count)) if stretch > 1 else np.ones(count)
     stretches = np.minimum(stretches, length / window_us)
     covered = np.ceil(stretches * window_us).astype(np.int64)
     covered = np.minimum(covered, length)
@@ -390,20 +412,20 @@ class WindowPlan:
     role: str
     count: int
     seed: int = 0
-    max_stretch: float = 0.0
+    stretch: float = 1.0
 
     def __post_init__(self) -> None:
         if self.role not in ("train", "eval"):
             raise ValueError(f"window plan role must be 'train' or 'eval', got {self.role!r}")
         if not isinstance(self.count, int) or self.count < 1:
             raise ValueError(f"windows per segment must be a positive integer, got {self.count!r}")
-        if not 0.0 <= self.max_stretch < 1.0:
-            raise ValueError(f"max_stretch must be in [0, 1), got {self.max_stretch}")
+        if not 1.0 <= self.stretch <= 4.0:
+            raise ValueError(f"stretch must be in [1, 4] (windows 1/stretch to stretch times as fast), got {self.stretch}")
 
     def to_dict(self) -> dict[str, Any]:
         if self.role == "eval":
             return {"role": "eval", "count": self.count}
-        return {"role": "train", "count": self.count, "seed": self.seed, "max_stretch": self.max_stretch}
+        return {"role": "train", "count": self.count, "seed": self.seed, "stretch": self.stretch}
 
 
 @dataclass
@@ -433,7 +455,8 @@ class WindowSet:
 
 
 def cache_key(
-    recording: Recording, plan: WindowPlan, window: WindowSpec, mapping_dict: dict[str, Any]
+    recording: Recording, plan: WindowPlan, window: WindowSpec, mapping_dict: dict[str, Any],
+    filters: dict[str, Any] | None = None,
 ) -> str:
     """SHA-256 (hex) of everything that changes a recording's cached windows."""
     stat = recording.path.stat()
@@ -448,6 +471,7 @@ def cache_key(
         "plan": plan.to_dict(),
         "window": window.to_dict(),
         "mapping": mapping_dict,
+        "filters": filters,
     }
     return hashlib.sha256(json.dumps(description, sort_keys=True).encode()).hexdigest()
 
@@ -468,7 +492,7 @@ def _plan_recording(
         else:
             digest = hashlib.sha256(f"{recording.path.name}:{number}".encode()).digest()
             rng = np.random.default_rng([plan.seed, int.from_bytes(digest[:8], "little")])
-            seg_starts, seg_stretches = train_window_plan(clipped, window.window_us, plan.count, rng, plan.max_stretch)
+            seg_starts, seg_stretches = train_window_plan(clipped, window.window_us, plan.count, rng, plan.stretch)
         if not len(seg_starts):
             skipped += 1
             continue
@@ -504,15 +528,18 @@ def load_recording_windows(
     method: str = "area",
     flip_x: bool = False,
     flip_y: bool = False,
+    filters: dict[str, Any] | None = None,
     cache_dir: Path | str | None = None,
 ) -> tuple[dict[str, np.ndarray], bool]:
     """The binned windows of one recording (arrays ``frames, labels, segments, starts_us``) and
-    whether they came from the cache. Flips apply after canonicalisation to top-left."""
+    whether they came from the cache. Flips apply after canonicalisation to top-left; ``filters``
+    (``stream.binning.check_filters``) run over the recording's events before binning."""
     cache_dir = Path(cache_dir) if cache_dir is not None else DEFAULT_CACHE_DIR
     input_size = SensorSize(*input_size)
     mapping_dict = {"input_width": input_size.width, "input_height": input_size.height, "method": method,
                     "flip_x": bool(flip_x), "flip_y": bool(flip_y)}  # fmt: skip
-    path = cache_dir / "windows" / f"{cache_key(recording, plan, window, mapping_dict)}.npz"
+    filters = check_filters(filters)
+    path = cache_dir / "windows" / f"{cache_key(recording, plan, window, mapping_dict, filters)}.npz"
     if path.is_file():
         try:
             with np.load(path, allow_pickle=False) as stored:
@@ -520,6 +547,7 @@ def load_recording_windows(
         except (OSError, ValueError, KeyError):
             pass  # damaged cache file: rebuild it below
     events, sensor_size = read_recording(recording)
+    events = EventFilter(filters, sensor_size)(events)
     mapping = SensorMapping.from_dict(mapping_dict, sensor_size)
     starts, stretches, labels, segments, skipped = _plan_recording(recording, events, plan, window)
     frames = _compact_counts(bin_windows(events, mapping, window, starts, stretches))
@@ -538,25 +566,30 @@ def load_windows(
     method: str = "area",
     flip_x: bool = False,
     flip_y: bool = False,
+    filters: dict[str, Any] | None = None,
     cache_dir: Path | str | None = None,
     progress: Callable[[Iterable], Iterable] | None = None,
+    workers: int = 1,
 ) -> WindowSet:
     """Binned windows of all ``recordings`` (read from / written to the cache), one ``WindowSet``.
 
     ``input_size`` is (width, height) in pixels. ``progress`` wraps the recording loop (e.g. tqdm).
+    ``workers`` > 1 reads and bins recordings in that many processes (same result).
     """
     if not recordings:
         raise ValueError("no recordings to cut windows from")
+    load = functools.partial(load_recording_windows, plan=plan, window=window, input_size=SensorSize(*input_size),
+                             method=method, flip_x=flip_x, flip_y=flip_y, filters=filters, cache_dir=cache_dir)  # fmt: skip
     pieces: list[dict[str, np.ndarray]] = []
     hits = misses = 0
-    iterable: Iterable = recordings if progress is None else progress(recordings)
-    for recording in iterable:
-        arrays, hit = load_recording_windows(
-            recording, plan, window, SensorSize(*input_size), method=method, flip_x=flip_x, flip_y=flip_y,
-            cache_dir=cache_dir,
-        )  # fmt: skip
-        hits, misses = hits + hit, misses + (not hit)
-        pieces.append(arrays)
+    with contextlib.ExitStack() as stack:
+        mapped: Iterable = map(load, recordings)
+        if workers > 1 and len(recordings) > 1:
+            pool = stack.enter_context(ProcessPoolExecutor(max_workers=workers))
+            mapped = pool.map(load, recordings, chunksize=max(1, len(recordings) // (8 * workers)))
+        for arrays, hit in (mapped if progress is None else progress(mapped)):
+            hits, misses = hits + hit, misses + (not hit)
+            pieces.append(arrays)
     group_offset = 0
     groups = []
     for recording, arrays in zip(recordings, pieces):  # number segments across the set
@@ -590,13 +623,11 @@ class Augmentation:
         flip_prob: probability of a left-right flip (class swapped via ``MIRRORED_CLASS``); 0 = off.
         max_shift_px: largest random shift in input pixels along x and y (0 = off).
         max_drop: event drop-out fraction drawn uniformly in ``[0, max_drop]`` per sample (0 = off).
-        max_stretch: time stretch of the training pool, ``s`` in ``[1 - max_stretch, 1 + max_stretch]``.
     """
 
     flip_prob: float = 0.5
     max_shift_px: int = 4
     max_drop: float = 0.2
-    max_stretch: float = 0.1
 
     def __post_init__(self) -> None:
         for name in ("flip_prob", "max_drop"):
@@ -604,8 +635,6 @@ class Augmentation:
                 raise ValueError(f"Augmentation.{name} must be in [0, 1], got {getattr(self, name)}")
         if self.max_shift_px < 0:
             raise ValueError(f"Augmentation.max_shift_px must be >= 0, got {self.max_shift_px}")
-        if not 0.0 <= self.max_stretch < 1.0:
-            raise ValueError(f"Augmentation.max_stretch must be in [0, 1), got {self.max_stretch}")
 
 
 def flip_left_right(frames: np.ndarray, label: int, mirrored_class: Sequence[int] = MIRRORED_CLASS) -> tuple[np.ndarray, int]:

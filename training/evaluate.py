@@ -14,15 +14,16 @@ accuracy, null for a class without samples), ``confusion`` (rows = true class, c
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
-from stream.binning import WindowSpec, check_normalisation
+from stream.binning import WindowSpec, check_filters, check_normalisation
 from stream.events import SensorSize
 from stream.stage import ArgumentParser
 from training import data
@@ -131,17 +132,49 @@ def confusion_image(confusion: np.ndarray, classes: Sequence[str], path: str | P
     return path
 
 
-def checkpoint_inputs(metadata: dict) -> tuple[WindowSpec, dict, dict | None, tuple[str, ...]]:
-    """Window, sensor-mapping dict, normalisation and classes stored in a checkpoint's metadata."""
+class CheckpointInputs(NamedTuple):
+    """How a checkpoint's windows are made: window, sensor-mapping dict, normalisation, noise
+    filters and the classes of its logits."""
+
+    window: WindowSpec
+    mapping: dict
+    normalisation: dict | None
+    filters: dict | None
+    classes: tuple[str, ...]
+
+
+def checkpoint_inputs(metadata: dict) -> CheckpointInputs:
+    """The ``CheckpointInputs`` stored in a checkpoint's metadata."""
     try:
         inputs = metadata["input"]
-        window = WindowSpec.from_dict(inputs["window"])
-        mapping = dict(inputs["sensor_mapping"])
-        normalisation = check_normalisation(inputs.get("normalisation"))
-        classes = tuple(metadata["classes"])
+        return CheckpointInputs(WindowSpec.from_dict(inputs["window"]), dict(inputs["sensor_mapping"]),
+                                check_normalisation(inputs.get("normalisation")), check_filters(inputs.get("filters")),
+                                tuple(metadata["classes"]))  # fmt: skip
     except (KeyError, TypeError) as error:
         raise ValueError(f"checkpoint metadata lacks input/classes information ({error})") from None
-    return window, mapping, normalisation, classes
+
+
+def evaluate_checkpoint(
+    checkpoint: str | Path, data_spec: str, *, split: str = "test", windows: int = 4, cache_dir: str | None = None,
+    sim_seed: int = 0, batch_size: int = 32, workers: int = 1,
+) -> tuple[EvalResult, data.WindowSet]:  # fmt: skip
+    """A checkpoint on a data spec's ``split`` (``"all"``: every recording): ``windows`` fixed
+    windows per segment, cut, filtered, binned and normalised as the checkpoint says."""
+    from training.checkpoint import load_checkpoint
+
+    model, metadata = load_checkpoint(checkpoint)
+    window, mapping, normalisation, filters, classes = checkpoint_inputs(metadata)
+    source = data.open_source(data_spec, cache_dir=cache_dir, sim_seed=sim_seed)
+    if len(source.classes) > len(classes) or any(a != b for a, b in zip(source.classes, classes)):
+        raise ValueError(f"data classes {list(source.classes)} do not match the checkpoint's {list(classes)}")
+    input_size = SensorSize(mapping["input_width"], mapping["input_height"])
+    window_set = data.load_windows(
+        source.recordings if split == "all" else source.split(split), data.WindowPlan("eval", windows),
+        window, input_size, method=mapping["method"], flip_x=mapping["flip_x"], flip_y=mapping["flip_y"],
+        filters=filters, cache_dir=cache_dir, workers=workers,
+    )  # fmt: skip
+    dataset = data.WindowDataset(window_set, normalisation=normalisation)
+    return evaluate_model(model, dataset, classes, batch_size=batch_size), window_set
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -149,10 +182,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = ArgumentParser(prog="spikeformer-live evaluate", description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", required=True, help="checkpoint .json (its .safetensors next to it)")
     parser.add_argument("--data", required=True, help="data spec: sim:DIR|sim:N, dvsgesture:DIR, tonic:DIR, folder:CSV")
-    parser.add_argument("--split", choices=data.SPLITS, default="test", help="which split to evaluate (default test)")
+    parser.add_argument("--split", choices=(*data.SPLITS, "all"), default="test",
+                        help="which split to evaluate (default test; all: every recording, e.g. another domain)")  # fmt: skip
     parser.add_argument("--windows", type=int, default=4, help="fixed windows per test segment (default 4)")
     parser.add_argument("--cache", default=None, help=f"cache directory (default {data.DEFAULT_CACHE_DIR})")
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes that read and bin recordings")
     parser.add_argument("--sim-seed", type=int, default=0, help="seed of a generated sim:N data set")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--confusion", default=None, help="write the confusion matrix to this PNG")
@@ -160,20 +195,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.windows < 1 or args.batch_size < 1:
         raise ValueError("--windows and --batch-size must be >= 1")
 
-    from training.checkpoint import load_checkpoint
-
-    model, metadata = load_checkpoint(args.checkpoint)
-    window, mapping, normalisation, classes = checkpoint_inputs(metadata)
-    source = data.open_source(args.data, cache_dir=args.cache, sim_seed=args.sim_seed)
-    if len(source.classes) > len(classes) or any(a != b for a, b in zip(source.classes, classes)):
-        raise ValueError(f"data classes {list(source.classes)} do not match the checkpoint's {list(classes)}")
-    input_size = SensorSize(mapping["input_width"], mapping["input_height"])
-    windows = data.load_windows(
-        source.split(args.split), data.WindowPlan("eval", args.windows), window, input_size,
-        method=mapping["method"], flip_x=mapping["flip_x"], flip_y=mapping["flip_y"], cache_dir=args.cache,
-    )  # fmt: skip
-    dataset = data.WindowDataset(windows, normalisation=normalisation)
-    result = evaluate_model(model, dataset, classes, batch_size=args.batch_size)
+    result, windows = evaluate_checkpoint(args.checkpoint, args.data, split=args.split, windows=args.windows,
+                                          cache_dir=args.cache, sim_seed=args.sim_seed, batch_size=args.batch_size,
+                                          workers=args.workers)  # fmt: skip
+    classes = result.classes
     if args.confusion:
         confusion_image(result.confusion, classes, args.confusion)
     if args.json:

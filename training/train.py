@@ -57,7 +57,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm import tqdm
 
-from stream.binning import WindowSpec, check_normalisation
+from stream.binning import WindowSpec, check_filters, check_normalisation
 from stream.classes import GESTURE_CLASSES, MIRRORED_CLASS
 from stream.events import SensorSize
 from stream.stage import ArgumentParser
@@ -79,7 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(prog="spikeformer-live train", description="Train a Spikeformer on event windows.")
     add = parser.add_argument
     add("--config", required=True, help=f"preset ({', '.join(PRESETS)}) or a model-config .json")
-    add("--data", required=True, help="data spec: sim:N | sim:DIR | dvsgesture:DIR | tonic:DIR | folder:CSV")
+    add("--data", required=True, help="data spec: sim:N | sim:DIR | dvsgesture:DIR | tonic:DIR | folder:CSV, "
+        "or several joined by +")
     add("--out", required=True, help="run directory (checkpoints, metrics.csv, tensorboard/)")
     add("--epochs", type=int, default=24)
     add("--batch-size", type=int, default=16, help="per process")
@@ -99,14 +100,17 @@ def build_parser() -> argparse.ArgumentParser:
     add("--stride-us", type=int, default=None, help="live window stride in µs (default: --bin-us)")
     add("--input-size", type=SensorSize.parse, default=None, help="model input WxH (default: the preset's)")
     add("--method", choices=("area", "nearest"), default="area", help="sensor -> input downsampling")
-    add("--normalisation", default="log1p", help="log1p | clip:MAX | none")
+    add("--normalisation", default="log1p", help="log1p | binary | density:MAX | clip:MAX | none")
+    add("--filters", default="none", help="noise filters: none | ba:US (background activity within US µs) | "
+        "hot:PERIOD_US:MAX_EVENTS | both, comma separated (e.g. ba:10000,hot:1000000:1000)")
     add("--train-windows", type=int, default=6, help="random windows per training segment (cached pool)")
     add("--eval-windows", type=int, default=2, help="fixed windows per test segment")
     add("--flip-prob", type=float, default=0.5, help="left-right flip with class swap (0 = off)")
     add("--max-shift", type=int, default=4, help="random shift in input pixels (0 = off)")
     add("--max-drop", type=float, default=0.2, help="event drop-out fraction, upper bound (0 = off)")
-    add("--max-stretch", type=float, default=0.1, help="time stretch +-fraction of the pool windows (0 = off)")
+    add("--stretch", type=float, default=2.0, help="time stretch of the pool windows: 1/S to S times as fast (1 = off)")
     add("--cache", default=None, help=f"cache directory (default {data.DEFAULT_CACHE_DIR})")
+    add("--bin-workers", type=int, default=os.cpu_count() or 1, help="processes that read and bin recordings")
     add("--sim-seed", type=int, default=0, help="seed of a generated sim:N data set")
     add("--resume", default=None, help="run directory or its train_state.json")
     add("--export", default=None, help="copy the best checkpoint to this .json path at the end")
@@ -115,17 +119,39 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_normalisation(text: str) -> dict[str, Any] | None:
-    """``log1p`` | ``clip:MAX`` | ``none`` -> a ``stream.binning`` normalisation spec."""
+    """``log1p`` | ``binary`` | ``density:MAX`` | ``clip:MAX`` | ``none`` -> a ``stream.binning``
+    normalisation spec."""
     if text == "none":
         return None
-    if text == "log1p":
-        return {"kind": "log1p"}
-    if text.startswith("clip:"):
+    if text in ("log1p", "binary"):
+        return {"kind": text}
+    kind, _, maximum = text.partition(":")
+    if kind in ("clip", "density"):
         try:
-            return check_normalisation({"kind": "clip", "max": float(text[5:])})
+            return check_normalisation({"kind": kind, "max": float(maximum)})
         except ValueError:
             pass
-    raise ValueError(f"--normalisation must be log1p, clip:MAX (MAX > 0) or none, got {text!r}")
+    raise ValueError(f"--normalisation must be log1p, binary, density:MAX, clip:MAX (MAX > 0) or none, got {text!r}")
+
+
+def parse_filters(text: str) -> dict[str, Any] | None:
+    """``none`` | ``ba:US`` | ``hot:PERIOD_US:MAX_EVENTS`` (comma separated) -> a
+    ``stream.binning`` filter spec."""
+    if text == "none":
+        return None
+    spec: dict[str, Any] = {"background_activity_us": None, "hot_pixels": None}
+    try:
+        for part in text.split(","):
+            kind, *values = part.split(":")
+            if kind == "ba" and len(values) == 1:
+                spec["background_activity_us"] = int(values[0])
+            elif kind == "hot" and len(values) == 2:
+                spec["hot_pixels"] = {"period_us": int(values[0]), "max_events": int(values[1])}
+            else:
+                raise ValueError(part)
+        return check_filters(spec)
+    except ValueError:
+        raise ValueError(f"--filters must be none, ba:US and/or hot:PERIOD_US:MAX_EVENTS, got {text!r}") from None
 
 
 def model_config(name_or_path: str, *, bins: int | None, input_size: SensorSize | None, num_classes: int) -> SpikeformerConfig:
@@ -324,16 +350,18 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     normalisation = parse_normalisation(args.normalisation)
+    filters = parse_filters(args.filters)
     job, device = init_distributed(args.device)
     try:
-        return _train(args, normalisation, job, device, command="python -m training train " + shlex.join(argv))
+        return _train(args, normalisation, filters, job, device,
+                      command="spikeformer-live train " + shlex.join(argv))  # fmt: skip
     finally:
         if job.enabled and dist.is_initialized():
             dist.destroy_process_group()
 
 
-def _train(args: argparse.Namespace, normalisation: dict | None, job: Distributed, device: torch.device,
-           command: str) -> int:
+def _train(args: argparse.Namespace, normalisation: dict | None, filters: dict | None, job: Distributed,
+           device: torch.device, command: str) -> int:
     from training.checkpoint import save_checkpoint  # E's module; only needed once training starts
 
     started = time.perf_counter()
@@ -343,7 +371,7 @@ def _train(args: argparse.Namespace, normalisation: dict | None, job: Distribute
     say = (lambda text: tqdm.write(text)) if job.is_main else (lambda text: None)
 
     # Data: rank 0 generates / bins into the cache first, the others then read it.
-    spec = data.DataSpec.parse(args.data)
+    spec = args.data
     base = PRESETS.get(args.config)
     bins = args.bins or (base.time_steps if base else None)
     if bins is None:
@@ -353,18 +381,19 @@ def _train(args: argparse.Namespace, normalisation: dict | None, job: Distribute
     input_size = args.input_size or (SensorSize(preset_size[1], preset_size[0]) if preset_size else None)
     if input_size is None:
         raise ValueError("--input-size is required with a config file")
-    augmentation = data.Augmentation(args.flip_prob, args.max_shift, args.max_drop, args.max_stretch)
+    augmentation = data.Augmentation(args.flip_prob, args.max_shift, args.max_drop)
     loaded: dict[str, Any] = {}
     for turn in ("main", "others"):
         if (turn == "main") == job.is_main:
             source = data.open_source(spec, cache_dir=args.cache, sim_seed=args.sim_seed)
             progress = (lambda items, what: tqdm(items, desc=f"binning {what}", leave=False,
                                                  disable=args.no_progress or not job.is_main))  # fmt: skip
-            for split, plan in (("train", data.WindowPlan("train", args.train_windows, args.seed, args.max_stretch)),
+            for split, plan in (("train", data.WindowPlan("train", args.train_windows, args.seed, args.stretch)),
                                 ("test", data.WindowPlan("eval", args.eval_windows))):  # fmt: skip
                 loaded[split] = data.load_windows(
-                    source.split(split), plan, window, input_size, method=args.method, cache_dir=args.cache,
-                    progress=lambda items, what=split: progress(items, what),
+                    source.split(split), plan, window, input_size, method=args.method, filters=filters,
+                    cache_dir=args.cache, progress=lambda items, what=split: progress(items, what),
+                    workers=args.bin_workers,
                 )  # fmt: skip
             loaded["source"] = source
         job.barrier()
@@ -422,12 +451,12 @@ def _train(args: argparse.Namespace, normalisation: dict | None, job: Distribute
         "input": {"window": window.to_dict(),
                   "sensor_mapping": {"input_width": input_size.width, "input_height": input_size.height,
                                      "method": args.method, "flip_x": False, "flip_y": False},
-                  "normalisation": normalisation},  # fmt: skip
-        "data": {"spec": str(spec), "source_orientation": data.ORIENTATION[spec.kind],
+                  "normalisation": normalisation, "filters": filters},  # fmt: skip
+        "data": {"spec": spec, "source_orientation": "top-left",
                  "canonical_orientation": "top-left", "train_segments": train_windows.segments,
                  "test_segments": test_windows.segments, "train_pool_windows_per_segment": args.train_windows,
                  "eval_windows_per_segment": args.eval_windows, "augmentation": dataclasses.asdict(augmentation),
-                 "sim_seed": args.sim_seed if spec.kind == "sim" else None,
+                 "sim_seed": args.sim_seed if spec.startswith("sim:") else None,
                  "command": command},  # fmt: skip
     }
 

@@ -1,6 +1,7 @@
 """Simulated recordings: one gesture (``simulate_gesture``) or a person doing several gestures in a
-row with idle time between them (``simulate_recording``). Same seed -> same events, bit for bit;
-events are canonical (top-left origin, t from 0 µs).
+row with idle time between them (``simulate_recording``), filmed piece by piece (``Filming``, which
+the live simulator source uses too). Same seed -> same events, bit for bit; events are canonical
+(top-left origin, t from 0 µs).
 """
 
 from __future__ import annotations
@@ -10,30 +11,79 @@ from typing import Sequence
 import numpy as np
 
 from stream.classes import GESTURE_CLASSES, MIRRORED_CLASS
-from stream.events import GestureSegment, SensorSize
-from stream.sim.body import Pose, blend_with_rest, capsules, gesture_pose, rest_pose
-from stream.sim.camera import DEFAULT_SENSOR, Camera, Scene, draw_scene
+from stream.events import GestureSegment, SensorSize, concatenate_events
+from stream.sim.body import Pose, blend_with_rest, gesture_pose, rest_pose
+from stream.sim.camera import Camera
+from stream.sim.figures import render
+from stream.sim.scene import DEFAULT_SENSOR, Scene, draw_scene
 
 NUM_CLASSES = len(GESTURE_CLASSES)
-DEFAULT_GESTURE_US = 2_000_000
+DEFAULT_GESTURE_US = 3_000_000
 DEFAULT_IDLE_US = 600_000
+GESTURE_LENGTH_RANGE = (0.6, 1.5)  # a gesture lasts this many times gesture_us
 RAMP_S = 0.2  # a gesture fades in from / out to standing still over this long, inside its segment
+CHUNK_PIXELS = 1 << 20  # pixels rendered at once (steps x sensor pixels): bounds the frames' memory
 
 
-def timeline_shapes(
+def timeline_pose(
     scene: Scene, step_t: np.ndarray, gestures: Sequence[GestureSegment], rng: np.random.Generator, ramp_s: float
-) -> np.ndarray:
-    """Capsules ``[n, shapes, 5]`` at ``step_t``: standing still, except during the gesture segments."""
+) -> Pose:
+    """The person's pose at ``step_t`` (µs): standing still, except during the gesture segments."""
     pose = rest_pose(step_t * 1e-6, scene.body)
-    angles, offset = pose.angles.copy(), pose.offset.copy()
+    fields = {name: None if value is None else np.array(value) for name, value in pose._asdict().items()}
     for segment in gestures:
         inside = (step_t >= segment.start_us) & (step_t <= segment.end_us)
         local_s = (step_t[inside] - segment.start_us) * 1e-6
         gesture = gesture_pose(segment.label, local_s, scene.body, rng)
         gesture = blend_with_rest(gesture, local_s, (segment.end_us - segment.start_us) * 1e-6, ramp_s)
-        angles[inside] = gesture.angles
-        offset[inside] += gesture.offset
-    return capsules(scene.body, Pose(angles, offset))
+        for name, value in gesture._asdict().items():
+            if value is None:
+                continue
+            if fields[name] is None:
+                fields[name] = np.zeros((len(step_t),) + np.shape(value)[1:])
+            if name == "offset":
+                fields[name][inside] += value  # on top of the breathing sway
+            else:
+                fields[name][inside] = value
+    return Pose(**fields)
+
+
+def _slice(pose: Pose, first: int, last: int) -> Pose:
+    return Pose(**{name: None if value is None else value[first:last] for name, value in pose._asdict().items()})
+
+
+class Filming:
+    """One scene filmed over a timeline of render steps, in pieces (bounded memory): the person's
+    pose for every step is made at once (cheap), frames and events piece by piece.
+
+    Args:
+        scene: what is filmed.
+        step_t: render times, µs, increasing.
+        segments: the gestures performed (stream µs).
+        rng: draws each gesture's style, then the pixel noise.
+        ramp_s: fade in/out of each gesture.
+        origin_us: the scene's own time zero (flicker, drift and distractors run from it).
+    """
+
+    def __init__(self, scene: Scene, step_t: np.ndarray, segments: Sequence[GestureSegment],
+                 rng: np.random.Generator, ramp_s: float = RAMP_S, origin_us: int = 0) -> None:  # fmt: skip
+        self.scene = scene
+        self.step_t = np.asarray(step_t, dtype=np.int64)
+        self.origin_us = int(origin_us)
+        self.pose = timeline_pose(scene, self.step_t, segments, rng, ramp_s)
+        self.camera = Camera(scene.pixels, np.random.default_rng(rng.integers(1 << 62)))
+        width, height = scene.sensor_size
+        self.chunk_steps = max(1, CHUNK_PIXELS // (width * height))
+
+    def events(self, first: int, last: int) -> np.ndarray:
+        """The events of steps ``first..last-1`` (call with consecutive ranges), time-ordered."""
+        pieces = []
+        for start in range(first, last, self.chunk_steps):
+            end = min(last, start + self.chunk_steps)
+            local_t = self.step_t[start:end] - self.origin_us
+            frames = render(self.scene, _slice(self.pose, start, end), local_t)
+            pieces.append(self.camera.record(self.step_t[start:end], frames, self.scene.light(local_t)))
+        return concatenate_events(pieces)
 
 
 def check_label(label: int) -> int:
@@ -47,25 +97,27 @@ def simulate_gesture(
     *,
     seed: int,
     sensor_size: SensorSize = DEFAULT_SENSOR,
-    duration_us: int = DEFAULT_GESTURE_US,
+    duration_us: int = 2_000_000,
     mirror: bool = False,
     lighting: str | None = None,
+    look: str | None = None,
 ) -> tuple[np.ndarray, int]:
     """One gesture sample: canonical events (time-ordered, t from 0 µs) and its label.
 
     The gesture runs for the whole ``duration_us``. ``mirror=True`` returns the same sample flipped
-    left-right (x -> width-1-x) with its label mapped by ``MIRRORED_CLASS``.
+    left-right (x -> width-1-x) with its label mapped by ``MIRRORED_CLASS``. ``lighting`` and
+    ``look`` fix the lighting family and the renderer (default: drawn).
     """
     label = check_label(label)
     if duration_us <= 0:
         raise ValueError(f"duration_us must be > 0, got {duration_us}")
     rng = np.random.default_rng(seed)
-    scene = draw_scene(rng, sensor_size, lighting)
+    scene = draw_scene(rng, sensor_size, look=look, lighting=lighting, duration_us=duration_us)
     step_t = np.arange(0, duration_us + 1, scene.step_us, dtype=np.int64)
     if step_t[-1] != duration_us:
         step_t = np.append(step_t, duration_us)
-    shapes = timeline_shapes(scene, step_t, [GestureSegment(label, 0, duration_us)], rng, ramp_s=0.0)
-    events = Camera(scene, rng).record(step_t, shapes)
+    filming = Filming(scene, step_t, [GestureSegment(label, 0, duration_us)], rng, ramp_s=0.0)
+    events = filming.events(0, len(step_t))
     if mirror:
         events["x"] = scene.sensor_size.width - 1 - events["x"]
         label = MIRRORED_CLASS[label]
@@ -75,36 +127,44 @@ def simulate_gesture(
 def recording_plan(
     labels: Sequence[int], rng: np.random.Generator, gesture_us: int, idle_us: int, start_us: int = 0
 ) -> tuple[list[GestureSegment], int]:
-    """Gesture segments separated by idle gaps (lengths jittered +-20 %) and the end time, µs."""
+    """Gesture segments separated by idle gaps and the end time, µs: a gesture lasts
+    ``GESTURE_LENGTH_RANGE`` times ``gesture_us``, an idle gap 0.8-1.2 times ``idle_us``."""
     segments, t = [], start_us
     for label in labels:
         t += int(idle_us * rng.uniform(0.8, 1.2))
-        length = int(gesture_us * rng.uniform(0.8, 1.2))
+        length = int(gesture_us * rng.uniform(*GESTURE_LENGTH_RANGE))
         segments.append(GestureSegment(check_label(label), t, t + length))
         t += length
     return segments, t + int(idle_us * rng.uniform(0.8, 1.2))
 
 
-def simulate_recording(
+def film(
     labels: Sequence[int],
     *,
     seed: int | Sequence[int],
     sensor_size: SensorSize = DEFAULT_SENSOR,
     idle_us: int = DEFAULT_IDLE_US,
     gesture_us: int = DEFAULT_GESTURE_US,
-    lighting: str | None = None,
-) -> tuple[np.ndarray, list[GestureSegment]]:
+    **scene_options: object,
+) -> tuple[np.ndarray, list[GestureSegment], Scene]:
     """One person doing ``labels`` in a row: idle, gesture, idle, gesture, ..., idle.
 
-    Gesture and idle lengths vary +-20 % around ``gesture_us`` / ``idle_us``. Idle is standing
-    still (almost only noise). Returns time-ordered canonical events (t from 0 µs) and the segments.
-    ``seed`` is anything ``np.random.default_rng`` takes (the data set uses ``[seed, index, 1]``).
+    Idle is standing still (noise, flicker, a passing distractor). Returns time-ordered canonical
+    events (t from 0 µs), the segments and the scene (``scene_options`` go to ``draw_scene``:
+    ``look``, ``lighting``, ``zoom``, ``threshold``, ``noise_hz``, ``flicker_depth``). ``seed`` is
+    anything ``np.random.default_rng`` takes (the data set uses ``[seed, index, 1]``).
     """
     if gesture_us <= 0 or idle_us < 0:
         raise ValueError(f"need gesture_us > 0 and idle_us >= 0, got {gesture_us}, {idle_us}")
     rng = np.random.default_rng(seed)
-    scene = draw_scene(rng, sensor_size, lighting)
     segments, end_us = recording_plan(labels, rng, gesture_us, idle_us)
+    scene = draw_scene(rng, sensor_size, duration_us=end_us, **scene_options)
     step_t = np.arange(0, end_us + scene.step_us, scene.step_us, dtype=np.int64)
-    shapes = timeline_shapes(scene, step_t, segments, rng, RAMP_S)
-    return Camera(scene, rng).record(step_t, shapes), segments
+    return Filming(scene, step_t, segments, rng).events(0, len(step_t)), segments, scene
+
+
+def simulate_recording(labels: Sequence[int], *, seed: int | Sequence[int], **options: object,
+                       ) -> tuple[np.ndarray, list[GestureSegment]]:  # fmt: skip
+    """``film`` without the scene: the events and the segments."""
+    events, segments, _ = film(labels, seed=seed, **options)
+    return events, segments

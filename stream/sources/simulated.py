@@ -11,16 +11,8 @@ import numpy as np
 from numba import njit
 
 from stream.events import EVENT_DTYPE, GestureSegment, SensorSize, empty_events
-from stream.sim.camera import DEFAULT_SENSOR, Camera, draw_scene
-from stream.sim.recording import (
-    DEFAULT_GESTURE_US,
-    DEFAULT_IDLE_US,
-    NUM_CLASSES,
-    RAMP_S,
-    check_label,
-    recording_plan,
-    timeline_shapes,
-)
+from stream.sim.recording import DEFAULT_GESTURE_US, DEFAULT_IDLE_US, NUM_CLASSES, Filming, check_label, recording_plan
+from stream.sim.scene import DEFAULT_SENSOR, draw_scene
 from stream.sources.base import IDLE_YIELD_S, check_speed
 
 PIECE_STEPS = 100  # the worker renders this many steps (100 ms at 128x128) at a time
@@ -193,15 +185,14 @@ class SimulatorSource:
             rng = np.random.default_rng(self.seed)
             cycle_start = piece_start = 0
             while not self._stop.is_set():
-                scene = draw_scene(rng, self.sensor_size)
-                camera = Camera(scene, np.random.default_rng(rng.integers(1 << 62)))
                 order = rng.permutation(self.labels)
                 segments, end_us = recording_plan(order, rng, self.gesture_us, self.idle_us, start_us=cycle_start)
+                scene = draw_scene(rng, self.sensor_size, duration_us=end_us - cycle_start)
                 step_t = np.arange(cycle_start, end_us + scene.step_us, scene.step_us, dtype=np.int64)
-                shapes = timeline_shapes(scene, step_t, segments, rng, RAMP_S)
+                filming = Filming(scene, step_t, segments, rng, origin_us=cycle_start)
                 for first in range(0, len(step_t), PIECE_STEPS):
                     last = min(first + PIECE_STEPS, len(step_t))
-                    events = camera.record(step_t[first:last], shapes[first:last])
+                    events = filming.events(first, last)
                     piece_end = int(step_t[last - 1])
                     starting = [seg for seg in segments if piece_start < seg.start_us <= piece_end]
                     if piece_end > piece_start or len(events):
@@ -211,9 +202,9 @@ class SimulatorSource:
                     if self.duration_us is not None and piece_end >= self.duration_us:
                         return
                 cycle_start = int(step_t[-1])
-                # Free this cycle's ~11 MB of body shapes before rendering the next: two alive at once
-                # made the source's resident memory climb in 10 MB steps over a long run.
-                del shapes, step_t, events, camera
+                # Free this cycle's poses and pixel state before rendering the next: two alive at once
+                # made the source's resident memory climb in steps over a long run.
+                del filming, step_t, events, scene
         except BaseException as error:  # hand the failure to the iterating thread
             put(error)
 

@@ -1,0 +1,214 @@
+"""How well a model recognises gestures it has never seen rendered: the leave-one-domain-out
+protocol, the robustness table and the realism score (``spikeformer-live generalisation ...``).
+
+Domains. The simulator has two independently designed renderers of the person (``capsules``,
+``shaded``) and six lighting families, which fall into two groups: ``steady`` (natural, lab, led)
+and ``flicker`` (fluorescent, fluorescent_led: mains flicker; dim: bandwidth-limited, leaky, noisy
+pixels). ``domains`` writes one data set per (renderer, light group) under ROOT, each with its own
+people (seeds) and DVS128-Gesture layout.
+
+Leave one domain out (``loro``): train on the renderer A data sets, test on every recording of the
+renderer B ones, and the other way round; the same for the two light groups. Model selection uses
+the training domain's own held-out users only, never the held-out domain.
+
+Robustness (``robustness``): a checkpoint on test sets in which one scene parameter is fixed at
+several values (contrast threshold, background activity, subject scale, flicker depth, sensor
+size), everything else random.
+
+Realism (``realism``): the accuracy of the classifier trained on the real DVS128 Gesture
+(``training.reference``) on each domain: it scores simulated gestures only as well as they
+resemble the real ones.
+
+Each command prints a markdown table and writes JSON next to it (``--out``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Sequence
+
+from stream.sim.scene import LOOKS
+from stream.stage import ArgumentParser
+
+LIGHT_GROUPS = {"steady": ("natural", "lab", "led"), "flicker": ("fluorescent", "fluorescent_led", "dim")}
+ROBUSTNESS = {  # parameter -> values (simulate's option of the same name)
+    "threshold": (0.1, 0.2, 0.35, 0.5),
+    "noise_hz": (0.05, 0.5, 2.0, 5.0),
+    "zoom": (0.6, 0.8, 1.0, 1.3),
+    "flicker_depth": (0.0, 0.05, 0.15, 0.3),
+    "sensor": ("128x128", "240x180", "346x260", "640x480"),
+}
+
+
+def domain_name(look: str, group: str) -> str:
+    return f"{look}-{group}"
+
+
+def domain_spec(root: Path, looks: Sequence[str] = LOOKS, groups: Sequence[str] = tuple(LIGHT_GROUPS)) -> str:
+    """The ``sim:DIR+sim:DIR...`` data spec of some domains under ``root``."""
+    return "+".join(f"sim:{root / domain_name(look, group)}" for look in looks for group in groups)
+
+
+def _simulate(out: Path, samples: int, seed: int, workers: int, looks: Sequence[str], lightings: Sequence[str],
+              extra: Sequence[str] = ()) -> None:  # fmt: skip
+    if (out / "scenes.json").is_file():
+        return
+    command = [sys.executable, "-m", "stream", "simulate", "--out", str(out), "--samples", str(samples),
+               "--seed", str(seed), "--workers", str(workers), "--looks", ",".join(looks),
+               "--lightings", ",".join(lightings), *extra]  # fmt: skip
+    subprocess.run(command, check=True)
+
+
+def make_domains(root: Path, samples: int, seed: int = 0, workers: int = os.cpu_count() or 1) -> dict[str, Path]:
+    """Write the four domain data sets of ``samples`` gestures each (skipped when present)."""
+    paths = {}
+    for index, (look, (group, lightings)) in enumerate((look, item) for look in LOOKS for item in LIGHT_GROUPS.items()):
+        path = root / domain_name(look, group)
+        _simulate(path, samples, seed * 100 + index, workers, [look], lightings)
+        paths[domain_name(look, group)] = path
+    return paths
+
+
+def loro_splits(root: Path) -> dict[str, tuple[str, str]]:
+    """Held-out domain -> (training data spec, test data spec)."""
+    other = {LOOKS[0]: LOOKS[1], LOOKS[1]: LOOKS[0]}
+    splits = {f"renderer {look}": (domain_spec(root, looks=[other[look]]), domain_spec(root, looks=[look]))
+              for look in LOOKS}  # fmt: skip
+    groups = list(LIGHT_GROUPS)
+    for group in groups:
+        train_group = groups[1 - groups.index(group)]
+        splits[f"light {group}"] = (domain_spec(root, groups=[train_group]), domain_spec(root, groups=[group]))
+    return splits
+
+
+def _train(name: str, train_spec: str, out: Path, train_args: Sequence[str], cache: Path) -> Path:
+    run = out / name.replace(" ", "-")
+    checkpoint = run / "final.json"
+    if not checkpoint.is_file():
+        command = [sys.executable, "-m", "training", "train", "--data", train_spec, "--out", str(run / "run"),
+                   "--cache", str(cache), "--no-progress", "--export", str(checkpoint), *train_args]  # fmt: skip
+        with open(run.parent / f"{run.name}.log", "w") as log:
+            subprocess.run(command, check=True, stdout=log, stderr=subprocess.STDOUT)
+    return checkpoint
+
+
+def loro(root: Path, out: Path, train_args: Sequence[str], *, parallel: int = 1, windows: int = 4) -> dict:
+    """Train one model per held-out domain (``parallel`` at once), test it on that domain."""
+    from training.evaluate import evaluate_checkpoint
+
+    out.mkdir(parents=True, exist_ok=True)
+    cache = out / "cache"
+    splits = loro_splits(root)
+    started = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=parallel) as pool:
+        checkpoints = dict(zip(splits, pool.map(lambda item: _train(item[0], item[1][0], out, train_args, cache),
+                                                splits.items())))  # fmt: skip
+    table = {}
+    for name, (train_spec, test_spec) in splits.items():
+        held_out, _ = evaluate_checkpoint(checkpoints[name], test_spec, split="all", windows=windows, cache_dir=cache,
+                                          workers=os.cpu_count() or 1)  # fmt: skip
+        own, _ = evaluate_checkpoint(checkpoints[name], train_spec, split="test", windows=windows, cache_dir=cache,
+                                     workers=os.cpu_count() or 1)  # fmt: skip
+        table[name] = {"train": train_spec, "test": test_spec, "own_test_accuracy": own.accuracy,
+                       "held_out_accuracy": held_out.accuracy, "held_out_windows": held_out.samples,
+                       "held_out_per_class": held_out.per_class(), "checkpoint": str(checkpoints[name])}  # fmt: skip
+    result = {"train_args": list(train_args), "windows_per_segment": windows, "domains": table,
+              "wall_s": round(time.perf_counter() - started, 1)}  # fmt: skip
+    (out / "loro.json").write_text(json.dumps(result, indent=1) + "\n")
+    return result
+
+
+def robustness(checkpoint: Path, out: Path, *, samples: int, seed: int = 0, windows: int = 4,
+               workers: int = os.cpu_count() or 1) -> dict:  # fmt: skip
+    """A checkpoint on one test set per (parameter, value) of ``ROBUSTNESS``."""
+    from training.evaluate import evaluate_checkpoint
+
+    table: dict[str, dict[str, float]] = {}
+    for index, (parameter, values) in enumerate(ROBUSTNESS.items()):
+        table[parameter] = {}
+        for number, value in enumerate(values):
+            folder = out / "sets" / f"{parameter}-{value}"
+            option = "--sensor" if parameter == "sensor" else f"--{parameter.replace('_', '-')}"
+            count = samples if parameter != "sensor" or value == "128x128" else max(11, samples // 2)
+            _simulate(folder, count, 1000 + 10 * index + number, workers, LOOKS, tuple(LIGHT_GROUPS["steady"])
+                      + tuple(LIGHT_GROUPS["flicker"]), [option, str(value)])  # fmt: skip
+            result, _ = evaluate_checkpoint(checkpoint, f"sim:{folder}", split="all", windows=windows,
+                                            cache_dir=out / "cache", workers=workers)  # fmt: skip
+            table[parameter][str(value)] = result.accuracy
+    (out / "robustness.json").write_text(json.dumps({"checkpoint": str(checkpoint), "table": table}, indent=1) + "\n")
+    return table
+
+
+def realism(root: Path, weights: Path | None = None, cache: Path | None = None) -> dict:
+    """The reference classifier's accuracy (as read, top-left) on every domain of ``root``."""
+    from training import reference
+
+    model = reference.load_reference(weights or reference.DEFAULT_WEIGHTS)
+    table = {}
+    for look in LOOKS:
+        for group in LIGHT_GROUPS:
+            results = reference.score_source(model, f"sim:{root / domain_name(look, group)}", split="all",
+                                             cache_dir=cache)  # fmt: skip
+            table[domain_name(look, group)] = {"accuracy": results["top-left"].accuracy,
+                                               "windows": results["top-left"].samples}  # fmt: skip
+    return table
+
+
+def _markdown(rows: list[list[str]]) -> str:
+    header, *body = rows
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in body])
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``generalisation domains|loro|robustness|realism ...`` (see the module docstring)."""
+    parser = ArgumentParser(prog="spikeformer-live generalisation", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=ArgumentParser)
+    domains = commands.add_parser("domains", help="write the four domain data sets")
+    domains.add_argument("--root", type=Path, required=True)
+    domains.add_argument("--samples", type=int, default=1100, help="gestures per domain")
+    domains.add_argument("--seed", type=int, default=0)
+    domains.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    held_out = commands.add_parser("loro", help="leave one domain out: train, test on the held-out domain")
+    held_out.add_argument("--root", type=Path, required=True, help="the domains' folder")
+    held_out.add_argument("--out", type=Path, required=True)
+    held_out.add_argument("--parallel", type=int, default=1, help="trainings at once")
+    held_out.add_argument("train_args", nargs="*", help="after --: options for train (--config, --epochs, ...)")
+    robust = commands.add_parser("robustness", help="a checkpoint against fixed scene parameters")
+    robust.add_argument("--checkpoint", type=Path, required=True)
+    robust.add_argument("--out", type=Path, required=True)
+    robust.add_argument("--samples", type=int, default=44, help="gestures per test set")
+    real = commands.add_parser("realism", help="the reference classifier on each domain")
+    real.add_argument("--root", type=Path, required=True)
+    real.add_argument("--weights", type=Path, default=None)
+    args = parser.parse_args(argv)
+    if args.command == "domains":
+        for name, path in make_domains(args.root, args.samples, args.seed, args.workers).items():
+            print(f"{name}: {path}")
+    elif args.command == "loro":
+        result = loro(args.root, args.out, args.train_args, parallel=args.parallel)
+        rows = [["held-out domain", "trained on", "own held-out users", "held-out domain accuracy", "windows"]]
+        for name, row in result["domains"].items():
+            trained = row["train"].replace(str(args.root) + "/", "").replace("sim:", "")
+            rows.append([name, trained, f"{row['own_test_accuracy']:.1%}", f"{row['held_out_accuracy']:.1%}",
+                         str(row["held_out_windows"])])  # fmt: skip
+        print(_markdown(rows))
+    elif args.command == "robustness":
+        table = robustness(args.checkpoint, args.out, samples=args.samples)
+        width = max(len(values) for values in ROBUSTNESS.values())
+        rows = [["parameter", *[f"value {i + 1}" for i in range(width)]]]
+        for parameter, accuracies in table.items():
+            rows.append([parameter, *[f"{value}: {accuracy:.1%}" for value, accuracy in accuracies.items()]])
+        print(_markdown(rows))
+    else:
+        table = realism(args.root, args.weights)
+        rows = [["domain", "reference classifier accuracy", "windows"]]
+        rows += [[name, f"{row['accuracy']:.1%}", str(row["windows"])] for name, row in table.items()]
+        print(_markdown(rows))
+    return 0
