@@ -215,7 +215,6 @@ def shaded_parts(scene, pose: Pose) -> np.ndarray:
     """The shaded look's parts ``[n, P, PART_FIELDS]`` in the person's own pixels (before framing)."""
     look, body = scene.appearance, scene.body
     caps = capsules(body, pose)  # [n, 9, 5]: torso, neck, head, R upper, R fore, R hand, L upper, L fore, L hand
-    n = len(caps)
     width = look["body_width"]
     shade, skin, shirt, hair = look["shade"], look["skin"], look["shirt"], look["hair"]
     pattern = (look["pattern_amp"], look["pattern_freq"] * 128 / body.scale, look["pattern_angle"])
@@ -225,8 +224,7 @@ def shaded_parts(scene, pose: Pose) -> np.ndarray:
     if look["long_hair"]:  # behind the head and shoulders
         parts.append(_part(head[:, 0], head[:, 1], head[:, 0], head[:, 1] + 1.6 * head_r, 1.1 * head_r, 0.9 * head_r,
                            hair, 0.2, 0.3, 0.6 * 128 / body.scale, 0.0))  # fmt: skip
-    hip_y = torso[:, 3] + 0.2 * torso[:, 4]
-    parts.append(_part(torso[:, 2], hip_y, torso[:, 0], torso[:, 1], 0.85 * width * torso[:, 4],
+    parts.append(_part(torso[:, 2], torso[:, 3], torso[:, 0], torso[:, 1], 0.85 * width * torso[:, 4],
                        1.05 * width * torso[:, 4], shirt, shade, *pattern[:2], pattern[2]))  # fmt: skip
     parts.append(_part(neck[:, 0], neck[:, 1], neck[:, 2], neck[:, 3], neck[:, 4], 0.9 * neck[:, 4], skin, shade))
     parts.append(_part(head[:, 0], head[:, 1] + 0.25 * head_r, head[:, 2], head[:, 3] - 0.25 * head_r, 0.85 * head_r,
@@ -239,7 +237,7 @@ def shaded_parts(scene, pose: Pose) -> np.ndarray:
                            0.12 * head_r, 0.3 * skin))  # fmt: skip
     parts.append(_part(head[:, 0] - 0.25 * head_r, head[:, 1] + 0.45 * head_r, head[:, 0] + 0.25 * head_r,
                        head[:, 1] + 0.45 * head_r, 0.08 * head_r, 0.08 * head_r, 0.5 * skin))  # fmt: skip
-    hands = pose.hands if getattr(pose, "hands", None) is not None else np.full((n, 2), 0.6)
+    hands = pose.filled().hands
     for arm in (0, 1):
         upper, fore, hand = caps[:, 3 + 3 * arm], caps[:, 4 + 3 * arm], caps[:, 5 + 3 * arm]
         elbow_angle = np.arctan2(fore[:, 3] - fore[:, 1], fore[:, 2] - fore[:, 0]) - np.arctan2(

@@ -29,18 +29,15 @@ def timeline_pose(
     scene: Scene, step_t: np.ndarray, gestures: Sequence[GestureSegment], rng: np.random.Generator, ramp_s: float
 ) -> Pose:
     """The person's pose at ``step_t`` (µs): standing still, except during the gesture segments."""
-    pose = rest_pose(step_t * 1e-6, scene.body)
-    fields = {name: None if value is None else np.array(value) for name, value in pose._asdict().items()}
+    pose = rest_pose(step_t * 1e-6, scene.body).filled()
+    fields = {name: np.array(value) for name, value in pose._asdict().items()}
     for segment in gestures:
         inside = (step_t >= segment.start_us) & (step_t <= segment.end_us)
         local_s = (step_t[inside] - segment.start_us) * 1e-6
-        gesture = gesture_pose(segment.label, local_s, scene.body, rng)
-        gesture = blend_with_rest(gesture, local_s, (segment.end_us - segment.start_us) * 1e-6, ramp_s)
+        duration_s = (segment.end_us - segment.start_us) * 1e-6
+        gesture = gesture_pose(segment.label, local_s, scene.body, rng, duration_s=duration_s)
+        gesture = blend_with_rest(gesture, local_s, duration_s, ramp_s).filled()
         for name, value in gesture._asdict().items():
-            if value is None:
-                continue
-            if fields[name] is None:
-                fields[name] = np.zeros((len(step_t),) + np.shape(value)[1:])
             if name == "offset":
                 fields[name][inside] += value  # on top of the breathing sway
             else:
@@ -49,7 +46,7 @@ def timeline_pose(
 
 
 def _slice(pose: Pose, first: int, last: int) -> Pose:
-    return Pose(**{name: None if value is None else value[first:last] for name, value in pose._asdict().items()})
+    return Pose(*(value[first:last] for value in pose))
 
 
 class Filming:
