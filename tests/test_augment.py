@@ -82,7 +82,7 @@ def test_config_round_trip_validation_and_what_is_not_offered():
     assert augment.augment_preset("basic") == AUGMENT_PRESETS["basic"]
     for bad in ({"flip_prob": 1.5}, {"scale_range": (0.0, 1.0)}, {"scale_range": (1.2, 0.8)}, {"max_rotation_deg": 90},
                 {"max_drop": -0.1}, {"max_shift_px": 2.5}, {"max_occluders": 0}, {"occluder_size": (0.2, 1.5)},
-                {"max_noise_rate": math.nan}, {"max_hot_pixel_rate": 0.5}, {"max_stretch": 1.0}):  # fmt: skip
+                {"max_noise_rate": math.nan}, {"max_hot_pixel_rate": 0.5}, {"flip_prob": "x"}):  # fmt: skip
         with pytest.raises(ValueError):
             AugmentConfig(**bad)
     with pytest.raises(ValueError, match="unknown key"):

@@ -49,9 +49,8 @@ Steps, in this order (each optional, see ``AugmentConfig``):
    ``[1, max_hot_pixel_rate]``). Noise comes last: an occluder does not hide the sensor's own noise.
 
 Not offered, on purpose: polarity swaps (ON/OFF carry the direction of motion) and time reversal
-(it swaps the clockwise and counter-clockwise classes). The time stretch stays in the window pool
-(``training.data.WindowPlan`` re-bins stretched events); ``AugmentConfig.max_stretch`` only
-records it next to the other settings.
+(it swaps the clockwise and counter-clockwise classes). The time stretch is not here: it needs the
+events, so the window pool does it when binning (``training.data.WindowPlan``, ``--stretch``).
 
 Cost. Vectorised NumPy, no loop over pixels or time steps. Windows are sparse, so after the one
 dense step (the zoom-in gather) a window is handled as its list of non-zero pixels (``_Events``)
@@ -93,7 +92,6 @@ class AugmentConfig:
         max_noise_rate: background events per pixel per bin, uniform in ``[0, max_noise_rate]``.
         max_hot_pixels: number of hot pixels, uniform in ``[0, max_hot_pixels]``.
         max_hot_pixel_rate: mean events per bin of a hot pixel, uniform in ``[1, max]``.
-        max_stretch: time stretch of the training pool (applied when binning, not here).
     """
 
     flip_prob: float = 0.0
@@ -111,7 +109,6 @@ class AugmentConfig:
     max_noise_rate: float = 0.0
     max_hot_pixels: int = 0
     max_hot_pixel_rate: float = 4.0
-    max_stretch: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("scale_range", "occluder_size"):  # JSON gives lists
@@ -127,12 +124,10 @@ class AugmentConfig:
         for name, low, high in (("flip_prob", 0, 1), ("zoom_prob", 0, 1), ("occluder_prob", 0, 1), ("noise_prob", 0, 1),
                                 ("max_drop", 0, 1), ("centre_range", 0, 1), ("max_rotation_deg", 0, 45),
                                 ("occluder_edge_rate", 0, math.inf), ("max_noise_rate", 0, math.inf),
-                                ("max_hot_pixel_rate", 1, math.inf), ("max_stretch", 0, 1)):  # fmt: skip
+                                ("max_hot_pixel_rate", 1, math.inf)):  # fmt: skip
             value = getattr(self, name)
-            inside = _is_number(value) and math.isfinite(value) and low <= value <= high
-            if not inside or (name == "max_stretch" and value == 1):
-                bracket = ")" if name == "max_stretch" else "]"
-                raise ValueError(f"AugmentConfig.{name} must be a number in [{low}, {high}{bracket}, got {value!r}")
+            if not (_is_number(value) and math.isfinite(value) and low <= value <= high):
+                raise ValueError(f"AugmentConfig.{name} must be a finite number in [{low}, {high}], got {value!r}")
             object.__setattr__(self, name, float(value))
         if self.max_occluders < 1:
             raise ValueError(f"AugmentConfig.max_occluders must be >= 1, got {self.max_occluders}")
@@ -167,8 +162,8 @@ def _is_number(value: Any) -> bool:
 
 AUGMENT_PRESETS: dict[str, AugmentConfig] = {
     "none": AugmentConfig(),
-    # training.data.Augmentation's defaults before issue #15: flip, shift, drop-out (and the pool's stretch).
-    "basic": AugmentConfig(flip_prob=0.5, max_shift_px=4, max_drop=0.2, max_stretch=0.1),
+    # training.data.Augmentation's defaults before issue #15: flip, shift, drop-out.
+    "basic": AugmentConfig(flip_prob=0.5, max_shift_px=4, max_drop=0.2),
     "full": AugmentConfig(
         flip_prob=0.5,
         max_shift_px=4,
@@ -185,7 +180,6 @@ AUGMENT_PRESETS: dict[str, AugmentConfig] = {
         max_noise_rate=0.05,
         max_hot_pixels=3,
         max_hot_pixel_rate=4.0,
-        max_stretch=0.1,
     ),
 }
 
