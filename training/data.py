@@ -54,10 +54,9 @@ the window positions (role, count, seed, stretch), the ``WindowSpec`` and the ma
 is applied when a window is read (it does not change the cache). Files are read with
 ``allow_pickle=False`` and written atomically.
 
-Augmentation (training only, seeded per epoch and sample): left-right flip with the class swapped
-through ``MIRRORED_CLASS`` (only for the DVS128 Gesture classes), random shifts of up to
-``max_shift_px`` input pixels (zero fill), event drop-out as binomial thinning of the counts (the
-same as dropping each event independently), and the pool's time stretch.
+Augmentation (training only, seeded per epoch and sample): ``training.augment`` (left-right flip with
+the class swapped through ``MIRRORED_CLASS`` for the DVS128 Gesture classes, zoom, rotation, shift,
+moving occluders, event drop-out, noise and hot pixels), and the pool's time stretch.
 """
 
 from __future__ import annotations
@@ -89,6 +88,7 @@ from stream.binning import (
 )
 from stream.classes import GESTURE_CLASSES, MIRRORED_CLASS
 from stream.events import GestureSegment, SensorSize, check_events
+from training.augment import AugmentConfig, augment_window
 
 SOURCE_KINDS = ("sim", "dvsgesture", "tonic", "folder")
 ORIENTATION = {"dvsgesture": "top-left", "tonic": "top-left", "sim": "top-left", "folder": "top-left"}
@@ -615,69 +615,6 @@ def load_windows(
 # --- augmentation and the torch Dataset ----------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Augmentation:
-    """Training augmentation parameters (see the module docstring).
-
-    Args:
-        flip_prob: probability of a left-right flip (class swapped via ``MIRRORED_CLASS``); 0 = off.
-        max_shift_px: largest random shift in input pixels along x and y (0 = off).
-        max_drop: event drop-out fraction drawn uniformly in ``[0, max_drop]`` per sample (0 = off).
-    """
-
-    flip_prob: float = 0.5
-    max_shift_px: int = 4
-    max_drop: float = 0.2
-
-    def __post_init__(self) -> None:
-        for name in ("flip_prob", "max_drop"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"Augmentation.{name} must be in [0, 1], got {getattr(self, name)}")
-        if self.max_shift_px < 0:
-            raise ValueError(f"Augmentation.max_shift_px must be >= 0, got {self.max_shift_px}")
-
-
-def flip_left_right(frames: np.ndarray, label: int, mirrored_class: Sequence[int] = MIRRORED_CLASS) -> tuple[np.ndarray, int]:
-    """Mirror ``[..., H, W]`` frames along x and swap the class accordingly."""
-    return frames[..., ::-1], int(mirrored_class[label])
-
-
-def shift_frames(frames: np.ndarray, dx: int, dy: int) -> np.ndarray:
-    """Shift ``[..., H, W]`` frames by (dx, dy) pixels (right, down), zero fill; a new array."""
-    out = np.zeros_like(frames)
-    height, width = frames.shape[-2:]
-    if abs(dx) >= width or abs(dy) >= height:
-        return out
-    src_y = slice(max(0, -dy), height - max(0, dy))
-    src_x = slice(max(0, -dx), width - max(0, dx))
-    dst_y = slice(max(0, dy), height - max(0, -dy))
-    dst_x = slice(max(0, dx), width - max(0, -dx))
-    out[..., dst_y, dst_x] = frames[..., src_y, src_x]
-    return out
-
-
-def augment(
-    counts: np.ndarray,
-    label: int,
-    rng: np.random.Generator,
-    augmentation: Augmentation,
-    mirrored_class: Sequence[int] | None = MIRRORED_CLASS,
-) -> tuple[np.ndarray, int]:
-    """Flip (when ``mirrored_class`` is given), shift and thin one ``[T, 2, H, W]`` count window."""
-    if mirrored_class is not None and augmentation.flip_prob > 0 and rng.random() < augmentation.flip_prob:
-        counts, label = flip_left_right(counts, label, mirrored_class)
-    if augmentation.max_shift_px > 0:
-        dx, dy = rng.integers(-augmentation.max_shift_px, augmentation.max_shift_px + 1, size=2)
-        counts = shift_frames(counts, int(dx), int(dy))
-    if augmentation.max_drop > 0:
-        keep = 1.0 - rng.uniform(0.0, augmentation.max_drop)
-        counts = np.array(counts, copy=True)
-        flat = counts.reshape(-1)
-        active = np.flatnonzero(flat)  # windows are sparse: thin only the non-zero pixels
-        flat[active] = rng.binomial(flat[active], keep)
-    return counts, label
-
-
 class WindowDataset(torch.utils.data.Dataset):
     """``(frames [T, 2, H, W] float32 tensor, label int)`` from a ``WindowSet``.
 
@@ -688,7 +625,7 @@ class WindowDataset(torch.utils.data.Dataset):
     Args:
         windows: the binned windows.
         normalisation: applied after augmentation (``stream.binning.apply_normalisation``).
-        augmentation: training augmentation, or None.
+        augmentation: training augmentation (``training.augment``), or None.
         mirrored_class: class permutation of a left-right flip (None disables flipping).
         seed: base seed of the augmentation.
     """
@@ -698,7 +635,7 @@ class WindowDataset(torch.utils.data.Dataset):
         windows: WindowSet,
         *,
         normalisation: dict[str, Any] | None = DEFAULT_NORMALISATION,
-        augmentation: Augmentation | None = None,
+        augmentation: AugmentConfig | None = None,
         mirrored_class: Sequence[int] | None = MIRRORED_CLASS,
         seed: int = 0,
     ) -> None:
@@ -729,8 +666,8 @@ class WindowDataset(torch.utils.data.Dataset):
             rng = np.random.default_rng([self.seed, self.epoch, int(index)])
             members = self._members[index]
             chosen = int(members[rng.integers(len(members))])
-            counts, label = augment(self.windows.frames[chosen], int(self.windows.labels[chosen]), rng,
-                                    self.augmentation, self.mirrored_class)  # fmt: skip
+            counts, label = augment_window(self.windows.frames[chosen], int(self.windows.labels[chosen]), rng,
+                                           self.augmentation, mirrored_class=self.mirrored_class)  # fmt: skip
         frames = np.array(counts, dtype=np.float32, order="C")
         apply_normalisation(frames, self.normalisation)
         return torch.from_numpy(frames), label

@@ -62,6 +62,7 @@ from stream.classes import GESTURE_CLASSES, MIRRORED_CLASS
 from stream.events import SensorSize
 from stream.stage import ArgumentParser
 from training import data
+from training.augment import AUGMENT_PRESETS, augment_preset
 from training.evaluate import EvalResult, evaluate_model
 from training.spikeformer import PRESETS, SpikeformerConfig, build_model
 
@@ -105,9 +106,12 @@ def build_parser() -> argparse.ArgumentParser:
         "hot:PERIOD_US:MAX_EVENTS | both, comma separated (e.g. ba:10000,hot:1000000:1000)")
     add("--train-windows", type=int, default=6, help="random windows per training segment (cached pool)")
     add("--eval-windows", type=int, default=2, help="fixed windows per test segment")
-    add("--flip-prob", type=float, default=0.5, help="left-right flip with class swap (0 = off)")
-    add("--max-shift", type=int, default=4, help="random shift in input pixels (0 = off)")
-    add("--max-drop", type=float, default=0.2, help="event drop-out fraction, upper bound (0 = off)")
+    add("--augment", choices=tuple(AUGMENT_PRESETS), default="full",
+        help="augmentation preset (training.augment): full (zoom, rotation, occluders, drop-out, noise, flip, "
+        "shift), basic (flip, shift, drop-out), none")
+    add("--flip-prob", type=float, default=None, help="left-right flip with class swap (default: the preset's)")
+    add("--max-shift", type=int, default=None, help="random shift in input pixels (default: the preset's)")
+    add("--max-drop", type=float, default=None, help="event drop-out fraction, upper bound (default: the preset's)")
     add("--stretch", type=float, default=2.0, help="time stretch of the pool windows: 1/S to S times as fast (1 = off)")
     add("--cache", default=None, help=f"cache directory (default {data.DEFAULT_CACHE_DIR})")
     add("--bin-workers", type=int, default=os.cpu_count() or 1, help="processes that read and bin recordings")
@@ -381,7 +385,9 @@ def _train(args: argparse.Namespace, normalisation: dict | None, filters: dict |
     input_size = args.input_size or (SensorSize(preset_size[1], preset_size[0]) if preset_size else None)
     if input_size is None:
         raise ValueError("--input-size is required with a config file")
-    augmentation = data.Augmentation(args.flip_prob, args.max_shift, args.max_drop)
+    overrides = {name: value for name, value in (("flip_prob", args.flip_prob), ("max_shift_px", args.max_shift),
+                                                 ("max_drop", args.max_drop)) if value is not None}  # fmt: skip
+    augmentation = dataclasses.replace(augment_preset(args.augment), **overrides)
     loaded: dict[str, Any] = {}
     for turn in ("main", "others"):
         if (turn == "main") == job.is_main:
@@ -455,7 +461,7 @@ def _train(args: argparse.Namespace, normalisation: dict | None, filters: dict |
         "data": {"spec": spec, "source_orientation": "top-left",
                  "canonical_orientation": "top-left", "train_segments": train_windows.segments,
                  "test_segments": test_windows.segments, "train_pool_windows_per_segment": args.train_windows,
-                 "eval_windows_per_segment": args.eval_windows, "augmentation": dataclasses.asdict(augmentation),
+                 "eval_windows_per_segment": args.eval_windows, "augmentation": augmentation.to_dict(),
                  "sim_seed": args.sim_seed if spec.startswith("sim:") else None,
                  "command": command},  # fmt: skip
     }
