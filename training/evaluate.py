@@ -156,13 +156,13 @@ def checkpoint_inputs(metadata: dict) -> CheckpointInputs:
 
 def evaluate_checkpoint(
     checkpoint: str | Path, data_spec: str, *, split: str = "test", windows: int = 4, cache_dir: str | None = None,
-    sim_seed: int = 0, batch_size: int = 32, workers: int = 1,
+    sim_seed: int = 0, batch_size: int = 32, workers: int = 1, device: str = "cpu",
 ) -> tuple[EvalResult, data.WindowSet]:  # fmt: skip
     """A checkpoint on a data spec's ``split`` (``"all"``: every recording): ``windows`` fixed
     windows per segment, cut, filtered, binned and normalised as the checkpoint says."""
     from training.checkpoint import load_checkpoint
 
-    model, metadata = load_checkpoint(checkpoint)
+    model, metadata = load_checkpoint(checkpoint, device=device)
     window, mapping, normalisation, filters, classes = checkpoint_inputs(metadata)
     source = data.open_source(data_spec, cache_dir=cache_dir, sim_seed=sim_seed)
     if len(source.classes) > len(classes) or any(a != b for a, b in zip(source.classes, classes)):
@@ -174,7 +174,7 @@ def evaluate_checkpoint(
         filters=filters, cache_dir=cache_dir, workers=workers,
     )  # fmt: skip
     dataset = data.WindowDataset(window_set, normalisation=normalisation)
-    return evaluate_model(model, dataset, classes, batch_size=batch_size), window_set
+    return evaluate_model(model, dataset, classes, batch_size=batch_size, device=device), window_set
 
 
 def main(argv: list[str] | None = None) -> int:
