@@ -1,4 +1,5 @@
-"""Shared test fixtures. Tests never need ../shared: fixtures that use it skip when it is absent."""
+"""Shared fixtures (helpers are in ``helpers.py``). Tests never need ../shared: fixtures that use it
+skip when it is absent."""
 
 from __future__ import annotations
 
@@ -22,18 +23,29 @@ def real_aedat4() -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory) -> Path:
-    """A tiny randomly initialised Spikeformer checkpoint (``test_pipeline.make_tiny_checkpoint``) for
-    the tests that run stages; test modules with a checkpoint of their own define this name again."""
-    from test_pipeline import make_tiny_checkpoint
+    """The tiny randomly initialised Spikeformer (``helpers.TINY_CONFIG``) as a checkpoint, once per
+    session: its predictions are noise, fast on any CPU."""
+    from helpers import make_checkpoint
 
-    return make_tiny_checkpoint(tmp_path_factory.mktemp("checkpoint"))
+    return make_checkpoint(tmp_path_factory.mktemp("checkpoint"))
 
 
 @pytest.fixture(scope="session")
 def stage_env(tmp_path_factory) -> dict:
     """Environment for stage processes: ONNX/engine caches in one temp dir for the session (an export
     is made once, not once per test module), the repository importable."""
-    env = dict(os.environ)
-    env["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("cache"))
-    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1]) + os.pathsep + env.get("PYTHONPATH", "")
-    return env
+    from helpers import stage_environment
+
+    return stage_environment(tmp_path_factory.mktemp("cache"))
+
+
+@pytest.fixture(scope="session")
+def tiny_backend(tiny_checkpoint, stage_env):
+    """The tiny checkpoint on the test backend (ONNX Runtime on the CPU) in this process, and its metadata."""
+    from helpers import TEST_BACKEND
+
+    from inference.backends import create_backend
+    from training.checkpoint import read_metadata
+
+    os.environ.setdefault("XDG_CACHE_HOME", stage_env["XDG_CACHE_HOME"])
+    return create_backend(TEST_BACKEND, tiny_checkpoint, device="cpu"), read_metadata(tiny_checkpoint)

@@ -7,18 +7,17 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+from helpers import REPO, free_port, run_launch, start_source, start_worker, stop_process
 
 from inference.headless import record
 from stream.transport.keys import CurveConfig
 from stream.transport.sockets import Subscriber
-from test_pipeline import REPO, TEST_BACKEND
 
 
 @pytest.fixture(scope="module")
@@ -36,34 +35,25 @@ def keys(tmp_path_factory, stage_env) -> dict[str, Path]:
     return {name: base / name for name in ("a", "b", "stranger")}
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def test_only_a_recorder_with_the_keys_gets_predictions(tiny_checkpoint, stage_env, keys):
     events, predictions = (f"tcp://127.0.0.1:{free_port()}" for _ in range(2))  # loopback: no --allow-remote
-    commands = [  # B's worker trusts A's source; A's source accepts B (b.key is in A's directory)
-        [sys.executable, "-m", "inference.worker_stage", "--sub", events, "--pub", predictions, "--checkpoint", str(tiny_checkpoint),
-         "--backend", TEST_BACKEND, "--wait-subscribers", "1", "--frame-fps", "0",
-         "--curve-keys", str(keys["b"]), "--curve-server", "a"],
-        [sys.executable, "-m", "stream.source_stage", "--source", "sim", "--pub", events, "--speed", "2", "--sim-duration", "3",
-         "--wait-subscribers", "1", "--quiet", "--curve-keys", str(keys["a"])],
-    ]  # fmt: skip
+    stages: list[subprocess.Popen] = []
+
+    def start_stages() -> None:  # B's worker trusts A's source; A's source accepts B (b.key is in A's directory)
+        stages.append(start_worker(events, predictions, tiny_checkpoint, stage_env, "--curve-keys", keys["b"],
+                                   "--curve-server", "a", stderr=subprocess.PIPE, text=True))  # fmt: skip
+        stages.append(start_source("sim", events, stage_env, "--speed", "2", "--sim-duration", "3", "--curve-keys",
+                                   keys["a"], stderr=subprocess.PIPE, text=True))  # fmt: skip
+
     outsiders = {  # connected before the stages start: they have every chance to get in
         (endpoint, who): Subscriber(endpoint, topics, curve=config)
-        for endpoint, topics, server in ((events, ("events", "truth", "prediction"), "a"),
-                                         (predictions, ("prediction", "truth"), "b"))
+        for endpoint, topics, server in ((events, ("events", "truth", "status"), "a"),
+                                         (predictions, ("prediction", "status", "truth"), "b"))
         for who, config in (("stranger", CurveConfig.from_directory(keys["stranger"], server=server)), ("plaintext", None))
     }  # fmt: skip
-    stages: list[subprocess.Popen] = []
     try:
-        recorder, _, failures = record(
-            predictions, curve=CurveConfig.from_directory(keys["b"]), quiet=True, startup_timeout_s=60,
-            on_ready=lambda: stages.extend(subprocess.Popen(command, cwd=REPO, env=stage_env, stderr=subprocess.PIPE, text=True)
-                                           for command in commands),
-        )  # fmt: skip
+        recorder, _, failures = record(predictions, curve=CurveConfig.from_directory(keys["b"]), quiet=True,
+                                       startup_timeout_s=60, on_ready=start_stages)  # fmt: skip
         leaked = {key: [] for key in outsiders}
         for key, subscriber in outsiders.items():  # whatever reached them is queued in their sockets
             while (message := subscriber.recv(100)) is not None:
@@ -72,9 +62,7 @@ def test_only_a_recorder_with_the_keys_gets_predictions(tiny_checkpoint, stage_e
             assert stage.wait(timeout=30) == 0, stage.stderr.read()[-2000:]
     finally:
         for stage in stages:
-            if stage.poll() is None:
-                stage.kill()
-            stage.wait()
+            stop_process(stage)
         for subscriber in outsiders.values():
             subscriber.close()
     assert failures == [] and recorder.ended
@@ -110,12 +98,8 @@ def test_launch_runs_the_whole_pipeline_encrypted(tiny_checkpoint, stage_env, ke
     report_path = tmp_path / "report.json"
     endpoints = ["--events-endpoint", f"tcp://127.0.0.1:{free_port()}",
                  "--predictions-endpoint", f"tcp://127.0.0.1:{free_port()}"]  # fmt: skip
-    result = subprocess.run(
-        [sys.executable, "launch.py", "--headless", "--quiet", "--backend", TEST_BACKEND, "--source", "sim",
-         "--checkpoint", str(tiny_checkpoint), "--duration", "2", "--report", str(report_path), *endpoints,
-         "--curve-keys", str(keys["b"])],
-        cwd=REPO, env=stage_env, capture_output=True, text=True, timeout=150,
-    )  # fmt: skip
+    result = run_launch(stage_env, "--source", "sim", "--checkpoint", tiny_checkpoint, "--duration", "2", "--report",
+                        report_path, *endpoints, "--curve-keys", keys["b"])  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(report_path.read_text())
     assert report["windows"] >= 10 and report["events_in"] > 10_000 and report["failures"] == []

@@ -4,92 +4,43 @@ from __future__ import annotations
 
 import json
 import os
-import queue
 import re
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import (
+    REPO,
+    TEST_BACKEND,
+    alive,
+    children_of,
+    launch_command,
+    line_reader,
+    rest_of,
+    run_launch,
+    stage_pid,
+    start_launch,
+    stop_process,
+    wait_for_line,
+    wait_until,
+)
 
 from launch import STOP_TIMEOUT_S, RestartPolicy, Stage, Supervisor
-from test_pipeline import REPO, TEST_BACKEND
 
 
-def children_of(pid: int) -> list[int]:
-    """Direct children of ``pid`` (Linux /proc)."""
-    found = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        text = (task / "children").read_text().split()
-        found.extend(int(child) for child in text)
-    return found
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] if Path(f"/proc/{pid}/stat").exists() else "X"
-    return state not in ("Z", "X")
-
-
-def wait_ignoring_sigterm(pid: int, timeout_s: float) -> bool:
-    """Wait until process ``pid`` ignores SIGTERM (its SigIgn mask in /proc says so)."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        status = Path(f"/proc/{pid}/status").read_text()
-        mask = int(next(line.split()[1] for line in status.splitlines() if line.startswith("SigIgn:")), 16)
-        if mask & (1 << (signal.SIGTERM - 1)):
-            return True
-        time.sleep(0.01)  # polling /proc: there is no notification for a signal disposition
-    return False
-
-
-def line_reader(stream) -> queue.Queue:
-    """Lines of a pipe, read in a thread, so a test can wait on them with a timeout."""
-    lines: queue.Queue = queue.Queue()
-
-    def read() -> None:
-        for line in stream:
-            lines.put(line)
-        lines.put(None)
-
-    threading.Thread(target=read, daemon=True).start()
-    return lines
-
-
-def wait_for_line(lines: queue.Queue, text: str, timeout_s: float, seen: list[str] | None = None) -> str:
-    """The first line containing ``text``; every line read (that one included) is added to ``seen``."""
-    deadline = time.monotonic() + timeout_s
-    seen = [] if seen is None else seen
-    while time.monotonic() < deadline:
-        try:
-            line = lines.get(timeout=max(0.01, deadline - time.monotonic()))
-        except queue.Empty:
-            break
-        if line is None:
-            break
-        seen.append(line)
-        if text in line:
-            return line
-    raise AssertionError(f"{text!r} not seen within {timeout_s} s; got:\n{''.join(seen)[-3000:]}")
-
-
-def start_launch(tiny_checkpoint: Path, stage_env: dict, *extra: str) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "launch.py", "--headless", "--source", "sim", "--backend", TEST_BACKEND,
-         "--checkpoint", str(tiny_checkpoint), *extra],
-        cwd=REPO, env=stage_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
+def ignores_sigterm(pid: int) -> bool:
+    """Whether process ``pid`` ignores SIGTERM (its SigIgn mask in /proc says so)."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    mask = int(next(line.split()[1] for line in status.splitlines() if line.startswith("SigIgn:")), 16)
+    return bool(mask & (1 << (signal.SIGTERM - 1)))
 
 
 def test_sigint_stops_every_stage_quickly(tiny_checkpoint, stage_env):
-    launcher = start_launch(tiny_checkpoint, stage_env)
+    launcher = start_launch(stage_env, "--source", "sim", "--checkpoint", tiny_checkpoint)
     try:
         lines = line_reader(launcher.stdout)
         wait_for_line(lines, "windows (", timeout_s=120)  # predictions flow: every stage is up
@@ -108,9 +59,20 @@ def test_sigint_stops_every_stage_quickly(tiny_checkpoint, stage_env):
     assert not [pid for pid in stages if alive(pid)], "a stage outlived launch.py"
 
 
-def stage_pid(launcher_pid: int, module: str) -> int:
-    """The child of launch.py running ``python -m module``."""
-    return next(pid for pid in children_of(launcher_pid) if module in Path(f"/proc/{pid}/cmdline").read_text())
+@pytest.mark.xfail(strict=True, reason="product bug: launch.py's docstring promises that after Ctrl-C 'the headless "
+                   "report is still written', but the KeyboardInterrupt leaves inference.headless.record/run_headless "
+                   "before the report is built; launch._run returns 130 without it")  # fmt: skip
+def test_sigint_still_writes_the_headless_report(tiny_checkpoint, stage_env, tmp_path):
+    report_path = tmp_path / "report.json"
+    launcher = start_launch(stage_env, "--source", "sim", "--checkpoint", tiny_checkpoint, "--report", report_path)
+    try:
+        wait_for_line(line_reader(launcher.stdout), "windows (", timeout_s=120)  # predictions flow
+        launcher.send_signal(signal.SIGINT)
+        assert launcher.wait(timeout=10) == 130
+    finally:
+        stop_process(launcher)
+    report = json.loads(report_path.read_text())
+    assert report["windows"] > 0 and report["failures"] == []
 
 
 WINDOWS_LINE = re.compile(r"^(\d+) windows \(")
@@ -126,7 +88,8 @@ def windows_seen(line: str) -> int:
 @pytest.mark.parametrize("stage, module", [("worker", "inference.worker_stage"), ("source", "stream.source_stage")])
 def test_a_killed_stage_is_restarted_and_predictions_resume(tiny_checkpoint, stage_env, tmp_path, stage, module):
     report_path = tmp_path / "report.json"
-    launcher = start_launch(tiny_checkpoint, stage_env, "--duration", "12", "--report", str(report_path))
+    launcher = start_launch(stage_env, "--source", "sim", "--checkpoint", tiny_checkpoint, "--duration", "12",
+                            "--report", report_path)  # fmt: skip
     try:
         lines = line_reader(launcher.stdout)
         seen = [wait_for_line(lines, "windows (", timeout_s=120)]
@@ -151,7 +114,7 @@ def test_a_killed_stage_is_restarted_and_predictions_resume(tiny_checkpoint, sta
 
 
 def test_on_failure_stop_ends_the_pipeline_within_2_s(tiny_checkpoint, stage_env):
-    launcher = start_launch(tiny_checkpoint, stage_env, "--on-failure", "stop")
+    launcher = start_launch(stage_env, "--source", "sim", "--checkpoint", tiny_checkpoint, "--on-failure", "stop")
     try:
         lines = line_reader(launcher.stdout)
         wait_for_line(lines, "windows (", timeout_s=120)
@@ -160,9 +123,7 @@ def test_on_failure_stop_ends_the_pipeline_within_2_s(tiny_checkpoint, stage_env
         killed = time.monotonic()
         assert launcher.wait(timeout=10) == 1
         elapsed = time.monotonic() - killed
-        rest = []
-        while (line := lines.get(timeout=10)) is not None:
-            rest.append(line)
+        rest = rest_of(lines)
     finally:
         if launcher.poll() is None:
             launcher.kill()
@@ -196,7 +157,7 @@ def test_supervisor_kills_a_stage_that_ignores_sigterm():
     with supervisor:
         assert sorted(supervisor.running()) == ["polite", "stubborn"]
         assert supervisor.poll() == []
-        assert wait_ignoring_sigterm(stubborn.process.pid, timeout_s=30)
+        wait_until(lambda: ignores_sigterm(stubborn.process.pid), "the stage to ignore SIGTERM", timeout_s=30, poll_s=0.01)
         started = time.monotonic()
     assert time.monotonic() - started < STOP_TIMEOUT_S + 1.0
     assert supervisor.running() == []
@@ -213,6 +174,9 @@ def test_supervisor_reports_an_exit_once_and_can_restart():
         assert supervisor.poll() == []
         supervisor.restart("short")
         assert stage.starts == 2 and stage.process.wait(timeout=30) == 0
+
+
+def test_supervisor_refuses_two_stages_of_one_name():
     with pytest.raises(ValueError, match="unique"):
         Supervisor([Stage("a", "x", []), Stage("a", "y", [])])
 
@@ -267,19 +231,40 @@ def test_restart_policy_never_restarts_a_stage_that_stopped_with_its_own_error(t
                         "not restarting it: it would fail the same way"]  # fmt: skip
 
 
-def test_headless_with_a_missing_file_stops_at_once_with_its_error(stage_env, tmp_path, tiny_checkpoint):
-    started = time.monotonic()
+def test_a_missing_file_fails_before_any_stage_starts(stage_env, tmp_path, tiny_checkpoint):
+    """``check_inputs``: the source spec and its file are checked first: one error line, exit code 2,
+    no stage started (no model loaded), no report."""
     gone = tmp_path / "gone.aedat4"
-    result = subprocess.run([sys.executable, "launch.py", "--headless", "--source", f"file:{gone}", "--checkpoint",
-                             str(tiny_checkpoint), "--backend", TEST_BACKEND, "--duration", "30",
-                             "--report", str(tmp_path / "r.json")],
-                            cwd=REPO, env=stage_env, capture_output=True, text=True, timeout=120)  # fmt: skip
-    assert result.returncode == 1 and time.monotonic() - started < 60  # not the 30 s of --duration
-    assert result.stderr.count(f"error: {gone}: no such file") == 1, result.stderr  # started once
+    started = time.monotonic()
+    result = run_launch(stage_env, "--source", f"file:{gone}", "--checkpoint", tiny_checkpoint, "--duration", "30",
+                        "--report", tmp_path / "r.json", timeout_s=60)  # fmt: skip
+    assert result.returncode == 2 and time.monotonic() - started < 30
+    assert result.stderr.strip().splitlines() == [f"error: {gone}: no such file"]
+    assert not (tmp_path / "r.json").exists()
+
+
+def test_a_stage_that_stops_with_its_own_error_is_not_restarted_and_its_reason_is_reported(stage_env, tmp_path,
+                                                                                           tiny_checkpoint):  # fmt: skip
+    """A checkpoint whose JSON is valid (``check_inputs`` passes) but whose weights are damaged: the
+    worker stops with its own error line (exit code 2) when it loads them; the launcher does not
+    restart it, stops the pipeline at once (not after the 30 s of --duration) and keeps the reason."""
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    json_path = damaged / tiny_checkpoint.name
+    json_path.write_bytes(tiny_checkpoint.read_bytes())
+    weights = tiny_checkpoint.with_suffix(".safetensors").read_bytes()
+    (damaged / tiny_checkpoint.with_suffix(".safetensors").name).write_bytes(weights[: len(weights) // 2])
+    started = time.monotonic()
+    command = launch_command("--source", "sim", "--checkpoint", json_path, "--duration", "30", "--report",
+                             tmp_path / "r.json", backend="torch")  # torch loads the weights: no cached export  # fmt: skip
+    result = subprocess.run(command, cwd=REPO, env=stage_env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1 and time.monotonic() - started < 60, result.stderr[-3000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and str(json_path.with_suffix(".safetensors")) in errors[0], result.stderr  # started once
     assert "not restarting it" in result.stderr and "restarting it in" not in result.stderr
     assert "Traceback" not in result.stderr
     report = json.loads((tmp_path / "r.json").read_text())
-    assert report["failures"] == [f"stage source exited with code 2: {gone}: no such file"]  # the reason, kept
+    assert report["failures"] == [f"stage worker exited with code 2: {errors[0][len('error: '):]}"]  # the reason, kept
 
 
 def test_supervisor_passes_stage_stderr_through_and_keeps_the_error_line(tmp_path, capfd):
@@ -293,9 +278,9 @@ def test_supervisor_passes_stage_stderr_through_and_keeps_the_error_line(tmp_pat
 
 def test_headless_replays_a_cut_recording_with_allow_truncated(stage_env, tmp_path, tiny_checkpoint):
     """A recorder that died mid-packet: refused with the hint, then replayed up to the cut."""
-    from stream.formats.aedat4 import Aedat4Writer
     from stream.events import SensorSize, make_events
     from stream.formats import open_events
+    from stream.formats.aedat4 import Aedat4Writer
 
     count = 200_000
     index = np.arange(count)
@@ -349,11 +334,14 @@ def test_stage_exit_codes_tell_a_lost_source_from_an_error():
         assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, result.stderr
 
 
-def test_restart_policy_never_restarts_a_stage_that_ended_and_resets_after_stable_runs():
+def test_restart_policy_never_restarts_a_stage_that_ended():
     ending = Stage("ending", "timeit", ["-n", "1", "pass"])
     with Supervisor([ending], log=lambda m: None, policy=RestartPolicy(first_backoff_s=0.05)) as supervisor:
         assert [tuple(e) for e in wait_for_exit(supervisor, timeout_s=60)] == [("ending", 0)]
         assert supervisor.running() == [] and ending.starts == 1
+
+
+def test_restart_policy_backoff_starts_again_after_a_stable_run():
     failing = Stage("failing", "timeit", ["-n", "1", "raise SystemExit(3)"])
     messages = []
     policy = RestartPolicy(first_backoff_s=0.05, max_backoff_s=1.0, max_restarts=3, stable_after_s=0.0)
@@ -361,6 +349,9 @@ def test_restart_policy_never_restarts_a_stage_that_ended_and_resets_after_stabl
         wait_for_exit(supervisor, timeout_s=60)
     waits = [m for m in messages if "restarting it in 0.05 s" in m]
     assert len(waits) == 3  # every run counted as stable: the backoff never grew
+
+
+def test_restart_policy_refuses_a_zero_backoff():
     with pytest.raises(ValueError, match="first_backoff_s"):
         RestartPolicy(first_backoff_s=0)
 
@@ -388,8 +379,8 @@ def test_curve_options_reach_every_stage_and_trust_the_right_publisher(tmp_path)
 
     from inference.worker_stage import build_parser as worker_parser
     from launch import Endpoints, build_parser, consumer_curves, source_stage, worker_stage
-    from stream.transport.keys import CurveConfig, curve_from_args, generate_keys
     from stream.source_stage import build_parser as source_parser
+    from stream.transport.keys import CurveConfig, curve_from_args, generate_keys
 
     generate_keys(tmp_path / "a", "a")
     generate_keys(tmp_path / "b", "b")

@@ -13,7 +13,7 @@ from stream.formats.aedat31 import read_aedat31
 from stream.formats.labels import read_gesture_labels, read_trials
 from stream.classes import GESTURE_CLASSES, MIRRORED_CLASS
 from stream.events import EVENT_DTYPE, GestureSegment, SensorSize
-from stream.sim.camera import draw_scene
+from stream.sim.scene import draw_scene
 from stream.sim.dataset import write_dataset
 from stream.sim.recording import simulate_gesture, simulate_recording
 from stream.sources.simulated import SimulatorSource

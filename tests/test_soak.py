@@ -10,26 +10,35 @@ import subprocess
 import sys
 
 import pytest
-
-from test_pipeline import REPO, TEST_BACKEND
+from helpers import REPO, TEST_BACKEND, line_reader, rest_of, stop_process, wait_for_line
 
 SECONDS = 30
 RATE = 3e5  # events/s: kept low so 2 cores sustain it next to other jobs (the soak itself runs 5e6)
 WINDOW_S = 10.0  # first vs last 10 s; memory baseline at 10 s
+STARTUP_S = 30.0  # bound on the stages' start (imports, model export) before the first sample
 
 
 @pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="product bug: benchmarks/bench_soak.py:97 subscribes to ('status', 'truth') "
+                   "but not 'prediction', so the worker (--wait-subscribers 1 on the prediction topic) never starts "
+                   "and no prediction would arrive anyway")  # fmt: skip
 def test_short_soak_memory_flat_latency_stable_every_loss_explained(tmp_path):
     env = dict(os.environ, XDG_CACHE_HOME=str(tmp_path / "cache"))
     out = tmp_path / "soak.json"
-    result = subprocess.run(
+    soak = subprocess.Popen(
         [sys.executable, "benchmarks/bench_soak.py", "--minutes", f"{SECONDS / 60:g}", "--rate", f"{RATE:g}",
-         "--window-s", f"{WINDOW_S:g}", "--sample-s", "1", "--backend", TEST_BACKEND, "--json", str(out), "--quiet"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=SECONDS + 240,
+         "--window-s", f"{WINDOW_S:g}", "--sample-s", "1", "--backend", TEST_BACKEND, "--json", str(out)],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
-    assert out.is_file(), result.stderr[-3000:]
+    try:
+        lines, seen = line_reader(soak.stdout), []
+        wait_for_line(lines, "t=0 s:", timeout_s=STARTUP_S, seen=seen)  # its first sample: predictions flow
+        soak.wait(timeout=SECONDS + 120)
+        summary = "".join(seen + rest_of(lines))
+    finally:
+        stop_process(soak)
+    assert out.is_file(), summary[-3000:]
     soak = json.loads(out.read_text())
-    summary = result.stdout
     assert soak["failures"] == [] and soak["targets"]["ended"], summary
     assert soak["duration_s"] >= SECONDS - 5, summary
     assert soak["events_per_s"] >= 0.5 * RATE, summary

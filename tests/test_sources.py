@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import socket
 import subprocess
 import sys
 import threading
@@ -12,6 +11,7 @@ import time
 import dv_processing as dv
 import numpy as np
 import pytest
+from helpers import free_port, kill, lagging_simulator, regular_events, start_dv_server, start_source, wait_until
 
 from stream.events import EVENT_DTYPE, SensorSize, make_events
 from stream.sources import open_source
@@ -21,13 +21,6 @@ from stream.sources.live import LIVE_CLOCK_MARGIN_S, CameraSource, NetworkSource
 
 SENSOR = SensorSize(64, 48)
 WAIT_S = 10.0  # bound on every wait for a real signal
-
-
-def synthetic_events(duration_us: int = 500_000, count: int = 5_000, start_us: int = 1_000_000) -> np.ndarray:
-    """``count`` events evenly spread over ``duration_us`` (first at start_us, last at start_us + duration_us)."""
-    t = start_us + np.linspace(0, duration_us, count).astype(np.int64)
-    index = np.arange(count)
-    return make_events(t, index % SENSOR.width, index % SENSOR.height, index % 2)
 
 
 def collect(source, limit: int | None = None) -> tuple[np.ndarray, int]:
@@ -53,7 +46,7 @@ def assert_time_ordered(events: np.ndarray) -> None:
 
 def test_timeline_passes_ordered_events_through_unchanged():
     timeline = Timeline(max_jump_us=1_000_000)
-    events = synthetic_events()
+    events = regular_events(SENSOR, 5_000)
     chunk = events[:100]
     assert timeline.apply(chunk) is chunk  # nothing to fix: no copy
     assert np.array_equal(timeline.apply(events[100:]), events[100:])
@@ -94,7 +87,7 @@ def test_timeline_rebase_continues_after_last_event():
 
 
 def test_paced_replay_at_10x_takes_a_tenth_of_the_recording():
-    events = synthetic_events(duration_us=500_000)
+    events = regular_events(SENSOR, 5_000)
     source = FileSource.from_events(events, SENSOR, speed=10.0, slice_us=2_000)
     assert isinstance(source, Source)
     start = time.monotonic()
@@ -113,7 +106,7 @@ def test_paced_replay_at_10x_takes_a_tenth_of_the_recording():
 
 
 def test_as_fast_as_possible_yields_everything_unchanged():
-    events = synthetic_events(duration_us=60_000_000, count=20_000)  # a minute of recording
+    events = regular_events(SENSOR, 20_000, duration_us=60_000_000)  # a minute of recording
     start = time.monotonic()
     out, empties = collect(FileSource.from_events(events, SENSOR, speed=None, chunk_events=3_000))
     assert time.monotonic() - start < 2.0
@@ -121,7 +114,7 @@ def test_as_fast_as_possible_yields_everything_unchanged():
 
 
 def test_loop_keeps_time_increasing():
-    events = synthetic_events(duration_us=10_000, count=100)
+    events = regular_events(SENSOR, 100, duration_us=10_000)
     out, _ = collect(FileSource.from_events(events, SENSOR, speed=None, loop=True), limit=250)
     assert len(out) >= 250
     assert_time_ordered(out)
@@ -133,13 +126,13 @@ def test_loop_keeps_time_increasing():
 
 
 def test_start_offset_skips_the_beginning():
-    events = synthetic_events(duration_us=100_000, count=1_001)  # one event every 100 µs
+    events = regular_events(SENSOR, 1_001, duration_us=100_000)  # one event every 100 µs
     out, _ = collect(FileSource.from_events(events, SENSOR, speed=None, start_offset_us=25_000))
     assert np.array_equal(out, events[250:])
 
 
 def test_start_offset_past_the_end_is_an_error():
-    source = FileSource.from_events(synthetic_events(100_000), SENSOR, speed=None, start_offset_us=200_000)
+    source = FileSource.from_events(regular_events(SENSOR, 5_000, duration_us=100_000), SENSOR, speed=None, start_offset_us=200_000)
     with pytest.raises(SourceError, match="past the last event"):
         collect(source)
 
@@ -157,7 +150,7 @@ def test_long_gap_is_compressed_and_empty_chunks_show_time_passing():
 
 
 def test_stop_from_another_thread_ends_iteration_promptly():
-    source = FileSource.from_events(synthetic_events(duration_us=30_000_000), SENSOR, speed=1.0)
+    source = FileSource.from_events(regular_events(SENSOR, 5_000, duration_us=30_000_000), SENSOR, speed=1.0)
     first_chunk = threading.Event()
     stop_called = []
 
@@ -177,7 +170,7 @@ def test_stop_from_another_thread_ends_iteration_promptly():
 
 
 def test_bad_replay_arguments():
-    events = synthetic_events()
+    events = regular_events(SENSOR, 5_000)
     for speed in (0.0, 0.05, 101.0):
         with pytest.raises(ValueError, match="speed"):
             FileSource.from_events(events, SENSOR, speed=speed)
@@ -188,7 +181,7 @@ def test_bad_replay_arguments():
 def test_file_source_reads_a_real_aedat4_file(tmp_path):
     from stream.formats.aedat4 import Aedat4Writer
 
-    events = synthetic_events(duration_us=200_000, count=3_000)
+    events = regular_events(SENSOR, 3_000, duration_us=200_000)
     path = tmp_path / "walk.aedat4"
     with Aedat4Writer(path, SENSOR) as writer:
         writer.write(events)
@@ -206,7 +199,7 @@ def test_file_source_missing_file_is_a_clear_error(tmp_path):
 def test_file_source_refuses_a_cut_file_unless_allow_truncated_then_replays_up_to_the_cut(tmp_path, caplog):
     from stream.formats.aedat4 import Aedat4Writer
 
-    events = synthetic_events(duration_us=400_000, count=40_000)
+    events = regular_events(SENSOR, 40_000, duration_us=400_000)
     path = tmp_path / "cut.aedat4"
     with Aedat4Writer(path, SENSOR) as writer:
         for begin in range(0, len(events), 4_000):  # 10 packets
@@ -228,7 +221,7 @@ def test_file_source_refuses_a_cut_file_unless_allow_truncated_then_replays_up_t
 
 
 def test_pause_stops_events_and_the_clock_and_resume_continues_without_loss():
-    events = synthetic_events(duration_us=1_000_000, count=10_000)
+    events = regular_events(SENSOR, 10_000, duration_us=1_000_000)
     source = FileSource.from_events(events, SENSOR, speed=4.0)
     out, clocks_while_paused, during_pause = [], [], 0
     paused_at = resumed_at = None
@@ -254,7 +247,7 @@ def test_pause_stops_events_and_the_clock_and_resume_continues_without_loss():
 
 
 def test_seek_forward_and_back_restarts_at_the_target_and_time_keeps_increasing():
-    events = synthetic_events(duration_us=2_000_000, count=20_000)  # t = 1.0 .. 3.0 s
+    events = regular_events(SENSOR, 20_000, duration_us=2_000_000)  # t = 1.0 .. 3.0 s
     first_us = int(events["t"][0])
     source = FileSource.from_events(events, SENSOR, speed=10.0, chunk_events=2_000)  # chunks of 0.2 s
     assert source.duration_s == pytest.approx(2.0)
@@ -291,7 +284,7 @@ def test_seek_forward_and_back_restarts_at_the_target_and_time_keeps_increasing(
 def test_seek_within_the_chunk_being_replayed_and_before_the_first_event():
     """A seek to a point inside the chunk being released starts that chunk again at the target
     (no new read of the file); a seek made before anything was read is carried out at once."""
-    events = synthetic_events(duration_us=2_000_000, count=20_000)  # one chunk of 20,000 events
+    events = regular_events(SENSOR, 20_000, duration_us=2_000_000)  # one chunk of 20,000 events
     first_us = int(events["t"][0])
     source = FileSource.from_events(events, SENSOR, speed=20.0, chunk_events=len(events), slice_us=10_000)
     source.seek(0.5)  # before iterating
@@ -317,7 +310,7 @@ def test_seek_within_the_chunk_being_replayed_and_before_the_first_event():
 
 
 def test_set_speed_changes_the_replay_rate():
-    events = synthetic_events(duration_us=4_000_000, count=40_000)
+    events = regular_events(SENSOR, 40_000, duration_us=4_000_000)
     source = FileSource.from_events(events, SENSOR, speed=1.0)
     samples = {1.0: [], 5.0: []}
     start = time.monotonic()
@@ -352,7 +345,7 @@ def test_clock_advances_through_a_silent_gap_and_never_passes_the_next_event():
 
 
 def test_loop_can_be_switched_while_playing():
-    events = synthetic_events(duration_us=100_000, count=1_000)
+    events = regular_events(SENSOR, 1_000, duration_us=100_000)
     source = FileSource.from_events(events, SENSOR, speed=None, loop=True)
     total = 0
     for chunk in source:
@@ -365,25 +358,11 @@ def test_loop_can_be_switched_while_playing():
 # --- dv-processing network stream -----------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def dv_store(events: np.ndarray) -> dv.EventStore:
     store = dv.EventStore()
     for t, x, y, p in events.tolist():  # test helper only: dv.EventStore has no numpy constructor
         store.push_back(t, x, y, bool(p))
     return store
-
-
-def wait_for(condition, what: str) -> None:
-    deadline = time.monotonic() + WAIT_S
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        threading.Event().wait(0.001)  # polling a C++ object that offers no signal to wait on
 
 
 @contextlib.contextmanager
@@ -397,15 +376,15 @@ def network_writer(camera: str):
     try:
         yield writer, port
     finally:
-        wait_for(lambda: writer.getClientCount() == 0, "the server to see the client leave")
+        wait_until(lambda: writer.getClientCount() == 0, "the server to see the client leave")
 
 
 def test_network_source_reads_a_real_network_writer():
-    events = synthetic_events(count=3_000)
+    events = regular_events(SENSOR, 3_000)
     with network_writer("TestCam_42") as (writer, port):
         with open_source(f"dv:127.0.0.1:{port}") as source:
             assert source.sensor_size == SENSOR and "TestCam_42" in source.name and source.connected
-            wait_for(lambda: writer.getClientCount() == 1, "the server to accept the client")
+            wait_until(lambda: writer.getClientCount() == 1, "the server to accept the client")
             for start in range(0, len(events), 1_000):
                 writer.writeEvents(dv_store(events[start : start + 1_000]))
             out, _ = collect(source, limit=len(events))
@@ -418,49 +397,14 @@ def test_network_source_without_server_is_a_clear_error():
     assert "[system:" not in str(error.value) and ".hpp" not in str(error.value)  # no Boost source location
 
 
-SERVER = """
-import sys, time
-import dv_processing as dv
-port, start, width, height, x_step, y_step, step_us, alternate = map(int, sys.argv[1:9])
-writer = dv.io.NetworkWriter("127.0.0.1", port, dv.io.Stream.EventStream(0, "events", sys.argv[9], (width, height)))
-print("ready", flush=True)
-t = start
-while True:
-    if writer.getClientCount():
-        store = dv.EventStore()
-        for i in range(10):
-            store.push_back(t, x_step * i, y_step * i, i % 2 == 0 if alternate else True)
-            t += step_us
-        writer.writeEvents(store)
-    time.sleep(0.005)
-"""
-
-
-def start_server(port: int, start_us: int, *, sensor: tuple[int, int] = (64, 48), x_step: int = 1, y_step: int = 1,
-                 step_us: int = 100, alternate: bool = False, camera: str = "Server_1") -> subprocess.Popen:  # fmt: skip
-    """A DV NetworkWriter in its own process, so that it can really disappear (killed; this also avoids
-    dv-processing 2.0.4's destructor deadlock with a connected client): 10 events every 5 ms at
-    (x_step * i, y_step * i), ``step_us`` apart, polarity ON or alternating."""
-    args = [port, start_us, *sensor, x_step, y_step, step_us, int(alternate)]
-    process = subprocess.Popen([sys.executable, "-c", SERVER, *map(str, args), camera], stdout=subprocess.PIPE, text=True)
-    assert process.stdout.readline().strip() == "ready"
-    return process
-
-
-def stop_server(process: subprocess.Popen) -> None:
-    process.kill()
-    process.wait(WAIT_S)
-    process.stdout.close()
-
-
 def test_network_source_ends_cleanly_when_server_stops_without_reconnect():
     port = free_port()
-    server = start_server(port, 1_000)
+    server = start_dv_server(port, 1_000)
     try:
         source = NetworkSource("127.0.0.1", port, reconnect=False)
         chunks = iter(source)
-        wait_for(lambda: len(next(chunks)) > 0, "events")
-        stop_server(server)
+        wait_until(lambda: len(next(chunks)) > 0, "events")
+        kill(server)
         start = time.monotonic()
         for _ in chunks:  # ends by itself: the server is gone
             assert time.monotonic() - start < WAIT_S
@@ -468,38 +412,38 @@ def test_network_source_ends_cleanly_when_server_stops_without_reconnect():
         source.close()
     finally:
         if server.poll() is None:
-            stop_server(server)
+            kill(server)
 
 
 def test_network_source_reconnects_after_server_restart():
     port = free_port()
-    server = start_server(port, 1_000_000)
+    server = start_dv_server(port, 1_000_000)
     with NetworkSource("127.0.0.1", port, max_backoff_s=0.2) as source:
         chunks = iter(source)
-        wait_for(lambda: len(next(chunks)) > 0, "events")
-        stop_server(server)
-        wait_for(lambda: len(next(chunks)) == 0 and source.disconnects == 1, "the disconnect")
-        server = start_server(port, 1_000)  # a new server whose clock starts earlier
+        wait_until(lambda: len(next(chunks)) > 0, "events")
+        kill(server)
+        wait_until(lambda: len(next(chunks)) == 0 and source.disconnects == 1, "the disconnect")
+        server = start_dv_server(port, 1_000)  # a new server whose clock starts earlier
         try:
             seen = []
-            wait_for(lambda: seen.append(next(chunks)) or (source.reconnects == 1 and len(seen[-1]) > 0), "reconnection")
+            wait_until(lambda: seen.append(next(chunks)) or (source.reconnects == 1 and len(seen[-1]) > 0), "reconnection")
             assert source.connected
             after = np.concatenate(seen)
             assert_time_ordered(after)
             assert after["t"][-1] > 1_000_000  # rebased to continue after the first server's events
         finally:
             source.close()
-            stop_server(server)
+            kill(server)
 
 
 def test_network_source_stop_while_reconnecting_ends_iteration():
     port = free_port()
-    server = start_server(port, 1_000)
+    server = start_dv_server(port, 1_000)
     source = NetworkSource("127.0.0.1", port)
     chunks = iter(source)
-    wait_for(lambda: len(next(chunks)) > 0, "events")
-    stop_server(server)
-    wait_for(lambda: len(next(chunks)) == 0 and source.disconnects == 1, "the disconnect")
+    wait_until(lambda: len(next(chunks)) > 0, "events")
+    kill(server)
+    wait_until(lambda: len(next(chunks)) == 0 and source.disconnects == 1, "the disconnect")
     source.stop()
     start = time.monotonic()
     rest = list(chunks)  # ends: stop() interrupts the backoff wait
@@ -568,13 +512,12 @@ class StageThread:
 
     def __init__(self, source, endpoint: str) -> None:
         from stream.source_stage import stream_source
-        from stream.transport.sockets import Publisher
-        from stream.transport.sockets import Subscriber
+        from stream.transport.sockets import Publisher, Subscriber
 
         self.source = source
         self.stop = threading.Event()
         self.publisher = Publisher(endpoint, stop=self.stop)
-        self.subscriber = Subscriber(self.publisher.endpoint, ("events", "prediction"))
+        self.subscriber = Subscriber(self.publisher.endpoint, ("events", "status"))
         assert self.publisher.wait_for_subscribers(1, b"events", timeout_s=WAIT_S)
         self.thread = threading.Thread(target=stream_source, args=(source, self.publisher), kwargs={"stop": self.stop})
         self.thread.start()
@@ -589,8 +532,8 @@ class StageThread:
                 continue
             if message.events is not None:
                 events.append((time.monotonic(), message.events))
-            elif message.data.get("type") == "clock":
-                clocks.append((time.monotonic(), message.data))
+            elif message.data.type == "clock":
+                clocks.append((time.monotonic(), message.data.fields))
         return events, clocks
 
     def close(self) -> None:
@@ -628,9 +571,9 @@ def test_silent_network_stream_sends_clock_messages_that_follow_the_wall_clock(t
         stage = None
         try:
             source = NetworkSource("127.0.0.1", port)
-            wait_for(lambda: writer.getClientCount() == 1, "the server to accept the client")
+            wait_until(lambda: writer.getClientCount() == 1, "the server to accept the client")
             stage = StageThread(source, f"ipc://{tmp_path}/events")
-            events = synthetic_events(duration_us=10_000, count=500)
+            events = regular_events(SENSOR, 500, duration_us=10_000)
             writer.writeEvents(dv_store(events))
             received, clocks = stage.collect(0.4)  # then the camera is silent
             assert sum(len(e) for _, e in received) == 500
@@ -653,87 +596,115 @@ def write_aedat4(path, events) -> None:
         writer.write(events)
 
 
-def test_source_stage_control_pause_resume_seek_speed_and_garbage(tmp_path):
-    """The source stage as a process replaying a real AEDAT4 file, driven over its control socket."""
-    from stream.transport.control import ControlClient
-    from stream.transport.sockets import Subscriber
+class ControlledStage:
+    """The source stage as a process replaying a real AEDAT4 file (6 s, 20 events per ms) at speed
+    1, a subscriber to its events and a client of its control socket."""
 
-    events = synthetic_events(duration_us=6_000_000, count=120_000)  # 20 events per ms
-    first_us = int(events["t"][0])
-    write_aedat4(tmp_path / "rec.aedat4", events)
-    command = [sys.executable, "-m", "stream.source_stage", "--source", f"file:{tmp_path / 'rec.aedat4'}",
-               "--pub", f"ipc://{tmp_path}/events", "--control", f"ipc://{tmp_path}/control",
-               "--wait-subscribers", "1", "--quiet"]  # fmt: skip
-    stage = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
-    subscriber = Subscriber(f"ipc://{tmp_path}/events", ("events", "prediction"))
-    client = ControlClient(f"ipc://{tmp_path}/control")
+    def __init__(self, tmp_path) -> None:
+        from stream.transport.control import ControlClient
+        from stream.transport.sockets import Subscriber
 
-    def receive(seconds: float) -> tuple[list, list]:
+        events = regular_events(SENSOR, 120_000, duration_us=6_000_000)
+        self.first_us = int(events["t"][0])
+        write_aedat4(tmp_path / "rec.aedat4", events)
+        self.stage = start_source(f"file:{tmp_path / 'rec.aedat4'}", f"ipc://{tmp_path}/events", None, "--control",
+                                  f"ipc://{tmp_path}/control", stderr=subprocess.PIPE, text=True)  # fmt: skip
+        self.subscriber = Subscriber(f"ipc://{tmp_path}/events", ("events", "status"))
+        self.client = ControlClient(f"ipc://{tmp_path}/control")
+        assert self.subscriber.recv(30_000) is not None  # the stage starts (imports) and begins replaying
+
+    def receive(self, seconds: float) -> tuple[list, list]:
+        """(arrival s, events) and clock fields received for ``seconds``."""
         got, clocks = [], []
         deadline = time.monotonic() + seconds
         while (remaining := deadline - time.monotonic()) > 0:
-            message = subscriber.recv(round(remaining * 1000))
+            message = self.subscriber.recv(round(remaining * 1000))
             if message is not None and message.events is not None:
                 got.append((time.monotonic(), message.events))
-            elif message is not None and message.data.get("type") == "clock":
-                clocks.append(message.data)
+            elif message is not None and message.data.type == "clock":
+                clocks.append(message.data.fields)
         return got, clocks
 
-    def ok(cmd: dict) -> dict:
-        reply = client.request(cmd, timeout_s=WAIT_S)
+    def ok(self, cmd: dict) -> dict:
+        """The stage's status after ``cmd``, which must succeed."""
+        reply = self.client.request(cmd, timeout_s=WAIT_S)
         assert reply["ok"], reply
         return reply["status"]
 
+    def close(self) -> tuple[int, str]:
+        self.client.close()
+        self.subscriber.close()
+        self.stage.terminate()
+        _, stderr = self.stage.communicate(timeout=WAIT_S)
+        return self.stage.returncode, stderr
+
+
+@pytest.fixture
+def controlled_stage(tmp_path):
+    stage = ControlledStage(tmp_path)
     try:
-        message = subscriber.recv(30_000)  # the stage starts (imports) and begins replaying
-        assert message is not None
-        status = ok({"cmd": "status"})
-        assert status["controls"] == ["status", "pause", "resume", "seek", "speed", "loop"]
-        assert status["speed"] == 1.0 and status["paused"] is False and "rec.aedat4" in status["source"]
-
-        assert ok({"cmd": "pause"})["paused"] is True
-        receive(0.05)  # packets already on their way
-        got, clocks = receive(0.3)
-        assert not got and clocks and all(c["paused"] for c in clocks) and len({c["time_us"] for c in clocks}) == 1
-
-        assert ok({"cmd": "seek", "position_s": 3.0})["position_s"] == pytest.approx(3.0)
-        got, _ = receive(0.2)
-        assert not got  # still paused
-        ok({"cmd": "resume"})
-        got, _ = receive(0.5)
-        first_after_seek = int(got[0][1]["t"][0])
-        assert 0 <= first_after_seek - (first_us + 3_000_000) < 2_000  # the first slice from the target
-
-        def rate(packets) -> float:  # event time per wall second
-            wall = np.array([at for at, _ in packets])
-            t = np.array([int(e["t"][-1]) for _, e in packets], dtype=np.float64)
-            return np.polyfit(wall, t, 1)[0] / 1e6
-
-        normal = rate(got)
-        assert ok({"cmd": "loop", "loop": True})["loop"] is True  # 3 s left: 0.75 s at 4x
-        assert ok({"cmd": "speed", "speed": 4})["speed"] == 4.0
-        receive(0.05)
-        fast = rate(receive(0.4)[0])
-        assert normal == pytest.approx(1.0, rel=0.35) and fast == pytest.approx(4.0, rel=0.35)
-
-        garbage = [b"\xff\xfe", b"not json", b"[" * 3000, b"[1, 2]", b'{"cmd": "explode"}',
-                   b'{"cmd": "seek", "position_s": "soon"}', b'{"cmd": "speed", "speed": 1000}',
-                   b'{"cmd": "loop", "loop": "yes"}', b'{"cmd": "seek", "position_s": 99}']  # fmt: skip
-        for payload in garbage:
-            client.socket.send_multipart([b"", payload])
-            assert client.socket.poll(WAIT_S * 1000)
-            (reply,) = client.replies()
-            assert reply["ok"] is False and "\n" not in reply["error"] and reply["error"], payload
-        client.socket.send_multipart([b"", b"x" * 10_000])  # over the limit: the socket refuses it
-        assert ok({"cmd": "status"})["loop"] is True  # ... and the stage still answers
-        got, _ = receive(0.2)
-        assert got and stage.poll() is None  # and keeps streaming
+        yield stage
     finally:
-        client.close()
-        subscriber.close()
-        stage.terminate()
-        _, stderr = stage.communicate(timeout=WAIT_S)
-    assert stage.returncode == 0 and "Traceback" not in stderr
+        code, stderr = stage.close()
+    assert code == 0 and "Traceback" not in stderr  # SIGTERM: a clean stop
+
+
+def replay_rate(packets) -> float:
+    """Event time per wall second of (arrival s, events) packets."""
+    wall = np.array([at for at, _ in packets])
+    t = np.array([int(e["t"][-1]) for _, e in packets], dtype=np.float64)
+    return np.polyfit(wall, t, 1)[0] / 1e6
+
+
+def test_source_stage_control_status_names_its_controls_and_the_replay(controlled_stage):
+    status = controlled_stage.ok({"cmd": "status"})
+    assert status["controls"] == ["status", "pause", "resume", "seek", "speed", "loop"]
+    assert status["speed"] == 1.0 and status["paused"] is False and "rec.aedat4" in status["source"]
+    assert status["loop"] is False and controlled_stage.ok({"cmd": "loop", "loop": True})["loop"] is True
+
+
+def test_source_stage_pause_stops_the_events_and_the_clock(controlled_stage):
+    assert controlled_stage.ok({"cmd": "pause"})["paused"] is True
+    controlled_stage.receive(0.05)  # packets already on their way
+    got, clocks = controlled_stage.receive(0.3)
+    assert not got and clocks and all(c["paused"] for c in clocks) and len({c["time_us"] for c in clocks}) == 1
+
+
+def test_source_stage_seek_while_paused_resumes_at_the_target(controlled_stage):
+    controlled_stage.ok({"cmd": "pause"})
+    assert controlled_stage.ok({"cmd": "seek", "position_s": 3.0})["position_s"] == pytest.approx(3.0)
+    controlled_stage.receive(0.05)  # packets already on their way
+    got, _ = controlled_stage.receive(0.2)
+    assert not got  # still paused
+    controlled_stage.ok({"cmd": "resume"})
+    got, _ = controlled_stage.receive(0.3)
+    first_after_seek = int(got[0][1]["t"][0])
+    assert 0 <= first_after_seek - (controlled_stage.first_us + 3_000_000) < 2_000  # the first slice from the target
+
+
+def test_source_stage_speed_changes_the_replay_rate(controlled_stage):
+    normal = replay_rate(controlled_stage.receive(0.5)[0])
+    assert controlled_stage.ok({"cmd": "speed", "speed": 4})["speed"] == 4.0
+    controlled_stage.receive(0.05)
+    fast = replay_rate(controlled_stage.receive(0.4)[0])
+    assert normal == pytest.approx(1.0, rel=0.35) and fast == pytest.approx(4.0, rel=0.35)
+
+
+def test_source_stage_answers_bad_commands_with_one_line_errors_and_keeps_streaming(controlled_stage):
+    client = controlled_stage.client
+    garbage = [b"\xff\xfe", b"not json", b"[" * 3000, b"[1, 2]", b'{"cmd": "explode"}',
+               b'{"cmd": "seek", "position_s": "soon"}', b'{"cmd": "speed", "speed": 1000}',
+               b'{"cmd": "loop", "loop": "yes"}', b'{"cmd": "seek", "position_s": 99}']  # fmt: skip
+    for payload in garbage:
+        client.socket.send_multipart([b"", payload])
+        assert client.socket.poll(WAIT_S * 1000)
+        (reply,) = client.replies()
+        assert reply["ok"] is False and "\n" not in reply["error"] and reply["error"], payload
+    client.socket.send_multipart([b"", b"x" * 10_000])  # over the limit: the socket refuses it
+    status = controlled_stage.ok({"cmd": "status"})  # ... and the stage still answers
+    assert status["speed"] == 1.0 and status["loop"] is False and status["paused"] is False  # nothing applied
+    got, _ = controlled_stage.receive(0.2)
+    assert got and controlled_stage.stage.poll() is None  # and keeps streaming
 
 
 # --- a clock is a promise: (events, clock) on the wire under delays, every source ------------------
@@ -753,15 +724,14 @@ class WireStage:
 
     def __init__(self, source, endpoint: str, *, nodrop: bool = False, reader_pause_s: float = 0.0,
                  reader_start_s: float = 0.0, **options) -> None:  # fmt: skip
-        from stream.transport.sockets import Publisher
-        from stream.transport.sockets import Subscriber
+        from stream.transport.sockets import Publisher, Subscriber
 
         self.source = source
         self.stop = threading.Event()
         self.publisher = Publisher(endpoint, stop=self.stop, nodrop=nodrop, sndhwm=8)
-        self.subscriber = Subscriber(self.publisher.endpoint, ("events", "prediction"), rcvhwm=8)
+        self.subscriber = Subscriber(self.publisher.endpoint, ("events", "status"), rcvhwm=8)
         assert self.publisher.wait_for_subscribers(1, b"events", timeout_s=WAIT_S)
-        self.messages: list = []  # ("events", array) or (type, dict), in arrival order
+        self.messages: list = []  # ("events", array) or a Status (type, fields), in arrival order
         self.counters = None
         self.error: BaseException | None = None
         self._reading = threading.Event()
@@ -786,7 +756,7 @@ class WireStage:
             message = self.subscriber.recv(20)
             if message is None:
                 continue
-            self.messages.append(("events", message.events) if message.events is not None else (message.data["type"], message.data))
+            self.messages.append(("events", message.events) if message.events is not None else message.data)
             if self._reader_pause_s:
                 self._reading.wait(self._reader_pause_s)  # the slow consumer
 
@@ -835,20 +805,19 @@ def test_stage_publisher_counts_the_subscriptions_that_deliver_a_topic(tmp_path)
     context = zmq.Context.instance()
     with Publisher(f"ipc://{tmp_path}/pub") as publisher:
         sockets = {}
-        for prefix in (b"frame", b"fr", b"", b"events", b"frames"):
+        for prefix in (b"prediction", b"pred", b"", b"events", b"predictions"):
             sockets[prefix] = context.socket(zmq.SUB)
             sockets[prefix].setsockopt(zmq.SUBSCRIBE, prefix)
             sockets[prefix].connect(publisher.endpoint)
         try:
-            assert publisher.wait_for_subscribers(4, b"frames", timeout_s=WAIT_S)  # "frames", "frame", "fr", ""
-            assert publisher.subscribed(b"frames") == 4
-            assert publisher.subscribed(b"frame") == 3 and publisher.subscribed(b"events") == 2
+            # "predictions" is delivered to "predictions", "prediction", "pred" and ""
+            assert publisher.wait_for_subscribers(4, b"predictions", timeout_s=WAIT_S)
+            assert publisher.subscribed(b"predictions") == 4
+            assert publisher.subscribed(b"prediction") == 3 and publisher.subscribed(b"events") == 2
             assert publisher.subscribed(b"truth") == 1  # only the empty prefix
             sockets.pop(b"").close(linger=0)
-            deadline = time.monotonic() + WAIT_S
-            while publisher.subscribed(b"truth") > 0 and time.monotonic() < deadline:
-                publisher.socket.poll(10)
-            assert publisher.subscribed(b"truth") == 0 and publisher.subscribed(b"frame") == 2
+            assert publisher.wait_for_unsubscribed(b"truth", timeout_s=WAIT_S)  # the empty prefix left
+            assert publisher.subscribed(b"truth") == 0 and publisher.subscribed(b"prediction") == 2
         finally:
             for sub in sockets.values():
                 sub.close(linger=0)
@@ -859,9 +828,9 @@ def test_control_socket_with_keys_answers_only_clients_with_a_trusted_key(tmp_pa
     import shutil
     import threading
 
-    from stream.transport.keys import CurveConfig, generate_keys
     from stream.sources.simulated import SimulatorSource
     from stream.transport.control import ControlClient, ControlServer
+    from stream.transport.keys import CurveConfig, generate_keys
 
     generate_keys(tmp_path / "stage", "stage")
     generate_keys(tmp_path / "stranger", "stranger")
@@ -899,7 +868,7 @@ def test_file_source_clock_is_a_promise_under_a_slow_consumer(tmp_path):
     source = FileSource.from_events(events, SENSOR, speed=2.0, slice_us=20_000)
     stage = WireStage(source, f"ipc://{tmp_path}/events", nodrop=True, reader_pause_s=0.004)
     try:
-        wait_for(lambda: stage.of_type("end") or stage.error, "the end of the replay")
+        wait_until(lambda: stage.of_type("end") or stage.error, "the end of the replay")
         received, clocks = stage.check_promise()
         assert received == len(events) and clocks >= 10 and stage.error is None
         assert stage.of_type("end")[0]["late_events"] == 0  # the replay clock itself never ran ahead
@@ -908,11 +877,9 @@ def test_file_source_clock_is_a_promise_under_a_slow_consumer(tmp_path):
 
 
 def test_simulator_clock_is_a_promise_while_its_renderer_lags(tmp_path):
-    from tests.test_simulator import LaggingSimulator
-
-    stage = WireStage(LaggingSimulator(seed=5, speed=1.0, duration_s=0.6), f"ipc://{tmp_path}/events", nodrop=True)
+    stage = WireStage(lagging_simulator(seed=5, speed=1.0, duration_s=0.6), f"ipc://{tmp_path}/events", nodrop=True)
     try:
-        wait_for(lambda: stage.of_type("end") or stage.error, "the end of the simulated stream")
+        wait_until(lambda: stage.of_type("end") or stage.error, "the end of the simulated stream")
         received, clocks = stage.check_promise()
         end = stage.of_type("end")[0]
         assert received == end["events_sent"] > 1_000 and clocks >= 10
@@ -936,12 +903,10 @@ class WithoutClock:
 
 
 def test_estimated_clock_that_runs_ahead_is_kept_by_raising_late_events(tmp_path):
-    from tests.test_simulator import LaggingSimulator
-
-    simulator = LaggingSimulator(seed=5, speed=1.0, duration_s=0.6)
+    simulator = lagging_simulator(seed=5, speed=1.0, duration_s=0.6)
     stage = WireStage(WithoutClock(simulator), f"ipc://{tmp_path}/events", nodrop=True)
     try:
-        wait_for(lambda: stage.of_type("end") or stage.error, "the end of the simulated stream")
+        wait_until(lambda: stage.of_type("end") or stage.error, "the end of the simulated stream")
         received, clocks = stage.check_promise()  # holds on the wire although the estimate ran ahead
         end = stage.of_type("end")[0]
         assert received == end["events_sent"] and clocks >= 10
@@ -956,7 +921,7 @@ def test_raising_late_events_copies_them_with_zero_padding():
     bytes (a structured ``copy()`` leaves them there in NumPy 2)."""
     from stream.source_stage import StageClock
 
-    clock = StageClock(FileSource.from_events(synthetic_events(duration_us=1_000, count=10), SENSOR, speed=None))
+    clock = StageClock(FileSource.from_events(regular_events(SENSOR, 10, duration_us=1_000), SENSOR, speed=None))
     events = np.zeros(1_000, EVENT_DTYPE)
     events["t"] = np.arange(1_000) * 10
     clock.admit(events[:1], 0.0)
@@ -974,17 +939,17 @@ def test_network_source_clock_is_a_promise_when_events_arrive_late(tmp_path):
         stage = None
         try:
             source = NetworkSource("127.0.0.1", port)
-            wait_for(lambda: writer.getClientCount() == 1, "the server to accept the client")
+            wait_until(lambda: writer.getClientCount() == 1, "the server to accept the client")
             stage = WireStage(source, f"ipc://{tmp_path}/events")
-            first = synthetic_events(duration_us=10_000, count=500, start_us=1_000_000)
+            first = regular_events(SENSOR, 500, start_us=1_000_000, duration_us=10_000)
             writer.writeEvents(dv_store(first))
             last_us = int(first["t"][-1])
             # silence: the stage announces the clock running on with the wall clock ...
-            wait_for(lambda: any(c["time_us"] > last_us + 50_000 for c in stage.of_type("clock")), "clock messages")
+            wait_until(lambda: any(c["time_us"] > last_us + 50_000 for c in stage.of_type("clock")), "clock messages")
             # ... then events stamped before that clock arrive (a camera's batch delivered late)
-            late = synthetic_events(duration_us=40_000, count=400, start_us=last_us + 1)
+            late = regular_events(SENSOR, 400, start_us=last_us + 1, duration_us=40_000)
             writer.writeEvents(dv_store(late))
-            wait_for(lambda: sum(len(e) for e in stage.of_type("events")) == 900, "the late events")
+            wait_until(lambda: sum(len(e) for e in stage.of_type("events")) == 900, "the late events")
             received, clocks = stage.check_promise()
             assert received == 900 and clocks >= 3
             assert source.raised_to_clock > 0  # the source raised them to the clock it had given out
@@ -1001,11 +966,11 @@ def test_end_message_waits_for_a_full_queue_longer_than_the_reliable_send_limit(
     import stream.transport.sockets as stage_module
 
     monkeypatch.setattr(stage_module, "RELIABLE_SEND_S", 0.2)  # a reliable message's usual limit, made short
-    events = synthetic_events(duration_us=2_000_000, count=2_000_000)  # 31 packets of 1 MiB
+    events = regular_events(SENSOR, 2_000_000, duration_us=2_000_000)  # 31 packets of 1 MiB
     source = FileSource.from_events(events, SENSOR, speed=None)
     stage = WireStage(source, f"ipc://{tmp_path}/events", reader_start_s=1.0)  # dropping socket, reader stalled 1 s
     try:
-        wait_for(lambda: stage.of_type("end") or stage.error, "the end message")
+        wait_until(lambda: stage.of_type("end") or stage.error, "the end message")
         end = stage.of_type("end")[0]
         assert end["events_sent"] == len(events) and stage.error is None
         received, _ = stage.check_promise()
@@ -1023,40 +988,40 @@ def test_end_message_waits_for_a_full_queue_longer_than_the_reliable_send_limit(
 
 def test_stage_stats_tell_a_lost_and_reconnected_network_source_and_the_clock_holds(tmp_path):
     port = free_port()
-    server = start_server(port, 1_000_000)
+    server = start_dv_server(port, 1_000_000)
     stage = WireStage(NetworkSource("127.0.0.1", port, max_backoff_s=0.2), f"ipc://{tmp_path}/events")
     try:
-        wait_for(lambda: stage.of_type("events"), "events")
+        wait_until(lambda: stage.of_type("events"), "events")
         assert stage.of_type("stats") == [] or stage.of_type("stats")[-1]["connected"] is True
-        stop_server(server)
-        wait_for(lambda: any(not s["connected"] for s in stage.of_type("stats")), "a stats message saying lost")
+        kill(server)
+        wait_until(lambda: any(not s["connected"] for s in stage.of_type("stats")), "a stats message saying lost")
         lost = next(s for s in stage.of_type("stats") if not s["connected"])
         assert lost["disconnects"] == 1 and lost["reconnects"] == 0
         clocks_while_lost = len(stage.of_type("clock"))
-        server = start_server(port, 1_000)  # a new server whose clock starts earlier
-        wait_for(lambda: stage.of_type("stats")[-1]["connected"], "a stats message saying reconnected")
+        server = start_dv_server(port, 1_000)  # a new server whose clock starts earlier
+        wait_until(lambda: stage.of_type("stats")[-1]["connected"], "a stats message saying reconnected")
         back = stage.of_type("stats")[-1]
         assert back["disconnects"] == 1 and back["reconnects"] == 1
         count = len(stage.of_type("events"))
-        wait_for(lambda: len(stage.of_type("events")) > count, "events after the reconnection")
+        wait_until(lambda: len(stage.of_type("events")) > count, "events after the reconnection")
         assert len(stage.of_type("clock")) > clocks_while_lost  # the clock went on while the server was away
         stage.check_promise()  # and events after the reconnection come after every clock announced
     finally:
         stage.close()
         stage.source.close()
-        stop_server(server)
+        kill(server)
 
 
 def test_stage_with_a_source_that_gives_up_reconnecting_exits_with_an_error_and_no_end(tmp_path):
     from stream.sources.base import SourceLost
 
     port = free_port()
-    server = start_server(port, 1_000)
+    server = start_dv_server(port, 1_000)
     source = NetworkSource("127.0.0.1", port, max_backoff_s=0.05, give_up_after_s=0.3)
     stage = WireStage(source, f"ipc://{tmp_path}/events")
     try:
-        wait_for(lambda: stage.of_type("events"), "events")
-        stop_server(server)
+        wait_until(lambda: stage.of_type("events"), "events")
+        kill(server)
         stage.thread.join(WAIT_S)
         assert isinstance(stage.error, SourceLost) and "did not come back" in str(stage.error)
         assert stage.of_type("end") == []  # a lost source is not the end of the data
@@ -1074,15 +1039,15 @@ def test_shared_reconnect_loop_reopens_a_camera_by_serial_and_gives_up_with_the_
     if list_cameras():
         pytest.skip("a camera is connected here")
     port = free_port()
-    server = start_server(port, 1_000)
+    server = start_dv_server(port, 1_000)
     reader = dv.io.NetworkReader("127.0.0.1", port)
     live = _LiveInput(reader, lambda: open_camera("DXA00093")[0], "camera DVXplorer_DXA00093", reconnect=True,
                       max_backoff_s=0.05, give_up_after_s=0.3)  # fmt: skip
     chunks = live.chunks()
     try:
-        wait_for(lambda: len(next(chunks)) > 0, "events")
+        wait_until(lambda: len(next(chunks)) > 0, "events")
         assert live.connected
-        stop_server(server)
+        kill(server)
         start = time.monotonic()
         with caplog.at_level("WARNING", logger="stream.sources"):
             rest = list(chunks)  # reconnects (empty chunks) until it gives up
@@ -1095,7 +1060,7 @@ def test_shared_reconnect_loop_reopens_a_camera_by_serial_and_gives_up_with_the_
         live.stop.set()
         live.release()
         if server.poll() is None:
-            stop_server(server)
+            kill(server)
 
 
 def test_camera_stage_without_the_camera_is_one_error_line(tmp_path):
