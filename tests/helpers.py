@@ -272,6 +272,14 @@ def running(*processes: subprocess.Popen) -> Iterator[tuple[subprocess.Popen, ..
             stop_process(process)
 
 
+def run_module(module: str, *args, timeout_s: float = 60) -> subprocess.CompletedProcess:
+    """``python -m module args...`` (a command-line tool: ``stream``, ``training``, ...) run to its end
+    in the repository, output captured as text."""
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=timeout_s)  # fmt: skip
+
+
 def launch_command(*args, backend: str = TEST_BACKEND) -> list[str]:
     """``python launch.py --headless --backend BACKEND args...``."""
     return [sys.executable, "launch.py", "--headless", "--backend", backend, *map(str, args)]

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from helpers import random_events
 from stream.formats.aedat31 import Aedat31Reader, iter_aedat31, read_aedat31, write_aedat31
 from stream.formats.labels import read_gesture_labels, read_trials, write_gesture_labels, write_trials
 from stream.events import EventFormatError, GestureSegment, SensorSize, make_events
@@ -45,15 +46,9 @@ def test_reads_hand_built_file(tmp_path: Path) -> None:
     assert events["p"].tolist() == [1, 0, 1]
 
 
-def random_events(count: int, sensor: SensorSize, seed: int = 0, t0: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    t = t0 + np.cumsum(rng.integers(0, 50, count))
-    return make_events(t, rng.integers(0, sensor.width, count), rng.integers(0, sensor.height, count), rng.integers(0, 2, count))
-
-
 @pytest.mark.parametrize("sensor", [SensorSize(128, 128), SensorSize(346, 260), SensorSize(100, 37)])
 def test_round_trip(tmp_path: Path, sensor: SensorSize) -> None:
-    events = random_events(20_000, sensor, t0=2**31 - 300_000)  # crosses the 31-bit overflow
+    events = random_events(sensor, 2**31 - 300_000, 2**31 + 200_000, count=20_000)  # crosses the 31-bit overflow
     path = tmp_path / "rt.aedat"
     write_aedat31(path, events, sensor, packet_events=1000)
     got, got_sensor = read_aedat31(path)
@@ -65,7 +60,7 @@ def test_round_trip(tmp_path: Path, sensor: SensorSize) -> None:
 
 
 def test_writer_is_deterministic_and_header_is_jaer_like(tmp_path: Path) -> None:
-    events = random_events(100, SensorSize(128, 128))
+    events = random_events(SensorSize(128, 128), count=100)
     write_aedat31(tmp_path / "a.aedat", events, SensorSize(128, 128))
     write_aedat31(tmp_path / "b.aedat", events, SensorSize(128, 128))
     data = (tmp_path / "a.aedat").read_bytes()
@@ -91,7 +86,7 @@ def test_writer_rejects_bad_events(tmp_path: Path) -> None:
 
 
 def test_truncated_file(tmp_path: Path) -> None:
-    events = random_events(5000, SensorSize(128, 128))
+    events = random_events(SensorSize(128, 128), count=5000)
     path = tmp_path / "t.aedat"
     write_aedat31(path, events, SensorSize(128, 128), packet_events=1000)
     data = path.read_bytes()

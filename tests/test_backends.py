@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers_inference import TINY_CONFIG, make_checkpoint
+from helpers import TINY_CONFIG
 
 from inference.backends import (
     MODEL_CODE_MODULES,
@@ -29,11 +29,6 @@ from inference.export import poisson_windows, read_onnx_info
 from training.checkpoint import load_checkpoint, read_metadata
 
 HAS_CUDA = torch.cuda.is_available()
-
-
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory) -> Path:
-    return make_checkpoint(tmp_path_factory.mktemp("tiny"), TINY_CONFIG)
 
 
 @pytest.fixture(scope="module")

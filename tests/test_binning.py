@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import tonic
 
+from helpers import random_events
 from stream.commands import frames_main
 from stream.binning import (
     MIN_EVENTS_PER_THREAD,
@@ -24,13 +25,6 @@ from stream.binning import (
 )
 from stream.binning import _pieces  # the split the threads work on
 from stream.events import SensorSize, empty_events, make_events, to_tonic
-
-
-def random_events(seed: int, count: int, sensor: tuple[int, int], t_range: tuple[int, int]) -> np.ndarray:
-    """Time-sorted uniformly random events (timestamps in µs)."""
-    rng = np.random.default_rng(seed)
-    t = np.sort(rng.integers(t_range[0], t_range[1], count))
-    return make_events(t, rng.integers(0, sensor[0], count), rng.integers(0, sensor[1], count), rng.integers(0, 2, count))
 
 
 def random_chunks(events: np.ndarray, seed: int, pieces: int) -> list[np.ndarray]:
@@ -51,7 +45,8 @@ def identity(sensor: tuple[int, int]) -> SensorMapping:
 def test_equal_to_tonic_to_frame(seed: int, sensor: tuple[int, int], include_incomplete: bool) -> None:
     rng = np.random.default_rng(100 + seed)
     bin_us = int(rng.integers(1_000, 50_000))
-    events = random_events(seed, int(rng.integers(1, 30_000)), sensor, (int(rng.integers(0, 10**6)), 2 * 10**6))
+    count, start_us = int(rng.integers(1, 30_000)), int(rng.integers(0, 10**6))
+    events = random_events(sensor, start_us, 2 * 10**6, count=count, seed=seed)
     oracle = tonic.transforms.ToFrame(
         sensor_size=(*sensor, 2), time_window=bin_us, include_incomplete=include_incomplete
     )(to_tonic(events))
@@ -77,7 +72,7 @@ def test_layout_matches_tonic_on_one_event() -> None:
 
 
 def test_bin_window_ignores_order_window_and_sensor_bounds() -> None:
-    events = random_events(7, 5_000, (64, 48), (0, 100_000))
+    events = random_events((64, 48), 0, 100_000, count=5_000, seed=7)
     spec = WindowSpec(10, 5_000, 5_000)
     mapping = identity((64, 48))
     expected = bin_window(events, mapping, spec, 20_000)
@@ -118,7 +113,7 @@ def add_at_frames(events: np.ndarray, sensor: tuple[int, int], spec: WindowSpec,
 def threaded_events(seed: int) -> np.ndarray:
     """Sorted events from before to after a 16 x 1 ms window at 0, with some outside the 40x30
     sensor and some of polarity 2 sprinkled in."""
-    events = random_events(seed, THREADED, (42, 31), (-3_000, 19_000))
+    events = random_events((42, 31), -3_000, 19_000, count=THREADED, seed=seed)
     events["p"][::997] = 2
     return events
 
@@ -224,7 +219,7 @@ def test_area_mapping_to_128(sensor: tuple[int, int], crop: tuple[int, int, int,
     assert set(np.bincount(columns)) <= {crop_w // 128, -(-crop_w // 128)}
     assert np.all(mapping.x_table[:x0] == -1) and np.all(mapping.x_table[x0 + crop_w :] == -1)
     # counts are summed: every event in the crop is counted once; events outside it are unmapped
-    events = random_events(3, 20_000, sensor, (0, 1_000))
+    events = random_events(sensor, 0, 1_000, count=20_000, seed=3)
     frames = bin_window(events, mapping, WindowSpec(1, 1_000, 1_000), 0)
     in_crop = (events["x"] >= x0) & (events["x"] < x0 + crop_w) & (events["y"] >= y0) & (events["y"] < y0 + crop_h)
     assert frames.shape == (1, 2, 128, 128) and frames.sum() == in_crop.sum()
@@ -306,7 +301,7 @@ def test_flips_turn_clockwise_into_counter_clockwise(sensor, flip_x: bool, flip_
 )
 def test_streaming_equals_offline_with_random_chunking(seed: int, spec: WindowSpec) -> None:
     rng = np.random.default_rng(seed)
-    events = random_events(seed, 6_000, (32, 24), (int(rng.integers(0, 50_000)), 120_000))
+    events = random_events((32, 24), int(rng.integers(0, 50_000)), 120_000, count=6_000, seed=seed)
     # a silent stretch longer than the window in the middle
     events["t"][events["t"] > 80_000] += 3 * spec.window_us
     mapping = SensorMapping.create((32, 24), (16, 12))
@@ -339,7 +334,7 @@ def test_streaming_equals_offline_with_random_chunking(seed: int, spec: WindowSp
 @pytest.mark.parametrize("seed", range(3))
 def test_emit_latest_skips_cheaply_and_equals_offline(seed: int) -> None:
     spec = WindowSpec(4, 1_000, 2_000)
-    events = random_events(seed, 20_000, (16, 16), (0, 200_000))
+    events = random_events((16, 16), 0, 200_000, count=20_000, seed=seed)
     mapping = identity((16, 16))
     binner = StreamingBinner(mapping, spec)
     windows = []
@@ -356,7 +351,7 @@ def test_emit_latest_skips_cheaply_and_equals_offline(seed: int) -> None:
 
 
 def test_normalisation_identical_in_both_modes() -> None:
-    events = random_events(5, 30_000, (8, 8), (0, 40_000))
+    events = random_events((8, 8), 0, 40_000, count=30_000, seed=5)
     mapping = identity((8, 8))
     spec = WindowSpec(4, 5_000, 5_000)
     for norm in ({"kind": "clip", "max": 8}, {"kind": "log1p"}):
@@ -409,7 +404,7 @@ def test_one_hour_jump_is_bounded_work_and_clears_the_ring() -> None:
     spec = WindowSpec(16, 1_000, 1_000)
     mapping = identity((8, 8))
     binner = StreamingBinner(mapping, spec)
-    before = random_events(1, 1_000, (8, 8), (0, 50_000))
+    before = random_events((8, 8), 0, 50_000, count=1_000, seed=1)
     binner.push(before)
     hour = 3_600_000_000
     after = make_events([hour + 10, hour + 500, hour + 1_500], [1, 2, 3], [1, 2, 3], [1, 1, 1])
@@ -445,7 +440,7 @@ def test_empty_chunks_and_now_us_advance_time() -> None:
 def test_read_only_events_are_accepted_and_give_the_same_results() -> None:
     """Events decoded from received bytes (``np.frombuffer``) are read-only: every kernel takes them."""
     sensor, spec = (64, 48), WindowSpec(4, 1_000, 2_000)
-    events = random_events(7, 5_000, sensor, (0, 20_000))
+    events = random_events(sensor, 0, 20_000, count=5_000, seed=7)
     events["t"][100] = 0  # one event going back in time: the streaming binner drops it (a copy)
     read_only = np.frombuffer(events.tobytes(), dtype=events.dtype)
     assert not read_only.flags.writeable
@@ -467,7 +462,7 @@ def test_warmup_and_window_emission_shapes() -> None:
     warmup()
     spec = WindowSpec(16, 1_000, 1_000)
     binner = StreamingBinner(SensorMapping.create((346, 260), (128, 128)), spec)
-    windows = binner.push(random_events(2, 10_000, (346, 260), (0, 20_000)), now_us=20_000)
+    windows = binner.push(random_events((346, 260), 0, 20_000, count=10_000, seed=2), now_us=20_000)
     assert all(w.frames.shape == (16, 2, 128, 128) and w.frames.dtype == np.float32 for w in windows)
     assert not np.shares_memory(windows[0].frames, windows[1].frames)
 
@@ -520,7 +515,7 @@ def test_cli_writes_frames_of_one_window(tmp_path) -> None:
     from stream.__main__ import main as dispatcher
     from stream.formats.aedat4 import write_aedat4
 
-    events = random_events(9, 50_000, (346, 260), (1_000, 500_000))
+    events = random_events((346, 260), 1_000, 500_000, count=50_000, seed=9)
     path = tmp_path / "rec.aedat4"
     write_aedat4(path, events, SensorSize(346, 260))
     out = tmp_path / "frames.npy"
@@ -537,7 +532,7 @@ def test_cli_frames_says_when_the_window_misses_the_recording(tmp_path, capsys) 
     from stream.__main__ import main as dispatcher
     from stream.formats.aedat4 import write_aedat4
 
-    events = random_events(9, 5_000, (64, 48), (1_000_000, 2_000_000))
+    events = random_events((64, 48), 1_000_000, 2_000_000, count=5_000, seed=9)
     path, out = tmp_path / "rec.aedat4", tmp_path / "frames.npy"
     write_aedat4(path, events, SensorSize(64, 48))
     base = ["frames", str(path), "--bins", "4", "--bin-us", "10000", "--out", str(out)]

@@ -3,6 +3,7 @@ import pytest
 
 import dv_processing as dv
 
+from helpers import random_events
 from stream.events import (
     EVENT_DTYPE,
     EventFormatError,
@@ -11,16 +12,10 @@ from stream.events import (
     from_aedat,
     from_dv,
     from_tonic,
-    make_events,
     to_aedat,
     to_dv,
     to_tonic,
 )
-
-
-def sample_events(n: int = 1000, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    return make_events(np.sort(rng.integers(0, 10**7, n)), rng.integers(0, 346, n), rng.integers(0, 260, n), rng.integers(0, 2, n))
 
 
 def test_dtype_matches_dv_processing_memory_layout():
@@ -34,7 +29,7 @@ def test_dtype_matches_dv_processing_memory_layout():
 
 
 def test_round_trips_are_exact():
-    events = sample_events()
+    events = random_events(SensorSize(346, 260), 0, 10**7, count=1000)
     assert np.array_equal(from_dv(to_dv(events)), events)
     assert np.array_equal(from_tonic(to_tonic(events)), events)
     assert np.array_equal(from_aedat(to_aedat(events)), events)
@@ -62,7 +57,7 @@ def test_check_events_rejects_other_dtypes():
 def test_concatenate_events_keeps_the_canonical_dtype():
     from stream.events import concatenate_events
 
-    a, b = sample_events(5, seed=1), sample_events(7, seed=2)
+    a, b = random_events(SensorSize(346, 260), count=5, seed=1), random_events(SensorSize(346, 260), count=7, seed=2)
     joined = concatenate_events([a, b])
     assert joined.dtype == EVENT_DTYPE and len(joined) == 12
     assert np.array_equal(joined[:5], a) and np.array_equal(joined[5:], b)

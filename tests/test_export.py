@@ -13,7 +13,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from helpers_inference import TINY_CONFIG, FixedBatchSNN, StandInSNN, checkpoint_metadata, make_checkpoint
+from helpers import TINY_CONFIG, FixedBatchSNN, StandInSNN, checkpoint_metadata, make_checkpoint
 from onnx import TensorProto, helper
 
 from inference.__main__ import main as inference_main

@@ -14,6 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from helpers import random_events, run_module
 from stream.formats.aedat4 import Aedat4Reader, Aedat4Writer, read_aedat4, write_aedat4
 from stream.formats.aedat31 import write_aedat31
 from stream.events import EVENT_DTYPE, EventFormatError, SensorSize, from_dv, make_events
@@ -25,23 +26,12 @@ DAVIS = SensorSize(346, 260)
 DVS128 = SensorSize(128, 128)
 
 
-def random_events(count: int, sensor: SensorSize, seed: int = 0, step_us: int = 20) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    t = 1_000 + np.cumsum(rng.integers(0, step_us, count))
-    return make_events(t, rng.integers(0, sensor.width, count), rng.integers(0, sensor.height, count), rng.integers(0, 2, count))
-
-
-def run_cli(*args: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    return subprocess.run([sys.executable, "-m", "stream", *args], capture_output=True, text=True, env=env, timeout=60)
-
-
 # --- AEDAT4 ---------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("compression", ["lz4", "zstd", None])
 def test_aedat4_round_trip_through_dv_processing(tmp_path: Path, compression: str | None) -> None:
-    events = random_events(50_000, DAVIS)
+    events = random_events(DAVIS, 1_000, 501_000, count=50_000)
     path = tmp_path / "rt.aedat4"
     with Aedat4Writer(path, DAVIS, camera_name="DAVIS346_test", compression=compression, packet_events=4096) as writer:
         writer.write(events[:10_000])
@@ -61,7 +51,7 @@ def test_aedat4_round_trip_through_dv_processing(tmp_path: Path, compression: st
 
 
 def test_aedat4_reads_dv_processing_file(tmp_path: Path) -> None:
-    events = random_events(2000, DAVIS)
+    events = random_events(DAVIS, 1_000, 21_000, count=2000)
     path = tmp_path / "dv.aedat4"
     store = dv.EventStore()
     for event in events[:200]:  # dv's writer takes events one by one: keep it small
@@ -90,7 +80,7 @@ def test_aedat4_writer_rejects_bad_events(tmp_path: Path) -> None:
 
 
 def test_aedat4_truncated(tmp_path: Path) -> None:
-    events = random_events(40_000, DAVIS)
+    events = random_events(DAVIS, 1_000, 401_000, count=40_000)
     path = tmp_path / "t.aedat4"
     with Aedat4Writer(path, DAVIS, compression=None, packet_events=10_000) as writer:
         writer.write(events)
@@ -107,7 +97,7 @@ def test_aedat4_truncated(tmp_path: Path) -> None:
 
 def test_aedat4_unclosed_writer_is_readable_with_allow_truncated(tmp_path: Path) -> None:
     """A recording whose writer never closed (crash) has no index; every written packet survives."""
-    events = random_events(3000, DAVIS)
+    events = random_events(DAVIS, 1_000, 31_000, count=3000)
     path = tmp_path / "crash.aedat4"
     script = (
         "import numpy as np, os; from stream.formats.aedat4 import Aedat4Writer; from stream.events import SensorSize\n"
@@ -124,7 +114,7 @@ def test_aedat4_unclosed_writer_is_readable_with_allow_truncated(tmp_path: Path)
 
 
 def test_tonic_npy_matches_tonic_dataset_loading(tmp_path: Path) -> None:
-    events = random_events(5000, DVS128, step_us=3000)
+    events = random_events(DVS128, 1_000, 7_501_000, count=5000)
     events["t"] -= events["t"] % 1000  # tonic stores whole milliseconds
     path = sample_path(tmp_path, train=True, user=3, lighting="fluorescent_led", label=7)
     write_tonic_npy(path, events)
@@ -155,7 +145,7 @@ def test_tonic_npy_reads_float_milliseconds(tmp_path: Path) -> None:
 
 def test_tonic_npy_truncated_and_bad(tmp_path: Path) -> None:
     path = tmp_path / "1.npy"
-    write_tonic_npy(path, random_events(1000, DVS128, step_us=3000))
+    write_tonic_npy(path, random_events(DVS128, 1_000, 1_501_000, count=1000))
     data = path.read_bytes()
     path.write_bytes(data[:-100])
     with pytest.raises(EventFormatError, match="truncated"):
@@ -178,7 +168,7 @@ def test_tonic_npy_truncated_and_bad(tmp_path: Path) -> None:
 
 @pytest.fixture
 def three_files(tmp_path: Path) -> dict[str, tuple[Path, np.ndarray]]:
-    events = random_events(30_000, DVS128, step_us=3000)
+    events = random_events(DVS128, 1_000, 45_001_000, count=30_000)
     events["t"] -= events["t"] % 1000
     files = {
         "aedat4": tmp_path / "a.aedat4",
@@ -227,7 +217,7 @@ def test_backwards_timestamps_are_reported(tmp_path: Path) -> None:
 def test_convert(three_files: dict, source_fmt: str, suffix: str, tmp_path: Path) -> None:
     source, events = three_files[source_fmt]
     target = tmp_path / f"out{suffix}"
-    result = run_cli("convert", str(source), str(target)) if (source_fmt, suffix) == ("aedat3.1", ".aedat4") else None
+    result = run_module("stream", "convert", str(source), str(target)) if (source_fmt, suffix) == ("aedat3.1", ".aedat4") else None
     if result is not None:
         assert result.returncode == 0, result.stderr
     else:
@@ -247,7 +237,7 @@ def test_convert_removes_partial_output(tmp_path: Path) -> None:
 
 def test_info_json_and_text(three_files: dict) -> None:
     path, events = three_files["aedat4"]
-    result = run_cli("info", str(path), "--json")
+    result = run_module("stream", "info", str(path), "--json")
     assert result.returncode == 0, result.stderr
     info = json.loads(result.stdout)
     assert {"format", "camera", "width", "height", "events", "t_start_us", "t_end_us", "duration_s", "event_rate"} <= set(info)
@@ -255,7 +245,7 @@ def test_info_json_and_text(three_files: dict) -> None:
         "aedat4", "DVS128_test", 128, 128, 30_000
     )
     assert info["event_rate"] == pytest.approx(info["events"] / info["duration_s"])
-    text = run_cli("info", str(path))
+    text = run_module("stream", "info", str(path))
     assert text.returncode == 0 and "format:     aedat4" in text.stdout and "128x128" in text.stdout
 
 
@@ -280,14 +270,14 @@ def bad_files(tmp_path: Path, three_files: dict) -> dict[str, Path]:
 
 def test_cli_bad_files_give_one_error_line(tmp_path: Path, three_files: dict) -> None:
     for name, path in bad_files(tmp_path, three_files).items():
-        result = run_cli("info", str(path))
+        result = run_module("stream", "info", str(path))
         assert result.returncode != 0, name
         assert "Traceback" not in result.stderr and "panicked" not in result.stderr, (name, result.stderr)
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: "), (name, result.stderr)
-    result = run_cli("convert", str(tmp_path / "missing.aedat"), str(tmp_path / "o.aedat4"))
+    result = run_module("stream", "convert", str(tmp_path / "missing.aedat"), str(tmp_path / "o.aedat4"))
     assert result.returncode == 2 and result.stderr.startswith("error: ")
-    result = run_cli("info")
+    result = run_module("stream", "info")
     assert result.returncode == 2 and result.stderr.startswith("error: ")
 
 
@@ -295,7 +285,7 @@ def test_allow_truncated_on_cli(three_files: dict, tmp_path: Path) -> None:
     path, events = three_files["aedat3.1"]
     cut = tmp_path / "cut.aedat"
     cut.write_bytes(path.read_bytes()[: len(path.read_bytes()) - 100])
-    result = run_cli("info", str(cut), "--json", "--allow-truncated")
+    result = run_module("stream", "info", str(cut), "--json", "--allow-truncated")
     assert result.returncode == 0, result.stderr
     info = json.loads(result.stdout)
     assert info["events"] == 8192 * 3 and "truncated" in info["damage"]

@@ -30,9 +30,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from helpers import random_events
 from stream.formats.aedat4 import MAX_DECODED_PACKET_BYTES, Aedat4Writer
 from stream.formats.aedat31 import write_aedat31
-from stream.events import EVENT_DTYPE, EventFormatError, GestureSegment, SensorSize, make_events
+from stream.events import EVENT_DTYPE, EventFormatError, GestureSegment, SensorSize
 from stream.formats import file_info, read_events
 from stream.formats.tonic_npy import write_tonic_npy
 from stream.transport.wire import Kind, Message, MessageError, decode, encode, encode_events, encode_json, encode_truth
@@ -130,12 +131,6 @@ def read_or_refuse(path: Path, allow_truncated: bool) -> None:
     assert_valid_events(events, sensor)
 
 
-def random_events(count: int, sensor: SensorSize = SENSOR, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    return make_events(np.sort(rng.integers(0, 100_000, count)), rng.integers(0, sensor.width, count),
-                       rng.integers(0, sensor.height, count), rng.integers(0, 2, count))  # fmt: skip
-
-
 # --- seed files -------------------------------------------------------------------------------
 
 
@@ -143,7 +138,7 @@ def random_events(count: int, sensor: SensorSize = SENSOR, seed: int = 0) -> np.
 def seeds(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
     """Small valid files of every format (a few packets each), as bytes."""
     folder = tmp_path_factory.mktemp("seeds")
-    events = random_events(300)
+    events = random_events(SENSOR, 0, 100_000, count=300)
     for compression in ("lz4", "zstd", None):
         with Aedat4Writer(folder / f"{compression}.aedat4", SENSOR, compression=compression, packet_events=100) as writer:
             writer.write(events)
@@ -347,8 +342,8 @@ def test_events_outside_the_sensor_are_refused(tmp_path):
 
 def valid_messages() -> list[list[bytes]]:
     frames = [
-        encode_events(random_events(20, SensorSize(64, 48)), SensorSize(64, 48), 3),
-        encode_events(random_events(0), SENSOR, 4),
+        encode_events(random_events(SensorSize(64, 48), 0, 100_000, count=20), SensorSize(64, 48), 3),
+        encode_events(random_events(SENSOR, count=0), SENSOR, 4),
         encode_truth([GestureSegment(2, 10, 20)], 5),
         encode_json(Kind.PREDICTION, 6, {"label": 1, "scores": [0.5, 0.5]}),
         encode(Kind.PREDICTION, 7, b"\x00" * 32, count=1),

@@ -1,6 +1,6 @@
 """The import graph of the project's modules (function-level imports included): no cycles, the
 packages depend on each other one way only (stream <- training <- inference <- gui <- launch), and
-no module imports another module's private names."""
+no module imports another module's private names; test modules import no other test module."""
 
 from __future__ import annotations
 
@@ -121,3 +121,16 @@ def test_no_module_imports_private_names_of_another(edges) -> None:
     private = [(name, module, imported) for name, targets in edges.items() for module, imported in targets
                if imported.startswith("_")]  # fmt: skip
     assert private == []
+
+
+def test_test_modules_share_helpers_only_through_the_helpers_module() -> None:
+    """A test module imports ``helpers`` (or conftest's fixtures), never another test module."""
+    tests = Path(__file__).resolve().parent
+    found = []
+    for path in sorted(tests.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = [alias.name for alias in node.names] if isinstance(node, ast.Import) else (
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else [])  # fmt: skip
+            found += [(path.name, name) for name in names
+                      if name.split(".")[-1].startswith("test_") or name.startswith("tests.")]  # fmt: skip
+    assert found == []

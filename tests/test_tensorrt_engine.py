@@ -7,7 +7,7 @@ import re
 
 import numpy as np
 import pytest
-from helpers_inference import StandInSNN
+from helpers import StandInSNN
 
 from inference.export import export_onnx, poisson_windows
 from inference.tensorrt_engine import (

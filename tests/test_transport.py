@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import zmq
 
+from helpers import random_events, run_module
 from stream.events import EVENT_DTYPE, GestureSegment, SensorSize, make_events
 from stream.transport.sockets import Publisher, Subscriber, check_endpoint
 from stream.transport.wire import (
@@ -27,16 +28,6 @@ from stream.transport.wire import (
 
 SENSOR = SensorSize(128, 96)
 WAIT_S = 5.0  # bound on every wait for a real signal
-
-
-def random_events(count: int, seed: int = 0, sensor: SensorSize = SENSOR) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    return make_events(
-        np.sort(rng.integers(0, 1_000_000, count)),
-        rng.integers(0, sensor.width, count),
-        rng.integers(0, sensor.height, count),
-        rng.integers(0, 2, count),
-    )
 
 
 @pytest.fixture(params=["ipc", "tcp"])
@@ -62,11 +53,11 @@ def recv_next(subscriber: Subscriber):
 
 
 def test_events_round_trip_exact(bind_endpoint):
-    events = random_events(10_000)
+    events = random_events(SENSOR, count=10_000)
     with Publisher(bind_endpoint) as pub, Subscriber(pub.endpoint, ["events"]) as sub:
         first = join(lambda: pub.publish_events(events[:1], SENSOR), sub)
         assert first.kind == Kind.EVENTS and first.topic == "events"
-        big = random_events(200_000, seed=1)  # above the zero-copy threshold, below MAX_PACKET_EVENTS
+        big = random_events(SENSOR, count=200_000, seed=1)  # above the zero-copy threshold, below MAX_PACKET_EVENTS
         previous = first
         for packet in (events, events[:0], big):
             assert pub.publish_events(packet, SENSOR) == 1  # one message each
@@ -95,19 +86,19 @@ def test_truth_and_json_kinds_round_trip(tmp_path):
 
 def test_sequence_gaps_counted_as_lost(bind_endpoint):
     with Publisher(bind_endpoint) as pub, Subscriber(pub.endpoint) as sub:
-        join(lambda: pub.publish_events(random_events(10), SENSOR), sub)
+        join(lambda: pub.publish_events(random_events(SENSOR, count=10), SENSOR), sub)
         for _ in range(3):
             pub.next_seq(Kind.EVENTS)  # three messages "lost" on the way
-        pub.publish_events(random_events(10), SENSOR)
+        pub.publish_events(random_events(SENSOR, count=10), SENSOR)
         recv_next(sub)
         assert sub.stats.lost == 3
-        pub.publish_events(random_events(10), SENSOR)
+        pub.publish_events(random_events(SENSOR, count=10), SENSOR)
         recv_next(sub)
         assert sub.stats.lost == 3
 
 
 def _valid_frames(seq: int = 0) -> list[bytes]:
-    frames = encode_events(random_events(4), SENSOR, seq)
+    frames = encode_events(random_events(SENSOR, count=4), SENSOR, seq)
     return [frames[0], frames[1], frames[2].tobytes()]
 
 
@@ -191,10 +182,10 @@ def test_rejects_are_logged_rate_limited(tmp_path, caplog):
 def test_oversized_message_refused_by_socket(bind_endpoint):
     limit = 100 * EVENT_DTYPE.itemsize
     with Publisher(bind_endpoint) as pub, Subscriber(pub.endpoint, max_message_bytes=limit) as sub:
-        join(lambda: pub.publish_events(random_events(100), SENSOR), sub)
-        pub.publish_events(random_events(101), SENSOR)  # one event over: ZeroMQ drops the connection
+        join(lambda: pub.publish_events(random_events(SENSOR, count=100), SENSOR), sub)
+        pub.publish_events(random_events(SENSOR, count=101), SENSOR)  # one event over: ZeroMQ drops the connection
         # libzmq closes that connection for good; the subscriber sees it and connects again.
-        message = join(lambda: pub.publish_events(random_events(10), SENSOR), sub)
+        message = join(lambda: pub.publish_events(random_events(SENSOR, count=10), SENSOR), sub)
         assert message.count == 10
         while (late := sub.recv(50)) is not None:
             assert late.count == 10  # the 101-event packet never arrives
@@ -224,14 +215,14 @@ def test_outside_poller_recovers_from_an_oversized_message(tmp_path):
                     sub.maintain()
             pytest.fail("nothing received")
 
-        assert receive(lambda: pub.publish_events(random_events(100), SENSOR)) == 100
-        pub.publish_events(random_events(101), SENSOR)  # over the limit: ZeroMQ closes the connection
-        assert receive(lambda: pub.publish_events(random_events(7), SENSOR)) == 7
+        assert receive(lambda: pub.publish_events(random_events(SENSOR, count=100), SENSOR)) == 100
+        pub.publish_events(random_events(SENSOR, count=101), SENSOR)  # over the limit: ZeroMQ closes the connection
+        assert receive(lambda: pub.publish_events(random_events(SENSOR, count=7), SENSOR)) == 7
         assert sub.poll_sockets == sockets and sub.stats.reconnected == 1
 
 
 def test_publisher_splits_packets_above_max_packet_events(tmp_path):
-    events = random_events(1000)
+    events = random_events(SENSOR, count=1000)
     with Publisher(f"ipc://{tmp_path}/s.sock", max_packet_events=300) as pub, \
             Subscriber(pub.endpoint, max_message_bytes=300 * EVENT_DTYPE.itemsize) as sub:  # fmt: skip
         join(lambda: pub.publish_events(events[:1], SENSOR), sub)
@@ -261,7 +252,7 @@ def test_publish_status_refuses_a_status_without_a_known_type(tmp_path):
 
 
 def test_publisher_splits_packets_above_the_default_limit_into_messages_a_default_subscriber_takes(tmp_path):
-    events = random_events(MAX_PACKET_EVENTS + 1_000, seed=2)
+    events = random_events(SENSOR, count=MAX_PACKET_EVENTS + 1_000, seed=2)
     with Publisher(f"ipc://{tmp_path}/d.sock") as pub, Subscriber(pub.endpoint) as sub:
         join(lambda: pub.publish_events(events[:1], SENSOR), sub)
         assert pub.publish_events(events, SENSOR) == 2
@@ -272,7 +263,7 @@ def test_publisher_splits_packets_above_the_default_limit_into_messages_a_defaul
 
 
 def test_decode_rejects_payload_over_limit():
-    frames = encode_events(random_events(10), SENSOR, 0)
+    frames = encode_events(random_events(SENSOR, count=10), SENSOR, 0)
     with pytest.raises(MessageError, match="oversized") as info:
         decode([frames[0], frames[1], frames[2].tobytes()], max_payload_bytes=159)
     assert info.value.reason == "oversized"
@@ -389,7 +380,7 @@ def test_publisher_restart_resumes_without_reconnecting_by_hand(tmp_path):
     with Subscriber(endpoint) as sub:
         for round_ in range(2):
             with Publisher(endpoint) as pub:
-                message = join(lambda: pub.publish_events(random_events(5, seed=round_), SENSOR), sub)
+                message = join(lambda: pub.publish_events(random_events(SENSOR, count=5, seed=round_), SENSOR), sub)
                 assert message.count == 5
         assert sub.stats.disconnects == 1 and sub.stats.reconnected == 0  # ZeroMQ reconnected by itself
 
@@ -417,7 +408,7 @@ def curve_keys(tmp_path):
 
 
 def test_curve_only_authorised_clients_receive(curve_keys):
-    events = random_events(10)
+    events = random_events(SENSOR, count=10)
     with Publisher("tcp://127.0.0.1:*", curve=curve_keys["server"]) as pub, \
             Subscriber(pub.endpoint, curve=curve_keys["client"]) as client, \
             Subscriber(pub.endpoint, curve=curve_keys["stranger"]) as stranger, \
@@ -437,9 +428,9 @@ def test_curve_message_size_limit_counts_the_payload_not_the_encryption(curve_ke
     limit = 10 * EVENT_DTYPE.itemsize
     with Publisher("tcp://127.0.0.1:*", curve=curve_keys["server"]) as pub, \
             Subscriber(pub.endpoint, curve=curve_keys["client"], max_message_bytes=limit) as sub:  # fmt: skip
-        assert join(lambda: pub.publish_events(random_events(10), SENSOR), sub).count == 10  # exactly the limit
-        pub.publish_events(random_events(11), SENSOR)  # one event over: refused by the socket
-        assert join(lambda: pub.publish_events(random_events(3), SENSOR), sub).count == 3
+        assert join(lambda: pub.publish_events(random_events(SENSOR, count=10), SENSOR), sub).count == 10  # exactly the limit
+        pub.publish_events(random_events(SENSOR, count=11), SENSOR)  # one event over: refused by the socket
+        assert join(lambda: pub.publish_events(random_events(SENSOR, count=3), SENSOR), sub).count == 3
         while (late := sub.recv(50)) is not None:
             assert late.count in (3, 10)
         assert sub.stats.reconnected == 1
@@ -449,7 +440,7 @@ def test_curve_is_ignored_on_ipc(tmp_path, curve_keys):
     with Publisher(f"ipc://{tmp_path}/c.sock", curve=curve_keys["server"]) as pub, \
             Subscriber(pub.endpoint) as sub:  # fmt: skip
         assert pub.curve is None
-        assert join(lambda: pub.publish_events(random_events(2), SENSOR), sub).count == 2
+        assert join(lambda: pub.publish_events(random_events(SENSOR, count=2), SENSOR), sub).count == 2
 
 
 def test_curve_subscriber_needs_the_server_key(curve_keys):
@@ -462,40 +453,30 @@ def test_curve_subscriber_needs_the_server_key(curve_keys):
 # --- keys: python -m stream keys, CurveConfig, stage arguments -----------------------------------
 
 
-def run_stream_cli(*args: str):
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
-    return subprocess.run([sys.executable, "-m", "stream", *args], capture_output=True, text=True, env=env, timeout=60)
-
-
 def test_keys_generate_and_list_cli(tmp_path):
     import json
     import stat
 
     keys = tmp_path / "keys"
-    result = run_stream_cli("keys", "generate", str(keys), "--name", "camera")
+    result = run_module("stream", "keys", "generate", str(keys), "--name", "camera")
     assert result.returncode == 0, result.stderr
     public, secret = keys / "camera.key", keys / "camera.key_secret"
     assert stat.S_IMODE(secret.stat().st_mode) == 0o600 and stat.S_IMODE(keys.stat().st_mode) == 0o700
     assert "secret-key" not in public.read_text() and "secret-key" in secret.read_text()
-    assert run_stream_cli("keys", "generate", str(keys)).returncode == 0  # default name: spikeformer
-    listing = run_stream_cli("keys", "list", str(keys), "--json")
+    assert run_module("stream", "keys", "generate", str(keys)).returncode == 0  # default name: spikeformer
+    listing = run_module("stream", "keys", "list", str(keys), "--json")
     rows = json.loads(listing.stdout)
     assert [(row["name"], row["secret"]) for row in rows] == [
         ("camera", False), ("camera", True), ("spikeformer", False), ("spikeformer", True)]  # fmt: skip
     assert rows[0]["public_key"] == rows[1]["public_key"] and len(rows[0]["public_key"]) == 40
     assert rows[0]["file"] == str(public) and not any(row["problem"] for row in rows)
-    text = run_stream_cli("keys", "list", str(keys)).stdout
+    text = run_module("stream", "keys", "list", str(keys)).stdout
     assert rows[0]["public_key"] in text and str(secret) in text
     for bad in (["keys", "generate", str(keys), "--name", "camera"],  # exists: never overwritten
                 ["keys", "generate", str(keys), "--name", "../escape"],
                 ["keys", "list", str(tmp_path / "missing")],
                 ["keys"]):  # fmt: skip
-        result = run_stream_cli(*bad)
+        result = run_module("stream", *bad)
         assert result.returncode == 2, bad
         assert result.stderr.startswith("error: ") and len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert not (tmp_path / "escape.key").exists()
