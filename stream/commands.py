@@ -22,7 +22,6 @@ from stream.formats import convert, file_info, open_events
 from stream.sim.scene import DEFAULT_SENSOR, LIGHTINGS, LOOKS
 from stream.sim.recording import DEFAULT_GESTURE_US, DEFAULT_IDLE_US, NUM_CLASSES
 from stream.stage import ArgumentParser, positive_number
-from stream.transport.keys import generate_keys, list_keys, public_key
 
 
 def info_main(argv: Sequence[str] | None = None) -> int:
@@ -189,6 +188,8 @@ def keys_main(argv: Sequence[str] | None = None) -> int:
     listing.add_argument("directory")
     listing.add_argument("--json", action="store_true", help="print one JSON list")
     args = parser.parse_args(argv)
+    from stream.transport.keys import generate_keys, list_keys, public_key  # pyzmq: only this command needs it
+
     if args.action == "generate":
         public_path, secret_path = generate_keys(args.directory, args.name)
         print(f"public key {public_key(public_path)}")
