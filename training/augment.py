@@ -164,6 +164,25 @@ AUGMENT_PRESETS: dict[str, AugmentConfig] = {
     "none": AugmentConfig(),
     # training.data.Augmentation's defaults before issue #15: flip, shift, drop-out.
     "basic": AugmentConfig(flip_prob=0.5, max_shift_px=4, max_drop=0.2),
+    # The default for simulated training data, which already varies framing, light and noise:
+    # the geometric and occlusion augmentations of "full" at half strength.
+    "moderate": AugmentConfig(
+        flip_prob=0.5,
+        max_shift_px=4,
+        zoom_prob=0.5,
+        scale_range=(0.8, 1.25),
+        max_rotation_deg=10.0,
+        centre_range=0.5,
+        occluder_prob=0.25,
+        max_occluders=2,
+        occluder_size=(0.1, 0.3),
+        occluder_edge_rate=1.0,
+        max_drop=0.3,
+        noise_prob=0.3,
+        max_noise_rate=0.02,
+        max_hot_pixels=2,
+        max_hot_pixel_rate=4.0,
+    ),
     "full": AugmentConfig(
         flip_prob=0.5,
         max_shift_px=4,

@@ -181,6 +181,12 @@ register_preset(SpikeformerConfig(
     tokenizer_channels=(8, 16, 32), tokenizer_strides=(2, 2, 2), kernel_size=3,
     embed_dim=32, depth=2, num_heads=4, mlp_ratio=2, num_classes=11,
 ))
+# Mid-size CPU model: twice the small preset's width, same depth and tokens.
+register_preset(SpikeformerConfig(
+    name="medium", input_size=(64, 64), time_steps=16,
+    tokenizer_channels=(16, 32, 64), tokenizer_strides=(2, 2, 2), kernel_size=3,
+    embed_dim=64, depth=2, num_heads=4, mlp_ratio=2, num_classes=11,
+))
 
 
 class DropPath(nn.Module):
