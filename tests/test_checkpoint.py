@@ -204,7 +204,7 @@ def test_oversized_weights_refused(saved: Path):
         (lambda d: d["input"]["sensor_mapping"].update(input_width=128), "maps to 128x64 pixels"),
         (lambda d: d["input"]["sensor_mapping"].update(flip_x="no"), "flip_x must be true or false"),
         (lambda d: d["input"].pop("normalisation"), r"missing keys \['normalisation'\]"),
-        (lambda d: d["input"].update(normalisation="clip"), "normalisation must be null or an object"),
+        (lambda d: d["input"].update(normalisation="clip"), "normalisation must be None or a dict"),
         (lambda d: d["weights"].update(file="../elsewhere.safetensors"), "plain '\\*.safetensors' file name"),
         (lambda d: d["weights"].update(sha256="abc"), "64 lowercase hex digits"),
         (lambda d: d["weights"].update(parameters=5), "weights.parameters is 5"),

@@ -14,6 +14,7 @@ from stream.binning import WindowSpec
 from stream.classes import GESTURE_CLASSES, MIRRORED_CLASS
 from stream.events import EVENT_DTYPE, GestureSegment, SensorSize, make_events
 from training import data
+from training.augment import AugmentConfig
 
 SENSOR = SensorSize(128, 128)
 WINDOW = WindowSpec(bins=8, bin_us=25_000, stride_us=25_000)  # 200 ms windows
@@ -102,10 +103,11 @@ def test_window_positions_lie_inside_segments():
     assert starts[0] == segment.start_us and starts[-1] + window_us == segment.end_us
     assert np.all(np.diff(starts) > 0)
     rng = np.random.default_rng(0)
-    starts, stretches = data.train_window_plan(segment, window_us, 500, rng, max_stretch=0.2)
+    starts, stretches = data.train_window_plan(segment, window_us, 500, rng, stretch=1.2)
     covered = np.ceil(stretches * window_us).astype(np.int64)
     assert np.all(starts >= segment.start_us) and np.all(starts + covered <= segment.end_us)
-    assert stretches.min() < 0.9 and stretches.max() > 1.1  # really stretched both ways
+    assert stretches.min() < 0.9 and stretches.max() > 1.1  # really stretched both ways (1/1.2 .. 1.2)
+    assert stretches.min() >= 1 / 1.2 - 1e-9
     assert len(np.unique(starts)) > 400  # random positions
     short = GestureSegment(0, 0, window_us - 1)
     assert len(data.eval_window_starts(short, window_us, 3)) == 0
@@ -121,8 +123,8 @@ def test_loaded_windows_inside_segments_eval_fixed_train_random(gesture_dir: Pat
     assert eval_a.cache_misses == eval_b.cache_misses == 2
     np.testing.assert_array_equal(eval_a.starts_us, eval_b.starts_us)
     np.testing.assert_array_equal(eval_a.frames, eval_b.frames)
-    train_a = load(source, "train", data.WindowPlan("train", 4, seed=1, max_stretch=0.1), tmp_path / "c1")
-    train_b = load(source, "train", data.WindowPlan("train", 4, seed=2, max_stretch=0.1), tmp_path / "c1")
+    train_a = load(source, "train", data.WindowPlan("train", 4, seed=1, stretch=1.1), tmp_path / "c1")
+    train_b = load(source, "train", data.WindowPlan("train", 4, seed=2, stretch=1.1), tmp_path / "c1")
     assert not np.array_equal(train_a.starts_us, train_b.starts_us)
     for windows in (eval_a, train_a):
         assert len(windows) == len(segments) * (3 if windows is eval_a else 4)
@@ -201,51 +203,44 @@ def test_orientation_table_and_flip():
 # --- augmentation and the Dataset -----------------------------------------------------------------
 
 
-def test_flip_swaps_classes_and_mirrors_frames():
-    counts = np.zeros((2, 2, 4, 6), dtype=np.uint8)
-    counts[:, 1, 2, 0] = 5  # mass on the left edge
-    for label in range(len(GESTURE_CLASSES)):
-        flipped, new_label = data.flip_left_right(counts, label)
-        assert new_label == MIRRORED_CLASS[label]
-        assert flipped[:, 1, 2, 5].tolist() == [5, 5] and flipped.sum() == counts.sum()
-    assert data.flip_left_right(counts, 3)[1] == 6  # right arm clockwise -> left arm counter-clockwise
-    assert data.flip_left_right(counts, 1)[1] == 2  # right hand wave -> left hand wave
-
-
-def test_dataset_augmentation_flip_shift_dropout_deterministic():
-    rng = np.random.default_rng(0)
-    frames = rng.poisson(3.0, size=(6, 4, 2, 16, 16)).astype(np.uint8)
+def _window_set() -> tuple[np.ndarray, data.WindowSet]:
+    """Six random windows of three segments (two each)."""
+    frames = np.random.default_rng(0).poisson(3.0, size=(6, 4, 2, 16, 16)).astype(np.uint8)
     windows = data.WindowSet(frames=frames, labels=np.array([1, 1, 3, 3, 0, 0]), groups=np.array([0, 0, 1, 1, 2, 2]),
-                             starts_us=np.zeros(6, dtype=np.int64), stretches=np.ones(6))
-    always_flip = data.Augmentation(flip_prob=1.0, max_shift_px=0, max_drop=0.0)
+                             starts_us=np.zeros(6, dtype=np.int64), stretches=np.ones(6))  # fmt: skip
+    return frames, windows
+
+
+def test_dataset_with_augmentation_gives_one_augmented_window_per_segment_with_its_flipped_class():
+    frames, windows = _window_set()
+    always_flip = AugmentConfig(flip_prob=1.0)
     dataset = data.WindowDataset(windows, normalisation=None, augmentation=always_flip, seed=3)
     assert len(dataset) == 3  # one item per segment per epoch
-    labels = [dataset[i][1] for i in range(3)]
-    assert labels == [MIRRORED_CLASS[1], MIRRORED_CLASS[3], MIRRORED_CLASS[0]]
+    assert [dataset[i][1] for i in range(3)] == [MIRRORED_CLASS[1], MIRRORED_CLASS[3], MIRRORED_CLASS[0]]
     x, _ = dataset[0]
     assert x.dtype == torch.float32 and tuple(x.shape) == (4, 2, 16, 16)
-    assert any(np.array_equal(x.numpy(), frames[i, ..., ::-1]) for i in (0, 1))
-    no_flip_for_own_classes = data.WindowDataset(windows, normalisation=None, augmentation=always_flip,
-                                                 mirrored_class=None)
-    assert [no_flip_for_own_classes[i][1] for i in range(3)] == [1, 3, 0]
-    thinning = data.Augmentation(flip_prob=0.0, max_shift_px=2, max_drop=0.5)
+    assert any(np.array_equal(x.numpy(), frames[i, ..., ::-1]) for i in (0, 1))  # one of its segment's, mirrored
+    own_classes = data.WindowDataset(windows, normalisation=None, augmentation=always_flip, mirrored_class=None)
+    assert [own_classes[i][1] for i in range(3)] == [1, 3, 0]  # no class permutation: no flip
+
+
+def test_dataset_augmentation_is_seeded_by_epoch_and_index():
+    frames, windows = _window_set()
+    thinning = AugmentConfig(max_shift_px=2, max_drop=0.5)
     dataset = data.WindowDataset(windows, normalisation=None, augmentation=thinning, seed=3)
     first = [dataset[i][0] for i in range(3)]
-    again = [dataset[i][0] for i in range(3)]
-    assert all(torch.equal(a, b) for a, b in zip(first, again))  # same (seed, epoch, index)
+    assert all(torch.equal(a, dataset[i][0]) for i, a in enumerate(first))  # same (seed, epoch, index)
     dataset.set_epoch(1)
     assert not all(torch.equal(a, dataset[i][0]) for i, a in enumerate(first))
-    assert sum(float(item.sum()) for item in first) < frames.sum() / 2 * 0.98  # thinning removed events
+    assert sum(float(item.sum()) for item in first) < frames.sum() / 2 * 0.98  # the drop-out removed events
+
+
+def test_dataset_without_augmentation_gives_every_window_normalised():
+    frames, windows = _window_set()
     evaluation = data.WindowDataset(windows, normalisation={"kind": "log1p"})
     assert len(evaluation) == 6
     np.testing.assert_allclose(evaluation[2][0].numpy(), np.log1p(frames[2].astype(np.float32)), rtol=1e-6)
-
-
-def test_shift_frames_moves_and_zero_fills():
-    frames = np.arange(16, dtype=np.float32).reshape(4, 4)
-    shifted = data.shift_frames(frames, 1, -1)
-    assert shifted[0, 1] == frames[1, 0] and shifted[3].sum() == 0 and shifted[:, 0].sum() == 0
-    assert data.shift_frames(frames, 5, 0).sum() == 0
+    assert evaluation[2][1] == 3
 
 
 # --- other loaders -------------------------------------------------------------------------------

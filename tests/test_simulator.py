@@ -13,12 +13,13 @@ from stream.formats.aedat31 import read_aedat31
 from stream.formats.labels import read_gesture_labels, read_trials
 from stream.classes import GESTURE_CLASSES, MIRRORED_CLASS
 from stream.events import EVENT_DTYPE, GestureSegment, SensorSize
-from stream.sim.scene import draw_scene
+from stream.sim.scene import LIGHTINGS, LOOKS, draw_scene
 from stream.sim.dataset import write_dataset
 from stream.sim.recording import simulate_gesture, simulate_recording
 from stream.sources.simulated import SimulatorSource
 
 SENSOR = SensorSize(128, 128)
+FIRST_LIGHTING = next(iter(LIGHTINGS))  # the data-set writer's first lighting family
 
 
 def assert_valid(events: np.ndarray, sensor: SensorSize) -> None:
@@ -146,18 +147,20 @@ def test_dataset_layout_determinism_and_orientation(tmp_path):
     assert names == sorted(path.name for path in (tmp_path / "b").iterdir())
     for name in names:
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
-    assert [path.name for path in paths] == ["user01_fluorescent.aedat", "user02_fluorescent.aedat"]
-    assert read_trials(tmp_path / "a" / "trials_to_train.txt") == ["user01_fluorescent.aedat"]
-    assert read_trials(tmp_path / "a" / "trials_to_test.txt") == ["user02_fluorescent.aedat"]
-    segments = read_gesture_labels(tmp_path / "a" / "user01_fluorescent_labels.csv")
+    lighting = FIRST_LIGHTING  # two recordings: two users under the first lighting family
+    assert [path.name for path in paths] == [f"user01_{lighting}.aedat", f"user02_{lighting}.aedat"]
+    assert read_trials(tmp_path / "a" / "trials_to_train.txt") == [f"user01_{lighting}.aedat"]
+    assert read_trials(tmp_path / "a" / "trials_to_test.txt") == [f"user02_{lighting}.aedat"]
+    segments = read_gesture_labels(tmp_path / "a" / f"user01_{lighting}_labels.csv")
     assert sorted(segment.label for segment in segments) == list(range(11))
-    assert len(read_gesture_labels(tmp_path / "a" / "user02_fluorescent_labels.csv")) == 2
+    assert len(read_gesture_labels(tmp_path / "a" / f"user02_{lighting}_labels.csv")) == 2
     stored, sensor = read_aedat31(paths[0])
     assert sensor == SENSOR
     assert segments[-1].end_us < stored["t"].max()
     # Files are top-left, as DVS128 Gesture's are: they hold the simulator's own events unchanged.
     labels = [segment.label for segment in segments]
-    canonical, _ = simulate_recording(labels, seed=[7, 0, 1], gesture_us=150_000, idle_us=80_000, lighting="fluorescent")
+    canonical, _ = simulate_recording(labels, seed=[7, 0, 1], gesture_us=150_000, idle_us=80_000, lighting=lighting,
+                                      look=LOOKS[0])  # the first recording's look  # fmt: skip
     assert np.array_equal(stored["y"], canonical["y"]) and np.array_equal(stored["x"], canonical["x"])
     assert np.array_equal(stored["t"], canonical["t"])
 
@@ -165,7 +168,7 @@ def test_dataset_layout_determinism_and_orientation(tmp_path):
 def test_cli_writes_a_dataset_and_rejects_bad_arguments(tmp_path, capsys):
     out = tmp_path / "set"
     assert stream_main(["simulate", "--out", str(out), "--samples", "2", "--gesture-ms", "100", "--idle-ms", "50"]) == 0
-    assert (out / "user01_fluorescent.aedat").is_file() and (out / "trials_to_train.txt").is_file()
+    assert (out / f"user01_{FIRST_LIGHTING}.aedat").is_file() and (out / "trials_to_train.txt").is_file()
     assert stream_main(["simulate", "--out", str(out), "--samples", "0"]) == 2
     assert "samples" in capsys.readouterr().err
     assert stream_main(["simulate", "--samples", "3"]) == 2

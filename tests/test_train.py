@@ -67,8 +67,7 @@ def train_args(tiny: dict[str, Path], out: Path, *extra: str) -> list[str]:
     return ["--config", str(tiny["config"]), "--data", f"dvsgesture:{tiny['data']}", "--out", str(out),
             "--cache", str(tiny["cache"]), "--bins", "4", "--bin-us", "50000", "--input-size", "16x16",
             "--batch-size", "5", "--lr", "5e-3", "--warmup-epochs", "0", "--train-windows", "2",
-            "--eval-windows", "2", "--flip-prob", "0", "--max-shift", "0", "--max-drop", "0",
-            "--max-stretch", "0", "--no-progress", *extra]  # fmt: skip
+            "--eval-windows", "2", "--augment", "none", "--stretch", "1", "--no-progress", *extra]  # fmt: skip
 
 
 def read_metrics(out: Path) -> list[dict[str, str]]:
