@@ -45,12 +45,12 @@ SKIN_SHAPES = ("neck", "head", "right hand", "left hand")
 
 TEMPO_RANGE = (0.5, 2.0)  # x the gesture's typical tempo (log-uniform)
 AMPLITUDE_RANGE = (0.6, 1.4)  # x the gesture's typical size
-SLOW_START_PROBABILITY = 0.4
+SLOW_START_PROBABILITY = 0.25
 SLOW_START_S = (0.2, 0.8)  # the tempo and amplitude ramp up over this long
 TEMPO_JITTER = 0.1  # relative amplitude of each of two slow tempo modulations
 CIRCLE_TILT_MAX = np.radians(60.0)  # plane of an arm circle tilted away from the image plane
 TYPICAL_FRAMING_PROBABILITY = 0.5  # bodies framed like DVS128 Gesture (head to hips, centred)
-WIDE_SCALE = (0.45, 1.5)  # x the sensor's short side, log-uniform, for the other half
+WIDE_SCALE = (0.6, 1.5)  # x the sensor's short side, log-uniform, for the other half
 WIDE_CENTER_X = (0.25, 0.75)  # x the sensor width
 WIDE_SHOULDER_Y = (0.2, 0.6)  # x the sensor height
 CHILD_PROBABILITY = 0.25
@@ -970,7 +970,7 @@ def gesture_pose(label: int, t_s: np.ndarray, body: Body, rng: np.random.Generat
 PARAMETERS: tuple[tuple[str, str, str], ...] = (  # (parameter, range, unit)
     ("tempo", "0.5-2 x typical, log-uniform; the period is then kept in the gesture's range below", "x"),
     ("amplitude", "0.6-1.4 x typical", "x"),
-    ("slow start", ("40 % of instances: tempo from 0.3-0.7 x, size from 0.2-0.6 x (circles 0.5-0.8 x), ramping "
+    ("slow start", ("25 % of instances: tempo from 0.3-0.7 x, size from 0.2-0.6 x (circles 0.5-0.8 x), ramping "
                     "up over 0.2-0.8 s"), "s"),
     ("tempo irregularity", "two slow modulations, 0-10 % each, at 0.3-1.5 Hz", "relative"),
     ("clap period", "0.22-1.0", "s"),
