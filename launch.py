@@ -56,9 +56,10 @@ from pathlib import Path
 from typing import Callable, NamedTuple, Sequence
 
 from stream.stage import EXIT_ERROR, ArgumentParser, Command, dispatch, positive_number, run_main, speed_argument
+from training import BUILTIN_CHECKPOINT
 from stream.transport.keys import CurveConfig, add_curve_arguments, curve_from_args
 
-DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "inference" / "checkpoints" / "spikeformer-small-sim.json"
+DEFAULT_CHECKPOINT = BUILTIN_CHECKPOINT
 STOP_TIMEOUT_S = 1.5  # SIGTERM -> SIGKILL grace for all stages together
 STAGES = ("source", "worker", "consumer")
 BACKENDS = ("auto", "tensorrt", "onnxruntime", "torch")

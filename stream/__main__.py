@@ -11,6 +11,7 @@ COMMANDS = {
     "convert": Command("stream.commands:convert_main", "convert between event file formats"),
     "frames": Command("stream.commands:frames_main", "write the [T, 2, H, W] frames of one window as .npy"),
     "simulate": Command("stream.commands:simulate_main", "write a synthetic DVS128-Gesture-style data set"),
+    "record": Command("stream.commands:record_main", "guided recording of labelled takes for fine-tuning"),
     "keys": Command("stream.commands:keys_main", "generate or list CurveZMQ keys for remote stages"),
 }
 

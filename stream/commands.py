@@ -21,7 +21,8 @@ from stream.events import EventFormatError, SensorSize
 from stream.formats import convert, file_info, open_events
 from stream.sim.scene import DEFAULT_SENSOR, LIGHTINGS, LOOKS
 from stream.sim.recording import DEFAULT_GESTURE_US, DEFAULT_IDLE_US, NUM_CLASSES
-from stream.stage import ArgumentParser, positive_number
+from stream.sources.base import parse_speed
+from stream.stage import ArgumentParser, positive_number, speed_argument
 
 
 def info_main(argv: Sequence[str] | None = None) -> int:
@@ -162,6 +163,78 @@ def simulate_main(argv: Sequence[str] | None = None) -> int:
     print(f"wrote {len(paths)} recordings ({args.samples} gestures, {test_count} test recordings) "
           f"to {args.out} in {time.perf_counter() - started:.1f} s")
     return 0
+
+
+def record_main(argv: Sequence[str] | None = None) -> int:
+    """``record --out DIR [--source SPEC] [--classes A,B,...] [--takes N] [--take-s S] [--pause-s S]``."""
+    from stream.classes import GESTURE_CLASSES
+    from stream.sources import open_source
+    from stream.takes import TakeFolder, TakePlan, TakeRecorder, record_takes
+
+    parser = ArgumentParser(prog="spikeformer-live record", description="Guided recording of labelled takes: "
+                            "'perform <class> in 3, 2, 1', then the take is written (AEDAT4 + labels.csv).")  # fmt: skip
+    parser.add_argument("--out", type=Path, required=True, help="the session folder (continued if it exists)")
+    parser.add_argument("--source", default="sim", help="camera[:SERIAL] | dv:HOST:PORT | sim (directed simulator)")
+    parser.add_argument("--classes", default=",".join(GESTURE_CLASSES), help="comma-separated class names "
+                        "(default: the 11 DVS128 Gesture classes)")  # fmt: skip
+    parser.add_argument("--takes", type=int, default=2, help="takes per class")
+    parser.add_argument("--take-s", type=float, default=3.0, help="length of a take, seconds")
+    parser.add_argument("--pause-s", type=float, default=2.0, help="pause between takes, seconds")
+    parser.add_argument("--countdown", type=int, default=3, help="seconds of countdown before each take")
+    parser.add_argument("--test-every", type=int, default=2, help="every n-th take of a class is a test take (0: none)")
+    simulator = parser.add_argument_group("simulator (--source sim)")
+    simulator.add_argument("--sim-gestures", default="", help="what the simulated person does for your own class "
+                           "names: NAME=INDEX (a DVS128 Gesture class) or NAME=none (stands still), comma separated")
+    simulator.add_argument("--seed", type=int, default=0)
+    simulator.add_argument("--look", choices=LOOKS, default=None, help="the simulated person's renderer")
+    simulator.add_argument("--lighting", choices=tuple(LIGHTINGS), default=None)
+    simulator.add_argument("--speed", type=speed_argument, default="1", help="simulator pace (max: no waiting)")
+    args = parser.parse_args(argv)
+    plan = TakePlan(tuple(name.strip() for name in args.classes.split(",")), args.takes, args.take_s, args.pause_s,
+                    args.countdown, args.test_every)  # fmt: skip
+    folder = TakeFolder(args.out)
+    if args.source.partition(":")[0] == "sim":
+        gestures = _sim_gestures(plan.classes, args.sim_gestures)
+        source = open_source("sim:directed", seed=args.seed, look=args.look, lighting=args.lighting,
+                             speed=parse_speed(args.speed))  # fmt: skip
+
+        def on_cue(name: str, start_us: int, end_us: int) -> None:
+            if gestures[name] is not None:
+                source.perform(gestures[name], start_us, end_us)
+    else:
+        source, on_cue = open_source(args.source), None
+    with source:
+        recorder = TakeRecorder(plan, folder, SensorSize(*source.sensor_size), on_prompt=lambda text: print(text, flush=True),
+                                on_cue=on_cue)  # fmt: skip
+        try:
+            takes = record_takes(source, recorder)
+        finally:
+            recorder.close()
+    print(f"{len(takes)} takes written to {folder.folder} ({folder.labels_path.name}: {len(folder.rows)} takes in all); "
+          f"fine-tune with: spikeformer-live finetune --data folder:{folder.labels_path} --out RUN")  # fmt: skip
+    return 0
+
+
+def _sim_gestures(classes: Sequence[str], text: str) -> dict[str, int | None]:
+    """Class name -> the DVS128 Gesture class the simulated person performs (None: stands still)."""
+    from stream.classes import GESTURE_CLASSES
+
+    known = {name: index for index, name in enumerate(GESTURE_CLASSES)}
+    given: dict[str, int | None] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, _, value = item.partition("=")
+        if value == "none":
+            given[name] = None
+        elif value.isdigit() and int(value) < len(GESTURE_CLASSES):
+            given[name] = int(value)
+        else:
+            raise ValueError(f"--sim-gestures: expected NAME=INDEX (0..{len(GESTURE_CLASSES) - 1}) or NAME=none, got {item!r}")
+    mapping = {}
+    for name in classes:
+        if name not in given and name not in known:
+            raise ValueError(f"the simulator does not know the gesture {name!r}: map it with --sim-gestures {name}=INDEX")
+        mapping[name] = given.get(name, known.get(name))
+    return mapping
 
 
 def _names(allowed: tuple[str, ...]):

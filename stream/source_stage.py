@@ -265,7 +265,7 @@ def stream_source(
 
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(prog="python -m stream.source_stage", description="Publish a live event source over ZeroMQ.")
-    parser.add_argument("--source", default="auto", help="auto | camera[:SERIAL] | file:PATH | dv:HOST:PORT | sim")
+    parser.add_argument("--source", default="auto", help="auto | camera[:SERIAL] | file:PATH | dv:HOST:PORT | sim | sim:directed")
     parser.add_argument("--pub", required=True, help="endpoint to bind, e.g. ipc:///tmp/events or tcp://127.0.0.1:5555")
     parser.add_argument("--speed", type=speed_argument, default="1",
                         help="replay speed factor for files and the simulator (0.1..100), or 'max'")  # fmt: skip

@@ -62,7 +62,6 @@ moving occluders, event drop-out, noise and hot pixels), and the pool's time str
 from __future__ import annotations
 
 import contextlib
-import csv
 import functools
 import hashlib
 import json
@@ -88,6 +87,7 @@ from stream.binning import (
 )
 from stream.classes import GESTURE_CLASSES, MIRRORED_CLASS
 from stream.events import GestureSegment, SensorSize, check_events
+from stream.formats.labels import read_folder_labels
 from training.augment import AugmentConfig, augment_window
 
 SOURCE_KINDS = ("sim", "dvsgesture", "tonic", "folder")
@@ -255,38 +255,18 @@ def _tonic_recordings(directory: Path) -> list[Recording]:
 
 def _folder_recordings(csv_path: Path) -> tuple[list[Recording], tuple[str, ...]]:
     """Recordings and classes of a ``folder:CSV`` spec (see the module docstring)."""
-    if not csv_path.is_file():
-        raise ValueError(f"folder data: {csv_path} is not a file")
-    with open(csv_path, newline="", encoding="utf-8") as file:
-        reader = csv.DictReader(file)
-        columns = [name.strip() for name in reader.fieldnames or []]
-        missing = {"file", "class", "start_us", "end_us"} - set(columns)
-        if missing:
-            raise ValueError(f"{csv_path}: missing column(s) {sorted(missing)} (need file,class,start_us,end_us[,split])")
-        rows = [{key.strip(): (value or "").strip() for key, value in row.items() if key} for row in reader]
-    class_texts = [row["class"] for row in rows]
-    classes, to_index = _folder_classes(csv_path, class_texts)
+    rows = read_folder_labels(csv_path)
+    classes, to_index = _folder_classes(csv_path, [row.label for row in rows])
     grouped: dict[tuple[Path, str], list[GestureSegment]] = {}
     for number, row in enumerate(rows, start=2):
-        where = f"{csv_path}, line {number}"
-        try:
-            start_us, end_us = int(row["start_us"]), int(row["end_us"])
-        except ValueError:
-            raise ValueError(f"{where}: start_us and end_us must be integers (µs), got {row['start_us']!r}, {row['end_us']!r}") from None
-        if not 0 <= start_us < end_us:
-            raise ValueError(f"{where}: need 0 <= start_us < end_us, got {start_us}, {end_us}")
-        path = (csv_path.parent / row["file"]).resolve()
-        if not row["file"] or not path.is_file():
-            raise ValueError(f"{where}: file {row['file']!r} not found next to the CSV")
-        split = row.get("split", "")
-        if split:
-            if split not in SPLITS:
-                raise ValueError(f"{where}: split must be train or test, got {split!r}")
-        else:
-            digest = hashlib.sha256(f"{row['file']}:{start_us}".encode()).digest()
+        path = (csv_path.parent / row.file).resolve()
+        if not row.file or not path.is_file():
+            raise ValueError(f"{csv_path}, line {number}: file {row.file!r} not found next to the CSV")
+        split = row.split
+        if not split:
+            digest = hashlib.sha256(f"{row.file}:{row.start_us}".encode()).digest()
             split = "test" if int.from_bytes(digest[:4], "little") % 100 >= 100 - FOLDER_TEST_PERCENT else "train"
-        segment = GestureSegment(to_index[row["class"]], start_us, end_us)
-        grouped.setdefault((path, split), []).append(segment)
+        grouped.setdefault((path, split), []).append(GestureSegment(to_index[row.label], row.start_us, row.end_us))
     recordings = [Recording("folder", path, split, tuple(segments)) for (path, split), segments in grouped.items()]
     return recordings, classes
 
@@ -628,6 +608,7 @@ class WindowDataset(torch.utils.data.Dataset):
         augmentation: training augmentation (``training.augment``), or None.
         mirrored_class: class permutation of a left-right flip (None disables flipping).
         seed: base seed of the augmentation.
+        repeats: items per segment and epoch with augmentation (each draws its own window).
     """
 
     def __init__(
@@ -638,8 +619,12 @@ class WindowDataset(torch.utils.data.Dataset):
         augmentation: AugmentConfig | None = None,
         mirrored_class: Sequence[int] | None = MIRRORED_CLASS,
         seed: int = 0,
+        repeats: int = 1,
     ) -> None:
+        if repeats < 1:
+            raise ValueError(f"repeats must be >= 1, got {repeats}")
         self.windows = windows
+        self.repeats = repeats
         self.normalisation = check_normalisation(normalisation)
         self.augmentation = augmentation
         self.mirrored_class = tuple(mirrored_class) if mirrored_class is not None else None
@@ -656,7 +641,7 @@ class WindowDataset(torch.utils.data.Dataset):
         self.epoch = int(epoch)
 
     def __len__(self) -> int:
-        return len(self._members) if self.augmentation is not None else len(self.windows)
+        return len(self._members) * self.repeats if self.augmentation is not None else len(self.windows)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         if self.augmentation is None:
@@ -664,7 +649,7 @@ class WindowDataset(torch.utils.data.Dataset):
             label = int(self.windows.labels[index])
         else:
             rng = np.random.default_rng([self.seed, self.epoch, int(index)])
-            members = self._members[index]
+            members = self._members[index % len(self._members)]
             chosen = int(members[rng.integers(len(members))])
             counts, label = augment_window(self.windows.frames[chosen], int(self.windows.labels[chosen]), rng,
                                            self.augmentation, mirrored_class=self.mirrored_class)  # fmt: skip

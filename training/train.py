@@ -48,7 +48,7 @@ import shlex
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -79,7 +79,7 @@ METRIC_FIELDS = ("epoch", "step", "lr", "train_loss", "train_accuracy", "test_lo
 def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(prog="spikeformer-live train", description="Train a Spikeformer on event windows.")
     add = parser.add_argument
-    add("--config", required=True, help=f"preset ({', '.join(PRESETS)}) or a model-config .json")
+    add("--config", default=None, help=f"preset ({', '.join(PRESETS)}) or a model-config .json (not with --from)")
     add("--data", required=True, help="data spec: sim:N | sim:DIR | dvsgesture:DIR | tonic:DIR | folder:CSV, "
         "or several joined by +")
     add("--out", required=True, help="run directory (checkpoints, metrics.csv, tensorboard/)")
@@ -118,6 +118,11 @@ def build_parser() -> argparse.ArgumentParser:
     add("--sim-seed", type=int, default=0, help="seed of a generated sim:N data set")
     add("--resume", default=None, help="run directory or its train_state.json")
     add("--export", default=None, help="copy the best checkpoint to this .json path at the end")
+    add("--from", dest="init_from", default=None,
+        help="start from this checkpoint's weights (fine-tuning): its model, window, mapping, normalisation and "
+        "filters are kept; the head is made anew for classes it does not have")
+    add("--freeze-tokenizer", action="store_true", help="with --from: train only the transformer and the head")
+    add("--repeats", type=int, default=1, help="windows drawn per training segment and epoch (few recordings)")
     add("--no-progress", action="store_true", help="no tqdm bar")
     return parser
 
@@ -331,6 +336,8 @@ def load_train_state(path: str | Path, model: nn.Module, optimizer: torch.optim.
 def _parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     decay, no_decay = [], []
     for name, parameter in model.named_parameters():
+        if not parameter.requires_grad:  # frozen (fine-tuning with --freeze-tokenizer)
+            continue
         (decay if parameter.ndim >= 2 and "embed" not in name else no_decay).append(parameter)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
@@ -353,6 +360,10 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("epochs", "batch_size", "train_windows", "eval_windows", "bin_us"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.init_from is None and args.config is None:
+        raise ValueError("give --config PRESET (a new model) or --from CHECKPOINT (fine-tuning)")
+    if args.init_from is not None:
+        return _train_from(args, argv)
     normalisation = parse_normalisation(args.normalisation)
     filters = parse_filters(args.filters)
     job, device = init_distributed(args.device)
@@ -364,8 +375,59 @@ def main(argv: list[str] | None = None) -> int:
             dist.destroy_process_group()
 
 
+def _train_from(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    """Fine-tuning: the parent checkpoint fixes the model and how windows are made."""
+    from training.checkpoint import load_checkpoint
+
+    parent, metadata = load_checkpoint(args.init_from)
+    config = parent.config
+    window = WindowSpec.from_dict(metadata["input"]["window"])
+    mapping = metadata["input"]["sensor_mapping"]
+    conflicts = [option for option, given, kept in (
+        ("--config", args.config, None), ("--bins", args.bins, None),
+        ("--input-size", args.input_size, None), ("--stride-us", args.stride_us, None),
+    ) if given is not None]  # fmt: skip
+    if args.bin_us != DEFAULT_BIN_US and args.bin_us != window.bin_us:
+        conflicts.append("--bin-us")
+    if conflicts:
+        raise ValueError(f"{', '.join(conflicts)} cannot change with --from: {args.init_from} keeps its model "
+                         f"({config.input_size[1]}x{config.input_size[0]} input, {window.bins} bins of "
+                         f"{window.bin_us} µs)")  # fmt: skip
+    args.bins, args.bin_us, args.stride_us = window.bins, window.bin_us, window.stride_us
+    args.input_size = SensorSize(mapping["input_width"], mapping["input_height"])
+    args.method = mapping["method"]
+    parent_info = {"checkpoint": str(args.init_from), "sha256": metadata["weights"]["sha256"],
+                   "classes": list(metadata["classes"]), "data": metadata["data"].get("spec")}  # fmt: skip
+    job, device = init_distributed(args.device)
+    try:
+        return _train(args, metadata["input"].get("normalisation"), metadata["input"].get("filters"), job, device,
+                      command="spikeformer-live train " + shlex.join(argv), parent=(parent, parent_info))  # fmt: skip
+    finally:
+        if job.enabled and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def initial_weights(model: nn.Module, parent: nn.Module, parent_classes: Sequence[str], classes: Sequence[str]) -> list[str]:
+    """Copy ``parent``'s weights into ``model`` (same architecture but maybe another class list):
+    every weight but the classifier's last layer, whose rows are copied for the class names both
+    have and freshly initialised for the others. Returns the new class names."""
+    state = {name: value for name, value in parent.state_dict().items() if not name.startswith("head.fc.")}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected or any(not name.startswith("head.fc.") for name in missing):
+        raise ValueError(f"the parent checkpoint does not fit the model: missing {missing}, unexpected {unexpected}")
+    new = []
+    with torch.no_grad():
+        for row, name in enumerate(classes):
+            if name in parent_classes:
+                model.head.fc.weight[row] = parent.head.fc.weight[list(parent_classes).index(name)]
+                model.head.fc.bias[row] = parent.head.fc.bias[list(parent_classes).index(name)]
+            else:
+                new.append(name)
+    return new
+
+
 def _train(args: argparse.Namespace, normalisation: dict | None, filters: dict | None, job: Distributed,
-           device: torch.device, command: str) -> int:
+           device: torch.device, command: str, parent: tuple[nn.Module, dict] | None = None) -> int:
     from training.checkpoint import save_checkpoint  # E's module; only needed once training starts
 
     started = time.perf_counter()
@@ -376,7 +438,7 @@ def _train(args: argparse.Namespace, normalisation: dict | None, filters: dict |
 
     # Data: rank 0 generates / bins into the cache first, the others then read it.
     spec = args.data
-    base = PRESETS.get(args.config)
+    base = parent[0].config if parent is not None else PRESETS.get(args.config)
     bins = args.bins or (base.time_steps if base else None)
     if bins is None:
         raise ValueError("--bins is required with a config file")
@@ -412,12 +474,24 @@ def _train(args: argparse.Namespace, normalisation: dict | None, filters: dict |
         f"{train_windows.cache_misses + test_windows.cache_misses} misses, "
         f"{time.perf_counter() - started:.0f} s")  # fmt: skip
     train_set = data.WindowDataset(train_windows, normalisation=normalisation, augmentation=augmentation,
-                                   mirrored_class=mirrored, seed=args.seed)  # fmt: skip
+                                   mirrored_class=mirrored, seed=args.seed, repeats=args.repeats)  # fmt: skip
     test_set = data.WindowDataset(test_windows, normalisation=normalisation)
 
     # Model, optimizer, EMA, resume.
-    config = model_config(args.config, bins=bins, input_size=input_size, num_classes=len(classes))
-    model = build_model(config).to(device)
+    if parent is not None:
+        config = dataclasses.replace(parent[0].config, num_classes=len(classes), name=parent[0].config.name
+                                     if len(classes) == parent[0].config.num_classes else "custom")  # fmt: skip
+        model = build_model(config)
+        new_classes = initial_weights(model, parent[0], parent[1]["classes"], classes)
+        say(f"from {parent[1]['checkpoint']}: {len(classes) - len(new_classes)} classes kept"
+            + (f", new: {', '.join(new_classes)}" if new_classes else ""))  # fmt: skip
+        if args.freeze_tokenizer:
+            for parameter in model.tokenizer.parameters():
+                parameter.requires_grad_(False)
+        model = model.to(device)
+    else:
+        config = model_config(args.config, bins=bins, input_size=input_size, num_classes=len(classes))
+        model = build_model(config).to(device)
     optimizer = torch.optim.AdamW(_parameter_groups(model, args.weight_decay), lr=args.lr)
     ema = ModelEma(model, args.ema) if args.ema else None
     start_epoch, step, best_accuracy = 0, 0, -1.0
@@ -463,7 +537,7 @@ def _train(args: argparse.Namespace, normalisation: dict | None, filters: dict |
                  "test_segments": test_windows.segments, "train_pool_windows_per_segment": args.train_windows,
                  "eval_windows_per_segment": args.eval_windows, "augmentation": augmentation.to_dict(),
                  "sim_seed": args.sim_seed if spec.startswith("sim:") else None,
-                 "command": command},  # fmt: skip
+                 "command": command, "parent": parent[1] if parent is not None else None},  # fmt: skip
     }
 
     for epoch in range(start_epoch, args.epochs):

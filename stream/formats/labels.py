@@ -1,4 +1,6 @@
-"""DVS128 Gesture's side files: ``userNN_<lighting>_labels.csv`` and ``trials_to_{train,test}.txt``.
+"""Label files: DVS128 Gesture's side files (``userNN_<lighting>_labels.csv``,
+``trials_to_{train,test}.txt``) and the folder format of your own recordings
+(``file,class,start_us,end_us,split``).
 
 The labels CSV has the header ``class,startTime_usec,endTime_usec`` and one gesture per line, with
 classes 1..11 (``stream.classes.GESTURE_CLASSES`` order) and times in microseconds of the
@@ -7,9 +9,12 @@ recording's clock. In Python, labels are 0-based ``GestureSegment`` values.
 
 from __future__ import annotations
 
+import csv
 import os
 from pathlib import Path
+from typing import NamedTuple
 
+from stream.atomic import write_atomically
 from stream.classes import GESTURE_CLASSES
 from stream.events import EventFormatError, GestureSegment
 
@@ -65,3 +70,59 @@ def write_trials(path: str | os.PathLike, names: list[str]) -> None:
         if not name.strip() or "\n" in name or "\r" in name:
             raise ValueError(f"trial name must be a non-empty single line, got {name!r}")
     Path(path).write_text("".join(f"{name.strip()}\n" for name in names), encoding="utf-8")
+
+
+# --- the folder format: your own labelled recordings ------------------------------------------
+
+FOLDER_COLUMNS = ("file", "class", "start_us", "end_us", "split")
+
+
+class LabelRow(NamedTuple):
+    """One labelled segment of the folder format: ``file`` relative to the CSV's folder, ``class``
+    (a name or a 0-based index of ``GESTURE_CLASSES``, as text), times in the file's clock (µs),
+    ``split`` ("train", "test" or "" for the hash rule of ``training.data``)."""
+
+    file: str
+    label: str
+    start_us: int
+    end_us: int
+    split: str = ""
+
+
+def read_folder_labels(path: str | os.PathLike) -> list[LabelRow]:
+    """Read a folder-format CSV (``file,class,start_us,end_us[,split]``); ValueError naming the line."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"folder data: {path} is not a file")
+    with open(path, newline="", encoding="utf-8") as file:
+        reader = csv.DictReader(file)
+        columns = [name.strip() for name in reader.fieldnames or []]
+        missing = set(FOLDER_COLUMNS[:4]) - set(columns)
+        if missing:
+            raise ValueError(f"{path}: missing column(s) {sorted(missing)} (need file,class,start_us,end_us[,split])")
+        rows = [{key.strip(): (value or "").strip() for key, value in row.items() if key} for row in reader]
+    labels = []
+    for number, row in enumerate(rows, start=2):
+        where = f"{path}, line {number}"
+        try:
+            start_us, end_us = int(row["start_us"]), int(row["end_us"])
+        except ValueError:
+            raise ValueError(f"{where}: start_us and end_us must be integers (µs), got {row['start_us']!r}, "
+                             f"{row['end_us']!r}") from None  # fmt: skip
+        if not 0 <= start_us < end_us:
+            raise ValueError(f"{where}: need 0 <= start_us < end_us, got {start_us}, {end_us}")
+        split = row.get("split", "")
+        if split not in ("", "train", "test"):
+            raise ValueError(f"{where}: split must be train or test, got {split!r}")
+        labels.append(LabelRow(row["file"], row["class"], start_us, end_us, split))
+    return labels
+
+
+def write_folder_labels(path: str | os.PathLike, rows: list[LabelRow]) -> None:
+    """Write a folder-format CSV atomically (readers see the old file or the whole new one)."""
+    lines = [",".join(FOLDER_COLUMNS)]
+    for row in rows:
+        if "," in row.file or "," in row.label or "\n" in row.file or "\n" in row.label:
+            raise ValueError(f"file and class must not contain commas or line breaks: {row}")
+        lines.append(f"{row.file},{row.label},{int(row.start_us)},{int(row.end_us)},{row.split}")
+    write_atomically(path, ("\n".join(lines) + "\n").encode("utf-8"))

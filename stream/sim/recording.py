@@ -6,6 +6,7 @@ the live simulator source uses too). Same seed -> same events, bit for bit; even
 
 from __future__ import annotations
 
+import threading
 from typing import Sequence
 
 import numpy as np
@@ -33,16 +34,26 @@ def timeline_pose(
     fields = {name: np.array(value) for name, value in pose._asdict().items()}
     for segment in gestures:
         inside = (step_t >= segment.start_us) & (step_t <= segment.end_us)
-        local_s = (step_t[inside] - segment.start_us) * 1e-6
-        duration_s = (segment.end_us - segment.start_us) * 1e-6
-        gesture = gesture_pose(segment.label, local_s, scene.body, rng, duration_s=duration_s)
-        gesture = blend_with_rest(gesture, local_s, duration_s, ramp_s).filled()
-        for name, value in gesture._asdict().items():
-            if name == "offset":
-                fields[name][inside] += value  # on top of the breathing sway
-            else:
-                fields[name][inside] = value
+        _splice(fields, inside, _gesture(scene, segment, step_t[inside], rng, ramp_s))
     return Pose(**fields)
+
+
+def _gesture(scene: Scene, segment: GestureSegment, step_t: np.ndarray, rng: np.random.Generator,
+             ramp_s: float) -> Pose:  # fmt: skip
+    """A gesture's pose at its steps ``step_t`` (µs), faded in and out over ``ramp_s``."""
+    local_s = (step_t - segment.start_us) * 1e-6
+    duration_s = (segment.end_us - segment.start_us) * 1e-6
+    gesture = gesture_pose(segment.label, local_s, scene.body, rng, duration_s=duration_s)
+    return blend_with_rest(gesture, local_s, duration_s, ramp_s).filled()
+
+
+def _splice(fields: dict[str, np.ndarray], inside: np.ndarray, gesture: Pose) -> None:
+    """Put a gesture's pose into a timeline's fields at ``inside`` (its offset on top of the sway)."""
+    for name, value in gesture._asdict().items():
+        if name == "offset":
+            fields[name][inside] += value
+        else:
+            fields[name][inside] = value
 
 
 def _slice(pose: Pose, first: int, last: int) -> Pose:
@@ -81,6 +92,65 @@ class Filming:
             frames = render(self.scene, _slice(self.pose, start, end), local_t)
             pieces.append(self.camera.record(self.step_t[start:end], frames, self.scene.light(local_t)))
         return concatenate_events(pieces)
+
+
+class Puppet:
+    """A person in one scene who stands still until told to perform a gesture (``cue``): the
+    simulator as a camera for guided recording. Render consecutive steps with ``events``; a cue
+    must lie after the steps already rendered. Thread-safe cues.
+
+    Args:
+        scene: what is filmed.
+        rng: draws each gesture's style and the pixel noise.
+        origin_us: the scene's own time zero.
+    """
+
+    def __init__(self, scene: Scene, rng: np.random.Generator, origin_us: int = 0) -> None:
+        self.scene = scene
+        self.rng = rng
+        self.origin_us = int(origin_us)
+        self.camera = Camera(scene.pixels, np.random.default_rng(rng.integers(1 << 62)))
+        self._cues: list[tuple[GestureSegment, np.ndarray, Pose]] = []  # not rendered to their end yet
+        self.segments: list[GestureSegment] = []  # every cue, in the order given
+        self._lock = threading.Lock()
+        self.rendered_us = int(origin_us)  # steps up to here are rendered: a cue must come after
+
+    def cue(self, label: int, start_us: int, end_us: int) -> GestureSegment:
+        """Perform gesture ``label`` from ``start_us`` to ``end_us`` (stream µs, after what is rendered)."""
+        segment = GestureSegment(check_label(label), int(start_us), int(end_us))
+        if not self.rendered_us < segment.start_us < segment.end_us:
+            raise ValueError(f"a cue must start after {self.rendered_us} µs (already rendered) and end after it "
+                             f"starts, got {segment.start_us}..{segment.end_us}")  # fmt: skip
+        step = self.scene.step_us
+        first = self.origin_us + -(-(segment.start_us - self.origin_us) // step) * step
+        step_t = np.arange(first, segment.end_us + 1, step, dtype=np.int64)
+        pose = _gesture(self.scene, segment, step_t, np.random.default_rng(self.rng.integers(1 << 62)), RAMP_S)
+        with self._lock:
+            self._cues.append((segment, step_t, pose))
+            self.segments.append(segment)
+        return segment
+
+    def started(self, after_us: int, until_us: int) -> list[GestureSegment]:
+        """The cued segments whose start lies in ``(after_us, until_us]``, in time order."""
+        with self._lock:
+            return sorted(segment for segment in self.segments if after_us < segment.start_us <= until_us)
+
+    def events(self, step_t: np.ndarray) -> np.ndarray:
+        """The events of the steps ``step_t`` (µs, on the scene's step grid, after the previous call's)."""
+        step_t = np.asarray(step_t, dtype=np.int64)
+        rest = rest_pose(step_t * 1e-6, self.scene.body).filled()
+        fields = {name: np.array(value) for name, value in rest._asdict().items()}
+        with self._lock:
+            self.rendered_us = int(step_t[-1])
+            cues = [cue for cue in self._cues if cue[0].end_us >= step_t[0]]
+            self._cues = [cue for cue in cues if cue[0].end_us > step_t[-1]]
+        for segment, cue_t, pose in cues:
+            inside = np.isin(step_t, cue_t)
+            at = np.searchsorted(cue_t, step_t[inside])
+            _splice(fields, inside, Pose(*(value[at] for value in pose)))
+        local_t = step_t - self.origin_us
+        frames = render(self.scene, Pose(**fields), local_t)
+        return self.camera.record(step_t, frames, self.scene.light(local_t))
 
 
 def check_label(label: int) -> int:

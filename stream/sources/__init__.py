@@ -11,7 +11,7 @@ from typing import NamedTuple
 
 from stream.sources.base import DEFAULT_DV_PORT, Source, SourceError
 
-SPECS = "camera, camera:SERIAL, file:PATH, dv:HOST:PORT, sim, auto"
+SPECS = "camera, camera:SERIAL, file:PATH, dv:HOST:PORT, sim, sim:directed, auto"
 
 
 class SourceSpec(NamedTuple):
@@ -40,7 +40,7 @@ def parse_spec(spec: str, *, check_file: bool = False) -> SourceSpec:
         host, colon, port = rest.rpartition(":")
         if not colon or not host or not port.isdigit():
             raise SourceError(f"source {spec!r}: expected dv:HOST:PORT, e.g. dv:127.0.0.1:{DEFAULT_DV_PORT}")
-    elif kind not in ("sim", "auto") or colon:
+    elif spec not in ("auto", "sim", "sim:directed"):
         raise SourceError(f"unknown source {spec!r}; expected one of: {SPECS}")
     return SourceSpec(kind, rest)
 
@@ -49,8 +49,9 @@ def open_source(spec: str, **options) -> Source:
     """Open a source from a spec string; ``options`` go to the source's constructor.
 
     Specs: ``camera`` (first camera), ``camera:SERIAL``, ``file:PATH`` (FileSource: speed, loop,
-    start_offset_us, ...), ``dv:HOST:PORT`` (NetworkSource), ``sim`` (SimulatorSource), ``auto``
-    (the first connected camera, else the simulator; options go to whichever is opened).
+    start_offset_us, ...), ``dv:HOST:PORT`` (NetworkSource), ``sim`` (SimulatorSource),
+    ``sim:directed`` (a simulated person who performs on cue: ``perform``), ``auto`` (the first
+    connected camera, else the simulator; options go to whichever is opened).
     """
     kind, argument = parse_spec(spec)
     if kind == "file":
@@ -60,7 +61,7 @@ def open_source(spec: str, **options) -> Source:
     if kind == "sim":
         from stream.sources.simulated import SimulatorSource
 
-        return SimulatorSource(**options)
+        return SimulatorSource(**options, directed=argument == "directed")
     from stream.sources.live import CameraSource, NetworkSource, list_cameras  # dv-processing loads here
 
     if kind == "dv":

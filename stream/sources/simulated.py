@@ -11,7 +11,15 @@ import numpy as np
 from numba import njit
 
 from stream.events import EVENT_DTYPE, GestureSegment, SensorSize, empty_events
-from stream.sim.recording import DEFAULT_GESTURE_US, DEFAULT_IDLE_US, NUM_CLASSES, Filming, check_label, recording_plan
+from stream.sim.recording import (
+    DEFAULT_GESTURE_US,
+    DEFAULT_IDLE_US,
+    NUM_CLASSES,
+    Filming,
+    Puppet,
+    check_label,
+    recording_plan,
+)
 from stream.sim.scene import DEFAULT_SENSOR, draw_scene
 from stream.sources.base import IDLE_YIELD_S, check_speed
 
@@ -45,6 +53,9 @@ class SimulatorSource:
         chunk_us: event time per yielded chunk.
         labels: the classes to cycle through (default all 11).
         rate_scale, extra_noise_hz: see above.
+        directed: one person in one scene who stands still until ``perform`` tells them what to
+            do (the simulator as the camera of a guided recording session).
+        look, lighting: fix the renderer and the lighting family (``stream.sim.scene``).
     """
 
     def __init__(
@@ -60,6 +71,9 @@ class SimulatorSource:
         labels: Sequence[int] | None = None,
         rate_scale: int = 1,
         extra_noise_hz: float = 0.0,
+        directed: bool = False,
+        look: str | None = None,
+        lighting: str | None = None,
     ) -> None:
         self.sensor_size = SensorSize(*sensor_size).validated()
         if gesture_us <= 0 or idle_us < 0 or chunk_us <= 0:
@@ -83,6 +97,10 @@ class SimulatorSource:
         self._worker: threading.Thread | None = None
         self._iterated = False
         self._clock_us: int | None = None  # end of the newest chunk handed over: no later event before it
+        self.directed = bool(directed)
+        self.scene_options = {"look": look, "lighting": lighting}
+        self._puppet: Puppet | None = None
+        self._puppet_ready = threading.Event()
 
     # -- protocol --
 
@@ -106,6 +124,16 @@ class SimulatorSource:
         taken by the consumer (events of later chunks have ``t`` > it); None before the first.
         Exact, not estimated: while rendering lags behind the pace, the clock waits for it."""
         return self._clock_us
+
+    def perform(self, label: int, start_us: int, end_us: int) -> GestureSegment:
+        """A directed simulator performs gesture ``label`` from ``start_us`` to ``end_us`` (stream
+        µs; at least a few hundred ms ahead: pieces are rendered ahead of the pace). Its segment
+        comes out as truth when its start is streamed."""
+        if not self.directed:
+            raise ValueError("only a directed simulator (directed=True) performs on cue")
+        if not self._puppet_ready.wait(timeout=10):
+            raise ValueError("the simulator has not started yet")
+        return self._puppet.cue(label, start_us, end_us)
 
     def drain_truth(self) -> list[GestureSegment]:
         """Gesture segments whose start has been emitted since the last call (stream µs)."""
@@ -183,6 +211,9 @@ class SimulatorSource:
 
         try:
             rng = np.random.default_rng(self.seed)
+            if self.directed:
+                self._direct(rng, put)
+                return
             cycle_start = piece_start = 0
             while not self._stop.is_set():
                 order = rng.permutation(self.labels)
@@ -207,6 +238,24 @@ class SimulatorSource:
                 del filming, step_t, events, scene
         except BaseException as error:  # hand the failure to the iterating thread
             put(error)
+
+    def _direct(self, rng: np.random.Generator, put) -> None:
+        """Worker thread of a directed simulator: the puppet, piece after piece, forever."""
+        scene = draw_scene(rng, self.sensor_size, **self.scene_options)
+        self._puppet = Puppet(scene, rng)
+        self._puppet_ready.set()
+        piece_start, announced = 0, 0
+        while not self._stop.is_set():
+            step_t = piece_start + scene.step_us * np.arange(1, PIECE_STEPS + 1, dtype=np.int64)
+            events = self._puppet.events(step_t)
+            piece_end = int(step_t[-1])
+            starting = self._puppet.started(announced, piece_end)
+            announced = piece_end
+            if not put((events, piece_start, piece_end, starting)):
+                return
+            piece_start = piece_end
+            if self.duration_us is not None and piece_end >= self.duration_us:
+                return
 
     def _amplify(self, chunk: np.ndarray, start_us: int, end_us: int, rng: np.random.Generator) -> np.ndarray:
         """Apply ``rate_scale`` (replicated, shifted copies) and ``extra_noise_hz`` to one chunk."""

@@ -7,11 +7,13 @@ JSON commands of at most ``CONTROL_MAX_BYTES``, never pickled, from REQ or DEALE
     {"cmd": "status"}                    {"cmd": "pause"}            {"cmd": "resume"}
     {"cmd": "seek", "position_s": 12.5}  {"cmd": "speed", "speed": 2.0}  (or "max")
     {"cmd": "loop", "loop": true}
+    {"cmd": "perform", "label": 1, "start_us": T0, "end_us": T1}   (a directed simulator: do gesture 1 then)
     reply: {"ok": true, "cmd": ..., "status": {"source", "controls", "position_s",
             "duration_s", "paused", "speed", "loop"}}  or  {"ok": false, "error": "one line"}
 
 An optional ``"id"`` (int or short string) is echoed. Pause, seek, speed and loop work on file
-replay; other sources answer them with an error. Loopback only unless ``allow_remote``.
+replay, perform on a directed simulator (guided recording from the GUI); other sources answer them
+with an error. Loopback only unless ``allow_remote``.
 """
 
 from __future__ import annotations
@@ -34,7 +36,11 @@ from stream.transport.sockets import (
 
 CONTROL_MAX_BYTES = 4096  # larger control messages are refused by the socket (ZMQ_MAXMSGSIZE)
 CONTROL_MAX_PER_POLL = 32  # commands handled per poll at most, so a flood cannot starve the stream
-CONTROL_COMMANDS = ("status", "pause", "resume", "seek", "speed", "loop")
+CONTROL_COMMANDS = ("status", "pause", "resume", "seek", "speed", "loop", "perform")
+
+
+METHODS = {"pause": "pause", "resume": "resume", "seek": "seek", "speed": "set_speed", "loop": "set_loop",
+           "perform": "perform"}  # command -> the source's method
 
 
 class ControlError(ValueError):
@@ -45,8 +51,8 @@ def source_status(source: Any) -> dict[str, Any]:
     """What a status reply says about ``source`` (JSON-ready)."""
     controls = ["status"]
     controls += ["pause", "resume"] if hasattr(source, "pause") and hasattr(source, "resume") else []
-    controls += [name for name, method in (("seek", "seek"), ("speed", "set_speed"), ("loop", "set_loop"))
-                 if hasattr(source, method)]  # fmt: skip
+    controls += [name for name in ("seek", "speed", "loop") if hasattr(source, METHODS[name])]
+    controls += ["perform"] if getattr(source, "directed", False) else []
     speed = getattr(source, "speed", None if "speed" in controls else 1.0)
     status = {
         "source": str(getattr(source, "name", "?")),
@@ -85,6 +91,9 @@ def parse_command(request: bytes) -> dict[str, Any]:
             raise ControlError('speed needs "speed": a factor (0.1..100) or "max"')
     elif name == "loop" and not isinstance(command.get("loop"), bool):
         raise ControlError('loop needs "loop": true or false')
+    elif name == "perform" and not all(isinstance(command.get(key), int) and not isinstance(command.get(key), bool)
+                                       for key in ("label", "start_us", "end_us")):  # fmt: skip
+        raise ControlError('perform needs integer "label", "start_us" and "end_us" (stream µs)')
     return command
 
 
@@ -95,9 +104,11 @@ def execute_command(source: Any, request: bytes, on_speed: Callable[[float | Non
         command = parse_command(request)
         request_id = command.get("id")
         name = command["cmd"]
-        method = {"pause": "pause", "resume": "resume", "seek": "seek", "speed": "set_speed", "loop": "set_loop"}.get(name)
-        if method is not None and not hasattr(source, method):
-            raise ControlError(f"{getattr(source, 'name', 'this source')} cannot {name} (only file replay can)")
+        method = METHODS.get(name)
+        directed = getattr(source, "directed", False)
+        if method is not None and not hasattr(source, method) or name == "perform" and not directed:
+            who = "a directed simulator" if name == "perform" else "file replay"
+            raise ControlError(f"{getattr(source, 'name', 'this source')} cannot {name} (only {who} can)")
         if name in ("pause", "resume"):
             getattr(source, method)()
         elif name == "seek":
@@ -109,6 +120,8 @@ def execute_command(source: Any, request: bytes, on_speed: Callable[[float | Non
                 on_speed(speed)
         elif name == "loop":
             source.set_loop(command["loop"])
+        elif name == "perform":
+            source.perform(command["label"], command["start_us"], command["end_us"])
         reply: dict[str, Any] = {"ok": True, "cmd": name, "status": source_status(source)}
     except ValueError as error:  # ControlError, or a source refusing a value (speed out of range, seek past the end)
         reply = {"ok": False, "error": str(error).splitlines()[0] if str(error) else type(error).__name__}

@@ -1,0 +1,95 @@
+"""``spikeformer-live finetune``: teach a model your gestures from a few labelled recordings.
+
+    spikeformer-live finetune --data folder:takes/labels.csv --out runs/mine --export mine.json
+    spikeformer-live finetune --from other.json --data dvsgesture:DIR --out runs/x --epochs 10
+
+Starts from a checkpoint (``--from``, default the built-in model), keeps its model, window, sensor
+mapping, normalisation and noise filters, and trains on the data's train split for a few epochs at a
+low learning rate (many augmented windows per take: ``--repeats``). A class the checkpoint does not
+know gets a freshly initialised output; known ones keep theirs, so new, fewer or renamed classes all
+work. ``--freeze-tokenizer`` trains only the transformer and the head. The new checkpoint records
+where it came from (``data.parent``: the parent's path, weights sha256, classes and data, and the
+command). At the end a table gives the accuracy on the data's test split before (the parent, when it
+knows the classes) and after.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Sequence
+
+from stream.stage import ArgumentParser
+from training import BUILTIN_CHECKPOINT, data
+
+DEFAULT_EPOCHS = 8
+DEFAULT_LR = 1e-3
+DEFAULT_REPEATS = 16
+DEFAULT_TRAIN_WINDOWS = 16
+
+
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(prog="spikeformer-live finetune", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--from", dest="init_from", type=Path, default=BUILTIN_CHECKPOINT,
+                        help="the checkpoint to start from (default: the built-in model)")  # fmt: skip
+    parser.add_argument("--data", required=True, help="your recordings: folder:CSV, dvsgesture:DIR, sim:DIR, ...")
+    parser.add_argument("--out", type=Path, required=True, help="run directory")
+    parser.add_argument("--export", type=Path, default=None, help="the fine-tuned checkpoint (default OUT/finetuned.json)")
+    parser.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS)
+    parser.add_argument("--lr", type=float, default=DEFAULT_LR, help="peak learning rate")
+    parser.add_argument("--repeats", type=int, default=DEFAULT_REPEATS, help="augmented windows per take and epoch")
+    parser.add_argument("--train-windows", type=int, default=DEFAULT_TRAIN_WINDOWS, help="window positions per take")
+    parser.add_argument("--freeze-tokenizer", action="store_true", help="train only the transformer and the head")
+    parser.add_argument("--cache", default=None, help=f"cache directory (default {data.DEFAULT_CACHE_DIR})")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser
+
+
+def _accuracy_before(checkpoint: Path, spec: str, cache: str | None) -> float | None:
+    """The parent's accuracy on the test split, or None when it does not know the data's classes."""
+    from training.checkpoint import read_metadata
+    from training.evaluate import evaluate_checkpoint
+
+    classes = tuple(read_metadata(checkpoint)["classes"])
+    wanted = data.open_source(spec, cache_dir=cache).classes
+    if wanted != classes[: len(wanted)]:
+        return None
+    return evaluate_checkpoint(checkpoint, spec, split="test", cache_dir=cache)[0].accuracy
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from training import train
+    from training.evaluate import evaluate_checkpoint
+
+    started = time.perf_counter()
+    source = data.open_source(args.data, cache_dir=args.cache)
+    for split in data.SPLITS:
+        if not source.split(split):
+            raise ValueError(f"{args.data}: no {split} recordings (label some takes as {split}: the split column of "
+                             "a folder CSV, or the trials files of a DVS128 Gesture folder)")  # fmt: skip
+    export = args.export or args.out / "finetuned.json"
+    before = _accuracy_before(args.init_from, args.data, args.cache)
+    train_argv = [
+        "--from", str(args.init_from), "--data", args.data, "--out", str(args.out / "run"), "--epochs", str(args.epochs),
+        "--lr", str(args.lr), "--warmup-epochs", "0.5", "--repeats", str(args.repeats),
+        "--train-windows", str(args.train_windows), "--eval-windows", "4", "--export", str(export),
+        "--batch-size", "16", "--bin-workers", "1",
+    ]  # fmt: skip
+    if args.cache:
+        train_argv += ["--cache", args.cache]
+    if args.freeze_tokenizer:
+        train_argv.append("--freeze-tokenizer")
+    if args.no_progress:
+        train_argv.append("--no-progress")
+    train.main(train_argv)
+    after, windows = evaluate_checkpoint(export, args.data, split="test", cache_dir=args.cache)
+    seconds = time.perf_counter() - started
+    print(f"\nfine-tuned {args.init_from.name} on {args.data} in {seconds:.0f} s "
+          f"({len(source.split('train'))} train / {len(source.split('test'))} test recordings): {export}")  # fmt: skip
+    print("| accuracy on the test takes | before | after |\n|---|---|---|")
+    shown = "n/a (new classes)" if before is None else f"{before:.1%}"
+    print(f"| {windows.segments} segments, {after.samples} windows | {shown} | {after.accuracy:.1%} |")
+    for name, accuracy in after.per_class().items():
+        print(f"  {name}: {'n/a' if accuracy is None else f'{accuracy:.1%}'}")
+    return 0
