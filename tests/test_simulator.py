@@ -8,6 +8,7 @@ import time
 import numpy as np
 import pytest
 
+from helpers import lagging_simulator
 from stream.__main__ import main as stream_main
 from stream.formats.aedat31 import read_aedat31
 from stream.formats.labels import read_gesture_labels, read_trials
@@ -282,29 +283,10 @@ def test_extra_noise_merges_in_time_order_like_np_insert_and_leaves_no_stale_pad
     assert not amplified.view(np.uint8).reshape(-1, 16)[:, 13:].any()  # padding bytes are zero
 
 
-class SlowQueue:
-    """The renderer's queue with every hand-over delayed: the simulator renders slower than real
-    time, as on a loaded machine."""
-
-    def __init__(self, inner, delay_s: float) -> None:
-        self.inner, self.delay_s = inner, delay_s
-
-    def put(self, item, block: bool = True, timeout: float | None = None) -> None:
-        threading.Event().wait(self.delay_s)  # the fault being simulated: rendering takes this long
-        self.inner.put(item, block, timeout)
-
-
-class LaggingSimulator(SimulatorSource):
-    """A real SimulatorSource whose renderer hands over each 100 ms piece 160 ms late (0.6x real time)."""
-
-    def _produce(self, pieces) -> None:
-        super()._produce(SlowQueue(pieces, 0.16))
-
-
 def test_live_clock_is_exact_and_never_passes_an_event_still_to_come_while_rendering_lags():
     clocks: list[tuple[int, int]] = []  # (clock read on an empty chunk, events yielded before it)
     chunks = []
-    with LaggingSimulator(seed=4, speed=1.0, duration_s=0.6, chunk_us=2_000) as source:
+    with lagging_simulator(seed=4, speed=1.0, duration_s=0.6, chunk_us=2_000) as source:
         assert source.clock_us() is None
         for chunk in source:
             if len(chunk):
