@@ -169,7 +169,7 @@ def test_window_shows_events_predictions_and_status(qtbot, window: MainWindow, p
     assert image.shape == (SENSOR.height, SENSOR.width) and int(image.max()) > 0
 
 
-def test_pause_accumulation_keys_and_help(qtbot, window: MainWindow, publishers) -> None:
+def test_space_freezes_the_display_of_a_live_source_and_thaws_it(qtbot, window: MainWindow, publishers) -> None:
     from PySide6 import QtCore
 
     worker, _ = publishers
@@ -182,17 +182,27 @@ def test_pause_accumulation_keys_and_help(qtbot, window: MainWindow, publishers)
     assert not window.frozen
     worker.publish_json(Kind.PREDICTION, prediction(1, 2))
     qtbot.waitUntil(lambda: window.prediction_panel.label.text() == GESTURE_CLASSES[2], timeout=5000)
+
+
+def test_plus_and_minus_change_the_accumulation_time(qtbot, window: MainWindow) -> None:
+    from PySide6 import QtCore
+
     before = window.accumulation_us
     qtbot.keyClick(window, QtCore.Qt.Key.Key_Plus)
     assert window.accumulation_us > before and window.accumulation_box.value() == window.accumulation_us // 1000
     qtbot.keyClick(window, QtCore.Qt.Key.Key_Minus)
     qtbot.keyClick(window, QtCore.Qt.Key.Key_Minus)
     assert window.accumulation_us < before
-    panes = [widget.width() for widget in (window.centralWidget().widget(i) for i in range(window.centralWidget().count()))]
+
+
+def test_help_floats_over_the_window_and_closes(qtbot, window: MainWindow) -> None:
+    from PySide6 import QtCore
+
+    splitter = window.centralWidget()
+    panes = [splitter.widget(i).width() for i in range(splitter.count())]
     qtbot.keyClick(window, QtCore.Qt.Key.Key_F1)
     assert window.help_overlay.isVisible()
     # Floats over the window: the splitter keeps its two panes and their widths (it once became a third pane).
-    splitter = window.centralWidget()
     assert splitter.count() == 2 and [splitter.widget(i).width() for i in range(2)] == panes
     assert window.rect().contains(window.help_overlay.geometry())
     qtbot.keyClick(window, QtCore.Qt.Key.Key_H)
@@ -403,24 +413,26 @@ def test_source_without_clock_messages_fades_and_says_no_data(qtbot, window: Mai
     qtbot.waitUntil(lambda: "no data since" in window.state_label.text(), timeout=5000)
 
 
-def test_worker_restart_and_prediction_gaps_are_shown_and_marked(qtbot, window: MainWindow, publishers) -> None:
-    worker, source = publishers
-
-    def predict(seq: int, worker_id: str) -> None:
-        worker.publish_json(Kind.PREDICTION, prediction(seq, 4, worker_id=worker_id))
-
-    predict(0, "aaaa")
+def test_a_new_worker_id_is_shown_as_a_restart_and_marked_in_the_plots(qtbot, window: MainWindow, publishers) -> None:
+    worker, _ = publishers
+    worker.publish_json(Kind.PREDICTION, prediction(0, 4, worker_id="aaaa"))
     qtbot.waitUntil(lambda: window.worker_id == "aaaa", timeout=5000)
     worker.publish_status({"type": "stats", "worker_id": "bbbb", "counters": {}, "backend": "b"})
     qtbot.waitUntil(lambda: window.state_label.text() == "worker restarted", timeout=5000)
-    predict(0, "bbbb")
+    worker.publish_json(Kind.PREDICTION, prediction(0, 4, worker_id="bbbb"))
     qtbot.waitUntil(lambda: window.predictions_seen == 2, timeout=5000)
     assert [label for *_, label in window.strip.gap_marks.gaps] == ["worker restarted"]
     assert [label for *_, label in window.latency_plot.gap_marks.gaps] == ["worker restarted"]
-    window.worker_restarted_s -= 10  # the restart notice has been shown long enough
+
+
+def test_no_predictions_from_a_live_pipeline_are_shown_greyed_and_marked_as_a_gap(qtbot, window: MainWindow,
+                                                                                   publishers) -> None:  # fmt: skip
+    worker, source = publishers
+    worker.publish_json(Kind.PREDICTION, prediction(0, 4))
+    qtbot.waitUntil(lambda: window.predictions_seen == 1, timeout=5000)
     clock = {"type": "clock", "time_us": 0, "paused": False}
-    for _ in range(100):  # the worker and the source are alive, but no prediction comes
-        worker.publish_status({"type": "stats", "worker_id": "bbbb", "counters": {}, "backend": "b"})
+    for _ in range(100):  # the worker and the source are alive (every 50 ms), but no prediction comes
+        worker.publish_status({"type": "stats", "worker_id": WORKER_ID, "counters": {}, "backend": "b"})
         clock["time_us"] += 50_000
         source.publish_status(clock)
         qtbot.wait(50)
@@ -428,8 +440,8 @@ def test_worker_restart_and_prediction_gaps_are_shown_and_marked(qtbot, window: 
             break
     assert "no predictions for" in window.state_label.text()
     assert window.prediction_panel.stale  # the last label is greyed out
-    predict(1, "bbbb")
-    qtbot.waitUntil(lambda: len(window.strip.gap_marks.gaps) == 2, timeout=5000)
+    worker.publish_json(Kind.PREDICTION, prediction(1, 4))
+    qtbot.waitUntil(lambda: len(window.strip.gap_marks.gaps) == 1, timeout=5000)
     assert window.strip.gap_marks.gaps[-1][2].startswith("no predictions")
     qtbot.waitUntil(lambda: "no predictions" not in window.state_label.text(), timeout=5000)
     assert not window.prediction_panel.stale
@@ -555,8 +567,11 @@ def write_recording(path: Path, seconds: float = 8.0, rate: int = 20_000) -> np.
     return events
 
 
-def test_file_controls_and_keys_drive_a_real_source_stage(qtbot, tmp_path: Path) -> None:
-    """The window's file controls against a real source stage process replaying a real AEDAT4 file."""
+@pytest.fixture
+def file_window(qtbot, tmp_path: Path):
+    """The window with its file controls on a real source stage process replaying a real 8 s
+    AEDAT4 file, and a worker-side publisher sending stats (so the pipeline is not taken for
+    stalled); yielded once the controls are up and events arrive."""
     from PySide6 import QtCore
 
     write_recording(tmp_path / "rec.aedat4")
@@ -568,38 +583,64 @@ def test_file_controls_and_keys_drive_a_real_source_stage(qtbot, tmp_path: Path)
                               output_dir=tmp_path)  # fmt: skip
             qtbot.addWidget(main)
             main.show()
-            alive = QtCore.QTimer(main)  # the worker's stats, so the pipeline is not taken for stalled
+            alive = QtCore.QTimer(main)  # the worker's stats
             alive.timeout.connect(lambda: worker.publish_status({"type": "stats", "worker_id": WORKER_ID, "counters": {}}))
             alive.start(200)
             qtbot.waitUntil(lambda: main.file_controls() and main.source_status["duration_s"] is not None, timeout=30_000)
-            assert main.seek_slider.isEnabled() and main.seek_slider.maximum() == 8_000
             qtbot.waitUntil(lambda: main.receiver.events_received > 0, timeout=10_000)
-
-            qtbot.keyClick(main, QtCore.Qt.Key.Key_Space)  # pause the replay
-            qtbot.waitUntil(lambda: main.source_paused and main.play_action.text() == "▶ Play", timeout=5000)
-            qtbot.waitUntil(lambda: "source paused" in main.state_label.text(), timeout=5000)
-            qtbot.wait(100)
-            received = main.receiver.events_received
-            qtbot.wait(300)
-            assert main.receiver.events_received == received  # no events while paused
-
-            position = main.source_status["position_s"]
-            qtbot.keyClick(main, QtCore.Qt.Key.Key_Right)  # +5 s
-            qtbot.waitUntil(lambda: main.source_status["position_s"] == pytest.approx(position + 5.0, abs=0.01), timeout=5000)
-            assert main.seek_slider.value() == pytest.approx((position + 5.0) * 1000, abs=10)
-            assert "/ 8.0 s" in main.position_label.text()
-            qtbot.keyClick(main, QtCore.Qt.Key.Key_BracketRight)  # faster: 1 -> 2
-            qtbot.waitUntil(lambda: main.source_status["speed"] == 2.0, timeout=5000)
-            qtbot.keyClick(main, QtCore.Qt.Key.Key_L)
-            qtbot.waitUntil(lambda: main.source_status["loop"] is True and main.loop_box.isChecked(), timeout=5000)
-
-            qtbot.keyClick(main, QtCore.Qt.Key.Key_Space)  # play again: events flow
-            qtbot.waitUntil(lambda: not main.source_paused, timeout=5000)
-            qtbot.waitUntil(lambda: main.receiver.events_received > received, timeout=5000)
-            assert main.source_status["position_s"] >= position + 5.0
+            yield main
             main.close()
     finally:
         stop_process(stage)
+
+
+def pause_with_space(qtbot, main: MainWindow) -> None:
+    from PySide6 import QtCore
+
+    qtbot.keyClick(main, QtCore.Qt.Key.Key_Space)
+    qtbot.waitUntil(lambda: main.source_paused and main.play_action.text() == "▶ Play", timeout=5000)
+
+
+def test_file_controls_show_the_recording(file_window: MainWindow) -> None:
+    assert file_window.seek_slider.isEnabled() and file_window.seek_slider.maximum() == 8_000
+    assert "/ 8.0 s" in file_window.position_label.text()
+
+
+def test_space_pauses_the_replay_and_plays_it_again(qtbot, file_window: MainWindow) -> None:
+    from PySide6 import QtCore
+
+    main = file_window
+    pause_with_space(qtbot, main)
+    qtbot.waitUntil(lambda: "source paused" in main.state_label.text(), timeout=5000)
+    qtbot.wait(100)  # packets already on their way
+    received = main.receiver.events_received
+    qtbot.wait(300)  # no events may come while paused: nothing to wait for but time
+    assert main.receiver.events_received == received
+    qtbot.keyClick(main, QtCore.Qt.Key.Key_Space)  # play again: events flow
+    qtbot.waitUntil(lambda: not main.source_paused and main.receiver.events_received > received, timeout=5000)
+
+
+def test_right_arrow_seeks_five_seconds_on(qtbot, file_window: MainWindow) -> None:
+    from PySide6 import QtCore
+
+    main = file_window
+    pause_with_space(qtbot, main)
+    position = main.source_status["position_s"]
+    qtbot.keyClick(main, QtCore.Qt.Key.Key_Right)  # +5 s
+    qtbot.waitUntil(lambda: main.source_status["position_s"] == pytest.approx(position + 5.0, abs=0.01), timeout=5000)
+    assert main.seek_slider.value() == pytest.approx((position + 5.0) * 1000, abs=10)
+    qtbot.keyClick(main, QtCore.Qt.Key.Key_Space)  # playing goes on from there
+    qtbot.waitUntil(lambda: not main.source_paused and main.source_status["position_s"] > position + 5.0, timeout=5000)
+
+
+def test_bracket_and_l_keys_set_the_speed_and_the_loop(qtbot, file_window: MainWindow) -> None:
+    from PySide6 import QtCore
+
+    main = file_window
+    qtbot.keyClick(main, QtCore.Qt.Key.Key_BracketRight)  # faster: 1 -> 2
+    qtbot.waitUntil(lambda: main.source_status["speed"] == 2.0, timeout=5000)
+    qtbot.keyClick(main, QtCore.Qt.Key.Key_L)
+    qtbot.waitUntil(lambda: main.source_status["loop"] is True and main.loop_box.isChecked(), timeout=5000)
 
 
 # --- the window against the real pipeline ---------------------------------------------------
