@@ -405,10 +405,10 @@ def apply_normalisation(frames: np.ndarray, spec: dict[str, Any] | None) -> np.n
     * ``clip``: counts above ``max`` become ``max``;
     * ``log1p``: ``log(1 + count)``;
     * ``binary``: 1 where a pixel fired in a bin, else 0 (blind to how many events a crossing makes);
-    * ``density``: counts divided by their mean over the pixel-bins that fired, then clipped at
-      ``max``: a window's input does not depend on how many events per edge the camera makes
-      (contrast threshold, sensor resolution), only on where and when it fired and how much more
-      than usual.
+    * ``density``: each time bin's counts divided by their mean over the pixels that fired in it,
+      then clipped at ``max``: the input does not depend on how many events per edge the camera
+      makes (contrast threshold, sensor resolution, event rate), only on where and when it fired and
+      how much more than usual; per bin, so a causal model that sees one bin at a time gets the same.
     None: unchanged.
     """
     spec = check_normalisation(spec)
@@ -422,10 +422,12 @@ def apply_normalisation(frames: np.ndarray, spec: dict[str, Any] | None) -> np.n
     elif kind == "binary":
         np.greater(frames, 0, out=frames, casting="unsafe")
     else:
-        fired = np.count_nonzero(frames)
-        if fired:
-            frames *= np.float32(fired / frames.sum(dtype=np.float64))
-            np.minimum(frames, np.float32(spec["max"]), out=frames)
+        flat = frames.reshape(frames.shape[0], -1)  # one row per time bin
+        totals = flat.sum(axis=1, dtype=np.float64)
+        fired = np.count_nonzero(flat, axis=1)
+        scale = np.divide(fired, totals, out=np.zeros_like(totals), where=totals > 0).astype(np.float32)
+        flat *= scale[:, None]
+        np.minimum(frames, np.float32(spec["max"]), out=frames)
     return frames
 
 

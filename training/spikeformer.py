@@ -49,6 +49,10 @@ class SpikeformerConfig:
         num_classes: output logits.
         drop_path_rate: stochastic depth of the last block (rises linearly from 0).
         init_tau: initial PLIF time constant in time steps.
+        causal: a streaming model: temporal attention sees only past and present steps (a causal
+            mask and an ALiBi distance bias instead of the learned time embedding), and the class
+            evidence is read out at every step (``forward_steps``); ``SpikeformerStep`` runs it one
+            bin at a time with explicit state. The reference presets are not causal.
     """
 
     name: str = "custom"
@@ -65,6 +69,7 @@ class SpikeformerConfig:
     num_classes: int = 11
     drop_path_rate: float = 0.1
     init_tau: float = 2.0
+    causal: bool = False
 
     def __post_init__(self) -> None:
         # Normalise sequences (e.g. lists from JSON) to tuples so the config stays hashable.
@@ -114,6 +119,8 @@ class SpikeformerConfig:
             raise ValueError(f"SpikeformerConfig.drop_path_rate must be in [0, 1), got {self.drop_path_rate!r}")
         if not isinstance(self.init_tau, (int, float)) or not self.init_tau > 1.0:
             raise ValueError(f"SpikeformerConfig.init_tau must be > 1, got {self.init_tau!r}")
+        if not isinstance(self.causal, bool):
+            raise ValueError(f"SpikeformerConfig.causal must be true or false, got {self.causal!r}")
 
     @property
     def downsample(self) -> int:
@@ -142,6 +149,7 @@ class SpikeformerConfig:
         if not isinstance(data, dict):
             raise ValueError(f"model config must be a dict, got {type(data).__name__}")
         names = {f.name for f in dataclasses.fields(cls)}
+        data = {"causal": False, **data}  # written before causal models existed
         unknown = sorted(set(data) - names)
         missing = sorted(names - set(data))
         if unknown or missing:
@@ -275,8 +283,22 @@ class ConvTokenizer(nn.Module):
         return x.transpose(0, 1)  # [B, T, N, C]
 
 
+def alibi_slopes(num_heads: int) -> Tensor:
+    """ALiBi's per-head slopes ``2^(-8 (h + 1) / heads)``: how fast attention fades with distance."""
+    return torch.tensor([2.0 ** (-8.0 * (head + 1) / num_heads) for head in range(num_heads)])
+
+
+def causal_bias(steps: int, slopes: Tensor) -> Tensor:
+    """``[heads, T, T]`` additive attention bias: ``-slope * (i - j)`` for a past or present key
+    ``j <= i``, ``-inf`` for a future one."""
+    distance = torch.arange(steps)[:, None] - torch.arange(steps)[None, :]  # i - j
+    bias = -slopes[:, None, None] * distance.clamp(min=0)
+    return bias.masked_fill(distance < 0, float("-inf"))
+
+
 class Attention(nn.Module):
-    """Multi-head softmax self-attention over dim -2 of ``[S, L, C]`` (S sequences of L tokens)."""
+    """Multi-head softmax self-attention over dim -2 of ``[S, L, C]`` (S sequences of L tokens),
+    with an optional additive bias ``[heads, L, L]`` on the scores."""
 
     def __init__(self, dim: int, num_heads: int) -> None:
         super().__init__()
@@ -286,11 +308,13 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(dim, dim * 3, bias=False)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, bias: Tensor | None = None) -> Tensor:
         length, dim = x.shape[1:]
         qkv = self.qkv(x).reshape(-1, length, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # each [S, heads, L, head_dim]
         attn = (q * self.scale) @ k.transpose(-2, -1)  # [S, heads, L, L]
+        if bias is not None:
+            attn = attn + bias
         attn = attn.softmax(dim=-1)
         x = (attn @ v).transpose(1, 2).reshape(-1, length, dim)  # [S, L, C]
         return self.proj(x)
@@ -313,8 +337,11 @@ class Block(nn.Module):
     """Divided space-time transformer block (TimeSformer-style), pre-LayerNorm, on ``[B, T, N, C]``."""
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: int, drop_path: float = 0.0,
-                 init_tau: float = 2.0) -> None:
+                 init_tau: float = 2.0, causal: bool = False) -> None:
         super().__init__()
+        self.causal = causal
+        if causal:
+            self.register_buffer("slopes", alibi_slopes(num_heads), persistent=False)
         self.norm_t = nn.LayerNorm(dim, eps=LAYER_NORM_EPS)
         self.temporal_attn = Attention(dim, num_heads)
         self.temporal_fc = nn.Linear(dim, dim)
@@ -328,7 +355,8 @@ class Block(nn.Module):
         _, steps, tokens, dim = x.shape  # the batch stays -1 in reshapes (dynamic in ONNX export)
         # Temporal attention: the T tokens at each spatial location attend to each other.
         xt = self.norm_t(x).transpose(1, 2).reshape(-1, steps, dim)  # [B*N, T, C]
-        xt = self.temporal_attn(xt).reshape(-1, tokens, steps, dim).transpose(1, 2)  # [B, T, N, C]
+        bias = causal_bias(steps, self.slopes).to(xt.dtype) if self.causal else None
+        xt = self.temporal_attn(xt, bias).reshape(-1, tokens, steps, dim).transpose(1, 2)  # [B, T, N, C]
         x = x + self.drop_path(self.temporal_fc(xt))
         # Spatial attention: the N tokens of each time step attend to each other.
         xs = self.norm_s(x).reshape(-1, tokens, dim)  # [B*T, N, C]
@@ -338,19 +366,21 @@ class Block(nn.Module):
 
 
 class AttentionPoolHead(nn.Module):
-    """LayerNorm, softmax attention pooling over all T*N tokens, then Linear to the logits."""
+    """LayerNorm, softmax attention pooling over all T*N tokens, then Linear to the logits; with
+    ``per_step`` the pooling is over the N tokens of each step (``[B, T, num_classes]``)."""
 
-    def __init__(self, dim: int, num_classes: int) -> None:
+    def __init__(self, dim: int, num_classes: int, per_step: bool = False) -> None:
         super().__init__()
+        self.per_step = per_step
         self.norm = nn.LayerNorm(dim, eps=LAYER_NORM_EPS)
         self.attention_pool = nn.Linear(dim, 1)
         self.fc = nn.Linear(dim, num_classes)
 
     def forward(self, x: Tensor) -> Tensor:
-        x = self.norm(x.flatten(1, 2))  # [B, T*N, C]
-        weights = self.attention_pool(x).softmax(dim=1)  # [B, T*N, 1]
-        pooled = (weights * x).sum(dim=1)  # [B, C]
-        return self.fc(pooled)  # [B, num_classes]
+        x = self.norm(x if self.per_step else x.flatten(1, 2))  # [B, T, N, C] or [B, T*N, C]
+        weights = self.attention_pool(x).softmax(dim=-2)  # pooling weights over the tokens
+        pooled = (weights * x).sum(dim=-2)  # [B, T, C] or [B, C]
+        return self.fc(pooled)  # [B, T, num_classes] or [B, num_classes]
 
 
 class Spikeformer(nn.Module):
@@ -366,18 +396,20 @@ class Spikeformer(nn.Module):
         dim = config.embed_dim
         self.tokenizer = ConvTokenizer(config)
         self.pos_embed = nn.Parameter(torch.zeros(1, 1, config.num_tokens, dim))
-        self.time_embed = nn.Parameter(torch.zeros(1, config.time_steps, 1, dim))
+        # A causal model knows time by its PLIF states and the ALiBi bias, not a position in a window.
+        self.time_embed = None if config.causal else nn.Parameter(torch.zeros(1, config.time_steps, 1, dim))
         # Stochastic depth rising linearly from 0 (first block) to drop_path_rate (last block).
         drop_rates = [config.drop_path_rate * i / max(config.depth - 1, 1) for i in range(config.depth)]
         self.blocks = nn.ModuleList(
-            Block(dim, config.num_heads, config.mlp_ratio, rate, config.init_tau) for rate in drop_rates
+            Block(dim, config.num_heads, config.mlp_ratio, rate, config.init_tau, config.causal) for rate in drop_rates
         )
-        self.head = AttentionPoolHead(dim, config.num_classes)
+        self.head = AttentionPoolHead(dim, config.num_classes, per_step=config.causal)
         self._init_weights()
 
     def _init_weights(self) -> None:
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
-        nn.init.trunc_normal_(self.time_embed, std=0.02)
+        if self.time_embed is not None:
+            nn.init.trunc_normal_(self.time_embed, std=0.02)
         for module in self.modules():
             if isinstance(module, nn.Linear):
                 nn.init.trunc_normal_(module.weight, std=0.02)
@@ -395,23 +427,33 @@ class Spikeformer(nn.Module):
     def forward_features(self, x: Tensor) -> Tensor:
         """Frames ``[B, T, 2, H, W]`` -> tokens ``[B, T, N, C]`` after the transformer blocks."""
         tracing = torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()  # shapes are fixed by the example
-        if not tracing and (x.ndim != 5 or tuple(x.shape[1:]) != self.input_shape):
-            raise ValueError(
-                f"Spikeformer {self.config.name!r} expects input [B, {', '.join(map(str, self.input_shape))}], "
-                f"got {list(x.shape)}"
-            )
+        expected = self.input_shape
+        shape_ok = x.ndim == 5 and tuple(x.shape[2:]) == expected[1:] and (self.config.causal or x.shape[1] == expected[0])
+        if not tracing and not shape_ok:
+            steps = "T" if self.config.causal else str(expected[0])
+            raise ValueError(f"Spikeformer {self.config.name!r} expects input [B, {steps}, {', '.join(map(str, expected[1:]))}], "
+                             f"got {list(x.shape)}")  # fmt: skip
         x = self.tokenizer(x)  # [B, T, N, C]
-        x = x + self.pos_embed + self.time_embed
+        x = x + self.pos_embed if self.time_embed is None else x + self.pos_embed + self.time_embed
         for block in self.blocks:
             x = block(x)  # [B, T, N, C]
         return x
 
     def forward_head(self, x: Tensor) -> Tensor:
-        """Tokens ``[B, T, N, C]`` -> logits ``[B, num_classes]``."""
-        return self.head(x)
+        """Tokens ``[B, T, N, C]`` -> logits ``[B, num_classes]`` (a causal model: its last step's)."""
+        logits = self.head(x)
+        return logits[:, -1] if self.config.causal else logits
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.forward_head(self.forward_features(x))
+    def forward_steps(self, x: Tensor) -> Tensor:
+        """A causal model's evidence at every step: frames ``[B, T, 2, H, W]`` -> logits ``[B, T, num_classes]``
+        (step t has seen steps 0..t only)."""
+        if not self.config.causal:
+            raise ValueError("forward_steps needs a causal model (SpikeformerConfig.causal)")
+        return self.head(self.forward_features(x))
+
+    def forward(self, x: Tensor, steps: bool = False) -> Tensor:
+        """Logits ``[B, num_classes]``; with ``steps`` (a causal model) every step's ``[B, T, num_classes]``."""
+        return self.forward_steps(x) if steps else self.forward_head(self.forward_features(x))
 
 
 def build_model(config: SpikeformerConfig | str) -> Spikeformer:

@@ -123,6 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
         "filters are kept; the head is made anew for classes it does not have")
     add("--freeze-tokenizer", action="store_true", help="with --from: train only the transformer and the head")
     add("--repeats", type=int, default=1, help="windows drawn per training segment and epoch (few recordings)")
+    add("--causal", action="store_true", help="a causal (streaming) model, trained with a loss at every prefix")
     add("--no-progress", action="store_true", help="no tqdm bar")
     return parser
 
@@ -163,7 +164,8 @@ def parse_filters(text: str) -> dict[str, Any] | None:
         raise ValueError(f"--filters must be none, ba:US and/or hot:PERIOD_US:MAX_EVENTS, got {text!r}") from None
 
 
-def model_config(name_or_path: str, *, bins: int | None, input_size: SensorSize | None, num_classes: int) -> SpikeformerConfig:
+def model_config(name_or_path: str, *, bins: int | None, input_size: SensorSize | None, num_classes: int,
+                 causal: bool = False) -> SpikeformerConfig:  # fmt: skip
     """The preset (or JSON config file) with the window's T, the input size and the class count."""
     if name_or_path in PRESETS:
         base = PRESETS[name_or_path]
@@ -171,7 +173,7 @@ def model_config(name_or_path: str, *, bins: int | None, input_size: SensorSize 
         base = SpikeformerConfig.from_dict(json.loads(Path(name_or_path).read_text()))
     else:
         raise ValueError(f"--config must be a preset ({', '.join(sorted(PRESETS))}) or a config .json, got {name_or_path!r}")
-    changes: dict[str, Any] = {"num_classes": num_classes}
+    changes: dict[str, Any] = {"num_classes": num_classes, "causal": causal}
     if bins is not None:
         changes["time_steps"] = bins
     if input_size is not None:
@@ -490,7 +492,8 @@ def _train(args: argparse.Namespace, normalisation: dict | None, filters: dict |
                 parameter.requires_grad_(False)
         model = model.to(device)
     else:
-        config = model_config(args.config, bins=bins, input_size=input_size, num_classes=len(classes))
+        config = model_config(args.config, bins=bins, input_size=input_size, num_classes=len(classes),
+                              causal=args.causal)  # fmt: skip
         model = build_model(config).to(device)
     optimizer = torch.optim.AdamW(_parameter_groups(model, args.weight_decay), lr=args.lr)
     ema = ModelEma(model, args.ema) if args.ema else None
@@ -555,8 +558,13 @@ def _train(args: argparse.Namespace, normalisation: dict | None, filters: dict |
             frames = frames.to(device, non_blocking=True)
             labels = labels.to(device, non_blocking=True)
             with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-                logits = train_model(frames)
-                loss = criterion(logits.float(), labels)
+                if config.causal:  # a loss at every prefix: the first steps of a gesture must carry evidence too
+                    step_logits = train_model(frames, steps=True).float()  # [B, T, classes]
+                    loss = criterion(step_logits.flatten(0, 1), labels.repeat_interleave(step_logits.shape[1]))
+                    logits = step_logits[:, -1]
+                else:
+                    logits = train_model(frames)
+                    loss = criterion(logits.float(), labels)
             optimizer.zero_grad(set_to_none=True)
             if scaler is not None:
                 scaler.scale(loss).backward()
