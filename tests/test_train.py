@@ -13,19 +13,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import TINY_CONFIG
 
+from stream.events import EVENT_DTYPE, GestureSegment, SensorSize, make_events
 from stream.formats.aedat31 import write_aedat31
 from stream.formats.labels import write_gesture_labels, write_trials
-from stream.events import EVENT_DTYPE, GestureSegment, SensorSize, make_events
 from training import train
 from training.__main__ import main as training_main
 from training.checkpoint import load_checkpoint
-from training.spikeformer import SpikeformerConfig, build_model
+from training.spikeformer import build_model
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = SpikeformerConfig(name="tiny", input_size=(16, 16), time_steps=4, tokenizer_channels=(8, 16),
-                         tokenizer_strides=(2, 2), kernel_size=3, embed_dim=16, depth=1, num_heads=2,
-                         mlp_ratio=2, num_classes=11, drop_path_rate=0.0)  # fmt: skip
+TINY = TINY_CONFIG  # the tests' one tiny model (16x16 input, 4 time steps, 11 classes)
 
 
 def class_motion(label: int, start_us: int, end_us: int, rng: np.random.Generator) -> np.ndarray:
