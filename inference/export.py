@@ -34,13 +34,17 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from inference.onnx_info import (
+    FRAME_NAME,
     INPUT_NAME,
     META_CHECKPOINT,
     META_FORMAT,
     META_INPUT_SHAPE,
     META_PRECISION,
+    META_STEP_STATE,
     META_WEIGHTS_SHA256,
+    NEXT_PREFIX,
     OUTPUT_NAME,
+    STATE_PREFIX,
     read_onnx_info,
 )
 from stream.atomic import write_atomically
@@ -155,6 +159,43 @@ def export_onnx(
     _set_metadata(proto, metadata, input_shape, "fp32")
     if fp16:
         proto = convert_to_fp16(proto)
+    onnx.checker.check_model(proto, full_check=True)
+    return write_atomically(out_path, proto.SerializeToString())
+
+
+def export_step_onnx(checkpoint_path_or_model: Any, out_path: str | os.PathLike, *, opset: int = DEFAULT_OPSET,
+                     metadata: dict | None = None) -> Path:  # fmt: skip
+    """Export a causal model's step (``training.streaming.SpikeformerStep``: the newest bin
+    ``frame [1, 2, H, W]`` and the state ``state.NAME`` in, ``logits [1, C]`` and ``next.NAME`` out,
+    batch 1) to ``out_path``; the state's names and shapes are in its metadata (``OnnxModelInfo.step_state``)."""
+    import torch
+
+    from training.streaming import SpikeformerStep, initial_state, state_names
+
+    if not 17 <= opset <= 21:
+        raise ValueError(f"opset must be 17..21 (LayerNormalization needs 17), got {opset}")
+    model, metadata = load_model_and_metadata(checkpoint_path_or_model, metadata)
+    if not getattr(getattr(model, "config", None), "causal", False):
+        raise ValueError("a step export needs a causal model (SpikeformerConfig.causal)")
+    step = SpikeformerStep(model).eval()
+    names = state_names(model)
+    state = initial_state(model, 1)
+    frame_shape = (1, *model_input_shape(model)[1:])
+    example = (torch.zeros(frame_shape, device=state[0].device), *state)
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        raw_path = Path(tmp) / "step.onnx"
+        with torch.inference_mode(False), torch.no_grad():
+            torch.onnx.export(
+                step, example, str(raw_path), dynamo=False, opset_version=opset,
+                input_names=[FRAME_NAME, *(STATE_PREFIX + name for name in names)],
+                output_names=[OUTPUT_NAME, *(NEXT_PREFIX + name for name in names)], do_constant_folding=True,
+            )  # fmt: skip
+        proto = onnx.load(str(raw_path))
+    _set_metadata(proto, metadata, frame_shape, "fp32")
+    onnx.helper.set_model_props(proto, {**{p.key: p.value for p in proto.metadata_props}, META_STEP_STATE: json.dumps(
+        [[name, list(tensor.shape)] for name, tensor in zip(names, state)])})  # fmt: skip
     onnx.checker.check_model(proto, full_check=True)
     return write_atomically(out_path, proto.SerializeToString())
 

@@ -21,6 +21,9 @@ META_INPUT_SHAPE = META_PREFIX + "input_shape"  # [T, 2, H, W], JSON
 META_WEIGHTS_SHA256 = META_PREFIX + "weights_sha256"
 META_PRECISION = META_PREFIX + "precision"  # "fp32" or "fp16" (compute; I/O is always float32)
 META_FORMAT = META_PREFIX + "format_version"
+META_STEP_STATE = META_PREFIX + "step_state"  # a step model's state: [[name, shape], ...], JSON
+FRAME_NAME = "frame"  # a step model's input: the newest bin [1, 2, H, W]
+STATE_PREFIX, NEXT_PREFIX = "state.", "next."  # a step model's state inputs and outputs
 
 
 @dataclass(frozen=True)
@@ -32,6 +35,12 @@ class OnnxModelInfo:
     weights_sha256: str
     precision: str
     dynamic_batch: bool  # False: the graph input's batch is fixed at 1
+    step_state: tuple[tuple[str, tuple[int, ...]], ...] = ()  # a step model's state (name, shape); () for a window model
+
+    @property
+    def step(self) -> bool:
+        """Whether this is a step (streaming) model: one bin and the state in, logits and the state out."""
+        return bool(self.step_state)
 
 
 def read_onnx_info(onnx_path_or_model: str | os.PathLike | onnx.ModelProto) -> OnnxModelInfo:
@@ -54,6 +63,11 @@ def read_onnx_info(onnx_path_or_model: str | os.PathLike | onnx.ModelProto) -> O
         raise ValueError(f"corrupt spikeformer-live metadata in the ONNX file: {error}") from None
     if len(shape) != 4 or not isinstance(metadata, dict):
         raise ValueError(f"corrupt spikeformer-live metadata: input shape {shape!r}")
+    try:
+        state = tuple((str(name), tuple(int(side) for side in dims))
+                      for name, dims in json.loads(props.get(META_STEP_STATE, "[]")))  # fmt: skip
+    except (ValueError, TypeError) as error:
+        raise ValueError(f"corrupt spikeformer-live step state in the ONNX file: {error}") from None
     batch_dim = proto.graph.input[0].type.tensor_type.shape.dim[0]
     return OnnxModelInfo(metadata, shape, props[META_WEIGHTS_SHA256], props[META_PRECISION],  # type: ignore[arg-type]
-                         dynamic_batch=not batch_dim.HasField("dim_value"))
+                         dynamic_batch=not batch_dim.HasField("dim_value"), step_state=state)
