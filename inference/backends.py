@@ -30,8 +30,8 @@ from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
-from inference.export import DEFAULT_OPSET, EXPORT_FORMAT_VERSION, export_onnx, poisson_windows
-from inference.onnx_info import INPUT_NAME, OUTPUT_NAME, read_onnx_info
+from inference.export import DEFAULT_OPSET, EXPORT_FORMAT_VERSION, export_onnx, export_step_onnx, poisson_windows
+from inference.onnx_info import FRAME_NAME, INPUT_NAME, OUTPUT_NAME, STATE_PREFIX, read_onnx_info
 from inference.tensorrt_engine import TensorRTUnavailable
 from stream.stage import Unavailable
 
@@ -47,7 +47,8 @@ DEFAULT_CPU_THREADS = 1
 __all__ = [
     "Backend", "BackendUnavailable", "Capabilities", "BackendChoice", "TorchBackend", "OnnxRuntimeBackend",
     "TensorRTBackend", "as_batch", "choose_backend", "cuda_visible", "detect_capabilities", "create_backend",
-    "cached_onnx", "default_cache_dir", "model_code_fingerprint",
+    "cached_onnx", "default_cache_dir", "model_code_fingerprint", "StepBackend", "TorchStepBackend",
+    "OnnxRuntimeStepBackend", "TensorRTStepBackend", "cached_step_onnx", "create_step_backend",
 ]
 
 
@@ -258,6 +259,114 @@ class TensorRTBackend:
         self._runner.close()
 
 
+# --- step (streaming) backends of causal models ---------------------------------------------------
+
+
+class StepBackend(Protocol):
+    """A causal model one bin at a time (``training.streaming``): ``step(frame [2, H, W])`` ->
+    the bin's logits ``[C]``; the state (PLIF potentials, attention cache) stays inside, ``reset()``
+    clears it (a new stream: time jump, source restart, another sensor). ``frame_shape`` is ``(2, H, W)``."""
+
+    name: str
+    frame_shape: tuple[int, int, int]
+
+    def step(self, frame: np.ndarray) -> np.ndarray: ...
+
+    def reset(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def _as_frame(frame: np.ndarray, frame_shape: tuple[int, ...]) -> np.ndarray:
+    array = np.asarray(frame, dtype=np.float32)
+    if array.shape == (1, *frame_shape):
+        array = array[0]
+    if array.shape != tuple(frame_shape):
+        raise ValueError(f"a step takes one bin [{', '.join(map(str, frame_shape))}], got {list(array.shape)}")
+    return np.ascontiguousarray(array)[None]
+
+
+class TorchStepBackend:
+    """``training.streaming.SpikeformerStep`` in PyTorch eager on CPU or CUDA."""
+
+    def __init__(self, model: Any, device: str = "cpu") -> None:
+        import torch
+
+        from training.streaming import SpikeformerStep, initial_state
+
+        self._torch = torch
+        self.device = torch.device(device)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise BackendUnavailable("torch backend on CUDA asked for, but torch sees no CUDA GPU")
+        model = model.to(self.device).eval()
+        self._step = SpikeformerStep(model).eval()
+        self._initial = lambda: initial_state(model, 1)
+        self.frame_shape = tuple(int(side) for side in model.input_shape[1:])
+        self.name = f"torch-{self.device.type}-step"
+        self.reset()
+
+    def step(self, frame: np.ndarray) -> np.ndarray:
+        torch = self._torch
+        with torch.inference_mode():
+            x = torch.from_numpy(_as_frame(frame, self.frame_shape)).to(self.device)
+            logits, *self._state = self._step(x, *self._state)
+            return logits[0].float().cpu().numpy()
+
+    def reset(self) -> None:
+        self._state = list(self._initial())
+
+    def close(self) -> None:
+        self._state = []
+
+
+class OnnxRuntimeStepBackend:
+    """A step export (``inference.export.export_step_onnx``) in ONNX Runtime; the state goes from
+    each call's outputs to the next call's inputs."""
+
+    def __init__(self, onnx_path: str | os.PathLike, device: str = "cpu", *, threads: int = DEFAULT_CPU_THREADS) -> None:
+        self._window = OnnxRuntimeBackend(onnx_path, device, threads=threads)  # the session and its checks
+        info = read_onnx_info(onnx_path)
+        if not info.step:
+            raise ValueError(f"{onnx_path} is not a step export (export_step_onnx)")
+        self._names = [name for name, _ in info.step_state]
+        self._shapes = [shape for _, shape in info.step_state]
+        self.frame_shape = tuple(info.input_shape[1:])
+        self.name = self._window.name + "-step"
+        self.reset()
+
+    def step(self, frame: np.ndarray) -> np.ndarray:
+        feeds = {FRAME_NAME: _as_frame(frame, self.frame_shape), **self._state}
+        logits, *state = self._window._session.run(None, feeds)
+        self._state = {STATE_PREFIX + name: value for name, value in zip(self._names, state)}
+        return logits[0]
+
+    def reset(self) -> None:
+        self._state = {STATE_PREFIX + name: np.zeros(shape, np.float32) for name, shape in zip(self._names, self._shapes)}
+
+    def close(self) -> None:
+        self._window.close()
+
+
+class TensorRTStepBackend:
+    """A step engine (``inference.tensorrt_engine.TensorRTStepRunner``) on a CUDA GPU."""
+
+    def __init__(self, engine_path: str | os.PathLike) -> None:
+        from inference.tensorrt_engine import TensorRTStepRunner
+
+        self._runner = TensorRTStepRunner(engine_path)
+        self.frame_shape = tuple(self._runner.frame_shape)
+        self.name = "tensorrt-step"
+
+    def step(self, frame: np.ndarray) -> np.ndarray:
+        return self._runner.step(_as_frame(frame, self.frame_shape))[0]
+
+    def reset(self) -> None:
+        self._runner.reset()
+
+    def close(self) -> None:
+        self._runner.close()
+
+
 # --- choice ------------------------------------------------------------------------------------
 
 
@@ -402,6 +511,55 @@ def _cached_engine(checkpoint_path: Path, cache_dir: Path, *, max_batch: int, fp
         build_engine(onnx_path, engine_path, max_batch=max_batch, fp16=fp16,
                      timing_cache_path=cache_dir / "tensorrt" / timing_cache_name(trt.__version__, gpu_name))
     return engine_path
+
+
+def cached_step_onnx(checkpoint_path: str | os.PathLike, cache_dir: str | os.PathLike | None = None, *,
+                     opset: int = DEFAULT_OPSET) -> Path:  # fmt: skip
+    """The checkpoint's step export (a causal model), made on first use and cached like ``cached_onnx``."""
+    from training.checkpoint import read_metadata
+
+    sha = _weights_sha256(read_metadata(checkpoint_path))
+    path = Path(cache_dir or default_cache_dir()) / "onnx" / (
+        f"{sha}-code{model_code_fingerprint()}-opset{opset}-step-v{EXPORT_FORMAT_VERSION}.onnx")
+    if not path.is_file():
+        log.info("exporting the step model of %s to %s", checkpoint_path, path)
+        export_step_onnx(checkpoint_path, path, opset=opset)
+    return path
+
+
+def create_step_backend(name: str, checkpoint_path: str | os.PathLike, *, device: str | None = None,
+                        cache_dir: str | os.PathLike | None = None, threads: int = DEFAULT_CPU_THREADS) -> StepBackend:
+    """A step backend for a causal checkpoint (``auto``: the same choice as ``create_backend``)."""
+    if name not in BACKEND_NAMES:
+        raise ValueError(f"unknown backend {name!r}; choose one of {', '.join(BACKEND_NAMES)}")
+    checkpoint_path = Path(checkpoint_path)
+    if not checkpoint_path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {checkpoint_path}")
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    if name == "auto":
+        choice = choose_backend(detect_capabilities())
+        name, device = choice.name, choice.device
+    elif device is None and name != "tensorrt":
+        device = "cuda" if cuda_visible() else "cpu"
+    if name == "tensorrt":
+        from inference.tensorrt_engine import build_engine, require_tensorrt, timing_cache_name
+
+        try:
+            trt, gpu_name = require_tensorrt()
+        except TensorRTUnavailable as error:
+            raise BackendUnavailable(str(error)) from None
+        onnx_path = cached_step_onnx(checkpoint_path, cache)
+        engine = cache / "tensorrt" / (onnx_path.stem + f"-trt{trt.__version__}.engine")
+        if not engine.is_file():
+            build_engine(onnx_path, engine, max_batch=1, fp16=False,
+                         timing_cache_path=cache / "tensorrt" / timing_cache_name(trt.__version__, gpu_name))  # fmt: skip
+        return TensorRTStepBackend(engine)
+    if name == "onnxruntime":
+        return OnnxRuntimeStepBackend(cached_step_onnx(checkpoint_path, cache), device, threads=threads)
+    from training.checkpoint import load_checkpoint
+
+    model, _ = load_checkpoint(checkpoint_path)
+    return TorchStepBackend(model, device)
 
 
 def create_backend(

@@ -9,7 +9,10 @@ Two smoothing rules, both over the last few windows of one stream:
 * ``majority``: the arg-max classes of the last ``history`` windows vote; the stable label is the
   most voted class when its vote share is ``>= threshold``.
 
-Below the threshold the stable label is ``NO_GESTURE`` (index -1). The maths lives in the pure
+Below the threshold, or when the best class leads the second by less than ``margin`` (the
+"undecided" state of a decision rule: confidence and margin thresholds on the accumulated
+evidence), the stable label is ``NO_GESTURE`` (index -1). A checkpoint may carry its own tuned
+rule (``decision`` in its metadata, ``SmoothingConfig.to_dict``). The maths lives in the pure
 functions ``softmax``, ``ema_step`` and ``majority_vote``; ``LabelSmoother`` only binds parameters
 and holds the state of one stream.
 """
@@ -69,12 +72,14 @@ class SmoothingConfig:
         history: number of recent windows that vote (``majority``).
         threshold: minimum smoothed probability (``ema``) or vote share (``majority``) for a label;
             below it the stable label is "no gesture".
+        margin: minimum lead of the best class over the second (``ema``): undecided below it.
     """
 
     method: str = "ema"
     alpha: float = 0.4
     history: int = 5
     threshold: float = 0.5
+    margin: float = 0.0
 
     def __post_init__(self) -> None:
         if self.method not in SMOOTHING_METHODS:
@@ -85,6 +90,20 @@ class SmoothingConfig:
             raise ValueError(f"smoothing history must be >= 1 window, got {self.history}")
         if not 0.0 <= self.threshold <= 1.0:
             raise ValueError(f"smoothing threshold must be in [0, 1], got {self.threshold}")
+        if not 0.0 <= self.margin <= 1.0:
+            raise ValueError(f"decision margin must be in [0, 1], got {self.margin}")
+
+    def to_dict(self) -> dict[str, float | int | str]:
+        """JSON-ready (a checkpoint's ``decision``)."""
+        return {"method": self.method, "alpha": self.alpha, "history": self.history, "threshold": self.threshold,
+                "margin": self.margin}  # fmt: skip
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "SmoothingConfig":
+        """Inverse of ``to_dict``; unknown keys are a ``ValueError``."""
+        if not isinstance(data, dict) or not set(data) <= {"method", "alpha", "history", "threshold", "margin"}:
+            raise ValueError(f"a decision rule must be a dict of method, alpha, history, threshold, margin, got {data!r}")
+        return cls(**data)
 
 
 class StableLabel(NamedTuple):
@@ -128,12 +147,14 @@ class LabelSmoother:
             raise ValueError(
                 f"expected {len(self.class_names)} class probabilities, got shape {probabilities.shape}"
             )
+        lead = 1.0
         if self.config.method == "ema":
             self._ema = ema_step(self._ema, probabilities, self.config.alpha)
-            index, confidence = int(self._ema.argmax()), float(self._ema.max())
+            second, first = np.partition(self._ema, -2)[-2:] if len(self._ema) > 1 else (0.0, self._ema[0])
+            index, confidence, lead = int(self._ema.argmax()), float(first), float(first - second)
         else:
             self._recent.append(int(probabilities.argmax()))
             index, confidence = majority_vote(np.fromiter(self._recent, np.int64), len(self.class_names))
-        if confidence < self.config.threshold:
+        if confidence < self.config.threshold or lead < self.config.margin:
             return StableLabel(NO_GESTURE_INDEX, NO_GESTURE, confidence)
         return StableLabel(index, self.class_names[index], confidence)

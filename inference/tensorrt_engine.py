@@ -165,9 +165,10 @@ def build_engine(
     if not parser.parse_from_file(str(onnx_path)):
         errors = [_describe_parser_error(parser.get_error(i)) for i in range(parser.num_errors)]
         raise ValueError(f"TensorRT could not parse {onnx_path}: " + "; ".join(errors or ["no details"]))
-    if network.num_inputs != 1 or network.num_outputs != 1:
-        raise ValueError(f"{onnx_path}: expected 1 input and 1 output, got {network.num_inputs} and "
-                         f"{network.num_outputs}")
+    expected = (1 + len(info.step_state), 1 + len(info.step_state))  # a window model: 1 and 1
+    if (network.num_inputs, network.num_outputs) != expected:
+        raise ValueError(f"{onnx_path}: expected {expected[0]} input(s) and {expected[1]} output(s), got "
+                         f"{network.num_inputs} and {network.num_outputs}")
 
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_bytes))
@@ -176,10 +177,11 @@ def build_engine(
     timing_cache = config.create_timing_cache(cache_bytes)
     config.set_timing_cache(timing_cache, False)  # False: do not ignore a mismatch
 
-    input_name = network.get_input(0).name
-    profile = builder.create_optimization_profile()
-    profile.set_shape(input_name, *profile_shapes(info.input_shape, max_batch))
-    config.add_optimization_profile(profile)
+    if not info.step:  # a step model has static shapes (batch 1): no profile
+        input_name = network.get_input(0).name
+        profile = builder.create_optimization_profile()
+        profile.set_shape(input_name, *profile_shapes(info.input_shape, max_batch))
+        config.add_optimization_profile(profile)
 
     log.info("building TensorRT %s engine for %s on %s (batch 1..%d)", precision, onnx_path.name,
              gpu_name, max_batch)
@@ -283,5 +285,79 @@ class TensorRTRunner:
         """Release the context, engine and buffers (the runner is unusable afterwards)."""
         for name in ("_context", "_engine", "_runtime", "_device_input", "_device_output",
                      "_host_input", "_host_output"):
+            if hasattr(self, name):
+                delattr(self, name)
+
+
+class TensorRTStepRunner:
+    """Runs a step engine (built by ``build_engine`` from ``inference.export.export_step_onnx``) on
+    the current CUDA GPU: ``step(frame [1, 2, H, W])`` -> logits ``[1, C]``. The state lives on the
+    GPU in two buffer sets used in turn (inputs of one call, outputs of the other): no copies."""
+
+    def __init__(self, engine_path: str | os.PathLike) -> None:
+        import torch
+
+        from inference.onnx_info import FRAME_NAME, NEXT_PREFIX, OUTPUT_NAME, STATE_PREFIX
+
+        trt, _ = require_tensorrt()
+        engine_path = Path(engine_path)
+        self._logger = trt.Logger(trt.Logger.WARNING)
+        self._runtime = trt.Runtime(self._logger)
+        self._engine = self._runtime.deserialize_cuda_engine(engine_path.read_bytes())
+        if self._engine is None:
+            raise ValueError(f"{engine_path} is not an engine for this TensorRT ({trt.__version__}) and GPU")
+        names = [self._engine.get_tensor_name(i) for i in range(self._engine.num_io_tensors)]
+        states = [name[len(STATE_PREFIX):] for name in names if name.startswith(STATE_PREFIX)]
+        if FRAME_NAME not in names or OUTPUT_NAME not in names or not states:
+            raise ValueError(f"{engine_path}: not a step engine (tensors {names})")
+        device = torch.device("cuda", torch.cuda.current_device())
+        to_torch = {trt.DataType.FLOAT: torch.float32, trt.DataType.HALF: torch.float16}
+
+        def buffer(name: str) -> Any:
+            shape = tuple(int(side) for side in self._engine.get_tensor_shape(name))
+            return torch.zeros(shape, dtype=to_torch[self._engine.get_tensor_dtype(name)], device=device)
+
+        self.frame_shape = tuple(int(side) for side in self._engine.get_tensor_shape(FRAME_NAME))[1:]
+        self._frame, self._logits = buffer(FRAME_NAME), buffer(OUTPUT_NAME)
+        self._host_frame = torch.empty(tuple(self._frame.shape), dtype=torch.float32, pin_memory=True)
+        self._host_logits = torch.empty(tuple(self._logits.shape), dtype=torch.float32, pin_memory=True)
+        self._sets = [{name: buffer(STATE_PREFIX + name) for name in states} for _ in range(2)]
+        self._names = (STATE_PREFIX, NEXT_PREFIX)
+        self._turn = 0
+        self._stream = torch.cuda.Stream(device=device)
+        self._context = self._engine.create_execution_context()
+        if self._context is None:
+            raise RuntimeError("TensorRT could not create an execution context (out of GPU memory?)")
+        self._context.set_tensor_address(FRAME_NAME, self._frame.data_ptr())
+        self._context.set_tensor_address(OUTPUT_NAME, self._logits.data_ptr())
+        torch.cuda.synchronize(device)
+
+    def reset(self) -> None:
+        """Back to the initial state (zeros: an empty attention cache)."""
+        for buffers in self._sets:
+            for tensor in buffers.values():
+                tensor.zero_()
+
+    def step(self, frame: np.ndarray) -> np.ndarray:
+        """The logits ``[1, C]`` of one bin ``[1, 2, H, W]``; the state moves on."""
+        import torch
+
+        state_prefix, next_prefix = self._names
+        inputs, outputs = self._sets[self._turn], self._sets[1 - self._turn]
+        for name in inputs:
+            self._context.set_tensor_address(state_prefix + name, inputs[name].data_ptr())
+            self._context.set_tensor_address(next_prefix + name, outputs[name].data_ptr())
+        self._host_frame.numpy()[...] = frame
+        with torch.cuda.stream(self._stream):
+            self._frame.copy_(self._host_frame, non_blocking=True)
+            if not self._context.execute_async_v3(self._stream.cuda_stream):
+                raise RuntimeError("TensorRT execute_async_v3 failed (see its log above)")
+            self._host_logits.copy_(self._logits, non_blocking=True)
+        self._stream.synchronize()
+        self._turn = 1 - self._turn
+        return self._host_logits.numpy().copy()
+
+    def close(self) -> None:
+        for name in ("_context", "_engine", "_runtime", "_frame", "_logits", "_sets"):
             if hasattr(self, name):
                 delattr(self, name)

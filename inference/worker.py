@@ -8,6 +8,13 @@ without any event is "no gesture" whatever the model says (the model still runs 
 probabilities are reported). The process around it (sockets, batching, status) is
 ``inference.worker_stage``.
 
+A causal checkpoint runs on a step backend (``inference.backends.create_step_backend``): every bin
+(``bin_us``, e.g. 50 ms) is binned once, fed once to the model with its state, and gives a
+prediction; the decision rule (``SmoothingConfig``: the checkpoint's ``decision`` unless the worker
+is given one) accumulates the evidence. Bins the source never filled (silence) are fed as empty
+frames, up to a window; after a longer gap, a time jump, a new source run or another sensor the
+model's state is reset.
+
 A new source run (the events' sequence number goes back: a source process started again on the
 same endpoint) restarts the windows at its first packet, whatever its time; so do events more than
 ``TIME_RESET_US`` behind the stream time (``time_resets`` counts both). The source's clock
@@ -85,12 +92,12 @@ class WorkerConfig:
     Args:
         stride_us: time between predictions, µs (None: the checkpoint's stride).
         all_windows: infer every window (offline evaluation) instead of only the newest.
-        smoothing: how the stable label is formed.
-        """
+        smoothing: how the stable label is formed (None: the checkpoint's ``decision``, else the default).
+    """
 
     stride_us: int | None = None
     all_windows: bool = False
-    smoothing: SmoothingConfig = SmoothingConfig()
+    smoothing: SmoothingConfig | None = None
 
 
 class InferenceWorker:
@@ -118,7 +125,15 @@ class InferenceWorker:
         self.mapping_spec = dict(model_input["sensor_mapping"])
         self.normalisation = model_input.get("normalisation")
         self.filters = model_input.get("filters")
-        self.smoother = LabelSmoother(self.classes, config.smoothing)
+        self.step_mode = hasattr(backend, "step")  # a causal model, one bin at a time
+        # The binner's windows: the model's, or single bins for a step model.
+        self.bin_window = WindowSpec(1, window.bin_us, window.bin_us) if self.step_mode else window
+        smoothing = config.smoothing
+        if smoothing is None:
+            decision = metadata.get("decision")
+            smoothing = SmoothingConfig.from_dict(decision) if decision else SmoothingConfig()
+        self.smoother = LabelSmoother(self.classes, smoothing)
+        self._last_bin_end: int | None = None  # a step model's newest bin fed
         self.counters = WorkerCounters()
         self.sensor: SensorSize | None = None
         self.binner: StreamingBinner | None = None
@@ -139,7 +154,8 @@ class InferenceWorker:
             self._fold_binner_stats()
         self.sensor = sensor
         mapping = SensorMapping.from_dict(self.mapping_spec, sensor)
-        self.binner = StreamingBinner(mapping, self.window, normalisation=self.normalisation, filters=self.filters)
+        self.binner = StreamingBinner(mapping, self.bin_window, normalisation=self.normalisation, filters=self.filters)
+        self._reset_model()
         self.smoother.reset()
         self.pending = None
         self._queue.clear()
@@ -152,6 +168,18 @@ class InferenceWorker:
         self.smoother.reset()
         self.pending = None
         self._queue.clear()
+        self._reset_model()
+
+    def _reset_model(self) -> None:
+        """A new stream for a step model: its state (potentials, attention cache) starts again."""
+        self._last_bin_end = None
+        if self.step_mode:
+            self.backend.reset()
+
+    @property
+    def infers_all(self) -> bool:
+        """Whether every window is inferred (offline evaluation, or a step model: never skip a bin)."""
+        return self.config.all_windows or self.step_mode
 
     def push(self, events: np.ndarray, sensor: SensorSize, send_us: int, recv_us: int) -> None:
         """Bin one packet (time-ordered, checked events) that the source sent at ``send_us`` and the
@@ -191,7 +219,7 @@ class InferenceWorker:
         if not run:
             return
         events = run[0].events if len(run) == 1 else concatenate_events([packet.events for packet in run])
-        windows = self.binner.push(events, emit="all" if self.config.all_windows else "latest")
+        windows = self.binner.push(events, emit="all" if self.infers_all else "latest")
         if not windows:
             return
         # The packet that completed a window is the first one holding an event at or after its end.
@@ -205,14 +233,14 @@ class InferenceWorker:
         due and the rest, which only add events to windows not due yet: bin the first part, infer,
         then bin the rest, so the prediction does not wait for events it does not use."""
         binner = self.binner
-        if self.config.all_windows or binner is None or binner.time_us is None or len(packets) < 2:
+        if self.infers_all or binner is None or binner.time_us is None or len(packets) < 2:
             return packets, []
         time_us = binner.time_us
         last_t = np.array([int(p.events["t"][-1]) if len(p.events) else time_us for p in packets], dtype=np.int64)
         first_t = np.array([int(p.events["t"][0]) if len(p.events) else time_us for p in packets], dtype=np.int64)
         if first_t.min() < time_us - TIME_RESET_US or any(p.restart for p in packets):
             return packets, []  # the windows restart inside this batch: bin it all
-        stride = self.window.stride_us
+        stride = self.bin_window.stride_us
         newest_end = int(last_t.max()) // stride * stride
         if newest_end <= time_us:
             return [], packets  # no window becomes due in this batch
@@ -226,7 +254,7 @@ class InferenceWorker:
         self.counters.clocks_in += 1
         if self.binner is None:
             return
-        emit = "all" if self.config.all_windows else "latest"
+        emit = "all" if self.infers_all else "latest"
         windows = self.binner.push(empty_events(), now_us=int(time_us), emit=emit)
         self._take(windows, [(send_us, recv_us)] * len(windows))
 
@@ -236,7 +264,7 @@ class InferenceWorker:
         if not windows:
             return
         binned_us = now_us()
-        if self.config.all_windows:
+        if self.infers_all:
             self._queue.extend((window, packet, binned_us) for window, packet in zip(windows, packets))
             return
         if self.pending is not None:
@@ -249,9 +277,9 @@ class InferenceWorker:
         binner = self.binner
         if binner is None or binner.time_us is None:
             return
-        stride = self.window.stride_us
+        stride = self.bin_window.stride_us
         end_us = (binner.time_us // stride + 1) * stride
-        emit = "all" if self.config.all_windows else "latest"
+        emit = "all" if self.infers_all else "latest"
         windows = binner.push(empty_events(), now_us=end_us, emit=emit)
         self._take(windows, [(now_us(), now_us())] * len(windows))
 
@@ -274,7 +302,7 @@ class InferenceWorker:
     def infer(self) -> dict[str, Any] | None:
         """Run the model on the next window (the newest one unless ``all_windows``); return the
         prediction message (``inference.messages.prediction``) or None when no window is due."""
-        if self.config.all_windows:
+        if self.infers_all:
             if not self._queue:
                 return None
             window, packet, binned_us = self._queue.pop(0)
@@ -284,7 +312,7 @@ class InferenceWorker:
             window, packet, binned_us = self.pending, self._pending_packet, self._pending_binned_us
             self.pending = None
         start = time.perf_counter()
-        logits = np.asarray(self.backend.predict(window.frames[None]))
+        logits = self._step(window) if self.step_mode else np.asarray(self.backend.predict(window.frames[None]))
         inference_ms = (time.perf_counter() - start) * 1000.0
         probabilities = softmax(logits.reshape(-1))
         # A window without events holds no gesture, whatever the model makes of an empty input.
@@ -296,13 +324,28 @@ class InferenceWorker:
             worker_id=self.worker_id, seq=self._seq, classes=self.classes, probabilities=probabilities,
             class_index=index, stable=stable,
             window={"start_us": window.end_us - self.window.window_us, "end_us": window.end_us,
-                    "stride_us": self.window.stride_us, "events": window.events},
+                    "stride_us": self.bin_window.stride_us, "events": window.events},
             timing={"source_send_us": send_us, "recv_us": recv_us, "binned_us": binned_us,
                     "recv_to_binned_ms": (binned_us - recv_us) / 1000.0, "inference_ms": round(inference_ms, 3)},
             counters=self.counter_dict(), backend=self.backend_name, sensor=list(self.sensor),
         )  # fmt: skip
         self._seq += 1
         return message
+
+    def _step(self, window: Window) -> np.ndarray:
+        """Feed one bin to a step model (after empty bins for the ones the source never filled;
+        a gap longer than the window resets the state); returns its logits."""
+        bin_us = self.bin_window.bin_us
+        if self._last_bin_end is not None:
+            missing = (window.end_us - self._last_bin_end) // bin_us - 1
+            if missing >= self.window.bins:
+                self.backend.reset()
+            else:
+                empty = np.zeros_like(window.frames[0])
+                for _ in range(max(0, missing)):
+                    self.backend.step(empty)
+        self._last_bin_end = window.end_us
+        return np.asarray(self.backend.step(window.frames[0]))
 
     def counter_dict(self) -> dict[str, Any]:
         """The counters, with the binner's folded in."""

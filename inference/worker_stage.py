@@ -117,13 +117,13 @@ class LossCount:
 
 
 def load_backend(checkpoint: Path, backend_name: str, device: str | None) -> tuple[Any, dict[str, Any]]:
-    """The backend for ``checkpoint`` and the checkpoint's metadata."""
-    from inference.backends import create_backend
+    """The backend for ``checkpoint`` (a step backend for a causal model) and the checkpoint's metadata."""
+    from inference.backends import create_backend, create_step_backend
     from training.checkpoint import read_metadata
 
     metadata = read_metadata(checkpoint)
-    backend = create_backend(backend_name, checkpoint, device=device)
-    return backend, metadata
+    create = create_step_backend if metadata["model"].get("causal", False) else create_backend
+    return create(backend_name, checkpoint, device=device), metadata
 
 
 class WorkerLoop:
@@ -250,7 +250,7 @@ class WorkerLoop:
             self.publisher.publish_json(Kind.PREDICTION, prediction)
             self.busy_s["infer"] += middle - start
             self.busy_s["publish"] += time.perf_counter() - middle
-            if not self.worker.config.all_windows:
+            if not self.worker.infers_all:
                 break
         self._bin_batch()
         now = time.monotonic()
@@ -302,16 +302,26 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--device", default=None, help="backend device (e.g. cuda:0)")
     parser.add_argument("--stride-us", type=int, default=None, help="time between predictions (default: checkpoint's)")
     parser.add_argument("--all-windows", action="store_true", help="infer every window (evaluation), never skip")
-    parser.add_argument("--smoothing", choices=SMOOTHING_METHODS, default=SmoothingConfig.method)
-    parser.add_argument("--alpha", type=float, default=SmoothingConfig.alpha, help="EMA weight of the newest window")
-    parser.add_argument("--history", type=int, default=SmoothingConfig.history, help="windows voting (majority)")
-    parser.add_argument("--threshold", type=float, default=SmoothingConfig.threshold, help="confidence for a stable label")
+    decision = parser.add_argument_group("decision rule (default: the checkpoint's own, else ema 0.4, threshold 0.5)")
+    decision.add_argument("--smoothing", choices=SMOOTHING_METHODS, default=None)
+    decision.add_argument("--alpha", type=float, default=None, help="EMA weight of the newest window")
+    decision.add_argument("--history", type=int, default=None, help="windows voting (majority)")
+    decision.add_argument("--threshold", type=float, default=None, help="confidence for a stable label")
+    decision.add_argument("--margin", type=float, default=None, help="lead of the best class over the second")
     parser.add_argument("--wait-subscribers", type=int, default=0, help="start only once N consumers subscribed")
     parser.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     parser.add_argument("--hwm", type=int, default=DEFAULT_HWM, help="packets queued before the socket drops")
     parser.add_argument("--allow-remote", action="store_true", help="allow non-loopback TCP endpoints")
     add_curve_arguments(parser)
     return parser
+
+
+def _decision(args: Any) -> SmoothingConfig | None:
+    """The decision rule given on the command line (None: the checkpoint's); unset options keep defaults."""
+    given = {name: getattr(args, key) for name, key in (("method", "smoothing"), ("alpha", "alpha"), ("history", "history"),
+                                                       ("threshold", "threshold"), ("margin", "margin"))
+             if getattr(args, key) is not None}  # fmt: skip
+    return SmoothingConfig(**given) if given else None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -323,7 +333,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = WorkerConfig(
         stride_us=args.stride_us,
         all_windows=args.all_windows,
-        smoothing=SmoothingConfig(args.smoothing, args.alpha, args.history, args.threshold),
+        smoothing=_decision(args),
     )
     context = zmq.Context()
     try:
