@@ -8,6 +8,7 @@ from stream.stage import Command, dispatch
 
 COMMANDS = {
     "export": Command("inference.export:main", "export a checkpoint to ONNX (parity-checked) and a TensorRT engine"),
+    "decisions": Command("inference.decisions:main", "accuracy against time since onset, time to decision, rule tuning"),
 }
 
 

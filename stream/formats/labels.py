@@ -126,3 +126,35 @@ def write_folder_labels(path: str | os.PathLike, rows: list[LabelRow]) -> None:
             raise ValueError(f"file and class must not contain commas or line breaks: {row}")
         lines.append(f"{row.file},{row.label},{int(row.start_us)},{int(row.end_us)},{row.split}")
     write_atomically(path, ("\n".join(lines) + "\n").encode("utf-8"))
+
+
+def find_labels(path: str | os.PathLike) -> Path | None:
+    """The labels CSV that belongs to an event file by name: ``<name>_labels.csv`` beside it (DVS128
+    Gesture's convention), else None."""
+    path = Path(path)
+    candidate = path.with_name(path.name.rsplit(".", 1)[0] + "_labels.csv")
+    return candidate if candidate.is_file() else None
+
+
+def labels_for(path: str | os.PathLike, labels_csv: str | os.PathLike, classes: tuple[str, ...] = GESTURE_CLASSES,
+               ) -> list[GestureSegment]:  # fmt: skip
+    """The labelled segments of the event file ``path`` in a labels CSV: DVS128 Gesture's layout
+    (``class,startTime_usec,endTime_usec``, classes 1..11), or the folder format (its rows for this
+    file; a class is a name of ``classes`` or a 0-based index)."""
+    labels_csv = Path(labels_csv)
+    header = labels_csv.read_text(encoding="utf-8", errors="replace").split("\n", 1)[0].replace(" ", "").strip()
+    if header == LABELS_HEADER:
+        return read_gesture_labels(labels_csv)
+    name = Path(path).resolve()
+    segments = []
+    for row in read_folder_labels(labels_csv):
+        if (labels_csv.parent / row.file).resolve() != name:
+            continue
+        if row.label.isdigit() and int(row.label) < len(classes):
+            label = int(row.label)
+        elif row.label in classes:
+            label = classes.index(row.label)
+        else:
+            raise ValueError(f"{labels_csv}: class {row.label!r} is not one of the model's classes {list(classes)}")
+        segments.append(GestureSegment(label, row.start_us, row.end_us))
+    return sorted(segments, key=lambda segment: segment.start_us)
