@@ -202,7 +202,7 @@ def test_summary_cli(capsys: pytest.CaptureFixture[str]):
 
 def test_cli_errors_are_one_line(capsys: pytest.CaptureFixture[str]):
     assert training_main(["summary", "--config", "nope"]) == 2
-    assert capsys.readouterr().err.strip() == "error: unknown preset 'nope'; known: dvsgesture, cifar10dvs, small"
+    assert capsys.readouterr().err.strip() == f"error: unknown preset 'nope'; known: {', '.join(PRESETS)}"
     assert training_main(["summary"]) == 2
     assert capsys.readouterr().err.startswith("error: ")
     assert training_main(["frobnicate"]) == 2
