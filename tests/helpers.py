@@ -1,14 +1,13 @@
 """What the test modules share, in one place: synthetic events, the one tiny model, and stage
 processes (started, read and stopped the same way everywhere).
 
-Test modules import from here (``from helpers import ...``; ``tests/`` is on ``sys.path`` through
-pytest's rootdir-relative imports) and never from one another. Waits are on real signals (a line
+Test modules import from here (``from helpers import ...``: pytest's default "prepend" import mode
+puts ``tests/``, which has no ``__init__.py``, on ``sys.path``) and never from one another. Waits are on real signals (a line
 on a pipe, a message, a condition polled against a deadline), never fixed sleeps.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import queue
 import socket
@@ -17,21 +16,20 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import numpy as np
 import torch
 from torch import nn
 
 from stream.classes import GESTURE_CLASSES
-from stream.events import EVENT_DTYPE, SensorSize, make_events
+from stream.events import SensorSize, make_events
 from training.checkpoint import save_checkpoint
 from training.spikeformer import SpikeformerConfig, build_model
 
 REPO = Path(__file__).resolve().parents[1]
 TEST_BACKEND = "onnxruntime"  # the CPU backend ``auto`` picks without a GPU
 BUILT_IN_CHECKPOINT = REPO / "inference" / "checkpoints" / "spikeformer-small-sim.json"
-STAGE_START_S = 120.0  # bound on a stage process's start (imports, model loading) on a busy 2-core machine
 
 
 # --- synthetic events -------------------------------------------------------------------------------
@@ -62,10 +60,6 @@ def regular_events(sensor: SensorSize | tuple[int, int], count: int, start_us: i
     t = start_us + np.linspace(0, duration_us, count).astype(np.int64)
     index = np.arange(count)
     return make_events(t, index % width, index % height, index % 2)
-
-
-def no_events() -> np.ndarray:
-    return np.zeros(0, EVENT_DTYPE)
 
 
 # --- the one tiny model -------------------------------------------------------------------------------
@@ -260,16 +254,6 @@ def stop_process(process: subprocess.Popen, timeout_s: float = 10.0) -> int:
         if pipe is not None:
             pipe.close()
     return code
-
-
-@contextlib.contextmanager
-def running(*processes: subprocess.Popen) -> Iterator[tuple[subprocess.Popen, ...]]:
-    """Stop (``stop_process``) every process on leaving, whatever happened."""
-    try:
-        yield processes
-    finally:
-        for process in processes:
-            stop_process(process)
 
 
 def run_module(module: str, *args, timeout_s: float = 60) -> subprocess.CompletedProcess:
