@@ -473,6 +473,35 @@ class SourceSwitcher:
             self.supervisor.restart("worker")
 
 
+class ModelSwitcher:
+    """Loads another model for the GUI without restarting it: the supervisor restarts the worker
+    stage with ``--checkpoint NEW`` (the source keeps running; the new worker subscribes to it).
+
+    Args:
+        supervisor: the ``Supervisor`` (stage ``worker``).
+        args: the launcher's arguments (copied; ``checkpoint`` replaced).
+        endpoints: the pipeline's endpoints.
+    """
+
+    def __init__(self, supervisor: Supervisor, args: argparse.Namespace, endpoints: Endpoints) -> None:
+        if "worker" not in supervisor.stages:
+            raise ValueError("the supervisor runs no worker stage here")
+        self.supervisor = supervisor
+        self.args = copy.copy(args)
+        self.endpoints = endpoints
+
+    def load(self, checkpoint: Path) -> None:
+        """Restart the worker stage on ``checkpoint``; a file that is not a checkpoint raises
+        ``CheckpointError`` (a ValueError) and the running worker stays."""
+        from training.checkpoint import read_metadata
+
+        read_metadata(checkpoint)
+        args = copy.copy(self.args)
+        args.checkpoint = Path(checkpoint)
+        self.supervisor.replace("worker", worker_stage(args, self.endpoints, wait_subscribers=1).args)  # the GUI
+        self.args = args
+
+
 def worker_stage(args: argparse.Namespace, endpoints: Endpoints, wait_subscribers: int) -> Stage:
     """The inference worker child process for these arguments."""
     stage_args = ["--sub", endpoints.events, "--pub", endpoints.predictions]
@@ -567,8 +596,9 @@ def _run(argv: Sequence[str] | None) -> int:
             return run_headless(args, endpoints, supervisor, curve=predictions_curve)
         supervisor.start()
         switcher = SourceSwitcher(supervisor, args, endpoints) if "source" in args.stages else None
+        models = ModelSwitcher(supervisor, args, endpoints) if "worker" in args.stages else None
         return int(run_gui(args, endpoints, supervisor, switcher, curve=predictions_curve,
-                           events_curve=events_curve) or 0)  # fmt: skip
+                           events_curve=events_curve, model_control=models) or 0)  # fmt: skip
     except (KeyboardInterrupt, _Stop):
         return 130
     finally:

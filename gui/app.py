@@ -32,6 +32,16 @@ Source switching asks the launcher to restart its source stage with a new spec, 
 it is disabled.
 A file's speed and loop change through the control socket without a restart.
 
+Guided recording of labelled takes, their review and fine-tuning (**Takes** menu, the Takes panel):
+``gui.takes.TakeDesk``, fed from the fast timer with the packets and the source's clock.
+
+The **Model** menu loads another checkpoint without restarting the window (``model_control``, the
+launcher's ``ModelSwitcher``, restarts the worker stage on it): the window then shows the new
+model's classes (``training.checkpoint.read_metadata``) in the bars, the strip and the labels, and
+its name in the status line. Predictions of the replaced worker still in flight are not shown. A
+worker whose predictions do not fit the classes known here (one on another machine) gets numbered
+classes, named from its predictions as they come.
+
 Gaps: a new ``worker_id`` in the worker's messages ("worker restarted") or no prediction for more
 than ``PREDICTION_GAP_S`` is shown in the state line and shaded in the strip and latency plot.
 
@@ -58,6 +68,7 @@ import shiboken6
 import zmq
 from PySide6 import QtCore, QtGui, QtWidgets
 
+from gui.takes import TakeDesk
 from gui.widgets import (
     DEFAULT_ACCUMULATION_US,
     MAX_ACCUMULATION_US,
@@ -73,7 +84,7 @@ from gui.widgets import (
     dark_palette,
 )
 from inference.messages import read_worker_message
-from stream.classes import NO_GESTURE
+from stream.classes import GESTURE_CLASSES, NO_GESTURE
 from stream.events import GestureSegment, SensorSize
 from stream.formats.aedat4 import DEFAULT_CAMERA, Aedat4Writer
 from stream.transport.control import ControlClient
@@ -365,6 +376,15 @@ class SourceControl(Protocol):
     def restart(self, spec: str, speed: str, loop: bool) -> None: ...
 
 
+class ModelControl(Protocol):
+    """Restarts the pipeline's worker stage on another checkpoint (ValueError: not a checkpoint)."""
+
+    def load(self, checkpoint: Path) -> None: ...
+
+
+MAX_RECENT_MODELS = 8
+
+
 # --- the window --------------------------------------------------------------------------------
 
 
@@ -387,6 +407,9 @@ class MainWindow(QtWidgets.QMainWindow):
         on_failure: launch.py's ``--on-failure``: with ``"stop"`` a stage failure stops every stage
             (the window stays open and says why; ``run_gui`` then returns 1).
         model_name: shown in the status line.
+        model_control: restarts the worker stage on another checkpoint (the Model menu); None disables it.
+        checkpoint: the checkpoint the worker runs (fine-tuning starts from it; None: unknown).
+        classes: the model's class names (default: the 11 gestures).
         fps: event view updates per second.
         stall_after_s: silence after which the window says the pipeline stalled.
         output_dir: where recordings and screenshots go.
@@ -410,6 +433,9 @@ class MainWindow(QtWidgets.QMainWindow):
         supervisor: Any = None,
         on_failure: str = "restart",
         model_name: str = "",
+        model_control: ModelControl | None = None,
+        checkpoint: Path | None = None,
+        classes: tuple[str, ...] = GESTURE_CLASSES,
         fps: float = DEFAULT_FPS,
         stall_after_s: float = STALL_AFTER_S,
         reconnect_after_s: float = RECONNECT_AFTER_S,
@@ -428,6 +454,12 @@ class MainWindow(QtWidgets.QMainWindow):
         self.on_failure = on_failure
         self.stopped_on_failure = False  # on_failure "stop": a stage failed and every stage was stopped
         self.model_name = model_name
+        self.model_control = model_control
+        self.checkpoint = Path(checkpoint) if checkpoint is not None else None
+        self.classes = tuple(classes)
+        self._generic_classes = False  # classes numbered here, named from the predictions as they come
+        self.recent_models: list[Path] = [self.checkpoint] if self.checkpoint is not None else []
+        self._replaced_workers: set[str] = set()  # ids of workers replaced by a model load: their predictions are late
         self.stall_after_s = stall_after_s
         self.output_dir = Path(output_dir) if output_dir is not None else Path.cwd()
         self.frozen = False  # the display is frozen (F, or Space on a live source)
@@ -487,9 +519,9 @@ class MainWindow(QtWidgets.QMainWindow):
 
     def _build(self) -> None:
         self.event_view = EventView()
-        self.strip = PredictionStrip()
+        self.strip = PredictionStrip(self.classes)
         self.prediction_panel = PredictionPanel()
-        self.bars = ProbabilityBars()
+        self.bars = ProbabilityBars(self.classes)
         self.latency_plot = RollingPlot("latency", "ms", {"compute": "#ffb347", "end to end": "#5ab0ff"})
         self.rate_plot = RollingPlot("event rate", "M events/s", {"source": "#7ddc7d", "shown": "#c8c8c8"})
 
@@ -527,7 +559,18 @@ class MainWindow(QtWidgets.QMainWindow):
         self._build_toolbar()
         self._build_file_bar()
         self._build_shortcuts()
+        self.takes = TakeDesk(self)  # the prompt over the event view, the Takes panel (a dock)
+        self._build_menus()
         self.resize(1280, 820)
+
+    def _build_menus(self) -> None:
+        """Takes (record, review, open a session) and Model (load a checkpoint, the recent ones)."""
+        takes = self.menuBar().addMenu("&Takes")
+        self.record_takes_menu_action = takes.addAction("Record takes…", self.takes.open_setup)
+        takes.addAction("Review takes", self.takes.dock.show)
+        takes.addAction("Open session folder…", self.takes.panel._choose_folder)
+        self.model_menu = self.menuBar().addMenu("&Model")
+        self._fill_model_menu()
 
     def _build_toolbar(self) -> None:
         bar = self.addToolBar("controls")
@@ -551,6 +594,8 @@ class MainWindow(QtWidgets.QMainWindow):
         self.record_action = bar.addAction("● Record", self.toggle_recording)
         self.record_action.setCheckable(True)
         self.record_action.setToolTip("record the live events to AEDAT4 (R)")
+        self.record_takes_action = bar.addAction("● Record takes…", lambda: self.takes.open_setup())
+        self.record_takes_action.setToolTip("guided recording of labelled takes for fine-tuning (T); stops a session")
         self.screenshot_action = bar.addAction("Screenshot", lambda: self.save_screenshot())
         self.screenshot_action.setToolTip("save the whole window as PNG (S)")
         bar.addSeparator()
@@ -605,6 +650,7 @@ class MainWindow(QtWidgets.QMainWindow):
         keys = {
             "Space": self.play_pause, "F": self.toggle_freeze, "R": self.toggle_recording,
             "S": lambda: self.save_screenshot(), "F1": self.toggle_help, "H": self.toggle_help, "Q": self.close,
+            "T": lambda: self.takes.open_setup(),
             "Left": lambda: self.seek_by(-SEEK_STEP_S), "Right": lambda: self.seek_by(SEEK_STEP_S),
             "Home": lambda: self.seek_to(0.0), "[": lambda: self.step_speed(-1), "]": lambda: self.step_speed(+1),
             "L": lambda: self.set_loop(not self.loop_box.isChecked()),
@@ -629,6 +675,8 @@ class MainWindow(QtWidgets.QMainWindow):
             cameras, problem = [], f"cameras unavailable: {error}"
         for model, serial in cameras:
             box.addItem(f"Camera {model} {serial}".strip(), f"camera:{serial}" if serial else "camera")
+        if self.source_spec == "sim:directed":
+            box.addItem("Simulated person (on cue)", "sim:directed")
         if not cameras:
             box.addItem(f"({problem})", None)
             box.model().item(box.count() - 1).setEnabled(False)
@@ -659,16 +707,18 @@ class MainWindow(QtWidgets.QMainWindow):
             return
         self.restart_source(spec)
 
-    def restart_source(self, spec: str) -> None:
-        """Restart the source stage on ``spec`` with the speed and loop chosen in the toolbar."""
+    def restart_source(self, spec: str) -> bool:
+        """Restart the source stage on ``spec`` with the speed and loop chosen in the toolbar; True
+        when it was restarted. A guided session that runs stops (its takes stay)."""
         if self.source_control is None:
-            return
+            return False
         speed, loop = self.speed_box.currentText(), self.loop_box.isChecked()
         try:
             self.source_control.restart(spec, speed, loop)
         except (ValueError, OSError) as error:
             self.show_state(f"cannot start source {spec}: {error}")
-            return
+            return False
+        self.takes.source_changed()
         if self.receiver.recording is not None:
             self.stop_recording()
         self.source_spec, self.speed, self.loop = spec, speed, loop
@@ -683,6 +733,91 @@ class MainWindow(QtWidgets.QMainWindow):
         self.show_state(f"source restarted: {spec}", alarm=False)
         self._fill_sources()
         self._enable_file_controls()
+        return True
+
+    # -- the model (the worker stage's checkpoint) --
+
+    def load_model(self, path: Path) -> bool:
+        """Restart the worker stage on checkpoint ``path`` (``model_control``) and show its classes;
+        False (and why in the state line) when it cannot be loaded."""
+        path = Path(path)
+        if self.model_control is None:
+            self.show_state("cannot load a model: the worker runs elsewhere (start it with --checkpoint)")
+            return False
+        try:
+            from training.checkpoint import read_metadata
+
+            classes = tuple(read_metadata(path)["classes"])
+            self.model_control.load(path)
+        except (ValueError, OSError) as error:  # CheckpointError is a ValueError
+            self.show_state(f"cannot load the model {path.name}: {str(error).splitlines()[0]}")
+            return False
+        if self.worker_id is not None:
+            self._replaced_workers.add(self.worker_id)
+        self.checkpoint, self.model_name = path, path.stem
+        self._gap_label = f"model {path.stem}"
+        self.set_classes(classes)
+        self.add_recent_model(path)
+        self.show_state(f"model loaded: {path.stem} ({len(classes)} classes)", alarm=False)
+        self._show_status()
+        return True
+
+    def set_classes(self, classes: tuple[str, ...], generic: bool = False) -> None:
+        """The model's class names, shown by the bars, the strip and the labels."""
+        self.classes = tuple(classes)
+        self._generic_classes = generic
+        self.bars.set_classes(self.classes)
+        self.strip.set_classes(self.classes)
+        self.prediction_panel.show_stable(-1, NO_GESTURE, 0.0, None)
+        self.stable_name = NO_GESTURE
+
+    def add_recent_model(self, path: Path) -> None:
+        """Put ``path`` first in the Model menu's recent checkpoints."""
+        path = Path(path)
+        self.recent_models = [path] + [p for p in self.recent_models if p != path][: MAX_RECENT_MODELS - 1]
+        self._fill_model_menu()
+
+    def _fill_model_menu(self) -> None:
+        menu = self.model_menu
+        menu.clear()
+        load = menu.addAction("Load model…", self.choose_model)
+        load.setEnabled(self.model_control is not None)
+        if self.recent_models:
+            menu.addSeparator()
+        for path in self.recent_models:
+            action = menu.addAction(path.stem, lambda checked=False, path=path: self.load_model(path))
+            action.setCheckable(True)
+            action.setChecked(path == self.checkpoint)
+            action.setToolTip(str(path))
+            action.setEnabled(self.model_control is not None)
+
+    def choose_model(self) -> bool:
+        """Ask for a checkpoint (.json) and load it."""
+        start = str(self.checkpoint.parent if self.checkpoint is not None else self.output_dir)
+        path, _ = QtWidgets.QFileDialog.getOpenFileName(self, "Load a model checkpoint", start,
+                                                        "Checkpoints (*.json);;All files (*)")  # fmt: skip
+        return self.load_model(Path(path)) if path else False
+
+    def _fit_classes(self, prediction: dict) -> None:
+        """A prediction whose probabilities do not fit the classes shown (a worker started
+        elsewhere): numbered classes, each named by the first prediction that names it."""
+        count = len(prediction.get("probabilities", ()))
+        if count and count != len(self.classes):
+            self.set_classes(tuple(f"class {k}" for k in range(count)), generic=True)
+        index, name = prediction.get("class_index"), prediction.get("class_name")
+        named = isinstance(index, int) and 0 <= index < len(self.classes) and isinstance(name, str)
+        if self._generic_classes and named and self.classes[index] != name:
+            self.set_classes(self.classes[:index] + (name,) + self.classes[index + 1 :], generic=True)
+
+    # -- guided sessions (gui.takes.TakeDesk calls these) --
+
+    def takes_started(self) -> None:
+        self.record_takes_action.setText("■ Stop takes")
+        self.record_takes_menu_action.setText("Stop the session")
+
+    def takes_finished(self) -> None:
+        self.record_takes_action.setText("● Record takes…")
+        self.record_takes_menu_action.setText("Record takes…")
 
     # -- file replay control (the source stage's control socket) --
 
@@ -906,6 +1041,11 @@ class MainWindow(QtWidgets.QMainWindow):
         if received.clock is not None:
             self.last_clock = received.clock
             self.source_paused = bool(received.clock.get("paused"))
+        self.takes.feed(received.packets, received.clock)
+        if self._replaced_workers:  # late messages of a worker replaced by a model load: not shown
+            received.predictions = [p for p in received.predictions if not self._replaced(p)]
+            received.stats = None if received.stats is None or self._replaced(received.stats) else received.stats
+            received.end = None if received.end is None or self._replaced(received.end) else received.end
         self._advance_view(now_s)
         for prediction in received.predictions:
             self._record_prediction(prediction, now_s)
@@ -941,16 +1081,21 @@ class MainWindow(QtWidgets.QMainWindow):
                 self.accumulator.advance(self._events_newest[1] + int(silent_s * 1e6))
 
     def _truth_at(self, time_us: Any) -> int:
-        """The true class at stream time ``time_us`` (-1: none or unknown)."""
+        """The row of the true class at stream time ``time_us`` in the model's classes (the truth is a
+        gesture; -1: none, unknown, or a gesture the model does not know)."""
         if not isinstance(time_us, int):
             return -1
         for segment in reversed(self._truth):
             if segment.start_us <= time_us < segment.end_us:
-                return int(segment.label)
+                if self.classes == GESTURE_CLASSES:
+                    return int(segment.label)
+                name = GESTURE_CLASSES[segment.label] if 0 <= segment.label < len(GESTURE_CLASSES) else None
+                return self.classes.index(name) if name in self.classes else -1
         return -1
 
     def _record_prediction(self, prediction: dict, now_s: float) -> None:
         self.predictions_seen += 1
+        self._fit_classes(prediction)
         self._check_worker(prediction.get("worker_id"), now_s)
         last = self.last_prediction_s
         if last is not None and (self._gap_label is not None or now_s - last > PREDICTION_GAP_S):
@@ -977,10 +1122,17 @@ class MainWindow(QtWidgets.QMainWindow):
             return
         worker_id = str(worker_id)
         if self.worker_id is not None and worker_id != self.worker_id:
-            self.worker_restarted_s = now_s
-            self._gap_label = "worker restarted"
-            log.warning("worker restarted (id %s -> %s)", self.worker_id, worker_id)
+            if self.worker_id in self._replaced_workers:  # a model load replaced it: expected
+                log.info("worker on the new model (id %s -> %s)", self.worker_id, worker_id)
+            else:
+                self.worker_restarted_s = now_s
+                self._gap_label = "worker restarted"
+                log.warning("worker restarted (id %s -> %s)", self.worker_id, worker_id)
         self.worker_id = worker_id
+
+    def _replaced(self, message: dict) -> bool:
+        """Whether a worker message comes from a worker that a model load replaced."""
+        return str(message.get("worker_id")) in self._replaced_workers
 
     def _show_prediction(self, prediction: dict) -> None:
         self.latest_prediction = prediction
@@ -1028,6 +1180,7 @@ class MainWindow(QtWidgets.QMainWindow):
             self._events_shown, self._rate_since = 0, now_s
         self._poll_control(now_s)
         self._watch(now_s)
+        self.takes.tick()
         if self.frozen:
             return
         if self.accumulator is not None:
@@ -1179,6 +1332,7 @@ class MainWindow(QtWidgets.QMainWindow):
     def closeEvent(self, event: QtGui.QCloseEvent) -> None:  # noqa: N802 - Qt name
         self.fast_timer.stop()
         self.slow_timer.stop()
+        self.takes.close()  # a session's recorded takes are on disk already
         self.receiver.close()
         if self.control is not None:
             self.control.close()
@@ -1188,14 +1342,30 @@ class MainWindow(QtWidgets.QMainWindow):
 # --- entry point ----------------------------------------------------------------------------
 
 
+def _checkpoint_classes(checkpoint: Any) -> tuple[str, ...]:
+    """The class names of ``checkpoint`` (the 11 gestures when there is none or it cannot be read
+    here: a worker elsewhere names its classes in its predictions)."""
+    if not checkpoint:
+        return GESTURE_CLASSES
+    try:
+        from training.checkpoint import read_metadata
+
+        return tuple(read_metadata(checkpoint)["classes"])
+    except (ValueError, OSError, ImportError) as error:
+        log.warning("cannot read the classes of %s: %s", checkpoint, error)
+        return GESTURE_CLASSES
+
+
 def run_gui(args: argparse.Namespace, endpoints: Any, supervisor: Any = None, source_control: SourceControl | None = None,
-            curve: CurveConfig | None = None, events_curve: CurveConfig | None = None) -> int:  # fmt: skip
+            curve: CurveConfig | None = None, events_curve: CurveConfig | None = None,
+            model_control: ModelControl | None = None) -> int:  # fmt: skip
     """Open the window on the pipeline at ``endpoints`` (``.events``, ``.predictions``) and run
     until it is closed, ``args.duration`` seconds pass, or SIGINT/SIGTERM. With
     ``args.screenshot`` (a path), the window is saved there just before it closes.
 
     ``supervisor`` (launch.py's ``Supervisor``) enables stage watching, ``source_control`` (the
-    launcher's ``SourceSwitcher``) source switching.
+    launcher's ``SourceSwitcher``) source switching, ``model_control`` (its ``ModelSwitcher``) the
+    Model menu.
     ``curve`` / ``events_curve``: CurveZMQ keys for tcp endpoints of the worker / the source
     (``args.allow_remote`` allows non-loopback ones). Returns the exit code: 0, 130 after a signal, 1
     when ``args.on_failure == "stop"`` and a stage failure stopped the pipeline.
@@ -1215,6 +1385,9 @@ def run_gui(args: argparse.Namespace, endpoints: Any, supervisor: Any = None, so
         supervisor=supervisor,
         on_failure=str(getattr(args, "on_failure", "restart")),
         model_name=Path(checkpoint).stem if checkpoint else "",
+        model_control=model_control,
+        checkpoint=Path(checkpoint) if checkpoint else None,
+        classes=_checkpoint_classes(checkpoint),
         allow_remote=bool(getattr(args, "allow_remote", False)),
         curve=curve,
         events_curve=events_curve,

@@ -292,6 +292,16 @@ class ProbabilityBars(pg.PlotWidget):
         self.bars = pg.BarGraphItem(x0=0, y=np.arange(count), height=0.7, width=np.zeros(count), brush=self._base_brush)
         self.addItem(self.bars)
 
+    def set_classes(self, classes: tuple[str, ...]) -> None:
+        """Show another model's classes (one bar each, all empty until its next probabilities)."""
+        self.classes = tuple(classes)
+        count = len(self.classes)
+        self.setYRange(-0.6, count - 0.4, padding=0)
+        self.getAxis("left").setTicks([[(i, name) for i, name in enumerate(self.classes)]])
+        self.removeItem(self.bars)
+        self.bars = pg.BarGraphItem(x0=0, y=np.arange(count), height=0.7, width=np.zeros(count), brush=self._base_brush)
+        self.addItem(self.bars)
+
     def show_probabilities(self, probabilities: np.ndarray, highlight: int | None = None) -> None:
         """Bar lengths = ``probabilities`` (one per class); ``highlight`` drawn in the accent colour."""
         probabilities = np.asarray(probabilities, dtype=np.float64)
@@ -378,6 +388,17 @@ class PredictionStrip(pg.PlotWidget):
         self.setYRange(-0.5, len(self.classes) - 0.5, padding=0)
         self.setXRange(-span_s, 0.0, padding=0.01)
         _plain_axes(self)
+
+    def set_classes(self, classes: tuple[str, ...]) -> None:
+        """Show another model's classes: one row each; the predictions shown so far are forgotten
+        (their rows meant the previous classes)."""
+        self.classes = tuple(classes)
+        self.getAxis("left").setTicks([[(i, name) for i, name in enumerate(self.classes)]])
+        self.setYRange(-0.5, len(self.classes) - 0.5, padding=0)
+        for history in (self._probabilities, self._stable, self._truth, self._times):
+            history.clear()
+        self.dots.setData([], [])
+        self.truth_rings.setData([], [])
 
     def add(self, time_s: float, probabilities: np.ndarray, stable_index: int, truth_index: int = -1) -> None:
         """Append one prediction at ``time_s`` (monotonic seconds); ``truth_index`` -1: unknown."""
@@ -486,6 +507,7 @@ HELP_TEXT = """<h2>spikeformer-live — keys</h2>
 <tr><td><b>[ / ]</b></td><td>file: slower / faster replay</td></tr>
 <tr><td><b>L</b></td><td>file: loop on / off</td></tr>
 <tr><td><b>R</b></td><td>start / stop recording events to AEDAT4</td></tr>
+<tr><td><b>T</b></td><td>record labelled takes (guided session) / stop the session</td></tr>
 <tr><td><b>S</b></td><td>save a screenshot (PNG)</td></tr>
 <tr><td><b>+ / −</b></td><td>longer / shorter accumulation time</td></tr>
 <tr><td><b>F1 / H</b></td><td>show / hide this help</td></tr>
@@ -535,6 +557,98 @@ class Overlay(QtWidgets.QLabel):
         self.setText(f"<b>{html.escape(title)}</b><br>" + html.escape(text).replace("\n", "<br>"))
         self.place()
         self.show()
+
+
+class ProgressRing(QtWidgets.QWidget):
+    """A painted arc for the fraction of a guided session done (0..1), the percentage in its middle."""
+
+    def __init__(self, parent: QtWidgets.QWidget | None = None, diameter: int = 76) -> None:
+        super().__init__(parent)
+        self.fraction = 0.0
+        self.setFixedSize(diameter, diameter)
+
+    def set_fraction(self, fraction: float) -> None:
+        fraction = min(max(float(fraction), 0.0), 1.0)
+        if fraction != self.fraction:
+            self.fraction = fraction
+            self.update()
+
+    def paintEvent(self, event: QtGui.QPaintEvent) -> None:  # noqa: N802 - Qt name
+        width = max(4, self.width() // 10)
+        box = QtCore.QRectF(self.rect()).adjusted(width, width, -width, -width)
+        painter = QtGui.QPainter(self)
+        painter.setRenderHint(QtGui.QPainter.RenderHint.Antialiasing)
+        painter.setBrush(QtGui.QColor(10, 10, 14, 170))
+        painter.setPen(QtGui.QPen(QtGui.QColor(70, 70, 80), width))
+        painter.drawEllipse(box)
+        pen = QtGui.QPen(QtGui.QColor("#ffb347"), width)
+        pen.setCapStyle(QtCore.Qt.PenCapStyle.RoundCap)
+        painter.setPen(pen)
+        painter.drawArc(box, 90 * 16, -round(self.fraction * 360 * 16))  # from 12 o'clock, clockwise
+        painter.setPen(QtGui.QColor("#f0f0f0"))
+        font = painter.font()
+        font.setPointSize(max(7, self.height() // 7))
+        font.setBold(True)
+        painter.setFont(font)
+        painter.drawText(self.rect(), QtCore.Qt.AlignmentFlag.AlignCenter, f"{self.fraction:.0%}")
+        painter.end()
+
+
+PROMPT_COLOURS = {"countdown": "#ffb347", "recording": "#ff4d4d", "waiting": "#c8c8d0", "pause": "#c8c8d0",
+                  "done": "#7ddc7d"}  # fmt: skip
+
+
+class PromptOverlay(QtWidgets.QWidget):
+    """A guided session's prompt over the event view: big text ("perform wave in 3"), a line under
+    it (which take, which split) and a ``ProgressRing`` in the corner. It covers its parent, follows
+    its size and lets the mouse through; the events stay visible around the text."""
+
+    def __init__(self, parent: QtWidgets.QWidget) -> None:
+        super().__init__(parent)
+        self.setAttribute(QtCore.Qt.WidgetAttribute.WA_TransparentForMouseEvents)
+        self.title = QtWidgets.QLabel("")
+        self.title.setAlignment(QtCore.Qt.AlignmentFlag.AlignCenter)
+        self.title.setWordWrap(True)
+        self.detail = QtWidgets.QLabel("")
+        self.detail.setAlignment(QtCore.Qt.AlignmentFlag.AlignCenter)
+        self.detail.setStyleSheet("background-color: rgba(10, 10, 14, 170); color: #e8e8e8; font-size: 14pt;"
+                                  "border-radius: 8px; padding: 4px 14px;")  # fmt: skip
+        self.ring = ProgressRing()
+        corner = QtWidgets.QHBoxLayout()
+        corner.addStretch(1)
+        corner.addWidget(self.ring)
+        layout = QtWidgets.QVBoxLayout(self)
+        layout.setContentsMargins(16, 16, 16, 16)
+        layout.addLayout(corner)
+        layout.addStretch(1)
+        layout.addWidget(self.title, 0, QtCore.Qt.AlignmentFlag.AlignHCenter)
+        layout.addWidget(self.detail, 0, QtCore.Qt.AlignmentFlag.AlignHCenter)
+        layout.addStretch(2)
+        self.phase = ""
+        parent.installEventFilter(self)
+        self.setGeometry(parent.rect())
+        self.hide()
+
+    def show_prompt(self, text: str, detail: str = "", phase: str = "countdown") -> None:
+        """Show ``text`` big, in the colour of ``phase`` (a key of ``PROMPT_COLOURS``), and ``detail`` under it."""
+        self.phase = phase
+        colour = PROMPT_COLOURS.get(phase, "#e8e8e8")
+        self.title.setStyleSheet(f"background-color: rgba(10, 10, 14, 185); color: {colour}; font-size: 38pt;"
+                                 "font-weight: bold; border-radius: 14px; padding: 10px 28px;")  # fmt: skip
+        self.title.setText(text)
+        self.detail.setText(detail)
+        self.detail.setVisible(bool(detail))
+        self.setGeometry(self.parentWidget().rect())
+        self.show()
+        self.raise_()
+
+    def set_progress(self, fraction: float) -> None:
+        self.ring.set_fraction(fraction)
+
+    def eventFilter(self, watched: QtCore.QObject, event: QtCore.QEvent) -> bool:  # noqa: N802 - Qt name
+        if watched is self.parentWidget() and event.type() == QtCore.QEvent.Type.Resize:
+            self.setGeometry(self.parentWidget().rect())
+        return False
 
 
 class RateMeter(QtCore.QObject):

@@ -13,7 +13,6 @@ import dataclasses
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from gui.widgets import ProgressRing  # first: installs the PySide6 guard
@@ -27,7 +26,6 @@ from stream.formats.aedat4 import Aedat4Writer
 from stream.formats.labels import LabelRow, read_folder_labels
 from stream.takes import MARGIN_US, TakeFolder, TakePlan
 from stream.transport.sockets import Publisher
-from stream.transport.wire import Kind
 
 SENSOR = SensorSize(64, 48)
 WAVE, DRUMS = "right hand wave", "air drums"
@@ -133,8 +131,11 @@ def test_a_session_on_a_camera_records_labelled_takes_and_stopping_keeps_them(qt
     window.takes.overlay.show_prompt = lambda text, *args: (prompts.append(text), show_prompt(text, *args))
     window.takes.start(SessionSetup(plan, tmp_path / "session"))
     assert not window.takes.directed  # a camera: nothing cued, the person performs
-    session = lambda: window.takes.session  # noqa: E731 - created once the first events come
-    qtbot.waitUntil(lambda: session() is not None and len(session().recorder.recorded) == 3, timeout=20_000)
+
+    def recorded() -> int:  # the session starts with the first events
+        return len(window.takes.session.recorder.recorded) if window.takes.session is not None else 0
+
+    qtbot.waitUntil(lambda: recorded() == 3, timeout=20_000)
     assert window.takes.overlay.isVisible() and window.record_takes_action.text() == "■ Stop takes"
     window.takes.stop()  # mid-session (the 4th take is under way): the three recorded stay
     qtbot.waitUntil(lambda: not window.takes.busy and not window.takes.panel.busy, timeout=5000)
@@ -192,12 +193,12 @@ def test_review_panel_lists_deletes_and_moves_takes(qtbot, window: MainWindow, t
 
     row.end_box.setValue(1800)  # a spin box moves one boundary; the other keeps its µs
     labels = tmp_path / "session" / "labels.csv"
-    moved = [r for r in read_folder_labels(labels) if r.file == row.row.file][0]
+    moved = next(r for r in read_folder_labels(labels) if r.file == row.row.file)
     assert (moved.start_us, moved.end_us) == (20_500_000, row.origin_us + 1_800_000)
     assert row.region.getRegion()[1] == pytest.approx(1.8, abs=1e-3)
     row.region.setRegion((0.25, 1.0))  # dragging the segment's edges
     row.region.sigRegionChangeFinished.emit(row.region)
-    moved = [r for r in read_folder_labels(labels) if r.file == row.row.file][0]
+    moved = next(r for r in read_folder_labels(labels) if r.file == row.row.file)
     assert (moved.start_us, moved.end_us) == (row.origin_us + 250_000, row.origin_us + 1_000_000)
     assert (row.start_box.value(), row.end_box.value()) == (250, 1000)
     before = labels.read_bytes()
