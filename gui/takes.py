@@ -1038,12 +1038,14 @@ class ReviewPanel(QtWidgets.QWidget):
         self.scroll.setWidgetResizable(True)
         self.scroll.setWidget(self.rows_widget)
         self.scroll.setMinimumHeight(140)
+        self.scroll.setHorizontalScrollBarPolicy(QtCore.Qt.ScrollBarPolicy.ScrollBarAlwaysOff)  # rows shrink instead
 
         self.finetune = FineTuneRunner(self)
         self.finetune.progressed.connect(self._epoch)
         self.finetune.line.connect(lambda line: self.finetune_status.setText(line[:160]))
         self.finetune.finished.connect(self._finetune_finished)
-        self.epochs_box = _spin(1, 200, 8, " epochs")
+        self.epochs_box = _spin(1, 200, 8, "")
+        self.epochs_box.setPrefix("epochs ")
         self.finetune_button = QtWidgets.QPushButton("Fine-tune the model on these takes")
         self.finetune_button.setToolTip("spikeformer-live finetune --data folder:<session>/labels.csv (the current "
                                         "model is the starting point)")  # fmt: skip

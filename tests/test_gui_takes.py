@@ -239,20 +239,6 @@ def save_panel(qtbot, panel, path: Path) -> Path:
 # --- fine-tuning from the panel ------------------------------------------------------------------
 
 
-FAKE_FINETUNE = """
-import sys, time
-from pathlib import Path
-export = Path(sys.argv[sys.argv.index("--export") + 1])
-for epoch in (1, 2):
-    print(f"epoch {epoch}/2: train loss 1.0 acc 50.00%, test loss 1.0 acc 50.00% (8 windows), 10 samples/s, 1 s", flush=True)
-export.parent.mkdir(parents=True, exist_ok=True)
-export.write_text("{}")
-print(f"\\nfine-tuned tiny.json on folder:x in 2 s (2 train / 1 test recordings): {export}")
-print("| accuracy on the test takes | before | after |\\n|---|---|---|")
-print("| 1 segments, 4 windows | n/a (new classes) | 75.0% |")
-"""
-
-
 class FakeModels:
     """A ``ModelControl`` that remembers what it was asked to load."""
 
@@ -264,40 +250,40 @@ class FakeModels:
 
 
 def test_finetune_button_runs_finetune_shows_epochs_and_the_table_and_offers_the_model(
-    qtbot, publishers, tmp_path: Path, monkeypatch
+    qtbot, publishers, tmp_path: Path, tiny_checkpoint: Path, monkeypatch
 ) -> None:
-    from gui import takes as gui_takes
+    """The real ``spikeformer-live finetune`` (1 epoch, the tiny model) on a small session."""
+    from training.checkpoint import read_metadata
 
+    monkeypatch.setenv("HOME", str(tmp_path))  # the fine-tuning's window cache goes to ~/.cache
     worker, source = publishers
-    models, current = FakeModels(), tmp_path / "current.json"
-    main = MainWindow(worker.endpoint, source.endpoint, source_spec="camera", model_control=models, checkpoint=current,
-                      stall_after_s=60.0, output_dir=tmp_path)  # fmt: skip
+    models = FakeModels()
+    main = MainWindow(worker.endpoint, source.endpoint, source_spec="camera", model_control=models,
+                      checkpoint=tiny_checkpoint, stall_after_s=60.0, output_dir=tmp_path)  # fmt: skip
     qtbot.addWidget(main)
     write_session(tmp_path / "session")
     main.takes.open_folder(tmp_path / "session")
     panel = main.takes.panel
-    panel.epochs_box.setValue(2)
-    command = panel.finetune_command()
-    run_dir, export = Path(command[command.index("--out") + 1]), panel._finetune_export
-    assert command[command.index("--from") + 1] == str(current)  # the current model is the starting point
-    assert command[command.index("--data") + 1] == f"folder:{tmp_path / 'session' / 'labels.csv'}"
-    assert run_dir.parent == tmp_path and export.parent == run_dir and command[command.index("--epochs") + 1] == "2"
-
-    real = gui_takes.finetune_command  # the real command line, run by a stand-in for the training
-    monkeypatch.setattr(gui_takes, "finetune_command",
-                        lambda *args: [sys.executable, "-c", FAKE_FINETUNE] + real(*args)[4:])  # fmt: skip
+    panel.epochs_box.setValue(1)
     epochs = []
     panel.finetune.progressed.connect(lambda epoch, total: epochs.append((epoch, total)))
     panel.finetune_button.click()
-    qtbot.waitUntil(lambda: panel.use_button.isEnabled(), timeout=20_000)
-    assert epochs == [(1, 2), (2, 2)] and panel.finetune_progress.value() == 2
-    assert "| 1 segments, 4 windows | n/a (new classes) | 75.0% |" in panel.result.toPlainText()
+    command = panel.finetune.command
+    assert command[command.index("--from") + 1] == str(tiny_checkpoint)  # the current model is the starting point
+    assert command[command.index("--data") + 1] == f"folder:{tmp_path / 'session' / 'labels.csv'}"
+    assert command[command.index("--epochs") + 1] == "1" and not panel.finetune_button.isEnabled()
+    qtbot.waitUntil(lambda: not panel.finetune.running, timeout=120_000)
+    assert panel.use_button.isEnabled(), panel.result.toPlainText()
+    assert epochs == [(1, 1)] and panel.finetune_progress.value() == 1
+    table = panel.result.toPlainText()
+    assert table.startswith("fine-tuned tiny.json") and "| accuracy on the test takes | before | after |" in table
     finetuned = panel.finetuned
-    assert finetuned.is_file() and main.recent_models[0] == finetuned
-    monkeypatch.setattr("training.checkpoint.read_metadata", lambda path: {"classes": ["thumbs up", "stop"]})
+    assert finetuned.parent.parent == tmp_path and main.recent_models[0] == finetuned
     panel.use_button.click()
-    assert models.loaded == [finetuned] and main.bars.classes == ("thumbs up", "stop")
+    classes = tuple(read_metadata(finetuned)["classes"])
+    assert models.loaded == [finetuned] and main.bars.classes == classes and main.strip.classes == classes
     assert main.model_name == finetuned.stem and f"model: {finetuned.stem}" in main.status_label.text()
+    save_panel(qtbot, panel, tmp_path / "review-finetuned.png")
     main.close()
 
 
