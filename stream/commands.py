@@ -142,7 +142,13 @@ def simulate_main(argv: Sequence[str] | None = None) -> int:
     fixed.add_argument("--noise-hz", type=float, default=None, help="background activity per pixel, events/s")
     fixed.add_argument("--flicker-depth", type=float, default=None, help="mains flicker depth (0: steady light)")
     parser.add_argument("--montage", type=Path, help="write a PNG with one picture per class instead")
+    parser.add_argument("--parameters", action="store_true", help="print every random parameter and its range")
     args = parser.parse_args(argv)
+    if args.parameters:
+        from stream.sim.scene import parameter_table
+
+        print(parameter_table())
+        return 0
     if args.montage is not None:
         from stream.sim.dataset import render_montage
 

@@ -305,3 +305,43 @@ def draw_scene(
         pixels=pixels,
         step_us=default_step_us(sensor_size),
     )
+
+
+# --- the ranges, for the README's simulator table ----------------------------------------------
+
+PARAMETERS: tuple[tuple[str, str, str], ...] = (  # (parameter, range, unit)
+    ("renderer", "capsules (9 flat capsules) or shaded (tapered, lit, patterned parts, sleeves, hair, face, fingers)",
+     "-"),
+    ("zoom, roll", "1 (robustness sets: 0.6-1.3); roll -10..10", "x, deg"),
+    ("camera height and tilt", "vertical foreshortening 0.8-1.1; keystone +-0.002 per pixel at 128 px", "x"),
+    ("camera drift", "40 % of scenes: 0-3 % of the short side per second, any direction", "px/s"),
+    ("camera shake", "two sinusoids per axis, 0-0.15 px (at 128 px), 0.3-3 Hz", "px"),
+    ("background", "smooth wall with 1-3 objects 50 %, fine texture or stripes 25 %, cluttered (6-14 objects) 25 %",
+     "-"),
+    ("lighting family", "natural, lab, led, fluorescent, fluorescent_led (DVS128 Gesture's), dim", "-"),
+    ("light level", "natural 1-3, lab 0.8-1.6, led 0.5-1.3, fluorescent 0.5-1.2, fluorescent_led 0.4-1, dim 0.05-0.25",
+     "x"),
+    ("mains flicker", ("100 or 120 Hz; fluorescent always (depth 0.01-0.06), fluorescent_led 80 % (0.01-0.05), "
+                      "led 50 % (0.005-0.04), lab 30 % (0.003-0.02), dim 30 % (0.01-0.06), natural never"), "-"),
+    ("clothes and skin", "shirt 0.1-0.35 or 1.8-3.2 x the background's mean, skin contrasting with it", "x"),
+    ("shaded look", ("shading 0.15-0.6, printed pattern 60 % (amplitude 0-0.45, 0.08-0.35 cycles/px), sleeve folds "
+                    "0.05-0.3, long sleeves 60 %, long hair 35 %, build 0.85-1.25 x"), "-"),
+    ("distractors", "40 % of recordings: an occluding shape (25 %) or a person passing (15 %), in front or behind",
+     "-"),
+    ("contrast threshold", "0.1-0.5 log-uniform; ON/OFF ratio 0.75-1.33; per-pixel mismatch sigma 2-10 %", "log I"),
+    ("refractory period", "50 us - 3 ms, log-uniform", "us"),
+    ("bandwidth limit", "dim light: 15-150 Hz at the scene's light, growing with each pixel's light", "Hz"),
+    ("leak", "dim light: 0.1-1 Hz per pixel (x 0.5-1.5 per pixel)", "Hz"),
+    ("background activity", "natural 0.02-0.15 ... dim 0.2-1 per pixel (robustness sets: 0.05-5)", "Hz"),
+    ("hot pixels", "0-8 pixels at 5-300 Hz", "-"),
+    ("sensor", "128x128 (robustness sets: 240x180, 346x260, 640x480 through the sensor mapping)", "px"),
+)
+
+
+def parameter_table() -> str:
+    """Every random parameter of the simulator (scene and motion) as one markdown table."""
+    from stream.sim.body import PARAMETERS as MOTION
+
+    rows = ["| parameter | range | unit |", "|---|---|---|"]
+    rows += [f"| {name} | {text} | {unit} |" for name, text, unit in PARAMETERS + MOTION]
+    return "\n".join(rows)
