@@ -1,0 +1,192 @@
+"""The causal Spikeformer and its step model (#17): causality, step == window, ONNX step export,
+step backends, the worker's bin-by-bin mode, the decision rule's margin."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from helpers import checkpoint_metadata, regular_events
+
+from inference.backends import OnnxRuntimeStepBackend, TorchStepBackend, create_step_backend
+from inference.export import export_step_onnx
+from inference.onnx_info import read_onnx_info
+from inference.smoothing import LabelSmoother, SmoothingConfig
+from inference.worker import InferenceWorker, WorkerConfig
+from stream.events import SensorSize
+from training.checkpoint import save_checkpoint
+from training.spikeformer import SpikeformerConfig, build_model, count_parameters
+from training.streaming import SpikeformerStep, initial_state, state_names
+
+CAUSAL = SpikeformerConfig(name="custom", input_size=(32, 32), time_steps=6, tokenizer_channels=(4, 8),
+                           tokenizer_strides=(2, 2), kernel_size=3, embed_dim=8, depth=2, num_heads=2, mlp_ratio=2,
+                           num_classes=4, causal=True)  # fmt: skip
+
+
+def lively(model: torch.nn.Module) -> torch.nn.Module:
+    """``model`` made to depend on its input: a fresh tiny model is nearly inert (its BatchNorm
+    statistics leave the tokenizer silent, its temporal attention starts as an identity)."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.momentum = None  # statistics: a plain average over the calibration batches
+        elif isinstance(module, torch.nn.Linear):
+            torch.nn.init.normal_(module.weight, std=0.5)
+    model.train()
+    with torch.no_grad():
+        for seed in range(10, 14):
+            model(frames(seed=seed))
+    model.eval()
+    with torch.no_grad():  # guard: the tests below would pass trivially on an inert model
+        assert not torch.allclose(model(frames()), model(frames(seed=1)), atol=1e-3)
+    return model
+
+
+@pytest.fixture(scope="module")
+def causal_model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return lively(build_model(CAUSAL))
+
+
+def frames(steps: int = 6, seed: int = 0) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return (torch.rand((1, steps, 2, 32, 32), generator=generator) < 0.15).float() * 2
+
+
+def test_reference_presets_keep_their_architecture() -> None:
+    assert count_parameters(build_model("dvsgesture")) == 9_279_900
+    assert count_parameters(build_model("cifar10dvs")) == 8_792_993
+    assert not build_model("dvsgesture").config.causal
+
+
+def test_a_causal_model_does_not_look_ahead(causal_model) -> None:
+    x = frames()
+    with torch.no_grad():
+        whole = causal_model.forward_steps(x)
+        changed = x.clone()
+        changed[:, 4:] = 1 - changed[:, 4:]  # the future of step 3 changes
+        again = causal_model.forward_steps(changed)
+    assert torch.allclose(whole[:, :4], again[:, :4], atol=1e-6)
+    assert not torch.allclose(whole[:, 4:], again[:, 4:])
+    assert torch.equal(causal_model(x), whole[:, -1])  # the window's output: its last step's
+
+
+def test_a_window_model_does_look_at_the_whole_window() -> None:
+    torch.manual_seed(0)
+    model = lively(build_model(dataclasses.replace(CAUSAL, causal=False)))
+    x = frames()
+    changed = x.clone()
+    changed[:, 5:] = 1 - changed[:, 5:]
+    with torch.no_grad():
+        assert not torch.allclose(model(x), model(changed))
+    with pytest.raises(ValueError, match="causal"):
+        model.forward_steps(x)
+
+
+def test_the_step_model_over_t_bins_equals_the_causal_window_model(causal_model) -> None:
+    x = frames(seed=3)
+    step = SpikeformerStep(causal_model).eval()
+    state = initial_state(causal_model)
+    assert len(state) == len(state_names(causal_model))
+    with torch.no_grad():
+        reference = causal_model.forward_steps(x)[0]
+        outputs = []
+        for t in range(x.shape[1]):
+            logits, *state = step(x[:, t], *state)
+            outputs.append(logits[0])
+    assert torch.allclose(torch.stack(outputs), reference, atol=1e-4)
+
+
+def test_the_attention_cache_keeps_t_steps_whatever_the_stream_length(causal_model) -> None:
+    step = SpikeformerStep(causal_model).eval()
+    state = initial_state(causal_model)
+    shapes = [tuple(tensor.shape) for tensor in state]
+    x = frames(steps=30, seed=5)
+    with torch.no_grad():
+        for t in range(30):
+            _, *state = step(x[:, t], *state)
+    assert [tuple(tensor.shape) for tensor in state] == shapes  # bounded memory
+    assert state[-1].sum() == CAUSAL.time_steps  # the cache is full
+
+
+def test_the_step_export_runs_in_onnx_runtime_like_pytorch(causal_model, tmp_path) -> None:
+    path = export_step_onnx(causal_model, tmp_path / "step.onnx", metadata=checkpoint_metadata(CAUSAL))
+    info = read_onnx_info(path)
+    assert info.step and [name for name, _ in info.step_state] == state_names(causal_model)
+    x = frames(seed=7)
+    ort_backend = OnnxRuntimeStepBackend(path)
+    torch_backend = TorchStepBackend(causal_model)
+    with torch.no_grad():
+        reference = causal_model.forward_steps(x)[0].numpy()
+    for backend in (ort_backend, torch_backend):
+        steps = np.stack([backend.step(frame) for frame in x[0].numpy()])
+        np.testing.assert_allclose(steps, reference, atol=1e-4)
+        backend.reset()  # a new stream starts from the initial state
+        np.testing.assert_allclose(backend.step(x[0, 0].numpy()), reference[0], atol=1e-4)
+    with pytest.raises(ValueError, match="one bin"):
+        ort_backend.step(np.zeros((2, 16, 16), np.float32))
+
+
+def test_a_window_model_has_no_step_export(tmp_path) -> None:
+    model = build_model(dataclasses.replace(CAUSAL, causal=False))
+    with pytest.raises(ValueError, match="causal"):
+        export_step_onnx(model, tmp_path / "x.onnx", metadata=checkpoint_metadata(CAUSAL))
+
+
+@pytest.fixture(scope="module")
+def causal_checkpoint(causal_model, tmp_path_factory):
+    path = tmp_path_factory.mktemp("causal") / "causal.json"
+    metadata = checkpoint_metadata(CAUSAL)
+    metadata["input"]["window"] = {"bins": 6, "bin_us": 25_000, "stride_us": 25_000}
+    return save_checkpoint(path, causal_model, metadata)
+
+
+def test_the_worker_feeds_every_bin_once_and_predicts_every_bin(causal_checkpoint, tmp_path) -> None:
+    from training.checkpoint import read_metadata
+
+    backend = create_step_backend("onnxruntime", causal_checkpoint, cache_dir=tmp_path)
+    worker = InferenceWorker(backend, read_metadata(causal_checkpoint), WorkerConfig())
+    events = regular_events((32, 32), 2_000, start_us=0, duration_us=500_000)  # 0.5 s: 20 bins of 25 ms
+    predictions = []
+    for chunk in np.array_split(events, 7):
+        worker.push(chunk, SensorSize(32, 32), 0, 0)
+        while worker.has_window():
+            predictions.append(worker.infer())
+    ends = [prediction["window"]["end_us"] for prediction in predictions]
+    assert ends == sorted(set(ends)) and np.all(np.diff(ends) == 25_000)  # every bin, once, in order
+    assert len(ends) >= 18 and worker.counters.windows_skipped == 0
+    assert predictions[-1]["window"]["stride_us"] == 25_000
+
+
+def test_the_worker_starts_afresh_after_a_long_gap(causal_checkpoint, tmp_path) -> None:
+    from training.checkpoint import read_metadata
+
+    def run(*parts: np.ndarray) -> list[dict]:
+        backend = create_step_backend("torch", causal_checkpoint, cache_dir=tmp_path)
+        worker = InferenceWorker(backend, read_metadata(causal_checkpoint), WorkerConfig())
+        predictions = []
+        for part in parts:
+            worker.push(part, SensorSize(32, 32), 0, 0)
+            while worker.has_window():
+                predictions.append(worker.infer())
+        return predictions
+
+    first = regular_events((32, 32), 500, start_us=0, duration_us=200_000)
+    later = regular_events((32, 32), 3_000, start_us=2_000_000, duration_us=200_000)  # 1.8 s of silence: > a window
+    after_gap = [p for p in run(first, later) if p["window"]["end_us"] > 2_000_000]
+    alone = run(later)
+    assert len(after_gap) >= 5
+    for with_past, fresh in zip(after_gap, alone):  # the past before the gap is forgotten
+        assert with_past["window"]["end_us"] == fresh["window"]["end_us"]
+        np.testing.assert_allclose(with_past["probabilities"], fresh["probabilities"], atol=1e-5)
+
+
+def test_the_decision_rule_is_undecided_below_its_margin() -> None:
+    rule = SmoothingConfig("ema", alpha=1.0, threshold=0.3, margin=0.2)
+    smoother = LabelSmoother(["a", "b", "c"], rule)
+    assert smoother.update(np.array([0.45, 0.4, 0.15])).index == -1  # confident enough, but too close
+    assert smoother.update(np.array([0.6, 0.3, 0.1])).index == 0
+    assert SmoothingConfig.from_dict(rule.to_dict()) == rule
+    with pytest.raises(ValueError):
+        SmoothingConfig.from_dict({"alpha": 0.5, "bogus": 1})
