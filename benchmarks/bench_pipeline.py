@@ -38,8 +38,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from inference.headless import record  # noqa: E402
 from launch import DEFAULT_CHECKPOINT, Stage, Supervisor  # noqa: E402
+from stream.sim.recording import TYPICAL_RATE_EVENTS_S  # noqa: E402
 
-BASE_SIM_RATE = 60_000  # events/s of the 128x128 simulator without replication (varies 40-100k by gesture)
 SUSTAINED_FRACTION = 0.9
 
 
@@ -72,7 +72,7 @@ class CpuMeter:
 def run_rate(target: float, args: argparse.Namespace, directory: str) -> dict:
     """Run source + worker at ``target`` events/s; the headless report plus ``cpu_percent``."""
     events_endpoint, predictions_endpoint = f"ipc://{directory}/ev-{target:g}", f"ipc://{directory}/pr-{target:g}"
-    scale = max(1, round(target / BASE_SIM_RATE))
+    scale = max(1, round(target / TYPICAL_RATE_EVENTS_S))
     source = Stage("source", "stream.source_stage", [
         "--source", "sim", "--pub", events_endpoint, "--speed", "1", "--rate-scale", str(scale),
         "--wait-subscribers", "1", "--quiet", "--seed", "1",

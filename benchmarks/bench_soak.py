@@ -46,12 +46,9 @@ from inference.headless import HeadlessRecorder, latency_summary  # noqa: E402
 from launch import DEFAULT_CHECKPOINT, Stage, Supervisor  # noqa: E402
 from stream.stage import positive_number  # noqa: E402
 from stream.transport.sockets import Subscriber  # noqa: E402
-from stream.transport.wire import (
-    Kind,  # noqa: E402
-    now_us,
-)
+from stream.sim.recording import TYPICAL_RATE_EVENTS_S  # noqa: E402
+from stream.transport.wire import Kind, now_us  # noqa: E402
 
-BASE_SIM_RATE = 60_000  # events/s of the 128x128 simulator without replication (varies 40-100k by gesture)
 STARTUP_TIMEOUT_S = 300.0
 END_GRACE_S = 60.0  # after the planned duration, how long to wait for the end message
 MEMORY_TARGET_PCT = 5.0
@@ -94,7 +91,7 @@ def run_soak(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="bench-soak-") as directory:
         stages, endpoint = soak_stages(args, directory)
         supervisor = Supervisor(stages)  # no restart policy: a failure during a soak is a failure
-        with Subscriber(endpoint, (Kind.STATUS.topic.decode(), "truth"), rcvhwm=10_000) as subscriber:
+        with Subscriber(endpoint, (Kind.PREDICTION.topic.decode(), Kind.STATUS.topic.decode(), "truth"), rcvhwm=10_000) as subscriber:
             supervisor.start()
             try:
                 begun, started, next_sample = time.monotonic(), None, 0.0
@@ -375,7 +372,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.window_s * 2 > args.minutes * 60:
         print(f"error: --window-s {args.window_s:g} needs a soak of at least twice as long", file=sys.stderr)
         return 2
-    args.rate_scale = max(1, round(args.rate / BASE_SIM_RATE))
+    args.rate_scale = max(1, round(args.rate / TYPICAL_RATE_EVENTS_S))
     result = summarise(run_soak(args), args)
     print(format_markdown(result))
     if args.json is not None:

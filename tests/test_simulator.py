@@ -2,21 +2,22 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 
 import numpy as np
 import pytest
-
 from helpers import lagging_simulator
+
 from stream.__main__ import main as stream_main
-from stream.formats.aedat31 import read_aedat31
-from stream.formats.labels import read_gesture_labels, read_trials
 from stream.classes import GESTURE_CLASSES, MIRRORED_CLASS
 from stream.events import EVENT_DTYPE, GestureSegment, SensorSize
-from stream.sim.scene import LIGHTINGS, LOOKS, draw_scene
+from stream.formats.aedat31 import read_aedat31
+from stream.formats.labels import read_gesture_labels, read_trials
 from stream.sim.dataset import write_dataset
 from stream.sim.recording import simulate_gesture, simulate_recording
+from stream.sim.scene import LIGHTINGS, LOOKS, draw_scene
 from stream.sources.simulated import SimulatorSource
 
 SENSOR = SensorSize(128, 128)
@@ -58,7 +59,8 @@ def test_every_class_gives_valid_events_at_a_realistic_rate(label):
         assert_valid(events, SENSOR)
         assert events["t"].min() >= 0 and events["t"].max() <= duration_us
         rate = len(events) / (duration_us * 1e-6)
-        assert 1e4 <= rate <= 1e6, f"{GESTURE_CLASSES[label]}: {rate:.0f} ev/s"
+        # a few thousand events/s (a small person, dim light, thresholds up to 0.5) to 1 M (a near one)
+        assert 2e3 <= rate <= 1e6, f"{GESTURE_CLASSES[label]}: {rate:.0f} ev/s"
         assert 0.25 < events["p"].mean() < 0.75  # both polarities
 
 
@@ -66,7 +68,7 @@ def test_other_sensor_sizes():
     sensor = SensorSize(96, 64)
     events, _ = simulate_gesture(0, seed=2, sensor_size=sensor, duration_us=200_000)
     assert_valid(events, sensor)
-    assert len(events) > 1000
+    assert len(events) > 400  # > 2,000 events/s
 
 
 def test_bad_arguments_raise_value_error():
@@ -97,15 +99,17 @@ def test_right_hand_waves_on_the_image_left_and_left_hand_on_the_right(seed):
     assert left["x"].mean() > middle + 10
 
 
-def winding_around_shoulder(label: int, seed: int) -> float:
+def winding_around_shoulder(label: int, seed: int, look: str) -> float:
     """Total angle (radians, image coordinates) swept by the event centroid near the moving shoulder."""
-    events, _ = simulate_gesture(label, seed=seed, duration_us=1_500_000)
-    body = draw_scene(np.random.default_rng(seed), SENSOR).body  # the same draws simulate_gesture made
+    events, _ = simulate_gesture(label, seed=seed, duration_us=1_500_000, lighting="lab", look=look)
+    scene = draw_scene(np.random.default_rng(seed), SENSOR, look=look, lighting="lab", duration_us=1_500_000)
+    body = scene.body  # the same draws simulate_gesture made
     side = -1 if label in (3, 4) else 1  # right arm on the image left
-    shoulder_x, shoulder_y = body.center_x + side * body.shoulder_half_width, body.shoulder_y
-    dx = events["x"] - shoulder_x
-    dy = events["y"] - shoulder_y
-    near = np.hypot(dx, dy) < 1.3 * body.reach
+    shoulder = np.array([body.center_x + side * body.shoulder_half_width]), np.array([body.shoulder_y])
+    shoulder_x, shoulder_y = scene.framing.apply(*shoulder, np.zeros((1, 2)))  # as the camera sees it
+    dx = events["x"] - shoulder_x[0]
+    dy = events["y"] - shoulder_y[0]
+    near = np.hypot(dx, dy) < 1.3 * body.reach * scene.framing.scale
     window = events["t"][near] // 20_000
     counts = np.bincount(window)
     keep = counts > 20
@@ -114,12 +118,15 @@ def winding_around_shoulder(label: int, seed: int) -> float:
     return float(np.sum(np.diff(np.unwrap(np.arctan2(mean_y, mean_x)))))
 
 
-@pytest.mark.parametrize("seed", [0, 1])
-@pytest.mark.parametrize("label, clockwise", [(3, True), (4, False), (5, True), (6, False)])
-def test_arm_circles_turn_the_right_way_as_seen_by_the_camera(label, clockwise, seed):
-    turned = winding_around_shoulder(label, seed)
-    # y points down, so an increasing image angle is clockwise on screen; >= about one turn.
-    assert (turned > 4.0) if clockwise else (turned < -4.0), f"{GESTURE_CLASSES[label]}: {turned:.2f} rad"
+@pytest.mark.parametrize("label, clockwise, look", [(3, True, "shaded"), (4, False, "capsules"), (5, True, "capsules"),
+                                                   (6, False, "shaded")])  # fmt: skip
+def test_arm_circles_turn_the_right_way_as_seen_by_the_camera(label, clockwise, look):
+    # y points down, so an increasing image angle is clockwise on screen. A circle in a plane seen
+    # edge-on, or a slow one, barely winds: every clear winding (> 2/3 of a turn) has the right sign.
+    turned = np.array([winding_around_shoulder(label, seed, look) for seed in range(4)])
+    clear = turned[np.abs(turned) > 4.0]
+    assert len(clear) >= 1, f"{GESTURE_CLASSES[label]}: {np.round(turned, 1)} rad"
+    assert np.all(clear > 0) if clockwise else np.all(clear < 0), f"{GESTURE_CLASSES[label]}: {np.round(turned, 1)} rad"
 
 
 def test_recording_segments_lie_inside_and_idle_is_quiet():
@@ -128,7 +135,7 @@ def test_recording_segments_lie_inside_and_idle_is_quiet():
     assert_valid(events, SENSOR)
     assert [segment.label for segment in segments] == labels
     assert segments[0].start_us > 0 and segments[-1].end_us < events["t"].max()
-    for before, after in zip(segments, segments[1:]):
+    for before, after in itertools.pairwise(segments):
         assert before.start_us < before.end_us < after.start_us
     t = events["t"]
     in_gesture = np.zeros(len(t), bool)
@@ -141,7 +148,7 @@ def test_recording_segments_lie_inside_and_idle_is_quiet():
 
 
 def test_dataset_layout_determinism_and_orientation(tmp_path):
-    options = dict(samples=13, seed=7, gesture_us=150_000, idle_us=80_000)
+    options = {"samples": 13, "seed": 7, "gesture_us": 150_000, "idle_us": 80_000}
     paths = write_dataset(tmp_path / "a", **options)
     write_dataset(tmp_path / "b", **options)
     names = sorted(path.name for path in (tmp_path / "a").iterdir())
@@ -216,7 +223,7 @@ def test_live_source_reports_truth_and_stops_from_another_thread():
     stopper.join()
     assert len(truth) >= 3  # ~0.3 s per gesture of stream, several seconds of stream rendered
     assert all(0 <= segment.label < 11 for segment in truth)
-    assert all(a.end_us < b.start_us for a, b in zip(truth, truth[1:]))
+    assert all(a.end_us < b.start_us for a, b in itertools.pairwise(truth))
 
 
 def test_live_source_rate_scale_replicates_events():
@@ -254,7 +261,10 @@ def test_rate_scale_replication_is_identical_to_the_numpy_version(width, height,
     source = SimulatorSource(sensor_size=SensorSize(width, height), rate_scale=copies)
     before = chunk.view(np.uint8).copy()  # bytes: a structured copy need not keep the padding
     amplified = source._amplify(chunk, 0, 2_000, np.random.default_rng(0))
-    assert amplified.dtype == EVENT_DTYPE and amplified.tobytes() == numpy_replicate(chunk, copies, width, height).tobytes()
+    assert (
+        amplified.dtype == EVENT_DTYPE
+        and amplified.tobytes() == numpy_replicate(chunk, copies, width, height).tobytes()
+    )
     assert chunk.tobytes() == before.tobytes()  # the input is not changed
     assert len(source._amplify(chunk[:0], 0, 2_000, np.random.default_rng(0))) == 0
 
@@ -264,7 +274,11 @@ def test_extra_noise_merges_in_time_order_like_np_insert_and_leaves_no_stale_pad
     rng = np.random.default_rng(5)
     chunk = np.zeros(400, EVENT_DTYPE)
     chunk["t"] = np.sort(rng.integers(0, 2_000, 400))
-    chunk["x"], chunk["y"], chunk["p"] = rng.integers(0, width, 400), rng.integers(0, height, 400), rng.integers(0, 2, 400)
+    chunk["x"], chunk["y"], chunk["p"] = (
+        rng.integers(0, width, 400),
+        rng.integers(0, height, 400),
+        rng.integers(0, 2, 400),
+    )
     source = SimulatorSource(rate_scale=3, extra_noise_hz=2e6)
     garbage = np.full(1 << 16, 0x2020202020202020, np.int64)  # leave stale bytes on the heap
     del garbage

@@ -19,9 +19,6 @@ STARTUP_S = 30.0  # bound on the stages' start (imports, model export) before th
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="product bug: benchmarks/bench_soak.py:97 subscribes to ('status', 'truth') "
-                   "but not 'prediction', so the worker (--wait-subscribers 1 on the prediction topic) never starts "
-                   "and no prediction would arrive anyway")  # fmt: skip
 def test_short_soak_memory_flat_latency_stable_every_loss_explained(tmp_path):
     env = dict(os.environ, XDG_CACHE_HOME=str(tmp_path / "cache"))
     out = tmp_path / "soak.json"

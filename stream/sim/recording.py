@@ -23,6 +23,7 @@ DEFAULT_GESTURE_US = 3_000_000
 DEFAULT_IDLE_US = 600_000
 GESTURE_LENGTH_RANGE = (0.6, 1.5)  # a gesture lasts this many times gesture_us
 RAMP_S = 0.2  # a gesture fades in from / out to standing still over this long, inside its segment
+TYPICAL_RATE_EVENTS_S = 14_000  # a 128x128 recording's mean event rate (3-25k by gesture and scene)
 CHUNK_PIXELS = 1 << 20  # pixels rendered at once (steps x sensor pixels): bounds the frames' memory
 
 
