@@ -4,6 +4,8 @@
     python launch.py                                  # GUI, first camera found (else the simulator)
     python launch.py --headless --source sim --duration 10 --report run.json
     python launch.py --headless --source file:rec.aedat4 --speed max   # replays every event, exits
+    python launch.py --headless --source file:rec.aedat --speed max --all-windows \
+        --labels rec_labels.csv --predictions-out rec.csv --report rec.json   # evaluate a recording
 
 Stages are child processes (``python -m stream.source_stage``, ``python -m inference.worker_stage``) joined by
 ZeroMQ; the consumer (GUI or headless recorder) runs in this process. By default the endpoints are
@@ -20,7 +22,9 @@ encrypted and authenticated. A subscriber trusts its own key for a publisher tha
 ``--stages``). A bad key directory is one ``error:`` line and exit code 2, before anything starts.
 
 Shutdown: Ctrl-C (SIGINT) or SIGTERM stops every stage within ``STOP_TIMEOUT_S`` (SIGTERM, then
-SIGKILL for a stage that has not exited) and the headless report is still written. Children run in
+SIGKILL for a stage that has not exited); headless, the summary is still printed and the report
+(``"ended": "interrupted"``) and the predictions still written with everything measured up to then,
+exit code 130 (a second Ctrl-C cuts that short). Children run in
 their own process group (a terminal's Ctrl-C reaches this process only, which stops them in order)
 and on Linux get SIGTERM if this process dies without cleaning up (``PR_SET_PDEATHSIG``).
 Failures (``--on-failure``): with ``restart`` (the default) a stage that exits with a nonzero code
@@ -33,8 +37,17 @@ stops every stage (one line naming the stage and its exit code; exit code 1). A 
 itself (exit code 0, e.g. at the end of a file) is never restarted. See ``RestartPolicy``: the
 GUI asks this supervisor to restart stages (``SourceSwitcher``), it has no restart policy of its own.
 
-Bad input fails early: the source spec, the file's existence and format and the checkpoint are
-checked before any stage starts (``check_inputs``): one ``error:`` line, exit code 2.
+Bad input fails early: the source spec, the file's existence and format, the checkpoint and the
+labels are checked before any stage starts (``check_inputs``): one ``error:`` line, exit code 2.
+
+File replay as an evaluation (headless): ``--all-windows`` has the worker infer every window instead
+of jumping to the newest (with ``--speed max`` the source waits for the worker, so nothing is
+skipped; the report gives the rate in windows/s). Ground truth of a file comes from ``--labels CSV``
+(DVS128 Gesture's ``class,startTime_usec,endTime_usec`` or the folder format
+``file,class,start_us,end_us``), else from ``<name>_labels.csv`` beside it (one line says so), and
+counts exactly as the simulator's truth: accuracy, stable accuracy, per-class accuracy, the
+confusion matrix and time to decision (``inference.headless``). ``--predictions-out PATH`` (``.csv``
+or ``.jsonl``) writes one row per window.
 """
 
 from __future__ import annotations
@@ -55,7 +68,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, NamedTuple, Sequence
 
-from stream.stage import EXIT_ERROR, ArgumentParser, Command, dispatch, positive_number, run_main, speed_argument
+from stream.stage import (
+    EXIT_ERROR,
+    ArgumentParser,
+    Command,
+    StopRequest,
+    dispatch,
+    positive_number,
+    run_main,
+    speed_argument,
+)
 from training import BUILTIN_CHECKPOINT
 from stream.transport.keys import CurveConfig, add_curve_arguments, curve_from_args
 
@@ -381,6 +403,14 @@ def build_parser() -> argparse.ArgumentParser:
                         help="replay a damaged or cut file up to the damage instead of refusing it")  # fmt: skip
     parser.add_argument("--duration", type=positive_number, default=None, help="stop after this many seconds")
     parser.add_argument("--report", type=Path, default=None, help="headless: write the JSON report here")
+    parser.add_argument("--all-windows", action="store_true",
+                        help="infer every window, skip none (evaluate a file with --speed max; a live source may "
+                             "fall behind)")  # fmt: skip
+    parser.add_argument("--labels", type=Path, default=None,
+                        help="headless, file source: ground-truth CSV (DVS128 Gesture class,startTime_usec,endTime_usec "
+                             "or folder file,class,start_us,end_us); default: <name>_labels.csv beside the file")  # fmt: skip
+    parser.add_argument("--predictions-out", type=Path, default=None,
+                        help="headless: write one row per window to this .csv or .jsonl file")  # fmt: skip
     parser.add_argument("--screenshot", type=Path, default=None, help="GUI: save the whole window here before it closes (with --duration)")
     parser.add_argument("--stride-us", type=int, default=None, help="time between predictions (default: checkpoint's)")
     parser.add_argument("--events-endpoint", default=None, help="source -> worker ZeroMQ endpoint (default: ipc in a temp dir)")
@@ -511,6 +541,8 @@ def worker_stage(args: argparse.Namespace, endpoints: Endpoints, wait_subscriber
         stage_args += ["--device", args.device]
     if args.stride_us:
         stage_args += ["--stride-us", str(args.stride_us)]
+    if getattr(args, "all_windows", False):
+        stage_args.append("--all-windows")
     stage_args += _common_stage_args(args, publisher="source")
     return Stage("worker", "inference.worker_stage", stage_args)
 
@@ -546,6 +578,46 @@ def check_inputs(args: argparse.Namespace) -> None:
         read_metadata(args.checkpoint)  # CheckpointError: missing, damaged, not a checkpoint
 
 
+def model_classes(args: argparse.Namespace) -> list[str] | None:
+    """The checkpoint's class names when the worker runs here (None: another machine's model)."""
+    if "worker" not in args.stages:
+        return None
+    from training.checkpoint import read_metadata
+
+    return list(read_metadata(args.checkpoint)["classes"])
+
+
+def _say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def ground_truth(args: argparse.Namespace, classes: Sequence[str] | None,
+                 say: Callable[[str], None] = _say) -> tuple[list, str] | None:  # fmt: skip
+    """The labelled gestures of a replayed file (``--labels``, else ``<name>_labels.csv`` beside
+    it, announced by ``say``) as the model's class indices, and the labels file, or None.
+    ``ValueError`` (one line): labels without a file source, a missing or malformed CSV, no gesture
+    of this file in it, a class the model does not have."""
+    from inference.headless import model_segments
+    from stream.formats.labels import find_labels
+    from stream.sources import parse_spec
+
+    kind, path = parse_spec(args.source)
+    if kind != "file":
+        if args.labels is not None:
+            raise ValueError(f"--labels needs a file source (--source file:PATH), got {args.source!r}")
+        return None
+    labels = args.labels
+    if labels is None:
+        labels = find_labels(path) if Path(path).is_file() else None
+        if labels is None:
+            return None
+        say(f"launch: ground truth from {labels} (found beside the file; --labels CSV to give another)")
+    segments = model_segments(path, labels, classes)
+    if not segments:
+        raise ValueError(f"{labels}: no labelled gesture for {path}")
+    return segments, str(labels)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``python launch.py ARGS`` = ``spikeformer-live run ARGS``: bad arguments or inputs are one
     ``error:`` line and exit code 2, before anything starts."""
@@ -554,8 +626,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
-    if args.report is not None and not args.headless:
-        raise ValueError("--report needs --headless")
+    for given, name in ((args.report, "--report"), (args.labels, "--labels"), (args.predictions_out, "--predictions-out")):
+        if given is not None and not args.headless:
+            raise ValueError(f"{name} needs --headless")
+    if args.predictions_out is not None and args.predictions_out.suffix.lower() not in (".csv", ".jsonl"):
+        raise ValueError(f"--predictions-out {args.predictions_out}: the name must end in .csv or .jsonl")
     consumer_here = "consumer" in args.stages
     run_gui = None
     if consumer_here and not args.headless:
@@ -569,6 +644,10 @@ def _run(argv: Sequence[str] | None) -> int:
             raise ValueError(f"{problem}; run with --headless for the report-only mode")
     check_inputs(args)
     predictions_curve, events_curve = consumer_curves(args)  # CurveKeyError (a ValueError): a bad key directory
+    classes = labels = None
+    if consumer_here and args.headless:
+        classes = model_classes(args)
+        labels = ground_truth(args, classes)
 
     temp_dir = None
     if args.events_endpoint is None or args.predictions_endpoint is None or "source" in args.stages:
@@ -593,7 +672,11 @@ def _run(argv: Sequence[str] | None) -> int:
         if args.headless:
             from inference.headless import run_headless
 
-            return run_headless(args, endpoints, supervisor, curve=predictions_curve)
+            # Ctrl-C and SIGTERM end the recording, not the process: the summary and the report
+            # still come out (a second signal raises KeyboardInterrupt: a forced stop).
+            stop = StopRequest().install()
+            return run_headless(args, endpoints, supervisor, curve=predictions_curve, stop=stop.event,
+                                labels=labels, classes=classes)  # fmt: skip
         supervisor.start()
         switcher = SourceSwitcher(supervisor, args, endpoints) if "source" in args.stages else None
         models = ModelSwitcher(supervisor, args, endpoints) if "worker" in args.stages else None

@@ -12,8 +12,20 @@ Linux is ``CLOCK_MONOTONIC``: one clock for every process of the machine, so dif
 processes are valid on the same machine. Across machines the end-to-end figure is meaningless
 (clocks differ) and is reported only when the source and the consumer share a host.
 
+* ``binning_ms`` and ``model_ms`` split the compute latency: the packet that closed the window
+  received -> its windows binned (``recv_to_binned_ms``), and the model's own time
+  (``inference_ms``); the rest is waiting between the two and publishing.
+* ``window_rate``: windows inferred per second between the first and the last prediction received
+  (with ``--all-windows`` on a file at ``--speed max``: how fast the model gets through a recording).
+
+Ground truth (``truth``: ``"simulator"`` or the labels file) comes from the source's truth messages
+(the simulator) or from a labels CSV given to ``record`` (``launch.py --labels``, or
+``<name>_labels.csv`` beside a replayed file), on the events' clock. Either way:
+
 * ``accuracy``: fraction of windows lying fully inside a labelled gesture whose per-window class is
-  the gesture's class (``stable_accuracy``: the same with the smoothed label).
+  the gesture's class (``stable_accuracy``: the same with the smoothed label);
+  ``per_class_accuracy`` (class name -> accuracy, None without windows) and ``confusion``
+  (rows = true class, columns = predicted, in the order of ``classes``) over the same windows.
 * ``time_to_decision_ms``: per gesture, stream time from its start to the end of the first window
   whose stable label is correct, counting only windows that end inside the gesture. Stream time is
   event time; at ``--speed 1`` add the end-to-end latency for the wall-clock figure.
@@ -29,17 +41,30 @@ processes are valid on the same machine. Across machines the end-to-end figure i
   launcher's ``Supervisor`` made after a stage failed (``--on-failure restart``); ``{}`` without a
   supervisor. ``worker_restarts`` above counts worker processes seen, whoever started them.
 * ``failures``: one line per stage failure that ended the recording.
-* ``environment`` (``launch.py --headless``): where the figures were measured: Python, OS, CPU
-  model and count, load average at the end, and the versions of the packages on the path
+* ``environment`` (``launch.py --headless``): where the figures were measured: this project's
+  version and git commit (``commit_modified``: the checkout had uncommitted changes), Python, OS,
+  CPU model and count, load average at the end, and the versions of the packages on the path
   (read from their metadata: nothing is imported for it), so a report can be compared with another.
+* ``ended``: why the recording stopped: ``"end of stream"`` (the worker's end message: a file
+  replayed to its end), ``"duration"``, ``"interrupted"`` (Ctrl-C or SIGTERM: the report holds
+  everything measured up to then) or ``"failure"`` (see ``failures``).
+
+``--predictions-out PATH`` (``PredictionWriter``): one row per prediction as it arrives, ``.csv``
+(one ``p_<class>`` column per class) or ``.jsonl`` (``probabilities`` as a list): the window's
+``start_us`` and ``end_us``, ``class_index``, ``class_name``, ``stable_index``, ``stable_name``,
+``stable_confidence``, ``truth`` (the class of the labelled gesture the window lies inside, -1:
+none), ``events``, and the latencies ``compute_ms``, ``binning_ms``, ``model_ms``, ``e2e_ms``.
 """
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import platform
+import subprocess
 import sys
+import threading
 import time
 from array import array
 from importlib import metadata
@@ -49,6 +74,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from inference.messages import read_worker_message
+from stream.atomic import write_atomically
 from stream.events import GestureSegment
 from stream.transport.keys import CurveConfig
 from stream.transport.sockets import Subscriber
@@ -58,11 +84,17 @@ PERCENTILES = (50, 90, 99)
 POLL_MS = 100
 STARTUP_TIMEOUT_S = 300.0  # model loading (and an ONNX export or TensorRT build) may take long
 EXIT_GRACE_S = 2.0  # after every stage exited, how long to wait for a late end message
+INTERRUPT_DRAIN_S = 0.5  # after Ctrl-C, at most this long reading the messages already queued
+ENDINGS = ("end of stream", "duration", "interrupted", "failure")
+PREDICTION_FORMATS = (".csv", ".jsonl")
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def latency_summary(values_ms: Sequence[float] | np.ndarray) -> dict[str, float | int | None]:
-    """``{"p50", "p90", "p99", "max", "count"}`` of latencies in milliseconds (None when empty)."""
+    """``{"p50", "p90", "p99", "max", "count"}`` of latencies in milliseconds (None when empty;
+    NaN values, a figure that was not measured, are left out)."""
     values = np.asarray(values_ms, dtype=np.float64)
+    values = values[np.isfinite(values)]
     if values.size == 0:
         return {"p50": None, "p90": None, "p99": None, "max": None, "count": 0}
     p50, p90, p99 = np.percentile(values, PERCENTILES)
@@ -157,6 +189,21 @@ def window_accuracy(predicted: np.ndarray, truth: np.ndarray) -> tuple[float | N
     return float((predicted[labelled] == truth[labelled]).mean()), count
 
 
+def confusion_matrix(predicted: np.ndarray, truth: np.ndarray, classes: int) -> np.ndarray:
+    """``[true, predicted]`` window counts over the windows with a truth (``truth >= 0``); a predicted
+    or true index outside ``0..classes-1`` is not counted."""
+    predicted = np.asarray(predicted, dtype=np.int64)
+    truth = np.asarray(truth, dtype=np.int64)
+    keep = (truth >= 0) & (truth < classes) & (predicted >= 0) & (predicted < classes)
+    return np.bincount(truth[keep] * classes + predicted[keep], minlength=classes * classes).reshape(classes, classes)
+
+
+def per_class_accuracy(confusion: np.ndarray, classes: Sequence[str]) -> dict[str, float | None]:
+    """Accuracy (recall) of each true class from a confusion matrix; None for a class without windows."""
+    totals = confusion.sum(axis=1)
+    return {name: (round(float(confusion[i, i] / totals[i]), 4) if totals[i] else None) for i, name in enumerate(classes)}
+
+
 def times_to_decision_ms(
     window_end_us: np.ndarray, stable_index: np.ndarray, segments: Iterable[GestureSegment]
 ) -> tuple[list[float], int]:
@@ -182,6 +229,30 @@ def times_to_decision_ms(
     return decided, undecided
 
 
+def model_segments(path: str | os.PathLike, labels_csv: str | os.PathLike,
+                   classes: Sequence[str] | None = None) -> list[GestureSegment]:  # fmt: skip
+    """The labelled gestures of the event file ``path`` in ``labels_csv`` (DVS128 Gesture's
+    ``class,startTime_usec,endTime_usec`` or the folder format, ``stream.formats.labels.labels_for``)
+    as indices of the model's ``classes`` (None: the 11 DVS128 Gesture classes): DVS128 Gesture's
+    numbers name its own classes, so a model with other classes gets them by name. ValueError (one
+    line): a missing or malformed file, a class the model does not have."""
+    from stream.classes import GESTURE_CLASSES
+    from stream.formats.labels import LABELS_HEADER, labels_for
+
+    labels_csv = Path(labels_csv)
+    if not labels_csv.is_file():
+        raise ValueError(f"labels {labels_csv}: no such file")
+    classes = tuple(classes or GESTURE_CLASSES)
+    segments = labels_for(path, labels_csv, classes)
+    header = labels_csv.read_text(encoding="utf-8", errors="replace").split("\n", 1)[0].replace(" ", "").strip()
+    if header == LABELS_HEADER and classes != GESTURE_CLASSES:
+        missing = sorted({GESTURE_CLASSES[segment.label] for segment in segments} - set(classes))
+        if missing:
+            raise ValueError(f"{labels_csv}: class(es) {missing} are not among the model's classes {list(classes)}")
+        segments = [segment._replace(label=classes.index(GESTURE_CLASSES[segment.label])) for segment in segments]
+    return segments
+
+
 # --- the recorder ---------------------------------------------------------------------------------
 
 
@@ -197,8 +268,15 @@ class HeadlessRecorder:
         self.class_index = array("q")
         self.stable_index = array("q")
         self.compute_ms = array("d")
+        self.binning_ms = array("d")
+        self.model_ms = array("d")
         self.e2e_ms = array("d")
         self.segments: list[GestureSegment] = []
+        self.truth_source: str | None = None  # "simulator" (truth messages) or the labels file
+        self.classes: list[str] | None = None  # the worker's class names (its status messages)
+        self.class_names: dict[int, str] = {}  # names seen in predictions, for a worker that sends no classes
+        self.num_classes = 0
+        self.ending: str | None = None  # why the recording stopped (``ENDINGS``; set by ``record``)
         self.prediction_us = array("q")  # when each prediction arrived here (transport clock)
         self.prediction_worker = array("q")  # index into worker_ids of each prediction's worker (-1: none)
         self.worker_ids: list[str] = []  # in the order they were first seen
@@ -216,19 +294,27 @@ class HeadlessRecorder:
         self.last_prediction: dict | None = None
         self.malformed = 0  # messages that were not the worker's
 
-    def add(self, message: Message, recv_us: int) -> None:
+    def add_labels(self, segments: Iterable[GestureSegment], source: str) -> None:
+        """Ground truth from a labels file (``source``: its path), on the events' clock: counted
+        exactly as the simulator's truth messages are."""
+        self.segments.extend(segments)
+        self.truth_source = source
+
+    def add(self, message: Message, recv_us: int) -> dict | None:
         """Record one message received at ``recv_us`` (transport clock, µs); one that is not the
-        worker's (``inference.messages``) is counted in ``malformed`` and skipped."""
+        worker's (``inference.messages``) is counted in ``malformed`` and skipped. Returns the
+        prediction's data when the message was a prediction (else None)."""
         received = read_worker_message(message)
         if received is None:
             self.malformed += 1
-            return
+            return None
         self.first_us = recv_us if self.first_us is None else self.first_us
         self.last_us = recv_us
         kind, data = received
         if kind == "truth":
             self.segments.extend(data)
-            return
+            self.truth_source = self.truth_source or "simulator"
+            return None
         worker_id = data["worker_id"]
         if worker_id not in self.worker_ids:
             self.worker_ids.append(worker_id)
@@ -242,11 +328,17 @@ class HeadlessRecorder:
             self.class_index.append(int(data["class_index"]))
             self.stable_index.append(int(data["stable"]["index"]))
             self.compute_ms.append(float(timing["compute_ms"]))
+            self.binning_ms.append(_number(timing.get("recv_to_binned_ms")))
+            self.model_ms.append(_number(timing.get("inference_ms")))
             self.e2e_ms.append((recv_us - int(timing["source_send_us"])) / 1000.0)
+            self.class_names.setdefault(int(data["class_index"]), data["class_name"])
+            self.num_classes = max(self.num_classes, len(data["probabilities"]))
             self.last_prediction = data
         else:
             self.source = data.get("source") or self.source
             self.ended = self.ended or kind == "end"
+            if data.get("classes"):
+                self.classes = list(data["classes"])
             if isinstance(data.get("busy_s"), dict):
                 self.worker_busy_s = data["busy_s"]
             window = data.get("window")
@@ -257,6 +349,22 @@ class HeadlessRecorder:
             self.counters = sum_counters(self.worker_counters.values())
         self.backend = data.get("backend", self.backend)
         self.sensor = data.get("sensor", self.sensor)
+        return data if kind == "prediction" else None
+
+    def class_list(self) -> list[str]:
+        """The worker's class names (from its status), else those seen in predictions (``"<i>"``
+        for a class never predicted)."""
+        if self.classes:
+            return list(self.classes)
+        count = max(self.num_classes, max(self.class_names, default=-1) + 1)
+        return [self.class_names.get(index, str(index)) for index in range(count)]
+
+    def window_rate(self) -> float | None:
+        """Predictions received per second between the first and the last one (None: fewer than 2)."""
+        if len(self.prediction_us) < 2:
+            return None
+        span_s = (self.prediction_us[-1] - self.prediction_us[0]) / 1e6
+        return round((len(self.prediction_us) - 1) / span_s, 1) if span_s > 0 else None
 
     def report(self, checkpoint: str, wall_s: float) -> dict:
         """The report: latencies, counts, rates and (with truth) accuracy and time to decision.
@@ -275,9 +383,12 @@ class HeadlessRecorder:
         )  # fmt: skip
         report = {
             "latency_ms": latency_summary(self.compute_ms),
+            "binning_ms": latency_summary(self.binning_ms),
+            "model_ms": latency_summary(self.model_ms),
             "e2e_latency_ms": latency_summary(self.e2e_ms),
             "windows": counters.get("windows", len(self.class_index)),
             "windows_skipped": counters.get("windows_skipped", 0),
+            "window_rate": self.window_rate(),
             "events_in": counters.get("events_in", 0),
             "events_dropped": counters.get("events_dropped", 0),
             "events_lost": counters.get("events_lost", 0),
@@ -286,7 +397,7 @@ class HeadlessRecorder:
             "checkpoint": checkpoint,
             "sensor": self.sensor,
             "wall_s": round(wall_s, 3),
-            "ended": self.ended,
+            "ended": self.ending or ("end of stream" if self.ended else "duration"),
             "counters": counters,
             "source": self.source,
             "gestures": len(self.segments),
@@ -303,14 +414,27 @@ class HeadlessRecorder:
             stable_accuracy, _ = window_accuracy(self.stable_index, truth)
             decided, undecided = times_to_decision_ms(self.window_end_us, self.stable_index, self.segments)
             summary = latency_summary(decided)
+            classes = self.class_list()
+            count = max(len(classes), max(segment.label for segment in self.segments) + 1)
+            classes += [str(index) for index in range(len(classes), count)]
+            confusion = confusion_matrix(self.class_index, truth, count)
             report.update(
+                truth=self.truth_source,
                 accuracy=accuracy,
                 stable_accuracy=stable_accuracy,
                 windows_labelled=labelled,
+                classes=classes,
+                per_class_accuracy=per_class_accuracy(confusion, classes),
+                confusion=confusion.tolist(),
                 time_to_decision_ms={"median": summary["p50"], "p90": summary["p90"], "decided": len(decided),
                                      "undecided": undecided},  # fmt: skip
             )
         return report
+
+
+def _number(value: Any) -> float:
+    """A timing field as a float (NaN when a worker did not send it: left out of the percentiles)."""
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else float("nan")
 
 
 def format_summary(report: dict) -> str:
@@ -321,12 +445,16 @@ def format_summary(report: dict) -> str:
             return "n/a"
         return f"{summary['p50']:.1f} / {summary['p90']:.1f} / {summary['p99']:.1f} / {summary['max']:.1f}"
 
+    rate = report.get("window_rate")
     rows = [
         ("backend", report.get("backend")),
         ("checkpoint", Path(str(report.get("checkpoint"))).name),
         ("compute latency p50/p90/p99/max (ms)", ms(report["latency_ms"])),
+        ("  of which binning p50/p90/p99/max (ms)", ms(report.get("binning_ms", {}))),
+        ("  of which model p50/p90/p99/max (ms)", ms(report.get("model_ms", {}))),
         ("end-to-end latency p50/p90/p99/max (ms)", ms(report["e2e_latency_ms"])),
         ("windows inferred / skipped", f"{report['windows']} / {report['windows_skipped']}"),
+        ("inference rate (windows/s)", "n/a" if rate is None else f"{rate:g}"),
         ("events in / dropped (lost)", f"{report['events_in']} / {report['events_dropped']} ({report['events_lost']})"),
         ("event rate (ev/s)", report.get("event_rate")),
         ("worker restarts", report.get("worker_restarts", 0)),
@@ -338,15 +466,41 @@ def format_summary(report: dict) -> str:
         load = environment.get("load_average")
         rows.append(("machine", f"{environment['cpu']}, {environment['cpus']} CPUs"
                                 + (f", load {load[0]:g}" if load else "")))  # fmt: skip
+        commit = environment.get("commit")
+        rows.append(("version", f"{environment.get('version')}"
+                                + (f" ({commit[:10]}{', modified' if environment.get('commit_modified') else ''})"
+                                   if commit else "")))  # fmt: skip
+    if "ended" in report:
+        rows.append(("ended", report["ended"]))
     if "accuracy" in report:
-        accuracy = report["accuracy"]
+        accuracy, stable = report["accuracy"], report.get("stable_accuracy")
+        rows.append(("ground truth", report.get("truth") or "n/a"))
         rows.append(("accuracy (windows inside gestures)",
                      "n/a" if accuracy is None else f"{accuracy:.3f} over {report['windows_labelled']}"))  # fmt: skip
+        rows.append(("stable accuracy (same windows)", "n/a" if stable is None else f"{stable:.3f}"))
         decision = report["time_to_decision_ms"]
         rows.append(("time to decision median / p90 (ms)",
                      f"{decision['median']} / {decision['p90']} ({decision['decided']} decided, "
                      f"{decision['undecided']} not)"))  # fmt: skip
     lines = ["| metric | value |", "|---|---|"] + [f"| {name} | {value} |" for name, value in rows]
+    if report.get("confusion") and report.get("windows_labelled"):
+        lines += ["", format_confusion(report)]
+    return "\n".join(lines)
+
+
+def format_confusion(report: dict) -> str:
+    """Per-class accuracy and the confusion matrix of a report with truth, as a markdown table:
+    one row per true class that has windows, columns = predicted class (by number)."""
+    classes, confusion = report["classes"], np.asarray(report["confusion"])
+    header = "| true \\ predicted | windows | accuracy | " + " | ".join(str(i) for i in range(len(classes))) + " |"
+    lines = [header, "|---" * (len(classes) + 3) + "|"]
+    for index, name in enumerate(classes):
+        total = int(confusion[index].sum())
+        if total == 0:
+            continue
+        accuracy = report["per_class_accuracy"][name]
+        cells = " | ".join(str(int(count)) if count else "." for count in confusion[index])
+        lines.append(f"| {index} {name} | {total} | {accuracy:.2f} | {cells} |")
     return "\n".join(lines)
 
 
@@ -365,6 +519,61 @@ def _gaps_text(gaps: list[dict], shown: int = 3) -> str:
     return f"{len(gaps)}, {total:.1f} s in all: " + "; ".join(items) + more
 
 
+class PredictionWriter:
+    """Writes one row per prediction to ``path`` as the predictions arrive (``.csv`` or ``.jsonl``,
+    the columns of the module docstring), so an interrupted run keeps every row up to then.
+
+    Args:
+        path: the output file (its folder is created).
+        classes: class names for the CSV's ``p_<class>`` columns (None: ``p_0``, ``p_1``, ...).
+    """
+
+    COLUMNS = ("start_us", "end_us", "class_index", "class_name", "stable_index", "stable_name", "stable_confidence",
+               "truth", "events", "compute_ms", "binning_ms", "model_ms", "e2e_ms")  # fmt: skip
+
+    def __init__(self, path: str | os.PathLike, classes: Sequence[str] | None = None) -> None:
+        self.path = Path(path)
+        if self.path.suffix.lower() not in PREDICTION_FORMATS:
+            raise ValueError(f"--predictions-out {self.path}: the name must end in .csv or .jsonl")
+        self.classes = list(classes) if classes else None
+        self.rows = 0
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = open(self.path, "w", newline="", encoding="utf-8")
+        self._csv = csv.writer(self._file) if self.path.suffix.lower() == ".csv" else None
+        self._header_written = False
+
+    def write(self, prediction: dict, recv_us: int, truth: int) -> None:
+        """One prediction message's data (received at ``recv_us``, transport clock µs) and its
+        window's true class (-1: none)."""
+        window, stable, timing = prediction["window"], prediction["stable"], prediction["timing"]
+        row = {
+            "start_us": window["start_us"], "end_us": window["end_us"], "class_index": prediction["class_index"],
+            "class_name": prediction["class_name"], "stable_index": stable["index"], "stable_name": stable["name"],
+            "stable_confidence": stable["confidence"], "truth": int(truth), "events": window["events"],
+            "compute_ms": round(float(timing["compute_ms"]), 3), "binning_ms": timing.get("recv_to_binned_ms"),
+            "model_ms": timing.get("inference_ms"), "e2e_ms": round((recv_us - int(timing["source_send_us"])) / 1000, 3),
+        }  # fmt: skip
+        probabilities = prediction["probabilities"]
+        if self._csv is None:
+            self._file.write(json.dumps({**row, "probabilities": probabilities}) + "\n")
+        else:
+            if not self._header_written:
+                names = self.classes if self.classes and len(self.classes) == len(probabilities) else None
+                self._csv.writerow([*self.COLUMNS, *(f"p_{name}" for name in (names or range(len(probabilities))))])
+                self._header_written = True
+            self._csv.writerow([*row.values(), *probabilities])
+        self.rows += 1
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> "PredictionWriter":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 def record(
     endpoint: str,
     *,
@@ -376,36 +585,61 @@ def record(
     curve: CurveConfig | None = None,
     allow_remote: bool = False,
     startup_timeout_s: float = STARTUP_TIMEOUT_S,
+    stop: threading.Event | None = None,
+    labels: tuple[list[GestureSegment], str] | None = None,
+    writer: PredictionWriter | None = None,
 ) -> tuple[HeadlessRecorder, float, list[str]]:
     """Subscribe to the worker at ``endpoint`` and record until its end message, ``duration_s``,
-    or (with a ``launch.Supervisor``) a stage failing. Returns the recorder, the wall time (s) and
-    the failures (one line each). ``on_ready()`` runs once the subscriber exists (e.g. start the
-    stages), ``on_first_message()`` when the first message arrives (``duration_s`` counts from it);
-    no message within ``startup_timeout_s`` is a failure. ``curve``: CurveZMQ keys of this
+    ``stop`` (set by a signal handler: Ctrl-C, SIGTERM) or (with a ``launch.Supervisor``) a stage
+    failing. Returns the recorder (its ``ending`` says which), the wall time (s) and the failures
+    (one line each). ``on_ready()`` runs once the subscriber exists (e.g. start the stages),
+    ``on_first_message()`` when the first message arrives (``duration_s`` counts from it); no
+    message at all within ``startup_timeout_s`` is a failure (once messages flow, pauses are gaps,
+    never a failure). ``labels``: ground truth (segments, where they came from) from a labels file;
+    ``writer``: every prediction goes to it as it arrives. ``curve``: CurveZMQ keys of this
     subscriber (a tcp endpoint only; ``curve.server_key`` is the worker's public key);
     ``allow_remote``: allow a non-loopback tcp endpoint."""
     recorder = HeadlessRecorder()
+    if labels is not None:
+        recorder.add_labels(*labels)
     failures: list[str] = []
     topics = ("prediction", "status", "truth")
+    stop = stop or threading.Event()
+
+    def add(message: Message, received_us: int) -> None:
+        prediction = recorder.add(message, received_us)
+        if prediction is not None and writer is not None:
+            window = prediction["window"]
+            truth = window_truth(np.array([window["start_us"]]), np.array([window["end_us"]]), recorder.segments)
+            writer.write(prediction, received_us, int(truth[0]))
+
     with Subscriber(endpoint, topics, rcvhwm=10_000, curve=curve, allow_remote=allow_remote) as subscriber:
-        if on_ready is not None:
+        if on_ready is not None and not stop.is_set():
             on_ready()  # e.g. start the stages once this subscriber exists
         started = time.monotonic()
         deadline = None  # --duration counts from the first message: model loading is not included
         next_progress = started + 1.0
         all_exited_at = None
+        ending = "end of stream"
         while not recorder.ended:
+            if stop.is_set():
+                ending = "interrupted"
+                drain_until = time.monotonic() + INTERRUPT_DRAIN_S
+                while time.monotonic() < drain_until and (message := subscriber.recv(0)) is not None:
+                    add(message, now_us())  # what had arrived before the signal
+                break
             message = subscriber.recv(POLL_MS)
             now = time.monotonic()
             if message is not None:
                 if recorder.first_us is None and on_first_message is not None:
                     on_first_message()
-                recorder.add(message, now_us())
+                add(message, now_us())
                 if deadline is None and duration_s is not None:
                     deadline = now + duration_s
             if deadline is not None and now >= deadline:
+                ending = "duration"
                 break
-            if deadline is None and now - started > startup_timeout_s:
+            if recorder.first_us is None and now - started > startup_timeout_s:
                 failures.append(f"no message from the worker within {startup_timeout_s:g} s"
                                 + _refused(subscriber))  # fmt: skip
                 break
@@ -426,6 +660,7 @@ def record(
                 _progress(recorder, subscriber)
                 next_progress = now + 1.0
         recorder.stopped_us = now_us()
+        recorder.ending = "failure" if failures else ending
     return recorder, time.monotonic() - started, failures
 
 
@@ -457,8 +692,31 @@ REPORTED_PACKAGES = (
 )  # fmt: skip
 
 
+def project_version() -> dict:
+    """This project's ``version`` (installed metadata), its git ``commit`` (None outside a git
+    checkout) and ``commit_modified`` (tracked files changed since that commit)."""
+    try:
+        version = metadata.version("spikeformer-live")
+    except metadata.PackageNotFoundError:
+        version = "unknown"
+    commit, modified = None, None
+    if (REPO_ROOT / ".git").exists():
+        try:
+            git = ["git", "-C", str(REPO_ROOT)]
+            head = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+            if head.returncode == 0:
+                commit = head.stdout.strip()
+                status = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                                        text=True, timeout=10)  # fmt: skip
+                modified = bool(status.stdout.strip()) if status.returncode == 0 else None
+        except (OSError, subprocess.TimeoutExpired):
+            pass
+    return {"version": version, "commit": commit, "commit_modified": modified}
+
+
 def environment_info() -> dict:
-    """Python, OS, CPU (model, count, load average) and package versions of this machine."""
+    """This project's version and commit, Python, OS, CPU (model, count, load average) and
+    package versions of this machine."""
     versions = {}
     for name in REPORTED_PACKAGES:
         try:
@@ -474,6 +732,7 @@ def environment_info() -> dict:
     except OSError:
         pass
     return {
+        **project_version(),
         "python": platform.python_version(),
         "os": platform.platform(),
         "cpu": cpu_model,
@@ -496,19 +755,37 @@ def build_report(recorder: HeadlessRecorder, checkpoint: str, wall_s: float, fai
     return report
 
 
-def run_headless(args: Any, endpoints: Any, supervisor: Any, curve: CurveConfig | None = None) -> int:
-    """``launch.py --headless``: start the stages, record, print the summary, write ``--report``.
-    ``curve``: CurveZMQ keys for the predictions endpoint (its ``server_key``: the worker's)."""
-    recorder, wall_s, failures = record(
-        endpoints.predictions, supervisor=supervisor, duration_s=args.duration, quiet=args.quiet,
-        on_ready=supervisor.start, curve=curve, allow_remote=bool(getattr(args, "allow_remote", False)),
-    )  # fmt: skip
+def run_headless(args: Any, endpoints: Any, supervisor: Any, curve: CurveConfig | None = None,
+                 stop: threading.Event | None = None, labels: tuple[list[GestureSegment], str] | None = None,
+                 classes: Sequence[str] | None = None) -> int:  # fmt: skip
+    """``launch.py --headless``: start the stages, record, print the summary, write ``--report``
+    (atomically) and ``--predictions-out``. ``curve``: CurveZMQ keys for the predictions endpoint
+    (its ``server_key``: the worker's); ``stop``: set by the launcher's SIGINT/SIGTERM handler (the
+    summary and the report then hold everything measured up to then, exit code 130); ``labels``:
+    ground truth from a labels file and its path; ``classes``: the model's class names (CSV columns).
+    Exit code 0, 1 after a failure, 130 when interrupted."""
+    predictions_out = getattr(args, "predictions_out", None)
+    writer = PredictionWriter(predictions_out, classes) if predictions_out is not None else None
+    try:
+        recorder, wall_s, failures = record(
+            endpoints.predictions, supervisor=supervisor, duration_s=args.duration, quiet=args.quiet,
+            on_ready=supervisor.start, curve=curve, allow_remote=bool(getattr(args, "allow_remote", False)),
+            stop=stop, labels=labels, writer=writer,
+        )  # fmt: skip
+    finally:
+        if writer is not None:
+            writer.close()
     report = build_report(recorder, str(args.checkpoint), wall_s, failures, supervisor)
     for failure in failures:
         print(f"launch: {failure}", file=sys.stderr)
-    print(format_summary(report))
+    if recorder.ending == "interrupted":
+        print("launch: interrupted; the summary and the report hold what was measured until then", file=sys.stderr)
+    print(format_summary(report), flush=True)
+    if writer is not None:
+        print(f"{writer.rows} predictions written to {writer.path}")
     if args.report is not None:
-        args.report.parent.mkdir(parents=True, exist_ok=True)
-        args.report.write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")
-        print(f"report written to {args.report}")
-    return 1 if failures else 0
+        write_atomically(args.report, (json.dumps(report, indent=2, allow_nan=False) + "\n").encode())
+        print(f"report written to {args.report}", flush=True)
+    if failures:
+        return 1
+    return 130 if recorder.ending == "interrupted" else 0

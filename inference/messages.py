@@ -13,8 +13,9 @@ On the worker's endpoint (the wire format is ``stream.transport.wire``):
   published - recv), ``counters`` (``inference.worker.WorkerCounters``), ``backend``, ``sensor``.
 * ``Kind.STATUS`` ``{"type": "stats", ...}`` about once a second and ``{"type": "end", ...}`` after
   the source's end (``worker_status``): ``worker_id``, ``counters``, ``backend``, ``sensor``,
-  ``window``, ``source`` (the source's own latest stats), ``source_paused``, ``busy_s`` (seconds
-  spent receiving, binning, inferring, publishing) and ``uptime_s``.
+  ``window``, ``classes`` (the model's class names, in the order of ``class_index`` and
+  ``probabilities``), ``source`` (the source's own latest stats), ``source_paused``, ``busy_s``
+  (seconds spent receiving, binning, inferring, publishing) and ``uptime_s``.
 * ``Kind.TRUTH``: the source's gesture segments, forwarded unchanged.
 
 ``read_worker_message`` turns a received message into a ``WorkerMessage`` and refuses (None) one
@@ -77,6 +78,8 @@ PREDICTION_FIELDS: dict[str, Any] = {
 STATUS_FIELDS: dict[str, Any] = {
     "worker_id": lambda v: isinstance(v, str),
     "counters": lambda v: isinstance(v, dict),
+    # optional (a worker of an older version sends none): the class names, in logit order
+    "classes": lambda v: v is None or (isinstance(v, list) and all(isinstance(name, str) for name in v)),
 }
 
 

@@ -139,11 +139,11 @@ class Predictor:
                      *, chunk_events: int = 1 << 16) -> Predictions:  # fmt: skip
         """Every window of an event file (any format ``stream.formats`` reads). ``labels`` (a
         DVS128-Gesture labels CSV, a folder-format CSV, or segments) fill each row's ``truth``."""
+        from inference.headless import model_segments
         from stream.formats import open_events
-        from stream.formats.labels import labels_for
 
         if isinstance(labels, (str, os.PathLike)):
-            segments = labels_for(path, labels, self.classes)
+            segments = model_segments(path, labels, self.classes)
         else:
             segments = list(labels or ())
         worker = self._worker(all_windows=True)

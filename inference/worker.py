@@ -299,6 +299,10 @@ class InferenceWorker:
     def has_window(self) -> bool:
         return self.pending is not None or bool(self._queue)
 
+    def windows_due(self) -> int:
+        """Windows binned and waiting for the model."""
+        return len(self._queue) + (self.pending is not None)
+
     def infer(self) -> dict[str, Any] | None:
         """Run the model on the next window (the newest one unless ``all_windows``); return the
         prediction message (``inference.messages.prediction``) or None when no window is due."""

@@ -59,20 +59,37 @@ def test_sigint_stops_every_stage_quickly(tiny_checkpoint, stage_env):
     assert not [pid for pid in stages if alive(pid)], "a stage outlived launch.py"
 
 
-@pytest.mark.xfail(strict=True, reason="product bug: launch.py's docstring promises that after Ctrl-C 'the headless "
-                   "report is still written', but the KeyboardInterrupt leaves inference.headless.record/run_headless "
-                   "before the report is built; launch._run returns 130 without it")  # fmt: skip
-def test_sigint_still_writes_the_headless_report(tiny_checkpoint, stage_env, tmp_path):
-    report_path = tmp_path / "report.json"
-    launcher = start_launch(stage_env, "--source", "sim", "--checkpoint", tiny_checkpoint, "--report", report_path)
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["sigint-to-the-group", "sigterm"])
+def test_a_signal_ends_the_headless_run_with_the_summary_and_the_report(tiny_checkpoint, stage_env, tmp_path, signum):
+    """Ctrl-C (SIGINT to the process group, as a terminal sends it) or SIGTERM: exit code 130, the
+    summary printed, the report (``"ended": "interrupted"``) and the predictions written with what
+    was measured up to then."""
+    report_path, rows_path = tmp_path / "report.json", tmp_path / "rows.jsonl"
+    launcher = subprocess.Popen(launch_command("--source", "sim", "--checkpoint", tiny_checkpoint, "--report", report_path,
+                                               "--predictions-out", rows_path),
+                                cwd=REPO, env=stage_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                start_new_session=True)  # its own process group, as a shell gives a job  # fmt: skip
     try:
-        wait_for_line(line_reader(launcher.stdout), "windows (", timeout_s=120)  # predictions flow
-        launcher.send_signal(signal.SIGINT)
+        lines = line_reader(launcher.stdout)
+        seen = [wait_for_line(lines, "windows (", timeout_s=120)]  # predictions flow
+        wait_for_line(lines, "windows (", timeout_s=30, seen=seen)  # a second progress line: more than a few windows
+        if signum == signal.SIGINT:
+            os.killpg(launcher.pid, signal.SIGINT)
+        else:
+            launcher.send_signal(signal.SIGTERM)
         assert launcher.wait(timeout=10) == 130
+        output = "".join(seen + rest_of(lines))
     finally:
         stop_process(launcher)
     report = json.loads(report_path.read_text())
-    assert report["windows"] > 0 and report["failures"] == []
+    assert report["ended"] == "interrupted" and report["failures"] == []
+    assert report["windows"] > 0 and report["latency_ms"]["count"] > 0
+    assert report["environment"]["version"] and (report["environment"]["commit"] or not (REPO / ".git").exists())
+    assert "| compute latency p50/p90/p99/max (ms) |" in output and "| ended | interrupted |" in output
+    assert f"report written to {report_path}" in output and "Traceback" not in output
+    rows = [json.loads(line) for line in rows_path.read_text().splitlines()]
+    assert len(rows) == report["latency_ms"]["count"]  # one row per prediction received
+    assert [row["end_us"] for row in rows] == sorted(row["end_us"] for row in rows)
 
 
 WINDOWS_LINE = re.compile(r"^(\d+) windows \(")
@@ -301,7 +318,7 @@ def test_headless_replays_a_cut_recording_with_allow_truncated(stage_env, tmp_pa
     report = json.loads((tmp_path / "r.json").read_text())
     with open_events(path, allow_truncated=True) as reader:
         complete = sum(len(chunk) for chunk in reader)  # the events of the packets before the cut
-    assert report["ended"] and 0 < report["events_in"] == complete < count
+    assert report["ended"] == "end of stream" and 0 < report["events_in"] == complete < count
     assert report["events_lost"] == 0 and "is damaged or cut" in replayed.stderr
 
 

@@ -631,7 +631,7 @@ def test_a_silent_stretch_keeps_predictions_going_and_a_pause_is_a_gap(tiny_chec
                 stop_process(stage, timeout_s=30)
     recorder.stopped_us = now_us()
     report = recorder.report(str(tiny_checkpoint), 0.0)
-    assert report["ended"] and report["events_in"] == len(first) + len(second) and report["events_dropped"] == 0
+    assert report["ended"] == "end of stream" and report["events_in"] == len(first) + len(second) and report["events_dropped"] == 0
     ends = np.array(recorder.window_end_us)
     silent = (ends >= 1_100_000) & (ends <= 1_900_000)  # windows (100 ms) holding no event
     assert silent.sum() >= 8, ends.tolist()  # the source's clock closed them: 17 were due
@@ -691,7 +691,7 @@ def test_replayed_file_is_processed_completely_and_ends_by_itself(tiny_checkpoin
                         "--report", report_path)  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(report_path.read_text())
-    assert report["ended"] is True
+    assert report["ended"] == "end of stream"
     assert report["events_in"] == len(events) and report["events_dropped"] == 0
     counters = report["counters"]
     assert counters["events_binned"] + counters["events_unused"] + counters["events_unmapped"] == len(events)

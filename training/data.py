@@ -47,6 +47,11 @@ Noise filters (``stream.binning.EventFilter``, the checkpoint's ``input.filters`
 recording's events in time order before its windows are binned, exactly as the live binner runs
 them over the stream.
 
+Disk use. ``sim:N`` writes its recordings once under ``<cache>/sim/`` (about 1.2 MB per gesture:
+``sim:1200`` about 1.5 GB) and says so with the size and the path; ``python -m training.data``
+lists what the cache holds and ``python -m training.data --clear`` removes the simulated data sets
+and the binned windows (both are made again when needed).
+
 Cache. Binned windows are stored as raw counts (uint8/uint16) in ``.npz`` files under
 ``<cache>/windows/``, one per recording and role, named by a SHA-256 of everything that changes them:
 the cache format version, the source file's path, size and mtime, its orientation, the segments,
@@ -66,6 +71,8 @@ import functools
 import hashlib
 import json
 import os
+import shutil
+import sys
 import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -100,6 +107,7 @@ DEFAULT_NORMALISATION: dict[str, Any] = {"kind": "log1p"}
 FOLDER_TEST_PERCENT = 20
 SIM_SENSOR = SensorSize(128, 128)
 MAX_SIM_SAMPLES = 100_000
+SIM_BYTES_PER_GESTURE = 1_250_000  # AEDAT 3.1 bytes of one simulated gesture with its idle time (sim:1200: ~1.5 GB)
 WHOLE_FILE_END_US = 1 << 62  # a segment end meaning "to the end of the recording"
 
 
@@ -198,6 +206,8 @@ def simulated_dataset(samples: int, cache_dir: Path, *, seed: int = 0, sensor_si
     if (directory / "trials_to_train.txt").is_file():
         return directory
     directory.parent.mkdir(parents=True, exist_ok=True)
+    print(f"sim:{samples}: simulating {samples} gestures into {directory} (once, then cached; "
+          f"about {samples * SIM_BYTES_PER_GESTURE / 1e9:.2g} GB)", file=sys.stderr, flush=True)  # fmt: skip
     staging = Path(tempfile.mkdtemp(prefix=directory.name + ".tmp-", dir=directory.parent))
     write_dataset(staging, samples=samples, seed=seed, sensor_size=sensor_size, workers=os.cpu_count() or 1)
     try:
@@ -205,7 +215,51 @@ def simulated_dataset(samples: int, cache_dir: Path, *, seed: int = 0, sensor_si
     except OSError:  # another process finished first
         if not (directory / "trials_to_train.txt").is_file():
             raise
+    print(f"sim:{samples}: {_size_text(directory_size(directory))} written to {directory}; "
+          f"the cache {Path(cache_dir)} holds {_size_text(directory_size(Path(cache_dir)))} "
+          "('python -m training.data --clear' removes it)", file=sys.stderr, flush=True)  # fmt: skip
     return directory
+
+
+def directory_size(path: Path) -> int:
+    """Bytes of the files under ``path`` (0 when it does not exist)."""
+    return sum(entry.stat().st_size for entry in Path(path).rglob("*") if entry.is_file()) if Path(path).exists() else 0
+
+
+def _size_text(size: int) -> str:
+    return f"{size / 1e9:.2f} GB" if size >= 1e8 else f"{size / 1e6:.1f} MB"
+
+
+CACHE_PARTS = ("sim", "windows")  # what ``clear_cache`` removes (the ONNX exports beside them stay)
+
+
+def clear_cache(cache_dir: Path | str | None = None) -> int:
+    """Remove the simulated data sets and the binned windows from the cache; the bytes freed."""
+    cache_dir = Path(cache_dir) if cache_dir is not None else DEFAULT_CACHE_DIR
+    freed = 0
+    for part in CACHE_PARTS:
+        freed += directory_size(cache_dir / part)
+        shutil.rmtree(cache_dir / part, ignore_errors=True)
+    return freed
+
+
+def cache_main(argv: Sequence[str] | None = None) -> int:
+    """``python -m training.data [--cache DIR] [--clear]``: what the data cache holds, or clear it."""
+    from stream.stage import ArgumentParser
+
+    parser = ArgumentParser(prog="python -m training.data", description="The data cache: simulated data sets and binned windows.")
+    parser.add_argument("--cache", default=None, help=f"cache directory (default {DEFAULT_CACHE_DIR})")
+    parser.add_argument("--clear", action="store_true", help="remove the simulated data sets and the binned windows")
+    args = parser.parse_args(argv)
+    cache_dir = Path(args.cache) if args.cache is not None else DEFAULT_CACHE_DIR
+    if args.clear:
+        print(f"removed {_size_text(clear_cache(cache_dir))} from {cache_dir}")
+        return 0
+    for part in CACHE_PARTS:
+        entries = sorted((cache_dir / part).iterdir()) if (cache_dir / part).is_dir() else []
+        print(f"{cache_dir / part}: {_size_text(directory_size(cache_dir / part))} in {len(entries)} entries")
+    print("--clear removes them (they are made again when needed)")
+    return 0
 
 
 def _simulator_fingerprint() -> str:
@@ -656,3 +710,9 @@ class WindowDataset(torch.utils.data.Dataset):
         frames = np.array(counts, dtype=np.float32, order="C")
         apply_normalisation(frames, self.normalisation)
         return torch.from_numpy(frames), label
+
+
+if __name__ == "__main__":
+    from stream.stage import run_main
+
+    sys.exit(run_main(cache_main))

@@ -98,22 +98,28 @@ def evaluate_model(
 def confusion_image(confusion: np.ndarray, classes: Sequence[str], path: str | Path, *, cell: int = 36) -> Path:
     """Write the confusion matrix (rows = true class, columns = predicted) as a PNG; returns the path.
 
-    Cells are shaded by the fraction of their row and show the count; the class list is the legend.
+    Cells are shaded by the fraction of their row and show the count; the axes are labelled "true"
+    (rows, left) and "predicted" (columns, top); the class list is the legend.
     """
     from PIL import Image, ImageDraw
 
     count = len(classes)
-    label_width = 28
+    label_width = 44  # axis title, then the class numbers
     legend_height = 14 * count + 8
     width = label_width + cell * count + 8
     height = label_width + cell * count + 8 + legend_height
     image = Image.new("RGB", (max(width, 360), height), "white")
     draw = ImageDraw.Draw(image)
+    grid = cell * count
+    draw.text((label_width + grid // 2 - 27, 4), "predicted", fill="black")
+    title = Image.new("RGB", (40, 12), "white")
+    ImageDraw.Draw(title).text((0, 0), "true", fill="black")
+    image.paste(title.rotate(90, expand=True), (4, label_width + grid // 2 - 20))
     totals = np.maximum(confusion.sum(axis=1, keepdims=True), 1)
     fraction = confusion / totals
     for row in range(count):
-        draw.text((4, label_width + row * cell + cell // 2 - 5), str(row), fill="black")
-        draw.text((label_width + row * cell + cell // 2 - 5, 8), str(row), fill="black")
+        draw.text((22, label_width + row * cell + cell // 2 - 5), str(row), fill="black")
+        draw.text((label_width + row * cell + cell // 2 - 5, 24), str(row), fill="black")
         for column in range(count):
             shade = int(255 * (1.0 - fraction[row, column]))
             colour = (shade, shade, 255) if row == column else (255, shade, shade)

@@ -45,6 +45,7 @@ import json
 import math
 import os
 import shlex
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -357,7 +358,36 @@ def _run_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``python -m training train`` (argv without the command name)."""
+    """Entry point of ``python -m training train`` (argv without the command name). Ctrl-C ends
+    it with a hint to resume (exit code 130)."""
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        print(resume_hint(list(sys.argv[1:] if argv is None else argv)), file=sys.stderr, flush=True)
+        return 130
+
+
+def resume_hint(argv: list[str]) -> str:
+    """What to run to go on after an interrupted ``train ARGV``: the same command with ``--resume
+    OUT`` once an epoch has finished (its ``train_state.json`` exists), else that nothing was saved."""
+    args = build_parser().parse_args(argv)
+    out_dir = Path(args.out)
+    if not (out_dir / f"{TRAIN_STATE}.json").is_file():
+        return f"train: interrupted before the first epoch finished; nothing to resume in {out_dir}"
+    kept = []
+    skip = False
+    for word in argv:  # drop an earlier --resume
+        if skip:
+            skip = False
+        elif word == "--resume":
+            skip = True
+        elif not word.startswith("--resume="):
+            kept.append(word)
+    command = shlex.join(["spikeformer-live", "train", *kept, "--resume", str(out_dir)])
+    return f"train: interrupted; the last finished epoch is saved in {out_dir}. To go on from it:\n  {command}"
+
+
+def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     for name in ("epochs", "batch_size", "train_windows", "eval_windows", "bin_us"):
         if getattr(args, name) < 1:

@@ -7,9 +7,12 @@
 
 from __future__ import annotations
 
+import logging
 from typing import NamedTuple
 
 from stream.sources.base import DEFAULT_DV_PORT, Source, SourceError
+
+log = logging.getLogger("stream.sources")
 
 SPECS = "camera, camera:SERIAL, file:PATH, dv:HOST:PORT, sim, sim:directed, auto"
 
@@ -69,4 +72,5 @@ def open_source(spec: str, **options) -> Source:
         return NetworkSource(host.strip("[]"), int(port), **options)
     if kind == "camera" or list_cameras():  # auto: the first camera, else the simulator
         return CameraSource(argument or None, **options)
+    log.warning("source auto: no camera found; using the simulator (--source camera to require one)")
     return open_source("sim", **options)
