@@ -18,7 +18,7 @@ import numpy as np
 
 from stream.binning import MAPPING_METHODS, SensorMapping, WindowSpec, bin_window
 from stream.events import EventFormatError, SensorSize
-from stream.formats import convert, file_info, open_events
+from stream.formats import FORMATS, OUTPUT_FORMATS, add_format_options, convert, file_info, open_events
 from stream.sim.scene import DEFAULT_SENSOR, LIGHTINGS, LOOKS
 from stream.sim.recording import DEFAULT_GESTURE_US, DEFAULT_IDLE_US, NUM_CLASSES
 from stream.sources.base import parse_speed
@@ -31,20 +31,27 @@ def info_main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("path")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--allow-truncated", action="store_true", help="use every complete packet of a damaged file")
+    add_format_options(parser)
     args = parser.parse_args(argv)
-    info = file_info(args.path, allow_truncated=args.allow_truncated)
+    info = file_info(args.path, allow_truncated=args.allow_truncated, format=args.file_format, sensor_size=args.file_sensor)
     print(json.dumps(info) if args.json else _format_info(info))
     return 0
 
 
 def convert_main(argv: Sequence[str] | None = None) -> int:
-    """``convert IN OUT [--allow-truncated]``: the output format comes from OUT's extension."""
-    parser = ArgumentParser(prog="spikeformer-live convert", description="Convert an event file (.aedat4, .aedat, .npy).")
+    """``convert IN OUT [--allow-truncated] [--format NAME] [--sensor WxH]``: the output format
+    comes from OUT's extension; a progress bar on a terminal."""
+    parser = ArgumentParser(prog="spikeformer-live convert", description=(
+        f"Convert an event file (any of {', '.join(FORMATS)}) to {', '.join(sorted(OUTPUT_FORMATS))} "
+        "(.raw: Prophesee EVT 3.0)."))  # fmt: skip
     parser.add_argument("source")
     parser.add_argument("target")
     parser.add_argument("--allow-truncated", action="store_true", help="use every complete packet of a damaged file")
+    add_format_options(parser)
     args = parser.parse_args(argv)
-    result = convert(args.source, args.target, allow_truncated=args.allow_truncated)
+    with _ConvertProgress(Path(args.source)) as progress:
+        result = convert(args.source, args.target, allow_truncated=args.allow_truncated, format=args.file_format,
+                         sensor_size=args.file_sensor, on_chunk=progress.update)  # fmt: skip
     print(f"wrote {result['events']} events to {args.target} ({result['format']})")
     if result["damage"]:
         print(f"warning: input damaged, stopped early: {result['damage']}", file=sys.stderr)
@@ -56,7 +63,7 @@ def _format_info(info: dict) -> str:
         f"path:       {info['path']}",
         f"format:     {info['format']}",
         f"camera:     {info['camera'] or '(not named)'}",
-        f"sensor:     {info['width']}x{info['height']} pixels",
+        f"sensor:     {info['width']}x{info['height']} pixels (from {info['sensor_from']})",
         f"events:     {info['events']}",
     ]
     if info["events"]:
@@ -65,9 +72,45 @@ def _format_info(info: dict) -> str:
             f"duration:   {info['duration_s']:.6f} s",
             f"event rate: {info['event_rate'] / 1e6:.3f} M events/s",
         ]
+    if info["skipped"]:
+        lines.append("skipped:    " + ", ".join(f"{count} {name}" for name, count in info["skipped"].items()))
+    if info["clamped"]:
+        lines.append(f"clamped:    {info['clamped']} events stamped before the event before them (given its time)")
     if info["damage"]:
         lines.append(f"damage:     {info['damage']}")
     return "\n".join(lines)
+
+
+class _ConvertProgress:
+    """A tqdm bar over the input's bytes (events where the reader cannot tell its position), on a
+    terminal only (``disable=None``). A context manager; ``update`` is ``convert``'s ``on_chunk``."""
+
+    def __init__(self, source: Path) -> None:
+        self.size = source.stat().st_size if source.is_file() else None
+        self.bar = None
+        self.events = 0
+
+    def update(self, reader, chunk: np.ndarray) -> None:  # noqa: ANN001 - an EventFileReader
+        from tqdm import tqdm
+
+        self.events += len(chunk)
+        position = reader.position_bytes
+        if self.bar is None:
+            by_bytes = position is not None and self.size is not None
+            self.bar = tqdm(total=self.size if by_bytes else None, unit="B" if by_bytes else " events", unit_scale=True,
+                            desc="converting", leave=False, disable=None)  # fmt: skip
+        if self.bar.total is not None:
+            self.bar.update(position - self.bar.n)
+        else:
+            self.bar.update(len(chunk))
+        self.bar.set_postfix_str(f"{self.events} events", refresh=False)
+
+    def __enter__(self) -> "_ConvertProgress":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 def frames_main(argv: Sequence[str] | None = None) -> int:
@@ -84,10 +127,11 @@ def frames_main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--flip-x", action="store_true")
     parser.add_argument("--flip-y", action="store_true")
     parser.add_argument("--out", required=True, help="output .npy path")
+    add_format_options(parser)
     args = parser.parse_args(argv)
     spec = WindowSpec(args.bins, args.bin_us, args.bin_us)
 
-    with open_events(args.input) as reader:
+    with open_events(args.input, format=args.file_format, sensor_size=args.file_sensor) as reader:
         mapping = SensorMapping.create(
             reader.sensor_size, args.size or reader.sensor_size,
             flip_x=args.flip_x, flip_y=args.flip_y, method=args.method,
@@ -162,13 +206,58 @@ def simulate_main(argv: Sequence[str] | None = None) -> int:
 
     options = {name: getattr(args, name) for name in ("zoom", "threshold", "noise_hz", "flicker_depth")
                if getattr(args, name) is not None}  # fmt: skip
-    paths = write_dataset(args.out, samples=args.samples, seed=args.seed, sensor_size=args.sensor,
-                          gesture_us=args.gesture_ms * 1000, idle_us=args.idle_ms * 1000, workers=args.workers,
-                          looks=args.looks, lightings=args.lightings, scene_options=options)  # fmt: skip
+    with _FolderProgress(args.out, args.samples):
+        paths = write_dataset(args.out, samples=args.samples, seed=args.seed, sensor_size=args.sensor,
+                              gesture_us=args.gesture_ms * 1000, idle_us=args.idle_ms * 1000, workers=args.workers,
+                              looks=args.looks, lightings=args.lightings, scene_options=options)  # fmt: skip
     test_count = len((args.out / "trials_to_test.txt").read_text().split())
     print(f"wrote {len(paths)} recordings ({args.samples} gestures, {test_count} test recordings) "
           f"to {args.out} in {time.perf_counter() - started:.1f} s")
     return 0
+
+
+class _FolderProgress:
+    """A tqdm bar of the gestures ``write_dataset`` has written: a thread counts the rows of the
+    ``*_labels.csv`` files (each written after its recording) that appear in the folder, twice a
+    second. On a terminal only (``disable=None``). A context manager."""
+
+    POLL_S = 0.5
+
+    def __init__(self, folder: Path, samples: int) -> None:
+        import threading
+
+        from tqdm import tqdm
+
+        self.folder, self.samples = folder, samples
+        self.before = {path: path.stat().st_mtime for path in folder.glob("*_labels.csv")} if folder.is_dir() else {}
+        self.bar = tqdm(total=samples, unit=" gestures", desc="simulating", leave=False, disable=None)
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._watch, name="simulate-progress", daemon=True)
+
+    def _count(self) -> int:
+        total = 0
+        for path in self.folder.glob("*_labels.csv"):
+            try:
+                if self.before.get(path) != path.stat().st_mtime:
+                    total += max(0, len(path.read_text().splitlines()) - 1)  # a header line, then a row per gesture
+            except OSError:  # being written
+                continue
+        return min(total, self.samples)
+
+    def _watch(self) -> None:
+        while not self.done.wait(self.POLL_S):
+            self.bar.update(self._count() - self.bar.n)
+
+    def __enter__(self) -> "_FolderProgress":
+        if not self.bar.disable:
+            self.thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.done.set()
+        if self.thread.is_alive():
+            self.thread.join()
+        self.bar.close()
 
 
 def record_main(argv: Sequence[str] | None = None) -> int:

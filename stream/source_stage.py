@@ -63,6 +63,7 @@ import numpy as np
 import zmq
 
 from stream.events import SensorSize
+from stream.formats import add_format_options
 from stream.sources.base import SourceLost, parse_speed
 from stream.stage import END_LINGER_MS, END_WAIT_S, ArgumentParser, StopRequest, exit_stage, speed_argument
 from stream.transport.control import ControlServer
@@ -272,6 +273,7 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--loop", action="store_true", help="replay a file forever")
     parser.add_argument("--allow-truncated", action="store_true",
                         help="replay a damaged or cut file up to the damage instead of refusing it")  # fmt: skip
+    add_format_options(parser.add_argument_group("file (--source file:PATH)"))
     parser.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     parser.add_argument("--wait-subscribers", type=int, default=0, help="send nothing before N subscribers joined")
     parser.add_argument("--hwm", type=int, default=DEFAULT_HWM, help="packets queued per subscriber")
@@ -289,9 +291,10 @@ def build_parser() -> ArgumentParser:
 
 
 def open_stage_source(spec: str, speed: float | None, loop: bool, sim_options: dict[str, Any] | None = None,
-                      allow_truncated: bool = False) -> Any:  # fmt: skip
+                      allow_truncated: bool = False, file_options: dict[str, Any] | None = None) -> Any:  # fmt: skip
     """Open the source named by ``spec`` (see ``stream.sources.open_source``) with the options that
-    kind takes: files get ``speed``, ``loop`` and ``allow_truncated``, the simulator ``speed`` and
+    kind takes: files get ``speed``, ``loop``, ``allow_truncated`` and ``file_options`` (``format``,
+    ``sensor_size``: see ``FileSource``), the simulator ``speed`` and
     ``sim_options`` (``seed``, ``sensor_size``, ``duration_s``, ``rate_scale``, ...); ``auto`` is
     resolved here."""
     from stream.sources import open_source
@@ -301,7 +304,7 @@ def open_stage_source(spec: str, speed: float | None, loop: bool, sim_options: d
     if spec == "auto":
         kind = spec = "camera" if list_cameras() else "sim"
     if kind == "file":
-        return open_source(spec, speed=speed, loop=loop, allow_truncated=allow_truncated)
+        return open_source(spec, speed=speed, loop=loop, allow_truncated=allow_truncated, **(file_options or {}))
     if kind == "sim":
         return open_source(spec, speed=speed, **(sim_options or {}))
     return open_source(spec)
@@ -332,8 +335,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 control = ControlServer(args.control, allow_remote=args.allow_remote, context=context, curve=curve,
                                         on_speed=lambda value: publisher.set_nodrop(value is None))  # fmt: skip
             closing_control = control if control is not None else contextlib.nullcontext()
+            file_options = {"format": args.file_format, "sensor_size": args.file_sensor}
             with closing_control, open_stage_source(args.source, speed, args.loop, sim_options,
-                                                    allow_truncated=args.allow_truncated) as source:  # fmt: skip
+                                                    allow_truncated=args.allow_truncated,
+                                                    file_options=file_options) as source:  # fmt: skip
                 stop.callbacks.append(source.stop)
                 log.info("%s (%s) -> %s%s", source.name, SensorSize(*source.sensor_size), publisher.endpoint,
                          " (CurveZMQ)" if publisher.curve is not None else "")  # fmt: skip

@@ -39,7 +39,7 @@ class ReplayStats:
 
 
 class FileSource:
-    """Replays an event file (AEDAT4, AEDAT 3.1, tonic .npy) as a live source, paced in real time.
+    """Replays an event file (any ``stream.formats`` format) as a live source, paced in real time.
 
     Args:
         path: the event file (format detected by ``stream.formats.open_events``).
@@ -54,6 +54,8 @@ class FileSource:
         chunk_events: events read from the file at a time (bounds memory).
         allow_truncated: replay a damaged or cut file up to the damage (logged once) instead of
             refusing it.
+        format: read the file as this ``stream.formats.FORMATS`` format (default: from its first bytes).
+        sensor_size: the file's sensor size (default: from the file; see ``stream.formats``).
 
     Timestamps keep the recording's clock (plus the loop shift). Forward jumps > ``max_jump_us``
     are compressed, backward steps are dropped and counted (``stats``), see ``Timeline``; note
@@ -83,16 +85,20 @@ class FileSource:
         max_jump_us: int = DEFAULT_MAX_JUMP_US,
         chunk_events: int = 1 << 16,
         allow_truncated: bool = False,
+        format: str | None = None,
+        sensor_size: SensorSize | None = None,
     ) -> None:
         from stream.formats import open_events  # the format readers load only here
 
         path = Path(path)
-        with open_events(path, chunk_events=chunk_events, allow_truncated=allow_truncated) as reader:  # fails early
-            sensor_size, camera = reader.sensor_size, reader.camera
+        with open_events(path, chunk_events=chunk_events, allow_truncated=allow_truncated, format=format,
+                         sensor_size=sensor_size) as reader:  # fails early; fmt: skip
+            sensor_size, camera, format = reader.sensor_size, reader.camera, reader.format
         name = f"file:{path.name}" + (f" ({camera})" if camera else "")
 
         def open_reader(chunk_events: int):
-            return open_events(path, chunk_events=chunk_events, allow_truncated=allow_truncated)
+            return open_events(path, chunk_events=chunk_events, allow_truncated=allow_truncated, format=format,
+                               sensor_size=sensor_size)  # fmt: skip
 
         self._setup(lambda: open_reader(chunk_events), sensor_size, name,
                     speed, loop, start_offset_us, slice_us, max_jump_us)  # fmt: skip

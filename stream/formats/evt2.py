@@ -1,0 +1,88 @@
+"""Prophesee RAW files in EVT 2.0 (Gen3, Gen4, headerless GenX320 dumps): reader.
+
+EVT 2.0 is a stream of 32-bit little-endian words, the type in the top 4 bits::
+
+    0x0 CD_OFF, 0x1 CD_ON   one event: time bits 5..0 = bits 27..22, x = bits 21..11, y = bits 10..0
+    0x8 EVT_TIME_HIGH       time bits 33..6 = bits 27..0
+    0xA EXT_TRIGGER         an external trigger: skipped and counted
+    0xE OTHERS, 0xF CONTINUED, the rest: vendor data or reserved, ignored
+
+Time is 34 bits of µs and wraps every 4.8 h: a TIME_HIGH more than 2^27 steps (2.4 h) below the
+one before starts the next lap. Polarity: CD_ON = 1. Origin top-left. A file without a ``%``
+header (a GenX320 board's dump) reads with ``format="evt2"`` and ``sensor_size`` (``--format evt2
+--sensor 320x320``); see ``stream.formats.words`` for chunks, clamping and memory.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numba
+import numpy as np
+
+from stream.events import SensorSize
+from stream.formats.prophesee import PropheseeWordReader
+from stream.formats.words import STATE_FIRST, emit, note_address
+
+S_HIGH, S_LAPS, S_TRIGGERS = range(STATE_FIRST, STATE_FIRST + 3)
+HALF_LAP_HIGH = 1 << 27
+
+
+@numba.njit(cache=True, nogil=True)
+def decode_evt2(data, start, end, state, params, out, scan):  # noqa: ANN001, ANN201 - see stream.formats.words
+    """The EVT 2.0 kernel (signature and contract: ``stream.formats.words``)."""
+    t0 = params[0]
+    capacity = out.shape[0]
+    high, laps = state[S_HIGH], state[S_LAPS]
+    count = 0
+    index = start
+    while index < end:
+        if not scan and count >= capacity:
+            break
+        at = 4 * index
+        word = (np.int64(data[at]) | (np.int64(data[at + 1]) << 8) | (np.int64(data[at + 2]) << 16)
+                | (np.int64(data[at + 3]) << 24))  # fmt: skip
+        index += 1
+        kind = word >> 28
+        if kind <= 1:
+            x, y = (word >> 11) & 0x7FF, word & 0x7FF
+            if scan:
+                note_address(state, x, y)
+            else:
+                t = (((laps << 28) | high) << 6) | ((word >> 22) & 0x3F)
+                emit(out, count, t + t0, x, y, kind, state)
+                count += 1
+        elif kind == 0x8:
+            new_high = word & 0xFFFFFFF
+            if high - new_high > HALF_LAP_HIGH:
+                laps += 1
+            high = new_high
+        elif kind == 0xA:
+            state[S_TRIGGERS] += 1
+    state[S_HIGH], state[S_LAPS] = high, laps
+    return index, count
+
+
+class Evt2Reader(PropheseeWordReader):
+    """Reads a Prophesee EVT 2.0 RAW file (with or without its ``%`` header). A context manager.
+
+    Args:
+        path: the .raw file.
+        allow_truncated: read the whole words of a file cut inside a word.
+        sensor_size: force the sensor size; else header geometry, the camera, the largest address.
+
+    Attributes: ``sensor_size``, ``sensor_from``, ``camera``, ``header``, ``damage``, ``clamped``,
+    ``skipped`` ({"triggers": n} after a full read).
+    """
+
+    format = "evt2"
+    word_bytes = 4
+    kernel = decode_evt2
+    skipped_slots = {"triggers": S_TRIGGERS}
+
+
+def read_evt2(path: str | os.PathLike, *, allow_truncated: bool = False,
+              sensor_size: SensorSize | None = None) -> tuple[np.ndarray, SensorSize]:  # fmt: skip
+    """Every event of an EVT 2.0 file (t in µs) and the sensor size."""
+    with Evt2Reader(path, allow_truncated=allow_truncated, sensor_size=sensor_size) as reader:
+        return reader.read_all(), reader.sensor_size

@@ -1,0 +1,185 @@
+"""Prophesee HDF5 event files (Metavision's ``.hdf5``): reader through h5py.
+
+Layout: dataset ``/CD/events`` of records (x uint16, y uint16, p int16, t int64 µs), the camera's
+header keys as attributes of the root (``geometry``, ``format``, ``system_ID``, ``plugin_name``,
+...; see ``stream.formats.prophesee``). Polarity 1 = ON, origin top-left.
+
+Metavision compresses the events with its ECF codec, an HDF5 filter (0x8ECF) that no package on
+PyPI provides. A file that needs it is refused with one line naming the codec and the two ways
+out (``ECF_HELP``) unless the filter is installed as an HDF5 plugin (``HDF5_PLUGIN_PATH``); an
+HDF5 file written without ECF (h5py, gzip, LZ4 through hdf5plugin, ...) reads as is. h5py is the
+optional ``hdf5`` extra. Memory: one chunk of records at a time.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from stream.events import EVENT_DTYPE, TRUNCATED_HINT, EventFormatError, SensorSize, check_events, concatenate_events
+from stream.formats.prophesee import KNOWN_SENSORS, PropheseeHeader
+from stream.formats.words import sensor_from_addresses, widened
+
+MAGIC = b"\x89HDF\r\n\x1a\n"
+ECF_FILTER = 0x8ECF
+EVENTS = "CD/events"
+ECF_HELP = ("it is compressed with Prophesee's ECF codec (HDF5 filter 0x8ECF), which is not installed: "
+            "install the hdf5_ecf plugin (github.com/prophesee-ai/hdf5_ecf) and set HDF5_PLUGIN_PATH to its "
+            "folder, or convert the file to RAW or DAT with Metavision (metavision_file_to_dat -i FILE.hdf5)")  # fmt: skip
+RECORD_DTYPE = np.dtype([("x", "<u2"), ("y", "<u2"), ("p", "<i2"), ("t", "<i8")])
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+class Hdf5Reader:
+    """Reads the CD events of a Prophesee HDF5 file. A context manager.
+
+    Args:
+        path: the .hdf5 file.
+        allow_truncated: stop quietly at an unreadable block instead of raising.
+        sensor_size: force the sensor size; else the ``geometry`` attribute, the camera, the largest address.
+
+    Attributes: ``sensor_size``, ``sensor_from``, ``camera``, ``damage``, ``clamped``, ``skipped`` ({}).
+    """
+
+    format = "hdf5"
+
+    def __init__(self, path: str | os.PathLike, *, allow_truncated: bool = False,
+                 sensor_size: SensorSize | None = None) -> None:  # fmt: skip
+        self.path = Path(path)
+        self.allow_truncated = allow_truncated
+        self.damage = ""
+        self.clamped = 0
+        self.skipped: dict[str, int] = {}
+        try:
+            import h5py
+        except ImportError:
+            raise EventFormatError(f"{self.path}: reading HDF5 needs h5py (pip install h5py, or the [hdf5] extra)") from None
+        try:
+            self._file = h5py.File(self.path, "r")
+        except OSError as error:
+            raise EventFormatError(f"{self.path}: unreadable HDF5 file ({_first_line(error)})") from None
+        try:
+            self._events = self._open_events(h5py)
+            header = PropheseeHeader({key.lower(): _text(value) for key, value in self._file.attrs.items()})
+            self.camera = header.camera()
+            if sensor_size is not None:
+                self.sensor_size, self.sensor_from = SensorSize(*sensor_size).validated(), "--sensor"
+            else:
+                self.sensor_size, self.sensor_from = self._sensor(header)
+        except BaseException:
+            self.close()
+            raise
+
+    def _open_events(self, h5py) -> object:  # noqa: ANN001 - the h5py module
+        dataset = self._file.get(EVENTS)
+        if not isinstance(dataset, h5py.Dataset):
+            raise EventFormatError(f"{self.path}: no {EVENTS} dataset: not a Prophesee HDF5 event file")
+        names = set(dataset.dtype.names or ())
+        if not {"x", "y", "p", "t"} <= names or dataset.ndim != 1:
+            raise EventFormatError(f"{self.path}: {EVENTS} is {dataset.dtype} {dataset.shape}, expected records x, y, p, t")
+        plist = dataset.id.get_create_plist()
+        filters = [plist.get_filter(index)[0] for index in range(plist.get_nfilters())]
+        if ECF_FILTER in filters and not h5py.h5z.filter_avail(ECF_FILTER):
+            raise EventFormatError(f"{self.path}: {ECF_HELP}")
+        return dataset
+
+    def _sensor(self, header: PropheseeHeader) -> tuple[SensorSize, str]:
+        stated = header.geometry(self.path)
+        if stated is not None:
+            return stated, "the file's attributes"
+        max_x = max_y = -1
+        for rows in self._blocks(1 << 20):
+            if len(rows):
+                max_x, max_y = max(max_x, int(rows["x"].max())), max(max_y, int(rows["y"].max()))
+        guess = header.camera_guess()
+        if guess is not None:
+            grown = widened(guess[1], max_x, max_y)
+            return grown, guess[0] if grown == guess[1] else f"{guess[0]}, widened to the largest address"
+        if max_x < 0:
+            raise EventFormatError(f"{self.path}: no sensor size in the file and no events to take it from; give --sensor WxH")
+        return sensor_from_addresses(max_x, max_y, KNOWN_SENSORS), "the largest address"
+
+    def _blocks(self, rows: int) -> Iterator[np.ndarray]:
+        total = self._events.shape[0]
+        for start in range(0, total, rows):
+            try:
+                yield self._events[start : start + rows]
+            except OSError as error:
+                message = f"unreadable events {start}..{min(total, start + rows)} ({_first_line(error)})"
+                if "filter" in str(error).lower() and "ecf" in str(error).lower():
+                    raise EventFormatError(f"{self.path}: {ECF_HELP}") from None
+                if not self.allow_truncated:
+                    raise EventFormatError(f"{self.path}: {message}; {TRUNCATED_HINT}") from None
+                self.damage = message
+                return
+
+    def chunks(self, chunk_events: int = 1 << 18) -> Iterator[np.ndarray]:
+        """Yield the events in file order, ``chunk_events`` at a time (t never decreasing: see ``clamped``)."""
+        if chunk_events < 1:
+            raise ValueError(f"chunk_events must be >= 1, got {chunk_events}")
+        last_t = np.iinfo(np.int64).min
+        self.clamped = 0
+        for rows in self._blocks(chunk_events):
+            events = np.empty(len(rows), dtype=EVENT_DTYPE)
+            t = np.maximum.accumulate(np.maximum(rows["t"].astype(np.int64), last_t)) if len(rows) else rows["t"]
+            if len(rows):
+                self.clamped += int(np.count_nonzero(t != rows["t"]))
+                last_t = int(t[-1])
+            events["t"], events["x"], events["y"], events["p"] = t, rows["x"], rows["y"], rows["p"] != 0
+            # x, y beyond int16 wrap negative: the reader's sensor check names them
+            yield events
+
+    def read_all(self) -> np.ndarray:
+        """All events in one array."""
+        return concatenate_events(list(self.chunks()))
+
+    def close(self) -> None:
+        file = getattr(self, "_file", None)
+        if file is not None:
+            self._file = None
+            file.close()
+
+    def __enter__(self) -> "Hdf5Reader":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def _text(value: object) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if isinstance(value, np.ndarray) and value.size == 1:
+        return _text(value.item())
+    return str(value)
+
+
+def write_hdf5(path: str | os.PathLike, events: np.ndarray, sensor_size: SensorSize, *, compression: str | None = "gzip",
+               camera: str = "spikeformer-live") -> None:  # fmt: skip
+    """Write events in Prophesee's HDF5 layout (``/CD/events``, ``geometry`` attribute) with a
+    standard HDF5 codec (``compression``: "gzip", "lzf" or None; Metavision's own files use ECF)."""
+    import h5py
+
+    check_events(events)
+    width, height = SensorSize(*sensor_size).validated()
+    records = np.empty(len(events), dtype=RECORD_DTYPE)
+    records["x"], records["y"], records["p"], records["t"] = events["x"], events["y"], events["p"], events["t"]
+    with h5py.File(path, "w") as file:
+        file.attrs["geometry"] = f"{width}x{height}"
+        file.attrs["plugin_name"] = camera
+        group = file.create_group("CD")
+        group.create_dataset("events", data=records, chunks=(min(max(len(records), 1), 1 << 14),),
+                             maxshape=(None,), compression=compression)  # fmt: skip
+
+
+def read_hdf5(path: str | os.PathLike, *, sensor_size: SensorSize | None = None) -> tuple[np.ndarray, SensorSize]:
+    """Every CD event of a Prophesee HDF5 file (t in µs) and the sensor size."""
+    with Hdf5Reader(path, sensor_size=sensor_size) as reader:
+        return concatenate_events(list(reader.chunks())), reader.sensor_size
