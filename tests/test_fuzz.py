@@ -25,14 +25,17 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import dv_processing as dv
+import faery
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from helpers import random_events
+from stream.formats.aedat2 import write_aedat2
 from stream.formats.aedat4 import MAX_DECODED_PACKET_BYTES, Aedat4Writer
 from stream.formats.aedat31 import write_aedat31
+from stream.formats.evt3 import Evt3Writer
 from stream.events import EVENT_DTYPE, EventFormatError, GestureSegment, SensorSize
 from stream.formats import file_info, read_events
 from stream.formats.tonic_npy import write_tonic_npy
@@ -150,6 +153,22 @@ def seeds(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
     del writer
     write_aedat31(folder / "a.aedat", events, SENSOR, packet_events=100)
     write_tonic_npy(folder / "t.npy", events)
+    with Evt3Writer(folder / "e3.raw", SENSOR) as writer:
+        writer.write(events)
+    packet = np.empty(len(events), dtype=faery.EVENTS_DTYPE)
+    packet["t"], packet["x"], packet["y"], packet["on"] = events["t"], events["x"], events["y"], events["p"] == 1
+    with faery.evt.Encoder(str(folder / "e2.raw"), "evt2", False, tuple(SENSOR), True) as encoder:
+        encoder.write({"events": packet})
+    with faery.dat.Encoder(str(folder / "d.dat"), "dat2", "cd", False, tuple(SENSOR)) as encoder:
+        encoder.write(packet.astype([("t", "<u8"), ("x", "<u2"), ("y", "<u2"), ("payload", "u1")]))
+    write_aedat2(folder / "davis.aedat2", events, SENSOR, chip="eu.seebetter.ini.chips.davis.DAVIS240C")
+    write_aedat2(folder / "dvs128.aedat2", events, SENSOR, layout="DVS128", chip="")
+    try:
+        from stream.formats.hdf5 import write_hdf5
+
+        write_hdf5(folder / "h.hdf5", events[:100], SENSOR, compression="gzip")
+    except ImportError:  # h5py is an optional extra
+        pass
     data = {path.name: path.read_bytes() for path in folder.iterdir()}
     for name in data:  # every seed is valid, and reading it warms numba's caches before the deadlines
         read_or_refuse(folder / name, allow_truncated=False)
@@ -194,9 +213,45 @@ def test_fuzz_tonic_npy(seeds, tmp_path, mutations, allow_truncated):
         read_or_refuse(path, allow_truncated)
 
 
+WORD_SEEDS = ["e3.raw", "e2.raw", "d.dat", "davis.aedat2", "dvs128.aedat2"]
+
+
+@FUZZ
+@given(seed=st.sampled_from(WORD_SEEDS), region=st.sampled_from(["anywhere", "words"]),
+       mutations=st.lists(mutation, min_size=1, max_size=4), allow_truncated=st.booleans())  # fmt: skip
+def test_fuzz_word_formats(seeds, tmp_path, seed, region, mutations, allow_truncated):
+    """EVT 3.0, EVT 2.0, DAT and AEDAT 2.0 (both layouts): bit flips, overwritten, inserted and
+    deleted bytes, truncation and extreme integers, in the header or among the words."""
+    data = seeds[seed]
+    path = tmp_path / f"fuzz{Path(seed).suffix}"
+    path.write_bytes(mutate(data, mutations, start=_data_start(data) if region == "words" else 0))
+    with bounded():
+        read_or_refuse(path, allow_truncated)
+
+
+def _data_start(data: bytes) -> int:
+    """Where the words of a seed start (after its last header line)."""
+    marker = b"\n" if data.startswith(b"%") else b"\r\n"
+    return data.rindex(marker, 0, 4096) + len(marker) if marker in data[:4096] else 0
+
+
+@settings(FUZZ, max_examples=min(FUZZ.max_examples, 60))
+@given(mutations=st.lists(mutation, min_size=1, max_size=4), allow_truncated=st.booleans())
+def test_fuzz_hdf5(seeds, tmp_path, mutations, allow_truncated):
+    """HDF5 through h5py: every error of the library on a damaged file becomes one line."""
+    if "h.hdf5" not in seeds:
+        pytest.skip("h5py is not installed")
+    path = tmp_path / "fuzz.hdf5"
+    path.write_bytes(mutate(seeds["h.hdf5"], mutations))
+    with bounded():
+        read_or_refuse(path, allow_truncated)
+
+
 @FUZZ
 @given(magic=st.sampled_from([b"#!AER-DAT4.0\r\n", b"#!AER-DAT3.1\r\n#!END-HEADER\r\n", b"\x93NUMPY\x01\x00",
-                              b"\x93NUMPY\x02\x00", b""]),
+                              b"\x93NUMPY\x02\x00", b"", b"% evt 3.0\n", b"% evt 2.0\n% geometry 64x64\n",
+                              b"% Version 2\n% Width 64\n% Height 64\n\x0c\x08", b"#!AER-DAT2.0\r\n",
+                              b"\x89HDF\r\n\x1a\n"]),
        body=st.binary(max_size=2000), allow_truncated=st.booleans())  # fmt: skip
 def test_fuzz_random_bytes(tmp_path, magic, body, allow_truncated):
     path = tmp_path / "fuzz.bin"
@@ -242,7 +297,7 @@ def replace_packets(data: bytes, body: bytes) -> bytes:
 @pytest.mark.parametrize(
     "case",
     ["size_minus_one", "size_2g", "stream_id_negative", "zstd_bomb", "lz4_garbage", "header_length_4g",
-     "npy_header_4g", "aedat31_capacity_2g"],  # fmt: skip
+     "npy_header_4g", "aedat31_capacity_2g", "geometry_4g", "t0_2e19", "dat_width_4g"],  # fmt: skip
 )
 def test_size_attacks_refused_within_bounds(seeds, tmp_path, case):
     """Sizes that claim gigabytes end in EventFormatError at once, in bounded memory."""
@@ -261,6 +316,9 @@ def test_size_attacks_refused_within_bounds(seeds, tmp_path, case):
                              "header claims"),
         "npy_header_4g": (b"\x93NUMPY\x02\x00\xff\xff\xff\xff" + seeds["t.npy"][12:], "header claims"),
         "aedat31_capacity_2g": (_aedat31_with_capacity(seeds["a.aedat"], (1 << 31) - 1), "claims"),
+        "geometry_4g": (b"% evt 3.0\n% geometry 4294967295x4294967295\n" + bytes(64), "bad sensor size"),
+        "t0_2e19": (b"% evt 3.0\n% geometry 64x64\n% t0 20000000000000000000\n" + bytes(64), "bad t0"),
+        "dat_width_4g": (b"% Version 2\n% Width 4294967295\n% Height 2\n\x0c\x08" + bytes(64), "bad sensor size"),
     }
     data, message = attacks[case]
     path = tmp_path / f"attack{'.npy' if 'npy' in case else '.bin'}"
@@ -270,6 +328,18 @@ def test_size_attacks_refused_within_bounds(seeds, tmp_path, case):
             read_events(path)
         with pytest.raises(EventFormatError):
             file_info(path, allow_truncated=False)
+
+
+@pytest.mark.parametrize("data", [b"% evt 3.0\n% x " + b"y" * (1 << 21) + b"\n" + bytes(8),
+                                  b"#!AER-DAT2.0\r\n#" + b"z" * (1 << 23) + b"\r\n" + bytes(8),
+                                  b"% evt 3.0\n% geometry 2048x2048\n" + b"\xff\x4f" * (1 << 16)])  # fmt: skip
+def test_oversized_headers_and_dense_vectors_stay_bounded(tmp_path, data):
+    """Header lines of MiBs (the header scan stops at its bound: the rest reads as words) and
+    2^16 VECT_12 words of 12 events each: events or one error line, in bounded memory and time."""
+    path = tmp_path / "big.bin"
+    path.write_bytes(data)
+    with bounded(extra_bytes=256 << 20, timeout_s=60):
+        read_or_refuse(path, allow_truncated=False)
 
 
 def _aedat31_with_capacity(data: bytes, capacity: int) -> bytes:

@@ -30,6 +30,9 @@ ECF_HELP = ("it is compressed with Prophesee's ECF codec (HDF5 filter 0x8ECF), w
             "install the hdf5_ecf plugin (github.com/prophesee-ai/hdf5_ecf) and set HDF5_PLUGIN_PATH to its "
             "folder, or convert the file to RAW or DAT with Metavision (metavision_file_to_dat -i FILE.hdf5)")  # fmt: skip
 RECORD_DTYPE = np.dtype([("x", "<u2"), ("y", "<u2"), ("p", "<i2"), ("t", "<i8")])
+# What h5py raises on a damaged file (HDF5's C errors become OSError, RuntimeError, KeyError, ...;
+# found by tests/test_fuzz.py): all of them mean "unreadable file" here.
+H5PY_ERRORS = (OSError, RuntimeError, KeyError, ValueError, TypeError, AttributeError, IndexError)
 
 
 def _first_line(error: BaseException) -> str:
@@ -61,11 +64,9 @@ class Hdf5Reader:
             import h5py
         except ImportError:
             raise EventFormatError(f"{self.path}: reading HDF5 needs h5py (pip install h5py, or the [hdf5] extra)") from None
+        self._file = None
         try:
             self._file = h5py.File(self.path, "r")
-        except OSError as error:
-            raise EventFormatError(f"{self.path}: unreadable HDF5 file ({_first_line(error)})") from None
-        try:
             self._events = self._open_events(h5py)
             header = PropheseeHeader({key.lower(): _text(value) for key, value in self._file.attrs.items()})
             self.camera = header.camera()
@@ -73,9 +74,11 @@ class Hdf5Reader:
                 self.sensor_size, self.sensor_from = SensorSize(*sensor_size).validated(), "--sensor"
             else:
                 self.sensor_size, self.sensor_from = self._sensor(header)
-        except BaseException:
+        except BaseException as error:
             self.close()
-            raise
+            if isinstance(error, EventFormatError) or not isinstance(error, H5PY_ERRORS):
+                raise
+            raise EventFormatError(f"{self.path}: unreadable HDF5 file ({_first_line(error)})") from None
 
     def _open_events(self, h5py) -> object:  # noqa: ANN001 - the h5py module
         dataset = self._file.get(EVENTS)
@@ -110,8 +113,8 @@ class Hdf5Reader:
         total = self._events.shape[0]
         for start in range(0, total, rows):
             try:
-                yield self._events[start : start + rows]
-            except OSError as error:
+                rows_read = self._events[start : start + rows]
+            except H5PY_ERRORS as error:
                 message = f"unreadable events {start}..{min(total, start + rows)} ({_first_line(error)})"
                 if "filter" in str(error).lower() and "ecf" in str(error).lower():
                     raise EventFormatError(f"{self.path}: {ECF_HELP}") from None
@@ -119,6 +122,7 @@ class Hdf5Reader:
                     raise EventFormatError(f"{self.path}: {message}; {TRUNCATED_HINT}") from None
                 self.damage = message
                 return
+            yield rows_read
 
     def chunks(self, chunk_events: int = 1 << 18) -> Iterator[np.ndarray]:
         """Yield the events in file order, ``chunk_events`` at a time (t never decreasing: see ``clamped``)."""
