@@ -166,10 +166,11 @@ class EventFileReader:
         last_t = np.iinfo(np.int64).min
         width, height = self.sensor_size
         index = 0
+        checked = getattr(self._reader, "checks_events", False)  # the word-stream kernels check as they decode
         for chunk in self._reader.chunks(self.chunk_events):
             if not len(chunk):
                 continue
-            at, problem = first_invalid(chunk, last_t, width, height)
+            at, problem = (-1, 0) if checked else first_invalid(chunk, last_t, width, height)
             if problem:
                 event = chunk[at]
                 if problem == 1:

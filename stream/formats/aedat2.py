@@ -28,12 +28,12 @@ import numba
 import numpy as np
 
 from stream.events import EventFormatError, SensorSize, check_events
-from stream.formats.words import STATE_FIRST, WordFileReader, emit, new_state, note_address
+from stream.formats.words import P_SENSOR_H, P_SENSOR_W, STATE_FIRST, WordFileReader, emit, new_state, note_address, off_sensor
 
 MAGIC = b"#!AER-DAT2.0"
 MAX_HEADER_BYTES = 1 << 22  # jAER may write the chip's preferences into the header: ~100 kB
 LAYOUT_DVS128, LAYOUT_DAVIS = 0, 1
-P_LAYOUT, P_WIDTH, P_HEIGHT = 0, 1, 2
+P_LAYOUT = 0
 S_PREVIOUS, S_LAPS, S_APS, S_IMU, S_SPECIAL, S_WIDE = range(STATE_FIRST, STATE_FIRST + 6)
 DVS128 = SensorSize(128, 128)
 # AEChip class name fragment (lower case) -> (layout, sensor); the first match wins.
@@ -52,8 +52,9 @@ _HEADER_LINE = re.compile(rb"#[\x20-\x7e\x80-\xff\t]*\r?\n")
 def decode_aedat2(data, start, end, state, params, out, scan):  # noqa: ANN001, ANN201 - see stream.formats.words
     """The AEDAT 2.0 kernel (signature and contract: ``stream.formats.words``). In scan mode it
     also records in ``S_WIDE`` whether any address has bits above 15 (not a DVS128 file)."""
-    layout, right, bottom = params[P_LAYOUT], params[P_WIDTH] - 1, params[P_HEIGHT] - 1
+    layout, right, bottom = params[P_LAYOUT], params[P_SENSOR_W] - 1, params[P_SENSOR_H] - 1
     capacity = out.shape[0]
+    width, height = params[P_SENSOR_W], params[P_SENSOR_H]
     previous, laps = state[S_PREVIOUS], state[S_LAPS]
     count = 0
     index = start
@@ -89,6 +90,8 @@ def decode_aedat2(data, start, end, state, params, out, scan):  # noqa: ANN001, 
             raw_x, raw_y, polarity = (address >> 12) & 0x3FF, (address >> 22) & 0x1FF, (address >> 11) & 1
         if scan:
             note_address(state, raw_x, raw_y)
+        elif off_sensor(state, right - raw_x, bottom - raw_y, width, height):
+            break
         else:
             emit(out, count, (laps << 32) + stamp, right - raw_x, bottom - raw_y, polarity, state)
             count += 1
@@ -146,10 +149,9 @@ class Aedat2Reader(WordFileReader):
             if stated is None and layout == LAYOUT_DVS128:
                 stated = DVS128
             guess = (f"AEChip {self.camera}", known[1]) if known else None
-            self.sensor_size, self.sensor_from = self._sensor(
+            self._set_sensor(*self._sensor(
                 stated, "--sensor" if sensor_size is not None else "the DVS128 layout", guess, DAVIS_SENSORS
-            )
-            self.params[P_WIDTH], self.params[P_HEIGHT] = self.sensor_size
+            ))
         except BaseException:
             self.close()
             raise

@@ -21,7 +21,7 @@ import numpy as np
 
 from stream.events import EventFormatError, SensorSize
 from stream.formats.prophesee import PropheseeWordReader
-from stream.formats.words import STATE_FIRST, emit, note_address
+from stream.formats.words import P_SENSOR_H, P_SENSOR_W, STATE_FIRST, emit, note_address, off_sensor
 
 S_PREVIOUS, S_LAPS = STATE_FIRST, STATE_FIRST + 1
 P_VERSION = 1
@@ -34,6 +34,7 @@ def decode_dat(data, start, end, state, params, out, scan):  # noqa: ANN001, ANN
     """The DAT kernel (signature and contract: ``stream.formats.words``)."""
     t0, version = params[0], params[P_VERSION]
     capacity = out.shape[0]
+    width, height = params[P_SENSOR_W], params[P_SENSOR_H]
     previous, laps = state[S_PREVIOUS], state[S_LAPS]
     count = 0
     index = start
@@ -55,6 +56,8 @@ def decode_dat(data, start, end, state, params, out, scan):  # noqa: ANN001, ANN
             x, y, polarity = word & 0x3FFF, (word >> 14) & 0x3FFF, word >> 28
         if scan:
             note_address(state, x, y)
+        elif off_sensor(state, x, y, width, height):
+            break
         else:
             emit(out, count, (laps << 32) + stamp + t0, x, y, 1 if polarity else 0, state)
             count += 1

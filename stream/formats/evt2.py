@@ -22,7 +22,7 @@ import numpy as np
 
 from stream.events import SensorSize
 from stream.formats.prophesee import PropheseeWordReader
-from stream.formats.words import STATE_FIRST, emit, note_address
+from stream.formats.words import P_SENSOR_H, P_SENSOR_W, STATE_FIRST, emit, note_address, off_sensor
 
 S_HIGH, S_LAPS, S_TRIGGERS = range(STATE_FIRST, STATE_FIRST + 3)
 HALF_LAP_HIGH = 1 << 27
@@ -33,6 +33,7 @@ def decode_evt2(data, start, end, state, params, out, scan):  # noqa: ANN001, AN
     """The EVT 2.0 kernel (signature and contract: ``stream.formats.words``)."""
     t0 = params[0]
     capacity = out.shape[0]
+    width, height = params[P_SENSOR_W], params[P_SENSOR_H]
     high, laps = state[S_HIGH], state[S_LAPS]
     count = 0
     index = start
@@ -48,6 +49,8 @@ def decode_evt2(data, start, end, state, params, out, scan):  # noqa: ANN001, AN
             x, y = (word >> 11) & 0x7FF, word & 0x7FF
             if scan:
                 note_address(state, x, y)
+            elif off_sensor(state, x, y, width, height):
+                break
             else:
                 t = (((laps << 28) | high) << 6) | ((word >> 22) & 0x3F)
                 emit(out, count, t + t0, x, y, kind, state)

@@ -25,11 +25,20 @@ import numpy as np
 
 from stream.events import SensorSize, check_events
 from stream.formats.prophesee import PropheseeWordReader
-from stream.formats.words import STATE_FIRST, emit, note_address
+from stream.formats.words import P_SENSOR_H, P_SENSOR_W, STATE_FIRST, emit, note_address, off_sensor
 
 S_MSB, S_LAPS, S_TIME, S_Y, S_BASE_X, S_POLARITY, S_TRIGGERS = range(STATE_FIRST, STATE_FIRST + 7)
 MAX_SIDE = 2048  # 11-bit addresses
 HALF_LAP_MSB = 2048  # TIME_HIGH steps; a larger drop is a wrap of the 24-bit time
+
+
+@numba.njit(inline="always", nogil=True)
+def _leading_zeros(mask: int) -> int:
+    """Leading zeros of a 32-bit mask (> 0): 31 - its highest set bit."""
+    highest = 31
+    while not (mask >> highest) & 1:
+        highest -= 1
+    return 31 - highest
 
 
 @numba.njit(cache=True, nogil=True)
@@ -37,6 +46,7 @@ def decode_evt3(data, start, end, state, params, out, scan):  # noqa: ANN001, AN
     """The EVT 3.0 kernel (signature and contract: ``stream.formats.words``)."""
     t0 = params[0]
     capacity = out.shape[0]
+    width, height = params[P_SENSOR_W], params[P_SENSOR_H]
     msb, laps, time = state[S_MSB], state[S_LAPS], state[S_TIME]
     y, base_x, polarity = state[S_Y], state[S_BASE_X], state[S_POLARITY]
     count = 0
@@ -52,6 +62,8 @@ def decode_evt3(data, start, end, state, params, out, scan):  # noqa: ANN001, AN
         elif kind == 0x2:
             if scan:
                 note_address(state, word & 0x7FF, y)
+            elif off_sensor(state, word & 0x7FF, y, width, height):
+                break
             else:
                 emit(out, count, time + t0, word & 0x7FF, y, (word >> 11) & 1, state)
                 count += 1
@@ -63,11 +75,10 @@ def decode_evt3(data, start, end, state, params, out, scan):  # noqa: ANN001, AN
             mask = word & ((1 << bits) - 1)
             if scan:
                 if mask:
-                    highest = bits - 1
-                    while not (mask >> highest) & 1:
-                        highest -= 1
-                    note_address(state, base_x + highest, y)
+                    note_address(state, base_x + 31 - _leading_zeros(mask), y)
             else:
+                if mask and off_sensor(state, base_x + 31 - _leading_zeros(mask), y, width, height):
+                    break
                 for bit in range(bits):
                     if (mask >> bit) & 1:
                         emit(out, count, time + t0, base_x + bit, y, polarity, state)

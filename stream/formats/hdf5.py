@@ -17,11 +17,12 @@ import os
 from pathlib import Path
 from typing import Iterator
 
+import numba
 import numpy as np
 
 from stream.events import EVENT_DTYPE, TRUNCATED_HINT, EventFormatError, SensorSize, check_events, concatenate_events
 from stream.formats.prophesee import KNOWN_SENSORS, PropheseeHeader
-from stream.formats.words import sensor_from_addresses, widened
+from stream.formats.words import STATE_CLAMPED, emit, new_state, sensor_from_addresses, widened
 
 MAGIC = b"\x89HDF\r\n\x1a\n"
 ECF_FILTER = 0x8ECF
@@ -128,16 +129,11 @@ class Hdf5Reader:
         """Yield the events in file order, ``chunk_events`` at a time (t never decreasing: see ``clamped``)."""
         if chunk_events < 1:
             raise ValueError(f"chunk_events must be >= 1, got {chunk_events}")
-        last_t = np.iinfo(np.int64).min
-        self.clamped = 0
+        state = new_state()
         for rows in self._blocks(chunk_events):
             events = np.empty(len(rows), dtype=EVENT_DTYPE)
-            t = np.maximum.accumulate(np.maximum(rows["t"].astype(np.int64), last_t)) if len(rows) else rows["t"]
-            if len(rows):
-                self.clamped += int(np.count_nonzero(t != rows["t"]))
-                last_t = int(t[-1])
-            events["t"], events["x"], events["y"], events["p"] = t, rows["x"], rows["y"], rows["p"] != 0
-            # x, y beyond int16 wrap negative: the reader's sensor check names them
+            _convert(rows["x"], rows["y"], rows["p"], rows["t"], state, events.view(np.int64).reshape(len(rows), 2))
+            self.clamped = int(state[STATE_CLAMPED])
             yield events
 
     def read_all(self) -> np.ndarray:
@@ -155,6 +151,13 @@ class Hdf5Reader:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+@numba.njit(cache=True, nogil=True)
+def _convert(x, y, p, t, state, out):  # noqa: ANN001 - record fields (any integer types), see words.emit
+    """Records -> canonical events in one pass (x, y beyond int16 come out negative: the sensor check names them)."""
+    for index in range(t.shape[0]):
+        emit(out, index, np.int64(t[index]), np.int64(x[index]), np.int64(y[index]), 1 if p[index] != 0 else 0, state)
 
 
 def _text(value: object) -> str:

@@ -194,7 +194,7 @@ class PropheseeWordReader(WordFileReader):
                 (SensorSize(*sensor_size).validated(), "--sensor") if sensor_size is not None
                 else (self.header.geometry(self.path), "the header")
             )  # fmt: skip
-            self.sensor_size, self.sensor_from = self._sensor(stated, stated_from, self.header.camera_guess(), KNOWN_SENSORS)
+            self._set_sensor(*self._sensor(stated, stated_from, self.header.camera_guess(), KNOWN_SENSORS))
             self.camera = self.header.camera()
         except BaseException:
             self.close()

@@ -8,13 +8,16 @@ the rest) and runs its format's kernel chunk by chunk. Every kernel has the same
 
 ``data`` the words as bytes (uint8), ``start``/``end`` word indices, ``state`` an int64 array the
 kernel keeps between calls (slots ``STATE_*`` below, then its own), ``params`` int64 constants of
-the file (sensor, t0, ...), ``out`` an ``(n, 2)`` int64 view of an ``EVENT_DTYPE`` array that it
-fills with ``emit``; ``scan`` True: write nothing, only record the largest x and y (``STATE_MAX_X``,
-``STATE_MAX_Y``, raw addresses) to size a sensor that no header names. A kernel returns before a
-word that could overflow ``out``.
+the file (t0, ... from slot 0; the sensor in ``P_SENSOR_W``/``P_SENSOR_H``), ``out`` an ``(n, 2)``
+int64 view of an ``EVENT_DTYPE`` array that it fills with ``emit``; ``scan`` True: write nothing,
+only record the largest x and y (``STATE_MAX_X``, ``STATE_MAX_Y``, raw addresses) to size a sensor
+that no header names. A kernel returns before a word that could overflow ``out``, and stops at an
+event off the sensor (``off_sensor``: ``STATE_BAD`` set), which ``chunks`` then raises.
 
-Time: a timestamp smaller than the one before it is raised to it and counted (``clamped``), as
-faery does; the formats' wrap-arounds are unwrapped by the kernels before that.
+The kernels keep the events contract themselves (time never decreasing, on the sensor, polarity
+0 or 1: ``checks_events``), so ``open_events`` skips its own pass over their chunks. Time: a
+timestamp smaller than the one before it is raised to it and counted (``clamped``), as faery
+does; the formats' wrap-arounds are unwrapped by the kernels before that.
 """
 
 from __future__ import annotations
@@ -28,9 +31,11 @@ import numpy as np
 
 from stream.events import EVENT_DTYPE, MAX_SENSOR_SIDE, TRUNCATED_HINT, EventFormatError, SensorSize, concatenate_events
 
-STATE_LAST_T, STATE_CLAMPED, STATE_MAX_X, STATE_MAX_Y = 0, 1, 2, 3
-STATE_FIRST = 4  # a kernel's own slots start here
+STATE_LAST_T, STATE_CLAMPED, STATE_MAX_X, STATE_MAX_Y, STATE_BAD, STATE_BAD_X, STATE_BAD_Y = range(7)
+STATE_FIRST = 7  # a kernel's own slots start here
 STATE_SIZE = 16
+PARAMS_SIZE = 8
+P_SENSOR_W, P_SENSOR_H = PARAMS_SIZE - 2, PARAMS_SIZE - 1
 NO_TIME = -(1 << 62)
 
 
@@ -44,6 +49,17 @@ def emit(out: np.ndarray, n: int, t: int, x: int, y: int, p: int, state: np.ndar
         state[STATE_LAST_T] = t
     out[n, 0] = t
     out[n, 1] = (x & 0xFFFF) | ((y & 0xFFFF) << 16) | (p << 32)
+
+
+@numba.njit(inline="always", nogil=True)
+def off_sensor(state: np.ndarray, x: int, y: int, width: int, height: int) -> bool:
+    """Whether (x, y) lies off the ``width`` x ``height`` sensor (``params[P_SENSOR_W]``, ``[P_SENSOR_H]``,
+    read once per call of a kernel: the arrays may alias, so a read per event would not be hoisted);
+    if so it is recorded (``STATE_BAD``) for ``chunks`` to raise."""
+    if x >= 0 and y >= 0 and x < width and y < height:
+        return False
+    state[STATE_BAD], state[STATE_BAD_X], state[STATE_BAD_Y] = 1, x, y
+    return True
 
 
 @numba.njit(inline="always", nogil=True)
@@ -89,6 +105,7 @@ class WordFileReader:
     word_bytes = 4
     max_events_per_word = 1
     kernel: Callable = None  # type: ignore[assignment]
+    checks_events = True  # see the module docstring
     skipped_slots: dict[str, int] = {}  # name -> state slot of a count of skipped words
 
     def __init__(self, path: str | os.PathLike, *, allow_truncated: bool = False) -> None:
@@ -99,7 +116,7 @@ class WordFileReader:
         self.skipped: dict[str, int] = {}
         self.camera = ""
         self.sensor_from = ""
-        self.params = np.zeros(4, dtype=np.int64)
+        self.params = np.zeros(PARAMS_SIZE, dtype=np.int64)
         self.words = 0
         self.data_start = 0
         self.position_bytes = 0  # how far chunks() has read (progress)
@@ -133,6 +150,11 @@ class WordFileReader:
             position, _ = self._run(state, scratch, True, position)
         return int(state[STATE_MAX_X]), int(state[STATE_MAX_Y])
 
+    def _set_sensor(self, size: SensorSize, source: str) -> None:
+        """Fix the sensor size (pixels) that events are checked against, and where it came from."""
+        self.sensor_size, self.sensor_from = size, source
+        self.params[P_SENSOR_W], self.params[P_SENSOR_H] = size
+
     def _sensor(self, stated: SensorSize | None, stated_from: str, guess: tuple[str, SensorSize] | None,
                 known: tuple[SensorSize, ...]) -> tuple[SensorSize, str]:  # fmt: skip
         """The sensor size and where it came from: stated (``--sensor`` or the header), else a
@@ -157,7 +179,7 @@ class WordFileReader:
             raise ValueError(f"chunk_events must be >= 1, got {chunk_events}")
         capacity = max(chunk_events, self.max_events_per_word)
         state = new_state()
-        position = 0
+        position = delivered = 0
         while position < self.words:
             out = np.empty(capacity, dtype=EVENT_DTYPE)
             position, count = self._run(state, out.view(np.int64).reshape(capacity, 2), False, position)
@@ -165,6 +187,13 @@ class WordFileReader:
             self.position_bytes = self.data_start + position * self.word_bytes
             for start in range(0, count, chunk_events):
                 yield out[start : min(count, start + chunk_events)]
+            delivered += count
+            if state[STATE_BAD]:
+                raise EventFormatError(
+                    f"{self.path}: event {delivered} at x={state[STATE_BAD_X]}, y={state[STATE_BAD_Y]} lies outside the "
+                    f"{self.sensor_size} sensor (size from {self.sensor_from}; word at byte "
+                    f"{self.data_start + (position - 1) * self.word_bytes})"
+                )  # fmt: skip
 
     def _account(self, state: np.ndarray) -> None:
         self.clamped = int(state[STATE_CLAMPED])
