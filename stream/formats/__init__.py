@@ -142,7 +142,7 @@ class EventFileReader:
             if forced is not None:
                 self._reader.sensor_size = forced  # (AEDAT 3.1 checks its packets against it)
         self.sensor_size: SensorSize = self._reader.sensor_size
-        self.sensor_from: str = "--sensor" if forced else getattr(self._reader, "sensor_from", "the file")
+        self.sensor_from: str = "--sensor" if forced else getattr(self._reader, "sensor_from", "the file's header")
         self.camera: str = self._reader.camera
 
     @property

@@ -28,7 +28,10 @@ import numba
 import numpy as np
 
 from stream.events import EventFormatError, SensorSize, check_events
-from stream.formats.words import P_SENSOR_H, P_SENSOR_W, STATE_FIRST, WordFileReader, emit, new_state, note_address, off_sensor
+from stream.formats.words import (
+    P_SENSOR_H, P_SENSOR_W, STATE_BAD, STATE_BAD_X, STATE_BAD_Y, STATE_CLAMPED, STATE_FIRST, STATE_LAST_T,
+    WordFileReader, emit, new_state, note_address, on_sensor, ordered,
+)
 
 MAGIC = b"#!AER-DAT2.0"
 MAX_HEADER_BYTES = 1 << 22  # jAER may write the chip's preferences into the header: ~100 kB
@@ -56,7 +59,9 @@ def decode_aedat2(data, start, end, state, params, out, scan):  # noqa: ANN001, 
     capacity = out.shape[0]
     width, height = params[P_SENSOR_W], params[P_SENSOR_H]
     previous, laps = state[S_PREVIOUS], state[S_LAPS]
-    count = 0
+    last_t, clamped, wide = state[STATE_LAST_T], state[STATE_CLAMPED], state[S_WIDE]
+    aps, imu, special = state[S_APS], state[S_IMU], state[S_SPECIAL]
+    count = bad = bad_x = bad_y = 0
     index = start
     while index < end:
         if not scan and count >= capacity:
@@ -71,31 +76,36 @@ def decode_aedat2(data, start, end, state, params, out, scan):  # noqa: ANN001, 
             laps += 1
         previous = stamp
         if address >> 16:
-            state[S_WIDE] = 1
+            wide = 1
         if layout == 0:
             if address >> 15:
-                state[S_SPECIAL] += 1
+                special += 1
                 continue
             raw_x, raw_y, polarity = (address >> 1) & 0x7F, (address >> 8) & 0x7F, 1 - (address & 1)
         else:
             if address >> 31:
                 if (address & 0xC00) == 0xC00:
-                    state[S_IMU] += 1
+                    imu += 1
                 else:
-                    state[S_APS] += 1
+                    aps += 1
                 continue
             if address & 0x400:
-                state[S_SPECIAL] += 1
+                special += 1
                 continue
             raw_x, raw_y, polarity = (address >> 12) & 0x3FF, (address >> 22) & 0x1FF, (address >> 11) & 1
         if scan:
             note_address(state, raw_x, raw_y)
-        elif off_sensor(state, right - raw_x, bottom - raw_y, width, height):
+        elif not on_sensor(right - raw_x, bottom - raw_y, width, height):
+            bad, bad_x, bad_y = 1, right - raw_x, bottom - raw_y
             break
         else:
-            emit(out, count, (laps << 32) + stamp, right - raw_x, bottom - raw_y, polarity, state)
+            t, last_t, clamped = ordered((laps << 32) + stamp, last_t, clamped)
+            emit(out, count, t, right - raw_x, bottom - raw_y, polarity)
             count += 1
+    state[STATE_LAST_T], state[STATE_CLAMPED], state[S_WIDE] = last_t, clamped, wide
+    state[S_APS], state[S_IMU], state[S_SPECIAL] = aps, imu, special
     state[S_PREVIOUS], state[S_LAPS] = previous, laps
+    state[STATE_BAD], state[STATE_BAD_X], state[STATE_BAD_Y] = bad, bad_x, bad_y
     return index, count
 
 

@@ -21,7 +21,10 @@ import numpy as np
 
 from stream.events import EventFormatError, SensorSize
 from stream.formats.prophesee import PropheseeWordReader
-from stream.formats.words import P_SENSOR_H, P_SENSOR_W, STATE_FIRST, emit, note_address, off_sensor
+from stream.formats.words import (
+    P_SENSOR_H, P_SENSOR_W, STATE_BAD, STATE_BAD_X, STATE_BAD_Y, STATE_CLAMPED, STATE_FIRST, STATE_LAST_T, emit,
+    note_address, on_sensor, ordered,
+)
 
 S_PREVIOUS, S_LAPS = STATE_FIRST, STATE_FIRST + 1
 P_VERSION = 1
@@ -36,7 +39,8 @@ def decode_dat(data, start, end, state, params, out, scan):  # noqa: ANN001, ANN
     capacity = out.shape[0]
     width, height = params[P_SENSOR_W], params[P_SENSOR_H]
     previous, laps = state[S_PREVIOUS], state[S_LAPS]
-    count = 0
+    last_t, clamped = state[STATE_LAST_T], state[STATE_CLAMPED]
+    count = bad = bad_x = bad_y = 0
     index = start
     while index < end:
         if not scan and count >= capacity:
@@ -56,12 +60,16 @@ def decode_dat(data, start, end, state, params, out, scan):  # noqa: ANN001, ANN
             x, y, polarity = word & 0x3FFF, (word >> 14) & 0x3FFF, word >> 28
         if scan:
             note_address(state, x, y)
-        elif off_sensor(state, x, y, width, height):
+        elif not on_sensor(x, y, width, height):
+            bad, bad_x, bad_y = 1, x, y
             break
         else:
-            emit(out, count, (laps << 32) + stamp + t0, x, y, 1 if polarity else 0, state)
+            t, last_t, clamped = ordered((laps << 32) + stamp + t0, last_t, clamped)
+            emit(out, count, t, x, y, 1 if polarity else 0)
             count += 1
+    state[STATE_LAST_T], state[STATE_CLAMPED] = last_t, clamped
     state[S_PREVIOUS], state[S_LAPS] = previous, laps
+    state[STATE_BAD], state[STATE_BAD_X], state[STATE_BAD_Y] = bad, bad_x, bad_y
     return index, count
 
 

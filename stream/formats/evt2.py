@@ -22,7 +22,10 @@ import numpy as np
 
 from stream.events import SensorSize
 from stream.formats.prophesee import PropheseeWordReader
-from stream.formats.words import P_SENSOR_H, P_SENSOR_W, STATE_FIRST, emit, note_address, off_sensor
+from stream.formats.words import (
+    P_SENSOR_H, P_SENSOR_W, STATE_BAD, STATE_BAD_X, STATE_BAD_Y, STATE_CLAMPED, STATE_FIRST, STATE_LAST_T, emit,
+    note_address, on_sensor, ordered,
+)
 
 S_HIGH, S_LAPS, S_TRIGGERS = range(STATE_FIRST, STATE_FIRST + 3)
 HALF_LAP_HIGH = 1 << 27
@@ -35,7 +38,8 @@ def decode_evt2(data, start, end, state, params, out, scan):  # noqa: ANN001, AN
     capacity = out.shape[0]
     width, height = params[P_SENSOR_W], params[P_SENSOR_H]
     high, laps = state[S_HIGH], state[S_LAPS]
-    count = 0
+    last_t, clamped, triggers = state[STATE_LAST_T], state[STATE_CLAMPED], state[S_TRIGGERS]
+    count = bad = bad_x = bad_y = 0
     index = start
     while index < end:
         if not scan and count >= capacity:
@@ -49,11 +53,13 @@ def decode_evt2(data, start, end, state, params, out, scan):  # noqa: ANN001, AN
             x, y = (word >> 11) & 0x7FF, word & 0x7FF
             if scan:
                 note_address(state, x, y)
-            elif off_sensor(state, x, y, width, height):
+            elif not on_sensor(x, y, width, height):
+                bad, bad_x, bad_y = 1, x, y
                 break
             else:
-                t = (((laps << 28) | high) << 6) | ((word >> 22) & 0x3F)
-                emit(out, count, t + t0, x, y, kind, state)
+                t = ((((laps << 28) | high) << 6) | ((word >> 22) & 0x3F)) + t0
+                t, last_t, clamped = ordered(t, last_t, clamped)
+                emit(out, count, t, x, y, kind)
                 count += 1
         elif kind == 0x8:
             new_high = word & 0xFFFFFFF
@@ -61,8 +67,10 @@ def decode_evt2(data, start, end, state, params, out, scan):  # noqa: ANN001, AN
                 laps += 1
             high = new_high
         elif kind == 0xA:
-            state[S_TRIGGERS] += 1
+            triggers += 1
+    state[STATE_LAST_T], state[STATE_CLAMPED], state[S_TRIGGERS] = last_t, clamped, triggers
     state[S_HIGH], state[S_LAPS] = high, laps
+    state[STATE_BAD], state[STATE_BAD_X], state[STATE_BAD_Y] = bad, bad_x, bad_y
     return index, count
 
 

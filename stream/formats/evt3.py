@@ -25,7 +25,10 @@ import numpy as np
 
 from stream.events import SensorSize, check_events
 from stream.formats.prophesee import PropheseeWordReader
-from stream.formats.words import P_SENSOR_H, P_SENSOR_W, STATE_FIRST, emit, note_address, off_sensor
+from stream.formats.words import (
+    P_SENSOR_H, P_SENSOR_W, STATE_BAD, STATE_BAD_X, STATE_BAD_Y, STATE_CLAMPED, STATE_FIRST, STATE_LAST_T, emit,
+    note_address, on_sensor, ordered,
+)
 
 S_MSB, S_LAPS, S_TIME, S_Y, S_BASE_X, S_POLARITY, S_TRIGGERS = range(STATE_FIRST, STATE_FIRST + 7)
 MAX_SIDE = 2048  # 11-bit addresses
@@ -49,7 +52,8 @@ def decode_evt3(data, start, end, state, params, out, scan):  # noqa: ANN001, AN
     width, height = params[P_SENSOR_W], params[P_SENSOR_H]
     msb, laps, time = state[S_MSB], state[S_LAPS], state[S_TIME]
     y, base_x, polarity = state[S_Y], state[S_BASE_X], state[S_POLARITY]
-    count = 0
+    last_t, clamped, triggers = state[STATE_LAST_T], state[STATE_CLAMPED], state[S_TRIGGERS]
+    count = bad = bad_x = bad_y = 0
     index = start
     while index < end:
         if not scan and count + 12 > capacity:
@@ -62,10 +66,12 @@ def decode_evt3(data, start, end, state, params, out, scan):  # noqa: ANN001, AN
         elif kind == 0x2:
             if scan:
                 note_address(state, word & 0x7FF, y)
-            elif off_sensor(state, word & 0x7FF, y, width, height):
+            elif not on_sensor(word & 0x7FF, y, width, height):
+                bad, bad_x, bad_y = 1, word & 0x7FF, y
                 break
             else:
-                emit(out, count, time + t0, word & 0x7FF, y, (word >> 11) & 1, state)
+                t, last_t, clamped = ordered(time + t0, last_t, clamped)
+                emit(out, count, t, word & 0x7FF, y, (word >> 11) & 1)
                 count += 1
         elif kind == 0x3:
             base_x = word & 0x7FF
@@ -77,11 +83,14 @@ def decode_evt3(data, start, end, state, params, out, scan):  # noqa: ANN001, AN
                 if mask:
                     note_address(state, base_x + 31 - _leading_zeros(mask), y)
             else:
-                if mask and off_sensor(state, base_x + 31 - _leading_zeros(mask), y, width, height):
+                if mask and not on_sensor(base_x + 31 - _leading_zeros(mask), y, width, height):
+                    bad, bad_x, bad_y = 1, base_x + 31 - _leading_zeros(mask), y
                     break
+                t = time + t0
                 for bit in range(bits):
                     if (mask >> bit) & 1:
-                        emit(out, count, time + t0, base_x + bit, y, polarity, state)
+                        t, last_t, clamped = ordered(t, last_t, clamped)
+                        emit(out, count, t, base_x + bit, y, polarity)
                         count += 1
             base_x += bits
         elif kind == 0x6:
@@ -93,9 +102,11 @@ def decode_evt3(data, start, end, state, params, out, scan):  # noqa: ANN001, AN
             msb = high
             time = (laps << 24) | (msb << 12)
         elif kind == 0xA:
-            state[S_TRIGGERS] += 1
+            triggers += 1
+    state[STATE_LAST_T], state[STATE_CLAMPED], state[S_TRIGGERS] = last_t, clamped, triggers
     state[S_MSB], state[S_LAPS], state[S_TIME] = msb, laps, time
     state[S_Y], state[S_BASE_X], state[S_POLARITY] = y, base_x, polarity
+    state[STATE_BAD], state[STATE_BAD_X], state[STATE_BAD_Y] = bad, bad_x, bad_y
     return index, count
 
 
@@ -128,9 +139,12 @@ def read_evt3(path: str | os.PathLike, *, allow_truncated: bool = False,
 class Evt3Writer:
     """Streams events into an EVT 3.0 RAW file through faery's encoder. A context manager.
 
-    The header has ``% evt 3.0``, ``% format EVT3;width=W;height=H`` and ``% geometry WxH``;
-    timestamps are written as they are (no t0 offset), so ``Evt3Reader`` returns them exactly.
-    Timestamps must be >= 0 and never decrease; the sensor at most 2048x2048.
+    The header has ``% evt 3.0``, ``% format EVT3;width=W;height=H``, ``% geometry WxH`` and
+    faery's ``% t0 T`` (the first event's time, µs): times are written relative to it, so a
+    recording stamped with the epoch (DV's cameras: 1.6e15 µs) does not begin with the 380 million
+    TIME_HIGH words it would take to count up to it (758 MB for a 2 s recording), and
+    ``Evt3Reader`` (and faery) add it back exactly. Metavision ignores the t0 line and reads times
+    from 0. Timestamps must be >= 0 and never decrease; the sensor at most 2048x2048.
     """
 
     def __init__(self, path: str | os.PathLike, sensor_size: SensorSize) -> None:
@@ -139,7 +153,7 @@ class Evt3Writer:
         self.sensor_size = SensorSize(*sensor_size).validated()
         if max(self.sensor_size) > MAX_SIDE:
             raise ValueError(f"EVT 3.0 addresses have 11 bits: sensor {self.sensor_size} is larger than 2048x2048")
-        self._encoder = faery.evt.Encoder(os.fspath(path), "evt3", False, tuple(self.sensor_size), True).__enter__()
+        self._encoder = faery.evt.Encoder(os.fspath(path), "evt3", True, tuple(self.sensor_size), True).__enter__()
         self._packet = np.dtype(faery.EVENTS_DTYPE)
 
     def write(self, events: np.ndarray) -> None:

@@ -22,7 +22,7 @@ import numpy as np
 
 from stream.events import EVENT_DTYPE, TRUNCATED_HINT, EventFormatError, SensorSize, check_events, concatenate_events
 from stream.formats.prophesee import KNOWN_SENSORS, PropheseeHeader
-from stream.formats.words import STATE_CLAMPED, emit, new_state, sensor_from_addresses, widened
+from stream.formats.words import STATE_CLAMPED, STATE_LAST_T, emit, new_state, ordered, sensor_from_addresses, widened
 
 MAGIC = b"\x89HDF\r\n\x1a\n"
 ECF_FILTER = 0x8ECF
@@ -156,8 +156,11 @@ class Hdf5Reader:
 @numba.njit(cache=True, nogil=True)
 def _convert(x, y, p, t, state, out):  # noqa: ANN001 - record fields (any integer types), see words.emit
     """Records -> canonical events in one pass (x, y beyond int16 come out negative: the sensor check names them)."""
+    last_t, clamped = state[STATE_LAST_T], state[STATE_CLAMPED]
     for index in range(t.shape[0]):
-        emit(out, index, np.int64(t[index]), np.int64(x[index]), np.int64(y[index]), 1 if p[index] != 0 else 0, state)
+        time, last_t, clamped = ordered(np.int64(t[index]), last_t, clamped)
+        emit(out, index, time, np.int64(x[index]), np.int64(y[index]), 1 if p[index] != 0 else 0)
+    state[STATE_LAST_T], state[STATE_CLAMPED] = last_t, clamped
 
 
 def _text(value: object) -> str:

@@ -12,7 +12,7 @@ the file (t0, ... from slot 0; the sensor in ``P_SENSOR_W``/``P_SENSOR_H``), ``o
 int64 view of an ``EVENT_DTYPE`` array that it fills with ``emit``; ``scan`` True: write nothing,
 only record the largest x and y (``STATE_MAX_X``, ``STATE_MAX_Y``, raw addresses) to size a sensor
 that no header names. A kernel returns before a word that could overflow ``out``, and stops at an
-event off the sensor (``off_sensor``: ``STATE_BAD`` set), which ``chunks`` then raises.
+event off the sensor (````on_sensor``: ``STATE_BAD`` set), which ``chunks`` then raises.
 
 The kernels keep the events contract themselves (time never decreasing, on the sensor, polarity
 0 or 1: ``checks_events``), so ``open_events`` skips its own pass over their chunks. Time: a
@@ -40,26 +40,29 @@ NO_TIME = -(1 << 62)
 
 
 @numba.njit(inline="always", nogil=True)
-def emit(out: np.ndarray, n: int, t: int, x: int, y: int, p: int, state: np.ndarray) -> None:
-    """Write event ``n`` (t µs, never before the previous event's) as EVENT_DTYPE's two int64 words."""
-    if t < state[STATE_LAST_T]:
-        t = state[STATE_LAST_T]
-        state[STATE_CLAMPED] += 1
-    else:
-        state[STATE_LAST_T] = t
+def ordered(t: int, last_t: int, clamped: int) -> tuple[int, int, int]:
+    """``(t, last_t, clamped)`` after an event at ``t`` µs: a time before ``last_t`` is raised to it
+    and counted. Kernels keep ``last_t`` and ``clamped`` in locals (``STATE_LAST_T``,
+    ``STATE_CLAMPED`` between calls): a store into ``state`` per event would make every later load
+    wait for it, since ``state`` and ``out`` may alias (6x slower)."""
+    if t < last_t:
+        return last_t, last_t, clamped + 1
+    return t, t, clamped
+
+
+@numba.njit(inline="always", nogil=True)
+def emit(out: np.ndarray, n: int, t: int, x: int, y: int, p: int) -> None:
+    """Write event ``n`` (t µs) as EVENT_DTYPE's two int64 words."""
     out[n, 0] = t
     out[n, 1] = (x & 0xFFFF) | ((y & 0xFFFF) << 16) | (p << 32)
 
 
 @numba.njit(inline="always", nogil=True)
-def off_sensor(state: np.ndarray, x: int, y: int, width: int, height: int) -> bool:
-    """Whether (x, y) lies off the ``width`` x ``height`` sensor (``params[P_SENSOR_W]``, ``[P_SENSOR_H]``,
-    read once per call of a kernel: the arrays may alias, so a read per event would not be hoisted);
-    if so it is recorded (``STATE_BAD``) for ``chunks`` to raise."""
-    if x >= 0 and y >= 0 and x < width and y < height:
-        return False
-    state[STATE_BAD], state[STATE_BAD_X], state[STATE_BAD_Y] = 1, x, y
-    return True
+def on_sensor(x: int, y: int, width: int, height: int) -> bool:
+    """Whether (x, y) lies on the ``width`` x ``height`` sensor (``params[P_SENSOR_W]``,
+    ``[P_SENSOR_H]``, read once per call of a kernel). A kernel that meets an event off the sensor
+    stops and leaves it in ``STATE_BAD*`` (stored after its loop, like every state slot)."""
+    return x >= 0 and y >= 0 and x < width and y < height
 
 
 @numba.njit(inline="always", nogil=True)
