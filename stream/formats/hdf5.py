@@ -22,7 +22,10 @@ import numpy as np
 
 from stream.events import EVENT_DTYPE, TRUNCATED_HINT, EventFormatError, SensorSize, check_events, concatenate_events
 from stream.formats.prophesee import KNOWN_SENSORS, PropheseeHeader
-from stream.formats.words import STATE_CLAMPED, STATE_LAST_T, emit, new_state, ordered, sensor_from_addresses, widened
+from stream.formats.words import (
+    STATE_BAD, STATE_BAD_X, STATE_BAD_Y, STATE_CLAMPED, STATE_LAST_T, emit, new_state, on_sensor, ordered,
+    sensor_from_addresses, widened,
+)
 
 MAGIC = b"\x89HDF\r\n\x1a\n"
 ECF_FILTER = 0x8ECF
@@ -53,6 +56,7 @@ class Hdf5Reader:
     """
 
     format = "hdf5"
+    checks_events = True  # chunks() checks time order and the sensor itself (stream.formats.words)
 
     def __init__(self, path: str | os.PathLike, *, allow_truncated: bool = False,
                  sensor_size: SensorSize | None = None) -> None:  # fmt: skip
@@ -130,11 +134,18 @@ class Hdf5Reader:
         if chunk_events < 1:
             raise ValueError(f"chunk_events must be >= 1, got {chunk_events}")
         state = new_state()
+        delivered = 0
+        width, height = self.sensor_size
         for rows in self._blocks(chunk_events):
             events = np.empty(len(rows), dtype=EVENT_DTYPE)
-            _convert(rows["x"], rows["y"], rows["p"], rows["t"], state, events.view(np.int64).reshape(len(rows), 2))
+            count = _convert(rows["x"], rows["y"], rows["p"], rows["t"], state,
+                             events.view(np.int64).reshape(len(rows), 2), width, height)  # fmt: skip
             self.clamped = int(state[STATE_CLAMPED])
-            yield events
+            yield events[:count]
+            delivered += count
+            if state[STATE_BAD]:
+                raise EventFormatError(f"{self.path}: event {delivered} at x={state[STATE_BAD_X]}, y={state[STATE_BAD_Y]} "
+                                       f"lies outside the {self.sensor_size} sensor (size from {self.sensor_from})")  # fmt: skip
 
     def read_all(self) -> np.ndarray:
         """All events in one array."""
@@ -154,13 +165,21 @@ class Hdf5Reader:
 
 
 @numba.njit(cache=True, nogil=True)
-def _convert(x, y, p, t, state, out):  # noqa: ANN001 - record fields (any integer types), see words.emit
-    """Records -> canonical events in one pass (x, y beyond int16 come out negative: the sensor check names them)."""
+def _convert(x, y, p, t, state, out, width, height):  # noqa: ANN001 - record fields (any integer types)
+    """Records -> canonical events in one pass, checked as the word kernels check theirs
+    (``stream.formats.words``); returns how many were converted before one off the sensor."""
     last_t, clamped = state[STATE_LAST_T], state[STATE_CLAMPED]
+    count = t.shape[0]
     for index in range(t.shape[0]):
+        column, row = np.int64(x[index]), np.int64(y[index])
+        if not on_sensor(column, row, width, height):
+            state[STATE_BAD], state[STATE_BAD_X], state[STATE_BAD_Y] = 1, column, row
+            count = index
+            break
         time, last_t, clamped = ordered(np.int64(t[index]), last_t, clamped)
-        emit(out, index, time, np.int64(x[index]), np.int64(y[index]), 1 if p[index] != 0 else 0)
+        emit(out, index, time, column, row, 1 if p[index] != 0 else 0)
     state[STATE_LAST_T], state[STATE_CLAMPED] = last_t, clamped
+    return count
 
 
 def _text(value: object) -> str:
