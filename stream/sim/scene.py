@@ -66,7 +66,8 @@ class Framing:
     roll: float  # radians, clockwise as seen
     y_scale: float  # vertical foreshortening: a camera above or below the person
     keystone: float  # relative width change per pixel down the image (tilt)
-    drift_px_s: tuple[float, float]  # slow drift of the view, pixels per second (x, y)
+    drift_px: tuple[float, float]  # how far the view drifts at most (x, y pixels): a creeping tripod
+    drift_period_s: float  # it drifts out and back over this long (bounded: a recording can last minutes)
     shake_amplitude_px: np.ndarray  # [2, 2] (x, y) x two sinusoids
     shake_frequency_hz: np.ndarray  # [2, 2]
     shake_phase: np.ndarray  # [2, 2]
@@ -75,7 +76,8 @@ class Framing:
         """Drift plus shake ``[n, 2]`` (x, y, pixels) of the whole view at times ``t_us``."""
         t_s = np.asarray(t_us, dtype=np.float64) * 1e-6
         waves = self.shake_amplitude_px * np.sin(2 * np.pi * self.shake_frequency_hz * t_s[:, None, None] + self.shake_phase)
-        return waves.sum(axis=2) + t_s[:, None] * np.asarray(self.drift_px_s)
+        drift = 0.5 * (1.0 - np.cos(2 * np.pi * t_s / self.drift_period_s))  # 0 at the start, 1 at its farthest
+        return waves.sum(axis=2) + drift[:, None] * np.asarray(self.drift_px)
 
     def apply(self, x: np.ndarray, y: np.ndarray, shift: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Person coordinates (``[n, ...]`` pixels) as the camera sees them at the steps of ``shift [n, 2]``."""
@@ -263,8 +265,9 @@ def draw_scene(
     light = LIGHTINGS[lighting]
     body = draw_body(rng, sensor_size)
     short_side = min(width, height)
-    drift = rng.uniform(0.0, 0.03 * short_side) * (rng.random() < 0.4)  # px/s: a tripod that creeps, or none
+    drift = rng.uniform(0.0, 0.08 * short_side) * (rng.random() < 0.4)  # px: a tripod that creeps, or none
     drift_angle = rng.uniform(0, 2 * np.pi)
+    drift_period_s = rng.uniform(20.0, 60.0)
     pad = int(math.ceil(0.1 * short_side)) + 4
     framing = Framing(
         center=(body.center_x, body.shoulder_y + 0.3 * body.torso_length),
@@ -272,7 +275,8 @@ def draw_scene(
         roll=math.radians(rng.uniform(-10.0, 10.0)),
         y_scale=rng.uniform(0.8, 1.1),
         keystone=rng.uniform(-0.002, 0.002) * 128 / short_side,
-        drift_px_s=(drift * math.cos(drift_angle), drift * math.sin(drift_angle)),
+        drift_px=(drift * math.cos(drift_angle), drift * math.sin(drift_angle)),
+        drift_period_s=drift_period_s,
         shake_amplitude_px=rng.uniform(0.0, 0.15, size=(2, 2)) * short_side / 128,
         shake_frequency_hz=rng.uniform(0.3, 3.0, size=(2, 2)),
         shake_phase=rng.uniform(0, 2 * np.pi, size=(2, 2)),
@@ -314,7 +318,7 @@ PARAMETERS: tuple[tuple[str, str, str], ...] = (  # (parameter, range, unit)
      "-"),
     ("zoom, roll", "1 (robustness sets: 0.6-1.3); roll -10..10", "x, deg"),
     ("camera height and tilt", "vertical foreshortening 0.8-1.1; keystone +-0.002 per pixel at 128 px", "x"),
-    ("camera drift", "40 % of scenes: 0-3 % of the short side per second, any direction", "px/s"),
+    ("camera drift", "40 % of scenes: out to 0-8 % of the short side and back over 20-60 s, any direction", "px"),
     ("camera shake", "two sinusoids per axis, 0-0.15 px (at 128 px), 0.3-3 Hz", "px"),
     ("background", "smooth wall with 1-3 objects 50 %, fine texture or stripes 25 %, cluttered (6-14 objects) 25 %",
      "-"),
