@@ -10,7 +10,8 @@ On the worker's endpoint (the wire format is ``stream.transport.wire``):
   ``events``}, ``timing`` (transport clock ``time.monotonic_ns() // 1000``, µs:
   ``source_send_us`` of the message that completed the window, ``recv_us`` when the worker got it,
   ``binned_us``, ``published_us``; and ``recv_to_binned_ms``, ``inference_ms``, ``compute_ms`` =
-  published - recv), ``counters`` (``inference.worker.WorkerCounters``), ``backend``, ``sensor``.
+  published - recv; ``inference_cpu_ms``: the worker thread's CPU time while the model ran: what
+  ``inference_ms`` has beyond it, the worker waited for a CPU), ``counters`` (``inference.worker.WorkerCounters``), ``backend``, ``sensor``.
 * ``Kind.STATUS`` ``{"type": "stats", ...}`` about once a second and ``{"type": "end", ...}`` after
   the source's end (``worker_status``): ``worker_id``, ``counters``, ``backend``, ``sensor``,
   ``window``, ``classes`` (the model's class names, in the order of ``class_index`` and

@@ -182,6 +182,21 @@ def test_supervisor_kills_a_stage_that_ignores_sigterm():
     assert stubborn.process.returncode == -signal.SIGKILL and polite.process.returncode == -signal.SIGTERM
 
 
+def test_the_source_stage_runs_below_the_workers_priority(tmp_path):
+    """``SOURCE_NICE``: the launcher starts the source stage that many nice levels below itself and
+    the worker (here with stand-in commands: what is measured is the priority, not the stage)."""
+    from launch import SOURCE_NICE, Endpoints, build_parser, source_stage, worker_stage
+
+    args = build_parser().parse_args(["--headless"])
+    endpoints = Endpoints(f"ipc://{tmp_path}/ev", f"ipc://{tmp_path}/pr")
+    assert source_stage(args, endpoints, 1).nice == SOURCE_NICE > 0 and worker_stage(args, endpoints, 1).nice == 0
+    sleeping = ["-n", "1", "import time; time.sleep(60)"]
+    source, worker = Stage("source", "timeit", sleeping, nice=SOURCE_NICE), Stage("worker", "timeit", sleeping)
+    with Supervisor([source, worker], log=lambda m: None):
+        nice_of = {stage.name: os.getpriority(os.PRIO_PROCESS, stage.process.pid) for stage in (source, worker)}
+    assert nice_of == {"source": min(19, os.nice(0) + SOURCE_NICE), "worker": os.nice(0)}
+
+
 def test_supervisor_reports_an_exit_once_and_can_restart():
     stage = Stage("short", "timeit", ["-n", "1", "pass"])
     supervisor = Supervisor([stage])
