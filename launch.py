@@ -417,6 +417,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--speed", type=speed_argument, default="1",
                         help="replay speed factor for files and the simulator (0.1..100), or 'max'")  # fmt: skip
     parser.add_argument("--loop", action="store_true", help="replay a file forever")
+    from stream.formats import add_format_options
+
+    add_format_options(parser)  # --format, --sensor: how a file source is read
     parser.add_argument("--allow-truncated", action="store_true",
                         help="replay a damaged or cut file up to the damage instead of refusing it")  # fmt: skip
     parser.add_argument("--duration", type=positive_number, default=None, help="stop after this many seconds")
@@ -485,6 +488,10 @@ def source_stage(args: argparse.Namespace, endpoints: Endpoints, wait_subscriber
         stage_args.append("--loop")
     if args.allow_truncated:
         stage_args.append("--allow-truncated")
+    if args.file_format:
+        stage_args += ["--format", args.file_format]
+    if args.file_sensor:
+        stage_args += ["--sensor", f"{args.file_sensor.width}x{args.file_sensor.height}"]
     if endpoints.control:
         stage_args += ["--control", endpoints.control]
     stage_args += _common_stage_args(args)
@@ -589,7 +596,17 @@ def check_inputs(args: argparse.Namespace) -> None:
     if "source" in args.stages:
         from stream.sources import parse_spec
 
-        parse_spec(args.source, check_file=True)
+        if args.file_format is None:
+            parse_spec(args.source, check_file=True)
+        else:  # a forced format (a headerless EVT 2.0 dump has no first bytes to know it by)
+            from stream.formats import open_events
+
+            kind, path = parse_spec(args.source)
+            if kind != "file":
+                raise ValueError(f"--format and --sensor read files: give --source file:PATH, not {args.source!r}")
+            open_events(path, format=args.file_format, sensor_size=args.file_sensor).close()
+    elif args.file_format or args.file_sensor:
+        raise ValueError("--format and --sensor read files, and this launch runs no source")
     if "worker" in args.stages:
         from training.checkpoint import read_metadata
 

@@ -389,3 +389,19 @@ def test_a_1280x720_raw_file_replays_headless_with_every_event_counted(tiny_chec
     assert report["ended"] == "end of stream" and report["events_in"] == len(events) and report["events_lost"] == 0
     assert report["windows"] > 0
 
+
+
+def test_a_headerless_dump_replays_with_format_and_sensor_and_is_refused_without(tiny_checkpoint, stage_env, tmp_path):
+    """launch.py --format evt2 --sensor WxH reaches the source stage; without them the launcher
+    refuses the file at once with one line (exit 2)."""
+    events = random_events(SensorSize(320, 320), 1_000, 1_001_000, count=20_000, seed=5)
+    raw = faery_file(tmp_path / "x.raw", events, SensorSize(320, 320), "evt2")
+    path = tmp_path / "dump.bin"
+    path.write_bytes(raw.read_bytes()[read_header(raw).length :])
+    refused = run_launch(stage_env, "--source", f"file:{path}", "--checkpoint", tiny_checkpoint)
+    assert refused.returncode == 2 and refused.stderr.count("error:") == 1 and "--format evt2" in refused.stderr
+    result = run_launch(stage_env, "--source", f"file:{path}", "--format", "evt2", "--sensor", "320x320", "--speed",
+                        "max", "--all-windows", "--checkpoint", tiny_checkpoint, "--report", tmp_path / "r.json")  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["events_in"] == len(events) and report["events_lost"] == 0

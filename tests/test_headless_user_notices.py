@@ -34,11 +34,11 @@ def test_a_simulated_data_set_says_where_it_went_and_how_much_and_the_cache_clea
     err = capfd.readouterr().err
     size_mb = directory_size(directory) / 1e6
     assert f"sim:2: simulating 2 gestures into {directory}" in err
-    assert f"sim:2: {size_mb:.1f} MB written to {directory}" in err and "python -m training.data --clear" in err
+    assert f"sim:2: {size_mb:.1f} MB written to {directory}" in err and "spikeformer-live cache --clear" in err
     assert simulated_dataset(2, tmp_path) == directory and capfd.readouterr().err == ""  # cached: silent
-    listed = run_module("training.data", "--cache", tmp_path)
+    listed = run_module("training", "cache", "--cache", tmp_path)
     assert listed.returncode == 0 and f"{tmp_path / 'sim'}: {size_mb:.1f} MB in 1 entries" in listed.stdout
-    cleared = run_module("training.data", "--cache", tmp_path, "--clear")
+    cleared = run_module("training", "cache", "--cache", tmp_path, "--clear")
     assert cleared.returncode == 0 and cleared.stdout.strip() == f"removed {size_mb:.1f} MB from {tmp_path}"
     assert not (tmp_path / "sim").exists()
 

@@ -13,6 +13,7 @@ COMMANDS = {
     "summary": Command("training.commands:summary_main", "parameters, stage shapes and GFLOPs of a preset"),
     "reference": Command("training.reference:main", "the reference classifier (trained on real DVS128 Gesture) on a data set"),
     "generalisation": Command("training.generalisation:main", "leave-one-domain-out, robustness and realism tables"),
+    "cache": Command("training.data:cache_main", "list the simulated data sets and binned windows in the cache (--clear)"),
 }
 
 

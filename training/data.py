@@ -48,8 +48,8 @@ recording's events in time order before its windows are binned, exactly as the l
 them over the stream.
 
 Disk use. ``sim:N`` writes its recordings once under ``<cache>/sim/`` (about 1.2 MB per gesture:
-``sim:1200`` about 1.5 GB) and says so with the size and the path; ``python -m training.data``
-lists what the cache holds and ``python -m training.data --clear`` removes the simulated data sets
+``sim:1200`` about 1.5 GB) and says so with the size and the path; ``spikeformer-live cache``
+lists what the cache holds and ``spikeformer-live cache --clear`` removes the simulated data sets
 and the binned windows (both are made again when needed).
 
 Cache. Binned windows are stored as raw counts (uint8/uint16) in ``.npz`` files under
@@ -217,7 +217,7 @@ def simulated_dataset(samples: int, cache_dir: Path, *, seed: int = 0, sensor_si
             raise
     print(f"sim:{samples}: {_size_text(directory_size(directory))} written to {directory}; "
           f"the cache {Path(cache_dir)} holds {_size_text(directory_size(Path(cache_dir)))} "
-          "('python -m training.data --clear' removes it)", file=sys.stderr, flush=True)  # fmt: skip
+          "('spikeformer-live cache --clear' removes it)", file=sys.stderr, flush=True)  # fmt: skip
     return directory
 
 
@@ -244,10 +244,10 @@ def clear_cache(cache_dir: Path | str | None = None) -> int:
 
 
 def cache_main(argv: Sequence[str] | None = None) -> int:
-    """``python -m training.data [--cache DIR] [--clear]``: what the data cache holds, or clear it."""
+    """``spikeformer-live cache [--cache DIR] [--clear]``: what the data cache holds, or clear it."""
     from stream.stage import ArgumentParser
 
-    parser = ArgumentParser(prog="python -m training.data", description="The data cache: simulated data sets and binned windows.")
+    parser = ArgumentParser(prog="spikeformer-live cache", description="The data cache: simulated data sets and binned windows.")
     parser.add_argument("--cache", default=None, help=f"cache directory (default {DEFAULT_CACHE_DIR})")
     parser.add_argument("--clear", action="store_true", help="remove the simulated data sets and the binned windows")
     args = parser.parse_args(argv)
