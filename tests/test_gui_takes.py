@@ -356,7 +356,11 @@ def test_a_guided_session_on_the_simulator_cues_the_person_and_labels_what_it_pe
     rows = read_folder_labels(tmp_path / "session" / "labels.csv")
     assert [(row.label, row.split) for row in rows] == [(WAVE, "train"), (DRUMS, "train"), (WAVE, "test"),
                                                         (DRUMS, "test")]  # fmt: skip
-    cued = {(segment.start_us, segment.end_us): segment.label for segment in pipeline.truth}
+    def cued_segments() -> dict[tuple[int, int], int]:
+        return {(segment.start_us, segment.end_us): segment.label for segment in pipeline.truth}
+
+    qtbot.waitUntil(lambda: all((row.start_us, row.end_us) in cued_segments() for row in rows), timeout=10_000)
+    cued = cued_segments()
     for row in rows:  # the simulated person performed each take's gesture exactly over its labelled segment
         assert cued.get((row.start_us, row.end_us)) == GESTURE_CLASSES.index(row.label), (row, pipeline.truth)
         events, sensor = read_events(tmp_path / "session" / row.file)
@@ -364,7 +368,7 @@ def test_a_guided_session_on_the_simulator_cues_the_person_and_labels_what_it_pe
         inside = events[(events["t"] >= row.start_us) & (events["t"] < row.end_us)]
         assert len(inside) > len(events) / 4  # the gesture is where the events are
     panel = main.takes.panel
-    assert [row.number for row in panel.rows] == [1, 2, 3, 4] and not panel.busy
+    qtbot.waitUntil(lambda: [row.number for row in panel.rows] == [1, 2, 3, 4] and not panel.busy, timeout=10_000)
     save_panel(qtbot, panel, tmp_path / "review-session.png")
 
     panel.row(3).replay_button.click()  # the source stage replays the take's file
