@@ -715,9 +715,6 @@ def labelled(pipeline: RealPipeline) -> tuple[np.ndarray, np.ndarray]:
     return predicted[truth >= 0], truth[truth >= 0]
 
 
-@pytest.mark.xfail(strict=True, reason="product regression: the #15 simulator (commits f947723..a2243ff) changed the live simulator and the shipped "
-                   "inference/checkpoints/spikeformer-small-sim was not retrained: it scores 27-51 % on windows inside "
-                   "the simulator's gestures (the headless report says so too; 97 % before those commits)")  # fmt: skip
 @pytest.mark.skipif(not BUILT_IN_CHECKPOINT.is_file(), reason="built-in checkpoint not trained yet")
 def test_window_on_the_real_pipeline_recognises_the_simulated_gestures(qtbot, real_pipeline) -> None:
     """The built-in checkpoint through the real stages into the window: the windows it shows inside

@@ -669,9 +669,6 @@ def test_pipeline_on_the_simulator_reports_latencies_counts_and_the_truth(simula
     assert "| compute latency" in stdout and "| accuracy (windows inside gestures) |" in stdout
 
 
-@pytest.mark.xfail(strict=True, reason="product regression: the #15 simulator (commits f947723..a2243ff) changed the live simulator and the shipped "
-                   "inference/checkpoints/spikeformer-small-sim was not retrained: it scores 27-51 % on windows inside "
-                   "the simulator's gestures (the headless report says so too; 97 % before those commits)")  # fmt: skip
 def test_the_built_in_checkpoint_recognises_the_simulated_gestures(simulator_run):
     """The windows inside the simulator's gestures have the gesture's class (a model that outputs
     noise scores about 1 in 11, and 0 % here)."""
