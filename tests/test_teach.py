@@ -8,6 +8,8 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
+import pytest
+
 from inference import Predictor
 from stream.commands import record_main
 from stream.formats.labels import read_folder_labels
@@ -35,6 +37,7 @@ def finetune(labels: Path, out: Path, *options: str) -> Path:
     return export
 
 
+@pytest.mark.timeout(900)  # real training: about 2 min alone on 2 cores
 def test_finetuning_the_built_in_model_on_one_persons_gestures_lifts_two_other_people(tmp_path: Path) -> None:
     """The issue's protocol in a room the built-in model was not trained on (a small person, an
     insensitive camera: zoom 0.7, contrast threshold 0.45): person 1 performs each of the 11 gestures
@@ -55,6 +58,7 @@ def test_finetuning_the_built_in_model_on_one_persons_gestures_lifts_two_other_p
     assert Path(parent["path"]).name == BUILTIN_CHECKPOINT.name and len(parent["sha256"]) == 64
 
 
+@pytest.mark.timeout(900)
 def test_an_own_class_set_is_learnt_from_takes_and_recognised_live(tmp_path: Path) -> None:
     classes = ("wave", "circle", "nothing")
     rows = record(tmp_path / "takes", "--classes", ",".join(classes), "--sim-gestures",
