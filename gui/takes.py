@@ -1044,7 +1044,7 @@ class ReviewPanel(QtWidgets.QWidget):
         self.finetune.progressed.connect(self._epoch)
         self.finetune.line.connect(lambda line: self.finetune_status.setText(line[:160]))
         self.finetune.finished.connect(self._finetune_finished)
-        self.epochs_box = _spin(1, 200, 8, "")
+        self.epochs_box = _spin(1, 200, 4, "")  # training.finetune.DEFAULT_EPOCHS (not imported: it loads torch)
         self.epochs_box.setPrefix("epochs ")
         self.finetune_button = QtWidgets.QPushButton("Fine-tune the model on these takes")
         self.finetune_button.setToolTip("spikeformer-live finetune --data folder:<session>/labels.csv (the current "

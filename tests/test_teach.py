@@ -52,10 +52,10 @@ def test_finetuning_the_built_in_model_on_one_persons_gestures_lifts_two_other_p
                           "--cache", cache]) == 0  # fmt: skip
     after, _ = evaluate_checkpoint(export, spec, split="test", cache_dir=cache)
     assert after.samples == before.samples == 88  # 2 people x 11 gestures x 4 windows
-    # measured 48.9 -> 53.4 % (the #16 target, >= 95 % on the second person, is not met)
-    assert after.accuracy > before.accuracy, (before.accuracy, after.accuracy)
+    # measured 48.9 -> 61.4 % (the #16 target, >= 95 % on other people, is not met)
+    assert after.accuracy >= before.accuracy + 0.08, (before.accuracy, after.accuracy)
     parent = read_metadata(export)["data"]["parent"]
-    assert Path(parent["path"]).name == BUILTIN_CHECKPOINT.name and len(parent["sha256"]) == 64
+    assert Path(parent["checkpoint"]).name == BUILTIN_CHECKPOINT.name and len(parent["sha256"]) == 64
 
 
 @pytest.mark.timeout(900)

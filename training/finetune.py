@@ -23,8 +23,8 @@ from typing import Sequence
 from stream.stage import ArgumentParser
 from training import BUILTIN_CHECKPOINT, data
 
-DEFAULT_EPOCHS = 8
-DEFAULT_LR = 1e-3
+DEFAULT_EPOCHS = 4  # one take per class: a few gentle epochs keep what the parent knows (bench_finetune.py)
+DEFAULT_LR = 2e-4
 DEFAULT_REPEATS = 16
 DEFAULT_TRAIN_WINDOWS = 16
 
