@@ -41,15 +41,12 @@ def decode_dat(data, start, end, state, params, out, scan):  # noqa: ANN001, ANN
     previous, laps = state[S_PREVIOUS], state[S_LAPS]
     last_t, clamped = state[STATE_LAST_T], state[STATE_CLAMPED]
     count = bad = bad_x = bad_y = 0
+    halves = data[: 8 * end].view(np.uint32)  # little-endian words, as the file and x86/ARM hosts have them
     index = start
     while index < end:
         if not scan and count >= capacity:
             break
-        at = 8 * index
-        stamp = (np.int64(data[at]) | (np.int64(data[at + 1]) << 8) | (np.int64(data[at + 2]) << 16)
-                 | (np.int64(data[at + 3]) << 24))  # fmt: skip
-        word = (np.int64(data[at + 4]) | (np.int64(data[at + 5]) << 8) | (np.int64(data[at + 6]) << 16)
-                | (np.int64(data[at + 7]) << 24))  # fmt: skip
+        stamp, word = np.int64(halves[2 * index]), np.int64(halves[2 * index + 1])
         index += 1
         if previous - stamp > 1 << 31:
             laps += 1
