@@ -63,8 +63,10 @@ def test_ctrl_c_during_train_ends_it_with_the_hint(tmp_path, stage_env):
     write_dataset(tmp_path / "data", samples=12, seed=0, gesture_us=1_000_000)  # two users: a test split
     command = [sys.executable, "-m", "training", "train", "--config", "small", "--data", f"sim:{tmp_path / 'data'}",
                "--out", str(tmp_path / "run"), "--epochs", "100", "--cache", str(tmp_path / "cache"), "--no-progress"]  # fmt: skip
+    # As from a terminal: a test run started in the background (`cmd &`) ignores SIGINT, and a child
+    # inherits that, so Python would install no KeyboardInterrupt handler.
     trainer = subprocess.Popen(command, cwd=REPO, env=stage_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               text=True)  # fmt: skip
+                               text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
     try:
         lines = line_reader(trainer.stdout)
         seen = [wait_for_line(lines, "train segments", timeout_s=120)]  # the data is loaded: training runs
