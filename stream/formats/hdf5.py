@@ -115,10 +115,15 @@ class Hdf5Reader:
         return sensor_from_addresses(max_x, max_y, KNOWN_SENSORS), "the largest address"
 
     def _blocks(self, rows: int) -> Iterator[np.ndarray]:
+        """The records, ``rows`` at a time, read into one reused buffer: a block is valid until the
+        next one is read (a fresh multi-MB array per block cost page faults on every block)."""
         total = self._events.shape[0]
+        buffer = np.empty(min(rows, total), dtype=self._events.dtype)
         for start in range(0, total, rows):
+            count = min(rows, total - start)
             try:
-                rows_read = self._events[start : start + rows]
+                self._events.read_direct(buffer, np.s_[start : start + count], np.s_[0:count])
+                rows_read = buffer[:count]
             except H5PY_ERRORS as error:
                 message = f"unreadable events {start}..{min(total, start + rows)} ({_first_line(error)})"
                 if "filter" in str(error).lower() and "ecf" in str(error).lower():
