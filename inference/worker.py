@@ -35,7 +35,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from inference import messages
+from inference.messages import prediction as prediction_message
 from inference.smoothing import LabelSmoother, SmoothingConfig, softmax
 from stream.binning import SensorMapping, StreamingBinner, Window, WindowSpec
 from stream.events import SensorSize, concatenate_events, empty_events
@@ -325,7 +325,7 @@ class InferenceWorker:
         index = int(probabilities.argmax())
         self.counters.windows += 1
         send_us, recv_us = packet
-        message = messages.prediction(
+        message = prediction_message(
             worker_id=self.worker_id, seq=self._seq, classes=self.classes, probabilities=probabilities,
             class_index=index, stable=stable,
             window={"start_us": window.end_us - self.window.window_us, "end_us": window.end_us,

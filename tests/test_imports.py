@@ -46,7 +46,8 @@ def import_edges(modules: dict[str, Path]) -> dict[str, set[tuple[str, str]]]:
                 if node.level:
                     parts = package.split(".")[: len(package.split(".")) - node.level + 1]
                     base = ".".join([*parts, base] if base else parts)
-                targets = [(f"{base}.{alias.name}", alias.name) for alias in node.names]
+                # ``from pkg import name`` runs pkg/__init__ too: an edge to the package as well
+                targets = [(base, ""), *((f"{base}.{alias.name}", alias.name) for alias in node.names)]
             else:
                 continue
             for target, imported in targets:
