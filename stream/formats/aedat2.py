@@ -176,12 +176,6 @@ class Aedat2Reader(WordFileReader):
         return bool(state[S_WIDE])
 
 
-def read_aedat2(path: str | os.PathLike, *, allow_truncated: bool = False,
-                sensor_size: SensorSize | None = None) -> tuple[np.ndarray, SensorSize]:  # fmt: skip
-    """Every DVS event of an AEDAT 2.0 file (t in µs, top-left origin) and the sensor size."""
-    with Aedat2Reader(path, allow_truncated=allow_truncated, sensor_size=sensor_size) as reader:
-        return reader.read_all(), reader.sensor_size
-
 
 def write_aedat2(path: str | os.PathLike, events: np.ndarray, sensor_size: SensorSize, *,
                  layout: str = "DAVIS", chip: str | None = None) -> None:  # fmt: skip

@@ -14,12 +14,11 @@ and memory, ``stream.formats.prophesee`` for the header and the sensor size.
 
 from __future__ import annotations
 
-import os
 
 import numba
 import numpy as np
 
-from stream.events import EventFormatError, SensorSize
+from stream.events import EventFormatError
 from stream.formats.prophesee import PropheseeWordReader
 from stream.formats.words import (
     P_SENSOR_H, P_SENSOR_W, STATE_BAD, STATE_BAD_X, STATE_BAD_Y, STATE_CLAMPED, STATE_FIRST, STATE_LAST_T, emit,
@@ -107,9 +106,3 @@ class DatReader(PropheseeWordReader):
         self.version = int(version)
         self.params[P_VERSION] = self.version
 
-
-def read_dat(path: str | os.PathLike, *, allow_truncated: bool = False,
-             sensor_size: SensorSize | None = None) -> tuple[np.ndarray, SensorSize]:  # fmt: skip
-    """Every event of a DAT file (t in µs) and the sensor size."""
-    with DatReader(path, allow_truncated=allow_truncated, sensor_size=sensor_size) as reader:
-        return reader.read_all(), reader.sensor_size

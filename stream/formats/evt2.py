@@ -15,12 +15,10 @@ header (a GenX320 board's dump) reads with ``format="evt2"`` and ``sensor_size``
 
 from __future__ import annotations
 
-import os
 
 import numba
 import numpy as np
 
-from stream.events import SensorSize
 from stream.formats.prophesee import PropheseeWordReader
 from stream.formats.words import (
     P_SENSOR_H, P_SENSOR_W, STATE_BAD, STATE_BAD_X, STATE_BAD_Y, STATE_CLAMPED, STATE_FIRST, STATE_LAST_T, emit,
@@ -40,13 +38,12 @@ def decode_evt2(data, start, end, state, params, out, scan):  # noqa: ANN001, AN
     high, laps = state[S_HIGH], state[S_LAPS]
     last_t, clamped, triggers = state[STATE_LAST_T], state[STATE_CLAMPED], state[S_TRIGGERS]
     count = bad = bad_x = bad_y = 0
+    words = data[: 4 * end].view(np.uint32)  # little-endian words, as the file and x86/ARM hosts have them
     index = start
     while index < end:
         if not scan and count >= capacity:
             break
-        at = 4 * index
-        word = (np.int64(data[at]) | (np.int64(data[at + 1]) << 8) | (np.int64(data[at + 2]) << 16)
-                | (np.int64(data[at + 3]) << 24))  # fmt: skip
+        word = np.int64(words[index])
         index += 1
         kind = word >> 28
         if kind <= 1:
@@ -91,9 +88,3 @@ class Evt2Reader(PropheseeWordReader):
     kernel = decode_evt2
     skipped_slots = {"triggers": S_TRIGGERS}
 
-
-def read_evt2(path: str | os.PathLike, *, allow_truncated: bool = False,
-              sensor_size: SensorSize | None = None) -> tuple[np.ndarray, SensorSize]:  # fmt: skip
-    """Every event of an EVT 2.0 file (t in µs) and the sensor size."""
-    with Evt2Reader(path, allow_truncated=allow_truncated, sensor_size=sensor_size) as reader:
-        return reader.read_all(), reader.sensor_size

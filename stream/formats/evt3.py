@@ -129,12 +129,6 @@ class Evt3Reader(PropheseeWordReader):
     skipped_slots = {"triggers": S_TRIGGERS}
 
 
-def read_evt3(path: str | os.PathLike, *, allow_truncated: bool = False,
-              sensor_size: SensorSize | None = None) -> tuple[np.ndarray, SensorSize]:  # fmt: skip
-    """Every event of an EVT 3.0 file (t in µs) and the sensor size."""
-    with Evt3Reader(path, allow_truncated=allow_truncated, sensor_size=sensor_size) as reader:
-        return reader.read_all(), reader.sensor_size
-
 
 class Evt3Writer:
     """Streams events into an EVT 3.0 RAW file through faery's encoder. A context manager.

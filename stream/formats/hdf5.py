@@ -212,8 +212,3 @@ def write_hdf5(path: str | os.PathLike, events: np.ndarray, sensor_size: SensorS
         group.create_dataset("events", data=records, chunks=(min(max(len(records), 1), 1 << 14),),
                              maxshape=(None,), compression=compression)  # fmt: skip
 
-
-def read_hdf5(path: str | os.PathLike, *, sensor_size: SensorSize | None = None) -> tuple[np.ndarray, SensorSize]:
-    """Every CD event of a Prophesee HDF5 file (t in µs) and the sensor size."""
-    with Hdf5Reader(path, sensor_size=sensor_size) as reader:
-        return concatenate_events(list(reader.chunks())), reader.sensor_size
