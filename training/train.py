@@ -18,7 +18,7 @@ cosine decay of the learning rate per step, label smoothing, gradient-norm clipp
 model is the one evaluated and saved), a fixed seed, a tqdm bar, metrics in ``OUT/metrics.csv`` and
 TensorBoard (``OUT/tensorboard``), a checkpoint every epoch (``OUT/last.json``) and the best one
 (``OUT/best.json``) via ``training.checkpoint.save_checkpoint``, and ``--export PATH.json`` which
-copies the best checkpoint there at the end.
+copies the best (or with ``--export-epoch last`` the last) checkpoint there at the end.
 
 Resume: ``--resume OUT`` (or ``OUT/train_state.json``) continues after the last finished epoch.
 ``OUT/train_state.safetensors`` holds the model, optimizer and EMA tensors, ``train_state.json``
@@ -118,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--bin-workers", type=int, default=os.cpu_count() or 1, help="processes that read and bin recordings")
     add("--sim-seed", type=int, default=0, help="seed of a generated sim:N data set")
     add("--resume", default=None, help="run directory or its train_state.json")
-    add("--export", default=None, help="copy the best checkpoint to this .json path at the end")
+    add("--export", default=None, help="copy the --export-epoch checkpoint (default the best) to this .json path at the end")
     add("--export-epoch", choices=("best", "last"), default="best",
         help="which checkpoint --export copies: the best on the test split, or the last epoch's (when the test "
         "split is what you will report, as fine-tuning's held-out takes are)")
