@@ -588,7 +588,10 @@ def file_window(qtbot, tmp_path: Path):
             alive.start(200)
             qtbot.waitUntil(lambda: main.file_controls() and main.source_status["duration_s"] is not None, timeout=30_000)
             qtbot.waitUntil(lambda: main.receiver.events_received > 0, timeout=10_000)
-            yield main
+            try:
+                yield main
+            finally:
+                alive.stop()  # before the publisher closes: a tick after it raised in the Qt event loop
             main.close()
     finally:
         stop_process(stage)
