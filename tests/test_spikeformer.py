@@ -20,6 +20,7 @@ from training.spikeformer import (
     count_parameters,
     model_summary,
     register_preset,
+    with_previous_frame,
 )
 
 REFERENCE_PARAMETERS = {"dvsgesture": 9_279_900, "cifar10dvs": 8_792_993}
@@ -149,6 +150,21 @@ def test_config_dict_round_trip():
         assert SpikeformerConfig.from_dict(data) == config
     with pytest.raises(ValueError, match="unknown keys"):
         SpikeformerConfig.from_dict({**PRESETS["small"].to_dict(), "bogus": 1})
+
+
+def test_previous_frame_input_pairs_each_step_with_the_one_before():
+    x = torch.arange(1.0, 4.0).reshape(1, 3, 1, 1, 1).expand(1, 3, 2, 2, 2)  # step t holds t + 1
+    paired = with_previous_frame(x)
+    assert paired.shape == (1, 3, 4, 2, 2)
+    assert torch.equal(paired[0, :, :2, 0, 0], x[0, :, :, 0, 0])  # this step first
+    assert paired[0, :, 2:, 0, 0].tolist() == [[0, 0], [1, 1], [2, 2]]  # then the previous one (none at t = 0)
+    plain, paired_model = build_model("small"), build_model(dataclasses.replace(PRESETS["small"], previous_frame=True))
+    first = paired_model.tokenizer.blocks[0]
+    assert first.conv1[0].in_channels == first.downsample[1][0].in_channels == 4
+    conv_weights = sum(m.weight.numel() for m in (first.conv1[0], first.downsample[1][0]))
+    assert count_parameters(paired_model) - count_parameters(plain) == conv_weights // 2  # twice the input channels
+    with torch.no_grad():  # the model still takes [B, T, 2, H, W]: the pairing happens inside it
+        assert paired_model.eval()(torch.rand(2, *plain.input_shape)).shape == (2, 11)
 
 
 def test_small_model_overfits_a_tiny_batch():

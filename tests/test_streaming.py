@@ -43,10 +43,10 @@ def lively(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
-@pytest.fixture(scope="module")
-def causal_model() -> torch.nn.Module:
+@pytest.fixture(scope="module", params=[False, True], ids=["frame", "with-previous-frame"])
+def causal_model(request) -> torch.nn.Module:
     torch.manual_seed(0)
-    return lively(build_model(CAUSAL))
+    return lively(build_model(dataclasses.replace(CAUSAL, previous_frame=request.param)))
 
 
 def frames(steps: int = 6, seed: int = 0) -> torch.Tensor:
@@ -111,7 +111,7 @@ def test_the_attention_cache_keeps_t_steps_whatever_the_stream_length(causal_mod
 
 
 def test_the_step_export_runs_in_onnx_runtime_like_pytorch(causal_model, tmp_path) -> None:
-    path = export_step_onnx(causal_model, tmp_path / "step.onnx", metadata=checkpoint_metadata(CAUSAL))
+    path = export_step_onnx(causal_model, tmp_path / "step.onnx", metadata=checkpoint_metadata(causal_model.config))
     info = read_onnx_info(path)
     assert info.step and [name for name, _ in info.step_state] == state_names(causal_model)
     x = frames(seed=7)

@@ -53,6 +53,10 @@ class SpikeformerConfig:
             mask and an ALiBi distance bias instead of the learned time embedding), and the class
             evidence is read out at every step (``forward_steps``); ``SpikeformerStep`` runs it one
             bin at a time with explicit state. The reference presets are not causal.
+        previous_frame: the tokenizer sees each step's frame next to the previous step's (zeros
+            before the first step): ``2 * in_channels`` input channels, so that the first
+            convolutions see local motion (where an edge was and where it is now) and the sense
+            of a rotation becomes a local feature. The reference presets do not have it.
     """
 
     name: str = "custom"
@@ -70,6 +74,7 @@ class SpikeformerConfig:
     drop_path_rate: float = 0.1
     init_tau: float = 2.0
     causal: bool = False
+    previous_frame: bool = False
 
     def __post_init__(self) -> None:
         # Normalise sequences (e.g. lists from JSON) to tuples so the config stays hashable.
@@ -119,8 +124,9 @@ class SpikeformerConfig:
             raise ValueError(f"SpikeformerConfig.drop_path_rate must be in [0, 1), got {self.drop_path_rate!r}")
         if not isinstance(self.init_tau, (int, float)) or not self.init_tau > 1.0:
             raise ValueError(f"SpikeformerConfig.init_tau must be > 1, got {self.init_tau!r}")
-        if not isinstance(self.causal, bool):
-            raise ValueError(f"SpikeformerConfig.causal must be true or false, got {self.causal!r}")
+        for name in ("causal", "previous_frame"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"SpikeformerConfig.{name} must be true or false, got {getattr(self, name)!r}")
 
     @property
     def downsample(self) -> int:
@@ -149,7 +155,7 @@ class SpikeformerConfig:
         if not isinstance(data, dict):
             raise ValueError(f"model config must be a dict, got {type(data).__name__}")
         names = {f.name for f in dataclasses.fields(cls)}
-        data = {"causal": False, **data}  # written before causal models existed
+        data = {"causal": False, "previous_frame": False, **data}  # written before these options existed
         unknown = sorted(set(data) - names)
         missing = sorted(names - set(data))
         if unknown or missing:
@@ -269,7 +275,7 @@ class ConvTokenizer(nn.Module):
     def __init__(self, config: SpikeformerConfig) -> None:
         super().__init__()
         blocks = []
-        in_channels = config.in_channels
+        in_channels = config.in_channels * (2 if config.previous_frame else 1)
         for out_channels, stride in zip(config.tokenizer_channels, config.tokenizer_strides):
             blocks.append(SEWBlock(in_channels, out_channels, config.kernel_size, stride, config.init_tau))
             in_channels = out_channels
@@ -294,6 +300,12 @@ def causal_bias(steps: int, slopes: Tensor) -> Tensor:
     distance = torch.arange(steps)[:, None] - torch.arange(steps)[None, :]  # i - j
     bias = -slopes[:, None, None] * distance.clamp(min=0)
     return bias.masked_fill(distance < 0, float("-inf"))
+
+
+def with_previous_frame(x: Tensor) -> Tensor:
+    """Frames ``[B, T, C, H, W]`` -> ``[B, T, 2C, H, W]``: step t's channels, then step t-1's (zeros at t = 0)."""
+    previous = torch.cat([torch.zeros_like(x[:, :1]), x[:, :-1]], dim=1)
+    return torch.cat([x, previous], dim=2)
 
 
 class Attention(nn.Module):
@@ -433,6 +445,8 @@ class Spikeformer(nn.Module):
             steps = "T" if self.config.causal else str(expected[0])
             raise ValueError(f"Spikeformer {self.config.name!r} expects input [B, {steps}, {', '.join(map(str, expected[1:]))}], "
                              f"got {list(x.shape)}")  # fmt: skip
+        if self.config.previous_frame:
+            x = with_previous_frame(x)  # [B, T, 2 * C_in, H, W]
         x = self.tokenizer(x)  # [B, T, N, C]
         x = x + self.pos_embed if self.time_embed is None else x + self.pos_embed + self.time_embed
         for block in self.blocks:

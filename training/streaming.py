@@ -5,6 +5,7 @@ its weights. One call takes the newest bin's frame ``[B, 2, H, W]`` and the stat
 bin's class logits ``[B, num_classes]`` and the new state. The state is a flat tuple of tensors,
 named by ``state_names`` (ONNX inputs ``state.NAME``, outputs ``next.NAME``):
 
+* ``previous_frame`` (only with ``SpikeformerConfig.previous_frame``): the last bin's frame ``[B, 2, H, W]``;
 * ``tokenizer.I.sn1`` / ``.sn2`` / ``.sn_down``: the membrane potentials of block I's PLIF layers
   ``[B, C, H_i, W_i]``;
 * ``blocks.J.key`` / ``.value``: block J's temporal attention cache ``[B * N, heads, T, head_dim]``,
@@ -28,7 +29,7 @@ from training.spikeformer import Block, SEWBlock, Spikeformer
 
 def state_names(model: Spikeformer) -> list[str]:
     """The names of the state tensors, in the order ``SpikeformerStep`` takes and returns them."""
-    names = []
+    names = ["previous_frame"] if model.config.previous_frame else []
     for index, block in enumerate(model.tokenizer.blocks):
         names += [f"tokenizer.{index}.sn1", f"tokenizer.{index}.sn2"]
         if block.downsample is not None:
@@ -42,8 +43,8 @@ def initial_state(model: Spikeformer, batch: int = 1) -> tuple[Tensor, ...]:
     """The reset state for ``batch`` streams (zeros; an empty attention cache)."""
     config = model.config
     device = model.pos_embed.device
-    state = []
     height, width = config.input_size
+    state = [torch.zeros((batch, config.in_channels, height, width), device=device)] if config.previous_frame else []
     for block in model.tokenizer.blocks:
         stride = block.conv1[0].stride[0]
         height, width = height // stride, width // stride
@@ -77,6 +78,9 @@ class SpikeformerStep(nn.Module):
         valid = state.pop()
         next_state: list[Tensor] = []
         x = frame
+        if model.config.previous_frame:
+            x = torch.cat([frame, state.pop(0)], dim=1)  # [B, 2 * C_in, H, W]: this bin, then the last
+            next_state.append(frame)
         for block in model.tokenizer.blocks:
             x = self._sew_step(block, x, state, next_state)
         tokens = x.flatten(2).transpose(1, 2) + model.pos_embed[0]  # [B, N, C]

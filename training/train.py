@@ -128,6 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--freeze-tokenizer", action="store_true", help="with --from: train only the transformer and the head")
     add("--repeats", type=int, default=1, help="windows drawn per training segment and epoch (few recordings)")
     add("--causal", action="store_true", help="a causal (streaming) model, trained with a loss at every prefix")
+    add("--previous-frame", action="store_true",
+        help="the tokenizer sees each bin next to the one before (local motion; see SpikeformerConfig.previous_frame)")
     add("--no-progress", action="store_true", help="no tqdm bar")
     return parser
 
@@ -169,7 +171,7 @@ def parse_filters(text: str) -> dict[str, Any] | None:
 
 
 def model_config(name_or_path: str, *, bins: int | None, input_size: SensorSize | None, num_classes: int,
-                 causal: bool = False) -> SpikeformerConfig:  # fmt: skip
+                 causal: bool = False, previous_frame: bool = False) -> SpikeformerConfig:  # fmt: skip
     """The preset (or JSON config file) with the window's T, the input size and the class count."""
     if name_or_path in PRESETS:
         base = PRESETS[name_or_path]
@@ -178,6 +180,8 @@ def model_config(name_or_path: str, *, bins: int | None, input_size: SensorSize 
     else:
         raise ValueError(f"--config must be a preset ({', '.join(sorted(PRESETS))}) or a config .json, got {name_or_path!r}")
     changes: dict[str, Any] = {"num_classes": num_classes, "causal": causal}
+    if previous_frame:
+        changes["previous_frame"] = True
     if bins is not None:
         changes["time_steps"] = bins
     if input_size is not None:
@@ -421,7 +425,8 @@ def _train_from(args: argparse.Namespace, argv: Sequence[str]) -> int:
     conflicts = [option for option, given, kept in (
         ("--config", args.config, None), ("--bins", args.bins, None),
         ("--input-size", args.input_size, None), ("--stride-us", args.stride_us, None),
-    ) if given is not None]  # fmt: skip
+    ) if given is not None] + [option for option, given in (("--causal", args.causal),
+                                                            ("--previous-frame", args.previous_frame)) if given]  # fmt: skip
     if args.bin_us != DEFAULT_BIN_US and args.bin_us != window.bin_us:
         conflicts.append("--bin-us")
     if conflicts:
@@ -526,7 +531,7 @@ def _train(args: argparse.Namespace, normalisation: dict | None, filters: dict |
         model = model.to(device)
     else:
         config = model_config(args.config, bins=bins, input_size=input_size, num_classes=len(classes),
-                              causal=args.causal)  # fmt: skip
+                              causal=args.causal, previous_frame=args.previous_frame)  # fmt: skip
         model = build_model(config).to(device)
     optimizer = torch.optim.AdamW(_parameter_groups(model, args.weight_decay), lr=args.lr)
     ema = ModelEma(model, args.ema) if args.ema else None
