@@ -1,0 +1,54 @@
+"""The leave-one-domain-out protocol (#15): which data each model is trained and tested on, and the
+``generalisation domains`` / ``loro --only`` commands end to end on tiny real domains."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from stream.sim.scene import LOOKS
+from training.__main__ import main as training_main
+from training.generalisation import LIGHT_GROUPS, domain_name, loro_splits
+from training.generalisation import main as generalisation_main
+
+
+def domains_of(spec: str, root: Path) -> set[str]:
+    return {part.removeprefix(f"sim:{root}/") for part in spec.split("+")}
+
+
+def test_a_held_out_domain_is_never_trained_on(tmp_path: Path) -> None:
+    splits = loro_splits(tmp_path)
+    every = {domain_name(look, group) for look in LOOKS for group in LIGHT_GROUPS}
+    assert sorted(splits) == ["light flicker", "light steady", "renderer capsules", "renderer shaded"]
+    for name, (train_spec, test_spec) in splits.items():
+        trained, tested = domains_of(train_spec, tmp_path), domains_of(test_spec, tmp_path)
+        assert not trained & tested and trained | tested == every, name
+        _, held_out = name.split()
+        assert all(held_out in domain for domain in tested) and not any(held_out in domain for domain in trained)
+
+
+@pytest.mark.timeout(600)
+def test_leaving_out_each_renderer_trains_on_the_other_and_tests_on_it(tmp_path: Path, capsys) -> None:
+    root, out = tmp_path / "domains", tmp_path / "loro"
+    assert generalisation_main(["domains", "--root", str(root), "--samples", "22", "--workers", "2"]) == 0  # 2 people each
+    assert generalisation_main(["loro", "--root", str(root), "--out", str(out), "--only", "renderer", "--",
+                                "--config", "small", "--epochs", "1", "--bin-workers", "1"]) == 0  # fmt: skip
+    result = json.loads((out / "loro.json").read_text())
+    assert sorted(result["domains"]) == ["renderer capsules", "renderer shaded"]  # --only: no light-group trainings
+    for name, row in result["domains"].items():
+        held_out = name.split()[1]
+        assert held_out in row["test"] and held_out not in row["train"]
+        assert row["held_out_windows"] > 0 and 0.0 <= row["held_out_accuracy"] <= 1.0
+    table = capsys.readouterr().out
+    assert "| renderer capsules | shaded-steady+shaded-flicker |" in table and "light" not in table.split("|---")[-1]
+
+
+def test_a_training_that_fails_is_one_error_line_naming_its_log(tmp_path: Path, capsys) -> None:
+    root = tmp_path / "domains"  # no data sets there: every training fails at once
+    assert training_main(["generalisation", "loro", "--root", str(root), "--out", str(tmp_path / "loro"), "--only",
+                          "light", "--", "--config", "small", "--epochs", "1"]) == 2  # fmt: skip
+    error = capsys.readouterr().err
+    assert error.startswith("error: the training that leaves out light") and "Traceback" not in error
+    assert "log: " in error and error.count("\n") == 1
