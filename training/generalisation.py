@@ -95,7 +95,7 @@ def _train(name: str, train_spec: str, out: Path, train_args: Sequence[str], cac
                    "--cache", str(cache), "--no-progress", "--export", str(checkpoint), *train_args]  # fmt: skip
         log_path = run.parent / f"{run.name}.log"
         with open(log_path, "w") as log:
-            code = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT).returncode
+            code = subprocess.run(command, check=False, stdout=log, stderr=subprocess.STDOUT).returncode
         if code != 0:
             lines = log_path.read_text(errors="replace").strip().splitlines()
             raise ValueError(f"the training that leaves out {name} failed (exit {code}): "
