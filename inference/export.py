@@ -383,7 +383,9 @@ def poisson_windows(count: int, input_shape: tuple[int, ...], seed: int = 0) -> 
 
 
 EXACT_ATOL = 1e-3  # logits of one window agree to this when no spike flips
-FLIPPED_SPIKE_ATOL = 0.1  # a spike flipped at the threshold moves a logit by a few hundredths
+# A spike flipped at the threshold moves a logit by a few hundredths to about a tenth (the built-in
+# model: 2 windows of 100 off, by at most 0.11); a wrong model is off by far more, in most windows.
+FLIPPED_SPIKE_ATOL = 0.25
 
 
 @dataclass(frozen=True)
@@ -399,7 +401,7 @@ class ParityReport:
         """FP32: the same class everywhere, nearly every window exact, and no window off by more
         than a flipped spike or two (``atol`` on the worst window, ``min_exact`` of them within
         ``EXACT_ATOL``). A membrane potential within float rounding of the threshold can fire in one
-        runtime and not the other: the built-in model has 2 such windows in 100, 0.03 in the logits."""
+        runtime and not the other: the built-in model has 2 such windows in 100, at most 0.11 in the logits."""
         return (self.argmax_agreement >= min_agreement and self.exact_fraction >= min_exact
                 and self.max_abs_diff < max(atol, FLIPPED_SPIKE_ATOL))  # fmt: skip
 

@@ -252,7 +252,7 @@ def test_parity_tolerates_a_flipped_spike_but_not_a_wrong_model():
 def test_builtin_checkpoint_parity(tmp_path):
     path = export_onnx(BUILTIN_CHECKPOINT, tmp_path / "builtin.onnx")
     report = verify_parity(BUILTIN_CHECKPOINT, path, windows=100)
-    assert report.passes() and report.exact_fraction >= 0.95, report  # measured: 98 windows exact, 2 off by 0.03
+    assert report.passes() and report.exact_fraction >= 0.95, report  # measured: 98 windows exact, 2 off by up to 0.11
 
 
 # --- CLI ---------------------------------------------------------------------------------------
