@@ -186,8 +186,8 @@ register_preset(SpikeformerConfig(
     tokenizer_channels=(64, 64, 128, 128, 256, 256), tokenizer_strides=(2, 1, 2, 1, 2, 1), kernel_size=3,
     embed_dim=256, depth=7, num_heads=4, mlp_ratio=2, num_classes=10,
 ))
-# CPU real-time model of the built-in checkpoint: 64x64 input, 8x8 = 64 tokens per step, 49,415
-# parameters, ~0.2 GFLOPs; ~6 ms per window in ONNX Runtime (1 intra-op thread) on the 2-core CPU.
+# CPU real-time model of the built-in checkpoint (which adds previous_frame: 49,575 parameters):
+# 64x64 input, 8x8 = 64 tokens per step, 49,415 parameters, ~0.2 GFLOPs; ~6 ms per window in ONNX Runtime (1 intra-op thread) on the 2-core CPU.
 # Narrower than the first sketch (tokenizer 16-32-64, embed 64: 189,047 parameters), which took
 # ~11-12 ms there (see benchmarks/bench_spikeformer.py).
 register_preset(SpikeformerConfig(
