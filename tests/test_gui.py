@@ -782,7 +782,9 @@ def test_a_killed_worker_is_restarted_by_the_supervisor_and_the_window_marks_the
 
     pipeline = real_pipeline(tiny_checkpoint, policy=launch.RestartPolicy(first_backoff_s=0.05))
     main = pipeline.main
-    qtbot.waitUntil(lambda: main.worker_id is not None, timeout=60_000)
+    # a prediction shown before the kill: a gap is marked from the last prediction to the next one
+    # (the worker's id alone can come first, in its stats, on a loaded machine)
+    qtbot.waitUntil(lambda: main.worker_id is not None and main.predictions_seen > 0, timeout=60_000)
     old_id = main.worker_id
     os.kill(pipeline.pid("worker"), signal.SIGKILL)
     qtbot.waitUntil(lambda: main.worker_id not in (None, old_id), timeout=60_000)  # a new worker speaks
