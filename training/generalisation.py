@@ -75,15 +75,21 @@ def make_domains(root: Path, samples: int, seed: int = 0, workers: int = os.cpu_
     return paths
 
 
-def loro_splits(root: Path) -> dict[str, tuple[str, str]]:
-    """Held-out domain -> (training data spec, test data spec)."""
-    other = {LOOKS[0]: LOOKS[1], LOOKS[1]: LOOKS[0]}
-    splits = {f"renderer {look}": (domain_spec(root, looks=[other[look]]), domain_spec(root, looks=[look]))
-              for look in LOOKS}  # fmt: skip
-    groups = list(LIGHT_GROUPS)
-    for group in groups:
-        train_group = groups[1 - groups.index(group)]
-        splits[f"light {group}"] = (domain_spec(root, groups=[train_group]), domain_spec(root, groups=[group]))
+LORO_FAMILIES = ("renderer", "light")
+
+
+def loro_splits(root: Path, families: Sequence[str] = LORO_FAMILIES) -> dict[str, tuple[str, str]]:
+    """Held-out domain -> (training data spec, test data spec), for the renderers and/or light groups."""
+    splits = {}
+    if "renderer" in families:
+        other = {LOOKS[0]: LOOKS[1], LOOKS[1]: LOOKS[0]}
+        for look in LOOKS:
+            splits[f"renderer {look}"] = (domain_spec(root, looks=[other[look]]), domain_spec(root, looks=[look]))
+    if "light" in families:
+        groups = list(LIGHT_GROUPS)
+        for group in groups:
+            train_group = groups[1 - groups.index(group)]
+            splits[f"light {group}"] = (domain_spec(root, groups=[train_group]), domain_spec(root, groups=[group]))
     return splits
 
 
@@ -103,9 +109,6 @@ def _train(name: str, train_spec: str, out: Path, train_args: Sequence[str], cac
     return checkpoint
 
 
-LORO_FAMILIES = ("renderer", "light")
-
-
 def loro(root: Path, out: Path, train_args: Sequence[str], *, parallel: int = 1, windows: int = 4,
          families: Sequence[str] = LORO_FAMILIES) -> dict:  # fmt: skip
     """Train one model per held-out domain of ``families`` (``parallel`` at once), test it on that domain."""
@@ -113,7 +116,7 @@ def loro(root: Path, out: Path, train_args: Sequence[str], *, parallel: int = 1,
 
     out.mkdir(parents=True, exist_ok=True)
     cache = out / "cache"
-    splits = {name: specs for name, specs in loro_splits(root).items() if name.split()[0] in families}
+    splits = loro_splits(root, families)
     started = time.perf_counter()
     with ThreadPoolExecutor(max_workers=parallel) as pool:
         checkpoints = dict(zip(splits, pool.map(lambda item: _train(item[0], item[1][0], out, train_args, cache),
