@@ -187,7 +187,8 @@ register_preset(SpikeformerConfig(
     embed_dim=256, depth=7, num_heads=4, mlp_ratio=2, num_classes=10,
 ))
 # CPU real-time model of the built-in checkpoint (which adds previous_frame: 49,575 parameters):
-# 64x64 input, 8x8 = 64 tokens per step, 49,415 parameters, ~0.2 GFLOPs; ~6 ms per window in ONNX Runtime (1 intra-op thread) on the 2-core CPU.
+# 64x64 input, 8x8 = 64 tokens per step, 49,415 parameters, ~0.2 GFLOPs; ~6 ms per window in ONNX
+# Runtime (1 intra-op thread) on the 2-core CPU.
 # Narrower than the first sketch (tokenizer 16-32-64, embed 64: 189,047 parameters), which took
 # ~11-12 ms there (see benchmarks/bench_spikeformer.py).
 register_preset(SpikeformerConfig(
@@ -302,10 +303,15 @@ def causal_bias(steps: int, slopes: Tensor) -> Tensor:
     return bias.masked_fill(distance < 0, float("-inf"))
 
 
+def pair_with_previous(frame: Tensor, previous: Tensor) -> Tensor:
+    """The tokenizer's input with ``previous_frame``: ``frame``'s channels, then ``previous``'s, along
+    the channel axis (-3 of ``[..., C, H, W]``); shared by the window model and the step model."""
+    return torch.cat([frame, previous], dim=-3)
+
+
 def with_previous_frame(x: Tensor) -> Tensor:
     """Frames ``[B, T, C, H, W]`` -> ``[B, T, 2C, H, W]``: step t's channels, then step t-1's (zeros at t = 0)."""
-    previous = torch.cat([torch.zeros_like(x[:, :1]), x[:, :-1]], dim=1)
-    return torch.cat([x, previous], dim=2)
+    return pair_with_previous(x, torch.cat([torch.zeros_like(x[:, :1]), x[:, :-1]], dim=1))
 
 
 class Attention(nn.Module):

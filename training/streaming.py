@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from training.neuron import plif_step
-from training.spikeformer import Block, SEWBlock, Spikeformer
+from training.spikeformer import Block, SEWBlock, Spikeformer, pair_with_previous
 
 
 def state_names(model: Spikeformer) -> list[str]:
@@ -79,7 +79,7 @@ class SpikeformerStep(nn.Module):
         next_state: list[Tensor] = []
         x = frame
         if model.config.previous_frame:
-            x = torch.cat([frame, state.pop(0)], dim=1)  # [B, 2 * C_in, H, W]: this bin, then the last
+            x = pair_with_previous(frame, state.pop(0))  # [B, 2 * C_in, H, W]: this bin, then the last
             next_state.append(frame)
         for block in model.tokenizer.blocks:
             x = self._sew_step(block, x, state, next_state)
