@@ -422,11 +422,10 @@ def _train_from(args: argparse.Namespace, argv: Sequence[str]) -> int:
     config = parent.config
     window = WindowSpec.from_dict(metadata["input"]["window"])
     mapping = metadata["input"]["sensor_mapping"]
-    conflicts = [option for option, given, kept in (
-        ("--config", args.config, None), ("--bins", args.bins, None),
-        ("--input-size", args.input_size, None), ("--stride-us", args.stride_us, None),
-    ) if given is not None] + [option for option, given in (("--causal", args.causal),
-                                                            ("--previous-frame", args.previous_frame)) if given]  # fmt: skip
+    conflicts = [option for option, given in (("--config", args.config), ("--bins", args.bins),
+                                              ("--input-size", args.input_size), ("--stride-us", args.stride_us))
+                 if given is not None]  # fmt: skip
+    conflicts += [option for option, given in (("--causal", args.causal), ("--previous-frame", args.previous_frame)) if given]
     if args.bin_us != DEFAULT_BIN_US and args.bin_us != window.bin_us:
         conflicts.append("--bin-us")
     if conflicts:
