@@ -34,20 +34,33 @@ class StopRequest:
     The first signal sets ``event`` (every loop of a stage polls it at least every ~100 ms) and
     runs ``callbacks`` (e.g. ``source.stop``); nothing is raised at a random point of the code, so
     sockets and devices close in order. A second signal raises KeyboardInterrupt (forced stop).
+
+    The Python-level handler runs in the main thread between two bytecodes, possibly while that
+    thread holds a lock (an ``Event.clear()`` of the source's pacing loop), so it takes no lock: it
+    writes one byte to a pipe and a watcher thread sets ``event`` and runs the callbacks. (A handler
+    that set the source's event itself deadlocked the stage about once in a few hundred stops.)
     """
 
     def __init__(self) -> None:
         self.event = threading.Event()
         self.callbacks: list[Callable[[], None]] = []
+        self._signals = 0
+        self._wake_read, self._wake_write = os.pipe()
 
     def install(self) -> "StopRequest":
+        threading.Thread(target=self._watch, name="stop-request", daemon=True).start()
         signal.signal(signal.SIGINT, self._handle)
         signal.signal(signal.SIGTERM, self._handle)
         return self
 
     def _handle(self, signum: int, frame: object) -> None:
-        if self.event.is_set():
+        self._signals += 1
+        if self._signals > 1:
             raise KeyboardInterrupt
+        os.write(self._wake_write, b"\0")  # a system call: no Python lock
+
+    def _watch(self) -> None:
+        os.read(self._wake_read, 1)
         self.event.set()
         for callback in self.callbacks:
             callback()
