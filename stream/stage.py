@@ -38,7 +38,7 @@ class StopRequest:
     The Python-level handler runs in the main thread between two bytecodes, possibly while that
     thread holds a lock (an ``Event.clear()`` of the source's pacing loop), so it takes no lock: it
     writes one byte to a pipe and a watcher thread sets ``event`` and runs the callbacks. (A handler
-    that set the source's event itself deadlocked the stage about once in a few hundred stops.)
+    that set the source's event itself could hang a stage on SIGTERM: it did once in CI.)
     """
 
     def __init__(self) -> None:
