@@ -79,17 +79,15 @@ LORO_FAMILIES = ("renderer", "light")
 
 
 def loro_splits(root: Path, families: Sequence[str] = LORO_FAMILIES) -> dict[str, tuple[str, str]]:
-    """Held-out domain -> (training data spec, test data spec), for the renderers and/or light groups."""
+    """Held-out domain -> (training data spec, test data spec), for the renderers and/or light groups:
+    each family has two members, and each is held out in turn while the model trains on the other."""
+    members = {"renderer": ("looks", LOOKS), "light": ("groups", tuple(LIGHT_GROUPS))}
     splits = {}
-    if "renderer" in families:
-        other = {LOOKS[0]: LOOKS[1], LOOKS[1]: LOOKS[0]}
-        for look in LOOKS:
-            splits[f"renderer {look}"] = (domain_spec(root, looks=[other[look]]), domain_spec(root, looks=[look]))
-    if "light" in families:
-        groups = list(LIGHT_GROUPS)
-        for group in groups:
-            train_group = groups[1 - groups.index(group)]
-            splits[f"light {group}"] = (domain_spec(root, groups=[train_group]), domain_spec(root, groups=[group]))
+    for family in families:
+        option, (first, second) = members[family]
+        for held_out, trained in ((first, second), (second, first)):
+            splits[f"{family} {held_out}"] = (domain_spec(root, **{option: [trained]}),
+                                              domain_spec(root, **{option: [held_out]}))  # fmt: skip
     return splits
 
 
