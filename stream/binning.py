@@ -819,12 +819,17 @@ class StreamingBinner:
         check_events(events)
         if emit not in EMIT_MODES:
             raise ValueError(f"emit must be one of {EMIT_MODES}, got {emit!r}")
+        if now_us is not None:
+            now_us = int(now_us)
         if self._filter.filters and len(events):
+            # The chunk's last time still moves the stream on when the filter removes its events:
+            # otherwise the windows of a quiet stretch (noise only) all fall due at its next kept
+            # event, and ``emit="latest"`` passes over all but one of them.
+            chunk_end = int(events["t"][-1])
+            now_us = chunk_end if now_us is None else max(now_us, chunk_end)
             removed = self._filter.events_removed
             events = self._filter(events)
             self.stats.events_filtered += self._filter.events_removed - removed
-        if now_us is not None:
-            now_us = int(now_us)
         spec = self.window
         stats = self.stats
         previous_time = self._time_us

@@ -482,6 +482,28 @@ def test_background_activity_filter_keeps_supported_events_across_chunks() -> No
     assert noise.events_in == 10 and noise.events_kept == 3
 
 
+def test_a_chunk_the_filter_empties_still_moves_the_windows_on() -> None:
+    # Isolated noise (every event removed) for 5 strides, then supported events: each push must
+    # return the windows due by its own last event, as without the filter, and none is passed over.
+    spec = WindowSpec(4, 1_000, 1_000)
+    mapping = SensorMapping.create((32, 32), (32, 32))
+    filtered = StreamingBinner(mapping, spec, filters={"background_activity_us": 200})
+    plain = StreamingBinner(mapping, spec)
+    rng = np.random.default_rng(0)
+    for start in range(0, 5_000, 500):
+        t = np.arange(start, start + 500, 100)
+        if start < 3_000:  # far-apart pixels, never within 200 µs of a neighbour: all filtered
+            x, y = (t // 100 * 7) % 32, (t // 100 * 13) % 32
+        else:  # a moving pair of neighbours: supported
+            x, y = (t // 100) % 31, np.full(len(t), 5)
+            t, x, y = np.repeat(t, 2), np.stack([x, x + 1], 1).ravel(), np.repeat(y, 2)
+        chunk = make_events(t, x, y, rng.integers(0, 2, len(t)))
+        ends = [w.end_us for w in filtered.push(chunk, emit="latest")]
+        assert ends == [w.end_us for w in plain.push(chunk, emit="latest")], start
+    assert filtered.stats.windows_skipped == plain.stats.windows_skipped == 0
+    assert filtered.stats.events_filtered >= 30
+
+
 def test_hot_pixel_filter_mutes_a_pixel_for_the_next_period() -> None:
     hot_pixel = HotPixelFilter((8, 8), period_us=1_000, max_events=10)
     def period(start: int, hot_count: int) -> np.ndarray:
