@@ -208,7 +208,7 @@ def accounting(
     counts that do not add up go to ``unexplained``. Sent = received + lost holds exactly only at the
     end (``ended``: the counters of the worker's end message); before, the source's count is older."""
     c = {name: int(counters.get(name, 0) or 0) for name in (
-        "events_in", "events_binned", "events_unused", "events_unmapped", "dropped_out_of_sensor",
+        "events_in", "events_binned", "events_filtered", "events_unused", "events_unmapped", "dropped_out_of_sensor",
         "dropped_bad_polarity", "dropped_backwards", "events_lost", "packets_lost", "messages_rejected",
         "windows", "windows_skipped", "windows_in_gaps",
     )}  # fmt: skip
@@ -222,10 +222,12 @@ def accounting(
                          "overflow at the worker's events socket (the worker fell behind the source)")  # fmt: skip
     elif c["events_lost"] > 0 or c["packets_lost"] > 0:
         unexplained.append(f"{c['events_lost']} events lost but {c['packets_lost']} packet sequence gaps")
-    accounted = (c["events_binned"] + c["events_unused"] + c["events_unmapped"] + c["dropped_out_of_sensor"]
-                 + c["dropped_bad_polarity"] + c["dropped_backwards"])  # fmt: skip
+    accounted = (c["events_binned"] + c["events_filtered"] + c["events_unused"] + c["events_unmapped"]
+                 + c["dropped_out_of_sensor"] + c["dropped_bad_polarity"] + c["dropped_backwards"])  # fmt: skip
     if accounted != c["events_in"]:
         unexplained.append(f"worker received {c['events_in']} events but accounts for {accounted}")
+    if c["events_filtered"]:
+        explained.append(f"{c['events_filtered']} events removed by the checkpoint's noise filter (input.filters)")
     if c["events_unused"]:
         explained.append(f"{c['events_unused']} events only in skipped windows (never needed by an inferred one)")
     if c["events_unmapped"]:
