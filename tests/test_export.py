@@ -29,7 +29,7 @@ from inference.export import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
-BUILTIN_CHECKPOINT = REPO / "inference" / "checkpoints" / "spikeformer-small-sim.json"
+BUILTIN_CHECKPOINT = REPO / "inference" / "checkpoints" / "spikeformer-medium-sim.json"
 
 
 def ort_logits(onnx_path: Path, frames: np.ndarray) -> np.ndarray:

@@ -39,13 +39,13 @@ def finetune(labels: Path, out: Path, *options: str) -> Path:
 
 @pytest.mark.timeout(900)  # real training: about 2 min alone on 2 cores
 def test_finetuning_the_built_in_model_on_one_persons_gestures_lifts_two_other_people(tmp_path: Path) -> None:
-    """The issue's protocol in a room the built-in model was not trained on (a camera with 5 Hz of
-    background activity per pixel, beyond the simulator's training range, where the built-in model
-    scores about 1 in 10): person 1 performs each of the 11 gestures once (``trials_to_train.txt``),
-    persons 2 and 3 are tested; ``finetune --data dvsgesture:DIR``. The exported model is the last
+    """The issue's protocol in a room the built-in model was not trained on (a camera with 10 Hz of
+    background activity per pixel, ten times the simulator's training range and more than its noise
+    filter removes, where the built-in model scores about 1 in 10): person 1 performs each of the 11
+    gestures once (``trials_to_train.txt``), persons 2 and 3 are tested; ``finetune --data dvsgesture:DIR``. The exported model is the last
     epoch's, so the test people choose nothing."""
     write_dataset(tmp_path / "data", samples=33, seed=0, test_fraction=0.5, looks=("shaded",),
-                  lightings=("fluorescent",), scene_options={"noise_hz": 5.0})  # fmt: skip
+                  lightings=("fluorescent",), scene_options={"noise_hz": 10.0})  # fmt: skip
     spec, cache = f"dvsgesture:{tmp_path / 'data'}", str(tmp_path / "cache")
     before, _ = evaluate_checkpoint(BUILTIN_CHECKPOINT, spec, split="test", cache_dir=cache)
     export = tmp_path / "mine.json"
@@ -53,7 +53,8 @@ def test_finetuning_the_built_in_model_on_one_persons_gestures_lifts_two_other_p
                           "--cache", cache]) == 0  # fmt: skip
     after, _ = evaluate_checkpoint(export, spec, split="test", cache_dir=cache)
     assert after.samples == before.samples == 88  # 2 people x 11 gestures x 4 windows
-    # measured 9.1 -> 77.3 % (the #16 target, >= 95 % on other people, is not met)
+    # measured 11.4 -> 75.0 % (at 5 Hz, where the filtered built-in already scores 60.2 %: -> 79.5 %;
+    # the #16 target, >= 95 % on other people, is not met)
     assert after.accuracy >= before.accuracy + 0.2, (before.accuracy, after.accuracy)
     parent = read_metadata(export)["data"]["parent"]
     assert Path(parent["checkpoint"]).name == BUILTIN_CHECKPOINT.name and len(parent["sha256"]) == 64

@@ -172,7 +172,7 @@ def test_cli_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture):
     assert training_main(["train", "--config", "small", "--data", "sim:5", "--out", str(tmp_path),
                           "--normalisation", "cube"]) == 2  # fmt: skip
     assert "--normalisation" in capsys.readouterr().err
-    built_in = Path(__file__).parents[1] / "inference" / "checkpoints" / "spikeformer-small-sim.json"
+    built_in = Path(__file__).parents[1] / "inference" / "checkpoints" / "spikeformer-medium-sim.json"
     assert training_main(["train", "--from", str(built_in), "--data", "sim:5", "--out", str(tmp_path),
                           "--causal", "--previous-frame", "--bins", "8"]) == 2  # fmt: skip
     assert capsys.readouterr().err.startswith("error: --bins, --causal, --previous-frame cannot change with --from")

@@ -4,4 +4,4 @@ from pathlib import Path
 
 # The built-in checkpoint (shipped with the package): what ``launch.py``, ``finetune`` and the
 # Python API use when no checkpoint is given.
-BUILTIN_CHECKPOINT = Path(__file__).resolve().parents[1] / "inference" / "checkpoints" / "spikeformer-small-sim.json"
+BUILTIN_CHECKPOINT = Path(__file__).resolve().parents[1] / "inference" / "checkpoints" / "spikeformer-medium-sim.json"

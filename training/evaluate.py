@@ -1,6 +1,6 @@
 """``python -m training evaluate``: accuracy of a checkpoint on a data set's test split.
 
-    python -m training evaluate --checkpoint inference/checkpoints/spikeformer-small-sim.json \\
+    python -m training evaluate --checkpoint inference/checkpoints/spikeformer-medium-sim.json \\
         --data sim:1200 [--json] [--confusion confusion.png] [--windows 4] [--cache DIR]
 
 The windows are cut and binned exactly as the checkpoint says (``input.window``,

@@ -2,15 +2,14 @@
 
     python -m training train --config small --data sim:1200 --out runs/small-sim [options]
 
-Retrain the built-in checkpoint (``inference/checkpoints/spikeformer-small-sim``), data generation
-included, in one command (11 min 18 s wall on the 2-core CPU when it was otherwise idle: 2.5 min to
-simulate and bin 1200 gestures, 24 epochs of ~21 s; 96.1 % on the held-out simulated users)::
+Retrain the built-in checkpoint (``inference/checkpoints/spikeformer-medium-sim``) on the four
+simulated domains (README, "The simulator and the built-in model"; 71 min on the 2-core CPU, alone)::
 
-    python -m training train --config small --data sim:1200 --out runs/small-sim --epochs 24 \\
-        --export inference/checkpoints/spikeformer-small-sim.json
+    python -m training train --config medium --previous-frame --normalisation density:4 --filters ba:5000 \\
+        --data $D --out runs/builtin --epochs 45 --repeats 2 --export inference/checkpoints/spikeformer-medium-sim.json
 
-    python -m training evaluate --checkpoint inference/checkpoints/spikeformer-small-sim.json \\
-        --data sim:1200 --confusion confusion.png
+    python -m training evaluate --checkpoint inference/checkpoints/spikeformer-medium-sim.json --data $D \\
+        --confusion confusion.png
 
 What it does: AdamW (no weight decay on norms, biases, PLIF and embeddings), linear warm-up then
 cosine decay of the learning rate per step, label smoothing, gradient-norm clipping, AMP on CUDA
