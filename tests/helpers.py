@@ -29,7 +29,6 @@ from training.spikeformer import SpikeformerConfig, build_model
 
 REPO = Path(__file__).resolve().parents[1]
 TEST_BACKEND = "onnxruntime"  # the CPU backend ``auto`` picks without a GPU
-BUILT_IN_CHECKPOINT = REPO / "inference" / "checkpoints" / "spikeformer-medium-sim.json"
 
 
 # --- synthetic events -------------------------------------------------------------------------------

@@ -27,9 +27,9 @@ from inference.export import (
     verify_parity,
     weights_sha256,
 )
+from training import BUILTIN_CHECKPOINT
 
 REPO = Path(__file__).resolve().parents[1]
-BUILTIN_CHECKPOINT = REPO / "inference" / "checkpoints" / "spikeformer-medium-sim.json"
 
 
 def ort_logits(onnx_path: Path, frames: np.ndarray) -> np.ndarray:

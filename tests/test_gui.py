@@ -17,7 +17,7 @@ import pytest
 
 from gui.widgets import EVENT_LUT, LEVELS, EventAccumulator, colour_index  # first: installs the PySide6 guard
 from gui.app import MainWindow  # noqa: E402
-from helpers import BUILT_IN_CHECKPOINT, TEST_BACKEND, random_events, start_source, stop_process
+from helpers import TEST_BACKEND, random_events, start_source, stop_process
 from inference import messages
 from inference.headless import window_accuracy, window_truth
 from inference.smoothing import StableLabel
@@ -26,6 +26,7 @@ from stream.events import EVENT_DTYPE, SensorSize
 from stream.formats import read_events
 from stream.transport.sockets import Publisher
 from stream.transport.wire import Kind, now_us
+from training import BUILTIN_CHECKPOINT
 
 SENSOR = SensorSize(64, 48)
 
@@ -718,12 +719,12 @@ def labelled(pipeline: RealPipeline) -> tuple[np.ndarray, np.ndarray]:
     return predicted[truth >= 0], truth[truth >= 0]
 
 
-@pytest.mark.skipif(not BUILT_IN_CHECKPOINT.is_file(), reason="built-in checkpoint not trained yet")
+@pytest.mark.skipif(not BUILTIN_CHECKPOINT.is_file(), reason="built-in checkpoint not trained yet")
 def test_window_on_the_real_pipeline_recognises_the_simulated_gestures(qtbot, real_pipeline) -> None:
     """The built-in checkpoint through the real stages into the window: the windows it shows inside
     the simulator's gestures (its truth, forwarded by the worker) have the gesture's class (a model
     that outputs noise scores about 1 in 11, and 0 % here)."""
-    pipeline = real_pipeline(BUILT_IN_CHECKPOINT)
+    pipeline = real_pipeline(BUILTIN_CHECKPOINT)
 
     def enough() -> bool:  # 3 s of windows inside gestures, of two gestures at least
         truth = labelled(pipeline)[1]

@@ -12,7 +12,6 @@ import time
 import numpy as np
 import pytest
 from helpers import (
-    BUILT_IN_CHECKPOINT,
     TEST_BACKEND,
     WORKER_TOPICS,
     drain,
@@ -45,6 +44,7 @@ from stream.classes import GESTURE_CLASSES, NO_GESTURE
 from stream.events import GestureSegment, SensorSize, make_events
 from stream.transport.sockets import Publisher, Subscriber
 from stream.transport.wire import Kind, encode_events, now_us
+from training import BUILTIN_CHECKPOINT
 
 # --- smoothing and statistics --------------------------------------------------------------------
 
@@ -648,7 +648,7 @@ def test_a_silent_stretch_keeps_predictions_going_and_a_pause_is_a_gap(tiny_chec
 def simulator_run(stage_env, tmp_path_factory) -> tuple[dict, str]:
     """launch.py headless on the live simulator with the built-in checkpoint for 8 s: its report and stdout."""
     report_path = tmp_path_factory.mktemp("simulator_run") / "report.json"
-    result = run_launch(stage_env, "--source", "sim", "--checkpoint", BUILT_IN_CHECKPOINT, "--duration", "8",
+    result = run_launch(stage_env, "--source", "sim", "--checkpoint", BUILTIN_CHECKPOINT, "--duration", "8",
                         "--report", report_path)  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(report_path.read_text()), result.stdout
@@ -663,7 +663,7 @@ def test_pipeline_on_the_simulator_reports_latencies_counts_and_the_truth(simula
     latency, e2e = report["latency_ms"], report["e2e_latency_ms"]
     assert 0 < latency["p50"] <= latency["p90"] <= latency["p99"] <= latency["max"] < 5000
     assert e2e["p50"] >= latency["p50"] * 0.5 and e2e["max"] < 10_000
-    assert report["backend"].startswith(TEST_BACKEND) and report["checkpoint"] == str(BUILT_IN_CHECKPOINT)
+    assert report["backend"].startswith(TEST_BACKEND) and report["checkpoint"] == str(BUILTIN_CHECKPOINT)
     assert report["gestures"] >= 1 and report["windows_labelled"] >= 30  # the simulator's truth came through the worker
     assert report["stage_restarts"] == {"worker": 0, "source": 0} and report["failures"] == []
     assert "| compute latency" in stdout and "| accuracy (windows inside gestures) |" in stdout

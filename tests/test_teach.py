@@ -42,8 +42,8 @@ def test_finetuning_the_built_in_model_on_one_persons_gestures_lifts_two_other_p
     """The issue's protocol in a room the built-in model was not trained on (a camera with 10 Hz of
     background activity per pixel, ten times the simulator's training range and more than its noise
     filter removes, where the built-in model scores about 1 in 10): person 1 performs each of the 11
-    gestures once (``trials_to_train.txt``), persons 2 and 3 are tested; ``finetune --data dvsgesture:DIR``. The exported model is the last
-    epoch's, so the test people choose nothing."""
+    gestures once (``trials_to_train.txt``), persons 2 and 3 are tested; ``finetune --data
+    dvsgesture:DIR``. The exported model is the last epoch's, so the test people choose nothing."""
     write_dataset(tmp_path / "data", samples=33, seed=0, test_fraction=0.5, looks=("shaded",),
                   lightings=("fluorescent",), scene_options={"noise_hz": 10.0})  # fmt: skip
     spec, cache = f"dvsgesture:{tmp_path / 'data'}", str(tmp_path / "cache")

@@ -18,7 +18,7 @@ from helpers import TINY_CONFIG
 from stream.events import EVENT_DTYPE, GestureSegment, SensorSize, make_events
 from stream.formats.aedat31 import write_aedat31
 from stream.formats.labels import write_gesture_labels, write_trials
-from training import train
+from training import BUILTIN_CHECKPOINT, train
 from training.__main__ import main as training_main
 from training.checkpoint import load_checkpoint
 from training.spikeformer import build_model
@@ -172,8 +172,7 @@ def test_cli_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture):
     assert training_main(["train", "--config", "small", "--data", "sim:5", "--out", str(tmp_path),
                           "--normalisation", "cube"]) == 2  # fmt: skip
     assert "--normalisation" in capsys.readouterr().err
-    built_in = Path(__file__).parents[1] / "inference" / "checkpoints" / "spikeformer-medium-sim.json"
-    assert training_main(["train", "--from", str(built_in), "--data", "sim:5", "--out", str(tmp_path),
+    assert training_main(["train", "--from", str(BUILTIN_CHECKPOINT), "--data", "sim:5", "--out", str(tmp_path),
                           "--causal", "--previous-frame", "--bins", "8"]) == 2  # fmt: skip
     assert capsys.readouterr().err.startswith("error: --bins, --causal, --previous-frame cannot change with --from")
 
