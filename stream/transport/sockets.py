@@ -196,14 +196,26 @@ class Authenticators:
         with cls._lock:
             entry = cls._running.get(id(context))
             if entry is None:
-                authenticator = ThreadAuthenticator(context)
-                try:
-                    authenticator.start()
-                except zmq.ZMQError as error:  # another ZAP handler already serves this context
-                    raise OSError(f"cannot start the CurveZMQ authenticator: {error}") from None
-                entry = cls._running[id(context)] = [authenticator, 0]
+                entry = cls._running[id(context)] = [cls._start(context), 0]
             entry[0].configure_curve_callback(cls.domain(curve), _KeySet(curve.authorized))
             entry[1] += 1
+
+    @staticmethod
+    def _start(context: zmq.Context, wait_s: float = 2.0) -> ThreadAuthenticator:
+        """Start a ZAP handler on ``context``. ZeroMQ closes sockets in the background, so the ZAP
+        endpoint of a handler stopped a moment ago may still be bound: retry for ``wait_s`` seconds."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            authenticator = ThreadAuthenticator(context)
+            try:
+                authenticator.start()
+                return authenticator
+            except zmq.ZMQError as error:
+                authenticator.stop()  # closes the half-made ZAP socket
+                if error.errno != zmq.EADDRINUSE or time.monotonic() > deadline:
+                    # another ZAP handler, not ours, serves this context
+                    raise OSError(f"cannot start the CurveZMQ authenticator: {error}") from None
+                time.sleep(0.01)
 
     @classmethod
     def release(cls, context: zmq.Context) -> None:
