@@ -282,6 +282,52 @@ def test_hdf5_reads_prophesee_layout_and_names_the_ecf_codec(tmp_path):
         read_events(tmp_path / "other.hdf5")
 
 
+@pytest.mark.parametrize("chunk_events", [1000, 4096, 5000, 1 << 18])
+@pytest.mark.parametrize("layout", ["chunked", "contiguous", "gzip"])
+def test_hdf5_chunks_are_exact_whatever_the_stored_layout(tmp_path, layout, chunk_events):
+    """Unfiltered chunked datasets are read a stored chunk at a time (read_direct_chunk), others in
+    row blocks: both hand out the same events in chunks of chunk_events, the last one shorter."""
+    h5py = pytest.importorskip("h5py")
+    from stream.formats.hdf5 import RECORD_DTYPE
+
+    events = random_events(HD, 0, 1_000_000, count=10_001)
+    records = np.empty(len(events), dtype=RECORD_DTYPE)
+    for field in "xypt":
+        records[field] = events[field]
+    path = tmp_path / f"{layout}.hdf5"
+    with h5py.File(path, "w") as file:
+        file.attrs["geometry"] = "1280x720"
+        options = {"chunked": {"chunks": (4096,)}, "contiguous": {}, "gzip": {"chunks": (4096,), "compression": "gzip"}}
+        file.create_dataset("CD/events", data=records, **options[layout])
+    with open_events(path, chunk_events=chunk_events) as reader:
+        chunks = list(reader)
+    assert [len(chunk) for chunk in chunks[:-1]] == [chunk_events] * (len(chunks) - 1)
+    np.testing.assert_array_equal(np.concatenate(chunks), events)
+
+    records["x"][7_000] = 1280  # off the sensor: the events before it are handed out, then one line
+    with h5py.File(path, "r+") as file:
+        file["CD/events"][7_000] = records[7_000]
+    with open_events(path, chunk_events=chunk_events) as reader:
+        got = []
+        with pytest.raises(EventFormatError, match="event 7000 at x=1280, y=.* outside the 1280x720 sensor"):
+            for chunk in reader:
+                got.append(chunk)
+    np.testing.assert_array_equal(np.concatenate(got), events[:7_000])
+
+
+def test_a_truncated_unfiltered_hdf5_file_is_one_line(tmp_path):
+    """HDF5 checks the file's end before anything is read: a cut file is refused whole, in one line."""
+    pytest.importorskip("h5py")
+    from stream.formats.hdf5 import write_hdf5
+
+    write_hdf5(tmp_path / "whole.hdf5", random_events(HD, 0, 1_000_000, count=50_000), HD, compression=None)
+    data = (tmp_path / "whole.hdf5").read_bytes()
+    (tmp_path / "cut.hdf5").write_bytes(data[: len(data) * 3 // 4])
+    for allow_truncated in (False, True):
+        with pytest.raises(EventFormatError, match=r"cut.hdf5: unreadable HDF5 file \(.*truncated file"):
+            open_events(tmp_path / "cut.hdf5", allow_truncated=allow_truncated)
+
+
 # --- conversion -----------------------------------------------------------------------------------------
 
 

@@ -167,6 +167,7 @@ def seeds(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
         from stream.formats.hdf5 import write_hdf5
 
         write_hdf5(folder / "h.hdf5", events[:100], SENSOR, compression="gzip")
+        write_hdf5(folder / "h_raw.hdf5", events[:100], SENSOR, compression=None)  # read a stored chunk at a time
     except ImportError:  # h5py is an optional extra
         pass
     data = {path.name: path.read_bytes() for path in folder.iterdir()}
@@ -236,13 +237,14 @@ def _data_start(data: bytes) -> int:
 
 
 @settings(FUZZ, max_examples=min(FUZZ.max_examples, 60))
-@given(mutations=st.lists(mutation, min_size=1, max_size=4), allow_truncated=st.booleans())
-def test_fuzz_hdf5(seeds, tmp_path, mutations, allow_truncated):
+@given(seed=st.sampled_from(["h.hdf5", "h_raw.hdf5"]), mutations=st.lists(mutation, min_size=1, max_size=4),
+       allow_truncated=st.booleans())  # fmt: skip
+def test_fuzz_hdf5(seeds, tmp_path, seed, mutations, allow_truncated):
     """HDF5 through h5py: every error of the library on a damaged file becomes one line."""
     if "h.hdf5" not in seeds:
         pytest.skip("h5py is not installed")
     path = tmp_path / "fuzz.hdf5"
-    path.write_bytes(mutate(seeds["h.hdf5"], mutations))
+    path.write_bytes(mutate(seeds[seed], mutations))
     with bounded():
         read_or_refuse(path, allow_truncated)
 

@@ -8,7 +8,7 @@ Metavision compresses the events with its ECF codec, an HDF5 filter (0x8ECF) tha
 PyPI provides. A file that needs it is refused with one line naming the codec and the two ways
 out (``ECF_HELP``) unless the filter is installed as an HDF5 plugin (``HDF5_PLUGIN_PATH``); an
 HDF5 file written without ECF (h5py, gzip, LZ4 through hdf5plugin, ...) reads as is. h5py is the
-optional ``hdf5`` extra. Memory: one chunk of records at a time.
+optional ``hdf5`` extra. Memory: one chunk of records (at most ``MAX_RAW_CHUNK_BYTES``) at a time.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ EVENTS = "CD/events"
 ECF_HELP = ("it is compressed with Prophesee's ECF codec (HDF5 filter 0x8ECF), which is not installed: "
             "install the hdf5_ecf plugin (github.com/prophesee-ai/hdf5_ecf) and set HDF5_PLUGIN_PATH to its "
             "folder, or convert the file to RAW or DAT with Metavision (metavision_file_to_dat -i FILE.hdf5)")  # fmt: skip
+MAX_RAW_CHUNK_BYTES = 64 << 20  # a larger stored chunk is read in row blocks (memory stays bounded)
 RECORD_DTYPE = np.dtype([("x", "<u2"), ("y", "<u2"), ("p", "<i2"), ("t", "<i8")])
 # What h5py raises on a damaged file (HDF5's C errors become OSError, RuntimeError, KeyError, ...;
 # found by tests/test_fuzz.py): all of them mean "unreadable file" here.
@@ -115,42 +116,64 @@ class Hdf5Reader:
         return sensor_from_addresses(max_x, max_y, KNOWN_SENSORS), "the largest address"
 
     def _blocks(self, rows: int) -> Iterator[np.ndarray]:
-        """The records, ``rows`` at a time, read into one reused buffer: a block is valid until the
-        next one is read (a fresh multi-MB array per block cost page faults on every block)."""
+        """The records in file order: the stored chunks themselves when the dataset is chunked and
+        unfiltered (``read_direct_chunk``: no selection per block, the bytes stay in cache for the
+        conversion), else ``rows`` at a time read into one reused buffer. A block is valid until the
+        next one is read."""
         total = self._events.shape[0]
-        buffer = np.empty(min(rows, total), dtype=self._events.dtype)
-        for start in range(0, total, rows):
-            count = min(rows, total - start)
+        stored = self._events.chunks
+        raw = (stored is not None and self._events.id.get_create_plist().get_nfilters() == 0
+               and stored[0] * self._events.dtype.itemsize <= MAX_RAW_CHUNK_BYTES)  # fmt: skip
+        step = stored[0] if raw else rows
+        buffer = np.empty(min(step, total), dtype=self._events.dtype)
+        for start in range(0, total, step):
+            count = min(step, total - start)
             try:
-                self._events.read_direct(buffer, np.s_[start : start + count], np.s_[0:count])
-                rows_read = buffer[:count]
+                if raw:  # h5py refuses a stored chunk larger than the buffer
+                    size = len(self._events.id.read_direct_chunk((start,), out=buffer.view(np.uint8))[1])
+                    if size < count * buffer.itemsize:
+                        raise OSError(f"stored chunk of {size} bytes, expected {count} records")
+                else:
+                    self._events.read_direct(buffer, np.s_[start : start + count], np.s_[0:count])
+                block = buffer[:count]
             except H5PY_ERRORS as error:
-                message = f"unreadable events {start}..{min(total, start + rows)} ({_first_line(error)})"
+                message = f"unreadable events {start}..{start + count} ({_first_line(error)})"
                 if "filter" in str(error).lower() and "ecf" in str(error).lower():
                     raise EventFormatError(f"{self.path}: {ECF_HELP}") from None
                 if not self.allow_truncated:
                     raise EventFormatError(f"{self.path}: {message}; {TRUNCATED_HINT}") from None
                 self.damage = message
                 return
-            yield rows_read
+            yield block
 
     def chunks(self, chunk_events: int = 1 << 18) -> Iterator[np.ndarray]:
         """Yield the events in file order, ``chunk_events`` at a time (t never decreasing: see ``clamped``)."""
         if chunk_events < 1:
             raise ValueError(f"chunk_events must be >= 1, got {chunk_events}")
         state = new_state()
-        delivered = 0
         width, height = self.sensor_size
+        delivered = filled = 0
+        out = np.empty(chunk_events, dtype=EVENT_DTYPE)
         for rows in self._blocks(chunk_events):
-            events = np.empty(len(rows), dtype=EVENT_DTYPE)
-            count = _convert(rows["x"], rows["y"], rows["p"], rows["t"], state,
-                             events.view(np.int64).reshape(len(rows), 2), width, height)  # fmt: skip
-            self.clamped = int(state[STATE_CLAMPED])
-            yield events[:count]
-            delivered += count
-            if state[STATE_BAD]:
-                raise EventFormatError(f"{self.path}: event {delivered} at x={state[STATE_BAD_X]}, y={state[STATE_BAD_Y]} "
-                                       f"lies outside the {self.sensor_size} sensor (size from {self.sensor_from})")  # fmt: skip
+            start = 0
+            while start < len(rows):  # a block may span the end of this chunk and the start of the next
+                part = rows[start : start + chunk_events - filled]
+                start += len(part)
+                target = out[filled : filled + len(part)].view(np.int64).reshape(len(part), 2)
+                count = _convert(part["x"], part["y"], part["p"], part["t"], state, target, width, height)
+                self.clamped = int(state[STATE_CLAMPED])
+                filled += count
+                if state[STATE_BAD]:
+                    if filled:
+                        yield out[:filled]
+                    raise EventFormatError(f"{self.path}: event {delivered + filled} at x={state[STATE_BAD_X]}, "
+                                           f"y={state[STATE_BAD_Y]} lies outside the {self.sensor_size} sensor "
+                                           f"(size from {self.sensor_from})")  # fmt: skip
+                if filled == chunk_events:
+                    yield out
+                    delivered, filled, out = delivered + filled, 0, np.empty(chunk_events, dtype=EVENT_DTYPE)
+        if filled:
+            yield out[:filled]
 
     def read_all(self) -> np.ndarray:
         """All events in one array."""
