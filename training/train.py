@@ -2,11 +2,14 @@
 
     python -m training train --config small --data sim:1200 --out runs/small-sim [options]
 
-Retrain the built-in checkpoint (``inference/checkpoints/spikeformer-medium-sim``) on the four
-simulated domains (README, "The simulator and the built-in model"; 71 min on the 2-core CPU, alone)::
+Retrain the built-in checkpoint (``inference/checkpoints/spikeformer-medium-sim``) on two draws of the
+four simulated domains, $D and $M (README, "The simulator and the built-in model"; 71 + 57 min on
+the 2-core CPU, alone)::
 
     python -m training train --config medium --previous-frame --normalisation density:4 --filters ba:5000 \\
-        --data $D --out runs/builtin --epochs 45 --repeats 2 --export inference/checkpoints/spikeformer-medium-sim.json
+        --data $D --out runs/base --epochs 45 --repeats 2 --export runs/base.json
+    python -m training train --from runs/base.json --data $D+$M --out runs/builtin --epochs 18 --lr 6e-4 \\
+        --warmup-epochs 1 --repeats 2 --export-epoch last --export inference/checkpoints/spikeformer-medium-sim.json
 
     python -m training evaluate --checkpoint inference/checkpoints/spikeformer-medium-sim.json --data $D \\
         --confusion confusion.png
