@@ -213,7 +213,7 @@ class Authenticators:
             except zmq.ZMQError as error:
                 authenticator.stop()  # closes the half-made ZAP socket
                 if error.errno != zmq.EADDRINUSE or time.monotonic() > deadline:
-                    # another ZAP handler, not ours, serves this context
+                    # another ZAP handler (not one of ours that is closing) serves this context
                     raise OSError(f"cannot start the CurveZMQ authenticator: {error}") from None
                 time.sleep(0.01)
 
