@@ -95,6 +95,7 @@ class Hdf5Reader:
             raise EventFormatError(f"{self.path}: {EVENTS} is {dataset.dtype} {dataset.shape}, expected records x, y, p, t")
         plist = dataset.id.get_create_plist()
         filters = [plist.get_filter(index)[0] for index in range(plist.get_nfilters())]
+        self._filtered = bool(filters)
         if ECF_FILTER in filters and not h5py.h5z.filter_avail(ECF_FILTER):
             raise EventFormatError(f"{self.path}: {ECF_HELP}")
         return dataset
@@ -122,8 +123,7 @@ class Hdf5Reader:
         next one is read."""
         total = self._events.shape[0]
         stored = self._events.chunks
-        raw = (stored is not None and self._events.id.get_create_plist().get_nfilters() == 0
-               and stored[0] * self._events.dtype.itemsize <= MAX_RAW_CHUNK_BYTES)  # fmt: skip
+        raw = stored is not None and not self._filtered and stored[0] * self._events.dtype.itemsize <= MAX_RAW_CHUNK_BYTES
         step = stored[0] if raw else rows
         buffer = np.empty(min(step, total), dtype=self._events.dtype)
         for start in range(0, total, step):
