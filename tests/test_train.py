@@ -174,7 +174,32 @@ def test_cli_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture):
     assert "--normalisation" in capsys.readouterr().err
     assert training_main(["train", "--from", str(BUILTIN_CHECKPOINT), "--data", "sim:5", "--out", str(tmp_path),
                           "--causal", "--previous-frame", "--bins", "8"]) == 2  # fmt: skip
-    assert capsys.readouterr().err.startswith("error: --bins, --causal, --previous-frame cannot change with --from")
+    assert capsys.readouterr().err.startswith("error: --bins, --previous-frame cannot change with --from")
+
+
+def test_from_a_windowed_checkpoint_with_causal_trains_a_causal_model(tiny_data: dict[str, Path], trained_run: Path,
+                                                                      tmp_path: Path):  # fmt: skip
+    """``--from WINDOWED --causal``: every weight of the parent but its time embedding, then a causal run."""
+    parent, metadata = load_checkpoint(trained_run / "last.json")
+    assert not parent.config.causal and parent.time_embed is not None
+    model = build_model(dataclasses.replace(parent.config, causal=True))
+    assert train.initial_weights(model, parent, metadata["classes"], metadata["classes"]) == []
+    parent_state = parent.state_dict()
+    assert {name: value.shape for name, value in model.state_dict().items()} == {
+        name: value.shape for name, value in parent_state.items() if name != "time_embed"}
+    assert all(torch.equal(value, parent_state[name]) for name, value in model.state_dict().items())
+
+    out = tmp_path / "causal"
+    args = ["--data", f"dvsgesture:{tiny_data['data']}", "--out", str(out), "--cache", str(tiny_data["cache"]),
+            "--batch-size", "5", "--lr", "1e-3", "--warmup-epochs", "0", "--train-windows", "2", "--eval-windows", "2",
+            "--augment", "none", "--stretch", "1", "--no-progress", "--epochs", "1"]  # fmt: skip
+    assert training_main(["train", "--from", str(trained_run / "last.json"), "--causal", *args]) == 0
+    child, child_metadata = load_checkpoint(out / "last.json")
+    assert child.config == dataclasses.replace(parent.config, causal=True, name="custom")
+    assert child_metadata["data"]["parent"]["sha256"] == metadata["weights"]["sha256"]
+    assert child_metadata["input"]["window"] == metadata["input"]["window"]
+    with torch.no_grad():
+        assert child.forward_steps(torch.zeros(1, 4, 2, 16, 16)).shape == (1, 4, len(metadata["classes"]))
 
 
 @pytest.mark.slow

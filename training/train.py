@@ -126,7 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
         "split is what you will report, as fine-tuning's held-out takes are)")
     add("--from", dest="init_from", default=None,
         help="start from this checkpoint's weights (fine-tuning): its model, window, mapping, normalisation and "
-        "filters are kept; the head is made anew for classes it does not have")
+        "filters are kept; the head is made anew for classes it does not have; with --causal a windowed parent "
+        "becomes a causal model")
     add("--freeze-tokenizer", action="store_true", help="with --from: train only the transformer and the head")
     add("--repeats", type=int, default=1, help="windows drawn per training segment and epoch (few recordings)")
     add("--causal", action="store_true", help="a causal (streaming) model, trained with a loss at every prefix")
@@ -427,7 +428,9 @@ def _train_from(args: argparse.Namespace, argv: Sequence[str]) -> int:
     conflicts = [option for option, given in (("--config", args.config), ("--bins", args.bins),
                                               ("--input-size", args.input_size), ("--stride-us", args.stride_us))
                  if given is not None]  # fmt: skip
-    conflicts += [option for option, given in (("--causal", args.causal), ("--previous-frame", args.previous_frame)) if given]
+    # --causal may turn a windowed parent into a causal model (same weights but the time embedding);
+    # --previous-frame would change the tokenizer's input, so it cannot.
+    conflicts += ["--previous-frame"] if args.previous_frame else []
     if args.bin_us != DEFAULT_BIN_US and args.bin_us != window.bin_us:
         conflicts.append("--bin-us")
     if conflicts:
@@ -449,10 +452,13 @@ def _train_from(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
 
 def initial_weights(model: nn.Module, parent: nn.Module, parent_classes: Sequence[str], classes: Sequence[str]) -> list[str]:
-    """Copy ``parent``'s weights into ``model`` (same architecture but maybe another class list):
-    every weight but the classifier's last layer, whose rows are copied for the class names both
-    have and freshly initialised for the others. Returns the new class names."""
+    """Copy ``parent``'s weights into ``model`` (same architecture but maybe another class list, or
+    causal where the parent is windowed): every weight but the classifier's last layer, whose rows are
+    copied for the class names both have and freshly initialised for the others, and but the parent's
+    time embedding when ``model`` is causal. Returns the new class names."""
     state = {name: value for name, value in parent.state_dict().items() if not name.startswith("head.fc.")}
+    if model.time_embed is None:  # a causal model made from a windowed parent knows time without it
+        state.pop("time_embed", None)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if unexpected or any(not name.startswith("head.fc.") for name in missing):
         raise ValueError(f"the parent checkpoint does not fit the model: missing {missing}, unexpected {unexpected}")
@@ -520,8 +526,9 @@ def _train(args: argparse.Namespace, normalisation: dict | None, filters: dict |
 
     # Model, optimizer, EMA, resume.
     if parent is not None:
-        config = dataclasses.replace(parent[0].config, num_classes=len(classes), name=parent[0].config.name
-                                     if len(classes) == parent[0].config.num_classes else "custom")  # fmt: skip
+        config = dataclasses.replace(parent[0].config, num_classes=len(classes), causal=parent[0].config.causal or args.causal)
+        if config != parent[0].config:
+            config = dataclasses.replace(config, name="custom")
         model = build_model(config)
         new_classes = initial_weights(model, parent[0], parent[1]["classes"], classes)
         say(f"from {parent[1]['checkpoint']}: {len(classes) - len(new_classes)} classes kept"
