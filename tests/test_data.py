@@ -156,6 +156,29 @@ def test_cache_hits_second_time_and_misses_when_window_changes(gesture_dir: Path
     assert (third.cache_hits, third.cache_misses) == (1, 1)
 
 
+def test_windows_of_recordings_with_different_count_dtypes_are_exact(tmp_path: Path):
+    """One recording's counts fit uint8, the other's (a pixel firing 400 times in a bin) need uint16:
+    the set holds both exactly, in uint16, whether binned afresh or read from the cache."""
+    quiet, quiet_segments = labelled_recording([0, 1], seed=1)
+    busy, busy_segments = labelled_recording([2, 3], seed=2)
+    burst_t = busy_segments[0].start_us + 10 + np.arange(400, dtype=np.int64)
+    burst = make_events(burst_t, np.full(400, 5), np.full(400, 7), np.ones(400, dtype=np.int8))
+    busy = np.concatenate([busy, burst]).astype(EVENT_DTYPE)
+    busy = busy[np.argsort(busy["t"], kind="stable")]
+    root = write_gesture_dir(tmp_path / "dvs", {"user01_led": (quiet, quiet_segments),
+                                                "user02_lab": (busy, busy_segments)}, {"user01_led", "user02_lab"})  # fmt: skip
+    source = data.open_source(f"dvsgesture:{root}")
+    plan = data.WindowPlan("eval", 2)
+    pieces = [data.load_recording_windows(recording, plan, WINDOW, INPUT, cache_dir=tmp_path / "one")[0]["frames"]
+              for recording in source.split("test")]  # fmt: skip
+    assert sorted(piece.dtype.name for piece in pieces) == ["uint16", "uint8"]
+    expected = np.concatenate([piece.astype(np.uint16) for piece in pieces])
+    for turn in ("fresh", "cached"):
+        windows = load(source, "test", plan, tmp_path / "set")
+        assert windows.cache_hits == (2 if turn == "cached" else 0)
+        assert windows.frames.dtype == np.uint16 and np.array_equal(windows.frames, expected)
+
+
 def test_cache_files_hold_no_pickles(gesture_dir: Path, tmp_path: Path):
     source = data.open_source(f"dvsgesture:{gesture_dir}")
     load(source, "test", data.WindowPlan("eval", 2), tmp_path)
