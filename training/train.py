@@ -2,14 +2,16 @@
 
     python -m training train --config small --data sim:1200 --out runs/small-sim [options]
 
-Retrain the built-in checkpoint (``inference/checkpoints/spikeformer-medium-sim``) on two draws of the
-four simulated domains, $D and $M (README, "The simulator and the built-in model"; 71 + 57 min on
-the 2-core CPU, alone)::
+Retrain the built-in checkpoint (``inference/checkpoints/spikeformer-medium-sim``) on four draws of
+the four simulated domains, $D, $M and the eight of $N (README, "The simulator and the built-in
+model"; 71 + 57 + 50 min on the 2-core CPU, alone)::
 
     python -m training train --config medium --previous-frame --normalisation density:4 --filters ba:5000 \\
         --data $D --out runs/base --epochs 45 --repeats 2 --export runs/base.json
-    python -m training train --from runs/base.json --data $D+$M --out runs/builtin --epochs 18 --lr 6e-4 \\
-        --warmup-epochs 1 --repeats 2 --export-epoch last --export inference/checkpoints/spikeformer-medium-sim.json
+    python -m training train --from runs/base.json --data $D+$M --out runs/eight --epochs 18 --lr 6e-4 \\
+        --warmup-epochs 1 --repeats 2 --export-epoch last --export runs/eight.json
+    python -m training train --from runs/eight.json --data $D+$M$N --out runs/builtin --epochs 14 --lr 4e-4 \\
+        --warmup-epochs 1 --export-epoch last --export inference/checkpoints/spikeformer-medium-sim.json
 
     python -m training evaluate --checkpoint inference/checkpoints/spikeformer-medium-sim.json --data $D \\
         --confusion confusion.png
@@ -21,6 +23,10 @@ model is the one evaluated and saved), a fixed seed, a tqdm bar, metrics in ``OU
 TensorBoard (``OUT/tensorboard``), a checkpoint every epoch (``OUT/last.json``) and the best one
 (``OUT/best.json``) via ``training.checkpoint.save_checkpoint``, and ``--export PATH.json`` which
 copies the best (or with ``--export-epoch last`` the last) checkpoint there at the end.
+
+A causal (streaming) model, ``--causal`` (#17): from scratch with ``--config``, or from a windowed
+checkpoint's weights with ``--from CHECKPOINT --causal`` (every weight but the time embedding, which
+a causal model does without; its window, mapping, normalisation and filters stay the parent's).
 
 Resume: ``--resume OUT`` (or ``OUT/train_state.json``) continues after the last finished epoch.
 ``OUT/train_state.safetensors`` holds the model, optimizer and EMA tensors, ``train_state.json``
