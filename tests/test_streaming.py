@@ -190,3 +190,23 @@ def test_the_decision_rule_is_undecided_below_its_margin() -> None:
     assert SmoothingConfig.from_dict(rule.to_dict()) == rule
     with pytest.raises(ValueError):
         SmoothingConfig.from_dict({"alpha": 0.5, "bogus": 1})
+
+
+def test_a_checkpoint_carries_its_tuned_decision_rule_to_the_worker(causal_model, tmp_path) -> None:
+    """``decisions --tune --save`` writes ``decision``; the checkpoint keeps it and the worker uses it."""
+    import json
+
+    from training.checkpoint import CheckpointError, read_metadata
+
+    rule = SmoothingConfig("ema", alpha=0.7, threshold=0.6, margin=0.1)
+    metadata = checkpoint_metadata(CAUSAL)
+    metadata["input"]["window"] = {"bins": 6, "bin_us": 25_000, "stride_us": 25_000}
+    path = save_checkpoint(tmp_path / "tuned.json", causal_model, {**metadata, "decision": rule.to_dict()})
+    assert read_metadata(path)["decision"] == rule.to_dict()
+    worker = InferenceWorker(TorchStepBackend(causal_model), read_metadata(path), WorkerConfig())
+    assert worker.smoother.config == rule
+    document = json.loads(path.read_text())
+    document["decision"]["bogus"] = 1
+    path.write_text(json.dumps(document))
+    with pytest.raises(CheckpointError, match="decision"):
+        read_metadata(path)

@@ -43,7 +43,8 @@ FORMAT = "spikeformer-live-checkpoint"
 VERSION = 1
 MAX_JSON_BYTES = 1 << 20  # 1 MiB
 WEIGHTS_HEADER_ALLOWANCE = 8 << 20  # bytes a safetensors header may add to the raw tensor bytes
-METADATA_KEYS = {"classes", "input", "data", "metrics"}
+METADATA_KEYS = {"classes", "input", "data", "metrics", "decision"}
+DECISION_KEYS = {"method", "alpha", "history", "threshold", "margin"}  # inference.smoothing.SmoothingConfig
 REQUIRED_KEYS = {"format", "version", "model", "classes", "input", "data", "metrics", "weights"}
 
 
@@ -72,7 +73,8 @@ def save_checkpoint(path_stem_or_dir: str | os.PathLike[str], model: Spikeformer
             directory, in which case NAME is the model's preset name.
         model: the model to save (its ``config`` goes into the JSON).
         metadata: ``classes`` (list of names) and ``input`` (``window``, ``sensor_mapping``,
-            ``normalisation``) required; ``data`` and ``metrics`` (dicts) optional.
+            ``normalisation``) required; ``data`` and ``metrics`` (dicts) optional; ``decision``
+            (``inference.smoothing.SmoothingConfig.to_dict``: the live decision rule) optional.
     """
     if not isinstance(model, Spikeformer):
         raise CheckpointError(f"save_checkpoint needs a Spikeformer, got {type(model).__name__}")
@@ -106,6 +108,8 @@ def save_checkpoint(path_stem_or_dir: str | os.PathLike[str], model: Spikeformer
             "parameters": count_parameters(model),
         },
     }
+    if metadata.get("decision") is not None:
+        document["decision"] = metadata["decision"]
     _validate_document(document, where=str(json_path))
     try:
         text = json.dumps(document, indent=2, allow_nan=False) + "\n"
@@ -251,7 +255,9 @@ def _validate_document(document: dict, where: str) -> SpikeformerConfig:
         raise CheckpointError(f"{where}: format is {document.get('format')!r}, expected {FORMAT!r}")
     if document.get("version") != VERSION:
         raise CheckpointError(f"{where}: version {document.get('version')!r} is not supported (expected {VERSION})")
-    _check_keys(where, document, REQUIRED_KEYS)
+    _check_keys(where, document, REQUIRED_KEYS, optional={"decision"})
+    if "decision" in document:  # its values are checked where the rule is built (inference.smoothing)
+        _check_keys(f"{where}: decision", document["decision"], set(), optional=DECISION_KEYS)
     try:
         config = SpikeformerConfig.from_dict(document["model"])
     except (TypeError, ValueError) as error:
