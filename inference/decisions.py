@@ -152,7 +152,8 @@ def curve_image(results: dict[str, dict], path: str | Path, *, width: int = 640,
             for index, (a, b) in enumerate(zip(points, points[1:])):
                 if not dashed or index % 2 == 0:
                     draw.line((*a, *b), fill=colour, width=2)
-        draw.text((left + 8, top - 22 + 0 * number) if number == 0 else (left + 8 + 300 * number, top - 22),
+        # The legend, one line per checkpoint, in the lower right, where the curves have risen.
+        draw.text((left + (right - left) // 3, bottom - 20 - 16 * (len(results) - 1 - number)),
                   f"{name}: accuracy (solid), decided right (dashed)", fill=colour, font=font)  # fmt: skip
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     image.save(path, format="PNG")

@@ -210,3 +210,23 @@ def test_a_checkpoint_carries_its_tuned_decision_rule_to_the_worker(causal_model
     path.write_text(json.dumps(document))
     with pytest.raises(CheckpointError, match="decision"):
         read_metadata(path)
+
+
+def test_the_shipped_causal_checkpoint_steps_like_its_window_model() -> None:
+    """The shipped causal checkpoint: causal, the built-in's input, a decision rule, step == window."""
+    from training import BUILTIN_CHECKPOINT, CAUSAL_CHECKPOINT
+    from training.checkpoint import load_checkpoint, read_metadata
+
+    model, metadata = load_checkpoint(CAUSAL_CHECKPOINT)
+    assert model.config.causal and model.config.previous_frame
+    assert metadata["input"] == read_metadata(BUILTIN_CHECKPOINT)["input"]
+    assert SmoothingConfig.from_dict(metadata["decision"]).threshold > 0.5
+    x = (torch.rand((1, model.config.time_steps, 2, 64, 64), generator=torch.Generator().manual_seed(0)) < 0.05).float()
+    step, state = SpikeformerStep(model).eval(), initial_state(model)
+    with torch.no_grad():
+        reference = model.forward_steps(x)[0]
+        outputs = []
+        for t in range(x.shape[1]):
+            logits, *state = step(x[:, t], *state)
+            outputs.append(logits[0])
+    assert torch.allclose(torch.stack(outputs), reference, atol=1e-4)
