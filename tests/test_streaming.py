@@ -84,18 +84,22 @@ def test_a_window_model_does_look_at_the_whole_window() -> None:
         model.forward_steps(x)
 
 
-def test_the_step_model_over_t_bins_equals_the_causal_window_model(causal_model) -> None:
-    x = frames(seed=3)
-    step = SpikeformerStep(causal_model).eval()
-    state = initial_state(causal_model)
-    assert len(state) == len(state_names(causal_model))
+def assert_steps_equal_the_window(model: torch.nn.Module, x: torch.Tensor) -> None:
+    """The step model fed the bins of ``x`` one by one gives the causal window model's every step."""
+    step = SpikeformerStep(model).eval()
+    state = initial_state(model)
+    assert len(state) == len(state_names(model))
     with torch.no_grad():
-        reference = causal_model.forward_steps(x)[0]
+        reference = model.forward_steps(x)[0]
         outputs = []
         for t in range(x.shape[1]):
             logits, *state = step(x[:, t], *state)
             outputs.append(logits[0])
     assert torch.allclose(torch.stack(outputs), reference, atol=1e-4)
+
+
+def test_the_step_model_over_t_bins_equals_the_causal_window_model(causal_model) -> None:
+    assert_steps_equal_the_window(causal_model, frames(seed=3))
 
 
 def test_the_attention_cache_keeps_t_steps_whatever_the_stream_length(causal_model) -> None:
@@ -222,11 +226,4 @@ def test_the_shipped_causal_checkpoint_steps_like_its_window_model() -> None:
     assert metadata["input"] == read_metadata(BUILTIN_CHECKPOINT)["input"]
     assert SmoothingConfig.from_dict(metadata["decision"]).threshold > 0.5
     x = (torch.rand((1, model.config.time_steps, 2, 64, 64), generator=torch.Generator().manual_seed(0)) < 0.05).float()
-    step, state = SpikeformerStep(model).eval(), initial_state(model)
-    with torch.no_grad():
-        reference = model.forward_steps(x)[0]
-        outputs = []
-        for t in range(x.shape[1]):
-            logits, *state = step(x[:, t], *state)
-            outputs.append(logits[0])
-    assert torch.allclose(torch.stack(outputs), reference, atol=1e-4)
+    assert_steps_equal_the_window(model, x)
