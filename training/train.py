@@ -459,9 +459,9 @@ def _train_from(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
 def initial_weights(model: nn.Module, parent: nn.Module, parent_classes: Sequence[str], classes: Sequence[str]) -> list[str]:
     """Copy ``parent``'s weights into ``model`` (same architecture but maybe another class list, or
-    causal where the parent is windowed): every weight but the classifier's last layer, whose rows are
-    copied for the class names both have and freshly initialised for the others, and but the parent's
-    time embedding when ``model`` is causal. Returns the new class names."""
+    causal where the parent is windowed): every weight except the classifier's last layer, whose rows
+    are copied for the class names both have and freshly initialised for the others, and except the
+    parent's time embedding when ``model`` is causal. Returns the new class names."""
     state = {name: value for name, value in parent.state_dict().items() if not name.startswith("head.fc.")}
     if model.time_embed is None:  # a causal model made from a windowed parent knows time without it
         state.pop("time_embed", None)
