@@ -19,10 +19,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -40,17 +43,20 @@ DOMAINS: dict[str, tuple[str, str, dict]] = {
 }
 
 
-def run_domain(name: str, checkpoint: Path, folder: Path, seed: int) -> dict:
+def run_domain(name: str, checkpoint: Path, folder: Path, seed: int, finetune_args: Sequence[str] = ()) -> dict:
     look, lighting, options = DOMAINS[name]
     data_dir = folder / name / "data"
-    write_dataset(data_dir, samples=22, seed=seed, test_fraction=0.5, looks=(look,), lightings=(lighting,),
-                  scene_options=options)  # fmt: skip
+    if not (data_dir / "trials_to_test.txt").is_file():  # an --out of an earlier run keeps its recordings
+        write_dataset(data_dir, samples=22, seed=seed, test_fraction=0.5, looks=(look,), lightings=(lighting,),
+                      scene_options=options)  # fmt: skip
     spec = f"dvsgesture:{data_dir}"
     cache = str(folder / "cache")
     before, _ = evaluate_checkpoint(checkpoint, spec, split="test", cache_dir=cache)
     export = folder / name / "finetuned.json"
+    shutil.rmtree(folder / name / "run", ignore_errors=True)
     command = [sys.executable, "-m", "training", "finetune", "--from", str(checkpoint), "--data", spec,
-               "--out", str(folder / name / "run"), "--export", str(export), "--cache", cache, "--no-progress"]  # fmt: skip
+               "--out", str(folder / name / "run"), "--export", str(export), "--cache", cache, "--no-progress",
+               *finetune_args]  # fmt: skip
     started = time.perf_counter()
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
     seconds = time.perf_counter() - started
@@ -67,11 +73,14 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None, help="keep the data and runs here (default: a temp dir)")
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--finetune-args", default="", help="more finetune options, one string (e.g. '--epochs 8')")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
         folder = args.out or Path(scratch)
-        rows = [run_domain(name, args.checkpoint, folder, args.seed) for name in args.domains.split(",")]
-    print(f"checkpoint {args.checkpoint.name}; person 1: one take of each gesture, person 2 tested, 4 windows per gesture\n")
+        extra = shlex.split(args.finetune_args)
+        rows = [run_domain(name, args.checkpoint, folder, args.seed, extra) for name in args.domains.split(",")]
+    print(f"checkpoint {args.checkpoint.name}, finetune {args.finetune_args or 'defaults'}; person 1: one take of "
+          "each gesture, person 2 tested, 4 windows per gesture\n")  # fmt: skip
     print("| new domain | renderer, lighting, scene | person 2 before | after fine-tuning | fine-tune wall s |")
     print("|---|---|---|---|---|")
     for row in rows:

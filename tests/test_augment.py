@@ -81,6 +81,7 @@ def test_config_round_trip_validation_and_what_is_not_offered():
     assert AugmentConfig.from_dict({}) == AugmentConfig.none()
     assert augment.augment_preset("basic") == AUGMENT_PRESETS["basic"]
     for bad in ({"flip_prob": 1.5}, {"scale_range": (0.0, 1.0)}, {"scale_range": (1.2, 0.8)}, {"max_rotation_deg": 90},
+                {"max_aspect": 0.9}, {"max_shear": 1.0}, {"jitter_prob": 0.5, "jitter_px": 0},
                 {"max_drop": -0.1}, {"max_shift_px": 2.5}, {"max_occluders": 0}, {"occluder_size": (0.2, 1.5)},
                 {"max_noise_rate": math.nan}, {"max_hot_pixel_rate": 0.5}, {"flip_prob": "x"}):  # fmt: skip
         with pytest.raises(ValueError):
@@ -180,6 +181,48 @@ def test_zoom_in_copies_a_count_onto_its_s_squared_footprint():
     expected = np.zeros_like(frames)
     expected[0, 1, 48:50, 8:10] = 5
     np.testing.assert_array_equal(out, expected)
+
+
+def test_body_shape_change_stretches_one_axis_squeezes_the_other_and_keeps_the_area():
+    # About the centre (32, 32): aspect 1.44 stretches x by 1.2 and squeezes y by 1.2; shear 0.25
+    # then moves a point 8 rows below the centre 2 pixels right (before the stretch: 2.4 after).
+    matrix = augment.affine_matrix(64, 64, aspect=1.44, shear=0.25)
+    np.testing.assert_allclose(matrix @ [32, 32, 1], [32, 32, 1])
+    np.testing.assert_allclose(matrix @ [42, 32, 1], [44, 32, 1])  # 10 right -> 12 right
+    np.testing.assert_allclose(matrix @ [32, 44, 1], [32 + 1.2 * 0.25 * 12, 42, 1])  # 12 down -> 10 down
+    assert math.isclose(np.linalg.det(matrix[:2, :2]), 1.0)
+    # With the zoom and rotation, the area scales by scale**2 only.
+    matrix = augment.affine_matrix(64, 64, scale=0.8, rotation_deg=7, aspect=0.8, shear=-0.1)
+    assert math.isclose(np.linalg.det(matrix[:2, :2]), 0.64)
+
+
+def test_augment_window_shape_change_gathers_when_an_axis_is_stretched():
+    """A horizontal bar 12 px long stretched along x (aspect 1.44, no zoom) is 14-15 px long and
+    keeps its one row and count per pixel (copied, not thinned): a longer limb fires as densely."""
+    frames = np.zeros((2, 2, 64, 64), dtype=np.float32)
+    frames[:, 1, 32, 26:38] = 3
+    config = AugmentConfig(zoom_prob=1.0, max_aspect=1.44, centre_range=0.0)
+    widths = []
+    for seed in range(40):
+        rng = np.random.default_rng(seed)
+        out, _ = augment_window(frames, 0, rng, config, mirrored_class=None)
+        assert set(np.unique(out)) <= {0.0, 3.0}
+        widths.append(int((out[0, 1] > 0).sum(axis=1).max()))
+    assert min(widths) >= 9 and max(widths) >= 14  # squeezed (aspect < 1) and stretched draws both occur
+
+
+def test_outline_jitter_moves_each_event_at_most_r_pixels_and_keeps_those_inside():
+    frames = np.zeros((3, 2, 40, 50), dtype=np.float32)
+    frames[1, 0, 20, 25] = 400
+    frames[2, 1, 0, 0] = 90  # a corner: 5 of the 9 targets fall outside the frame
+    moved = augment.jitter(augment._events_of(frames), np.random.default_rng(0), 1, 40, 50)
+    out = augment._frames_of(frames.shape, moved)
+    assert out[1, 0].sum() == 400 and out[1, 0, 19:22, 24:27].sum() == 400 and (out[1, 0, 19:22, 24:27] > 20).all()
+    assert out[1, 1].sum() == 0 and out[0].sum() == 0  # no event changes bin or polarity
+    assert 20 <= out[2, 1].sum() <= 60 and out[2, 1, :2, :2].sum() == out[2, 1].sum()  # 4/9 of 90 stay
+    wide = augment.jitter(augment._events_of(frames[1:2]), np.random.default_rng(1), 2, 40, 50)
+    rows, cols = np.divmod(wide.pixel, 50)
+    assert np.abs(rows - 20).max() == 2 and np.abs(cols - 25).max() == 2
 
 
 @pytest.mark.parametrize("scale", [0.5, 0.75, 1.25, 2.0])

@@ -13,7 +13,9 @@ Steps, in this order (each optional, see ``AugmentConfig``):
 1. **Geometry**: left-right flip (the class mapped through ``mirrored_class``, e.g.
    ``stream.classes.MIRRORED_CLASS``; pass None for classes whose mirror image is unknown), zoom by
    ``s`` about a random centre (the subject smaller or bigger; parts may leave the frame), rotation
-   (camera roll) and an integer shift, composed into ONE affine map of the image plane
+   (camera roll), optionally a body-shape change (``max_aspect``: the subject and its motion
+   stretched along one image axis and squeezed along the other, area kept; ``max_shear``: leant
+   sideways) and an integer shift, composed into ONE affine map of the image plane
    (``affine_matrix``) applied identically to every bin and both polarities, resampled once:
 
    * ``s <= 1`` (zoom-out, pure rotation, flip, shift): forward nearest mapping (``warp_scatter``),
@@ -25,13 +27,18 @@ Steps, in this order (each optional, see ``AugmentConfig``):
      as many pixels; so after the mapping every event is kept with probability ``s**2`` (binomial
      thinning): the density per pixel of the subject stays, its total scales with ``s**2``, and
      no thin edge vanishes as it would under inverse nearest sampling (aliasing).
-   * ``s > 1`` (zoom-in): inverse nearest mapping (``warp_gather``), each destination pixel copies
-     the count of the source pixel containing the preimage of its centre. A forward map would leave
-     ``1 - 1/s**2`` of the subject's pixels empty in a regular grid; copying keeps the density
-     per pixel and scales the total by ``s**2``, as a real nearer subject does (its edges sweep
-     ``s**2`` as many pixels per bin), so no rescaling is needed.
+   * ``s > 1`` (zoom-in), or any axis stretched by the shape change: inverse nearest mapping
+     (``warp_gather``), each destination pixel copies the count of the source pixel containing the
+     preimage of its centre. A forward map would leave ``1 - 1/s**2`` of the subject's pixels empty
+     in a regular grid; copying keeps the density per pixel and scales the total by ``s**2``, as a
+     real nearer subject does (its edges sweep ``s**2`` as many pixels per bin), so no rescaling is
+     needed.
 
-   A flip or an integer shift alone is an exact permutation either way (zero fill).
+   A flip or an integer shift alone is an exact permutation either way (zero fill). ``s`` here is
+   the map's linear scale, ``sqrt(|det|)``: the shape change keeps the area.
+1b. **Outline jitter**: every event moves to a pixel drawn uniformly from the ``(2 r + 1)**2``
+   square around its own (``r = jitter_px``; those landing outside the frame are lost). Another
+   renderer, optics or focus draws an edge a pixel or two thicker or thinner.
 2. **Moving occluders** (ShapeAug, Bendig et al. 2024): 1..``max_occluders`` rectangles or
    ellipses, each moving linearly across the window (centre at window fraction ``tau``:
    ``start + tau * (end - start)``), erase every event under them (footprint of bin ``k`` = the
@@ -60,6 +67,7 @@ times faster than ``Generator.binomial``.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
@@ -80,6 +88,13 @@ class AugmentConfig:
         zoom_prob: probability of a zoom + rotation.
         scale_range: zoom factor ``s`` uniform in ``[low, high]`` (> 1: the subject looks bigger).
         max_rotation_deg: rotation uniform in ``[-max, max]`` degrees (counter-clockwise > 0).
+        max_aspect: with the zoom, the image stretched by ``sqrt(a)`` along x and squeezed by
+            ``sqrt(a)`` along y, ``a`` log-uniform in ``[1 / max_aspect, max_aspect]`` (1: off):
+            longer or shorter limbs, a flatter or taller circle, a wider or narrower wave.
+        max_shear: with the zoom, ``x += k * (y - centre)``, ``k`` uniform in ``[-max, max]``
+            (0: off): a leaning body, a tilted plane of rotation.
+        jitter_prob: probability of the outline jitter in a window.
+        jitter_px: its radius ``r`` in pixels (events move up to ``r`` along x and y).
         centre_range: the zoom/rotation centre is uniform in the central ``centre_range`` fraction
             of the frame's width and height (0: the frame centre).
         occluder_prob: probability of moving occluders in a window.
@@ -99,7 +114,11 @@ class AugmentConfig:
     zoom_prob: float = 0.0
     scale_range: tuple[float, float] = (1.0, 1.0)
     max_rotation_deg: float = 0.0
+    max_aspect: float = 1.0
+    max_shear: float = 0.0
     centre_range: float = 0.5
+    jitter_prob: float = 0.0
+    jitter_px: int = 1
     occluder_prob: float = 0.0
     max_occluders: int = 3
     occluder_size: tuple[float, float] = (0.1, 0.35)
@@ -116,13 +135,14 @@ class AugmentConfig:
             if not isinstance(value, (tuple, list)) or len(value) != 2 or not all(map(_is_number, value)):
                 raise ValueError(f"AugmentConfig.{name} must be a pair of numbers (low, high), got {value!r}")
             object.__setattr__(self, name, (float(value[0]), float(value[1])))
-        for name in ("max_shift_px", "max_occluders", "max_hot_pixels"):
+        for name in ("max_shift_px", "max_occluders", "max_hot_pixels", "jitter_px"):
             value = getattr(self, name)
             if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"AugmentConfig.{name} must be an integer >= 0, got {value!r}")
             object.__setattr__(self, name, int(value))
         for name, low, high in (("flip_prob", 0, 1), ("zoom_prob", 0, 1), ("occluder_prob", 0, 1), ("noise_prob", 0, 1),
                                 ("max_drop", 0, 1), ("centre_range", 0, 1), ("max_rotation_deg", 0, 45),
+                                ("max_aspect", 1, 2), ("max_shear", 0, 0.5), ("jitter_prob", 0, 1),
                                 ("occluder_edge_rate", 0, math.inf), ("max_noise_rate", 0, math.inf),
                                 ("max_hot_pixel_rate", 1, math.inf)):  # fmt: skip
             value = getattr(self, name)
@@ -131,6 +151,8 @@ class AugmentConfig:
             object.__setattr__(self, name, float(value))
         if self.max_occluders < 1:
             raise ValueError(f"AugmentConfig.max_occluders must be >= 1, got {self.max_occluders}")
+        if self.jitter_prob > 0 and self.jitter_px < 1:
+            raise ValueError(f"AugmentConfig.jitter_px must be >= 1 when jitter_prob > 0, got {self.jitter_px}")
         low, high = self.scale_range
         if not 0.0 < low <= high:
             raise ValueError(f"AugmentConfig.scale_range must satisfy 0 < low <= high, got {self.scale_range}")
@@ -201,6 +223,10 @@ AUGMENT_PRESETS: dict[str, AugmentConfig] = {
         max_hot_pixel_rate=4.0,
     ),
 }
+# "moderate" and a body-shape change (aspect up to 1.25, shear up to 0.15) with outline jitter (one
+# pixel, half the windows): people, motions and renderers that differ in shape, not only in size.
+AUGMENT_PRESETS["shape"] = dataclasses.replace(AUGMENT_PRESETS["moderate"], max_aspect=1.25, max_shear=0.15,
+                                               jitter_prob=0.5, jitter_px=1)  # fmt: skip
 
 
 def augment_preset(name: str) -> AugmentConfig:
@@ -248,22 +274,32 @@ def augment_window(
     if config.max_shift_px > 0:
         dx, dy = rng.integers(-config.max_shift_px, config.max_shift_px + 1, size=2)
         shift = (int(dx), int(dy))
-    scale, rotation, centre = 1.0, 0.0, (width / 2, height / 2)
+    scale, rotation, aspect, shear, centre = 1.0, 0.0, 1.0, 0.0, (width / 2, height / 2)
     if config.zoom_prob > 0 and rng.random() < config.zoom_prob:
         scale = float(rng.uniform(*config.scale_range))
         rotation = float(rng.uniform(-config.max_rotation_deg, config.max_rotation_deg))
         offset = rng.uniform(-0.5, 0.5, size=2) * config.centre_range
         centre = (width * (0.5 + offset[0]), height * (0.5 + offset[1]))
+        if config.max_aspect > 1.0:
+            aspect = math.exp(float(rng.uniform(-1.0, 1.0)) * math.log(config.max_aspect))
+        if config.max_shear > 0:
+            shear = float(rng.uniform(-config.max_shear, config.max_shear))
     keep = 1.0
     distinct = True  # no two events on one pixel of one plane: false after a many-to-one mapping
-    if flip or shift != (0, 0) or scale != 1.0 or rotation != 0.0:
-        matrix = affine_matrix(height, width, flip=flip, scale=scale, rotation_deg=rotation, centre=centre, shift=shift)
-        if scale > 1.0:
+    if flip or shift != (0, 0) or scale != 1.0 or rotation != 0.0 or aspect != 1.0 or shear != 0.0:
+        matrix = affine_matrix(height, width, flip=flip, scale=scale, rotation_deg=rotation, centre=centre, shift=shift,
+                               aspect=aspect, shear=shear)  # fmt: skip
+        if np.linalg.norm(matrix[:2, :2], ord=2) > 1.0:  # some direction stretched: copy, keep the density
             frames = warp_gather(frames, matrix)
         else:
             events = _remap(_events_of(frames), _pixel_map(matrix, height, width))
             distinct = scale == 1.0 and rotation == 0.0  # a flip or shift alone is one-to-one
             keep = scale * scale  # a smaller subject: the same density per pixel, s**2 the events
+
+    # 1b. Outline jitter.
+    if config.jitter_prob > 0 and rng.random() < config.jitter_prob:
+        events = jitter(_events_of(frames) if events is None else events, rng, config.jitter_px, height, width)
+        distinct = False
 
     # 2. Moving occluders: the scene's events under them are erased when the window is written back
     # (after the thinning below, which is the same in distribution), their edges' events added then.
@@ -365,19 +401,27 @@ def affine_matrix(
     rotation_deg: float = 0.0,
     centre: tuple[float, float] | None = None,
     shift: tuple[float, float] = (0, 0),
+    aspect: float = 1.0,
+    shear: float = 0.0,
 ) -> np.ndarray:
     """3x3 map from source to destination image coordinates ``(x, y, 1)``; pixel ``(col, row)``
     spans ``[col, col + 1) x [row, row + 1)``, its centre is ``(col + 0.5, row + 0.5)``.
 
-    In order: left-right flip (``x -> width - x``), zoom by ``scale`` and rotation by
-    ``rotation_deg`` (counter-clockwise as seen on screen, y pointing down) about ``centre``
-    (``(x, y)``, default the frame centre), then a shift by ``shift = (dx, dy)`` (right, down).
+    In order: left-right flip (``x -> width - x``); about ``centre`` (``(x, y)``, default the frame
+    centre) a shear ``dx += shear * dy``, a stretch by ``sqrt(aspect)`` along x and squeeze by
+    ``sqrt(aspect)`` along y (area kept), a zoom by ``scale`` and a rotation by ``rotation_deg``
+    (counter-clockwise as seen on screen, y pointing down); then a shift by ``shift = (dx, dy)``
+    (right, down).
     """
     cx, cy = (width / 2, height / 2) if centre is None else (float(centre[0]), float(centre[1]))
     angle = math.radians(rotation_deg)
     c, s = scale * math.cos(angle), scale * math.sin(angle)
     # (dx, dy) -> (c dx + s dy, -s dx + c dy) turns a point right of the centre upwards on screen.
-    zoom = np.array([[c, s, cx - c * cx - s * cy + shift[0]], [-s, c, cy + s * cx - c * cy + shift[1]], [0, 0, 1.0]])
+    root = math.sqrt(aspect)
+    shape = np.array([[root, root * shear], [0.0, 1.0 / root]])
+    linear = np.array([[c, s], [-s, c]]) @ shape
+    offset = np.array([cx, cy]) - linear @ np.array([cx, cy]) + np.asarray(shift, dtype=np.float64)
+    zoom = np.array([[*linear[0], offset[0]], [*linear[1], offset[1]], [0.0, 0.0, 1.0]])
     mirror = np.array([[-1.0, 0.0, width], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]) if flip else np.eye(3)
     return zoom @ mirror
 
@@ -425,6 +469,21 @@ def warp_gather(frames: np.ndarray, matrix: np.ndarray) -> np.ndarray:
     out = np.take(planes, np.maximum(source, 0), axis=1)
     out[:, source < 0] = 0.0
     return out.reshape(frames.shape)
+
+
+def jitter(events: _Events, rng: np.random.Generator, radius: int, height: int, width: int) -> _Events:
+    """Move every event of ``events`` to a pixel drawn uniformly from the ``(2 * radius + 1)**2``
+    square around its own (independently per event); events landing outside the ``height`` x
+    ``width`` frame are dropped. The result has one entry per event (count 1)."""
+    side = 2 * radius + 1
+    entry = np.repeat(np.arange(events.count.size), events.count.astype(np.int64))
+    offset = rng.integers(0, side * side, size=entry.size)
+    row, col = np.divmod(events.pixel[entry].astype(np.int64), width)
+    row += offset // side - radius
+    col += offset % side - radius
+    inside = np.flatnonzero((row >= 0) & (row < height) & (col >= 0) & (col < width))
+    pixel = (row[inside] * width + col[inside]).astype(events.pixel.dtype)
+    return _Events(events.plane[entry[inside]], pixel, np.ones(inside.size, dtype=np.float32))
 
 
 # --- drop-out: binomial thinning -----------------------------------------------------------------

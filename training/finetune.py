@@ -5,13 +5,14 @@
 
 Starts from a checkpoint (``--from``, default the built-in model), keeps its model, window, sensor
 mapping, normalisation and noise filters, and trains on the data's train split for a few epochs at a
-low learning rate (many augmented windows per take: ``--repeats``). A class the checkpoint does not
-know gets a freshly initialised output; known ones keep theirs, so new, fewer or renamed classes all
-work. ``--freeze-tokenizer`` trains only the transformer and the head. The new checkpoint records
-where it came from (``data.parent``: the parent's path, weights sha256, classes and data, and the
-command). At the end a table gives the accuracy on the data's test split before (the parent, when it
-knows the classes) and after. The exported model is the last epoch's: the test takes are what the
-table reports, so no epoch is chosen by them.
+low learning rate (many augmented windows per take: ``--repeats``; ``--augment shape`` by default,
+which also varies the body's shape, so that one person's takes teach the room more than the person).
+A class the checkpoint does not know gets a freshly initialised output; known ones keep theirs, so
+new, fewer or renamed classes all work. ``--freeze-tokenizer`` trains only the transformer and the
+head. The new checkpoint records where it came from (``data.parent``: the parent's path, weights
+sha256, classes and data, and the command). At the end a table gives the accuracy on the data's test
+split before (the parent, when it knows the classes) and after. The exported model is the last
+epoch's: the test takes are what the table reports, so no epoch is chosen by them.
 """
 
 from __future__ import annotations
@@ -22,11 +23,13 @@ from typing import Sequence
 
 from stream.stage import ArgumentParser
 from training import BUILTIN_CHECKPOINT, data
+from training.augment import AUGMENT_PRESETS
 
 DEFAULT_EPOCHS = 4  # one take per class: a few gentle epochs keep what the parent knows (bench_finetune.py)
 DEFAULT_LR = 2e-4
 DEFAULT_REPEATS = 16
 DEFAULT_TRAIN_WINDOWS = 16
+DEFAULT_AUGMENT = "shape"  # body shape and outline jitter: the takes teach the room more, their person less
 
 
 def build_parser() -> ArgumentParser:
@@ -40,6 +43,8 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--lr", type=float, default=DEFAULT_LR, help="peak learning rate")
     parser.add_argument("--repeats", type=int, default=DEFAULT_REPEATS, help="augmented windows per take and epoch")
     parser.add_argument("--train-windows", type=int, default=DEFAULT_TRAIN_WINDOWS, help="window positions per take")
+    parser.add_argument("--augment", choices=tuple(AUGMENT_PRESETS), default=DEFAULT_AUGMENT,
+                        help=f"augmentation preset (training.augment; default {DEFAULT_AUGMENT})")  # fmt: skip
     parser.add_argument("--freeze-tokenizer", action="store_true", help="train only the transformer and the head")
     parser.add_argument("--cache", default=None, help=f"cache directory (default {data.DEFAULT_CACHE_DIR})")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -74,7 +79,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     train_argv = [
         "--from", str(args.init_from), "--data", args.data, "--out", str(args.out / "run"), "--epochs", str(args.epochs),
         "--lr", str(args.lr), "--warmup-epochs", "0.5", "--repeats", str(args.repeats),
-        "--train-windows", str(args.train_windows), "--eval-windows", "4", "--export", str(export),
+        "--train-windows", str(args.train_windows), "--eval-windows", "4", "--augment", args.augment,
+        "--export", str(export),
         "--export-epoch", "last",  # the held-out takes are what the summary reports: no selection on them
         "--batch-size", "16", "--bin-workers", "1",
     ]  # fmt: skip
