@@ -37,8 +37,8 @@ Steps, in this order (each optional, see ``AugmentConfig``):
    A flip or an integer shift alone is an exact permutation either way (zero fill). ``s`` here is
    the map's linear scale, ``sqrt(|det|)``: the shape change keeps the area.
 1b. **Outline jitter**: every event moves to a pixel drawn uniformly from the ``(2 r + 1)**2``
-   square around its own (``r = jitter_px``; those landing outside the frame are lost). Another
-   renderer, optics or focus draws an edge a pixel or two thicker or thinner.
+   square around its own (``r = jitter_px``; those landing outside the frame are lost): an edge
+   drawn a pixel thicker or blurred, as by another renderer, lens or focus.
 2. **Moving occluders** (ShapeAug, Bendig et al. 2024): 1..``max_occluders`` rectangles or
    ellipses, each moving linearly across the window (centre at window fraction ``tau``:
    ``start + tau * (end - start)``), erase every event under them (footprint of bin ``k`` = the
@@ -289,7 +289,7 @@ def augment_window(
     if flip or shift != (0, 0) or scale != 1.0 or rotation != 0.0 or aspect != 1.0 or shear != 0.0:
         matrix = affine_matrix(height, width, flip=flip, scale=scale, rotation_deg=rotation, centre=centre, shift=shift,
                                aspect=aspect, shear=shear)  # fmt: skip
-        if np.linalg.norm(matrix[:2, :2], ord=2) > 1.0:  # some direction stretched: copy, keep the density
+        if np.linalg.norm(matrix[:2, :2], ord=2) > 1.0 + 1e-9:  # a direction stretched: copy, keep the density
             frames = warp_gather(frames, matrix)
         else:
             events = _remap(_events_of(frames), _pixel_map(matrix, height, width))
