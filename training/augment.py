@@ -293,7 +293,7 @@ def augment_window(
             frames = warp_gather(frames, matrix)
         else:
             events = _remap(_events_of(frames), _pixel_map(matrix, height, width))
-            distinct = scale == 1.0 and rotation == 0.0  # a flip or shift alone is one-to-one
+            distinct = scale == 1.0 and rotation == 0.0 and aspect == 1.0 and shear == 0.0  # flip/shift: one-to-one
             keep = scale * scale  # a smaller subject: the same density per pixel, s**2 the events
 
     # 1b. Outline jitter.

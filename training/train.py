@@ -116,9 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("--train-windows", type=int, default=6, help="random windows per training segment (cached pool)")
     add("--eval-windows", type=int, default=2, help="fixed windows per test segment")
     add("--augment", choices=tuple(AUGMENT_PRESETS), default="moderate",
-        help="augmentation preset (training.augment): moderate (default), shape (moderate + body shape and outline "
-        "jitter) or full (zoom, rotation, occluders, "
-        "drop-out, noise, flip, shift), basic (flip, shift, drop-out), none")
+        help="augmentation preset (training.augment): moderate (default), shape (moderate + body shape and "
+        "outline jitter), full (zoom, rotation, occluders, drop-out, noise, flip, shift), basic (flip, shift, "
+        "drop-out), none")
     add("--flip-prob", type=float, default=None, help="left-right flip with class swap (default: the preset's)")
     add("--max-shift", type=int, default=None, help="random shift in input pixels (default: the preset's)")
     add("--max-drop", type=float, default=None, help="event drop-out fraction, upper bound (default: the preset's)")
