@@ -202,6 +202,53 @@ def test_from_a_windowed_checkpoint_with_causal_trains_a_causal_model(tiny_data:
         assert child.forward_steps(torch.zeros(1, 4, 2, 16, 16)).shape == (1, 4, len(metadata["classes"]))
 
 
+def test_interpolate_saves_the_weight_space_mix_of_parent_and_trained(
+    tiny_data: dict[str, Path], trained_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """``--from PARENT --interpolate 0.25``: each saved checkpoint is 0.75 * parent + 0.25 * the trained
+    weights (which train_state keeps), and it records the mix."""
+    from safetensors.torch import load_file
+
+    parent, _ = load_checkpoint(trained_run / "last.json")
+    out = tmp_path / "mixed"
+    args = ["--from", str(trained_run / "last.json"), "--data", f"dvsgesture:{tiny_data['data']}", "--out", str(out),
+            "--cache", str(tiny_data["cache"]), "--batch-size", "5", "--lr", "1e-2", "--warmup-epochs", "0",
+            "--train-windows", "2", "--eval-windows", "2", "--augment", "none", "--stretch", "1", "--no-progress",
+            "--epochs", "1"]  # fmt: skip
+    assert training_main(["train", *args, "--interpolate", "0.25"]) == 0
+    saved, metadata = load_checkpoint(out / "last.json")
+    trained = {name[len("model."):]: value for name, value in load_file(out / "train_state.safetensors").items()
+               if name.startswith("model.")}  # fmt: skip
+    parent_state, moved = parent.state_dict(), 0
+    for name, value in saved.state_dict().items():
+        if value.is_floating_point():
+            torch.testing.assert_close(value, 0.75 * parent_state[name] + 0.25 * trained[name], atol=1e-6, rtol=1e-5)
+            moved += not torch.equal(trained[name], parent_state[name])
+    assert moved > 10  # the run did train: the mix is not the parent's weights
+    assert metadata["data"]["interpolate"] == 0.25
+
+    assert training_main(["train", *args, "--interpolate", "1.5"]) == 2
+    assert "--interpolate must be in (0, 1], got 1.5" in capsys.readouterr().err
+    assert training_main(["train", *train_args(tiny_data, tmp_path / "scratch"), "--interpolate", "0.5"]) == 2
+    assert "it needs --from CHECKPOINT" in capsys.readouterr().err
+
+
+def test_weight_mix_keeps_the_trained_rows_of_new_classes() -> None:
+    """A class the parent did not have has no parent row to mix with: its output row is the trained one."""
+    torch.manual_seed(0)
+    model = build_model(TINY)
+    mix = train.WeightMix(model, 0.5, keep_rows=[3])
+    trained = build_model(TINY)  # other random weights
+    mixed = mix(trained).state_dict()
+    initial, trained_state = model.state_dict(), trained.state_dict()
+    torch.testing.assert_close(mixed["head.fc.weight"][3], trained_state["head.fc.weight"][3])
+    torch.testing.assert_close(mixed["head.fc.bias"][3], trained_state["head.fc.bias"][3])
+    half = (initial["head.fc.weight"][:3] + trained_state["head.fc.weight"][:3]) / 2
+    torch.testing.assert_close(mixed["head.fc.weight"][:3], half)
+    name = next(name for name in initial if name.startswith("tokenizer.") and initial[name].is_floating_point())
+    torch.testing.assert_close(mixed[name], (initial[name] + trained_state[name]) / 2)
+
+
 @pytest.mark.slow
 def test_ddp_two_processes_gloo(tiny_data: dict[str, Path], trained_run: Path, tmp_path: Path):
     """torchrun, 2 CPU processes, gloo: one epoch trains, rank 0 writes, evaluation covers every window once."""

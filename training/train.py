@@ -28,6 +28,12 @@ A causal (streaming) model, ``--causal`` (#17): from scratch with ``--config``, 
 checkpoint's weights with ``--from CHECKPOINT --causal`` (every weight but the time embedding, which
 a causal model does without; its window, mapping, normalisation and filters stay the parent's).
 
+Weight-space ensembling, ``--from CHECKPOINT --interpolate A`` (WiSE-FT, Wortsman et al., CVPR 2022):
+every checkpoint saved is ``(1 - A) * parent + A * trained``, weight by weight, and is what each
+epoch evaluates; the optimizer keeps training the unmixed weights. A few takes then move the model
+toward the new room without erasing what the parent knew. The output rows of classes the parent
+does not have are the trained ones.
+
 Resume: ``--resume OUT`` (or ``OUT/train_state.json``) continues after the last finished epoch.
 ``OUT/train_state.safetensors`` holds the model, optimizer and EMA tensors, ``train_state.json``
 the scalars (epoch, step, best accuracy, optimizer hyper-parameters, the run's options): no pickle.
@@ -136,6 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
         "filters are kept; the head is made anew for classes it does not have; with --causal a windowed parent "
         "becomes a causal model")
     add("--freeze-tokenizer", action="store_true", help="with --from: train only the transformer and the head")
+    add("--interpolate", type=float, default=1.0, metavar="A",
+        help="with --from: save (1-A) * parent + A * trained weights, a weight-space ensemble (WiSE-FT) that keeps "
+        "more of what the parent knew (0 < A <= 1; default 1 = the trained weights)")
     add("--repeats", type=int, default=1, help="windows drawn per training segment and epoch (few recordings)")
     add("--causal", action="store_true", help="a causal (streaming) model, trained with a loss at every prefix")
     add("--previous-frame", action="store_true",
@@ -411,6 +420,10 @@ def _main(argv: list[str] | None) -> int:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.init_from is None and args.config is None:
         raise ValueError("give --config PRESET (a new model) or --from CHECKPOINT (fine-tuning)")
+    if not 0.0 < args.interpolate <= 1.0:
+        raise ValueError(f"--interpolate must be in (0, 1], got {args.interpolate}")
+    if args.interpolate < 1.0 and args.init_from is None:
+        raise ValueError("--interpolate mixes with the parent's weights: it needs --from CHECKPOINT")
     if args.init_from is not None:
         return _train_from(args, argv)
     normalisation = parse_normalisation(args.normalisation)
@@ -480,6 +493,33 @@ def initial_weights(model: nn.Module, parent: nn.Module, parent_classes: Sequenc
     return new
 
 
+class WeightMix:
+    """``(1 - alpha) * initial + alpha * trained`` per weight (WiSE-FT), into a model of its own.
+
+    ``initial`` is ``model``'s state when the mix is made: the parent's weights as ``initial_weights``
+    copied them. Output rows in ``keep_rows`` (classes the parent does not have) and integer buffers
+    take the trained values."""
+
+    def __init__(self, model: nn.Module, alpha: float, keep_rows: Sequence[int]) -> None:
+        self.alpha = alpha
+        self.mixed = copy.deepcopy(model).eval()
+        self.initial = {name: value.detach().clone() for name, value in model.state_dict().items()}
+        self.keep_rows = list(keep_rows)
+
+    @torch.no_grad()
+    def __call__(self, trained: nn.Module) -> nn.Module:
+        state = {}
+        for name, value in trained.state_dict().items():
+            if value.is_floating_point():
+                mixed = torch.lerp(self.initial[name].to(value), value, self.alpha)
+                if name.startswith("head.fc.") and self.keep_rows:
+                    mixed[self.keep_rows] = value[self.keep_rows]
+                value = mixed
+            state[name] = value
+        self.mixed.load_state_dict(state)
+        return self.mixed
+
+
 def _train(args: argparse.Namespace, normalisation: dict | None, filters: dict | None, job: Distributed,
            device: torch.device, command: str, parent: tuple[nn.Module, dict] | None = None) -> int:
     from training.checkpoint import save_checkpoint  # E's module; only needed once training starts
@@ -544,10 +584,13 @@ def _train(args: argparse.Namespace, normalisation: dict | None, filters: dict |
             for parameter in model.tokenizer.parameters():
                 parameter.requires_grad_(False)
         model = model.to(device)
+        keep_rows = [classes.index(name) for name in new_classes]  # before resuming: the mix starts from the parent
+        mix = WeightMix(model, args.interpolate, keep_rows) if args.interpolate < 1.0 else None
     else:
         config = model_config(args.config, bins=bins, input_size=input_size, num_classes=len(classes),
                               causal=args.causal, previous_frame=args.previous_frame)  # fmt: skip
         model = build_model(config).to(device)
+        mix = None
     optimizer = torch.optim.AdamW(_parameter_groups(model, args.weight_decay), lr=args.lr)
     ema = ModelEma(model, args.ema) if args.ema else None
     start_epoch, step, best_accuracy = 0, 0, -1.0
@@ -593,7 +636,8 @@ def _train(args: argparse.Namespace, normalisation: dict | None, filters: dict |
                  "test_segments": test_windows.segments, "train_pool_windows_per_segment": args.train_windows,
                  "eval_windows_per_segment": args.eval_windows, "augmentation": augmentation.to_dict(),
                  "sim_seed": args.sim_seed if spec.startswith("sim:") else None,
-                 "command": command, "parent": parent[1] if parent is not None else None},  # fmt: skip
+                 "command": command, "parent": parent[1] if parent is not None else None,
+                 "interpolate": args.interpolate if parent is not None else None},  # fmt: skip
     }
 
     for epoch in range(start_epoch, args.epochs):
@@ -641,7 +685,8 @@ def _train(args: argparse.Namespace, normalisation: dict | None, filters: dict |
             bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.2f}", lr=f"{lr:.1e}")
         train_seconds = time.perf_counter() - epoch_started
         loss_sum, correct, seen = _sum_over_ranks(np.array([loss_sum, correct, seen]), job)
-        result = evaluate_sharded(eval_model, test_set, classes, job, batch_size=args.batch_size * 2, device=device)
+        saved_model = mix(eval_model) if mix is not None else eval_model
+        result = evaluate_sharded(saved_model, test_set, classes, job, batch_size=args.batch_size * 2, device=device)
         epoch_seconds = time.perf_counter() - epoch_started
         row = {"epoch": epoch + 1, "step": step, "lr": lr, "train_loss": loss_sum / max(seen, 1),
                "train_accuracy": correct / max(seen, 1), "test_loss": result.loss, "test_accuracy": result.accuracy,
@@ -658,10 +703,10 @@ def _train(args: argparse.Namespace, normalisation: dict | None, filters: dict |
                 "test_per_class": result.per_class(), "train_loss": row["train_loss"], "ema": ema is not None,
                 "train_seconds_total": time.perf_counter() - started,
             })  # fmt: skip
-            save_checkpoint(out_dir / "last.json", eval_model, metadata)
+            save_checkpoint(out_dir / "last.json", saved_model, metadata)
             if result.accuracy > best_accuracy:
                 best_accuracy = result.accuracy
-                save_checkpoint(out_dir / "best.json", eval_model, metadata)
+                save_checkpoint(out_dir / "best.json", saved_model, metadata)
             save_train_state(out_dir, model, optimizer, ema, {
                 "epoch": epoch + 1, "step": step, "best_accuracy": best_accuracy,
                 "model_config": config.to_dict(), "options": _run_options(args),
