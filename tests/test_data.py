@@ -258,6 +258,35 @@ def test_dataset_augmentation_is_seeded_by_epoch_and_index():
     assert sum(float(item.sum()) for item in first) < frames.sum() / 2 * 0.98  # the drop-out removed events
 
 
+def test_relabelled_windows_keep_the_classes_named_in_the_target_list():
+    """Rehearsal data labelled by another class list: known names are renumbered, the rest dropped."""
+    frames, windows = _window_set()  # labels 1, 1, 3, 3, 0, 0 of three segments
+    kept = windows.relabelled(("a", "b", "c", "d"), into=("d", "x", "b"))
+    assert kept.labels.tolist() == [2, 2, 0, 0] and kept.groups.tolist() == [0, 0, 1, 1] and kept.segments == 2
+    np.testing.assert_array_equal(kept.frames, frames[:4])
+    assert len(windows.relabelled(("a", "b", "c", "d"), into=("x",))) == 0
+
+
+def test_dataset_with_items_draws_that_many_windows_from_segments_shuffled_per_epoch():
+    """``items`` (rehearsal): a fixed count per epoch, every segment once per round, another order each epoch."""
+    _, windows = _window_set()
+    dataset = data.WindowDataset(windows, normalisation=None, augmentation=AugmentConfig(), mirrored_class=None,
+                                 items=6)  # fmt: skip
+    assert len(dataset) == 6
+    orders = []
+    for epoch in range(4):
+        dataset.set_epoch(epoch)
+        labels = [dataset[i][1] for i in range(6)]
+        assert sorted(labels[:3]) == [0, 1, 3] and labels[3:] == labels[:3]  # each segment once per round
+        orders.append(labels[:3])
+    assert len({tuple(order) for order in orders}) > 1
+    with pytest.raises(ValueError, match="needs augmentation"):
+        data.WindowDataset(windows, items=6)
+    both = data.WindowDatasets([dataset, data.WindowDataset(windows, augmentation=AugmentConfig(), seed=1)])
+    both.set_epoch(7)
+    assert len(both) == 9 and all(part.epoch == 7 for part in both.datasets)
+
+
 def test_dataset_without_augmentation_gives_every_window_normalised():
     frames, windows = _window_set()
     evaluation = data.WindowDataset(windows, normalisation={"kind": "log1p"})

@@ -233,6 +233,31 @@ def test_interpolate_saves_the_weight_space_mix_of_parent_and_trained(
     assert "it needs --from CHECKPOINT" in capsys.readouterr().err
 
 
+def test_rehearse_adds_as_many_windows_of_the_parents_data_as_the_takes_give(
+    tiny_data: dict[str, Path], trained_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """``--rehearse SPEC``: every epoch twice the steps (the takes' windows, then as many of SPEC's);
+    SPEC without one of the data's classes is a clear error."""
+    out = tmp_path / "rehearsed"
+    args = ["--from", str(trained_run / "last.json"), "--cache", str(tiny_data["cache"]), "--batch-size", "5",
+            "--lr", "1e-3", "--warmup-epochs", "0", "--train-windows", "2", "--eval-windows", "2", "--augment", "none",
+            "--stretch", "1", "--no-progress", "--epochs", "1", "--rehearse", f"dvsgesture:{tiny_data['data']}"]  # fmt: skip
+    assert training_main(["train", "--data", f"dvsgesture:{tiny_data['data']}", "--out", str(out), *args]) == 0
+    assert int(read_metrics(out)[0]["step"]) == 8  # (20 take segments + 20 rehearsal windows) / batch 5
+    assert "rehearsal dvsgesture:" in capsys.readouterr().out
+    assert load_checkpoint(out / "last.json")[1]["data"]["rehearse"] == f"dvsgesture:{tiny_data['data']}"
+
+    (tmp_path / "labels.csv").write_text("file,class,start_us,end_us,split\n"
+                                         f"{tiny_data['data'] / 'user01_led.aedat'},wave,100000,600000,train\n"
+                                         f"{tiny_data['data'] / 'user01_led.aedat'},wave,700000,1200000,test\n")  # fmt: skip
+    own = ["--data", f"folder:{tmp_path / 'labels.csv'}", "--out", str(tmp_path / "own")]
+    assert training_main(["train", *own, *args]) == 2
+    error = capsys.readouterr().err
+    assert "--rehearse dvsgesture:" in error and "none of its classes is one of the data's (wave)" in error
+    assert training_main(["train", *train_args(tiny_data, tmp_path / "scratch"), "--rehearse", "sim:5"]) == 2
+    assert "it needs --from CHECKPOINT" in capsys.readouterr().err
+
+
 def test_weight_mix_keeps_the_trained_rows_of_new_classes() -> None:
     """A class the parent did not have has no parent row to mix with: its output row is the trained one."""
     torch.manual_seed(0)

@@ -487,6 +487,17 @@ class WindowSet:
     def segments(self) -> int:
         return int(self.groups.max()) + 1 if len(self.groups) else 0
 
+    def relabelled(self, classes: Sequence[str], into: Sequence[str]) -> WindowSet:
+        """These windows (labels index ``classes``) labelled by the class names of ``into``; windows of
+        classes ``into`` does not have are dropped and the segments renumbered."""
+        lookup = np.array([list(into).index(name) if name in into else -1 for name in classes], dtype=np.int64)
+        labels = lookup[self.labels]
+        keep = labels >= 0
+        _, groups = np.unique(self.groups[keep], return_inverse=True)
+        return WindowSet(frames=self.frames[keep], labels=labels[keep], groups=groups.astype(np.int64),
+                         starts_us=self.starts_us[keep], stretches=self.stretches[keep], cache_hits=self.cache_hits,
+                         cache_misses=self.cache_misses, skipped_segments=self.skipped_segments)  # fmt: skip
+
 
 def cache_key(
     recording: Recording, plan: WindowPlan, window: WindowSpec, mapping_dict: dict[str, Any],
@@ -671,6 +682,8 @@ class WindowDataset(torch.utils.data.Dataset):
         mirrored_class: class permutation of a left-right flip (None disables flipping).
         seed: base seed of the augmentation.
         repeats: items per segment and epoch with augmentation (each draws its own window).
+        items: with augmentation, this many items per epoch instead, from segments in an order
+            shuffled anew each epoch (fine-tuning's rehearsal: as many as the takes give).
     """
 
     def __init__(
@@ -682,9 +695,13 @@ class WindowDataset(torch.utils.data.Dataset):
         mirrored_class: Sequence[int] | None = MIRRORED_CLASS,
         seed: int = 0,
         repeats: int = 1,
+        items: int | None = None,
     ) -> None:
         if repeats < 1:
             raise ValueError(f"repeats must be >= 1, got {repeats}")
+        if items is not None and (items < 1 or augmentation is None):
+            raise ValueError(f"items must be >= 1 and needs augmentation, got {items}")
+        self.items = items
         self.windows = windows
         self.repeats = repeats
         self.normalisation = check_normalisation(normalisation)
@@ -703,7 +720,9 @@ class WindowDataset(torch.utils.data.Dataset):
         self.epoch = int(epoch)
 
     def __len__(self) -> int:
-        return len(self._members) * self.repeats if self.augmentation is not None else len(self.windows)
+        if self.augmentation is None:
+            return len(self.windows)
+        return self.items if self.items is not None else len(self._members) * self.repeats
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         if self.augmentation is None:
@@ -711,13 +730,25 @@ class WindowDataset(torch.utils.data.Dataset):
             label = int(self.windows.labels[index])
         else:
             rng = np.random.default_rng([self.seed, self.epoch, int(index)])
-            members = self._members[index % len(self._members)]
+            segment = index % len(self._members)
+            if self.items is not None:  # one shuffle of the segments per epoch
+                segment = int(np.random.default_rng([self.seed, self.epoch]).permutation(len(self._members))[segment])
+            members = self._members[segment]
             chosen = int(members[rng.integers(len(members))])
             counts, label = augment_window(self.windows.frames[chosen], int(self.windows.labels[chosen]), rng,
                                            self.augmentation, mirrored_class=self.mirrored_class)  # fmt: skip
         frames = np.array(counts, dtype=np.float32, order="C")
         apply_normalisation(frames, self.normalisation)
         return torch.from_numpy(frames), label
+
+
+class WindowDatasets(torch.utils.data.ConcatDataset):
+    """Several ``WindowDataset`` one after the other (fine-tuning's takes and rehearsal); ``set_epoch``
+    reaches each."""
+
+    def set_epoch(self, epoch: int) -> None:
+        for dataset in self.datasets:
+            dataset.set_epoch(epoch)
 
 
 if __name__ == "__main__":

@@ -51,6 +51,9 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--augment", choices=tuple(AUGMENT_PRESETS), default=DEFAULT_AUGMENT,
                         help=f"augmentation preset (training.augment; default {DEFAULT_AUGMENT})")  # fmt: skip
     parser.add_argument("--freeze-tokenizer", action="store_true", help="train only the transformer and the head")
+    parser.add_argument("--rehearse", default=None, metavar="SPEC",
+                        help="also train on as many windows of what the parent learnt (e.g. sim:110: 10 simulated "
+                        "gestures per class, generated once into the cache), so that it forgets less")  # fmt: skip
     parser.add_argument("--interpolate", type=float, default=DEFAULT_INTERPOLATE, metavar="A",
                         help="export (1-A) * parent + A * fine-tuned weights, a weight-space ensemble that "
                         "keeps what the parent knew (0 < A <= 1, 1 = the fine-tuned weights; default "
@@ -98,6 +101,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         train_argv += ["--cache", args.cache]
     if args.freeze_tokenizer:
         train_argv.append("--freeze-tokenizer")
+    if args.rehearse:
+        train_argv += ["--rehearse", args.rehearse]
     if args.no_progress:
         train_argv.append("--no-progress")
     train.main(train_argv)

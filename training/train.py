@@ -34,6 +34,10 @@ epoch evaluates; the optimizer keeps training the unmixed weights. A few takes t
 toward the new room without erasing what the parent knew. The output rows of classes the parent
 does not have are the trained ones.
 
+Rehearsal, ``--from CHECKPOINT --rehearse SPEC``: recordings of what the parent learnt (``sim:110``)
+are binned like ``--data`` and every epoch adds as many augmented windows of them (of the classes
+``--data`` has) as ``--data`` gives, so that a few takes do not overwrite the rest.
+
 Resume: ``--resume OUT`` (or ``OUT/train_state.json``) continues after the last finished epoch.
 ``OUT/train_state.safetensors`` holds the model, optimizer and EMA tensors, ``train_state.json``
 the scalars (epoch, step, best accuracy, optimizer hyper-parameters, the run's options): no pickle.
@@ -142,6 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
         "filters are kept; the head is made anew for classes it does not have; with --causal a windowed parent "
         "becomes a causal model")
     add("--freeze-tokenizer", action="store_true", help="with --from: train only the transformer and the head")
+    add("--rehearse", default=None, metavar="SPEC",
+        help="with --from: recordings of what the parent learnt (e.g. sim:110), as many augmented windows per epoch as "
+        "--data gives, so that fine-tuning does not forget; only classes --data has are used")
     add("--interpolate", type=float, default=1.0, metavar="A",
         help="with --from: save (1-A) * parent + A * trained weights, a weight-space ensemble (WiSE-FT) that keeps "
         "more of what the parent knew (0 < A <= 1; default 1 = the trained weights)")
@@ -424,6 +431,8 @@ def _main(argv: list[str] | None) -> int:
         raise ValueError(f"--interpolate must be in (0, 1], got {args.interpolate}")
     if args.interpolate < 1.0 and args.init_from is None:
         raise ValueError("--interpolate mixes with the parent's weights: it needs --from CHECKPOINT")
+    if args.rehearse and args.init_from is None:
+        raise ValueError("--rehearse replays what a parent learnt: it needs --from CHECKPOINT")
     if args.init_from is not None:
         return _train_from(args, argv)
     normalisation = parse_normalisation(args.normalisation)
@@ -557,6 +566,13 @@ def _train(args: argparse.Namespace, normalisation: dict | None, filters: dict |
                     cache_dir=args.cache, progress=lambda items, what=split: progress(items, what),
                     workers=args.bin_workers,
                 )  # fmt: skip
+            if args.rehearse:
+                rehearsal = data.open_source(args.rehearse, cache_dir=args.cache, sim_seed=args.sim_seed)
+                plan = data.WindowPlan("train", args.train_windows, args.seed, args.stretch)
+                loaded["rehearse"] = data.load_windows(
+                    rehearsal.recordings, plan, window, input_size, method=args.method, filters=filters,
+                    cache_dir=args.cache, progress=lambda items: progress(items, "rehearsal"), workers=args.bin_workers,
+                ).relabelled(rehearsal.classes, source.classes)  # fmt: skip
             loaded["source"] = source
         job.barrier()
     source, train_windows, test_windows = loaded["source"], loaded["train"], loaded["test"]
@@ -569,6 +585,17 @@ def _train(args: argparse.Namespace, normalisation: dict | None, filters: dict |
         f"{time.perf_counter() - started:.0f} s")  # fmt: skip
     train_set = data.WindowDataset(train_windows, normalisation=normalisation, augmentation=augmentation,
                                    mirrored_class=mirrored, seed=args.seed, repeats=args.repeats)  # fmt: skip
+    if args.rehearse:  # as many windows of what the parent learnt as of the new data, every epoch
+        rehearsal_windows = loaded["rehearse"]
+        if not len(rehearsal_windows):
+            raise ValueError(f"--rehearse {args.rehearse}: none of its classes is one of the data's "
+                             f"({', '.join(classes)})")  # fmt: skip
+        rehearsal_set = data.WindowDataset(rehearsal_windows, normalisation=normalisation,
+                                           augmentation=augmentation, mirrored_class=mirrored, seed=args.seed + 1,
+                                           items=len(train_set))  # fmt: skip
+        say(f"rehearsal {args.rehearse}: {rehearsal_windows.segments} segments of the data's classes, "
+            f"{len(rehearsal_set)} windows per epoch")  # fmt: skip
+        train_set = data.WindowDatasets([train_set, rehearsal_set])
     test_set = data.WindowDataset(test_windows, normalisation=normalisation)
 
     # Model, optimizer, EMA, resume.
@@ -637,7 +664,8 @@ def _train(args: argparse.Namespace, normalisation: dict | None, filters: dict |
                  "eval_windows_per_segment": args.eval_windows, "augmentation": augmentation.to_dict(),
                  "sim_seed": args.sim_seed if spec.startswith("sim:") else None,
                  "command": command, "parent": parent[1] if parent is not None else None,
-                 "interpolate": args.interpolate if parent is not None else None},  # fmt: skip
+                 "interpolate": args.interpolate if parent is not None else None,
+                 "rehearse": args.rehearse},  # fmt: skip
     }
 
     for epoch in range(start_epoch, args.epochs):
