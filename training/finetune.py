@@ -33,7 +33,7 @@ DEFAULT_REPEATS = 16
 DEFAULT_TRAIN_WINDOWS = 16
 DEFAULT_AUGMENT = "shape"  # body shape and outline jitter: the takes teach the room more, their person less
 # the fine-tuned weights: mixing in the parent's (0.5) helps where the parent works, costs where it fails, and
-# is even on average over eight rooms (README, bench_finetune.py)
+# loses 1.7 points on average over twelve rooms (README, bench_finetune.py)
 DEFAULT_INTERPOLATE = 1.0
 
 
