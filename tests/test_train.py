@@ -69,6 +69,14 @@ def train_args(tiny: dict[str, Path], out: Path, *extra: str) -> list[str]:
             "--eval-windows", "2", "--augment", "none", "--stretch", "1", "--no-progress", *extra]  # fmt: skip
 
 
+def from_args(tiny: dict[str, Path], parent: Path, out: Path, *extra: str) -> list[str]:
+    """One epoch of fine-tuning ``parent`` (``--from``) on the tiny data, no augmentation."""
+    return ["--from", str(parent), "--data", f"dvsgesture:{tiny['data']}", "--out", str(out), "--cache",
+            str(tiny["cache"]), "--batch-size", "5", "--lr", "1e-3", "--warmup-epochs", "0", "--train-windows", "2",
+            "--eval-windows", "2", "--augment", "none", "--stretch", "1", "--no-progress", "--epochs", "1",
+            *extra]  # fmt: skip
+
+
 def read_metrics(out: Path) -> list[dict[str, str]]:
     with open(out / "metrics.csv", newline="") as file:
         return list(csv.DictReader(file))
@@ -190,10 +198,7 @@ def test_from_a_windowed_checkpoint_with_causal_trains_a_causal_model(tiny_data:
     assert all(torch.equal(value, parent_state[name]) for name, value in model.state_dict().items())
 
     out = tmp_path / "causal"
-    args = ["--data", f"dvsgesture:{tiny_data['data']}", "--out", str(out), "--cache", str(tiny_data["cache"]),
-            "--batch-size", "5", "--lr", "1e-3", "--warmup-epochs", "0", "--train-windows", "2", "--eval-windows", "2",
-            "--augment", "none", "--stretch", "1", "--no-progress", "--epochs", "1"]  # fmt: skip
-    assert training_main(["train", "--from", str(trained_run / "last.json"), "--causal", *args]) == 0
+    assert training_main(["train", *from_args(tiny_data, trained_run / "last.json", out, "--causal")]) == 0
     child, child_metadata = load_checkpoint(out / "last.json")
     assert child.config == dataclasses.replace(parent.config, causal=True, name="custom")
     assert child_metadata["data"]["parent"]["sha256"] == metadata["weights"]["sha256"]
@@ -211,10 +216,7 @@ def test_interpolate_saves_the_weight_space_mix_of_parent_and_trained(
 
     parent, _ = load_checkpoint(trained_run / "last.json")
     out = tmp_path / "mixed"
-    args = ["--from", str(trained_run / "last.json"), "--data", f"dvsgesture:{tiny_data['data']}", "--out", str(out),
-            "--cache", str(tiny_data["cache"]), "--batch-size", "5", "--lr", "1e-2", "--warmup-epochs", "0",
-            "--train-windows", "2", "--eval-windows", "2", "--augment", "none", "--stretch", "1", "--no-progress",
-            "--epochs", "1"]  # fmt: skip
+    args = from_args(tiny_data, trained_run / "last.json", out, "--lr", "1e-2")  # the later --lr wins
     assert training_main(["train", *args, "--interpolate", "0.25"]) == 0
     saved, metadata = load_checkpoint(out / "last.json")
     trained = {name[len("model."):]: value for name, value in load_file(out / "train_state.safetensors").items()
@@ -239,10 +241,8 @@ def test_rehearse_adds_as_many_windows_of_the_parents_data_as_the_takes_give(
     """``--rehearse SPEC``: every epoch twice the steps (the takes' windows, then as many of SPEC's);
     SPEC without one of the data's classes is a clear error."""
     out = tmp_path / "rehearsed"
-    args = ["--from", str(trained_run / "last.json"), "--cache", str(tiny_data["cache"]), "--batch-size", "5",
-            "--lr", "1e-3", "--warmup-epochs", "0", "--train-windows", "2", "--eval-windows", "2", "--augment", "none",
-            "--stretch", "1", "--no-progress", "--epochs", "1", "--rehearse", f"dvsgesture:{tiny_data['data']}"]  # fmt: skip
-    assert training_main(["train", "--data", f"dvsgesture:{tiny_data['data']}", "--out", str(out), *args]) == 0
+    rehearse = ("--rehearse", f"dvsgesture:{tiny_data['data']}")
+    assert training_main(["train", *from_args(tiny_data, trained_run / "last.json", out, *rehearse)]) == 0
     assert int(read_metrics(out)[0]["step"]) == 8  # (20 take segments + 20 rehearsal windows) / batch 5
     assert "rehearsal dvsgesture:" in capsys.readouterr().out
     assert load_checkpoint(out / "last.json")[1]["data"]["rehearse"] == f"dvsgesture:{tiny_data['data']}"
@@ -250,8 +250,9 @@ def test_rehearse_adds_as_many_windows_of_the_parents_data_as_the_takes_give(
     (tmp_path / "labels.csv").write_text("file,class,start_us,end_us,split\n"
                                          f"{tiny_data['data'] / 'user01_led.aedat'},wave,100000,600000,train\n"
                                          f"{tiny_data['data'] / 'user01_led.aedat'},wave,700000,1200000,test\n")  # fmt: skip
-    own = ["--data", f"folder:{tmp_path / 'labels.csv'}", "--out", str(tmp_path / "own")]
-    assert training_main(["train", *own, *args]) == 2
+    own = ("--data", f"folder:{tmp_path / 'labels.csv'}")  # the later --data wins
+    own_run = from_args(tiny_data, trained_run / "last.json", tmp_path / "own", *rehearse, *own)
+    assert training_main(["train", *own_run]) == 2
     error = capsys.readouterr().err
     assert "--rehearse dvsgesture:" in error and "none of its classes is one of the data's (wave)" in error
     assert training_main(["train", *train_args(tiny_data, tmp_path / "scratch"), "--rehearse", "sim:5"]) == 2

@@ -559,8 +559,8 @@ def _train(args: argparse.Namespace, normalisation: dict | None, filters: dict |
             source = data.open_source(spec, cache_dir=args.cache, sim_seed=args.sim_seed)
             progress = (lambda items, what: tqdm(items, desc=f"binning {what}", leave=False,
                                                  disable=args.no_progress or not job.is_main))  # fmt: skip
-            for split, plan in (("train", data.WindowPlan("train", args.train_windows, args.seed, args.stretch)),
-                                ("test", data.WindowPlan("eval", args.eval_windows))):  # fmt: skip
+            train_plan = data.WindowPlan("train", args.train_windows, args.seed, args.stretch)
+            for split, plan in (("train", train_plan), ("test", data.WindowPlan("eval", args.eval_windows))):
                 loaded[split] = data.load_windows(
                     source.split(split), plan, window, input_size, method=args.method, filters=filters,
                     cache_dir=args.cache, progress=lambda items, what=split: progress(items, what),
@@ -568,9 +568,8 @@ def _train(args: argparse.Namespace, normalisation: dict | None, filters: dict |
                 )  # fmt: skip
             if args.rehearse:
                 rehearsal = data.open_source(args.rehearse, cache_dir=args.cache, sim_seed=args.sim_seed)
-                plan = data.WindowPlan("train", args.train_windows, args.seed, args.stretch)
                 loaded["rehearse"] = data.load_windows(
-                    rehearsal.recordings, plan, window, input_size, method=args.method, filters=filters,
+                    rehearsal.recordings, train_plan, window, input_size, method=args.method, filters=filters,
                     cache_dir=args.cache, progress=lambda items: progress(items, "rehearsal"), workers=args.bin_workers,
                 ).relabelled(rehearsal.classes, source.classes)  # fmt: skip
             loaded["source"] = source
