@@ -114,6 +114,61 @@ def test_window_positions_lie_inside_segments():
     assert len(data.train_window_plan(short, window_us, 3, rng)[0]) == 0
 
 
+def test_onset_windows_begin_before_the_gesture_and_their_lead_steps_are_the_empty_ones():
+    """An onset window's first ``lead_steps`` bins end before the gesture (no events of it), the next holds its
+    first events; stretched windows too. Windows stay after ``earliest_us`` and inside the segment."""
+    window = WindowSpec(bins=16, bin_us=50_000, stride_us=50_000)
+    segment = GestureSegment(3, 1_000_000, 4_000_000)
+    starts, stretches, leads = data.onset_window_plan(segment, window, 400, np.random.default_rng(0), stretch=1.5,
+                                                      earliest_us=200_000)  # fmt: skip
+    assert len(starts) == 400 and set(leads.tolist()) == set(range(1, 16))
+    assert np.all(starts < segment.start_us) and np.all(starts >= 200_000)
+    assert np.all(starts + np.ceil(stretches * window.window_us) <= segment.end_us)
+    assert stretches.min() < 0.8 and stretches.max() > 1.3
+    gesture = make_events(np.arange(segment.start_us, segment.end_us, 20, dtype=np.int64), 64, 64, 1)
+    frames = data.bin_windows(gesture, data.SensorMapping.create(SENSOR, INPUT), window, starts, stretches)
+    per_step = frames.sum(axis=(2, 3, 4))  # [N, T]
+    steps = np.arange(window.bins)
+    assert np.all(per_step[steps[None, :] < leads[:, None]] == 0)  # nothing of the gesture before its onset
+    assert np.all(per_step[np.arange(len(leads)), leads] > 0)  # the onset falls in the first labelled step
+    # Little idle time before the onset: as many lead steps as fit; none without a step's room.
+    _, _, near = data.onset_window_plan(segment, window, 200, np.random.default_rng(1), earliest_us=880_000)
+    assert set(near.tolist()) == {1, 2}  # 120 ms of room: at most two 50 ms steps
+    assert len(data.onset_window_plan(segment, window, 50, np.random.default_rng(1), earliest_us=960_000)[0]) == 0
+    short = GestureSegment(3, 1_000_000, 1_300_000)  # 300 ms: only windows that lead by 500 ms or more end in it
+    _, _, short_leads = data.onset_window_plan(short, window, 100, np.random.default_rng(2))
+    assert 0 < len(short_leads) < 100 and short_leads.min() >= 10
+
+
+def test_loaded_onset_windows_add_to_the_same_pool_and_label_only_the_gesture_steps(gesture_dir: Path, tmp_path: Path):
+    source = data.open_source(f"dvsgesture:{gesture_dir}")
+    plain = load(source, "train", data.WindowPlan("train", 3, seed=1), tmp_path)
+    with_onsets = load(source, "train", data.WindowPlan("train", 3, seed=1, onsets=2), tmp_path)
+    again = load(source, "train", data.WindowPlan("train", 3, seed=1, onsets=2), tmp_path)
+    assert (with_onsets.cache_misses, again.cache_hits) == (2, 2)
+    np.testing.assert_array_equal(again.lead_steps, with_onsets.lead_steps)
+    onset = with_onsets.lead_steps > 0
+    assert not plain.lead_steps.any() and onset.any()
+    np.testing.assert_array_equal(with_onsets.starts_us[~onset], plain.starts_us)  # the ordinary pool is unchanged
+    segments = [s for r in source.split("train") for s in r.segments]
+    onset_segments = [segments[group] for group in with_onsets.groups[onset]]
+    assert all(start < segment.start_us for start, segment in zip(with_onsets.starts_us[onset], onset_segments))
+    assert all(label == segment.label for label, segment in zip(with_onsets.labels[onset], onset_segments))
+    # A causal model's labels: one per step, none before the onset; the left-right flip swaps them all.
+    index = int(np.flatnonzero(onset)[0])
+    evaluation = data.WindowDataset(with_onsets, normalisation=None, step_labels=True)
+    _, steps = evaluation[index]
+    lead, label = int(with_onsets.lead_steps[index]), int(with_onsets.labels[index])
+    assert steps.tolist() == [data.IGNORED_STEP] * lead + [label] * (WINDOW.bins - lead)
+    flipped = data.WindowDataset(with_onsets, normalisation=None, augmentation=AugmentConfig(flip_prob=1.0),
+                                 step_labels=True)  # fmt: skip
+    for item in range(len(flipped)):
+        _, steps = flipped[item]
+        assert steps[-1] in MIRRORED_CLASS and set(steps.tolist()) <= {data.IGNORED_STEP, int(steps[-1])}
+    with pytest.raises(ValueError, match="for training only"):
+        data.WindowPlan("eval", 2, onsets=1)
+
+
 def test_loaded_windows_inside_segments_eval_fixed_train_random(gesture_dir: Path, tmp_path: Path):
     source = data.open_source(f"dvsgesture:{gesture_dir}")
     assert [r.path.name for r in source.split("test")] == ["user03_natural.aedat"]

@@ -183,11 +183,15 @@ def test_cli_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture):
     assert training_main(["train", "--from", str(BUILTIN_CHECKPOINT), "--data", "sim:5", "--out", str(tmp_path),
                           "--causal", "--previous-frame", "--bins", "8"]) == 2  # fmt: skip
     assert capsys.readouterr().err.startswith("error: --bins, --previous-frame cannot change with --from")
+    assert training_main(["train", "--config", "small", "--data", "sim:5", "--out", str(tmp_path),
+                          "--onset-windows", "2"]) == 2  # fmt: skip
+    assert capsys.readouterr().err.startswith("error: --onset-windows needs a causal model")
 
 
 def test_from_a_windowed_checkpoint_with_causal_trains_a_causal_model(tiny_data: dict[str, Path], trained_run: Path,
                                                                       tmp_path: Path):  # fmt: skip
-    """``--from WINDOWED --causal``: every weight of the parent but its time embedding, then a causal run."""
+    """``--from WINDOWED --causal``: every weight of the parent but its time embedding, then a causal run
+    (with onset windows)."""
     parent, metadata = load_checkpoint(trained_run / "last.json")
     assert not parent.config.causal and parent.time_embed is not None
     model = build_model(dataclasses.replace(parent.config, causal=True))
@@ -198,8 +202,10 @@ def test_from_a_windowed_checkpoint_with_causal_trains_a_causal_model(tiny_data:
     assert all(torch.equal(value, parent_state[name]) for name, value in model.state_dict().items())
 
     out = tmp_path / "causal"
-    assert training_main(["train", *from_args(tiny_data, trained_run / "last.json", out, "--causal")]) == 0
+    assert training_main(["train", *from_args(tiny_data, trained_run / "last.json", out, "--causal",
+                                              "--onset-windows", "2")]) == 0  # fmt: skip
     child, child_metadata = load_checkpoint(out / "last.json")
+    assert child_metadata["data"]["onset_windows"] == 2
     assert child.config == dataclasses.replace(parent.config, causal=True, name="custom")
     assert child_metadata["data"]["parent"]["sha256"] == metadata["weights"]["sha256"]
     assert child_metadata["input"]["window"] == metadata["input"]["window"]

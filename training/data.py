@@ -38,6 +38,12 @@ checkpoint - the same kernel the live pipeline uses. Windows lie entirely inside
 evenly spaced, fixed positions per segment. Training draws ``train_windows`` random positions per
 segment once (seeded; a pool cached on disk) and each epoch picks one of them per segment.
 
+Onset windows (training pool only, causal models: ``WindowPlan.onsets``). A stream meets a gesture
+at its onset, after standing still, and a causal model must decide from its first steps. An onset
+window begins 1 to T-1 steps before its segment (in the idle time, or the end of the gesture
+before), so that its last steps show the gesture's first moments; its ``lead_steps``, the steps that
+end before the onset, carry no label (``WindowDataset(step_labels=True)`` gives them -100).
+
 Time stretch (training pool only): a pool window may cover ``s * window_us`` of the recording,
 ``s`` log-uniform in ``[1 / stretch, stretch]`` (``stretch`` 2: gestures 0.5 to 2 times as fast), its
 timestamps rescaled by ``1/s`` before binning. Time is never reversed (it would swap the clockwise
@@ -102,7 +108,8 @@ ORIENTATION = {"dvsgesture": "top-left", "tonic": "top-left", "sim": "top-left",
 SPLITS = ("train", "test")
 CACHE_FORMAT_VERSION = 1
 DEFAULT_CACHE_DIR = Path.home() / ".cache" / "spikeformer-live"
-WINDOW_ARRAYS = ("frames", "labels", "segments", "starts_us", "stretches", "skipped")
+WINDOW_ARRAYS = ("frames", "labels", "segments", "starts_us", "stretches", "skipped", "lead_steps")
+IGNORED_STEP = -100  # the step label of a step before its gesture's onset (torch's cross-entropy ignore_index)
 DEFAULT_NORMALISATION: dict[str, Any] = {"kind": "log1p"}
 FOLDER_TEST_PERCENT = 20
 SIM_SENSOR = SensorSize(128, 128)
@@ -410,6 +417,30 @@ def train_window_plan(
     return starts, stretches
 
 
+def onset_window_plan(
+    segment: GestureSegment, window: WindowSpec, count: int, rng: np.random.Generator, stretch: float = 1.0,
+    earliest_us: int = 0,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``count`` random windows straddling the segment's onset: starts (µs), time stretches ``s`` and
+    lead steps. Each begins 1 to ``bins - 1`` of its steps (``s * bin_us`` µs each) before the onset,
+    not before ``earliest_us``, and ends inside the segment; ``lead_steps`` is the number of its
+    steps that end at or before the onset. Windows that cannot fit are left out."""
+    length = segment.end_us - segment.start_us
+    if window.bins < 2 or count < 1 or length < 1:
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, np.zeros(0, dtype=np.float64), empty
+    stretches = np.exp(rng.uniform(-np.log(stretch), np.log(stretch), count)) if stretch > 1 else np.ones(count)
+    wanted = rng.integers(1, window.bins, count) + rng.random(count)  # steps before the onset, a fraction into one
+    step_us = stretches * window.bin_us
+    room = segment.start_us - earliest_us  # idle time before the onset that the recording has
+    lead_us = np.floor(np.minimum(wanted * step_us, room)).astype(np.int64)
+    starts = segment.start_us - lead_us
+    # A stretched window's times are scaled by 1/s about its start before binning (``bin_windows``).
+    lead_steps = (np.floor(lead_us / stretches).astype(np.int64) // window.bin_us).astype(np.int64)
+    fits = (lead_steps >= 1) & (starts + np.ceil(stretches * window.window_us) <= segment.end_us)
+    return starts[fits], stretches[fits], lead_steps[fits]
+
+
 def bin_windows(
     events: np.ndarray,
     mapping: SensorMapping,
@@ -441,12 +472,14 @@ def bin_windows(
 @dataclass(frozen=True)
 class WindowPlan:
     """How windows are cut: ``role`` "train" (``count`` random positions per segment, seeded, with
-    time stretch) or "eval" (``count`` fixed, evenly spaced positions)."""
+    time stretch, and ``onsets`` more that straddle the segment's onset) or "eval" (``count`` fixed,
+    evenly spaced positions)."""
 
     role: str
     count: int
     seed: int = 0
     stretch: float = 1.0
+    onsets: int = 0
 
     def __post_init__(self) -> None:
         if self.role not in ("train", "eval"):
@@ -455,11 +488,14 @@ class WindowPlan:
             raise ValueError(f"windows per segment must be a positive integer, got {self.count!r}")
         if not 1.0 <= self.stretch <= 4.0:
             raise ValueError(f"stretch must be in [1, 4] (windows 1/stretch to stretch times as fast), got {self.stretch}")
+        if not isinstance(self.onsets, int) or self.onsets < 0 or (self.onsets and self.role != "train"):
+            raise ValueError(f"onset windows per segment must be an integer >= 0, for training only, got {self.onsets!r}")
 
     def to_dict(self) -> dict[str, Any]:
         if self.role == "eval":
             return {"role": "eval", "count": self.count}
-        return {"role": "train", "count": self.count, "seed": self.seed, "stretch": self.stretch}
+        plan = {"role": "train", "count": self.count, "seed": self.seed, "stretch": self.stretch}
+        return {**plan, "onsets": self.onsets} if self.onsets else plan  # the key of older caches without onsets
 
 
 @dataclass
@@ -467,8 +503,9 @@ class WindowSet:
     """Binned windows of a split (counts, not normalised).
 
     ``frames`` ``[N, T, 2, H, W]`` (uint8, uint16 or float32 counts), ``labels`` ``[N]``, ``groups``
-    ``[N]`` (the segment each window comes from, numbered across the set), ``starts_us`` ``[N]``
-    and ``stretches`` ``[N]`` (a window covers ``[start, start + stretch * window_us)`` µs).
+    ``[N]`` (the segment each window comes from, numbered across the set), ``starts_us`` ``[N]``,
+    ``stretches`` ``[N]`` (a window covers ``[start, start + stretch * window_us)`` µs) and
+    ``lead_steps`` ``[N]`` (an onset window's steps before its gesture; 0 for the others).
     """
 
     frames: np.ndarray
@@ -476,9 +513,14 @@ class WindowSet:
     groups: np.ndarray
     starts_us: np.ndarray
     stretches: np.ndarray
+    lead_steps: np.ndarray | None = None
     cache_hits: int = 0
     cache_misses: int = 0
     skipped_segments: int = 0
+
+    def __post_init__(self) -> None:
+        if self.lead_steps is None:
+            self.lead_steps = np.zeros(len(self.labels), dtype=np.int64)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -495,7 +537,8 @@ class WindowSet:
         keep = labels >= 0
         _, groups = np.unique(self.groups[keep], return_inverse=True)
         return WindowSet(frames=self.frames[keep], labels=labels[keep], groups=groups.astype(np.int64),
-                         starts_us=self.starts_us[keep], stretches=self.stretches[keep], cache_hits=self.cache_hits,
+                         starts_us=self.starts_us[keep], stretches=self.stretches[keep],
+                         lead_steps=self.lead_steps[keep], cache_hits=self.cache_hits,
                          cache_misses=self.cache_misses, skipped_segments=self.skipped_segments)  # fmt: skip
 
 
@@ -523,33 +566,41 @@ def cache_key(
 
 def _plan_recording(
     recording: Recording, events: np.ndarray, plan: WindowPlan, window: WindowSpec
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
-    """Window starts, stretches, labels and segment numbers (within the recording) of a recording."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
+    """Window starts, stretches, labels, segment numbers (within the recording) and lead steps of a
+    recording. Onset windows count only with a segment's ordinary ones (not for a segment shorter
+    than a window), after them."""
     first = int(events["t"][0]) if len(events) else 0
     last = int(events["t"][-1]) + 1 if len(events) else 0
-    starts, stretches, labels, segment_ids = [], [], [], []
+    starts, stretches, labels, segment_ids, leads = [], [], [], [], []
     skipped = 0
     for number, segment in enumerate(recording.segments):
         clipped = GestureSegment(segment.label, max(segment.start_us, first), min(segment.end_us, last))
         if plan.role == "eval":
             seg_starts = eval_window_starts(clipped, window.window_us, plan.count)
-            seg_stretches = np.ones(len(seg_starts))
+            seg_stretches, seg_leads = np.ones(len(seg_starts)), np.zeros(len(seg_starts), dtype=np.int64)
         else:
             digest = hashlib.sha256(f"{recording.path.name}:{number}".encode()).digest()
             rng = np.random.default_rng([plan.seed, int.from_bytes(digest[:8], "little")])
             seg_starts, seg_stretches = train_window_plan(clipped, window.window_us, plan.count, rng, plan.stretch)
+            seg_leads = np.zeros(len(seg_starts), dtype=np.int64)
+            if plan.onsets and len(seg_starts):
+                onset = onset_window_plan(clipped, window, plan.onsets, rng, plan.stretch, earliest_us=first)
+                seg_starts, seg_stretches, seg_leads = (np.concatenate(pair) for pair in
+                                                        zip((seg_starts, seg_stretches, seg_leads), onset))  # fmt: skip
         if not len(seg_starts):
             skipped += 1
             continue
         starts.append(seg_starts)
         stretches.append(seg_stretches)
+        leads.append(seg_leads)
         labels.append(np.full(len(seg_starts), segment.label, dtype=np.int64))
         segment_ids.append(np.full(len(seg_starts), number, dtype=np.int64))
     if not starts:
         empty = np.zeros(0, dtype=np.int64)
-        return empty, np.zeros(0), empty, empty, skipped
+        return empty, np.zeros(0), empty, empty, empty, skipped
     return (np.concatenate(starts), np.concatenate(stretches), np.concatenate(labels),
-            np.concatenate(segment_ids), skipped)  # fmt: skip
+            np.concatenate(segment_ids), np.concatenate(leads), skipped)  # fmt: skip
 
 
 def _compact_counts(frames: np.ndarray) -> np.ndarray:
@@ -588,16 +639,20 @@ def load_recording_windows(
     if path.is_file():
         try:
             with np.load(path, allow_pickle=False) as stored:
-                return {name: stored[name] for name in WINDOW_ARRAYS}, True
+                arrays = {name: stored[name] for name in WINDOW_ARRAYS if name in stored.files}
+            # Files written before onset windows existed have no lead steps: all their windows have none.
+            arrays.setdefault("lead_steps", np.zeros(len(arrays["labels"]), dtype=np.int64))
+            return {name: arrays[name] for name in WINDOW_ARRAYS}, True
         except (OSError, ValueError, KeyError):
             pass  # damaged cache file: rebuild it below
     events, sensor_size = read_recording(recording)
     events = EventFilter(filters, sensor_size)(events)
     mapping = SensorMapping.from_dict(mapping_dict, sensor_size)
-    starts, stretches, labels, segments, skipped = _plan_recording(recording, events, plan, window)
+    starts, stretches, labels, segments, leads, skipped = _plan_recording(recording, events, plan, window)
     frames = _compact_counts(bin_windows(events, mapping, window, starts, stretches))
     arrays = {"frames": frames, "labels": labels, "segments": segments, "starts_us": starts,
-              "stretches": stretches.astype(np.float64), "skipped": np.array(skipped, dtype=np.int64)}  # fmt: skip
+              "stretches": stretches.astype(np.float64), "skipped": np.array(skipped, dtype=np.int64),
+              "lead_steps": leads.astype(np.int64)}  # fmt: skip
     write_atomically(path, lambda file: np.savez_compressed(file, **arrays))
     return arrays, False
 
@@ -659,6 +714,7 @@ def load_windows(
         groups=dense_groups.astype(np.int64),
         starts_us=np.concatenate([arrays["starts_us"] for arrays in pieces]),
         stretches=np.concatenate([arrays["stretches"] for arrays in pieces]),
+        lead_steps=np.concatenate([arrays["lead_steps"] for arrays in pieces]),
         cache_hits=hits,
         cache_misses=misses,
         skipped_segments=int(sum(int(arrays["skipped"]) for arrays in pieces)),
@@ -669,7 +725,8 @@ def load_windows(
 
 
 class WindowDataset(torch.utils.data.Dataset):
-    """``(frames [T, 2, H, W] float32 tensor, label int)`` from a ``WindowSet``.
+    """``(frames [T, 2, H, W] float32 tensor, label int)`` from a ``WindowSet``; with ``step_labels``
+    the label of every step instead, ``[T]`` int64 (``IGNORED_STEP`` before an onset window's gesture).
 
     Without augmentation every window is one item (evaluation). With augmentation every segment is
     one item per epoch: one window of its pool, augmented, drawn from a generator seeded by
@@ -684,6 +741,7 @@ class WindowDataset(torch.utils.data.Dataset):
         repeats: items per segment and epoch with augmentation (each draws its own window).
         items: with augmentation, this many items per epoch instead, from segments in an order
             shuffled anew each epoch (fine-tuning's rehearsal: as many as the takes give).
+        step_labels: a label per step (a causal model's loss at every step).
     """
 
     def __init__(
@@ -696,12 +754,14 @@ class WindowDataset(torch.utils.data.Dataset):
         seed: int = 0,
         repeats: int = 1,
         items: int | None = None,
+        step_labels: bool = False,
     ) -> None:
         if repeats < 1:
             raise ValueError(f"repeats must be >= 1, got {repeats}")
         if items is not None and (items < 1 or augmentation is None):
             raise ValueError(f"items must be >= 1 and needs augmentation, got {items}")
         self.items = items
+        self.step_labels = step_labels
         self.windows = windows
         self.repeats = repeats
         self.normalisation = check_normalisation(normalisation)
@@ -724,7 +784,8 @@ class WindowDataset(torch.utils.data.Dataset):
             return len(self.windows)
         return self.items if self.items is not None else len(self._members) * self.repeats
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int | torch.Tensor]:
+        chosen = index
         if self.augmentation is None:
             counts = self.windows.frames[index]
             label = int(self.windows.labels[index])
@@ -739,6 +800,10 @@ class WindowDataset(torch.utils.data.Dataset):
                                            self.augmentation, mirrored_class=self.mirrored_class)  # fmt: skip
         frames = np.array(counts, dtype=np.float32, order="C")
         apply_normalisation(frames, self.normalisation)
+        if self.step_labels:
+            steps = torch.full((len(frames),), label, dtype=torch.int64)
+            steps[: int(self.windows.lead_steps[chosen])] = IGNORED_STEP
+            return torch.from_numpy(frames), steps
         return torch.from_numpy(frames), label
 
 

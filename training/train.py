@@ -27,6 +27,9 @@ copies the best (or with ``--export-epoch last`` the last) checkpoint there at t
 A causal (streaming) model, ``--causal`` (#17): from scratch with ``--config``, or from a windowed
 checkpoint's weights with ``--from CHECKPOINT --causal`` (every weight but the time embedding, which
 a causal model does without; its window, mapping, normalisation and filters stay the parent's).
+``--onset-windows N`` adds N windows per training segment that begin before the gesture (in the idle
+time before it), their steps before the onset unlabelled: the model learns to decide from a
+gesture's first steps after standing still, as a stream meets it (``training.data``, onset windows).
 
 Weight-space ensembling, ``--from CHECKPOINT --interpolate A`` (WiSE-FT, Wortsman et al., CVPR 2022):
 every checkpoint saved is ``(1 - A) * parent + A * trained``, weight by weight, and is what each
@@ -133,6 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("--max-shift", type=int, default=None, help="random shift in input pixels (default: the preset's)")
     add("--max-drop", type=float, default=None, help="event drop-out fraction, upper bound (default: the preset's)")
     add("--stretch", type=float, default=2.0, help="time stretch of the pool windows: 1/S to S times as fast (1 = off)")
+    add("--onset-windows", type=int, default=0,
+        help="a causal model: this many more pool windows per training segment that begin 1 to T-1 steps before "
+             "the gesture (steps before it unlabelled)")
     add("--cache", default=None, help=f"cache directory (default {data.DEFAULT_CACHE_DIR})")
     add("--bin-workers", type=int, default=os.cpu_count() or 1, help="processes that read and bin recordings")
     add("--sim-seed", type=int, default=0, help="seed of a generated sim:N data set")
@@ -433,6 +439,8 @@ def _main(argv: list[str] | None) -> int:
         raise ValueError("--interpolate mixes with the parent's weights: it needs --from CHECKPOINT")
     if args.rehearse and args.init_from is None:
         raise ValueError("--rehearse replays what a parent learnt: it needs --from CHECKPOINT")
+    if args.onset_windows < 0:
+        raise ValueError(f"--onset-windows must be >= 0, got {args.onset_windows}")
     if args.init_from is not None:
         return _train_from(args, argv)
     normalisation = parse_normalisation(args.normalisation)
@@ -541,6 +549,9 @@ def _train(args: argparse.Namespace, normalisation: dict | None, filters: dict |
 
     # Data: rank 0 generates / bins into the cache first, the others then read it.
     spec = args.data
+    causal = args.causal or (parent is not None and parent[0].config.causal)
+    if args.onset_windows and not causal:
+        raise ValueError("--onset-windows needs a causal model (--causal): a windowed model has no per-step loss")
     base = parent[0].config if parent is not None else PRESETS.get(args.config)
     bins = args.bins or (base.time_steps if base else None)
     if bins is None:
@@ -559,7 +570,7 @@ def _train(args: argparse.Namespace, normalisation: dict | None, filters: dict |
             source = data.open_source(spec, cache_dir=args.cache, sim_seed=args.sim_seed)
             progress = (lambda items, what: tqdm(items, desc=f"binning {what}", leave=False,
                                                  disable=args.no_progress or not job.is_main))  # fmt: skip
-            train_plan = data.WindowPlan("train", args.train_windows, args.seed, args.stretch)
+            train_plan = data.WindowPlan("train", args.train_windows, args.seed, args.stretch, args.onset_windows)
             for split, plan in (("train", train_plan), ("test", data.WindowPlan("eval", args.eval_windows))):
                 loaded[split] = data.load_windows(
                     source.split(split), plan, window, input_size, method=args.method, filters=filters,
@@ -583,7 +594,8 @@ def _train(args: argparse.Namespace, normalisation: dict | None, filters: dict |
         f"{train_windows.cache_misses + test_windows.cache_misses} misses, "
         f"{time.perf_counter() - started:.0f} s")  # fmt: skip
     train_set = data.WindowDataset(train_windows, normalisation=normalisation, augmentation=augmentation,
-                                   mirrored_class=mirrored, seed=args.seed, repeats=args.repeats)  # fmt: skip
+                                   mirrored_class=mirrored, seed=args.seed, repeats=args.repeats,
+                                   step_labels=causal)  # fmt: skip
     if args.rehearse:  # as many windows of what the parent learnt as of the new data, every epoch
         rehearsal_windows = loaded["rehearse"]
         if not len(rehearsal_windows):
@@ -591,7 +603,7 @@ def _train(args: argparse.Namespace, normalisation: dict | None, filters: dict |
                              f"({', '.join(classes)})")  # fmt: skip
         rehearsal_set = data.WindowDataset(rehearsal_windows, normalisation=normalisation,
                                            augmentation=augmentation, mirrored_class=mirrored, seed=args.seed + 1,
-                                           items=len(train_set))  # fmt: skip
+                                           items=len(train_set), step_labels=causal)  # fmt: skip
         say(f"rehearsal {args.rehearse}: {rehearsal_windows.segments} segments of the data's classes, "
             f"{len(rehearsal_set)} windows per epoch")  # fmt: skip
         train_set = data.WindowDatasets([train_set, rehearsal_set])
@@ -637,7 +649,7 @@ def _train(args: argparse.Namespace, normalisation: dict | None, filters: dict |
     steps_per_epoch = len(loader)
     total_steps = steps_per_epoch * args.epochs
     warmup_steps = int(round(args.warmup_epochs * steps_per_epoch))
-    criterion = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
+    criterion = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing, ignore_index=data.IGNORED_STEP)
     autocast_dtype = _autocast_dtype(args.amp, device)
     scaler = torch.amp.GradScaler("cuda") if autocast_dtype == torch.float16 else None
 
@@ -664,7 +676,7 @@ def _train(args: argparse.Namespace, normalisation: dict | None, filters: dict |
                  "sim_seed": args.sim_seed if spec.startswith("sim:") else None,
                  "command": command, "parent": parent[1] if parent is not None else None,
                  "interpolate": args.interpolate if parent is not None else None,
-                 "rehearse": args.rehearse},  # fmt: skip
+                 "rehearse": args.rehearse, "onset_windows": args.onset_windows},  # fmt: skip
     }
 
     for epoch in range(start_epoch, args.epochs):
@@ -684,8 +696,8 @@ def _train(args: argparse.Namespace, normalisation: dict | None, filters: dict |
             with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
                 if config.causal:  # a loss at every prefix: the first steps of a gesture must carry evidence too
                     step_logits = train_model(frames, steps=True).float()  # [B, T, classes]
-                    loss = criterion(step_logits.flatten(0, 1), labels.repeat_interleave(step_logits.shape[1]))
-                    logits = step_logits[:, -1]
+                    loss = criterion(step_logits.flatten(0, 1), labels.flatten())  # labels [B, T]: per step
+                    logits, labels = step_logits[:, -1], labels[:, -1]
                 else:
                     logits = train_model(frames)
                     loss = criterion(logits.float(), labels)
