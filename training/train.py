@@ -611,7 +611,7 @@ def _train(args: argparse.Namespace, normalisation: dict | None, filters: dict |
 
     # Model, optimizer, EMA, resume.
     if parent is not None:
-        config = dataclasses.replace(parent[0].config, num_classes=len(classes), causal=parent[0].config.causal or args.causal)
+        config = dataclasses.replace(parent[0].config, num_classes=len(classes), causal=causal)
         if config != parent[0].config:
             config = dataclasses.replace(config, name="custom")
         model = build_model(config)
@@ -626,7 +626,7 @@ def _train(args: argparse.Namespace, normalisation: dict | None, filters: dict |
         mix = WeightMix(model, args.interpolate, keep_rows) if args.interpolate < 1.0 else None
     else:
         config = model_config(args.config, bins=bins, input_size=input_size, num_classes=len(classes),
-                              causal=args.causal, previous_frame=args.previous_frame)  # fmt: skip
+                              causal=causal, previous_frame=args.previous_frame)  # fmt: skip
         model = build_model(config).to(device)
         mix = None
     optimizer = torch.optim.AdamW(_parameter_groups(model, args.weight_decay), lr=args.lr)
