@@ -57,6 +57,8 @@ class SpikeformerConfig:
             before the first step): ``2 * in_channels`` input channels, so that the first
             convolutions see local motion (where an edge was and where it is now) and the sense
             of a rotation becomes a local feature. The reference presets do not have it.
+        mix_style: probability per training batch of :class:`MixStyle` after every tokenizer block
+            but the last (0 = off). Training only: no parameters, the same model in eval and export.
     """
 
     name: str = "custom"
@@ -75,6 +77,7 @@ class SpikeformerConfig:
     init_tau: float = 2.0
     causal: bool = False
     previous_frame: bool = False
+    mix_style: float = 0.0
 
     def __post_init__(self) -> None:
         # Normalise sequences (e.g. lists from JSON) to tuples so the config stays hashable.
@@ -127,6 +130,8 @@ class SpikeformerConfig:
         for name in ("causal", "previous_frame"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"SpikeformerConfig.{name} must be true or false, got {getattr(self, name)!r}")
+        if isinstance(self.mix_style, bool) or not isinstance(self.mix_style, (int, float)) or not 0.0 <= self.mix_style <= 1.0:
+            raise ValueError(f"SpikeformerConfig.mix_style must be a probability in [0, 1], got {self.mix_style!r}")
 
     @property
     def downsample(self) -> int:
@@ -155,7 +160,7 @@ class SpikeformerConfig:
         if not isinstance(data, dict):
             raise ValueError(f"model config must be a dict, got {type(data).__name__}")
         names = {f.name for f in dataclasses.fields(cls)}
-        data = {"causal": False, "previous_frame": False, **data}  # written before these options existed
+        data = {"causal": False, "previous_frame": False, "mix_style": 0.0, **data}  # written before these options existed
         unknown = sorted(set(data) - names)
         missing = sorted(names - set(data))
         if unknown or missing:
@@ -270,6 +275,38 @@ class SEWBlock(nn.Module):
         return x.reshape(steps, -1, *x.shape[1:])
 
 
+class MixStyle(nn.Module):
+    """Feature-statistics mixing (MixStyle, Zhou et al., ICLR 2021), a domain-generalisation
+    regulariser active in training only.
+
+    With probability ``p`` per batch, every sample's per-channel mean and standard deviation over
+    time and space are replaced by a mix of its own and another sample's (weight ~ Beta(alpha,
+    alpha)). Firing statistics that belong to one renderer, camera or room (how densely a textured
+    shirt or a noisy pixel array fires) then stop identifying it, and later layers learn the shapes
+    and motion instead. Identity in eval mode, so exported models do not contain it.
+    """
+
+    def __init__(self, p: float, alpha: float = 0.1, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.p, self.alpha, self.eps = p, alpha, eps
+
+    def forward(self, x: Tensor) -> Tensor:
+        # x: [T, B, C, H, W]; statistics per sample and channel over T, H, W
+        batch = x.shape[1]
+        if not self.training or batch < 2 or torch.rand(()).item() >= self.p:
+            return x
+        mean = x.mean(dim=(0, 3, 4), keepdim=True).detach()
+        std = (x.var(dim=(0, 3, 4), keepdim=True) + self.eps).sqrt().detach()
+        weight = torch.distributions.Beta(self.alpha, self.alpha).sample((1, batch, 1, 1, 1)).to(x)
+        other = torch.randperm(batch, device=x.device)
+        mixed_mean = weight * mean + (1 - weight) * mean[:, other]
+        mixed_std = weight * std + (1 - weight) * std[:, other]
+        return (x - mean) / std * mixed_std + mixed_mean
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}, alpha={self.alpha}"
+
+
 class ConvTokenizer(nn.Module):
     """Stack of :class:`SEWBlock`; frames ``[B, T, C_in, H, W]`` -> tokens ``[B, T, N, C]``."""
 
@@ -281,11 +318,14 @@ class ConvTokenizer(nn.Module):
             blocks.append(SEWBlock(in_channels, out_channels, config.kernel_size, stride, config.init_tau))
             in_channels = out_channels
         self.blocks = nn.ModuleList(blocks)
+        self.mix_style = MixStyle(config.mix_style) if config.mix_style > 0 else None
 
     def forward(self, x: Tensor) -> Tensor:
         x = x.transpose(0, 1)  # [T, B, C_in, H, W], time first for the PLIF layers
-        for block in self.blocks:
+        for index, block in enumerate(self.blocks):
             x = block(x)  # [T, B, C_i, H_i, W_i]
+            if self.mix_style is not None and index < len(self.blocks) - 1:
+                x = self.mix_style(x)
         x = x.flatten(3).transpose(2, 3)  # [T, B, N, C]
         return x.transpose(0, 1)  # [B, T, N, C]
 
