@@ -152,9 +152,10 @@ def curve_image(results: dict[str, dict], path: str | Path, *, width: int = 640,
             for index, (a, b) in enumerate(zip(points, points[1:])):
                 if not dashed or index % 2 == 0:
                     draw.line((*a, *b), fill=colour, width=2)
-        # The legend, one line per checkpoint, in the lower right, where the curves have risen.
-        draw.text((left + (right - left) // 3, bottom - 20 - 16 * (len(results) - 1 - number)),
-                  f"{name}: accuracy (solid), decided right (dashed)", fill=colour, font=font)  # fmt: skip
+        # The legend, one line per checkpoint, right-aligned in the lower right, where the curves have risen.
+        label = f"{name}: accuracy (solid), decided right (dashed)"
+        x = max(left + 8, right - 8 - draw.textlength(label, font=font))
+        draw.text((x, bottom - 20 - 16 * (len(results) - 1 - number)), label, fill=colour, font=font)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     image.save(path, format="PNG")
     return Path(path)
