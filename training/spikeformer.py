@@ -57,8 +57,9 @@ class SpikeformerConfig:
             before the first step): ``2 * in_channels`` input channels, so that the first
             convolutions see local motion (where an edge was and where it is now) and the sense
             of a rotation becomes a local feature. The reference presets do not have it.
-        mix_style: probability per training batch of :class:`MixStyle` after every tokenizer block
-            but the last (0 = off). Training only: no parameters, the same model in eval and export.
+        mix_style: probability per training batch of :class:`MixStyle` in every tokenizer block but
+            the last, on the first convolution's output before its spiking neuron (0 = off).
+            Training only: no parameters, the same model in eval and export.
     """
 
     name: str = "custom"
@@ -235,46 +236,6 @@ def conv_bn(in_channels: int, out_channels: int, kernel_size: int, stride: int) 
     )
 
 
-class SEWBlock(nn.Module):
-    """Spike-element-wise residual block, ADD connection.
-
-    Main path: conv(k, stride) -> BN -> PLIF -> conv(k, 1) -> BN -> PLIF.
-    Shortcut (only when stride or channels change): AvgPool(stride) -> conv 1x1 -> BN -> PLIF.
-    """
-
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int,
-                 init_tau: float = 2.0) -> None:
-        super().__init__()
-        self.conv1 = conv_bn(in_channels, out_channels, kernel_size, stride)
-        self.sn1 = PLIF(init_tau)
-        self.conv2 = conv_bn(out_channels, out_channels, kernel_size, 1)
-        self.sn2 = PLIF(init_tau)
-        self.downsample: nn.Module | None = None
-        self.sn_down: PLIF | None = None
-        if stride != 1 or in_channels != out_channels:
-            pool: nn.Module = nn.AvgPool2d(stride) if stride != 1 else nn.Identity()
-            self.downsample = nn.Sequential(pool, conv_bn(in_channels, out_channels, 1, 1))
-            self.sn_down = PLIF(init_tau)
-
-    def forward(self, x: Tensor) -> Tensor:
-        # x: [T, B, C_in, H, W] -> [T, B, C_out, H / stride, W / stride]
-        # Reshapes leave the batch as -1 so that a traced ONNX export keeps a dynamic batch axis.
-        steps = x.shape[0]
-        merged = x.flatten(0, 1)  # [T*B, C_in, H, W]
-        out = self.sn1(self._split_time(self.conv1(merged), steps))
-        out = self.sn2(self._split_time(self.conv2(out.flatten(0, 1)), steps))
-        if self.downsample is None:
-            identity = x
-        else:
-            identity = self.sn_down(self._split_time(self.downsample(merged), steps))
-        return out + identity
-
-    @staticmethod
-    def _split_time(x: Tensor, steps: int) -> Tensor:
-        # [T*B, C, H, W] -> [T, B, C, H, W]
-        return x.reshape(steps, -1, *x.shape[1:])
-
-
 class MixStyle(nn.Module):
     """Feature-statistics mixing (MixStyle, Zhou et al., ICLR 2021), a domain-generalisation
     regulariser active in training only.
@@ -283,7 +244,9 @@ class MixStyle(nn.Module):
     time and space are replaced by a mix of its own and another sample's (weight ~ Beta(alpha,
     alpha)). Firing statistics that belong to one renderer, camera or room (how densely a textured
     shirt or a noisy pixel array fires) then stop identifying it, and later layers learn the shapes
-    and motion instead. Identity in eval mode, so exported models do not contain it.
+    and motion instead. It acts on a convolution's normalised output, before the spiking neuron, so
+    that the next layers still receive spikes, only at mixed rates. Identity in eval mode, so
+    exported models do not contain it.
     """
 
     def __init__(self, p: float, alpha: float = 0.1, eps: float = 1e-6) -> None:
@@ -307,6 +270,50 @@ class MixStyle(nn.Module):
         return f"p={self.p}, alpha={self.alpha}"
 
 
+class SEWBlock(nn.Module):
+    """Spike-element-wise residual block, ADD connection.
+
+    Main path: conv(k, stride) -> BN [-> MixStyle, training only] -> PLIF -> conv(k, 1) -> BN -> PLIF.
+    Shortcut (only when stride or channels change): AvgPool(stride) -> conv 1x1 -> BN -> PLIF.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int,
+                 init_tau: float = 2.0, mix_style: float = 0.0) -> None:
+        super().__init__()
+        self.conv1 = conv_bn(in_channels, out_channels, kernel_size, stride)
+        self.mix_style = MixStyle(mix_style) if mix_style > 0 else None
+        self.sn1 = PLIF(init_tau)
+        self.conv2 = conv_bn(out_channels, out_channels, kernel_size, 1)
+        self.sn2 = PLIF(init_tau)
+        self.downsample: nn.Module | None = None
+        self.sn_down: PLIF | None = None
+        if stride != 1 or in_channels != out_channels:
+            pool: nn.Module = nn.AvgPool2d(stride) if stride != 1 else nn.Identity()
+            self.downsample = nn.Sequential(pool, conv_bn(in_channels, out_channels, 1, 1))
+            self.sn_down = PLIF(init_tau)
+
+    def forward(self, x: Tensor) -> Tensor:
+        # x: [T, B, C_in, H, W] -> [T, B, C_out, H / stride, W / stride]
+        # Reshapes leave the batch as -1 so that a traced ONNX export keeps a dynamic batch axis.
+        steps = x.shape[0]
+        merged = x.flatten(0, 1)  # [T*B, C_in, H, W]
+        out = self._split_time(self.conv1(merged), steps)
+        if self.mix_style is not None:
+            out = self.mix_style(out)
+        out = self.sn1(out)
+        out = self.sn2(self._split_time(self.conv2(out.flatten(0, 1)), steps))
+        if self.downsample is None:
+            identity = x
+        else:
+            identity = self.sn_down(self._split_time(self.downsample(merged), steps))
+        return out + identity
+
+    @staticmethod
+    def _split_time(x: Tensor, steps: int) -> Tensor:
+        # [T*B, C, H, W] -> [T, B, C, H, W]
+        return x.reshape(steps, -1, *x.shape[1:])
+
+
 class ConvTokenizer(nn.Module):
     """Stack of :class:`SEWBlock`; frames ``[B, T, C_in, H, W]`` -> tokens ``[B, T, N, C]``."""
 
@@ -314,18 +321,17 @@ class ConvTokenizer(nn.Module):
         super().__init__()
         blocks = []
         in_channels = config.in_channels * (2 if config.previous_frame else 1)
-        for out_channels, stride in zip(config.tokenizer_channels, config.tokenizer_strides):
-            blocks.append(SEWBlock(in_channels, out_channels, config.kernel_size, stride, config.init_tau))
+        last = len(config.tokenizer_channels) - 1
+        for index, (out_channels, stride) in enumerate(zip(config.tokenizer_channels, config.tokenizer_strides)):
+            mix_style = config.mix_style if index < last else 0.0  # early blocks only, as in MixStyle
+            blocks.append(SEWBlock(in_channels, out_channels, config.kernel_size, stride, config.init_tau, mix_style))
             in_channels = out_channels
         self.blocks = nn.ModuleList(blocks)
-        self.mix_style = MixStyle(config.mix_style) if config.mix_style > 0 else None
 
     def forward(self, x: Tensor) -> Tensor:
         x = x.transpose(0, 1)  # [T, B, C_in, H, W], time first for the PLIF layers
-        for index, block in enumerate(self.blocks):
+        for block in self.blocks:
             x = block(x)  # [T, B, C_i, H_i, W_i]
-            if self.mix_style is not None and index < len(self.blocks) - 1:
-                x = self.mix_style(x)
         x = x.flatten(3).transpose(2, 3)  # [T, B, N, C]
         return x.transpose(0, 1)  # [B, T, N, C]
 
