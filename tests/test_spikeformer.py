@@ -14,7 +14,6 @@ import torch
 from training.__main__ import main as training_main
 from training.spikeformer import (
     PRESETS,
-    MixStyle,
     Spikeformer,
     SpikeformerConfig,
     build_model,
@@ -137,7 +136,6 @@ def test_unknown_preset_rejected():
         ({"time_steps": 0}, "time_steps must be a positive integer"),
         ({"tokenizer_strides": (2, 2)}, "same length"),
         ({"drop_path_rate": 1.0}, "drop_path_rate"),
-        ({"mix_style": 1.5}, "mix_style must be a probability"),
     ],
 )
 def test_invalid_config_rejected(change: dict, message: str):
@@ -152,37 +150,6 @@ def test_config_dict_round_trip():
         assert SpikeformerConfig.from_dict(data) == config
     with pytest.raises(ValueError, match="unknown keys"):
         SpikeformerConfig.from_dict({**PRESETS["small"].to_dict(), "bogus": 1})
-    written_before = {key: value for key, value in PRESETS["small"].to_dict().items() if key != "mix_style"}
-    assert SpikeformerConfig.from_dict(written_before).mix_style == 0.0
-
-
-def test_mix_style_mixes_per_sample_statistics_in_training_only():
-    torch.manual_seed(0)
-    # [T, B, C, H, W]: sample b's channels all have mean 10 * b and standard deviation b + 1
-    x = torch.randn(4, 3, 2, 5, 5)
-    x = (x - x.mean((0, 3, 4), keepdim=True)) / x.std((0, 3, 4), keepdim=True, unbiased=False)
-    scale = torch.arange(3.0).reshape(1, 3, 1, 1, 1)
-    x = (x * (scale + 1) + 10 * scale).requires_grad_()
-    mix = MixStyle(p=1.0)
-    assert torch.equal(mix.eval()(x), x)  # eval: identity
-    out = mix.train()(x)
-    means, stds = out.mean((0, 3, 4)), out.std((0, 3, 4), unbiased=False)  # [B, C]
-    assert means.min() >= -1e-4 and means.max() <= 20 + 1e-4  # a mix of the batch's statistics ...
-    assert torch.allclose((stds - 1) * 10, means, atol=1e-3)  # ... the mean and spread of one mix per sample
-    assert not torch.allclose(means, 10 * scale.reshape(3, 1).expand(3, 2), atol=0.1)  # and not its own
-    out.sum().backward()
-    assert torch.isfinite(x.grad).all()
-    assert torch.equal(MixStyle(p=0.0).train()(x), x)
-
-
-def test_mix_style_leaves_the_eval_model_and_its_weights_unchanged():
-    config = dataclasses.replace(PRESETS["small"], mix_style=0.5)
-    mixed, plain = build_model(config), build_model("small")
-    assert mixed.state_dict().keys() == plain.state_dict().keys()  # no parameters, no buffers
-    plain.load_state_dict(mixed.state_dict())
-    x = torch.rand(2, *plain.input_shape)
-    with torch.no_grad():
-        assert torch.equal(mixed.eval()(x), plain.eval()(x))
 
 
 def test_previous_frame_input_pairs_each_step_with_the_one_before():

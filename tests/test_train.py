@@ -186,9 +186,6 @@ def test_cli_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture):
     assert training_main(["train", "--config", "small", "--data", "sim:5", "--out", str(tmp_path),
                           "--onset-windows", "2"]) == 2  # fmt: skip
     assert capsys.readouterr().err.startswith("error: --onset-windows needs a causal model")
-    assert training_main(["train", "--config", "small", "--data", "sim:5", "--out", str(tmp_path),
-                          "--mix-style", "2"]) == 2  # fmt: skip
-    assert capsys.readouterr().err.startswith("error: --mix-style must be a probability in [0, 1], got 2.0")
 
 
 def test_from_a_windowed_checkpoint_with_causal_trains_a_causal_model(tiny_data: dict[str, Path], trained_run: Path,

@@ -57,9 +57,6 @@ class SpikeformerConfig:
             before the first step): ``2 * in_channels`` input channels, so that the first
             convolutions see local motion (where an edge was and where it is now) and the sense
             of a rotation becomes a local feature. The reference presets do not have it.
-        mix_style: probability per training batch of :class:`MixStyle` in every tokenizer block but
-            the last, on the first convolution's output before its spiking neuron (0 = off).
-            Training only: no parameters, the same model in eval and export.
     """
 
     name: str = "custom"
@@ -78,7 +75,6 @@ class SpikeformerConfig:
     init_tau: float = 2.0
     causal: bool = False
     previous_frame: bool = False
-    mix_style: float = 0.0
 
     def __post_init__(self) -> None:
         # Normalise sequences (e.g. lists from JSON) to tuples so the config stays hashable.
@@ -131,8 +127,6 @@ class SpikeformerConfig:
         for name in ("causal", "previous_frame"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"SpikeformerConfig.{name} must be true or false, got {getattr(self, name)!r}")
-        if isinstance(self.mix_style, bool) or not isinstance(self.mix_style, (int, float)) or not 0.0 <= self.mix_style <= 1.0:
-            raise ValueError(f"SpikeformerConfig.mix_style must be a probability in [0, 1], got {self.mix_style!r}")
 
     @property
     def downsample(self) -> int:
@@ -161,7 +155,7 @@ class SpikeformerConfig:
         if not isinstance(data, dict):
             raise ValueError(f"model config must be a dict, got {type(data).__name__}")
         names = {f.name for f in dataclasses.fields(cls)}
-        data = {"causal": False, "previous_frame": False, "mix_style": 0.0, **data}  # written before these options existed
+        data = {"causal": False, "previous_frame": False, **data}  # written before these options existed
         unknown = sorted(set(data) - names)
         missing = sorted(names - set(data))
         if unknown or missing:
@@ -236,52 +230,17 @@ def conv_bn(in_channels: int, out_channels: int, kernel_size: int, stride: int) 
     )
 
 
-class MixStyle(nn.Module):
-    """Feature-statistics mixing (MixStyle, Zhou et al., ICLR 2021), a domain-generalisation
-    regulariser active in training only.
-
-    With probability ``p`` per batch, every sample's per-channel mean and standard deviation over
-    time and space are replaced by a mix of its own and another sample's (weight ~ Beta(alpha,
-    alpha)). Firing statistics that belong to one renderer, camera or room (how densely a textured
-    shirt or a noisy pixel array fires) then stop identifying it, and later layers learn the shapes
-    and motion instead. It acts on a convolution's normalised output, before the spiking neuron, so
-    that the next layers still receive spikes, only at mixed rates. Identity in eval mode, so
-    exported models do not contain it.
-    """
-
-    def __init__(self, p: float, alpha: float = 0.1, eps: float = 1e-6) -> None:
-        super().__init__()
-        self.p, self.alpha, self.eps = p, alpha, eps
-
-    def forward(self, x: Tensor) -> Tensor:
-        # x: [T, B, C, H, W]; statistics per sample and channel over T, H, W
-        batch = x.shape[1]
-        if not self.training or batch < 2 or torch.rand(()).item() >= self.p:
-            return x
-        mean = x.mean(dim=(0, 3, 4), keepdim=True).detach()
-        std = (x.var(dim=(0, 3, 4), keepdim=True) + self.eps).sqrt().detach()
-        weight = torch.distributions.Beta(self.alpha, self.alpha).sample((1, batch, 1, 1, 1)).to(x)
-        other = torch.randperm(batch, device=x.device)
-        mixed_mean = weight * mean + (1 - weight) * mean[:, other]
-        mixed_std = weight * std + (1 - weight) * std[:, other]
-        return (x - mean) / std * mixed_std + mixed_mean
-
-    def extra_repr(self) -> str:
-        return f"p={self.p}, alpha={self.alpha}"
-
-
 class SEWBlock(nn.Module):
     """Spike-element-wise residual block, ADD connection.
 
-    Main path: conv(k, stride) -> BN [-> MixStyle, training only] -> PLIF -> conv(k, 1) -> BN -> PLIF.
+    Main path: conv(k, stride) -> BN -> PLIF -> conv(k, 1) -> BN -> PLIF.
     Shortcut (only when stride or channels change): AvgPool(stride) -> conv 1x1 -> BN -> PLIF.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int,
-                 init_tau: float = 2.0, mix_style: float = 0.0) -> None:
+                 init_tau: float = 2.0) -> None:
         super().__init__()
         self.conv1 = conv_bn(in_channels, out_channels, kernel_size, stride)
-        self.mix_style = MixStyle(mix_style) if mix_style > 0 else None
         self.sn1 = PLIF(init_tau)
         self.conv2 = conv_bn(out_channels, out_channels, kernel_size, 1)
         self.sn2 = PLIF(init_tau)
@@ -297,10 +256,7 @@ class SEWBlock(nn.Module):
         # Reshapes leave the batch as -1 so that a traced ONNX export keeps a dynamic batch axis.
         steps = x.shape[0]
         merged = x.flatten(0, 1)  # [T*B, C_in, H, W]
-        out = self._split_time(self.conv1(merged), steps)
-        if self.mix_style is not None:
-            out = self.mix_style(out)
-        out = self.sn1(out)
+        out = self.sn1(self._split_time(self.conv1(merged), steps))
         out = self.sn2(self._split_time(self.conv2(out.flatten(0, 1)), steps))
         if self.downsample is None:
             identity = x
@@ -321,10 +277,8 @@ class ConvTokenizer(nn.Module):
         super().__init__()
         blocks = []
         in_channels = config.in_channels * (2 if config.previous_frame else 1)
-        last = len(config.tokenizer_channels) - 1
-        for index, (out_channels, stride) in enumerate(zip(config.tokenizer_channels, config.tokenizer_strides)):
-            mix_style = config.mix_style if index < last else 0.0  # early blocks only, as in MixStyle
-            blocks.append(SEWBlock(in_channels, out_channels, config.kernel_size, stride, config.init_tau, mix_style))
+        for out_channels, stride in zip(config.tokenizer_channels, config.tokenizer_strides):
+            blocks.append(SEWBlock(in_channels, out_channels, config.kernel_size, stride, config.init_tau))
             in_channels = out_channels
         self.blocks = nn.ModuleList(blocks)
 

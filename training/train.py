@@ -162,9 +162,6 @@ def build_parser() -> argparse.ArgumentParser:
     add("--causal", action="store_true", help="a causal (streaming) model, trained with a loss at every prefix")
     add("--previous-frame", action="store_true",
         help="the tokenizer sees each bin next to the one before (local motion; see SpikeformerConfig.previous_frame)")
-    add("--mix-style", type=float, default=None, metavar="P",
-        help="probability per batch of mixing feature statistics between samples in the tokenizer (MixStyle, a "
-        "training-only domain-generalisation regulariser; default 0, or the parent's with --from)")
     add("--no-progress", action="store_true", help="no tqdm bar")
     return parser
 
@@ -206,7 +203,7 @@ def parse_filters(text: str) -> dict[str, Any] | None:
 
 
 def model_config(name_or_path: str, *, bins: int | None, input_size: SensorSize | None, num_classes: int,
-                 causal: bool = False, previous_frame: bool = False, mix_style: float | None = None) -> SpikeformerConfig:  # fmt: skip
+                 causal: bool = False, previous_frame: bool = False) -> SpikeformerConfig:  # fmt: skip
     """The preset (or JSON config file) with the window's T, the input size and the class count."""
     if name_or_path in PRESETS:
         base = PRESETS[name_or_path]
@@ -217,8 +214,6 @@ def model_config(name_or_path: str, *, bins: int | None, input_size: SensorSize 
     changes: dict[str, Any] = {"num_classes": num_classes, "causal": causal}
     if previous_frame:
         changes["previous_frame"] = True
-    if mix_style is not None:
-        changes["mix_style"] = mix_style
     if bins is not None:
         changes["time_steps"] = bins
     if input_size is not None:
@@ -446,8 +441,6 @@ def _main(argv: list[str] | None) -> int:
         raise ValueError("--rehearse replays what a parent learnt: it needs --from CHECKPOINT")
     if args.onset_windows < 0:
         raise ValueError(f"--onset-windows must be >= 0, got {args.onset_windows}")
-    if args.mix_style is not None and not 0.0 <= args.mix_style <= 1.0:
-        raise ValueError(f"--mix-style must be a probability in [0, 1], got {args.mix_style}")
     if args.init_from is not None:
         return _train_from(args, argv)
     normalisation = parse_normalisation(args.normalisation)
@@ -619,8 +612,6 @@ def _train(args: argparse.Namespace, normalisation: dict | None, filters: dict |
     # Model, optimizer, EMA, resume.
     if parent is not None:
         config = dataclasses.replace(parent[0].config, num_classes=len(classes), causal=causal)
-        if args.mix_style is not None:
-            config = dataclasses.replace(config, mix_style=args.mix_style)
         if config != parent[0].config:
             config = dataclasses.replace(config, name="custom")
         model = build_model(config)
@@ -635,7 +626,7 @@ def _train(args: argparse.Namespace, normalisation: dict | None, filters: dict |
         mix = WeightMix(model, args.interpolate, keep_rows) if args.interpolate < 1.0 else None
     else:
         config = model_config(args.config, bins=bins, input_size=input_size, num_classes=len(classes),
-                              causal=causal, previous_frame=args.previous_frame, mix_style=args.mix_style)  # fmt: skip
+                              causal=causal, previous_frame=args.previous_frame)  # fmt: skip
         model = build_model(config).to(device)
         mix = None
     optimizer = torch.optim.AdamW(_parameter_groups(model, args.weight_decay), lr=args.lr)
