@@ -33,6 +33,7 @@ from stream.events import GestureSegment
 from stream.stage import ArgumentParser
 
 OFFSETS_MS = tuple(range(0, 2001, 50))
+CURVE_COLOURS = ((31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189))  # one per checkpoint, RGB
 ALPHAS = (0.2, 0.35, 0.5, 0.7, 1.0)
 THRESHOLDS = (0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 MARGINS = (0.0, 0.1, 0.2, 0.3, 0.4)
@@ -143,9 +144,8 @@ def curve_image(results: dict[str, dict], path: str | Path, *, width: int = 640,
         x = left + ms / last_ms * (right - left)
         draw.text((x - 10, bottom + 6), str(ms), fill=(0, 0, 0), font=font)
     draw.text((width // 2 - 80, height - 18), "ms since the gesture began", fill=(0, 0, 0), font=font)
-    colours = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189)]
     for number, (name, result) in enumerate(results.items()):
-        colour = colours[number % len(colours)]
+        colour = CURVE_COLOURS[number % len(CURVE_COLOURS)]
         for key, dashed in (("accuracy", False), ("decided_right", True)):
             points = [(left + ms / last_ms * (right - left), bottom - value * (bottom - top))
                       for ms, value in zip(result["curve"]["offset_ms"], result["curve"][key])]  # fmt: skip

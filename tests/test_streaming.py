@@ -233,13 +233,13 @@ def test_decision_curve_legend_stays_inside_the_image(tmp_path):
     """Long checkpoint names are right-aligned inside the plot's frame, not cut at the image's edge."""
     from PIL import Image
 
-    from inference.decisions import OFFSETS_MS, curve_image
+    from inference.decisions import CURVE_COLOURS, OFFSETS_MS, curve_image
 
     curve = {"offset_ms": list(OFFSETS_MS), "accuracy": [1.0] * len(OFFSETS_MS), "decided_right": [1.0] * len(OFFSETS_MS)}
     names = ["spikeformer-medium-causal-sim-with-a-long-name", "spikeformer-medium-sim"]
     path = curve_image({name: {"curve": curve} for name in names}, tmp_path / "curve.png", width=640, height=360)
     pixels = np.asarray(Image.open(path).convert("RGB")).astype(int)
     legend = pixels[360 - 40 - 60 : 360 - 40]  # the rows above the x axis; the curves run along the top
-    for colour in ((31, 119, 180), (214, 39, 40)):
+    for colour in CURVE_COLOURS[: len(names)]:
         columns = np.flatnonzero((np.abs(legend - colour).sum(axis=-1) < 60).any(axis=0))
         assert columns.size and columns.max() < 640 - 10, colour  # drawn, and inside the frame
