@@ -6,7 +6,6 @@ run as ``spikeformer-live COMMAND`` or ``python -m stream COMMAND`` (``stream.__
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -19,10 +18,10 @@ import numpy as np
 from stream.binning import MAPPING_METHODS, SensorMapping, WindowSpec, bin_window
 from stream.events import EventFormatError, SensorSize
 from stream.formats import FORMATS, OUTPUT_FORMATS, add_format_options, convert, file_info, open_events
-from stream.sim.scene import DEFAULT_SENSOR, LIGHTINGS, LOOKS
+from stream.sim.scene import BUILT_IN_LOOKS, DEFAULT_SENSOR, LIGHTINGS, LOOKS
 from stream.sim.recording import DEFAULT_GESTURE_US, DEFAULT_IDLE_US, NUM_CLASSES
 from stream.sources.base import parse_speed
-from stream.stage import ArgumentParser, positive_number, speed_argument
+from stream.stage import ArgumentParser, comma_names, positive_number, speed_argument
 
 
 def info_main(argv: Sequence[str] | None = None) -> int:
@@ -177,8 +176,9 @@ def simulate_main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--idle-ms", type=int, default=DEFAULT_IDLE_US // 1000)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                         help="processes (default: one per CPU; the data set is the same for any)")  # fmt: skip
-    parser.add_argument("--looks", type=_names(LOOKS), default=LOOKS, help=f"renderers, comma separated: {', '.join(LOOKS)}")
-    parser.add_argument("--lightings", type=_names(tuple(LIGHTINGS)), default=tuple(LIGHTINGS),
+    parser.add_argument("--looks", type=comma_names(LOOKS), default=BUILT_IN_LOOKS,
+                        help=f"renderers, comma separated: {', '.join(LOOKS)} (default {','.join(BUILT_IN_LOOKS)})")
+    parser.add_argument("--lightings", type=comma_names(tuple(LIGHTINGS)), default=tuple(LIGHTINGS),
                         help=f"lighting families, comma separated: {', '.join(LIGHTINGS)}")  # fmt: skip
     fixed = parser.add_argument_group("fix one scene parameter (robustness measurements)")
     fixed.add_argument("--zoom", type=positive_number, default=None, help="the person's size as seen (1 = as drawn)")
@@ -332,17 +332,6 @@ def _sim_gestures(classes: Sequence[str], text: str) -> dict[str, int | None]:
     return mapping
 
 
-def _names(allowed: tuple[str, ...]):
-    """argparse type: a comma-separated subset of ``allowed``."""
-
-    def parse(text: str) -> tuple[str, ...]:
-        names = tuple(name.strip() for name in text.split(",") if name.strip())
-        unknown = [name for name in names if name not in allowed]
-        if not names or unknown:
-            raise argparse.ArgumentTypeError(f"expected a comma list of {', '.join(allowed)}, got {text!r}")
-        return names
-
-    return parse
 
 
 def keys_main(argv: Sequence[str] | None = None) -> int:

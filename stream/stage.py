@@ -99,6 +99,19 @@ def positive_number(text: str) -> float:
     return value
 
 
+def comma_names(allowed: tuple[str, ...]):
+    """argparse type: a comma-separated subset of ``allowed``."""
+
+    def parse(text: str) -> tuple[str, ...]:
+        names = tuple(name.strip() for name in text.split(",") if name.strip())
+        unknown = [name for name in names if name not in allowed]
+        if not names or unknown:
+            raise argparse.ArgumentTypeError(f"expected a comma list of {', '.join(allowed)}, got {text!r}")
+        return names
+
+    return parse
+
+
 def run_main(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> int:
     """Run a command's ``main(argv)`` and return its exit code. Expected failures (ValueError,
     OSError, ``Unavailable``) become one ``error:`` line and ``EXIT_ERROR``; a lost source

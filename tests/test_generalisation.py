@@ -21,28 +21,37 @@ def domains_of(spec: str, root: Path) -> set[str]:
 def test_a_held_out_domain_is_never_trained_on(tmp_path: Path) -> None:
     splits = loro_splits(tmp_path)
     every = {domain_name(look, group) for look in LOOKS for group in LIGHT_GROUPS}
-    assert sorted(splits) == ["light flicker", "light steady", "renderer capsules", "renderer shaded"]
+    assert sorted(splits) == ["light flicker", "light steady", "renderer capsules", "renderer polygons",
+                              "renderer shaded"]  # fmt: skip
     for name, (train_spec, test_spec) in splits.items():
         trained, tested = domains_of(train_spec, tmp_path), domains_of(test_spec, tmp_path)
         assert not trained & tested and trained | tested == every, name
         _, held_out = name.split()
         assert all(held_out in domain for domain in tested) and not any(held_out in domain for domain in trained)
+    assert domains_of(splits["renderer shaded"][0], tmp_path) == {"capsules-steady", "capsules-flicker",
+                                                                  "polygons-steady", "polygons-flicker"}  # fmt: skip
+    two = loro_splits(tmp_path, ["renderer", "light"], looks=["capsules", "shaded"])
+    assert domains_of(two["renderer capsules"][0], tmp_path) == {"shaded-steady", "shaded-flicker"}
+    assert domains_of(two["light steady"][1], tmp_path) == {"capsules-steady", "shaded-steady"}
 
 
 @pytest.mark.timeout(600)
 def test_leaving_out_each_renderer_trains_on_the_other_and_tests_on_it(tmp_path: Path, capsys) -> None:
     root, out = tmp_path / "domains", tmp_path / "loro"
-    assert generalisation_main(["domains", "--root", str(root), "--samples", "22", "--workers", "2"]) == 0  # 2 people each
-    assert generalisation_main(["loro", "--root", str(root), "--out", str(out), "--only", "renderer", "--",
+    looks = ["--looks", "capsules,polygons"]
+    assert generalisation_main(["domains", "--root", str(root), "--samples", "22", "--workers", "2", *looks]) == 0
+    assert sorted(path.name for path in root.iterdir()) == ["capsules-flicker", "capsules-steady", "polygons-flicker",
+                                                            "polygons-steady"]  # 2 people each  # fmt: skip
+    assert generalisation_main(["loro", "--root", str(root), "--out", str(out), "--only", "renderer", *looks, "--",
                                 "--config", "small", "--epochs", "1", "--bin-workers", "1"]) == 0  # fmt: skip
     result = json.loads((out / "loro.json").read_text())
-    assert sorted(result["domains"]) == ["renderer capsules", "renderer shaded"]  # --only: no light-group trainings
+    assert sorted(result["domains"]) == ["renderer capsules", "renderer polygons"]  # no light-group trainings
     for name, row in result["domains"].items():
         held_out = name.split()[1]
         assert held_out in row["test"] and held_out not in row["train"]
         assert row["held_out_windows"] > 0 and 0.0 <= row["held_out_accuracy"] <= 1.0
     table = capsys.readouterr().out
-    assert "| renderer capsules | shaded-steady+shaded-flicker |" in table and "light" not in table.split("|---")[-1]
+    assert "| renderer capsules | polygons-steady+polygons-flicker |" in table and "light" not in table.split("|---")[-1]
 
 
 def test_a_training_that_fails_is_one_error_line_naming_its_log(tmp_path: Path, capsys) -> None:

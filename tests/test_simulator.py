@@ -118,7 +118,7 @@ def winding_around_shoulder(label: int, seed: int, look: str) -> float:
 
 
 @pytest.mark.parametrize("label, clockwise, look", [(3, True, "shaded"), (4, False, "capsules"), (5, True, "capsules"),
-                                                   (6, False, "shaded")])  # fmt: skip
+                                                   (6, False, "shaded"), (3, True, "polygons"), (4, False, "polygons")])  # fmt: skip
 def test_arm_circles_turn_the_right_way_as_seen_by_the_camera(label, clockwise, look):
     # y points down, so an increasing image angle is clockwise on screen. A circle in a plane seen
     # edge-on, or a slow one, barely winds: every clear winding (> 2/3 of a turn) has the right sign.

@@ -1,14 +1,14 @@
 """How well a model recognises gestures it has never seen rendered: the leave-one-domain-out
 protocol, the robustness table and the realism score (``spikeformer-live generalisation ...``).
 
-Domains. The simulator has two independently designed renderers of the person (``capsules``,
-``shaded``) and six lighting families, which fall into two groups: ``steady`` (natural, lab, led)
+Domains. The simulator has three independently designed renderers of the person (``capsules``,
+``shaded``, ``polygons``) and six lighting families, which fall into two groups: ``steady`` (natural, lab, led)
 and ``flicker`` (fluorescent, fluorescent_led: mains flicker; dim: bandwidth-limited, leaky, noisy
 pixels). ``domains`` writes one data set per (renderer, light group) under ROOT, each with its own
 people (seeds) and DVS128-Gesture layout.
 
-Leave one domain out (``loro``): train on the renderer A data sets, test on every recording of the
-renderer B ones, and the other way round; the same for the two light groups. Model selection uses
+Leave one domain out (``loro``): hold each renderer out in turn, train on the other renderers'
+data sets and test on every recording of the held-out one; the same for the two light groups. Model selection uses
 the training domain's own held-out users only, never the held-out domain.
 
 Robustness (``robustness``): a checkpoint on test sets in which one scene parameter is fixed at
@@ -33,8 +33,8 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from stream.sim.scene import LOOKS
-from stream.stage import ArgumentParser
+from stream.sim.scene import BUILT_IN_LOOKS, LOOKS
+from stream.stage import ArgumentParser, comma_names
 
 LIGHT_GROUPS = {"steady": ("natural", "lab", "led"), "flicker": ("fluorescent", "fluorescent_led", "dim")}
 ROBUSTNESS = {  # parameter -> values (simulate's option of the same name)
@@ -65,10 +65,15 @@ def _simulate(out: Path, samples: int, seed: int, workers: int, looks: Sequence[
     subprocess.run(command, check=True)
 
 
-def make_domains(root: Path, samples: int, seed: int = 0, workers: int = os.cpu_count() or 1) -> dict[str, Path]:
-    """Write the four domain data sets of ``samples`` gestures each (skipped when present)."""
+def make_domains(root: Path, samples: int, seed: int = 0, workers: int = os.cpu_count() or 1,
+                 looks: Sequence[str] = LOOKS) -> dict[str, Path]:  # fmt: skip
+    """Write the domain data sets of ``looks`` (two light groups each) of ``samples`` gestures each
+    (skipped when present). Each domain's seed depends only on its place in ``LOOKS``, so writing
+    some looks now and the rest later gives the same data sets."""
     paths = {}
     for index, (look, (group, lightings)) in enumerate((look, item) for look in LOOKS for item in LIGHT_GROUPS.items()):
+        if look not in looks:
+            continue
         path = root / domain_name(look, group)
         _simulate(path, samples, seed * 100 + index, workers, [look], lightings)
         paths[domain_name(look, group)] = path
@@ -78,16 +83,20 @@ def make_domains(root: Path, samples: int, seed: int = 0, workers: int = os.cpu_
 LORO_FAMILIES = ("renderer", "light")
 
 
-def loro_splits(root: Path, families: Sequence[str] = LORO_FAMILIES) -> dict[str, tuple[str, str]]:
-    """Held-out domain -> (training data spec, test data spec), for the renderers and/or light groups:
-    each family has two members, and each is held out in turn while the model trains on the other."""
-    members = {"renderer": ("looks", LOOKS), "light": ("groups", tuple(LIGHT_GROUPS))}
+def loro_splits(root: Path, families: Sequence[str] = LORO_FAMILIES,
+                looks: Sequence[str] = LOOKS) -> dict[str, tuple[str, str]]:  # fmt: skip
+    """Held-out domain -> (training data spec, test data spec), for the renderers and/or light groups
+    of ``looks``: each member of a family is held out in turn while the model trains on the others."""
+    groups = tuple(LIGHT_GROUPS)
     splits = {}
-    for family in families:
-        option, (first, second) = members[family]
-        for held_out, trained in ((first, second), (second, first)):
-            splits[f"{family} {held_out}"] = (domain_spec(root, **{option: [trained]}),
-                                              domain_spec(root, **{option: [held_out]}))  # fmt: skip
+    if "renderer" in families:
+        for held_out in looks:
+            trained = [look for look in looks if look != held_out]
+            splits[f"renderer {held_out}"] = (domain_spec(root, trained, groups), domain_spec(root, [held_out], groups))
+    if "light" in families:
+        for held_out in groups:
+            trained = [group for group in groups if group != held_out]
+            splits[f"light {held_out}"] = (domain_spec(root, looks, trained), domain_spec(root, looks, [held_out]))
     return splits
 
 
@@ -108,13 +117,13 @@ def _train(name: str, train_spec: str, out: Path, train_args: Sequence[str], cac
 
 
 def loro(root: Path, out: Path, train_args: Sequence[str], *, parallel: int = 1, windows: int = 4,
-         families: Sequence[str] = LORO_FAMILIES) -> dict:  # fmt: skip
+         families: Sequence[str] = LORO_FAMILIES, looks: Sequence[str] = LOOKS) -> dict:  # fmt: skip
     """Train one model per held-out domain of ``families`` (``parallel`` at once), test it on that domain."""
     from training.evaluate import evaluate_checkpoint
 
     out.mkdir(parents=True, exist_ok=True)
     cache = out / "cache"
-    splits = loro_splits(root, families)
+    splits = loro_splits(root, families, looks)
     started = time.perf_counter()
     with ThreadPoolExecutor(max_workers=parallel) as pool:
         checkpoints = dict(zip(splits, pool.map(lambda item: _train(item[0], item[1][0], out, train_args, cache),
@@ -146,7 +155,7 @@ def robustness(checkpoint: Path, out: Path, *, samples: int, seed: int = 0, wind
             folder = out / "sets" / f"{parameter}-{value}"
             option = "--sensor" if parameter == "sensor" else f"--{parameter.replace('_', '-')}"
             count = samples if parameter != "sensor" or value == "128x128" else max(11, samples // 2)
-            _simulate(folder, count, 1000 + 10 * index + number, workers, LOOKS, tuple(LIGHT_GROUPS["steady"])
+            _simulate(folder, count, 1000 + 10 * index + number, workers, BUILT_IN_LOOKS, tuple(LIGHT_GROUPS["steady"])
                       + tuple(LIGHT_GROUPS["flicker"]), [option, str(value)])  # fmt: skip
             result, _ = evaluate_checkpoint(checkpoint, f"sim:{folder}", split="all", windows=windows,
                                             cache_dir=out / "cache", workers=workers)  # fmt: skip
@@ -156,13 +165,15 @@ def robustness(checkpoint: Path, out: Path, *, samples: int, seed: int = 0, wind
 
 
 def realism(root: Path, weights: Path | None = None, cache: Path | None = None) -> dict:
-    """The reference classifier's accuracy (as read, top-left) on every domain of ``root``."""
+    """The reference classifier's accuracy (as read, top-left) on every domain present under ``root``."""
     from training import reference
 
     model = reference.load_reference(weights or reference.DEFAULT_WEIGHTS)
     table = {}
     for look in LOOKS:
         for group in LIGHT_GROUPS:
+            if not (root / domain_name(look, group)).is_dir():
+                continue
             results = reference.score_source(model, f"sim:{root / domain_name(look, group)}", split="all",
                                              cache_dir=cache)  # fmt: skip
             table[domain_name(look, group)] = {"accuracy": results["top-left"].accuracy,
@@ -180,17 +191,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``generalisation domains|loro|robustness|realism ...`` (see the module docstring)."""
     parser = ArgumentParser(prog="spikeformer-live generalisation", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True, parser_class=ArgumentParser)
-    domains = commands.add_parser("domains", help="write the four domain data sets")
+    looks = comma_names(LOOKS)
+    domains = commands.add_parser("domains", help="write the domain data sets (two light groups per renderer)")
     domains.add_argument("--root", type=Path, required=True)
     domains.add_argument("--samples", type=int, default=1100, help="gestures per domain")
     domains.add_argument("--seed", type=int, default=0)
     domains.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    domains.add_argument("--looks", type=looks, default=LOOKS, help=f"renderers, comma separated: {','.join(LOOKS)}")
     held_out = commands.add_parser("loro", help="leave one domain out: train, test on the held-out domain")
     held_out.add_argument("--root", type=Path, required=True, help="the domains' folder")
     held_out.add_argument("--out", type=Path, required=True)
     held_out.add_argument("--parallel", type=int, default=1, help="trainings at once")
     held_out.add_argument("--only", choices=LORO_FAMILIES, default=None,
-                          help="leave out only renderers or only light groups (default both: four trainings)")
+                          help="leave out only renderers or only light groups (default both)")
+    held_out.add_argument("--looks", type=looks, default=LOOKS,
+                          help=f"the renderers that take part, comma separated (default {','.join(LOOKS)})")
     held_out.add_argument("train_args", nargs="*", help="after --: options for train (--config, --epochs, ...)")
     robust = commands.add_parser("robustness", help="a checkpoint against fixed scene parameters")
     robust.add_argument("--checkpoint", type=Path, required=True)
@@ -201,11 +216,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     real.add_argument("--weights", type=Path, default=None)
     args = parser.parse_args(argv)
     if args.command == "domains":
-        for name, path in make_domains(args.root, args.samples, args.seed, args.workers).items():
+        for name, path in make_domains(args.root, args.samples, args.seed, args.workers, args.looks).items():
             print(f"{name}: {path}")
     elif args.command == "loro":
         families = LORO_FAMILIES if args.only is None else (args.only,)
-        result = loro(args.root, args.out, args.train_args, parallel=args.parallel, families=families)
+        result = loro(args.root, args.out, args.train_args, parallel=args.parallel, families=families,
+                      looks=args.looks)  # fmt: skip
         rows = [["held-out domain", "trained on", "own held-out users", "held-out domain accuracy", "windows"]]
         for name, row in result["domains"].items():
             trained = row["train"].replace(str(args.root) + "/", "").replace("sim:", "")

@@ -17,7 +17,7 @@ from stream.binning import add_counts
 from stream.classes import GESTURE_CLASSES
 from stream.events import SensorSize
 from stream.atomic import write_atomically
-from stream.sim.scene import DEFAULT_SENSOR, LIGHTINGS, LOOKS, Scene
+from stream.sim.scene import BUILT_IN_LOOKS, DEFAULT_SENSOR, LIGHTINGS, LOOKS, Scene
 from stream.sim.recording import DEFAULT_GESTURE_US, DEFAULT_IDLE_US, NUM_CLASSES, film
 
 
@@ -78,7 +78,7 @@ def write_dataset(
     idle_us: int = DEFAULT_IDLE_US,
     test_fraction: float = 0.2,
     workers: int = 1,
-    looks: Sequence[str] = LOOKS,
+    looks: Sequence[str] = BUILT_IN_LOOKS,
     lightings: Sequence[str] = tuple(LIGHTINGS),
     scene_options: dict | None = None,
 ) -> list[Path]:
@@ -139,7 +139,7 @@ def accumulate_image(events: np.ndarray, sensor_size: SensorSize) -> np.ndarray:
 
 def render_montage(path: str | os.PathLike, *, seed: int = 0, sensor_size: SensorSize = DEFAULT_SENSOR,
                    window_us: int = 300_000, looks_per_class: int = 6) -> None:
-    """Write a PNG: one row per class, ``looks_per_class`` random scenes each (both renderers in
+    """Write a PNG: one row per class, ``looks_per_class`` random scenes each (the renderers in
     turn), the events of ``window_us`` from 0.6 s into a 1.2 s sample. A tile's caption gives the
     renderer, the lighting and the event rate of the whole sample."""
     from PIL import Image, ImageDraw, ImageFont  # Pillow: only needed for this picture

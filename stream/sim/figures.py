@@ -1,4 +1,4 @@
-"""The two renderers of the person, designed independently, and the frames they draw.
+"""The three renderers of the person, designed independently, and the frames they draw.
 
 ``capsules`` (look A): the person as 9 flat-coloured capsules (torso, neck, head, upper arms,
 forearms, round hands) with an analytic anti-aliased edge, on the background.
@@ -9,7 +9,14 @@ shift as the elbow bends, short or long sleeves, hair (a cap, or long hair behin
 palm and five fingers per hand that spread as the hand opens (``Pose.hands``), and a face
 (eyes, mouth). It is rasterised with 2 x 2 supersampling instead of an analytic edge.
 
-Both take the person's capsules from ``stream.sim.body.capsules`` (joint positions: one place),
+``polygons`` (look C): the person as flat convex polygons with straight edges and corners: a
+trapezoid torso with square shoulders and hips of their own width (or a flared coat), block limbs
+with polygonal joints, an angular head under a hair cap, mitten hands with a thumb. Every polygon
+is lit by one light gradient across the whole body (a direction and a strength per person), the
+frame is rasterised by edge distances with 4 x 4 supersampling at the edges, and then defocused
+(a blur of up to about 1 px, the whole image, background included).
+
+All three take the person's capsules from ``stream.sim.body.capsules`` (joint positions: one place),
 pass every point through the scene's camera framing (``Framing.apply``: roll, foreshortening,
 keystone, drift and shake), add the scene's distractors, and draw on the background shifted by the
 same drift and shake. ``render(scene, pose, step_t)`` returns linear intensity frames
@@ -45,6 +52,22 @@ def draw_appearance(rng: np.random.Generator, look: str, background_mean: float)
         sleeve = shirt * (rng.uniform(1.2, 1.5) if dark_shirt else rng.uniform(0.65, 0.8))  # arms vs torso
         values = [skin if name in SKIN_SHAPES else sleeve if "arm" in name else shirt for name in SHAPE_NAMES]
         return {"values": np.array(values)}
+    if look == "polygons":
+        jacket = rng.random() < 0.4  # sleeves and torso in a second colour over the shirt
+        return {
+            "skin": skin,
+            "torso": shirt,
+            "sleeve": background_mean * rng.uniform(0.1, 3.0) if jacket else shirt,
+            "long_sleeves": bool(rng.random() < 0.6),
+            "hair": background_mean * rng.uniform(0.05, 1.8) if rng.random() < 0.85 else None,
+            "head_width": rng.uniform(0.75, 0.95),  # x head radius, across
+            "hip_width": rng.uniform(0.65, 1.05),  # x shoulder half-width
+            "coat": rng.uniform(0.2, 0.45) * (rng.random() < 0.3),  # torso lengths below the hips, flared
+            "light_angle": rng.uniform(0, 2 * np.pi),
+            "light_strength": rng.uniform(0.0, 0.6),  # relative change of every value across one body scale
+            "blur": rng.uniform(0.0, 0.25),  # weight of each neighbour in a 3-tap blur
+            "blur_passes": int(rng.integers(1, 3)),
+        }
     if look != "shaded":
         raise ValueError(f"unknown look {look!r}")
     return {
@@ -156,6 +179,83 @@ def _draw_parts(frame, parts):  # pragma: no cover - compiled
                 if tex_amp != 0.0:
                     colour *= 1.0 + tex_amp * math.sin(2 * math.pi * tex_freq * (along * cos_t + across * sin_t) + tex_phase)
                 frame[y, x] += (colour - frame[y, x]) * (covered * 0.25)
+
+
+@njit(cache=True, nogil=True)
+def _draw_polygons(frame, vertices, counts, values, gradient):  # pragma: no cover - compiled
+    """Convex polygons (``vertices [P, V, 2]``, the first ``counts[p]`` used), in order, each of
+    ``values[p]`` times (1 + gradient . (pixel - its centre)), covered by edge distances: exact
+    inside and outside, 4 x 4 samples where an edge passes through the pixel."""
+    height, width = frame.shape
+    gx, gy = gradient[0], gradient[1]
+    for k in range(vertices.shape[0]):
+        m = counts[k]
+        xs, ys = vertices[k, :m, 0], vertices[k, :m, 1]
+        area = 0.0
+        for i in range(m):
+            j = (i + 1) % m
+            area += xs[i] * ys[j] - xs[j] * ys[i]
+        if abs(area) < 1e-9:
+            continue
+        orientation = 1.0 if area > 0 else -1.0
+        nx, ny, offset = np.zeros(m), np.zeros(m), np.zeros(m)  # inward unit normals: d = n . p - offset
+        for i in range(m):
+            j = (i + 1) % m
+            ex, ey = xs[j] - xs[i], ys[j] - ys[i]
+            length = math.sqrt(ex * ex + ey * ey)
+            if length > 1e-9:
+                nx[i], ny[i] = -orientation * ey / length, orientation * ex / length
+                offset[i] = nx[i] * xs[i] + ny[i] * ys[i]
+            else:
+                offset[i] = -1e9  # a repeated vertex bounds nothing
+        cx, cy = xs.mean(), ys.mean()
+        x0 = max(0, int(math.floor(xs.min() - 1)))
+        x1 = min(width, int(math.ceil(xs.max() + 2)))
+        y0 = max(0, int(math.floor(ys.min() - 1)))
+        y1 = min(height, int(math.ceil(ys.max() + 2)))
+        for y in range(y0, y1):
+            for x in range(x0, x1):
+                nearest = 1e9
+                for i in range(m):
+                    nearest = min(nearest, nx[i] * x + ny[i] * y - offset[i])
+                if nearest <= -0.71:
+                    continue
+                covered = 16
+                if nearest < 0.71:
+                    covered = 0
+                    for sy in (-0.375, -0.125, 0.125, 0.375):
+                        for sx in (-0.375, -0.125, 0.125, 0.375):
+                            inside = True
+                            for i in range(m):
+                                if nx[i] * (x + sx) + ny[i] * (y + sy) - offset[i] < 0:
+                                    inside = False
+                                    break
+                            if inside:
+                                covered += 1
+                    if covered == 0:
+                        continue
+                colour = values[k] * max(0.05, 1.0 + gx * (x - cx) + gy * (y - cy))
+                frame[y, x] += (colour - frame[y, x]) * (covered / 16.0)
+
+
+@njit(cache=True, nogil=True)
+def _blur(frame, weight, passes):  # pragma: no cover - compiled
+    """Defocus in place: ``passes`` of the separable 3-tap kernel (weight, 1 - 2 weight, weight),
+    edges repeated."""
+    height, width = frame.shape
+    row = np.empty(width)
+    column = np.empty(height)
+    for _ in range(passes):
+        for y in range(height):
+            row[:] = frame[y]
+            for x in range(width):
+                left, right = row[max(0, x - 1)], row[min(width - 1, x + 1)]
+                frame[y, x] = (1 - 2 * weight) * row[x] + weight * (left + right)
+        for x in range(width):
+            column[:] = frame[:, x]
+            for y in range(height):
+                up, down = column[max(0, y - 1)], column[min(height - 1, y + 1)]
+                frame[y, x] = (1 - 2 * weight) * column[y] + weight * (up + down)
 
 
 # --- the looks ---------------------------------------------------------------------------------
@@ -288,6 +388,119 @@ def _shaded_frames(scene, pose: Pose, step_t: np.ndarray, shift: np.ndarray) -> 
     return frames
 
 
+POLYGON_VERTICES = 8  # the most vertices of one polygon of the polygons look
+
+
+def _unit(v: np.ndarray) -> np.ndarray:
+    """Rows ``[..., 2]`` scaled to length 1 (zero rows point down)."""
+    length = np.linalg.norm(v, axis=-1, keepdims=True)
+    return np.where(length > 1e-9, v / np.maximum(length, 1e-9), np.array([0.0, 1.0]))
+
+
+def _across(u: np.ndarray) -> np.ndarray:
+    return np.stack([-u[..., 1], u[..., 0]], axis=-1)
+
+
+def _block(a: np.ndarray, b: np.ndarray, half_a, half_b) -> np.ndarray:
+    """A straight limb ``[n, 4, 2]`` from ``a`` to ``b`` (``[n, 2]``), half as wide as ``half_a`` / ``half_b``."""
+    normal = _across(_unit(b - a))
+    half_a, half_b = np.asarray(half_a)[..., None], np.asarray(half_b)[..., None]
+    return np.stack([a + half_a * normal, b + half_b * normal, b - half_b * normal, a - half_a * normal], axis=1)
+
+
+def _ellipse(centre: np.ndarray, up: np.ndarray, across_radius, up_radius, sides: int, first: float = 0.0,
+             last: float = 2 * np.pi) -> np.ndarray:  # fmt: skip
+    """``sides`` points ``[n, sides, 2]`` on an ellipse round ``centre`` whose second axis is ``up``, from
+    angle ``first`` to ``last`` (a whole polygon, or a cap when the arc is half of it)."""
+    closed = np.isclose(last - first, 2 * np.pi)
+    angles = np.linspace(first, last, sides, endpoint=not closed)
+    side = _across(up)
+    across_radius = np.broadcast_to(np.asarray(across_radius, dtype=np.float64), (len(centre),))[:, None, None]
+    up_radius = np.broadcast_to(np.asarray(up_radius, dtype=np.float64), (len(centre),))[:, None, None]
+    return (centre[:, None] + across_radius * np.cos(angles)[None, :, None] * side[:, None]
+            + up_radius * np.sin(angles)[None, :, None] * up[:, None])  # fmt: skip
+
+
+def polygon_parts(scene, pose: Pose) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The polygons look's person: vertices ``[n, P, POLYGON_VERTICES, 2]`` in the person's own pixels
+    (before framing), the vertex count ``[P]`` and the value ``[P]`` of each polygon, back to front."""
+    look, body = scene.appearance, scene.body
+    caps = capsules(body, pose)  # [n, 9, 5]: torso, neck, head, R upper, R fore, R hand, L upper, L fore, L hand
+    torso, head = caps[:, 0], caps[:, 2]
+    up = _unit(head[:, 2:4] - head[:, 0:2])
+    polygons: list[tuple[np.ndarray, float]] = []
+    right_shoulder, left_shoulder = caps[:, 3, 0:2], caps[:, 6, 0:2]
+    middle = 0.5 * (right_shoulder + left_shoulder)
+    outward = _unit(right_shoulder - middle)
+    half_shoulders = np.linalg.norm(right_shoulder - middle, axis=1)[:, None]
+    top = [shoulder + sign * 0.5 * body.upper_arm_radius * outward + 0.7 * body.upper_arm_radius * up
+           for sign, shoulder in ((1.0, right_shoulder), (-1.0, left_shoulder))]  # fmt: skip
+    hips = torso[:, 2:4] - look["coat"] * body.torso_length * up
+    hip_half = np.maximum(look["hip_width"] * (1.0 + look["coat"]) * half_shoulders, 0.6 * body.torso_radius)
+    polygons.append((np.stack([top[0], top[1], hips - hip_half * outward, hips + hip_half * outward], axis=1),
+                     look["torso"]))  # fmt: skip
+    polygons.append((_block(middle, head[:, 0:2], 0.45 * body.head_radius, 0.4 * body.head_radius), look["skin"]))
+    head_centre = head[:, 0:2] + 0.1 * body.head_radius * up
+    head_across, head_up = look["head_width"] * body.head_radius, 1.1 * body.head_radius
+    polygons.append((_ellipse(head_centre, up, head_across, head_up, 8), look["skin"]))
+    if look["hair"] is not None:  # a cap over the top of the head, wider than the skull
+        polygons.append((_ellipse(head_centre + 0.05 * body.head_radius * up, up, 1.08 * head_across, 1.12 * head_up, 7,
+                                  -0.15, np.pi + 0.15), look["hair"]))  # fmt: skip
+    hands = pose.filled().hands
+    for arm in (0, 1):
+        upper, fore, hand = caps[:, 3 + 3 * arm], caps[:, 4 + 3 * arm], caps[:, 5 + 3 * arm]
+        fore_value = look["sleeve"] if look["long_sleeves"] else look["skin"]
+        shoulder, elbow, wrist = upper[:, 0:2], upper[:, 2:4], fore[:, 2:4]
+        polygons.append((_ellipse(shoulder, up, 1.05 * upper[:, 4], 1.05 * upper[:, 4], 6), look["sleeve"]))
+        polygons.append((_block(shoulder, elbow, upper[:, 4], 0.9 * upper[:, 4]), look["sleeve"]))
+        polygons.append((_ellipse(elbow, up, 0.9 * upper[:, 4], 0.9 * upper[:, 4], 6), fore_value))
+        polygons.append((_block(elbow, wrist, fore[:, 4], 0.8 * fore[:, 4]), fore_value))
+        along = _unit(hand[:, 2:4] - wrist)
+        side = _across(along)
+        radius = hand[:, 4:5]
+        tip = hand[:, 2:4] + 0.4 * radius * along
+        middle_of_hand = 0.5 * (wrist + tip)
+        mitten = [wrist + 0.7 * radius * side, middle_of_hand + radius * side, tip + 0.6 * radius * side,
+                  tip + 0.4 * radius * along, tip - 0.6 * radius * side, middle_of_hand - radius * side,
+                  wrist - 0.7 * radius * side]  # fmt: skip
+        polygons.append((np.stack(mitten, axis=1), look["skin"]))
+        opening = np.clip(hands[:, arm], 0.0, 1.0)[:, None]
+        angle = (0.6 + 0.6 * opening) * (1.0 if arm == 0 else -1.0)
+        thumb = np.cos(angle) * along + np.sin(angle) * side
+        base = hand[:, 0:2]
+        polygons.append((_block(base, base + 1.3 * radius * thumb, 0.3 * radius[:, 0], 0.25 * radius[:, 0]),
+                         look["skin"]))  # fmt: skip
+    n = len(caps)
+    vertices = np.zeros((n, len(polygons), POLYGON_VERTICES, 2))
+    counts = np.array([points.shape[1] for points, _ in polygons], dtype=np.int64)
+    for index, (points, _) in enumerate(polygons):
+        vertices[:, index, : points.shape[1]] = points
+    return vertices, counts, np.array([value for _, value in polygons], dtype=np.float64)
+
+
+def _polygon_frames(scene, pose: Pose, step_t: np.ndarray, shift: np.ndarray) -> np.ndarray:
+    vertices, counts, values = polygon_parts(scene, pose)
+    vertices[..., 0], vertices[..., 1] = scene.framing.apply(vertices[..., 0], vertices[..., 1], shift)
+    look = scene.appearance
+    strength = look["light_strength"] / (scene.body.scale * scene.framing.scale)  # per pixel
+    gradient = strength * np.array([math.cos(look["light_angle"]), math.sin(look["light_angle"])])
+    behind, behind_values = _distractor_rows(scene, step_t, shift, False)
+    front, front_values = _distractor_rows(scene, step_t, shift, True)
+    area = (scene.framing.scale * min(scene.sensor_size) / 128) ** 2  # the blur's variance grows with the size
+    passes = look["blur_passes"] * math.ceil(area)  # each pass adds a variance of 2 x weight (px^2)
+    weight = look["blur"] * area / math.ceil(area)
+    width, height = scene.sensor_size
+    frames = np.empty((len(step_t), height, width))
+    for s in range(len(step_t)):
+        _draw_background(frames[s], scene.background, scene.pad, shift[s, 0], shift[s, 1])
+        _draw_capsules(frames[s], behind[s], behind_values)
+        _draw_polygons(frames[s], vertices[s], counts, values, gradient)
+        _draw_capsules(frames[s], front[s], front_values)
+        if weight > 0:
+            _blur(frames[s], weight, passes)
+    return frames
+
+
 def render(scene, pose: Pose, step_t: np.ndarray) -> np.ndarray:
     """Linear intensity frames ``[n, H, W]`` of the person in ``pose`` at ``step_t`` (µs), drawn by
     the scene's look, framed, with its distractors, on its background (light not applied)."""
@@ -295,4 +508,6 @@ def render(scene, pose: Pose, step_t: np.ndarray) -> np.ndarray:
     shift = scene.framing.view_shift(step_t)
     if scene.look == "capsules":
         return _capsule_frames(scene, pose, step_t, shift)
+    if scene.look == "polygons":
+        return _polygon_frames(scene, pose, step_t, shift)
     return _shaded_frames(scene, pose, step_t, shift)

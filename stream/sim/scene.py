@@ -24,7 +24,10 @@ from stream.sim.camera import Pixels
 from stream.sim.figures import draw_appearance
 
 DEFAULT_SENSOR = SensorSize(128, 128)
-LOOKS = ("capsules", "shaded")  # the two renderers of the person (``stream.sim.figures``)
+LOOKS = ("capsules", "shaded", "polygons")  # the renderers of the person (``stream.sim.figures``)
+# The looks drawn when none is asked for (the live simulator, ``simulate``): the built-in model's
+# training looks. ``polygons`` is drawn only on request, and stays unseen by the built-in model.
+BUILT_IN_LOOKS = ("capsules", "shaded")
 MIN_STEP_US, MAX_STEP_US = 500, 1000
 
 
@@ -249,14 +252,15 @@ def draw_scene(
 ) -> Scene:
     """Draw a random scene for one recording of ``duration_us`` (distractors pass within it).
 
-    ``look`` and ``lighting`` fix the renderer and the lighting family (default: drawn at random);
+    ``look`` and ``lighting`` fix the renderer and the lighting family (default: drawn at random, the
+    look from ``BUILT_IN_LOOKS``);
     ``zoom`` (the person's size as seen), ``threshold`` (the pixels' base contrast threshold),
     ``noise_hz`` (background activity per pixel) and ``flicker_depth`` (0: steady light; else 100
     or 120 Hz flicker of that depth) fix one parameter each, for robustness measurements.
     """
     sensor_size = SensorSize(*sensor_size).validated()
     width, height = sensor_size
-    look = str(rng.choice(LOOKS)) if look is None else look
+    look = str(rng.choice(BUILT_IN_LOOKS)) if look is None else look
     if look not in LOOKS:
         raise ValueError(f"look must be one of {LOOKS}, got {look!r}")
     lighting = str(rng.choice(list(LIGHTINGS))) if lighting is None else lighting
@@ -314,7 +318,8 @@ def draw_scene(
 # --- the ranges, for the README's simulator table ----------------------------------------------
 
 PARAMETERS: tuple[tuple[str, str, str], ...] = (  # (parameter, range, unit)
-    ("renderer", "capsules (9 flat capsules) or shaded (tapered, lit, patterned parts, sleeves, hair, face, fingers)",
+    ("renderer", ("capsules (9 flat capsules), shaded (tapered, lit, patterned parts, sleeves, hair, face, fingers) "
+                  "or polygons (straight-edged blocks, mittens, one light gradient, defocus; drawn only on request)"),
      "-"),
     ("zoom, roll", "1 (robustness sets: 0.6-1.3); roll -10..10", "x, deg"),
     ("camera height and tilt", "vertical foreshortening 0.8-1.1; keystone +-0.002 per pixel at 128 px", "x"),
@@ -330,6 +335,9 @@ PARAMETERS: tuple[tuple[str, str, str], ...] = (  # (parameter, range, unit)
     ("clothes and skin", "shirt 0.1-0.35 or 1.8-3.2 x the background's mean, skin contrasting with it", "x"),
     ("shaded look", ("shading 0.15-0.6, printed pattern 60 % (amplitude 0-0.45, 0.08-0.35 cycles/px), sleeve folds "
                     "0.05-0.3, long sleeves 60 %, long hair 35 %, build 0.85-1.25 x"), "-"),
+    ("polygons look", ("hips 0.65-1.05 x the shoulders, coat 30 % (0.2-0.45 torso lengths, flared), jacket 40 %, "
+                      "long sleeves 60 %, hair 85 %, head 0.75-0.95 x as wide as high, light gradient 0-0.6 per body "
+                      "scale in any direction, defocus: 1-2 passes of a 3-tap blur of weight 0-0.25 (at 128 px)"), "-"),
     ("distractors", "40 % of recordings: an occluding shape (25 %) or a person passing (15 %), in front or behind",
      "-"),
     ("contrast threshold", "0.1-0.5 log-uniform; ON/OFF ratio 0.75-1.33; per-pixel mismatch sigma 2-10 %", "log I"),
