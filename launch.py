@@ -75,6 +75,7 @@ from stream.stage import (
     ArgumentParser,
     Command,
     StopRequest,
+    comma_names,
     dispatch,
     positive_number,
     run_main,
@@ -394,14 +395,6 @@ def _signal(process: subprocess.Popen, signum: int) -> None:
 # --- command line ---------------------------------------------------------------------------------
 
 
-def _stages(text: str) -> tuple[str, ...]:
-    names = tuple(name.strip() for name in text.split(",") if name.strip())
-    unknown = [name for name in names if name not in STAGES]
-    if not names or unknown:
-        raise argparse.ArgumentTypeError(f"stages must be a comma list of {', '.join(STAGES)}, got {text!r}")
-    return names
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(
         prog="spikeformer-live run", description="Live gesture recognition: source -> spiking transformer -> GUI or report."
@@ -437,7 +430,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--events-endpoint", default=None, help="source -> worker ZeroMQ endpoint (default: ipc in a temp dir)")
     parser.add_argument("--predictions-endpoint", default=None, help="worker -> consumers endpoint (default: ipc in a temp dir)")
     parser.add_argument(
-        "--stages", type=_stages, default=STAGES,
+        "--stages", type=comma_names(STAGES), default=STAGES,
         help="which stages run here, comma separated (default: source,worker,consumer)",
     )  # fmt: skip
     parser.add_argument("--allow-remote", action="store_true", help="allow non-loopback tcp endpoints (other machines)")
