@@ -332,8 +332,6 @@ def _sim_gestures(classes: Sequence[str], text: str) -> dict[str, int | None]:
     return mapping
 
 
-
-
 def keys_main(argv: Sequence[str] | None = None) -> int:
     """``keys generate DIR [--name NAME]`` or ``keys list DIR [--json]``."""
     parser = ArgumentParser(prog="spikeformer-live keys", description="CurveZMQ key pairs for remote stages.")

@@ -33,6 +33,9 @@ def test_a_held_out_domain_is_never_trained_on(tmp_path: Path) -> None:
     two = loro_splits(tmp_path, ["renderer", "light"], looks=["capsules", "shaded"])
     assert domains_of(two["renderer capsules"][0], tmp_path) == {"shaded-steady", "shaded-flicker"}
     assert domains_of(two["light steady"][1], tmp_path) == {"capsules-steady", "shaded-steady"}
+    with pytest.raises(ValueError, match="two renderers or more"):
+        loro_splits(tmp_path, ["renderer"], looks=["shaded"])
+    assert list(loro_splits(tmp_path, ["light"], looks=["shaded"])) == ["light steady", "light flicker"]
 
 
 @pytest.mark.timeout(600)

@@ -2,14 +2,14 @@
 protocol, the robustness table and the realism score (``spikeformer-live generalisation ...``).
 
 Domains. The simulator has three independently designed renderers of the person (``capsules``,
-``shaded``, ``polygons``) and six lighting families, which fall into two groups: ``steady`` (natural, lab, led)
-and ``flicker`` (fluorescent, fluorescent_led: mains flicker; dim: bandwidth-limited, leaky, noisy
-pixels). ``domains`` writes one data set per (renderer, light group) under ROOT, each with its own
+``shaded``, ``polygons``) and six lighting families, which fall into two groups: ``steady``
+(natural, lab, led) and ``flicker`` (fluorescent, fluorescent_led: mains flicker; dim:
+bandwidth-limited, leaky, noisy pixels). ``domains`` writes one data set per (renderer, light group) under ROOT, each with its own
 people (seeds) and DVS128-Gesture layout.
 
 Leave one domain out (``loro``): hold each renderer out in turn, train on the other renderers'
-data sets and test on every recording of the held-out one; the same for the two light groups. Model selection uses
-the training domain's own held-out users only, never the held-out domain.
+data sets and test on every recording of the held-out one; the same for the two light groups.
+Model selection uses the training domains' own held-out users only, never the held-out domain.
 
 Robustness (``robustness``): a checkpoint on test sets in which one scene parameter is fixed at
 several values (contrast threshold, background activity, subject scale, flicker depth, sensor
@@ -88,6 +88,8 @@ def loro_splits(root: Path, families: Sequence[str] = LORO_FAMILIES,
     """Held-out domain -> (training data spec, test data spec), for the renderers and/or light groups
     of ``looks``: each member of a family is held out in turn while the model trains on the others."""
     groups = tuple(LIGHT_GROUPS)
+    if "renderer" in families and len(set(looks)) < 2:
+        raise ValueError(f"leaving a renderer out needs two renderers or more, got {', '.join(looks)}")
     splits = {}
     if "renderer" in families:
         for held_out in looks:

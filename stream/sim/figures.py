@@ -53,7 +53,7 @@ def draw_appearance(rng: np.random.Generator, look: str, background_mean: float)
         values = [skin if name in SKIN_SHAPES else sleeve if "arm" in name else shirt for name in SHAPE_NAMES]
         return {"values": np.array(values)}
     if look == "polygons":
-        jacket = rng.random() < 0.4  # sleeves and torso in a second colour over the shirt
+        jacket = rng.random() < 0.4  # sleeves of another colour than the torso
         return {
             "skin": skin,
             "torso": shirt,
