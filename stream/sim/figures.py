@@ -188,6 +188,7 @@ def _draw_polygons(frame, vertices, counts, values, gradient):  # pragma: no cov
     inside and outside, 4 x 4 samples where an edge passes through the pixel."""
     height, width = frame.shape
     gx, gy = gradient[0], gradient[1]
+    nx, ny, offset = np.empty(vertices.shape[1]), np.empty(vertices.shape[1]), np.empty(vertices.shape[1])
     for k in range(vertices.shape[0]):
         m = counts[k]
         xs, ys = vertices[k, :m, 0], vertices[k, :m, 1]
@@ -198,8 +199,7 @@ def _draw_polygons(frame, vertices, counts, values, gradient):  # pragma: no cov
         if abs(area) < 1e-9:
             continue
         orientation = 1.0 if area > 0 else -1.0
-        nx, ny, offset = np.zeros(m), np.zeros(m), np.zeros(m)  # inward unit normals: d = n . p - offset
-        for i in range(m):
+        for i in range(m):  # inward unit normals: the distance inside an edge is n . p - offset
             j = (i + 1) % m
             ex, ey = xs[j] - xs[i], ys[j] - ys[i]
             length = math.sqrt(ex * ex + ey * ey)
@@ -207,7 +207,7 @@ def _draw_polygons(frame, vertices, counts, values, gradient):  # pragma: no cov
                 nx[i], ny[i] = -orientation * ey / length, orientation * ex / length
                 offset[i] = nx[i] * xs[i] + ny[i] * ys[i]
             else:
-                offset[i] = -1e9  # a repeated vertex bounds nothing
+                nx[i], ny[i], offset[i] = 0.0, 0.0, -1e9  # a repeated vertex bounds nothing
         cx, cy = xs.mean(), ys.mean()
         x0 = max(0, int(math.floor(xs.min() - 1)))
         x1 = min(width, int(math.ceil(xs.max() + 2)))
