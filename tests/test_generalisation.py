@@ -64,3 +64,33 @@ def test_a_training_that_fails_is_one_error_line_naming_its_log(tmp_path: Path, 
     error = capsys.readouterr().err
     assert error.startswith("error: the training that leaves out light") and "Traceback" not in error
     assert "log: " in error and error.count("\n") == 1
+
+
+def test_accuracy_per_gesture_style_counts_every_window_once(tmp_path: Path, tiny_checkpoint: Path, capsys) -> None:
+    """``generalisation styles``: every evaluated window falls under its gesture's class and style
+    (as scenes.json records them), and the windows right add up to the evaluation's; a data set
+    written without styles gets one clear error."""
+    from stream.sim.dataset import write_dataset
+    from training.evaluate import evaluate_checkpoint
+    from training.generalisation import style_accuracy
+
+    write_dataset(tmp_path / "data", samples=22, seed=4, gesture_us=1_200_000, idle_us=200_000)
+    spec = f"sim:{tmp_path / 'data'}"
+    counts = style_accuracy(tiny_checkpoint, spec, cache=tmp_path / "cache")
+    result, _ = evaluate_checkpoint(tiny_checkpoint, spec, split="all", cache_dir=str(tmp_path / "cache"))
+    assert sum(total for _, total in counts.values()) == result.samples == 22 * 4
+    assert sum(right for right, _ in counts.values()) == int(result.confusion.trace())
+    scenes = json.loads((tmp_path / "data" / "scenes.json").read_text())
+    assert {style for _, style in counts} == {style for scene in scenes.values() for style in scene["styles"]}
+    for (name, style), (_, total) in counts.items():
+        assert total % 4 == 0, (name, style)  # whole gestures, 4 windows each
+        if name == "hand clapping":
+            assert "clap" in style
+    assert generalisation_main(["styles", "--checkpoint", str(tiny_checkpoint), "--data", spec,
+                                "--cache", str(tmp_path / "cache")]) == 0  # fmt: skip
+    assert "| class | style | windows | accuracy |" in capsys.readouterr().out
+    for scene in scenes.values():
+        del scene["styles"]
+    (tmp_path / "data" / "scenes.json").write_text(json.dumps(scenes))
+    with pytest.raises(ValueError, match="gives no style for each gesture"):
+        style_accuracy(tiny_checkpoint, spec, cache=tmp_path / "cache")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import threading
 import time
 
@@ -170,6 +171,12 @@ def test_dataset_layout_determinism_and_orientation(tmp_path):
                                       look=LOOKS[0])  # the first recording's look  # fmt: skip
     assert np.array_equal(stored["y"], canonical["y"]) and np.array_equal(stored["x"], canonical["x"])
     assert np.array_equal(stored["t"], canonical["t"])
+    # scenes.json: each file's scene and the style of each gesture, in the order of its labels file
+    scenes = json.loads((tmp_path / "a" / "scenes.json").read_text())
+    assert [len(scenes[path.name]["styles"]) for path in paths] == [11, 2]
+    style = dict(zip(labels, scenes[paths[0].name]["styles"]))
+    assert "clap" in style[0] and style[7].startswith("arm roll") and style[8].startswith("drums"), style
+    assert "circle" in style[3] and "wave" in style[1], style
 
 
 def test_cli_writes_a_dataset_and_rejects_bad_arguments(tmp_path, capsys):

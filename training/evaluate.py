@@ -31,11 +31,13 @@ from training import data
 
 @dataclass
 class EvalResult:
-    """Counts of one evaluation: ``confusion[true, predicted]`` and the summed loss."""
+    """Counts of one evaluation: ``confusion[true, predicted]``, the summed loss and each item's
+    predicted class (``predicted``, in the dataset's order; None where results were summed)."""
 
     confusion: np.ndarray
     loss_sum: float
     classes: tuple[str, ...]
+    predicted: np.ndarray | None = None
 
     @property
     def samples(self) -> int:
@@ -85,14 +87,17 @@ def evaluate_model(
     loader = torch.utils.data.DataLoader(subset, batch_size=batch_size, shuffle=False)
     confusion = np.zeros((len(classes), len(classes)), dtype=np.int64)
     loss_sum = 0.0
+    predictions = []
     for frames, labels in loader:
         frames, labels = frames.to(device), labels.to(device)
         logits = model(frames).float()
         loss_sum += float(nn.functional.cross_entropy(logits, labels, reduction="sum"))
-        predicted = logits.argmax(dim=1)
-        np.add.at(confusion, (labels.cpu().numpy(), predicted.cpu().numpy()), 1)
+        predicted = logits.argmax(dim=1).cpu().numpy()
+        np.add.at(confusion, (labels.cpu().numpy(), predicted), 1)
+        predictions.append(predicted)
     model.train(was_training)
-    return EvalResult(confusion, loss_sum, tuple(classes))
+    predicted = np.concatenate(predictions) if predictions else np.zeros(0, dtype=np.int64)
+    return EvalResult(confusion, loss_sum, tuple(classes), predicted)
 
 
 def confusion_image(confusion: np.ndarray, classes: Sequence[str], path: str | Path, *, cell: int = 36) -> Path:

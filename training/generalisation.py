@@ -19,7 +19,11 @@ Realism (``realism``): the accuracy of the classifier trained on the real DVS128
 (``training.reference``) on each domain: it scores simulated gestures only as well as they
 resemble the real ones.
 
-Each command prints a markdown table and writes JSON next to it (``--out``).
+Styles (``styles``): a checkpoint's accuracy per gesture style (``Motion.style``: "forearm wave",
+"drums double time", ...) on simulated data sets, whose ``scenes.json`` records the style of every
+gesture: which ways of performing a class the model misses.
+
+Each command prints a markdown table; ``loro`` and ``robustness`` write JSON next to it (``--out``).
 """
 
 from __future__ import annotations
@@ -183,6 +187,35 @@ def realism(root: Path, weights: Path | None = None, cache: Path | None = None) 
     return table
 
 
+def style_accuracy(checkpoint: Path, spec: str, *, split: str = "all", windows: int = 4,
+                   cache: Path | None = None) -> dict[tuple[str, str], tuple[int, int]]:  # fmt: skip
+    """``(class, style) -> (windows right, windows)`` of ``checkpoint`` on simulated data sets
+    (``sim:DIR[+sim:DIR...]``, ``windows`` fixed windows per gesture), from the styles that each
+    ``DIR/scenes.json`` records per file, in the order of its labels file."""
+    from training import data
+    from training.evaluate import evaluate_checkpoint
+
+    cache_dir = None if cache is None else str(cache)
+    result, window_set = evaluate_checkpoint(checkpoint, spec, split=split, windows=windows, cache_dir=cache_dir)
+    source = data.open_source(spec, cache_dir=cache_dir)
+    styles: list[str] = []  # one per segment, numbered across the set as the window set's groups are
+    for recording in source.recordings if split == "all" else source.split(split):
+        manifest = recording.path.parent / "scenes.json"
+        scene = json.loads(manifest.read_text()).get(recording.path.name, {}) if manifest.is_file() else {}
+        if len(scene.get("styles", ())) != len(recording.segments):
+            raise ValueError(f"{manifest} gives no style for each gesture of {recording.path.name}: write the data "
+                             "set again with this version (spikeformer-live simulate or generalisation domains)")  # fmt: skip
+        styles += scene["styles"]
+    if window_set.skipped_segments:
+        raise ValueError(f"{window_set.skipped_segments} gestures are shorter than a window: styles cannot be matched")
+    counts: dict[tuple[str, str], tuple[int, int]] = {}
+    for label, group, predicted in zip(window_set.labels, window_set.groups, result.predicted):
+        key = (result.classes[label], styles[group])
+        right, total = counts.get(key, (0, 0))
+        counts[key] = (right + int(predicted == label), total + 1)
+    return counts
+
+
 def _markdown(rows: list[list[str]]) -> str:
     header, *body = rows
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -190,7 +223,7 @@ def _markdown(rows: list[list[str]]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``generalisation domains|loro|robustness|realism ...`` (see the module docstring)."""
+    """``generalisation domains|loro|robustness|realism|styles ...`` (see the module docstring)."""
     parser = ArgumentParser(prog="spikeformer-live generalisation", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True, parser_class=ArgumentParser)
     looks = comma_names(LOOKS)
@@ -216,6 +249,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     real = commands.add_parser("realism", help="the reference classifier on each domain")
     real.add_argument("--root", type=Path, required=True)
     real.add_argument("--weights", type=Path, default=None)
+    per_style = commands.add_parser("styles", help="a checkpoint's accuracy per gesture style")
+    per_style.add_argument("--checkpoint", type=Path, required=True)
+    per_style.add_argument("--data", required=True, help="simulated data sets: sim:DIR[+sim:DIR...]")
+    per_style.add_argument("--split", choices=("all", "train", "test"), default="all")
+    per_style.add_argument("--cache", type=Path, default=None)
     args = parser.parse_args(argv)
     if args.command == "domains":
         for name, path in make_domains(args.root, args.samples, args.seed, args.workers, args.looks).items():
@@ -236,6 +274,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows = [["parameter", *[f"value {i + 1}" for i in range(width)]]]
         for parameter, accuracies in table.items():
             rows.append([parameter, *[f"{value}: {accuracy:.1%}" for value, accuracy in accuracies.items()]])
+        print(_markdown(rows))
+    elif args.command == "styles":
+        counts = style_accuracy(args.checkpoint, args.data, split=args.split, cache=args.cache)
+        rows = [["class", "style", "windows", "accuracy"]]
+        for (name, style), (right, total) in sorted(counts.items(), key=lambda item: (item[0][0], item[1][0] / item[1][1])):
+            rows.append([name, style, str(total), f"{right / total:.1%}"])
         print(_markdown(rows))
     else:
         table = realism(args.root, args.weights)

@@ -61,11 +61,11 @@ def _write_recording(out_dir: Path, stem: str, labels: list[int], seed: list[int
     from stream.formats.aedat31 import write_aedat31
     from stream.formats.labels import write_gesture_labels
 
-    events, segments, scene = film(labels, seed=seed, sensor_size=sensor_size, idle_us=idle_us, gesture_us=gesture_us,
-                                   look=look, lighting=lighting, **scene_options)  # fmt: skip
-    write_aedat31(out_dir / f"{stem}.aedat", events, sensor_size)
-    write_gesture_labels(out_dir / f"{stem}_labels.csv", segments)
-    return {**describe(scene), "events": len(events)}
+    filmed = film(labels, seed=seed, sensor_size=sensor_size, idle_us=idle_us, gesture_us=gesture_us, look=look,
+                  lighting=lighting, **scene_options)  # fmt: skip
+    write_aedat31(out_dir / f"{stem}.aedat", filmed.events, sensor_size)
+    write_gesture_labels(out_dir / f"{stem}_labels.csv", filmed.segments)
+    return {**describe(filmed.scene), "events": len(filmed.events), "styles": filmed.styles}
 
 
 def write_dataset(
@@ -89,7 +89,8 @@ def write_dataset(
     ``userNN_<lighting>.aedat`` (AEDAT 3.1, top-left as DVS128 Gesture's files are: cAER's DVS128
     driver inverted y), ``userNN_<lighting>_labels.csv``, ``trials_to_train.txt`` /
     ``trials_to_test.txt`` split by user (the last ``test_fraction`` of users test, at least one
-    when there are two or more), and ``scenes.json``: each file's scene (``describe``).
+    when there are two or more), and ``scenes.json``: each file's scene (``describe``), event count and
+    the style of each of its gestures, in the order of its labels file (``Motion.style``).
     ``scene_options`` fix scene parameters (``draw_scene``: zoom, threshold, noise_hz,
     flicker_depth). Same arguments -> same bytes, whatever ``workers``.
     """
@@ -157,8 +158,8 @@ def render_montage(path: str | os.PathLike, *, seed: int = 0, sensor_size: Senso
         draw.text((4, top + height // 2 - 6), f"{label}: {GESTURE_CLASSES[label]}", fill=(230, 230, 230), font=font)
         for column in range(looks_per_class):
             look = LOOKS[column % len(LOOKS)]
-            events, _, scene = film([label], seed=[seed, label, column], sensor_size=sensor_size, idle_us=0,
-                                    gesture_us=1_200_000, look=look)  # fmt: skip
+            events, _, scene, _ = film([label], seed=[seed, label, column], sensor_size=sensor_size, idle_us=0,
+                                       gesture_us=1_200_000, look=look)  # fmt: skip
             start = int(events["t"][0]) + 600_000 if len(events) else 0
             shown = events[(events["t"] >= start) & (events["t"] < start + window_us)]
             left = label_px + column * width

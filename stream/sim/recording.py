@@ -7,13 +7,13 @@ the live simulator source uses too). Same seed -> same events, bit for bit; even
 from __future__ import annotations
 
 import threading
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import numpy as np
 
 from stream.classes import GESTURE_CLASSES, MIRRORED_CLASS
 from stream.events import GestureSegment, SensorSize, concatenate_events
-from stream.sim.body import Pose, blend_with_rest, gesture_pose, rest_pose
+from stream.sim.body import Motion, Pose, blend_with_rest, gesture_motion, rest_pose
 from stream.sim.camera import Camera
 from stream.sim.figures import render
 from stream.sim.scene import DEFAULT_SENSOR, Scene, draw_scene
@@ -29,23 +29,27 @@ CHUNK_PIXELS = 1 << 20  # pixels rendered at once (steps x sensor pixels): bound
 
 def timeline_pose(
     scene: Scene, step_t: np.ndarray, gestures: Sequence[GestureSegment], rng: np.random.Generator, ramp_s: float
-) -> Pose:
-    """The person's pose at ``step_t`` (µs): standing still, except during the gesture segments."""
+) -> tuple[Pose, list[str]]:
+    """The person's pose at ``step_t`` (µs), standing still except during the gesture segments, and
+    the style each gesture was drawn in (``Motion.style``, one per segment, in their order)."""
     pose = rest_pose(step_t * 1e-6, scene.body).filled()
     fields = {name: np.array(value) for name, value in pose._asdict().items()}
+    styles = []
     for segment in gestures:
         inside = (step_t >= segment.start_us) & (step_t <= segment.end_us)
-        _splice(fields, inside, _gesture(scene, segment, step_t[inside], rng, ramp_s))
-    return Pose(**fields)
+        motion = _gesture(scene, segment, step_t[inside], rng, ramp_s)
+        _splice(fields, inside, motion.pose)
+        styles.append(motion.style)
+    return Pose(**fields), styles
 
 
 def _gesture(scene: Scene, segment: GestureSegment, step_t: np.ndarray, rng: np.random.Generator,
-             ramp_s: float) -> Pose:  # fmt: skip
-    """A gesture's pose at its steps ``step_t`` (µs), faded in and out over ``ramp_s``."""
+             ramp_s: float) -> Motion:  # fmt: skip
+    """A gesture's pose at its steps ``step_t`` (µs), faded in and out over ``ramp_s``, and its style."""
     local_s = (step_t - segment.start_us) * 1e-6
     duration_s = (segment.end_us - segment.start_us) * 1e-6
-    gesture = gesture_pose(segment.label, local_s, scene.body, rng, duration_s=duration_s)
-    return blend_with_rest(gesture, local_s, duration_s, ramp_s).filled()
+    motion = gesture_motion(segment.label, local_s, scene.body, rng, duration_s=duration_s)
+    return Motion(blend_with_rest(motion.pose, local_s, duration_s, ramp_s).filled(), motion.style)
 
 
 def _splice(fields: dict[str, np.ndarray], inside: np.ndarray, gesture: Pose) -> None:
@@ -79,7 +83,7 @@ class Filming:
         self.scene = scene
         self.step_t = np.asarray(step_t, dtype=np.int64)
         self.origin_us = int(origin_us)
-        self.pose = timeline_pose(scene, self.step_t, segments, rng, ramp_s)
+        self.pose, self.styles = timeline_pose(scene, self.step_t, segments, rng, ramp_s)
         self.camera = Camera(scene.pixels, np.random.default_rng(rng.integers(1 << 62)))
         width, height = scene.sensor_size
         self.chunk_steps = max(1, CHUNK_PIXELS // (width * height))
@@ -125,7 +129,7 @@ class Puppet:
         step = self.scene.step_us
         first = self.origin_us + -(-(segment.start_us - self.origin_us) // step) * step
         step_t = np.arange(first, segment.end_us + 1, step, dtype=np.int64)
-        pose = _gesture(self.scene, segment, step_t, np.random.default_rng(self.rng.integers(1 << 62)), RAMP_S)
+        pose = _gesture(self.scene, segment, step_t, np.random.default_rng(self.rng.integers(1 << 62)), RAMP_S).pose
         with self._lock:
             self._cues.append((segment, step_t, pose))
             self.segments.append(segment)
@@ -206,6 +210,16 @@ def recording_plan(
     return segments, t + int(idle_us * rng.uniform(0.8, 1.2))
 
 
+class Film(NamedTuple):
+    """A filmed recording: time-ordered canonical events (t from 0 µs), the gesture segments, the
+    scene, and the style each gesture was drawn in (``Motion.style``, one per segment)."""
+
+    events: np.ndarray
+    segments: list[GestureSegment]
+    scene: Scene
+    styles: list[str]
+
+
 def film(
     labels: Sequence[int],
     *,
@@ -214,11 +228,11 @@ def film(
     idle_us: int = DEFAULT_IDLE_US,
     gesture_us: int = DEFAULT_GESTURE_US,
     **scene_options: object,
-) -> tuple[np.ndarray, list[GestureSegment], Scene]:
+) -> Film:
     """One person doing ``labels`` in a row: idle, gesture, idle, gesture, ..., idle.
 
-    Idle is standing still (noise, flicker, a passing distractor). Returns time-ordered canonical
-    events (t from 0 µs), the segments and the scene (``scene_options`` go to ``draw_scene``:
+    Idle is standing still (noise, flicker, a passing distractor). Returns a ``Film``: the events,
+    the segments, the scene and each gesture's style (``scene_options`` go to ``draw_scene``:
     ``look``, ``lighting``, ``zoom``, ``threshold``, ``noise_hz``, ``flicker_depth``). ``seed`` is
     anything ``np.random.default_rng`` takes (the data set uses ``[seed, index, 1]``).
     """
@@ -228,11 +242,12 @@ def film(
     segments, end_us = recording_plan(labels, rng, gesture_us, idle_us)
     scene = draw_scene(rng, sensor_size, duration_us=end_us, **scene_options)
     step_t = np.arange(0, end_us + scene.step_us, scene.step_us, dtype=np.int64)
-    return Filming(scene, step_t, segments, rng).events(0, len(step_t)), segments, scene
+    filming = Filming(scene, step_t, segments, rng)
+    return Film(filming.events(0, len(step_t)), segments, scene, filming.styles)
 
 
 def simulate_recording(labels: Sequence[int], *, seed: int | Sequence[int], **options: object,
                        ) -> tuple[np.ndarray, list[GestureSegment]]:  # fmt: skip
     """``film`` without the scene: the events and the segments."""
-    events, segments, _ = film(labels, seed=seed, **options)
-    return events, segments
+    filmed = film(labels, seed=seed, **options)
+    return filmed.events, filmed.segments
