@@ -196,7 +196,6 @@ def style_accuracy(checkpoint: Path, spec: str, *, split: str = "all", windows: 
     from training.evaluate import evaluate_checkpoint
 
     cache_dir = None if cache is None else str(cache)
-    result, window_set = evaluate_checkpoint(checkpoint, spec, split=split, windows=windows, cache_dir=cache_dir)
     source = data.open_source(spec, cache_dir=cache_dir)
     styles: list[str] = []  # one per segment, numbered across the set as the window set's groups are
     for recording in source.recordings if split == "all" else source.split(split):
@@ -206,6 +205,7 @@ def style_accuracy(checkpoint: Path, spec: str, *, split: str = "all", windows: 
             raise ValueError(f"{manifest} gives no style for each gesture of {recording.path.name}: write the data "
                              "set again with this version (spikeformer-live simulate or generalisation domains)")  # fmt: skip
         styles += scene["styles"]
+    result, window_set = evaluate_checkpoint(checkpoint, spec, split=split, windows=windows, cache_dir=cache_dir)
     if window_set.skipped_segments:
         raise ValueError(f"{window_set.skipped_segments} gestures are shorter than a window: styles cannot be matched")
     counts: dict[tuple[str, str], tuple[int, int]] = {}
