@@ -198,9 +198,12 @@ def style_accuracy(checkpoint: Path, spec: str, *, split: str = "all", windows: 
     cache_dir = None if cache is None else str(cache)
     source = data.open_source(spec, cache_dir=cache_dir)
     styles: list[str] = []  # one per segment, numbered across the set as the window set's groups are
+    manifests: dict[Path, dict] = {}  # each folder's scenes.json, read once
     for recording in source.recordings if split == "all" else source.split(split):
         manifest = recording.path.parent / "scenes.json"
-        scene = json.loads(manifest.read_text()).get(recording.path.name, {}) if manifest.is_file() else {}
+        if manifest not in manifests:
+            manifests[manifest] = json.loads(manifest.read_text()) if manifest.is_file() else {}
+        scene = manifests[manifest].get(recording.path.name, {})
         if len(scene.get("styles", ())) != len(recording.segments):
             raise ValueError(f"{manifest} gives no style for each gesture of {recording.path.name}: write the data "
                              "set again with this version (spikeformer-live simulate or generalisation domains)")  # fmt: skip
