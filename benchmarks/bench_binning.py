@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from stream.binning import (  # noqa: E402
     BackgroundActivityFilter,
+    FlickerFilter,
     HotPixelFilter,
     SensorMapping,
     StreamingBinner,
@@ -268,6 +269,7 @@ def filters_table(repeats: int) -> None:
     for name, make in (
         ("BackgroundActivityFilter(dt=1 ms)", lambda: BackgroundActivityFilter((346, 260), 1_000)),
         ("HotPixelFilter(period=10 ms)", lambda: HotPixelFilter((346, 260), period_us=10_000, max_events=100)),
+        ("FlickerFilter(80-150 Hz)", lambda: FlickerFilter((346, 260), 80.0, 150.0)),
     ):
         seconds = best_of(lambda: make()(events), repeats)
         print(f"| {name} | {count / seconds / 1e6:.1f} | {seconds / peer:.1f}x |")

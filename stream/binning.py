@@ -34,7 +34,8 @@ counted.
 
 Optional noise filters (``EventFilter``, from a spec stored in the checkpoint's ``input.filters``),
 applied to time-ordered chunks before binning, by training and by the live binner alike (state
-carries across chunks): ``BackgroundActivityFilter`` (drop events with no event on the 8
+carries across chunks): ``FlickerFilter`` (drop the bursts of pixels that repeat at a flickering
+light's rate, 80-150 Hz by default), ``BackgroundActivityFilter`` (drop events with no event on the 8
 neighbouring pixels within ``dt_us``) and ``HotPixelFilter`` (mute pixels that fired more than
 ``max_events`` in the previous ``period_us``).
 
@@ -50,6 +51,7 @@ Read-only event arrays (``np.frombuffer`` of received bytes) are taken as they a
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 from dataclasses import dataclass, field
@@ -612,6 +614,76 @@ def _hot_pixel_kernel(t, x, y, period_us, max_events, period, counts, hot, keep)
     return kept
 
 
+@njit(
+    types.int64(
+        *_FILTER_EVENTS, _I8_1D, types.int64, types.int64, types.int64, types.Array(types.int64, 3, "C"),
+        types.Array(types.int64, 3, "C"), types.Array(types.int8, 3, "C"), types.Array(types.boolean, 1, "C"),
+    ),
+    cache=True,
+    nogil=True,
+)  # fmt: skip
+def _flicker_kernel(t, x, y, p, min_period_us, max_period_us, burst_gap_us, last_t, burst_start, periodic, keep):
+    """Per pixel and polarity, events less than ``burst_gap_us`` apart form a burst. A burst that starts
+    ``min_period_us``-``max_period_us`` after the previous one is periodic; from the second periodic
+    burst in a row on, its events are dropped. State arrays are [2, H, W]. Returns the number kept."""
+    height, width = last_t.shape[1], last_t.shape[2]
+    kept = 0
+    for i in range(t.shape[0]):
+        xs = np.int64(x[i])
+        ys = np.int64(y[i])
+        keep[i] = False
+        if xs < 0 or xs >= width or ys < 0 or ys >= height or (p[i] != 0 and p[i] != 1):
+            continue
+        polarity = np.int64(p[i])
+        ti = t[i]
+        if ti - last_t[polarity, ys, xs] > burst_gap_us:  # a new burst
+            period = ti - burst_start[polarity, ys, xs]
+            if min_period_us <= period <= max_period_us:
+                periodic[polarity, ys, xs] = min(periodic[polarity, ys, xs] + 1, 2)
+            else:
+                periodic[polarity, ys, xs] = 0
+            burst_start[polarity, ys, xs] = ti
+        last_t[polarity, ys, xs] = ti
+        if periodic[polarity, ys, xs] < 2:
+            keep[i] = True
+            kept += 1
+    return kept
+
+
+class FlickerFilter:
+    """Drops the events of pixels that follow a flickering light (mains flicker at 100 or 120 Hz, LED
+    PWM). At each pixel and polarity, events less than a third of the shortest period apart form a
+    burst; once two bursts in a row have started one period after the last (a frequency within
+    ``[min_hz, max_hz]``), that polarity's bursts are dropped until the rhythm breaks. An edge that
+    moves across a pixel fires one burst, not a train of them at a fixed rate, and passes. Events
+    outside the sensor are dropped too. State carries across chunks.
+
+    Args:
+        sensor_size: (width, height) in pixels.
+        min_hz, max_hz: the band of flicker frequencies to remove, Hz (bursts per second per polarity).
+    """
+
+    def __init__(self, sensor_size: tuple[int, int], min_hz: float = 80.0, max_hz: float = 150.0):
+        sensor = SensorSize(*sensor_size).validated()
+        if not 0 < min_hz <= max_hz:
+            raise ValueError(f"the flicker band must satisfy 0 < min_hz <= max_hz, got {min_hz}, {max_hz}")
+        self.sensor_size, self.min_hz, self.max_hz = sensor, float(min_hz), float(max_hz)
+        self.min_period_us, self.max_period_us = int(1e6 / max_hz), int(math.ceil(1e6 / min_hz))
+        self.burst_gap_us = self.min_period_us // 3
+        shape = (2, sensor.height, sensor.width)
+        self._last_t = np.full(shape, np.iinfo(np.int64).min // 2, dtype=np.int64)
+        self._burst_start = np.full(shape, np.iinfo(np.int64).min // 2, dtype=np.int64)
+        self._periodic = np.zeros(shape, dtype=np.int8)
+
+    def __call__(self, events: np.ndarray) -> np.ndarray:
+        """The events of a time-ordered chunk that do not follow the flicker (a new array)."""
+        check_events(events)
+        keep = np.empty(len(events), dtype=np.bool_)
+        _flicker_kernel(events["t"], events["x"], events["y"], events["p"], self.min_period_us, self.max_period_us,
+                        self.burst_gap_us, self._last_t, self._burst_start, self._periodic, keep)  # fmt: skip
+        return events[keep]
+
+
 class BackgroundActivityFilter:
     """Drops events with no event on one of the 8 neighbouring pixels within ``dt_us`` before them
     (isolated noise). Events outside the sensor are dropped too. State carries across chunks.
@@ -673,12 +745,13 @@ class HotPixelFilter:
 
 def check_filters(spec: dict[str, Any] | None) -> dict[str, Any] | None:
     """Validate a noise-filter spec (stored in checkpoints): None, or a dict with
-    ``background_activity_us`` (int µs or None) and ``hot_pixels`` (None or
-    ``{"period_us": int, "max_events": int}``)."""
+    ``background_activity_us`` (int µs or None), ``hot_pixels`` (None or
+    ``{"period_us": int, "max_events": int}``) and ``flicker`` (None or ``{"min_hz": number,
+    "max_hz": number}``)."""
     if spec is None:
         return None
-    if not isinstance(spec, dict) or not set(spec) <= {"background_activity_us", "hot_pixels"}:
-        raise ValueError(f"filters must be None or a dict of background_activity_us and hot_pixels, got {spec!r}")
+    if not isinstance(spec, dict) or not set(spec) <= {"background_activity_us", "hot_pixels", "flicker"}:
+        raise ValueError(f"filters must be None or a dict of background_activity_us, hot_pixels and flicker, got {spec!r}")
     dt_us = spec.get("background_activity_us")
     if dt_us is not None and (isinstance(dt_us, bool) or not isinstance(dt_us, int) or dt_us < 1):
         raise ValueError(f"background_activity_us must be a positive integer (µs) or None, got {dt_us!r}")
@@ -687,16 +760,23 @@ def check_filters(spec: dict[str, Any] | None) -> dict[str, Any] | None:
         _check_keys("hot_pixels", hot, {"period_us", "max_events"})
         if not all(isinstance(hot[key], int) and not isinstance(hot[key], bool) and hot[key] >= 1 for key in hot):
             raise ValueError(f"hot_pixels needs positive integers period_us and max_events, got {hot!r}")
-    if dt_us is None and hot is None:
+    flicker = spec.get("flicker")
+    if flicker is not None:
+        _check_keys("flicker", flicker, {"min_hz", "max_hz"})
+        low, high = flicker["min_hz"], flicker["max_hz"]
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (low, high)) or not 0 < low <= high:
+            raise ValueError(f"flicker needs numbers 0 < min_hz <= max_hz, got {flicker!r}")
+        flicker = {"min_hz": float(low), "max_hz": float(high)}
+    if dt_us is None and hot is None and flicker is None:
         return None
-    return {"background_activity_us": dt_us, "hot_pixels": None if hot is None else dict(hot)}
+    return {"background_activity_us": dt_us, "hot_pixels": None if hot is None else dict(hot), "flicker": flicker}
 
 
 class EventFilter:
     """The noise filters of a spec (``check_filters``) for one sensor, one after the other: the
-    background-activity filter, then the hot-pixel filter. State carries across chunks: feed a
-    recording or a stream in time order, once. Training and serving apply the same (the spec is
-    stored in the checkpoint's ``input.filters``).
+    flicker filter, the background-activity filter, then the hot-pixel filter. State carries across
+    chunks: feed a recording or a stream in time order, once. Training and serving apply the same
+    (the spec is stored in the checkpoint's ``input.filters``).
 
     Args:
         spec: the filters (None: none; every event passes).
@@ -706,6 +786,8 @@ class EventFilter:
     def __init__(self, spec: dict[str, Any] | None, sensor_size: tuple[int, int]) -> None:
         self.spec = check_filters(spec)
         self.filters: list[Any] = []
+        if self.spec is not None and self.spec["flicker"] is not None:
+            self.filters.append(FlickerFilter(sensor_size, **self.spec["flicker"]))
         if self.spec is not None and self.spec["background_activity_us"] is not None:
             self.filters.append(BackgroundActivityFilter(sensor_size, self.spec["background_activity_us"]))
         if self.spec is not None and self.spec["hot_pixels"] is not None:

@@ -13,12 +13,15 @@ from stream.commands import frames_main
 from stream.binning import (
     MIN_EVENTS_PER_THREAD,
     BackgroundActivityFilter,
+    EventFilter,
+    FlickerFilter,
     HotPixelFilter,
     SensorMapping,
     StreamingBinner,
     WindowSpec,
     apply_normalisation,
     bin_window,
+    check_filters,
     check_normalisation,
     default_threads,
     warmup,
@@ -452,7 +455,8 @@ def test_read_only_events_are_accepted_and_give_the_same_results() -> None:
     for a, b in zip(got, expected):
         np.testing.assert_array_equal(a.frames, b.frames)
     assert read_only_binner.stats == writable_binner.stats and read_only_binner.stats.dropped_backwards == 1
-    filters = (lambda: BackgroundActivityFilter(sensor, 500), lambda: HotPixelFilter(sensor, period_us=5_000, max_events=2))
+    filters = (lambda: BackgroundActivityFilter(sensor, 500), lambda: HotPixelFilter(sensor, period_us=5_000, max_events=2),
+               lambda: FlickerFilter(sensor))  # fmt: skip
     for make_filter in filters:
         np.testing.assert_array_equal(make_filter()(read_only), make_filter()(events))
     assert not read_only.flags.writeable  # nothing was written into the caller's array
@@ -516,6 +520,51 @@ def test_hot_pixel_filter_mutes_a_pixel_for_the_next_period() -> None:
     assert len(muted) == 3 and hot_pixel.hot[3, 2] and hot_pixel.hot.sum() == 1
     assert len(hot_pixel(period(2_000, 5))) == 3  # still hot: it fired 50 times in the period before
     assert len(hot_pixel(period(3_000, 5))) == 8 and not hot_pixel.hot.any()  # quiet again
+
+
+def _bursts(x: int, starts_us, polarity: int, events: int = 3, gap_us: int = 700) -> list[tuple[int, int, int, int]]:
+    """(t, x, y, p) of a burst of ``events`` same-polarity events at pixel (x, 0) from each start."""
+    return [(start + k * gap_us, x, 0, polarity) for start in starts_us for k in range(events)]
+
+
+def _events(rows: list[tuple[int, int, int, int]]) -> np.ndarray:
+    t, x, y, p = np.array(sorted(rows), dtype=np.int64).T
+    return make_events(t, x, y, p)
+
+
+def test_flicker_filter_drops_pixels_that_follow_the_mains_and_keeps_motion() -> None:
+    flicker = FlickerFilter((8, 1), min_hz=80, max_hz=150)
+    rows = (_bursts(0, range(0, 200_000, 10_000), 1) + _bursts(0, range(5_000, 200_000, 10_000), 0)  # 100 Hz
+            + _bursts(1, range(0, 200_000, 8_333), 1)  # 120 Hz, ON only
+            + _bursts(2, range(0, 200_000, 30_000), 1)  # an arm passing every 30 ms (33 Hz)
+            + _bursts(3, range(0, 200_000, 3_000), 1, events=1)  # a fast texture, 333 Hz: above the band
+            + _bursts(4, [50_000], 1, events=6))  # an edge passing once  # fmt: skip
+    first, second = _events([r for r in rows if r[0] < 100_000]), _events([r for r in rows if r[0] >= 100_000])
+    kept = np.concatenate([flicker(first), flicker(second)])  # state carries across chunks
+    per_pixel = np.bincount(kept["x"], minlength=5)
+    assert per_pixel[0] == 2 * 2 * 3  # the first two bursts of each polarity start the rhythm; the rest go
+    assert per_pixel[1] == 2 * 3
+    for pixel in (2, 3, 4):
+        assert per_pixel[pixel] == np.sum(np.array([r[1] for r in rows]) == pixel), pixel
+    # The rhythm broken (a 50 ms pause), the pixel passes again for two bursts, then is dropped again.
+    restart = _events(_bursts(0, range(250_000, 300_000, 10_000), 1))
+    assert flicker(restart)["t"].tolist() == [250_000, 250_700, 251_400, 260_000, 260_700, 261_400]
+
+
+def test_filter_specs_with_flicker_round_trip_and_bad_ones_are_one_error() -> None:
+    from training.train import parse_filters
+
+    spec = parse_filters("ba:5000,flicker:80:150")
+    assert spec == {"background_activity_us": 5000, "hot_pixels": None, "flicker": {"min_hz": 80.0, "max_hz": 150.0}}
+    assert check_filters(spec) == spec and check_filters({"flicker": {"min_hz": 100, "max_hz": 120}})["flicker"] == {
+        "min_hz": 100.0, "max_hz": 120.0}  # fmt: skip
+    assert [type(f) for f in EventFilter(spec, (8, 8)).filters] == [FlickerFilter, BackgroundActivityFilter]
+    for bad in ({"flicker": {"min_hz": 150, "max_hz": 80}}, {"flicker": {"min_hz": 0, "max_hz": 80}},
+                {"flicker": {"min_hz": "80", "max_hz": 150}}, {"flicker": {"max_hz": 150}}, {"flicker": 100}):  # fmt: skip
+        with pytest.raises(ValueError, match="flicker"):
+            check_filters(bad)
+    with pytest.raises(ValueError, match="--filters"):
+        parse_filters("flicker:80")
 
 
 # --- CLI ----------------------------------------------------------------------------------------

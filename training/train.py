@@ -125,7 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--method", choices=("area", "nearest"), default="area", help="sensor -> input downsampling")
     add("--normalisation", default="log1p", help="log1p | binary | density:MAX | clip:MAX | none")
     add("--filters", default="none", help="noise filters: none | ba:US (background activity within US µs) | "
-        "hot:PERIOD_US:MAX_EVENTS | both, comma separated (e.g. ba:10000,hot:1000000:1000)")
+        "hot:PERIOD_US:MAX_EVENTS | flicker:MIN_HZ:MAX_HZ (bursts repeating at that rate), comma separated "
+        "(e.g. ba:10000,hot:1000000:1000,flicker:80:150)")
     add("--train-windows", type=int, default=6, help="random windows per training segment (cached pool)")
     add("--eval-windows", type=int, default=2, help="fixed windows per test segment")
     add("--augment", choices=tuple(AUGMENT_PRESETS), default="moderate",
@@ -183,11 +184,11 @@ def parse_normalisation(text: str) -> dict[str, Any] | None:
 
 
 def parse_filters(text: str) -> dict[str, Any] | None:
-    """``none`` | ``ba:US`` | ``hot:PERIOD_US:MAX_EVENTS`` (comma separated) -> a
-    ``stream.binning`` filter spec."""
+    """``none`` | ``ba:US`` | ``hot:PERIOD_US:MAX_EVENTS`` | ``flicker:MIN_HZ:MAX_HZ`` (comma
+    separated) -> a ``stream.binning`` filter spec."""
     if text == "none":
         return None
-    spec: dict[str, Any] = {"background_activity_us": None, "hot_pixels": None}
+    spec: dict[str, Any] = {"background_activity_us": None, "hot_pixels": None, "flicker": None}
     try:
         for part in text.split(","):
             kind, *values = part.split(":")
@@ -195,11 +196,14 @@ def parse_filters(text: str) -> dict[str, Any] | None:
                 spec["background_activity_us"] = int(values[0])
             elif kind == "hot" and len(values) == 2:
                 spec["hot_pixels"] = {"period_us": int(values[0]), "max_events": int(values[1])}
+            elif kind == "flicker" and len(values) == 2:
+                spec["flicker"] = {"min_hz": float(values[0]), "max_hz": float(values[1])}
             else:
                 raise ValueError(part)
         return check_filters(spec)
     except ValueError:
-        raise ValueError(f"--filters must be none, ba:US and/or hot:PERIOD_US:MAX_EVENTS, got {text!r}") from None
+        raise ValueError(f"--filters must be none, or ba:US, hot:PERIOD_US:MAX_EVENTS and/or flicker:MIN_HZ:MAX_HZ, "
+                         f"got {text!r}") from None
 
 
 def model_config(name_or_path: str, *, bins: int | None, input_size: SensorSize | None, num_classes: int,
