@@ -668,7 +668,7 @@ class FlickerFilter:
         if not 0 < min_hz <= max_hz:
             raise ValueError(f"the flicker band must satisfy 0 < min_hz <= max_hz, got {min_hz}, {max_hz}")
         self.sensor_size, self.min_hz, self.max_hz = sensor, float(min_hz), float(max_hz)
-        self.min_period_us, self.max_period_us = int(1e6 / max_hz), int(math.ceil(1e6 / min_hz))
+        self.min_period_us, self.max_period_us = int(1e6 / max_hz), math.ceil(1e6 / min_hz)
         self.burst_gap_us = self.min_period_us // 3
         shape = (2, sensor.height, sensor.width)
         self._last_t = np.full(shape, np.iinfo(np.int64).min // 2, dtype=np.int64)
