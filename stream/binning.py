@@ -656,7 +656,8 @@ class FlickerFilter:
     burst; once two bursts in a row have started one period after the last (a frequency within
     ``[min_hz, max_hz]``), that polarity's bursts are dropped until the rhythm breaks. An edge that
     moves across a pixel fires one burst, not a train of them at a fixed rate, and passes. Events
-    outside the sensor are dropped too. State carries across chunks.
+    outside the sensor or with a polarity other than 0 / 1 are dropped too. State carries across
+    chunks.
 
     Args:
         sensor_size: (width, height) in pixels.
