@@ -66,7 +66,6 @@ DONE_SHOWN_MS = 2500  # "done" stays over the event view this long
 ACTIVITY_BIN_US = 50_000  # the review timeline's event-rate bins
 REPO_ROOT = Path(__file__).resolve().parents[1]  # made importable for the fine-tune process
 EPOCH_LINE = re.compile(r"\bepoch (\d+)/(\d+)\b")
-RUN_LINE = re.compile(r"^fine-tune (\d+)/(\d+) \(seed")  # finetune --soup N: which of the N runs is training
 SPLIT_BRUSHES = {"train": (90, 150, 230, 90), "test": (110, 210, 120, 90), "": (200, 200, 200, 70)}
 
 
@@ -930,8 +929,7 @@ def _html(text: str) -> str:
 
 class FineTuneRunner(QtCore.QObject):
     """``spikeformer-live finetune`` in a ``QProcess``: ``progressed(epoch, epochs)`` from its
-    "epoch k/N" lines (counted over all the runs of a soup: "fine-tune r/R" lines), ``finished(exit_code,
-    output)`` at its end (output: stdout and stderr)."""
+    "epoch k/N" lines, ``finished(exit_code, output)`` at its end (output: stdout and stderr)."""
 
     progressed = QtCore.Signal(int, int)
     line = QtCore.Signal(str)
@@ -943,7 +941,6 @@ class FineTuneRunner(QtCore.QObject):
         self.output: list[str] = []
         self.command: list[str] = []
         self._partial = ""
-        self._run, self._runs = 1, 1  # which run of a soup, of how many
 
     @property
     def running(self) -> bool:
@@ -954,7 +951,6 @@ class FineTuneRunner(QtCore.QObject):
             raise ValueError("a fine-tuning run is already going")
         self.command = list(command)
         self.output, self._partial = [], ""
-        self._run, self._runs = 1, 1
         process = QtCore.QProcess(self)
         process.setProcessChannelMode(QtCore.QProcess.ProcessChannelMode.MergedChannels)
         environment = QtCore.QProcessEnvironment.systemEnvironment()
@@ -980,13 +976,9 @@ class FineTuneRunner(QtCore.QObject):
             return
         self.output.append(line)
         self.line.emit(line)
-        run = RUN_LINE.match(line)
-        if run:
-            self._run, self._runs = int(run.group(1)), int(run.group(2))
         match = EPOCH_LINE.search(line)
         if match and line.lstrip().startswith("epoch") and ":" in line:
-            epoch, epochs = int(match.group(1)), int(match.group(2))
-            self.progressed.emit((self._run - 1) * epochs + epoch, self._runs * epochs)
+            self.progressed.emit(int(match.group(1)), int(match.group(2)))
 
     def _finished(self, code: int, status: QtCore.QProcess.ExitStatus) -> None:
         self._read()

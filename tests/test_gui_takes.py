@@ -252,8 +252,7 @@ class FakeModels:
 def test_finetune_button_runs_finetune_shows_epochs_and_the_table_and_offers_the_model(
     qtbot, publishers, tmp_path: Path, tiny_checkpoint: Path, monkeypatch
 ) -> None:
-    """The real ``spikeformer-live finetune`` (1 epoch, the tiny model, the default soup of three runs) on a
-    small session."""
+    """The real ``spikeformer-live finetune`` (1 epoch, the tiny model) on a small session."""
     from training.checkpoint import read_metadata
 
     monkeypatch.setenv("HOME", str(tmp_path))  # the fine-tuning's window cache goes to ~/.cache
@@ -275,8 +274,7 @@ def test_finetune_button_runs_finetune_shows_epochs_and_the_table_and_offers_the
     assert command[command.index("--epochs") + 1] == "1" and not panel.finetune_button.isEnabled()
     qtbot.waitUntil(lambda: not panel.finetune.running, timeout=120_000)
     assert panel.use_button.isEnabled(), panel.result.toPlainText()
-    # the default soup: three runs of one epoch, counted as three epochs in all
-    assert epochs == [(1, 3), (2, 3), (3, 3)] and panel.finetune_progress.value() == 3
+    assert epochs == [(1, 1)] and panel.finetune_progress.value() == 1
     table = panel.result.toPlainText()
     assert table.startswith("fine-tuned tiny.json") and "| accuracy on the test takes | before | after |" in table
     finetuned = panel.finetuned

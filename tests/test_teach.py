@@ -49,9 +49,8 @@ def test_finetuning_the_built_in_model_on_one_persons_gestures_lifts_two_other_p
     spec, cache = f"dvsgesture:{tmp_path / 'data'}", str(tmp_path / "cache")
     before, _ = evaluate_checkpoint(BUILTIN_CHECKPOINT, spec, split="test", cache_dir=cache)
     export = tmp_path / "mine.json"
-    # one run, not the default soup of three (CI time; the soup's gain is measured in bench_finetune.py)
     assert finetune_main(["--data", spec, "--out", str(tmp_path / "run"), "--export", str(export), "--no-progress",
-                          "--cache", cache, "--soup", "1"]) == 0  # fmt: skip
+                          "--cache", cache]) == 0  # fmt: skip
     after, _ = evaluate_checkpoint(export, spec, split="test", cache_dir=cache)
     assert after.samples == before.samples == 88  # 2 people x 11 gestures x 4 windows
     # measured with the built-in trained on eight domains: 12.5 -> 64.8 % (on four: 11.4 -> 75.0 %); the #16 target,

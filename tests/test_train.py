@@ -310,53 +310,9 @@ def test_finetune_gives_the_same_weights_for_a_seed_and_other_weights_for_anothe
         export = tmp_path / f"{name}.json"
         assert finetune_main(["--from", str(trained_run / "last.json"), "--data", f"dvsgesture:{tiny_data['data']}",
                               "--out", str(tmp_path / name), "--export", str(export), "--cache",
-                              str(tiny_data["cache"]), "--epochs", "1", "--seed", seed, "--soup", "1",
-                              "--no-progress"]) == 0  # fmt: skip
+                              str(tiny_data["cache"]), "--epochs", "1", "--seed", seed, "--no-progress"]) == 0  # fmt: skip
         return load_file(export.with_suffix(".safetensors"))
 
     first, again, other = weights("a", "3"), weights("b", "3"), weights("c", "4")
     assert all(torch.equal(first[name], again[name]) for name in first)
     assert not all(torch.equal(first[name], other[name]) for name in first)
-
-
-def test_finetune_soup_exports_the_mean_of_its_runs_and_records_them(
-    tiny_data: dict[str, Path], trained_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture
-) -> None:
-    """``finetune --soup 2 --seed 5``: runs with seeds 5 and 6 kept in OUT/soup, the export is the mean of
-    their weights, with the finetune command and each run's hash; --soup 0 is one clear error."""
-    from training.finetune import main as finetune_main
-
-    out, export = tmp_path / "out", tmp_path / "soup.json"
-    argv = ["--from", str(trained_run / "last.json"), "--data", f"dvsgesture:{tiny_data['data']}", "--out", str(out),
-            "--export", str(export), "--cache", str(tiny_data["cache"]), "--epochs", "1", "--seed", "5", "--no-progress"]  # fmt: skip
-    assert finetune_main([*argv, "--soup", "2"]) == 0
-    assert capsys.readouterr().out.count("fine-tune 2/2 (seed 6)") == 1
-    runs = [load_checkpoint(out / "soup" / f"seed-{seed}.json") for seed in (5, 6)]
-    soup, metadata = load_checkpoint(export)
-    states, differ = [run.state_dict() for run, _ in runs], 0
-    for name, value in soup.state_dict().items():
-        if value.is_floating_point():
-            torch.testing.assert_close(value, (states[0][name] + states[1][name]) / 2, atol=1e-6, rtol=1e-5)
-            differ += not torch.equal(states[0][name], states[1][name])
-    assert differ > 10  # two different runs: the mean is not one of them
-    assert [run["sha256"] for run in metadata["data"]["soup"]] == [meta["weights"]["sha256"] for _, meta in runs]
-    assert metadata["data"]["command"].startswith("spikeformer-live finetune --from")
-    assert metadata["classes"] == runs[0][1]["classes"] and metadata["metrics"] == {"soup_of": 2}
-    assert training_main(["finetune", *argv, "--soup", "0"]) == 2
-    assert "--soup must be >= 1, got 0" in capsys.readouterr().err
-
-
-def test_new_classes_start_from_the_head_seed() -> None:
-    """``initial_weights(head_seed=N)``: a class the parent does not know gets the same output row for the
-    same N whatever the model's own draw (the runs of a soup share it), another row for another N; known
-    classes keep the parent's row."""
-    parent = build_model(TINY)
-    rows = {}
-    for model_seed, head_seed in ((0, 7), (1, 7), (2, 8)):
-        torch.manual_seed(model_seed)
-        model = build_model(dataclasses.replace(TINY, num_classes=2))
-        assert train.initial_weights(model, parent, ("a", "b"), ("b", "new"), head_seed) == ["new"]
-        torch.testing.assert_close(model.head.fc.weight[0], parent.head.fc.weight[1], atol=0, rtol=0)
-        assert float(model.head.fc.bias[1].detach()) == 0.0
-        rows[model_seed] = model.head.fc.weight[1].detach().clone()
-    assert torch.equal(rows[0], rows[1]) and not torch.equal(rows[0], rows[2])

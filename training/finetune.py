@@ -16,12 +16,6 @@ At the end a table gives the accuracy on the data's test split before (the paren
 the classes) and after. The exported model is the last epoch's: the test takes are what the table
 reports, so no epoch is chosen by them.
 
-``--soup 3`` (the default) fine-tunes three times, with seeds SEED, SEED+1 and SEED+2 (window draws,
-augmentation and batches; a new class's output starts the same in all three), and exports the mean
-of their weights, a model soup (Wortsman et al., ICML 2022): runs from the same parent stay in one
-basin, and their mean is more accurate on other people than a typical run and varies less (README;
-``--soup 1`` is one fine-tune, three times faster). The runs are kept in ``OUT/soup/``.
-
 ``--seed`` fixes the window draws, the augmentation, the batches and a new head: the same command on
 the same recordings gives the same weights bit for bit on one machine. Another CPU rounds
 differently, and a fine-tune on a few takes can turn that into a few points on the test takes
@@ -30,8 +24,6 @@ differently, and a fine-tune on a few takes can turn that into a few points on t
 
 from __future__ import annotations
 
-import shlex
-import sys
 import time
 from pathlib import Path
 from typing import Sequence
@@ -48,7 +40,6 @@ DEFAULT_AUGMENT = "shape"  # body shape and outline jitter: the takes teach the 
 # the fine-tuned weights: mixing in the parent's (0.5) helps where the parent works, costs where it fails, and
 # loses 1.7 points on average over twelve rooms (README, bench_finetune.py)
 DEFAULT_INTERPOLATE = 1.0
-DEFAULT_SOUP = 3  # the mean of three runs' weights: 87.3 % against 85.2 % for one run over twelve rooms (README)
 
 
 def build_parser() -> ArgumentParser:
@@ -72,9 +63,6 @@ def build_parser() -> ArgumentParser:
                         help="export (1-A) * parent + A * fine-tuned weights, a weight-space ensemble that "
                         "keeps what the parent knew (0 < A <= 1, 1 = the fine-tuned weights; default "
                         f"{DEFAULT_INTERPOLATE})")  # fmt: skip
-    parser.add_argument("--soup", type=int, default=DEFAULT_SOUP, metavar="N",
-                        help="fine-tune N times (seeds SEED..SEED+N-1) and export the mean of their weights, a model "
-                        f"soup (default {DEFAULT_SOUP}; 1 = one run)")  # fmt: skip
     parser.add_argument("--seed", type=int, default=0, help="seed of the window draws, augmentation and new head")
     parser.add_argument("--cache", default=None, help=f"cache directory (default {data.DEFAULT_CACHE_DIR})")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -93,36 +81,11 @@ def _accuracy_before(checkpoint: Path, spec: str, cache: str | None) -> float | 
     return evaluate_checkpoint(checkpoint, spec, split="test", cache_dir=cache)[0].accuracy
 
 
-def save_soup(members: Sequence[Path], export: Path, command: str) -> Path:
-    """Export the mean of the members' weights (fine-tunes of one parent, same model and classes)
-    with the first member's classes and input, the command, and each member's path, weights sha256
-    and test accuracy (``data.soup``)."""
-    import torch
-
-    from training.checkpoint import load_checkpoint, save_checkpoint
-
-    loaded = [load_checkpoint(path) for path in members]
-    model, metadata = loaded[0]
-    states = [member.state_dict() for member, _ in loaded]
-    mean = {name: torch.stack([state[name] for state in states]).mean(dim=0) if value.is_floating_point() else value
-            for name, value in states[0].items()}  # fmt: skip
-    model.load_state_dict(mean)
-    data_info = dict(metadata["data"], command=command,
-                     soup=[{"checkpoint": str(path), "sha256": member_metadata["weights"]["sha256"],
-                            "test_accuracy": member_metadata["metrics"].get("test_accuracy")}
-                           for path, (_, member_metadata) in zip(members, loaded)])  # fmt: skip
-    metrics = {"soup_of": len(members)}  # the members' own figures are in data.soup; finetune evaluates the mean
-    kept = {key: metadata[key] for key in ("classes", "input", "decision") if key in metadata}
-    return save_checkpoint(export, model, dict(kept, data=data_info, metrics=metrics))
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from training import train
     from training.evaluate import evaluate_checkpoint
 
-    if args.soup < 1:
-        raise ValueError(f"--soup must be >= 1, got {args.soup}")
     started = time.perf_counter()
     source = data.open_source(args.data, cache_dir=args.cache)
     for split in data.SPLITS:
@@ -132,12 +95,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     export = args.export or args.out / "finetuned.json"
     before = _accuracy_before(args.init_from, args.data, args.cache)
     train_argv = [
-        "--from", str(args.init_from), "--data", args.data, "--epochs", str(args.epochs),
+        "--from", str(args.init_from), "--data", args.data, "--out", str(args.out / "run"), "--epochs", str(args.epochs),
         "--lr", str(args.lr), "--warmup-epochs", "0.5", "--repeats", str(args.repeats),
         "--train-windows", str(args.train_windows), "--eval-windows", "4", "--augment", args.augment,
+        "--export", str(export),
         "--export-epoch", "last",  # the held-out takes are what the summary reports: no selection on them
         "--interpolate", str(args.interpolate),
-        "--batch-size", "16", "--bin-workers", "1", "--head-seed", str(args.seed),
+        "--batch-size", "16", "--bin-workers", "1", "--seed", str(args.seed),
     ]  # fmt: skip
     if args.cache:
         train_argv += ["--cache", args.cache]
@@ -147,17 +111,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         train_argv += ["--rehearse", args.rehearse]
     if args.no_progress:
         train_argv.append("--no-progress")
-    if args.soup == 1:
-        train.main([*train_argv, "--seed", str(args.seed), "--out", str(args.out / "run"), "--export", str(export)])
-    else:
-        members = []
-        for index, seed in enumerate(range(args.seed, args.seed + args.soup)):
-            print(f"fine-tune {index + 1}/{args.soup} (seed {seed})", flush=True)
-            member = args.out / "soup" / f"seed-{seed}.json"
-            train.main([*train_argv, "--seed", str(seed), "--out", str(args.out / "soup" / f"run-seed-{seed}"),
-                        "--export", str(member)])  # fmt: skip
-            members.append(member)
-        save_soup(members, export, "spikeformer-live finetune " + shlex.join(argv if argv is not None else sys.argv[1:]))
+    train.main(train_argv)
     after, windows = evaluate_checkpoint(export, args.data, split="test", cache_dir=args.cache)
     seconds = time.perf_counter() - started
     print(f"\nfine-tuned {args.init_from.name} on {args.data} in {seconds:.0f} s "

@@ -156,9 +156,6 @@ def build_parser() -> argparse.ArgumentParser:
     add("--rehearse", default=None, metavar="SPEC",
         help="with --from: recordings of what the parent learnt (e.g. sim:110), as many augmented windows per epoch as "
         "--data gives, so that fine-tuning does not forget; only classes --data has are used")
-    add("--head-seed", type=int, default=None, metavar="N",
-        help="with --from: draw the output rows of classes the parent does not know from this seed, not from the "
-        "run's --seed stream (the runs of a finetune --soup share them)")
     add("--interpolate", type=float, default=1.0, metavar="A",
         help="with --from: save (1-A) * parent + A * trained weights, a weight-space ensemble (WiSE-FT) that keeps "
         "more of what the parent knew (0 < A <= 1; default 1 = the trained weights)")
@@ -444,8 +441,6 @@ def _main(argv: list[str] | None) -> int:
         raise ValueError(f"--interpolate must be in (0, 1], got {args.interpolate}")
     if args.interpolate < 1.0 and args.init_from is None:
         raise ValueError("--interpolate mixes with the parent's weights: it needs --from CHECKPOINT")
-    if args.head_seed is not None and args.init_from is None:
-        raise ValueError("--head-seed draws the new classes' rows of a parent's head: it needs --from CHECKPOINT")
     if args.rehearse and args.init_from is None:
         raise ValueError("--rehearse replays what a parent learnt: it needs --from CHECKPOINT")
     if args.onset_windows < 0:
@@ -497,13 +492,11 @@ def _train_from(args: argparse.Namespace, argv: Sequence[str]) -> int:
             dist.destroy_process_group()
 
 
-def initial_weights(model: nn.Module, parent: nn.Module, parent_classes: Sequence[str], classes: Sequence[str],
-                    head_seed: int | None = None) -> list[str]:
+def initial_weights(model: nn.Module, parent: nn.Module, parent_classes: Sequence[str], classes: Sequence[str]) -> list[str]:
     """Copy ``parent``'s weights into ``model`` (same architecture but maybe another class list, or
     causal where the parent is windowed): every weight except the classifier's last layer, whose rows
-    are copied for the class names both have and freshly initialised for the others (drawn anew from
-    ``head_seed`` when given, else as ``model`` was built), and except the parent's time embedding
-    when ``model`` is causal. Returns the new class names."""
+    are copied for the class names both have and freshly initialised for the others, and except the
+    parent's time embedding when ``model`` is causal. Returns the new class names."""
     state = {name: value for name, value in parent.state_dict().items() if not name.startswith("head.fc.")}
     if model.time_embed is None:  # a causal model made from a windowed parent knows time without it
         state.pop("time_embed", None)
@@ -518,11 +511,6 @@ def initial_weights(model: nn.Module, parent: nn.Module, parent_classes: Sequenc
                 model.head.fc.bias[row] = parent.head.fc.bias[list(parent_classes).index(name)]
             else:
                 new.append(name)
-        if new and head_seed is not None:  # Spikeformer._init_weights' draw for a Linear, from its own generator
-            generator = torch.Generator().manual_seed(head_seed)
-            for row in (classes.index(name) for name in new):
-                nn.init.trunc_normal_(model.head.fc.weight[row], std=0.02, generator=generator)
-                model.head.fc.bias[row] = 0.0
     return new
 
 
@@ -631,7 +619,7 @@ def _train(args: argparse.Namespace, normalisation: dict | None, filters: dict |
         if config != parent[0].config:
             config = dataclasses.replace(config, name="custom")
         model = build_model(config)
-        new_classes = initial_weights(model, parent[0], parent[1]["classes"], classes, args.head_seed)
+        new_classes = initial_weights(model, parent[0], parent[1]["classes"], classes)
         say(f"from {parent[1]['checkpoint']}: {len(classes) - len(new_classes)} classes kept"
             + (f", new: {', '.join(new_classes)}" if new_classes else ""))  # fmt: skip
         if args.freeze_tokenizer:
