@@ -59,7 +59,7 @@ def run_domain(name: str, checkpoint: Path, folder: Path, seed: int, finetune_ar
     spec = f"dvsgesture:{data_dir}"
     cache = str(folder / "cache")
     before, _ = evaluate_checkpoint(checkpoint, spec, split="test", cache_dir=cache)
-    after_by_seed, seconds = {}, []
+    after_by_seed, per_class_by_seed, seconds = {}, {}, []
     for finetune_seed in finetune_seeds:
         export = folder / name / f"finetuned-seed{finetune_seed}.json"
         shutil.rmtree(folder / name / "run", ignore_errors=True)
@@ -70,10 +70,11 @@ def run_domain(name: str, checkpoint: Path, folder: Path, seed: int, finetune_ar
         subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
         seconds.append(time.perf_counter() - started)
         after, _ = evaluate_checkpoint(export, spec, split="test", cache_dir=cache)
-        after_by_seed[finetune_seed] = after.accuracy
+        after_by_seed[finetune_seed], per_class_by_seed[finetune_seed] = after.accuracy, after.per_class()
     return {"domain": name, "look": look, "lighting": lighting, "scene": options, "windows": after.samples,
             "before": before.accuracy, "after": sum(after_by_seed.values()) / len(after_by_seed),
-            "after_by_seed": after_by_seed, "finetune_s": [round(value, 1) for value in seconds]}  # fmt: skip
+            "after_by_seed": after_by_seed, "after_per_class_by_seed": per_class_by_seed,
+            "finetune_s": [round(value, 1) for value in seconds]}  # fmt: skip
 
 
 def main() -> None:
