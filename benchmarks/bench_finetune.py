@@ -16,8 +16,10 @@ takes 4 fixed windows per gesture of person 2.
 mean of twelve rooms by 2 (README), so compare recipes over several.
 
 Printed per domain, as a markdown table: the checkpoint's accuracy on person 2 before (the peer,
-measured in the same run) and after fine-tuning (the mean over the fine-tune seeds, and each seed's),
-and the wall time of one fine-tune command; then the mean over the domains.
+measured in the same run), before with the noise filters the fine-tune chose on person 1's takes
+(``finetune --background-activity auto``: the filter's share of the change), and after fine-tuning
+(the mean over the fine-tune seeds, and each seed's), and the wall time of one fine-tune command;
+then the mean over the domains.
 """
 
 from __future__ import annotations
@@ -37,7 +39,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from stream.sim.dataset import write_dataset  # noqa: E402
 from training import BUILTIN_CHECKPOINT  # noqa: E402
-from training.evaluate import evaluate_checkpoint  # noqa: E402
+from training.checkpoint import read_metadata  # noqa: E402
+from training.evaluate import checkpoint_inputs, evaluate_checkpoint  # noqa: E402
 
 # name -> (renderer, lighting family, fixed scene parameters): rooms the built-in model was not
 # trained on (its training draws zoom 1, thresholds 0.1-0.5 and 0.02-1 Hz background activity).
@@ -59,7 +62,7 @@ def run_domain(name: str, checkpoint: Path, folder: Path, seed: int, finetune_ar
     spec = f"dvsgesture:{data_dir}"
     cache = str(folder / "cache")
     before, _ = evaluate_checkpoint(checkpoint, spec, split="test", cache_dir=cache)
-    after_by_seed, per_class_by_seed, seconds = {}, {}, []
+    after_by_seed, per_class_by_seed, seconds, filtered_by_seed = {}, {}, [], {}
     for finetune_seed in finetune_seeds:
         export = folder / name / f"finetuned-seed{finetune_seed}.json"
         shutil.rmtree(folder / name / "run", ignore_errors=True)
@@ -71,9 +74,14 @@ def run_domain(name: str, checkpoint: Path, folder: Path, seed: int, finetune_ar
         seconds.append(time.perf_counter() - started)
         after, _ = evaluate_checkpoint(export, spec, split="test", cache_dir=cache)
         after_by_seed[finetune_seed], per_class_by_seed[finetune_seed] = after.accuracy, after.per_class()
+        filters = checkpoint_inputs(read_metadata(export)).filters  # the parent with them: the filter's share
+        inputs = checkpoint_inputs(read_metadata(checkpoint))._replace(filters=filters)
+        filtered = evaluate_checkpoint(checkpoint, spec, split="test", cache_dir=cache, inputs=inputs)[0]
+        filtered_by_seed[finetune_seed] = {"filters": filters, "accuracy": filtered.accuracy}
     return {"domain": name, "look": look, "lighting": lighting, "scene": options, "windows": after.samples,
             "before": before.accuracy, "after": sum(after_by_seed.values()) / len(after_by_seed),
-            "after_by_seed": after_by_seed, "after_per_class_by_seed": per_class_by_seed,
+            "filtered": sum(value["accuracy"] for value in filtered_by_seed.values()) / len(filtered_by_seed),
+            "filtered_by_seed": filtered_by_seed, "after_by_seed": after_by_seed, "after_per_class_by_seed": per_class_by_seed,
             "finetune_s": [round(value, 1) for value in seconds]}  # fmt: skip
 
 
@@ -94,16 +102,18 @@ def main() -> None:
         rows = [run_domain(name, args.checkpoint, folder, args.seed, extra, seeds) for name in args.domains.split(",")]
     print(f"checkpoint {args.checkpoint.name}, finetune {args.finetune_args or 'defaults'}; person 1: one take of "
           "each gesture, person 2 tested, 4 windows per gesture\n")  # fmt: skip
-    print(f"| new domain | renderer, lighting, scene | person 2 before | after fine-tuning (seeds {args.finetune_seeds}) "
-          "| fine-tune wall s |\n|---|---|---|---|---|")  # fmt: skip
+    print(f"| new domain | renderer, lighting, scene | person 2 before | before, with the fine-tune's filters (background "
+          f"activity µs) | after fine-tuning (seeds {args.finetune_seeds}) | fine-tune wall s |\n|---|---|---|---|---|---|")  # fmt: skip
     for row in rows:
         scene = ", ".join(f"{key} {value}" for key, value in row["scene"].items())
         each = " / ".join(f"{value:.1%}" for value in row["after_by_seed"].values())
+        windows_us = sorted({str((value["filters"] or {}).get("background_activity_us")) for value in
+                             row["filtered_by_seed"].values()})  # fmt: skip
         print(f"| {row['domain']} | {row['look']}, {row['lighting']}, {scene} | {row['before']:.1%} | "
-              f"{row['after']:.1%} ({each}; {row['windows']} windows) | "
+              f"{row['filtered']:.1%} ({', '.join(windows_us)}) | {row['after']:.1%} ({each}; {row['windows']} windows) | "
               f"{min(row['finetune_s']):.0f}-{max(row['finetune_s']):.0f} |")  # fmt: skip
-    mean = {key: sum(row[key] for row in rows) / len(rows) for key in ("before", "after")}
-    print(f"| mean of {len(rows)} | | {mean['before']:.1%} | {mean['after']:.1%} | |")
+    mean = {key: sum(row[key] for row in rows) / len(rows) for key in ("before", "filtered", "after")}
+    print(f"| mean of {len(rows)} | | {mean['before']:.1%} | {mean['filtered']:.1%} | {mean['after']:.1%} | |")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1) + "\n")
 

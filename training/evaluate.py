@@ -168,13 +168,15 @@ def checkpoint_inputs(metadata: dict) -> CheckpointInputs:
 def evaluate_checkpoint(
     checkpoint: str | Path, data_spec: str, *, split: str = "test", windows: int = 4, cache_dir: str | None = None,
     sim_seed: int = 0, batch_size: int = 32, workers: int = 1, device: str = "cpu",
+    inputs: CheckpointInputs | None = None,
 ) -> tuple[EvalResult, data.WindowSet]:  # fmt: skip
     """A checkpoint on a data spec's ``split`` (``"all"``: every recording): ``windows`` fixed
-    windows per segment, cut, filtered, binned and normalised as the checkpoint says."""
+    windows per segment, cut, filtered, binned and normalised as the checkpoint says, or as
+    ``inputs`` says (for example the checkpoint's with other noise filters)."""
     from training.checkpoint import load_checkpoint
 
     model, metadata = load_checkpoint(checkpoint, device=device)
-    window, mapping, normalisation, filters, classes = checkpoint_inputs(metadata)
+    window, mapping, normalisation, filters, classes = inputs or checkpoint_inputs(metadata)
     source = data.open_source(data_spec, cache_dir=cache_dir, sim_seed=sim_seed)
     if len(source.classes) > len(classes) or any(a != b for a, b in zip(source.classes, classes)):
         raise ValueError(f"data classes {list(source.classes)} do not match the checkpoint's {list(classes)}")

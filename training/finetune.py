@@ -24,13 +24,18 @@ differently, and a fine-tune on a few takes can turn that into a few points on t
 
 from __future__ import annotations
 
+import argparse
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
+from stream.binning import check_filters
 from stream.stage import ArgumentParser
 from training import BUILTIN_CHECKPOINT, data
 from training.augment import AUGMENT_PRESETS
+
+if TYPE_CHECKING:
+    from training.evaluate import EvalResult
 
 DEFAULT_EPOCHS = 4  # one take per class: a few gentle epochs keep what the parent knows (bench_finetune.py)
 DEFAULT_LR = 2e-4
@@ -40,6 +45,13 @@ DEFAULT_AUGMENT = "shape"  # body shape and outline jitter: the takes teach the 
 # the fine-tuned weights: mixing in the parent's (0.5) helps where the parent works, costs where it fails, and
 # loses 1.7 points on average over twelve rooms (README, bench_finetune.py)
 DEFAULT_INTERPOLATE = 1.0
+# background-activity windows (µs; None: no such filter) that --background-activity auto scores the parent with on
+# the train takes. Twelve rooms of bench_finetune: the noisiest (10 Hz per pixel) want 250 µs, clean ones 3-5 ms.
+BACKGROUND_ACTIVITY_CANDIDATES_US: tuple[int | None, ...] = (None, 10_000, 5_000, 3_000, 2_000, 1_000, 500, 250, 125)
+
+
+def _shown(candidates_us: Sequence[int | None]) -> list[str]:
+    return ["none" if dt_us is None else str(dt_us) for dt_us in candidates_us]
 
 
 def build_parser() -> ArgumentParser:
@@ -55,6 +67,11 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--train-windows", type=int, default=DEFAULT_TRAIN_WINDOWS, help="window positions per take")
     parser.add_argument("--augment", choices=tuple(AUGMENT_PRESETS), default=DEFAULT_AUGMENT,
                         help=f"augmentation preset (training.augment; default {DEFAULT_AUGMENT})")  # fmt: skip
+    parser.add_argument("--background-activity", type=_background_activity, default="auto", metavar="auto|keep|none|US",
+                        help="the background-activity filter's window: auto (default) scores the parent on your "
+                        "train takes with each of " + ", ".join(_shown(BACKGROUND_ACTIVITY_CANDIDATES_US)) +
+                        " µs and keeps the best, so that a noisier room gets a shorter window; keep: the parent's; "
+                        "none: no such filter; or a window in µs. The new checkpoint carries it")  # fmt: skip
     parser.add_argument("--freeze-tokenizer", action="store_true", help="train only the transformer and the head")
     parser.add_argument("--rehearse", default=None, metavar="SPEC",
                         help="also train on as many windows of what the parent learnt (e.g. sim:110: 10 simulated "
@@ -69,22 +86,80 @@ def build_parser() -> ArgumentParser:
     return parser
 
 
-def _accuracy_before(checkpoint: Path, spec: str, cache: str | None) -> float | None:
-    """The parent's accuracy on the test split, or None when it does not know the data's classes."""
+def _knows_classes(checkpoint: Path, spec: str, cache: str | None) -> bool:
+    """Whether the checkpoint's classes begin with the data's (so that it can be scored on them)."""
     from training.checkpoint import read_metadata
-    from training.evaluate import evaluate_checkpoint
 
     classes = tuple(read_metadata(checkpoint)["classes"])
     wanted = data.open_source(spec, cache_dir=cache).classes
-    if wanted != classes[: len(wanted)]:
+    return wanted == classes[: len(wanted)]
+
+
+def calibrate_background_activity(checkpoint: Path, spec: str, cache: str | None,
+                                  candidates_us: Sequence[int | None] = BACKGROUND_ACTIVITY_CANDIDATES_US,
+                                  ) -> tuple[dict | None, list[tuple[int | None, EvalResult]]]:  # fmt: skip
+    """The checkpoint's noise filters with the background-activity window (µs; None: no such filter)
+    under which the checkpoint scores best on the data's train takes (accuracy, then loss; 4 fixed
+    windows per take), and the score of each candidate. A noisier room wants a shorter window: more
+    of its noise events find no neighbour in time."""
+    from training.checkpoint import read_metadata
+    from training.evaluate import checkpoint_inputs, evaluate_checkpoint
+
+    inputs = checkpoint_inputs(read_metadata(checkpoint))
+    base = inputs.filters or {"background_activity_us": None, "hot_pixels": None, "flicker": None}
+    scored = []
+    for dt_us in candidates_us:
+        filters = check_filters({**base, "background_activity_us": dt_us})
+        result, _ = evaluate_checkpoint(checkpoint, spec, split="train", cache_dir=cache,
+                                        inputs=inputs._replace(filters=filters))  # fmt: skip
+        scored.append((dt_us, filters, result))
+    best = max(scored, key=lambda item: (item[2].accuracy, -item[2].loss))
+    return best[1], [(dt_us, result) for dt_us, _, result in scored]
+
+
+def _filters_argument(args: argparse.Namespace, knows_classes: bool) -> list[str]:
+    """train's ``--filters`` for ``--background-activity`` (``[]``: the parent's filters); prints
+    what auto scored."""
+    from training.checkpoint import read_metadata
+    from training.train import format_filters
+
+    if args.background_activity == "keep":
+        return []
+    if args.background_activity != "auto":
+        parent = read_metadata(args.init_from)["input"].get("filters") or {}
+        return ["--filters", format_filters({**parent, "background_activity_us": args.background_activity})]
+    if not knows_classes:
+        print("background-activity filter: the parent's (it does not know these classes, so it cannot be scored on "
+              "your takes; --background-activity US sets one)")  # fmt: skip
+        return []
+    filters, scored = calibrate_background_activity(args.init_from, args.data, args.cache)
+    chosen = filters["background_activity_us"] if filters else None
+    print("| background-activity window (µs) | the parent on the train takes | loss |\n|---|---|---|")
+    for (dt_us, result), shown in zip(scored, _shown([dt_us for dt_us, _ in scored])):
+        print(f"| {shown}{' (kept)' if dt_us == chosen else ''} | {result.accuracy:.1%} | {result.loss:.3f} |")
+    return ["--filters", format_filters(filters)]
+
+
+def _background_activity(text: str) -> str | int | None:
+    """``--background-activity``: auto, keep, none or a window in µs."""
+    if text in ("auto", "keep"):
+        return text
+    if text == "none":
         return None
-    return evaluate_checkpoint(checkpoint, spec, split="test", cache_dir=cache)[0].accuracy
+    try:
+        dt_us = int(text)
+    except ValueError:
+        dt_us = 0
+    if dt_us < 1:
+        raise argparse.ArgumentTypeError(f"must be auto, keep, none or a positive window in µs, got {text!r}")
+    return dt_us
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from training import train
-    from training.evaluate import evaluate_checkpoint
+    from training.checkpoint import read_metadata
+    from training.evaluate import checkpoint_inputs, evaluate_checkpoint
 
     started = time.perf_counter()
     source = data.open_source(args.data, cache_dir=args.cache)
@@ -93,7 +168,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ValueError(f"{args.data}: no {split} recordings (label some takes as {split}: the split column of "
                              "a folder CSV, or the trials files of a DVS128 Gesture folder)")  # fmt: skip
     export = args.export or args.out / "finetuned.json"
-    before = _accuracy_before(args.init_from, args.data, args.cache)
+    knows_classes = _knows_classes(args.init_from, args.data, args.cache)
+    before = evaluate_checkpoint(args.init_from, args.data, split="test", cache_dir=args.cache)[0] if knows_classes else None
+    filters = _filters_argument(args, knows_classes)
     train_argv = [
         "--from", str(args.init_from), "--data", args.data, "--out", str(args.out / "run"), "--epochs", str(args.epochs),
         "--lr", str(args.lr), "--warmup-epochs", "0.5", "--repeats", str(args.repeats),
@@ -103,6 +180,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--interpolate", str(args.interpolate),
         "--batch-size", "16", "--bin-workers", "1", "--seed", str(args.seed),
     ]  # fmt: skip
+    train_argv += filters
     if args.cache:
         train_argv += ["--cache", args.cache]
     if args.freeze_tokenizer:
@@ -113,12 +191,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         train_argv.append("--no-progress")
     train.main(train_argv)
     after, windows = evaluate_checkpoint(export, args.data, split="test", cache_dir=args.cache)
+    filtered = None  # the parent with the new checkpoint's filters: how much of the change the filter alone makes
+    if before is not None and filters:
+        parent_inputs = checkpoint_inputs(read_metadata(args.init_from))
+        new_filters = checkpoint_inputs(read_metadata(export)).filters
+        filtered = evaluate_checkpoint(args.init_from, args.data, split="test", cache_dir=args.cache,
+                                       inputs=parent_inputs._replace(filters=new_filters))[0]  # fmt: skip
     seconds = time.perf_counter() - started
     print(f"\nfine-tuned {args.init_from.name} on {args.data} in {seconds:.0f} s "
           f"({len(source.split('train'))} train / {len(source.split('test'))} test recordings): {export}")  # fmt: skip
-    print("| accuracy on the test takes | before | after |\n|---|---|---|")
-    shown = "n/a (new classes)" if before is None else f"{before:.1%}"
-    print(f"| {windows.segments} segments, {after.samples} windows | {shown} | {after.accuracy:.1%} |")
+    print("| accuracy on the test takes | before | the parent with the new filters | after |\n|---|---|---|---|")
+    shown = ["n/a (new classes)" if before is None else f"{result.accuracy:.1%}" if result else "- (the parent's)"
+             for result in (before, filtered)]
+    print(f"| {windows.segments} segments, {after.samples} windows | {shown[0]} | {shown[1]} | {after.accuracy:.1%} |")
     for name, accuracy in after.per_class().items():
         print(f"  {name}: {'n/a' if accuracy is None else f'{accuracy:.1%}'}")
     return 0

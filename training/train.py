@@ -124,9 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("--input-size", type=SensorSize.parse, default=None, help="model input WxH (default: the preset's)")
     add("--method", choices=("area", "nearest"), default="area", help="sensor -> input downsampling")
     add("--normalisation", default="log1p", help="log1p | binary | density:MAX | clip:MAX | none")
-    add("--filters", default="none", help="noise filters: none | ba:US (background activity within US µs) | "
+    add("--filters", default=None, help="noise filters: none | ba:US (background activity within US µs) | "
         "hot:PERIOD_US:MAX_EVENTS | flicker:MIN_HZ:MAX_HZ (bursts repeating at that rate), comma separated "
-        "(e.g. ba:10000,hot:1000000:1000,flicker:80:150)")
+        "(e.g. ba:10000,hot:1000000:1000,flicker:80:150); default none, or the parent's with --from")
     add("--train-windows", type=int, default=6, help="random windows per training segment (cached pool)")
     add("--eval-windows", type=int, default=2, help="fixed windows per test segment")
     add("--augment", choices=tuple(AUGMENT_PRESETS), default="moderate",
@@ -150,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
         "split is what you will report, as fine-tuning's held-out takes are)")
     add("--from", dest="init_from", default=None,
         help="start from this checkpoint's weights (fine-tuning): its model, window, mapping, normalisation and "
-        "filters are kept; the head is made anew for classes it does not have; with --causal a windowed parent "
+        "filters (unless --filters) are kept; the head is made anew for classes it does not have; with --causal a windowed parent "
         "becomes a causal model")
     add("--freeze-tokenizer", action="store_true", help="with --from: train only the transformer and the head")
     add("--rehearse", default=None, metavar="SPEC",
@@ -204,6 +204,18 @@ def parse_filters(text: str) -> dict[str, Any] | None:
     except ValueError:
         raise ValueError(f"--filters must be none, or ba:US, hot:PERIOD_US:MAX_EVENTS and/or flicker:MIN_HZ:MAX_HZ, "
                          f"got {text!r}") from None
+
+
+def format_filters(spec: dict[str, Any] | None) -> str:
+    """A ``stream.binning`` filter spec as ``--filters`` text (the inverse of ``parse_filters``)."""
+    spec = check_filters(spec)
+    if spec is None:
+        return "none"
+    parts = [] if spec["flicker"] is None else [f"flicker:{spec['flicker']['min_hz']:g}:{spec['flicker']['max_hz']:g}"]
+    parts += [] if spec["background_activity_us"] is None else [f"ba:{spec['background_activity_us']}"]
+    hot = spec["hot_pixels"]
+    parts += [] if hot is None else [f"hot:{hot['period_us']}:{hot['max_events']}"]
+    return ",".join(parts)
 
 
 def model_config(name_or_path: str, *, bins: int | None, input_size: SensorSize | None, num_classes: int,
@@ -448,7 +460,7 @@ def _main(argv: list[str] | None) -> int:
     if args.init_from is not None:
         return _train_from(args, argv)
     normalisation = parse_normalisation(args.normalisation)
-    filters = parse_filters(args.filters)
+    filters = parse_filters(args.filters or "none")
     job, device = init_distributed(args.device)
     try:
         return _train(args, normalisation, filters, job, device,
@@ -483,9 +495,10 @@ def _train_from(args: argparse.Namespace, argv: Sequence[str]) -> int:
     args.method = mapping["method"]
     parent_info = {"checkpoint": str(args.init_from), "sha256": metadata["weights"]["sha256"],
                    "classes": list(metadata["classes"]), "data": metadata["data"].get("spec")}  # fmt: skip
+    filters = metadata["input"].get("filters") if args.filters is None else parse_filters(args.filters)
     job, device = init_distributed(args.device)
     try:
-        return _train(args, metadata["input"].get("normalisation"), metadata["input"].get("filters"), job, device,
+        return _train(args, metadata["input"].get("normalisation"), filters, job, device,
                       command="spikeformer-live train " + shlex.join(argv), parent=(parent, parent_info))  # fmt: skip
     finally:
         if job.enabled and dist.is_initialized():
