@@ -552,10 +552,12 @@ def test_flicker_filter_drops_pixels_that_follow_the_mains_and_keeps_motion() ->
 
 
 def test_filter_specs_with_flicker_round_trip_and_bad_ones_are_one_error() -> None:
-    from training.train import parse_filters
+    from training.train import format_filters, parse_filters
 
     spec = parse_filters("ba:5000,flicker:80:150")
     assert spec == {"background_activity_us": 5000, "hot_pixels": None, "flicker": {"min_hz": 80.0, "max_hz": 150.0}}
+    for text in ("none", "ba:5000", "flicker:80:150,ba:250,hot:1000000:1000", "flicker:99.5:120", "hot:5:6"):
+        assert format_filters(parse_filters(text)) == text  # what finetune hands to train --filters
     assert check_filters(spec) == spec and check_filters({"flicker": {"min_hz": 100, "max_hz": 120}})["flicker"] == {
         "min_hz": 100.0, "max_hz": 120.0}  # fmt: skip
     assert [type(f) for f in EventFilter(spec, (8, 8)).filters] == [FlickerFilter, BackgroundActivityFilter]

@@ -276,7 +276,8 @@ def test_finetune_button_runs_finetune_shows_epochs_and_the_table_and_offers_the
     assert panel.use_button.isEnabled(), panel.result.toPlainText()
     assert epochs == [(1, 1)] and panel.finetune_progress.value() == 1
     table = panel.result.toPlainText()
-    assert table.startswith("fine-tuned tiny.json") and "| accuracy on the test takes | before | after |" in table
+    assert table.startswith("fine-tuned tiny.json")
+    assert "| accuracy on the test takes | before | before, with the new noise filters | after |" in table
     finetuned = panel.finetuned
     assert finetuned.parent.parent == tmp_path and main.recent_models[0] == finetuned
     panel.use_button.click()

@@ -43,7 +43,8 @@ def test_finetuning_the_built_in_model_on_one_persons_gestures_lifts_two_other_p
     background activity per pixel, ten times the simulator's training range and more than its noise
     filter removes, where the built-in model scores about 1 in 10): person 1 performs each of the 11
     gestures once (``trials_to_train.txt``), persons 2 and 3 are tested; ``finetune --data
-    dvsgesture:DIR``. The exported model is the last epoch's, so the test people choose nothing."""
+    dvsgesture:DIR``, which picks a shorter background-activity window on person 1's takes. The
+    exported model is the last epoch's, so the test people choose nothing."""
     write_dataset(tmp_path / "data", samples=33, seed=0, test_fraction=0.5, looks=("shaded",),
                   lightings=("fluorescent",), scene_options={"noise_hz": 10.0})  # fmt: skip
     spec, cache = f"dvsgesture:{tmp_path / 'data'}", str(tmp_path / "cache")
@@ -58,6 +59,10 @@ def test_finetuning_the_built_in_model_on_one_persons_gestures_lifts_two_other_p
     assert after.accuracy >= before.accuracy + 0.2, (before.accuracy, after.accuracy)
     parent = read_metadata(export)["data"]["parent"]
     assert Path(parent["checkpoint"]).name == BUILTIN_CHECKPOINT.name and len(parent["sha256"]) == 64
+    # --background-activity auto: ten times the noise wants a window of 1 ms or less, not the parent's 5 ms
+    filters, parent_filters = read_metadata(export)["input"]["filters"], read_metadata(BUILTIN_CHECKPOINT)["input"]["filters"]
+    assert filters["background_activity_us"] <= 1000 < parent_filters["background_activity_us"], filters
+    assert filters["flicker"] == parent_filters["flicker"]
 
 
 @pytest.mark.timeout(900)

@@ -6,6 +6,7 @@ import csv
 import dataclasses
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -295,6 +296,42 @@ def test_ddp_two_processes_gloo(tiny_data: dict[str, Path], trained_run: Path, t
     _, metadata = load_checkpoint(out / "last.json")
     assert metadata["metrics"]["test_samples"] == 8  # 4 test segments x 2 windows, sharded then summed
     assert result.stdout.count("epoch 1/1") == 1  # only rank 0 logs
+
+
+def test_finetune_background_activity_auto_keeps_the_window_the_parent_scores_best_with_on_the_train_takes(
+    tiny_data: dict[str, Path], trained_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``finetune --background-activity``: auto scores the parent on the train takes with each candidate
+    window, prints them and keeps the best in the new checkpoint (train --filters over the parent's);
+    a window in µs is taken as given, ``keep`` keeps the parent's filters (here none)."""
+    from training.checkpoint import read_metadata
+    from training.evaluate import checkpoint_inputs, evaluate_checkpoint
+    from training.finetune import BACKGROUND_ACTIVITY_CANDIDATES_US
+    from training.finetune import main as finetune_main
+
+    spec, cache = f"dvsgesture:{tiny_data['data']}", str(tiny_data["cache"])
+
+    def filters_of(name: str, choice: str) -> dict | None:
+        export = tmp_path / f"{name}.json"
+        assert finetune_main(["--from", str(trained_run / "last.json"), "--data", spec, "--out", str(tmp_path / name),
+                              "--export", str(export), "--cache", cache, "--epochs", "1", "--no-progress",
+                              "--background-activity", choice]) == 0  # fmt: skip
+        return read_metadata(export)["input"]["filters"]
+
+    assert filters_of("given", "2000") == {"background_activity_us": 2000, "hot_pixels": None, "flicker": None}
+    assert filters_of("keep", "keep") is None
+    capsys.readouterr()
+    chosen = (filters_of("auto", "auto") or {}).get("background_activity_us")
+    rows = re.findall(r"^\| (none|\d+)( \(kept\))? \| ([\d.]+)% \|", capsys.readouterr().out, flags=re.MULTILINE)
+    shown = [None if window == "none" else int(window) for window, _, _ in rows]
+    assert shown == list(BACKGROUND_ACTIVITY_CANDIDATES_US)
+    assert [window for window, kept, _ in rows if kept] == [str(chosen).lower()]
+    scores = {window: float(score) for window, _, score in rows}
+    assert scores[str(chosen).lower()] == max(scores.values())
+    inputs = checkpoint_inputs(read_metadata(trained_run / "last.json"))  # the table is the parent's on the train takes
+    inputs = inputs._replace(filters={"background_activity_us": chosen, "hot_pixels": None, "flicker": None})
+    score = evaluate_checkpoint(trained_run / "last.json", spec, split="train", cache_dir=cache, inputs=inputs)[0]
+    assert f"{score.accuracy:.1%}" == f"{scores[str(chosen).lower()]}%"
 
 
 def test_finetune_gives_the_same_weights_for_a_seed_and_other_weights_for_another(

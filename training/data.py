@@ -106,7 +106,7 @@ from training.augment import AugmentConfig, augment_window
 SOURCE_KINDS = ("sim", "dvsgesture", "tonic", "folder")
 ORIENTATION = {"dvsgesture": "top-left", "tonic": "top-left", "sim": "top-left", "folder": "top-left"}
 SPLITS = ("train", "test")
-CACHE_FORMAT_VERSION = 1
+CACHE_FORMAT_VERSION = 2  # 2: segments clipped to the recording's span before the noise filters
 DEFAULT_CACHE_DIR = Path.home() / ".cache" / "spikeformer-live"
 WINDOW_ARRAYS = ("frames", "labels", "segments", "starts_us", "stretches", "skipped", "lead_steps")
 IGNORED_STEP = -100  # the step label of a step before its gesture's onset (torch's cross-entropy ignore_index)
@@ -565,13 +565,12 @@ def cache_key(
 
 
 def _plan_recording(
-    recording: Recording, events: np.ndarray, plan: WindowPlan, window: WindowSpec
+    recording: Recording, span_us: tuple[int, int], plan: WindowPlan, window: WindowSpec
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
     """Window starts, stretches, labels, segment numbers (within the recording) and lead steps of a
-    recording. Onset windows count only with a segment's ordinary ones (not for a segment shorter
-    than a window), after them."""
-    first = int(events["t"][0]) if len(events) else 0
-    last = int(events["t"][-1]) + 1 if len(events) else 0
+    recording whose events span ``span_us`` (first, last + 1), segments clipped to it. Onset windows
+    count only with a segment's ordinary ones (not for a segment shorter than a window), after them."""
+    first, last = span_us
     starts, stretches, labels, segment_ids, leads = [], [], [], [], []
     skipped = 0
     for number, segment in enumerate(recording.segments):
@@ -646,9 +645,11 @@ def load_recording_windows(
         except (OSError, ValueError, KeyError):
             pass  # damaged cache file: rebuild it below
     events, sensor_size = read_recording(recording)
+    # The span before filtering: the same windows whatever the filters (a filter that keeps nothing gives empty ones).
+    span_us = (int(events["t"][0]), int(events["t"][-1]) + 1) if len(events) else (0, 0)
     events = EventFilter(filters, sensor_size)(events)
     mapping = SensorMapping.from_dict(mapping_dict, sensor_size)
-    starts, stretches, labels, segments, leads, skipped = _plan_recording(recording, events, plan, window)
+    starts, stretches, labels, segments, leads, skipped = _plan_recording(recording, span_us, plan, window)
     frames = _compact_counts(bin_windows(events, mapping, window, starts, stretches))
     arrays = {"frames": frames, "labels": labels, "segments": segments, "starts_us": starts,
               "stretches": stretches.astype(np.float64), "skipped": np.array(skipped, dtype=np.int64),

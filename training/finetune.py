@@ -4,16 +4,20 @@
     spikeformer-live finetune --from other.json --data dvsgesture:DIR --out runs/x --epochs 10
 
 Starts from a checkpoint (``--from``, default the built-in model), keeps its model, window, sensor
-mapping, normalisation and noise filters, and trains on the data's train split for a few epochs at a
+mapping, normalisation and noise filters (all but the background-activity window, below), and trains on the data's train split for a few epochs at a
 low learning rate (many augmented windows per take: ``--repeats``; ``--augment shape`` by default,
 which also varies the body's shape, so that one person's takes teach the room more than the person).
+Before training, ``--background-activity auto`` (the default) scores the parent on the train takes
+with each background-activity window of ``BACKGROUND_ACTIVITY_CANDIDATES_US`` and keeps the best in
+the new checkpoint: a noisy camera or room needs a shorter window than the simulator did, and one
+take per class is enough to tell (README, "Teach it your gestures").
 A class the checkpoint does not know gets a freshly initialised output; known ones keep theirs, so
 new, fewer or renamed classes all work. ``--freeze-tokenizer`` trains only the transformer and the
 head. ``--interpolate 0.5`` exports half the parent's and half the fine-tuned weights (WiSE-FT): worth
 it when the parent already does well on your held-out takes. The new checkpoint records where it
 came from (``data.parent``: the parent's path, weights sha256, classes and data, and the command).
 At the end a table gives the accuracy on the data's test split before (the parent, when it knows
-the classes) and after. The exported model is the last epoch's: the test takes are what the table
+the classes), before with the new noise filters (the filter's share) and after. The exported model is the last epoch's: the test takes are what the table
 reports, so no epoch is chosen by them.
 
 ``--seed`` fixes the window draws, the augmentation, the batches and a new head: the same command on
@@ -46,7 +50,7 @@ DEFAULT_AUGMENT = "shape"  # body shape and outline jitter: the takes teach the 
 # loses 1.7 points on average over twelve rooms (README, bench_finetune.py)
 DEFAULT_INTERPOLATE = 1.0
 # background-activity windows (µs; None: no such filter) that --background-activity auto scores the parent with on
-# the train takes. Twelve rooms of bench_finetune: the noisiest (10 Hz per pixel) want 250 µs, clean ones 3-5 ms.
+# the train takes. Twelve rooms of bench_finetune: the noisiest (10 Hz per pixel) want 250 µs, the others 1-10 ms.
 BACKGROUND_ACTIVITY_CANDIDATES_US: tuple[int | None, ...] = (None, 10_000, 5_000, 3_000, 2_000, 1_000, 500, 250, 125)
 
 
@@ -200,7 +204,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     seconds = time.perf_counter() - started
     print(f"\nfine-tuned {args.init_from.name} on {args.data} in {seconds:.0f} s "
           f"({len(source.split('train'))} train / {len(source.split('test'))} test recordings): {export}")  # fmt: skip
-    print("| accuracy on the test takes | before | the parent with the new filters | after |\n|---|---|---|---|")
+    print("| accuracy on the test takes | before | before, with the new noise filters | after |\n|---|---|---|---|")
     shown = ["n/a (new classes)" if before is None else f"{result.accuracy:.1%}" if result else "- (the parent's)"
              for result in (before, filtered)]
     print(f"| {windows.segments} segments, {after.samples} windows | {shown[0]} | {shown[1]} | {after.accuracy:.1%} |")
