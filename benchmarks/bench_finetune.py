@@ -81,7 +81,8 @@ def run_domain(name: str, checkpoint: Path, folder: Path, seed: int, finetune_ar
     return {"domain": name, "look": look, "lighting": lighting, "scene": options, "windows": after.samples,
             "before": before.accuracy, "after": sum(after_by_seed.values()) / len(after_by_seed),
             "filtered": sum(value["accuracy"] for value in filtered_by_seed.values()) / len(filtered_by_seed),
-            "filtered_by_seed": filtered_by_seed, "after_by_seed": after_by_seed, "after_per_class_by_seed": per_class_by_seed,
+            "filtered_by_seed": filtered_by_seed, "after_by_seed": after_by_seed,
+            "after_per_class_by_seed": per_class_by_seed,
             "finetune_s": [round(value, 1) for value in seconds]}  # fmt: skip
 
 
@@ -102,15 +103,17 @@ def main() -> None:
         rows = [run_domain(name, args.checkpoint, folder, args.seed, extra, seeds) for name in args.domains.split(",")]
     print(f"checkpoint {args.checkpoint.name}, finetune {args.finetune_args or 'defaults'}; person 1: one take of "
           "each gesture, person 2 tested, 4 windows per gesture\n")  # fmt: skip
-    print(f"| new domain | renderer, lighting, scene | person 2 before | before, with the fine-tune's filters (background "
-          f"activity µs) | after fine-tuning (seeds {args.finetune_seeds}) | fine-tune wall s |\n|---|---|---|---|---|---|")  # fmt: skip
+    print("| new domain | renderer, lighting, scene | person 2 before | before, with the fine-tune's filters "
+          f"(background activity µs) | after fine-tuning (seeds {args.finetune_seeds}) | fine-tune wall s |\n"
+          "|---|---|---|---|---|---|")  # fmt: skip
     for row in rows:
         scene = ", ".join(f"{key} {value}" for key, value in row["scene"].items())
         each = " / ".join(f"{value:.1%}" for value in row["after_by_seed"].values())
         windows_us = sorted({str((value["filters"] or {}).get("background_activity_us")) for value in
                              row["filtered_by_seed"].values()})  # fmt: skip
         print(f"| {row['domain']} | {row['look']}, {row['lighting']}, {scene} | {row['before']:.1%} | "
-              f"{row['filtered']:.1%} ({', '.join(windows_us)}) | {row['after']:.1%} ({each}; {row['windows']} windows) | "
+              f"{row['filtered']:.1%} ({', '.join(windows_us)}) | "
+              f"{row['after']:.1%} ({each}; {row['windows']} windows) | "
               f"{min(row['finetune_s']):.0f}-{max(row['finetune_s']):.0f} |")  # fmt: skip
     mean = {key: sum(row[key] for row in rows) / len(rows) for key in ("before", "filtered", "after")}
     print(f"| mean of {len(rows)} | | {mean['before']:.1%} | {mean['filtered']:.1%} | {mean['after']:.1%} | |")

@@ -60,7 +60,8 @@ def test_finetuning_the_built_in_model_on_one_persons_gestures_lifts_two_other_p
     parent = read_metadata(export)["data"]["parent"]
     assert Path(parent["checkpoint"]).name == BUILTIN_CHECKPOINT.name and len(parent["sha256"]) == 64
     # --background-activity auto: ten times the noise wants a window of 1 ms or less, not the parent's 5 ms
-    filters, parent_filters = read_metadata(export)["input"]["filters"], read_metadata(BUILTIN_CHECKPOINT)["input"]["filters"]
+    filters = read_metadata(export)["input"]["filters"]
+    parent_filters = read_metadata(BUILTIN_CHECKPOINT)["input"]["filters"]
     assert filters["background_activity_us"] <= 1000 < parent_filters["background_activity_us"], filters
     assert filters["flicker"] == parent_filters["flicker"]
 

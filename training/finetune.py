@@ -4,9 +4,10 @@
     spikeformer-live finetune --from other.json --data dvsgesture:DIR --out runs/x --epochs 10
 
 Starts from a checkpoint (``--from``, default the built-in model), keeps its model, window, sensor
-mapping, normalisation and noise filters (all but the background-activity window, below), and trains on the data's train split for a few epochs at a
-low learning rate (many augmented windows per take: ``--repeats``; ``--augment shape`` by default,
-which also varies the body's shape, so that one person's takes teach the room more than the person).
+mapping, normalisation and noise filters (all but the background-activity window, below), and
+trains on the data's train split for a few epochs at a low learning rate (many augmented windows
+per take: ``--repeats``; ``--augment shape`` by default, which also varies the body's shape, so that
+one person's takes teach the room more than the person).
 Before training, ``--background-activity auto`` (the default) scores the parent on the train takes
 with each background-activity window of ``BACKGROUND_ACTIVITY_CANDIDATES_US`` and keeps the best in
 the new checkpoint: a noisy camera or room needs a shorter window than the simulator did, and one
@@ -17,8 +18,8 @@ head. ``--interpolate 0.5`` exports half the parent's and half the fine-tuned we
 it when the parent already does well on your held-out takes. The new checkpoint records where it
 came from (``data.parent``: the parent's path, weights sha256, classes and data, and the command).
 At the end a table gives the accuracy on the data's test split before (the parent, when it knows
-the classes), before with the new noise filters (the filter's share) and after. The exported model is the last epoch's: the test takes are what the table
-reports, so no epoch is chosen by them.
+the classes), before with the new noise filters (the filter's share) and after. The exported model
+is the last epoch's: the test takes are what the table reports, so no epoch is chosen by them.
 
 ``--seed`` fixes the window draws, the augmentation, the batches and a new head: the same command on
 the same recordings gives the same weights bit for bit on one machine. Another CPU rounds
@@ -173,7 +174,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "a folder CSV, or the trials files of a DVS128 Gesture folder)")  # fmt: skip
     export = args.export or args.out / "finetuned.json"
     knows_classes = _knows_classes(args.init_from, args.data, args.cache)
-    before = evaluate_checkpoint(args.init_from, args.data, split="test", cache_dir=args.cache)[0] if knows_classes else None
+    before = None  # the parent on the test takes, when it knows their classes
+    if knows_classes:
+        before = evaluate_checkpoint(args.init_from, args.data, split="test", cache_dir=args.cache)[0]
     filters = _filters_argument(args, knows_classes)
     train_argv = [
         "--from", str(args.init_from), "--data", args.data, "--out", str(args.out / "run"), "--epochs", str(args.epochs),

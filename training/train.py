@@ -150,8 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
         "split is what you will report, as fine-tuning's held-out takes are)")
     add("--from", dest="init_from", default=None,
         help="start from this checkpoint's weights (fine-tuning): its model, window, mapping, normalisation and "
-        "filters (unless --filters) are kept; the head is made anew for classes it does not have; with --causal a windowed parent "
-        "becomes a causal model")
+        "filters (unless --filters) are kept; the head is made anew for classes it does not have; with --causal a "
+        "windowed parent becomes a causal model")
     add("--freeze-tokenizer", action="store_true", help="with --from: train only the transformer and the head")
     add("--rehearse", default=None, metavar="SPEC",
         help="with --from: recordings of what the parent learnt (e.g. sim:110), as many augmented windows per epoch as "
