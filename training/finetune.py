@@ -91,15 +91,6 @@ def build_parser() -> ArgumentParser:
     return parser
 
 
-def _knows_classes(checkpoint: Path, spec: str, cache: str | None) -> bool:
-    """Whether the checkpoint's classes begin with the data's (so that it can be scored on them)."""
-    from training.checkpoint import read_metadata
-
-    classes = tuple(read_metadata(checkpoint)["classes"])
-    wanted = data.open_source(spec, cache_dir=cache).classes
-    return wanted == classes[: len(wanted)]
-
-
 def calibrate_background_activity(checkpoint: Path, spec: str, cache: str | None,
                                   candidates_us: Sequence[int | None] = BACKGROUND_ACTIVITY_CANDIDATES_US,
                                   ) -> tuple[dict | None, list[tuple[int | None, EvalResult]]]:  # fmt: skip
@@ -122,17 +113,16 @@ def calibrate_background_activity(checkpoint: Path, spec: str, cache: str | None
     return best[1], [(dt_us, result) for dt_us, _, result in scored]
 
 
-def _filters_argument(args: argparse.Namespace, knows_classes: bool) -> list[str]:
+def _filters_argument(args: argparse.Namespace, parent_filters: dict | None, knows_classes: bool) -> list[str]:
     """train's ``--filters`` for ``--background-activity`` (``[]``: the parent's filters); prints
     what auto scored."""
-    from training.checkpoint import read_metadata
     from training.train import format_filters
 
     if args.background_activity == "keep":
         return []
     if args.background_activity != "auto":
-        parent = read_metadata(args.init_from)["input"].get("filters") or {}
-        return ["--filters", format_filters({**parent, "background_activity_us": args.background_activity})]
+        given = {**(parent_filters or {}), "background_activity_us": args.background_activity}
+        return ["--filters", format_filters(given)]
     if not knows_classes:
         print("background-activity filter: the parent's (it does not know these classes, so it cannot be scored on "
               "your takes; --background-activity US sets one)")  # fmt: skip
@@ -173,11 +163,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ValueError(f"{args.data}: no {split} recordings (label some takes as {split}: the split column of "
                              "a folder CSV, or the trials files of a DVS128 Gesture folder)")  # fmt: skip
     export = args.export or args.out / "finetuned.json"
-    knows_classes = _knows_classes(args.init_from, args.data, args.cache)
+    parent_inputs = checkpoint_inputs(read_metadata(args.init_from))
+    knows_classes = source.classes == parent_inputs.classes[: len(source.classes)]  # so that it can be scored on them
     before = None  # the parent on the test takes, when it knows their classes
     if knows_classes:
         before = evaluate_checkpoint(args.init_from, args.data, split="test", cache_dir=args.cache)[0]
-    filters = _filters_argument(args, knows_classes)
+    filters_argv = _filters_argument(args, parent_inputs.filters, knows_classes)
     train_argv = [
         "--from", str(args.init_from), "--data", args.data, "--out", str(args.out / "run"), "--epochs", str(args.epochs),
         "--lr", str(args.lr), "--warmup-epochs", "0.5", "--repeats", str(args.repeats),
@@ -187,7 +178,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--interpolate", str(args.interpolate),
         "--batch-size", "16", "--bin-workers", "1", "--seed", str(args.seed),
     ]  # fmt: skip
-    train_argv += filters
+    train_argv += filters_argv
     if args.cache:
         train_argv += ["--cache", args.cache]
     if args.freeze_tokenizer:
@@ -199,8 +190,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     train.main(train_argv)
     after, windows = evaluate_checkpoint(export, args.data, split="test", cache_dir=args.cache)
     filtered = None  # the parent with the new checkpoint's filters: how much of the change the filter alone makes
-    if before is not None and filters:
-        parent_inputs = checkpoint_inputs(read_metadata(args.init_from))
+    if before is not None and filters_argv:
         new_filters = checkpoint_inputs(read_metadata(export)).filters
         filtered = evaluate_checkpoint(args.init_from, args.data, split="test", cache_dir=args.cache,
                                        inputs=parent_inputs._replace(filters=new_filters))[0]  # fmt: skip
