@@ -51,6 +51,7 @@ Read-only event arrays (``np.frombuffer`` of received bytes) are taken as they a
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import threading
@@ -552,15 +553,20 @@ _FILTER_EVENTS = (_I64_1D, _I16_1D, _I16_1D)
 
 
 @njit(
-    types.int64(*_FILTER_EVENTS, types.int64, types.Array(types.int64, 2, "C"), types.Array(types.boolean, 1, "C")),
+    types.int64(
+        *_FILTER_EVENTS, types.int64, types.Array(types.int64, 2, "C"), types.Array(types.boolean, 1, "C"),
+        types.Array(types.int32, 2, "C"),
+    ),
     cache=True,
     nogil=True,
-)
-def _background_activity_kernel(t, x, y, dt_us, last_t, keep):
+)  # fmt: skip
+def _background_activity_kernel(t, x, y, dt_us, last_t, keep, counts):
     """Keep an event when one of its 8 neighbours had an event within ``dt_us`` before it.
-    ``last_t`` is padded by one pixel on each side. Returns the number kept."""
+    ``last_t`` is padded by one pixel on each side. ``counts`` [H, W] (or [0, 0]: not counted) adds
+    each in-sensor event at its pixel. Returns the number kept."""
     height = last_t.shape[0] - 2
     width = last_t.shape[1] - 2
+    counting = counts.shape[0] > 0
     kept = 0
     for i in range(t.shape[0]):
         xs = np.int64(x[i])
@@ -575,6 +581,8 @@ def _background_activity_kernel(t, x, y, dt_us, last_t, keep):
                 if (dx != 1 or dy != 1) and ti - last_t[ys + dy, xs + dx] <= dt_us:
                     supported = True
         last_t[ys + 1, xs + 1] = ti
+        if counting:
+            counts[ys, xs] += 1
         if supported:
             keep[i] = True
             kept += 1
@@ -685,21 +693,50 @@ class FlickerFilter:
         return events[keep]
 
 
+# The noise estimate of an adaptive background-activity filter: the 10th percentile of the pixels'
+# event rates over the last NOISE_BLOCKS blocks of NOISE_BLOCK_US (a gesture or a textured background
+# lights up far fewer than 90 % of the pixels, so this percentile sees the noise floor), on at most
+# NOISE_SAMPLE_PIXELS pixels (every k-th of a large sensor).
+NOISE_BLOCK_US = 500_000
+NOISE_BLOCKS = 4
+NOISE_PERCENTILE = 10
+NOISE_SAMPLE_PIXELS = 1 << 16
+_NOT_COUNTED = np.zeros((0, 0), dtype=np.int32)
+
+
 class BackgroundActivityFilter:
     """Drops events with no event on one of the 8 neighbouring pixels within ``dt_us`` before them
     (isolated noise). Events outside the sensor are dropped too. State carries across chunks.
 
+    With ``adapt`` (``{"knee_hz": K, "power": P}``) the window follows the noise: at the end of every
+    ``NOISE_BLOCK_US`` of event time the noise floor ``r`` (Hz per pixel) is estimated as the 10th
+    percentile of the pixels' event rates over the last ``NOISE_BLOCKS`` blocks; while ``r > K`` the
+    window is ``dt_us * (K / r) ** P``, else ``dt_us``. A noisier sensor or darker room thus gets a
+    shorter window and keeps about as much noise as the model was trained with. The estimate reads
+    low on pure noise (Poisson counts over 2 s: 10 Hz reads about 7.5 Hz); K and P are fitted to it.
+    Causal and chunking-independent: a file filtered at once and the same events streamed give the
+    same result.
+
     Args:
         sensor_size: (width, height) in pixels.
-        dt_us: support time window in microseconds.
+        dt_us: support time window in microseconds (the longest, with ``adapt``).
+        adapt: None (a fixed window), or the knee (Hz per pixel) and power of the adaptive window.
     """
 
-    def __init__(self, sensor_size: tuple[int, int], dt_us: int):
+    def __init__(self, sensor_size: tuple[int, int], dt_us: int, adapt: dict[str, float] | None = None):
         sensor = SensorSize(*sensor_size).validated()
         if dt_us < 1:
             raise ValueError(f"dt_us must be >= 1 µs, got {dt_us}")
-        self.sensor_size, self.dt_us = sensor, int(dt_us)
+        self.sensor_size, self.max_dt_us, self.dt_us = sensor, int(dt_us), int(dt_us)
+        self.adapt = None if adapt is None else {"knee_hz": float(adapt["knee_hz"]), "power": float(adapt["power"])}
+        self.noise_hz: float | None = None  # the latest noise floor (None before a block has ended, or without adapt)
         self._last_t = np.full((sensor.height + 2, sensor.width + 2), np.iinfo(np.int64).min // 2, dtype=np.int64)
+        # per-pixel counts of the block being counted and of the NOISE_BLOCKS before it (a ring), and their sum
+        ring = (NOISE_BLOCKS + 1, sensor.height, sensor.width) if adapt else (1, 0, 0)
+        self._counts = np.zeros(ring, dtype=np.int32)
+        self._recent = np.zeros(sensor.height * sensor.width if adapt else 0, dtype=np.int32)
+        self._block: int | None = None  # the block being counted (t // NOISE_BLOCK_US)
+        self._blocks_done = 0
         self.events_in = 0
         self.events_kept = 0
 
@@ -707,10 +744,48 @@ class BackgroundActivityFilter:
         """The supported events of a time-ordered chunk (a new array)."""
         check_events(events)
         keep = np.empty(len(events), dtype=np.bool_)
-        kept = _background_activity_kernel(events["t"], events["x"], events["y"], self.dt_us, self._last_t, keep)
+        if self.adapt is None:
+            kept = _background_activity_kernel(events["t"], events["x"], events["y"], self.dt_us, self._last_t, keep,
+                                               _NOT_COUNTED)  # fmt: skip
+        else:
+            kept = 0
+            blocks = events["t"] // NOISE_BLOCK_US
+            edges = [0, *(np.flatnonzero(np.diff(blocks) > 0) + 1).tolist(), len(events)]
+            for start, end in itertools.pairwise(edges):
+                if start == end:
+                    continue
+                self._enter_block(int(blocks[start]))
+                piece = events[start:end]
+                counts = self._counts[self._blocks_done % (NOISE_BLOCKS + 1)]
+                kept += _background_activity_kernel(piece["t"], piece["x"], piece["y"], self.dt_us, self._last_t,
+                                                    keep[start:end], counts)  # fmt: skip
         self.events_in += len(events)
         self.events_kept += kept
         return events[keep]
+
+    def _enter_block(self, block: int) -> None:
+        """End the blocks before ``block`` (empty ones too, up to the ring's length), re-estimate the
+        noise floor and set the window."""
+        if self._block is None:
+            self._block = block
+        if block <= self._block:  # the same block (or an event out of order: counted in the current one)
+            return
+        ring = NOISE_BLOCKS + 1
+        for _ in range(min(block - self._block, ring)):
+            self._recent += self._counts[self._blocks_done % ring].reshape(-1)
+            self._blocks_done += 1
+            leaving = self._counts[self._blocks_done % ring]  # the block NOISE_BLOCKS + 1 ago
+            if self._blocks_done >= ring:
+                self._recent -= leaving.reshape(-1)
+            leaving.fill(0)
+        self._block = block
+        sample = self._recent[:: max(1, self._recent.size // NOISE_SAMPLE_PIXELS)]
+        kth = int(NOISE_PERCENTILE / 100 * (sample.size - 1))
+        floor = int(np.partition(sample, kth)[kth])
+        self.noise_hz = floor / (min(self._blocks_done, NOISE_BLOCKS) * NOISE_BLOCK_US * 1e-6)
+        knee, power = self.adapt["knee_hz"], self.adapt["power"]
+        scale = 1.0 if self.noise_hz <= knee else (knee / self.noise_hz) ** power
+        self.dt_us = max(1, round(self.max_dt_us * scale))
 
 
 class HotPixelFilter:
@@ -748,11 +823,14 @@ def check_filters(spec: dict[str, Any] | None) -> dict[str, Any] | None:
     """Validate a noise-filter spec (stored in checkpoints): None, or a dict with
     ``background_activity_us`` (int µs or None), ``hot_pixels`` (None or
     ``{"period_us": int, "max_events": int}``) and ``flicker`` (None or ``{"min_hz": number,
-    "max_hz": number}``)."""
+    "max_hz": number}``), and optionally ``background_activity_adapt`` (``{"knee_hz": number,
+    "power": number}``: the window follows the noise, ``BackgroundActivityFilter``; the key is left
+    out when None)."""
     if spec is None:
         return None
-    if not isinstance(spec, dict) or not set(spec) <= {"background_activity_us", "hot_pixels", "flicker"}:
-        raise ValueError(f"filters must be None or a dict of background_activity_us, hot_pixels and flicker, got {spec!r}")
+    keys = {"background_activity_us", "hot_pixels", "flicker", "background_activity_adapt"}
+    if not isinstance(spec, dict) or not set(spec) <= keys:
+        raise ValueError(f"filters must be None or a dict of {', '.join(sorted(keys))}, got {spec!r}")
     dt_us = spec.get("background_activity_us")
     if dt_us is not None and (isinstance(dt_us, bool) or not isinstance(dt_us, int) or dt_us < 1):
         raise ValueError(f"background_activity_us must be a positive integer (µs) or None, got {dt_us!r}")
@@ -768,9 +846,21 @@ def check_filters(spec: dict[str, Any] | None) -> dict[str, Any] | None:
         if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (low, high)) or not 0 < low <= high:
             raise ValueError(f"flicker needs numbers 0 < min_hz <= max_hz, got {flicker!r}")
         flicker = {"min_hz": float(low), "max_hz": float(high)}
+    adapt = spec.get("background_activity_adapt")
+    if adapt is not None:
+        _check_keys("background_activity_adapt", adapt, {"knee_hz", "power"})
+        if dt_us is None:
+            raise ValueError("background_activity_adapt needs background_activity_us (the longest window)")
+        if not all(isinstance(adapt[key], (int, float)) and not isinstance(adapt[key], bool) and adapt[key] > 0
+                   for key in adapt):  # fmt: skip
+            raise ValueError(f"background_activity_adapt needs positive numbers knee_hz and power, got {adapt!r}")
+        adapt = {"knee_hz": float(adapt["knee_hz"]), "power": float(adapt["power"])}
     if dt_us is None and hot is None and flicker is None:
         return None
-    return {"background_activity_us": dt_us, "hot_pixels": None if hot is None else dict(hot), "flicker": flicker}
+    checked = {"background_activity_us": dt_us, "hot_pixels": None if hot is None else dict(hot), "flicker": flicker}
+    if adapt is not None:
+        checked["background_activity_adapt"] = adapt
+    return checked
 
 
 class EventFilter:
@@ -790,7 +880,8 @@ class EventFilter:
         if self.spec is not None and self.spec["flicker"] is not None:
             self.filters.append(FlickerFilter(sensor_size, **self.spec["flicker"]))
         if self.spec is not None and self.spec["background_activity_us"] is not None:
-            self.filters.append(BackgroundActivityFilter(sensor_size, self.spec["background_activity_us"]))
+            self.filters.append(BackgroundActivityFilter(sensor_size, self.spec["background_activity_us"],
+                                                         self.spec.get("background_activity_adapt")))
         if self.spec is not None and self.spec["hot_pixels"] is not None:
             self.filters.append(HotPixelFilter(sensor_size, **self.spec["hot_pixels"]))
         self.events_in = 0

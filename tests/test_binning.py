@@ -486,6 +486,49 @@ def test_background_activity_filter_keeps_supported_events_across_chunks() -> No
     assert noise.events_in == 10 and noise.events_kept == 3
 
 
+def test_adaptive_background_activity_window_follows_the_noise_floor_and_not_the_chunking() -> None:
+    """``adapt``: every half second the noise floor (10th percentile of the pixels' rates over the
+    last 2 s) sets the window, ``max * (knee / floor) ** power`` above the knee, the longest below it.
+    Uniform noise is the worst case for a mean: on a 10 Hz-per-pixel sensor the floor reads 7 Hz
+    (Poisson counts over 2 s), which the knee and power are fitted against (README)."""
+    sensor, adapt = (64, 64), {"knee_hz": 1.0, "power": 1.5}
+    noisy = random_events(sensor, 0, 4_000_000, rate_hz=10.0 * 64 * 64, seed=3)
+    whole = BackgroundActivityFilter(sensor, 5_000, adapt)
+    assert whole.noise_hz is None and whole.dt_us == 5_000  # no block has ended yet
+    kept = whole(noisy)
+    assert 6.0 <= whole.noise_hz <= 8.0
+    assert whole.dt_us == round(5_000 * (1.0 / whole.noise_hz) ** 1.5)  # about 270 µs
+    fixed = BackgroundActivityFilter(sensor, 5_000)
+    assert len(kept) < 0.5 * len(fixed(noisy))  # the fixed 5 ms window keeps far more of the noise
+    chunked = BackgroundActivityFilter(sensor, 5_000, adapt)  # live chunks, one block edge inside some
+    pieces = [chunked(chunk) for chunk in np.array_split(noisy, 997)]
+    np.testing.assert_array_equal(np.concatenate(pieces), kept)
+    assert (chunked.noise_hz, chunked.dt_us) == (whole.noise_hz, whole.dt_us)
+    quiet = BackgroundActivityFilter(sensor, 5_000, adapt)  # 0.2 Hz: below the knee, the longest window
+    quiet(random_events(sensor, 0, 4_000_000, rate_hz=0.2 * 64 * 64, seed=4))
+    assert quiet.noise_hz < 1.0 and quiet.dt_us == 5_000
+    # After a silence longer than the 2 s it looks back over, the noise has gone with it
+    whole(random_events(sensor, 10_000_000, 10_600_000, count=10, seed=5))
+    assert whole.noise_hz == 0.0 and whole.dt_us == 5_000
+
+
+def test_adaptive_background_activity_specs_round_trip_and_need_a_window() -> None:
+    from training.train import format_filters, parse_filters
+
+    spec = parse_filters("flicker:80:150,ba:5000:1:1.5")
+    assert spec["background_activity_adapt"] == {"knee_hz": 1.0, "power": 1.5}
+    assert format_filters(spec) == "flicker:80:150,ba:5000:1:1.5" and check_filters(spec) == spec
+    assert "background_activity_adapt" not in parse_filters("ba:5000")  # the key is left out when None
+    assert EventFilter(spec, (8, 8)).filters[1].adapt == {"knee_hz": 1.0, "power": 1.5}
+    for bad in ({"background_activity_adapt": {"knee_hz": 1, "power": 1}},  # no window to adapt
+                {"background_activity_us": 5000, "background_activity_adapt": {"knee_hz": 0, "power": 1}},
+                {"background_activity_us": 5000, "background_activity_adapt": {"knee_hz": 1}}):  # fmt: skip
+        with pytest.raises(ValueError, match="background_activity_adapt"):
+            check_filters(bad)
+    with pytest.raises(ValueError, match="--filters"):
+        parse_filters("ba:5000:1")
+
+
 def test_a_chunk_the_filter_empties_still_moves_the_windows_on() -> None:
     # Isolated noise (every event removed) for 5 strides, then supported events: each push must
     # return the windows due by its own last event, as without the filter, and none is passed over.

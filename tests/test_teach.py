@@ -37,31 +37,48 @@ def finetune(labels: Path, out: Path, *options: str) -> Path:
     return export
 
 
+def fixed_window_copy(folder: Path) -> Path:
+    """The built-in model with a fixed 5 ms background-activity window (as shipped until its window
+    followed the noise): a parent whose noise filter does not fit a noisy room."""
+    import json
+    import shutil
+
+    document = json.loads(BUILTIN_CHECKPOINT.read_text())
+    document["input"]["filters"].pop("background_activity_adapt")
+    shutil.copy(BUILTIN_CHECKPOINT.with_name(document["weights"]["file"]), folder / document["weights"]["file"])
+    (folder / "fixed-window.json").write_text(json.dumps(document))
+    return folder / "fixed-window.json"
+
+
 @pytest.mark.timeout(900)  # real training: about 2 min alone on 2 cores
-def test_finetuning_the_built_in_model_on_one_persons_gestures_lifts_two_other_people(tmp_path: Path) -> None:
+def test_finetuning_a_model_that_fails_in_a_room_on_one_persons_gestures_lifts_two_other_people(tmp_path: Path) -> None:
     """The issue's protocol in a room the built-in model was not trained on (a camera with 10 Hz of
-    background activity per pixel, ten times the simulator's training range and more than its noise
-    filter removes, where the built-in model scores about 1 in 10): person 1 performs each of the 11
-    gestures once (``trials_to_train.txt``), persons 2 and 3 are tested; ``finetune --data
-    dvsgesture:DIR``, which picks a shorter background-activity window on person 1's takes. The
-    exported model is the last epoch's, so the test people choose nothing."""
+    background activity per pixel, ten times the simulator's training range): person 1 performs each
+    of the 11 gestures once (``trials_to_train.txt``), persons 2 and 3 are tested. The built-in's
+    window follows the noise and reads most of it without training; the same weights with a fixed
+    5 ms window score about 1 in 10, and ``finetune --from`` that model on person 1's takes (``--data
+    dvsgesture:DIR``, which picks a shorter window) must lift them. The exported model is the last
+    epoch's, so the test people choose nothing."""
     write_dataset(tmp_path / "data", samples=33, seed=0, test_fraction=0.5, looks=("shaded",),
                   lightings=("fluorescent",), scene_options={"noise_hz": 10.0})  # fmt: skip
     spec, cache = f"dvsgesture:{tmp_path / 'data'}", str(tmp_path / "cache")
-    before, _ = evaluate_checkpoint(BUILTIN_CHECKPOINT, spec, split="test", cache_dir=cache)
+    adaptive, _ = evaluate_checkpoint(BUILTIN_CHECKPOINT, spec, split="test", cache_dir=cache)
+    assert adaptive.accuracy >= 0.7, adaptive.accuracy  # measured: 85.2 %
+    parent = fixed_window_copy(tmp_path)
+    before, _ = evaluate_checkpoint(parent, spec, split="test", cache_dir=cache)
+    assert before.accuracy <= 0.3, before.accuracy  # measured: 13.6 %
     export = tmp_path / "mine.json"
-    assert finetune_main(["--data", spec, "--out", str(tmp_path / "run"), "--export", str(export), "--no-progress",
-                          "--cache", cache]) == 0  # fmt: skip
+    assert finetune_main(["--from", str(parent), "--data", spec, "--out", str(tmp_path / "run"), "--export",
+                          str(export), "--no-progress", "--cache", cache]) == 0  # fmt: skip
     after, _ = evaluate_checkpoint(export, spec, split="test", cache_dir=cache)
     assert after.samples == before.samples == 88  # 2 people x 11 gestures x 4 windows
-    # measured with the built-in trained on eight domains: 12.5 -> 64.8 % (on four: 11.4 -> 75.0 %); the #16 target,
-    # >= 95 % on other people, is not met)
+    # measured: 13.6 -> 71.6 % (the #16 target, >= 95 % on other people, is not met)
     assert after.accuracy >= before.accuracy + 0.2, (before.accuracy, after.accuracy)
-    parent = read_metadata(export)["data"]["parent"]
-    assert Path(parent["checkpoint"]).name == BUILTIN_CHECKPOINT.name and len(parent["sha256"]) == 64
+    recorded = read_metadata(export)["data"]["parent"]
+    assert Path(recorded["checkpoint"]).name == parent.name and len(recorded["sha256"]) == 64
     # --background-activity auto: ten times the noise wants a window of 1 ms or less, not the parent's 5 ms
     filters = read_metadata(export)["input"]["filters"]
-    parent_filters = read_metadata(BUILTIN_CHECKPOINT)["input"]["filters"]
+    parent_filters = read_metadata(parent)["input"]["filters"]
     assert filters["background_activity_us"] <= 1000 < parent_filters["background_activity_us"], filters
     assert filters["flicker"] == parent_filters["flicker"]
 

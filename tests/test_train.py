@@ -322,7 +322,12 @@ def test_finetune_background_activity_auto_keeps_the_window_the_parent_scores_be
     assert filters_of("keep", "keep") is None
     capsys.readouterr()
     chosen = (filters_of("auto", "auto") or {}).get("background_activity_us")
-    rows = re.findall(r"^\| (none|\d+)( \(kept\))? \| ([\d.]+)% \|", capsys.readouterr().out, flags=re.MULTILINE)
+    out = capsys.readouterr().out
+    rows = re.findall(r"^\| (none|\d+)( \(kept\))? \| ([\d.]+)% \|", out, flags=re.MULTILINE)
+    # the summary's last row: before (the parent) ... after; a parent that reads more is named as the one to keep
+    before, after = map(float, re.findall(r"^\| \d+ segments, \d+ windows \| ([\d.]+)% \|.*\| ([\d.]+)% \|$", out,
+                                          flags=re.MULTILINE)[0])  # fmt: skip
+    assert ("note: the parent reads more of your test takes" in out) == (before > after), out
     shown = [None if window == "none" else int(window) for window, _, _ in rows]
     assert shown == list(BACKGROUND_ACTIVITY_CANDIDATES_US)
     assert [window for window, kept, _ in rows if kept] == [str(chosen).lower()]
@@ -332,6 +337,22 @@ def test_finetune_background_activity_auto_keeps_the_window_the_parent_scores_be
     inputs = inputs._replace(filters={"background_activity_us": chosen, "hot_pixels": None, "flicker": None})
     score = evaluate_checkpoint(trained_run / "last.json", spec, split="train", cache_dir=cache, inputs=inputs)[0]
     assert f"{score.accuracy:.1%}" == f"{scores[str(chosen).lower()]}%"
+
+
+def test_finetune_scores_an_adaptive_parent_window_first_then_fixed_windows_without_its_adaptation() -> None:
+    """With a parent whose window follows the noise (the built-in's), ``auto`` scores that filter as it
+    is, then each fixed window with the parent's other filters; a fixed window drops the adaptation."""
+    from training.finetune import BACKGROUND_ACTIVITY_CANDIDATES_US, background_activity_candidates
+
+    flicker = {"min_hz": 80.0, "max_hz": 150.0}
+    parent = {"background_activity_us": 5000, "hot_pixels": None, "flicker": flicker,
+              "background_activity_adapt": {"knee_hz": 1.0, "power": 1.6}}  # fmt: skip
+    named = background_activity_candidates(parent)
+    assert named[0] == ("5000, adaptive (1 Hz, power 1.6; the parent's)", parent)
+    assert [filters["background_activity_us"] for _, filters in named[1:]] == list(BACKGROUND_ACTIVITY_CANDIDATES_US)
+    assert all("background_activity_adapt" not in filters and filters["flicker"] == flicker for _, filters in named[1:])
+    fixed = background_activity_candidates(None, (None, 250))  # a parent without filters: none, then 250 µs alone
+    assert fixed == [("none", None), ("250", {"background_activity_us": 250, "hot_pixels": None, "flicker": None})]
 
 
 def test_finetune_gives_the_same_weights_for_a_seed_and_other_weights_for_another(

@@ -9,9 +9,10 @@ trains on the data's train split for a few epochs at a low learning rate (many a
 per take: ``--repeats``; ``--augment shape`` by default, which also varies the body's shape, so that
 one person's takes teach the room more than the person).
 Before training, ``--background-activity auto`` (the default) scores the parent on the train takes
-with each background-activity window of ``BACKGROUND_ACTIVITY_CANDIDATES_US`` and keeps the best in
-the new checkpoint: a noisy camera or room needs a shorter window than the simulator did, and one
-take per class is enough to tell (README, "Teach it your gestures").
+with its own filter when its window follows the noise (the built-in's), then with each fixed
+background-activity window of ``BACKGROUND_ACTIVITY_CANDIDATES_US``, and keeps the best in the new
+checkpoint: a noisy camera or room needs a shorter window than the simulator did, and one take per
+class is enough to tell (README, "Teach it your gestures").
 A class the checkpoint does not know gets a freshly initialised output; known ones keep theirs, so
 new, fewer or renamed classes all work. ``--freeze-tokenizer`` trains only the transformer and the
 head. ``--interpolate 0.5`` exports half the parent's and half the fine-tuned weights (WiSE-FT): worth
@@ -55,10 +56,6 @@ DEFAULT_INTERPOLATE = 1.0
 BACKGROUND_ACTIVITY_CANDIDATES_US: tuple[int | None, ...] = (None, 10_000, 5_000, 3_000, 2_000, 1_000, 500, 250, 125)
 
 
-def _shown(candidates_us: Sequence[int | None]) -> list[str]:
-    return ["none" if dt_us is None else str(dt_us) for dt_us in candidates_us]
-
-
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(prog="spikeformer-live finetune", description=__doc__.split("\n\n")[0])
     parser.add_argument("--from", dest="init_from", type=Path, default=BUILTIN_CHECKPOINT,
@@ -72,11 +69,12 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--train-windows", type=int, default=DEFAULT_TRAIN_WINDOWS, help="window positions per take")
     parser.add_argument("--augment", choices=tuple(AUGMENT_PRESETS), default=DEFAULT_AUGMENT,
                         help=f"augmentation preset (training.augment; default {DEFAULT_AUGMENT})")  # fmt: skip
+    candidates = ", ".join("none" if dt_us is None else str(dt_us) for dt_us in BACKGROUND_ACTIVITY_CANDIDATES_US)
     parser.add_argument("--background-activity", type=_background_activity, default="auto", metavar="auto|keep|none|US",
                         help="the background-activity filter's window: auto (default) scores the parent on your "
-                        "train takes with each of " + ", ".join(_shown(BACKGROUND_ACTIVITY_CANDIDATES_US)) +
-                        " µs and keeps the best, so that a noisier room gets a shorter window; keep: the parent's; "
-                        "none: no such filter; or a window in µs. The new checkpoint carries it")  # fmt: skip
+                        f"train takes with its own window (adaptive, if it is) and each of {candidates} µs and keeps "
+                        "the best, so that a noisier room gets a shorter window; keep: the parent's; none: no such "
+                        "filter; or a window in µs. The new checkpoint carries it")  # fmt: skip
     parser.add_argument("--freeze-tokenizer", action="store_true", help="train only the transformer and the head")
     parser.add_argument("--rehearse", default=None, metavar="SPEC",
                         help="also train on as many windows of what the parent learnt (e.g. sim:110: 10 simulated "
@@ -91,26 +89,42 @@ def build_parser() -> ArgumentParser:
     return parser
 
 
+def background_activity_candidates(parent_filters: dict | None,
+                                   candidates_us: Sequence[int | None] = BACKGROUND_ACTIVITY_CANDIDATES_US,
+                                   ) -> list[tuple[str, dict | None]]:  # fmt: skip
+    """The noise filters ``--background-activity auto`` scores, named: the parent's own first when its
+    window adapts to the noise (``background_activity_adapt``), then the parent's with each fixed
+    window of ``candidates_us`` (µs; None: no such filter)."""
+    base = {key: value for key, value in (parent_filters or {}).items() if key != "background_activity_adapt"}
+    base = {"background_activity_us": None, "hot_pixels": None, "flicker": None, **base}
+    named = []
+    adapt = (parent_filters or {}).get("background_activity_adapt")
+    if adapt is not None:
+        named.append((f"{parent_filters['background_activity_us']}, adaptive ({adapt['knee_hz']:g} Hz, "
+                      f"power {adapt['power']:g}; the parent's)", check_filters(parent_filters)))  # fmt: skip
+    named += [("none" if dt_us is None else str(dt_us), check_filters({**base, "background_activity_us": dt_us}))
+              for dt_us in candidates_us]  # fmt: skip
+    return named
+
+
 def calibrate_background_activity(checkpoint: Path, spec: str, cache: str | None,
                                   candidates_us: Sequence[int | None] = BACKGROUND_ACTIVITY_CANDIDATES_US,
-                                  ) -> tuple[dict | None, list[tuple[int | None, EvalResult]]]:  # fmt: skip
-    """The checkpoint's noise filters with the background-activity window (µs; None: no such filter)
-    under which the checkpoint scores best on the data's train takes (accuracy, then loss; 4 fixed
-    windows per take), and the score of each candidate. A noisier room wants a shorter window: more
-    of its noise events find no neighbour in time."""
+                                  ) -> tuple[dict | None, list[tuple[str, EvalResult, bool]]]:  # fmt: skip
+    """The checkpoint's noise filters with the background-activity window under which the checkpoint
+    scores best on the data's train takes (accuracy, then loss; 4 fixed windows per take), and each
+    candidate's name, score and whether it was kept (``background_activity_candidates``). A noisier
+    room wants a shorter window: more of its noise events find no neighbour in time."""
     from training.checkpoint import read_metadata
     from training.evaluate import checkpoint_inputs, evaluate_checkpoint
 
     inputs = checkpoint_inputs(read_metadata(checkpoint))
-    base = inputs.filters or {"background_activity_us": None, "hot_pixels": None, "flicker": None}
     scored = []
-    for dt_us in candidates_us:
-        filters = check_filters({**base, "background_activity_us": dt_us})
+    for name, filters in background_activity_candidates(inputs.filters, candidates_us):
         result, _ = evaluate_checkpoint(checkpoint, spec, split="train", cache_dir=cache,
                                         inputs=inputs._replace(filters=filters))  # fmt: skip
-        scored.append((dt_us, filters, result))
-    best = max(scored, key=lambda item: (item[2].accuracy, -item[2].loss))
-    return best[1], [(dt_us, result) for dt_us, _, result in scored]
+        scored.append((name, filters, result))
+    best = max(range(len(scored)), key=lambda index: (scored[index][2].accuracy, -scored[index][2].loss))
+    return scored[best][1], [(name, result, index == best) for index, (name, _, result) in enumerate(scored)]
 
 
 def _filters_argument(args: argparse.Namespace, parent_filters: dict | None, knows_classes: bool) -> list[str]:
@@ -121,17 +135,16 @@ def _filters_argument(args: argparse.Namespace, parent_filters: dict | None, kno
     if args.background_activity == "keep":
         return []
     if args.background_activity != "auto":
-        given = {**(parent_filters or {}), "background_activity_us": args.background_activity}
-        return ["--filters", format_filters(given)]
+        given = {key: value for key, value in (parent_filters or {}).items() if key != "background_activity_adapt"}
+        return ["--filters", format_filters({**given, "background_activity_us": args.background_activity})]
     if not knows_classes:
         print("background-activity filter: the parent's (it does not know these classes, so it cannot be scored on "
               "your takes; --background-activity US sets one)")  # fmt: skip
         return []
     filters, scored = calibrate_background_activity(args.init_from, args.data, args.cache)
-    chosen = filters["background_activity_us"] if filters else None
     print("| background-activity window (µs) | the parent on the train takes | loss |\n|---|---|---|")
-    for (dt_us, result), shown in zip(scored, _shown([dt_us for dt_us, _ in scored])):
-        print(f"| {shown}{' (kept)' if dt_us == chosen else ''} | {result.accuracy:.1%} | {result.loss:.3f} |")
+    for name, result, kept in scored:
+        print(f"| {name}{' (kept)' if kept else ''} | {result.accuracy:.1%} | {result.loss:.3f} |")
     return ["--filters", format_filters(filters)]
 
 
@@ -203,4 +216,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"| {windows.segments} segments, {after.samples} windows | {shown[0]} | {shown[1]} | {after.accuracy:.1%} |")
     for name, accuracy in after.per_class().items():
         print(f"  {name}: {'n/a' if accuracy is None else f'{accuracy:.1%}'}")
+    if before is not None and before.accuracy > after.accuracy:
+        print(f"note: the parent reads more of your test takes ({before.accuracy:.1%}) than the fine-tuned model "
+              f"({after.accuracy:.1%}): keep using it (--checkpoint {args.init_from}), or record more takes")  # fmt: skip
     return 0

@@ -124,8 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--input-size", type=SensorSize.parse, default=None, help="model input WxH (default: the preset's)")
     add("--method", choices=("area", "nearest"), default="area", help="sensor -> input downsampling")
     add("--normalisation", default="log1p", help="log1p | binary | density:MAX | clip:MAX | none")
-    add("--filters", default=None, help="noise filters: none | ba:US (background activity within US µs) | "
-        "hot:PERIOD_US:MAX_EVENTS | flicker:MIN_HZ:MAX_HZ (bursts repeating at that rate), comma separated "
+    add("--filters", default=None, help="noise filters: none | ba:US (background activity within US µs; "
+        "ba:US:KNEE_HZ:POWER: shorter as the noise rises above the knee) | hot:PERIOD_US:MAX_EVENTS | flicker:MIN_HZ:MAX_HZ (bursts repeating at that rate), comma separated "
         "(e.g. ba:10000,hot:1000000:1000,flicker:80:150); default none, or the parent's with --from")
     add("--train-windows", type=int, default=6, help="random windows per training segment (cached pool)")
     add("--eval-windows", type=int, default=2, help="fixed windows per test segment")
@@ -184,16 +184,19 @@ def parse_normalisation(text: str) -> dict[str, Any] | None:
 
 
 def parse_filters(text: str) -> dict[str, Any] | None:
-    """``none`` | ``ba:US`` | ``hot:PERIOD_US:MAX_EVENTS`` | ``flicker:MIN_HZ:MAX_HZ`` (comma
-    separated) -> a ``stream.binning`` filter spec."""
+    """``none`` | ``ba:US[:KNEE_HZ:POWER]`` | ``hot:PERIOD_US:MAX_EVENTS`` | ``flicker:MIN_HZ:MAX_HZ``
+    (comma separated) -> a ``stream.binning`` filter spec. ``ba:US:KNEE_HZ:POWER``: the window
+    shrinks as the noise rises above the knee (``background_activity_adapt``)."""
     if text == "none":
         return None
     spec: dict[str, Any] = {"background_activity_us": None, "hot_pixels": None, "flicker": None}
     try:
         for part in text.split(","):
             kind, *values = part.split(":")
-            if kind == "ba" and len(values) == 1:
+            if kind == "ba" and len(values) in (1, 3):
                 spec["background_activity_us"] = int(values[0])
+                if len(values) == 3:
+                    spec["background_activity_adapt"] = {"knee_hz": float(values[1]), "power": float(values[2])}
             elif kind == "hot" and len(values) == 2:
                 spec["hot_pixels"] = {"period_us": int(values[0]), "max_events": int(values[1])}
             elif kind == "flicker" and len(values) == 2:
@@ -202,8 +205,8 @@ def parse_filters(text: str) -> dict[str, Any] | None:
                 raise ValueError(part)
         return check_filters(spec)
     except ValueError:
-        raise ValueError(f"--filters must be none, or ba:US, hot:PERIOD_US:MAX_EVENTS and/or flicker:MIN_HZ:MAX_HZ, "
-                         f"got {text!r}") from None
+        raise ValueError(f"--filters must be none, or ba:US[:KNEE_HZ:POWER], hot:PERIOD_US:MAX_EVENTS and/or "
+                         f"flicker:MIN_HZ:MAX_HZ, got {text!r}") from None
 
 
 def format_filters(spec: dict[str, Any] | None) -> str:
@@ -212,7 +215,9 @@ def format_filters(spec: dict[str, Any] | None) -> str:
     if spec is None:
         return "none"
     parts = [] if spec["flicker"] is None else [f"flicker:{spec['flicker']['min_hz']:g}:{spec['flicker']['max_hz']:g}"]
-    parts += [] if spec["background_activity_us"] is None else [f"ba:{spec['background_activity_us']}"]
+    adapt = spec.get("background_activity_adapt")
+    adapt_text = "" if adapt is None else f":{adapt['knee_hz']:g}:{adapt['power']:g}"
+    parts += [] if spec["background_activity_us"] is None else [f"ba:{spec['background_activity_us']}{adapt_text}"]
     hot = spec["hot_pixels"]
     parts += [] if hot is None else [f"hot:{hot['period_us']}:{hot['max_events']}"]
     return ",".join(parts)
