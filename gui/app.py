@@ -83,7 +83,7 @@ from gui.widgets import (
     RollingPlot,
     dark_palette,
 )
-from inference.messages import read_worker_message
+from inference.messages import background_activity_text, read_worker_message
 from stream.classes import GESTURE_CLASSES, NO_GESTURE
 from stream.events import GestureSegment, SensorSize
 from stream.formats.aedat4 import DEFAULT_CAMERA, Aedat4Writer
@@ -470,6 +470,7 @@ class MainWindow(QtWidgets.QMainWindow):
         self.backend = ""
         self.source_name = source_spec
         self.counters: dict[str, Any] = {}
+        self.noise_filter_text: str | None = None  # the worker's background-activity window and noise floor
         self.stable_name = NO_GESTURE
         self.latest_prediction: dict | None = None
         self.predictions_seen = 0
@@ -1148,6 +1149,7 @@ class MainWindow(QtWidgets.QMainWindow):
         self._check_worker(stats.get("worker_id"), now_s)
         self.counters = stats.get("counters", self.counters) or self.counters
         self.backend = stats.get("backend", self.backend) or self.backend
+        self.noise_filter_text = background_activity_text(stats.get("background_activity"))
         source = stats.get("source") or {}
         if isinstance(source, dict):
             if source.get("source"):
@@ -1314,6 +1316,8 @@ class MainWindow(QtWidgets.QMainWindow):
         ]
         if self.sensor is not None:
             parts.append(f"sensor {self.sensor}")
+        if self.noise_filter_text:
+            parts.append(self.noise_filter_text)
         self.status_label.setText("   ·   ".join(parts))
         caption = f"{self.accumulation_us / 1000:g} ms · full colour at {self.full_scale} events"
         self.event_view.set_caption("FROZEN" if self.frozen else ("PAUSED · " if self.source_paused else "") + caption)

@@ -76,7 +76,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from inference.messages import read_worker_message
+from inference.messages import background_activity_text, read_worker_message
 from stream.atomic import write_atomically
 from stream.events import GestureSegment
 from stream.transport.keys import CurveConfig
@@ -289,6 +289,7 @@ class HeadlessRecorder:
         self.stopped_us: int | None = None  # when the recording stopped (set by ``record``)
         self.worker_busy_s: dict = {}  # the latest worker's busy seconds by part (its stats)
         self.counters: dict = {}
+        self.background_activity: dict | None = None  # the latest status's noise-filter window and floor
         self.source: dict = {}
         self.backend: str | None = None
         self.sensor: list[int] | None = None
@@ -346,6 +347,8 @@ class HeadlessRecorder:
                 self.classes = list(data["classes"])
             if isinstance(data.get("busy_s"), dict):
                 self.worker_busy_s = data["busy_s"]
+            if "background_activity" in data:
+                self.background_activity = data["background_activity"]
             window = data.get("window")
             if isinstance(window, dict) and self.stride_us is None:
                 self.stride_us = window.get("stride_us")
@@ -402,6 +405,7 @@ class HeadlessRecorder:
             "backend": self.backend,
             "checkpoint": checkpoint,
             "sensor": self.sensor,
+            "background_activity": self.background_activity,
             "wall_s": round(wall_s, 3),
             "ended": self.ending or ("end of stream" if self.ended else "duration"),
             "counters": counters,
@@ -464,6 +468,7 @@ def format_summary(report: dict) -> str:
         ("inference rate (windows/s)", "n/a" if rate is None else f"{rate:g}"),
         ("events in / dropped (lost)", f"{report['events_in']} / {report['events_dropped']} ({report['events_lost']})"),
         ("event rate (ev/s)", report.get("event_rate")),
+        ("noise filter at the end", background_activity_text(report.get("background_activity")) or "n/a"),
         ("worker restarts", report.get("worker_restarts", 0)),
         ("stage restarts (launcher)", _restarts_text(report.get("stage_restarts", {}))),
         (f"gaps > {report.get('gap_threshold_s', 1.0):g} s", _gaps_text(report.get("gaps", []))),

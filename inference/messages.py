@@ -15,8 +15,10 @@ On the worker's endpoint (the wire format is ``stream.transport.wire``):
 * ``Kind.STATUS`` ``{"type": "stats", ...}`` about once a second and ``{"type": "end", ...}`` after
   the source's end (``worker_status``): ``worker_id``, ``counters``, ``backend``, ``sensor``,
   ``window``, ``classes`` (the model's class names, in the order of ``class_index`` and
-  ``probabilities``), ``source`` (the source's own latest stats), ``source_paused``, ``busy_s``
-  (seconds spent receiving, binning, inferring, publishing) and ``uptime_s``.
+  ``probabilities``), ``background_activity`` (the noise filter's window now, ``window_us``, and its
+  noise floor, ``noise_floor_hz``, Hz per pixel; None without that filter), ``source`` (the source's
+  own latest stats), ``source_paused``, ``busy_s`` (seconds spent receiving, binning, inferring,
+  publishing) and ``uptime_s``.
 * ``Kind.TRUTH``: the source's gesture segments, forwarded unchanged.
 
 ``read_worker_message`` turns a received message into a ``WorkerMessage`` and refuses (None) one
@@ -26,6 +28,7 @@ never a crash in a consumer.
 
 from __future__ import annotations
 
+import math
 from typing import Any, NamedTuple
 
 from stream.events import GestureSegment
@@ -103,6 +106,17 @@ def prediction(
         "backend": backend,
         "sensor": sensor,
     }
+
+
+def background_activity_text(value: Any) -> str | None:
+    """A status's ``background_activity`` (the worker's noise filter now: ``window_us`` and
+    ``noise_floor_hz``) as text, e.g. "background activity 0.27 ms (noise floor 7.5 Hz/px)"; None
+    when the message has none or it is malformed."""
+    if not isinstance(value, dict) or not _is_int(value.get("window_us")):
+        return None
+    text = f"background activity {value['window_us'] / 1000:.3g} ms"
+    floor = value.get("noise_floor_hz")
+    return text + (f" (noise floor {floor:.2g} Hz/px)" if _is_number(floor) and math.isfinite(floor) else "")
 
 
 def read_worker_message(message: Message) -> WorkerMessage | None:

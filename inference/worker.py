@@ -289,6 +289,11 @@ class InferenceWorker:
             for name, value in asdict(self.binner.stats).items():
                 self._binner_base[name] = self._binner_base.get(name, 0) + value
 
+    def background_activity(self) -> dict[str, Any] | None:
+        """The noise filter's background-activity window and noise floor now (``EventFilter.background_activity``),
+        or None (no such filter, or no binner yet)."""
+        return None if self.binner is None else self.binner.event_filter.background_activity()
+
     def binner_totals(self) -> dict[str, int]:
         """Binner counters summed over every binner this worker has used."""
         current = asdict(self.binner.stats) if self.binner is not None else {}

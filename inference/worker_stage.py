@@ -275,6 +275,7 @@ class WorkerLoop:
             "sensor": list(self.worker.sensor) if self.worker.sensor else None,
             "window": self.worker.window.to_dict(),
             "classes": list(self.worker.classes),
+            "background_activity": self.worker.background_activity(),
             "source": self.source_stats,
             "source_paused": self.paused,
             "busy_s": {name: round(value, 4) for name, value in self.busy_s.items()},

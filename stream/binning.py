@@ -887,6 +887,15 @@ class EventFilter:
         self.events_in = 0
         self.events_removed = 0
 
+    def background_activity(self) -> dict[str, Any] | None:
+        """The background-activity filter's window now (``window_us``, µs) and noise floor
+        (``noise_floor_hz``, Hz per pixel; None without ``adapt`` or before its first estimate), or
+        None without that filter."""
+        for event_filter in self.filters:
+            if isinstance(event_filter, BackgroundActivityFilter):
+                return {"window_us": event_filter.dt_us, "noise_floor_hz": event_filter.noise_hz}
+        return None
+
     def __call__(self, events: np.ndarray) -> np.ndarray:
         """The events of a time-ordered chunk that pass every filter (the input itself without filters)."""
         count = len(events)
@@ -969,7 +978,7 @@ class StreamingBinner:
         self.window = window
         self.normalisation = check_normalisation(normalisation)
         self.filters = check_filters(filters)
-        self._filter = EventFilter(self.filters, mapping.sensor_size)
+        self.event_filter = EventFilter(self.filters, mapping.sensor_size)
         self.threads = _check_threads(threads)
         self.stats = BinningStats()
         shape = (window.bins, 2, mapping.input_size.height, mapping.input_size.width)
@@ -995,15 +1004,15 @@ class StreamingBinner:
             raise ValueError(f"emit must be one of {EMIT_MODES}, got {emit!r}")
         if now_us is not None:
             now_us = int(now_us)
-        if self._filter.filters and len(events):
+        if self.event_filter.filters and len(events):
             # The chunk's last time still moves the stream on when the filter removes its events:
             # otherwise the windows of a quiet stretch (noise only) all fall due at its next kept
             # event, and ``emit="latest"`` passes over all but one of them.
             chunk_end = int(events["t"][-1])
             now_us = chunk_end if now_us is None else max(now_us, chunk_end)
-            removed = self._filter.events_removed
-            events = self._filter(events)
-            self.stats.events_filtered += self._filter.events_removed - removed
+            removed = self.event_filter.events_removed
+            events = self.event_filter(events)
+            self.stats.events_filtered += self.event_filter.events_removed - removed
         spec = self.window
         stats = self.stats
         previous_time = self._time_us

@@ -504,6 +504,12 @@ def test_adaptive_background_activity_window_follows_the_noise_floor_and_not_the
     pieces = [chunked(chunk) for chunk in np.array_split(noisy, 997)]
     np.testing.assert_array_equal(np.concatenate(pieces), kept)
     assert (chunked.noise_hz, chunked.dt_us) == (whole.noise_hz, whole.dt_us)
+    live = StreamingBinner(SensorMapping.create(sensor, (16, 16)), WindowSpec(4, 10_000, 10_000),
+                           filters={"background_activity_us": 5_000, "background_activity_adapt": adapt})  # fmt: skip
+    assert live.event_filter.background_activity() == {"window_us": 5_000, "noise_floor_hz": None}
+    live.push(noisy)  # what the worker reports in its status
+    assert live.event_filter.background_activity() == {"window_us": whole.dt_us, "noise_floor_hz": whole.noise_hz}
+    assert EventFilter({"flicker": {"min_hz": 80, "max_hz": 150}}, sensor).background_activity() is None
     quiet = BackgroundActivityFilter(sensor, 5_000, adapt)  # 0.2 Hz: below the knee, the longest window
     quiet(random_events(sensor, 0, 4_000_000, rate_hz=0.2 * 64 * 64, seed=4))
     assert quiet.noise_hz < 1.0 and quiet.dt_us == 5_000

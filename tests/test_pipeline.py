@@ -667,6 +667,10 @@ def test_pipeline_on_the_simulator_reports_latencies_counts_and_the_truth(simula
     assert report["gestures"] >= 1 and report["windows_labelled"] >= 30  # the simulator's truth came through the worker
     assert report["stage_restarts"] == {"worker": 0, "source": 0} and report["failures"] == []
     assert "| compute latency" in stdout and "| accuracy (windows inside gestures) |" in stdout
+    # the built-in's window follows the noise: the simulator's room (0.02-1 Hz per pixel) keeps the longest, 5 ms
+    noise = report["background_activity"]
+    assert noise["window_us"] == 5_000 and 0 <= noise["noise_floor_hz"] <= 1.0, noise
+    assert "| noise filter at the end | background activity 5 ms (noise floor" in stdout
 
 
 def test_the_built_in_checkpoint_recognises_the_simulated_gestures(simulator_run):
