@@ -355,6 +355,43 @@ def test_finetune_scores_an_adaptive_parent_window_first_then_fixed_windows_with
     assert fixed == [("none", None), ("250", {"background_activity_us": 250, "hot_pixels": None, "flicker": None})]
 
 
+def test_finetune_epochs_0_exports_the_parent_with_the_fitted_filter_and_needs_a_parent_that_knows_the_classes(
+    tiny_data: dict[str, Path], trained_run: Path, tmp_path: Path
+) -> None:
+    """``finetune --epochs 0``: no training; the parent's weights, classes and inputs with the window
+    ``--background-activity`` picks, recording where they came from. A parent that does not know the
+    data's classes cannot be exported as it is: one clear error, before any work."""
+    import json
+    import shutil
+
+    from training.checkpoint import read_metadata
+    from training.evaluate import checkpoint_inputs, evaluate_checkpoint
+    from training.finetune import main as finetune_main
+
+    spec, cache, parent = f"dvsgesture:{tiny_data['data']}", str(tiny_data["cache"]), trained_run / "last.json"
+    export = tmp_path / "filtered.json"
+    argv = ["--from", str(parent), "--data", spec, "--out", str(tmp_path / "out"), "--export", str(export), "--cache",
+            cache, "--no-progress", "--epochs", "0", "--background-activity", "2000"]  # fmt: skip
+    assert finetune_main(argv) == 0
+    assert not (tmp_path / "out" / "run").exists()  # nothing trained
+    exported, original = read_metadata(export), read_metadata(parent)
+    assert exported["weights"]["sha256"] == original["weights"]["sha256"] and exported["classes"] == original["classes"]
+    assert exported["input"]["filters"] == {"background_activity_us": 2000, "hot_pixels": None, "flicker": None}
+    assert exported["input"]["window"] == original["input"]["window"]
+    assert exported["data"]["parent"]["sha256"] == original["weights"]["sha256"]
+    assert "--epochs 0" in exported["data"]["command"]
+    inputs = checkpoint_inputs(original)._replace(filters=exported["input"]["filters"])
+    assert (evaluate_checkpoint(export, spec, cache_dir=cache)[0].accuracy
+            == evaluate_checkpoint(parent, spec, cache_dir=cache, inputs=inputs)[0].accuracy)  # fmt: skip
+
+    renamed = json.loads(parent.read_text())  # the same weights under other class names
+    renamed["classes"] = [f"gesture {index}" for index in range(len(renamed["classes"]))]
+    shutil.copy(parent.with_suffix(".safetensors"), tmp_path / "last.safetensors")
+    (tmp_path / "last.json").write_text(json.dumps(renamed))
+    with pytest.raises(ValueError, match="--epochs 0 .* needs a parent that knows your classes"):
+        finetune_main([*argv[2:], "--from", str(tmp_path / "last.json")])
+
+
 def test_finetune_gives_the_same_weights_for_a_seed_and_other_weights_for_another(
     tiny_data: dict[str, Path], trained_run: Path, tmp_path: Path
 ) -> None:

@@ -13,6 +13,8 @@ with its own filter when its window follows the noise (the built-in's), then wit
 background-activity window of ``BACKGROUND_ACTIVITY_CANDIDATES_US``, and keeps the best in the new
 checkpoint: a noisy camera or room needs a shorter window than the simulator did, and one take per
 class is enough to tell (README, "Teach it your gestures").
+``--epochs 0`` trains nothing: it exports the parent as it is with the filter ``auto`` fitted (in
+about 15 s), which on one take per gesture reads as well as fine-tuning (README).
 A class the checkpoint does not know gets a freshly initialised output; known ones keep theirs, so
 new, fewer or renamed classes all work. ``--freeze-tokenizer`` trains only the transformer and the
 head. ``--interpolate 0.5`` exports half the parent's and half the fine-tuned weights (WiSE-FT): worth
@@ -31,6 +33,8 @@ differently, and a fine-tune on a few takes can turn that into a few points on t
 from __future__ import annotations
 
 import argparse
+import shlex
+import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
@@ -63,7 +67,9 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--data", required=True, help="your recordings: folder:CSV, dvsgesture:DIR, sim:DIR, ...")
     parser.add_argument("--out", type=Path, required=True, help="run directory")
     parser.add_argument("--export", type=Path, default=None, help="the fine-tuned checkpoint (default OUT/finetuned.json)")
-    parser.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS)
+    parser.add_argument("--epochs", type=_epochs, default=DEFAULT_EPOCHS,
+                        help=f"training epochs (default {DEFAULT_EPOCHS}); 0: no training, export the parent with the "
+                        "noise filter --background-activity picks (the parent must know your classes)")  # fmt: skip
     parser.add_argument("--lr", type=float, default=DEFAULT_LR, help="peak learning rate")
     parser.add_argument("--repeats", type=int, default=DEFAULT_REPEATS, help="augmented windows per take and epoch")
     parser.add_argument("--train-windows", type=int, default=DEFAULT_TRAIN_WINDOWS, help="window positions per take")
@@ -100,8 +106,9 @@ def background_activity_candidates(parent_filters: dict | None,
     named = []
     adapt = (parent_filters or {}).get("background_activity_adapt")
     if adapt is not None:
-        named.append((f"{parent_filters['background_activity_us']}, adaptive ({adapt['knee_hz']:g} Hz, "
-                      f"power {adapt['power']:g}; the parent's)", check_filters(parent_filters)))  # fmt: skip
+        name = (f"{parent_filters['background_activity_us']}, adaptive ({adapt['knee_hz']:g} Hz, power "
+                f"{adapt['power']:g}; the parent's)")  # fmt: skip
+        named.append((name, check_filters(parent_filters)))
     named += [("none" if dt_us is None else str(dt_us), check_filters({**base, "background_activity_us": dt_us}))
               for dt_us in candidates_us]  # fmt: skip
     return named
@@ -148,6 +155,30 @@ def _filters_argument(args: argparse.Namespace, parent_filters: dict | None, kno
     return ["--filters", format_filters(filters)]
 
 
+def _epochs(text: str) -> int:
+    try:
+        epochs = int(text)
+    except ValueError:
+        epochs = -1
+    if epochs < 0:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 0, got {text!r}")
+    return epochs
+
+
+def export_parent(parent: Path, filters: dict | None, export: Path, *, data_spec: str, command: str) -> Path:
+    """The parent's weights, classes and inputs with other noise filters, as a new checkpoint that
+    records where it came from (``finetune --epochs 0``)."""
+    from training.checkpoint import load_checkpoint, save_checkpoint
+    from training.train import parent_record
+
+    model, metadata = load_checkpoint(parent)
+    derived = {"classes": metadata["classes"], "input": {**metadata["input"], "filters": filters},
+               "data": {"spec": data_spec, "command": command, "parent": parent_record(parent, metadata)}}  # fmt: skip
+    if metadata.get("decision") is not None:
+        derived["decision"] = metadata["decision"]
+    return save_checkpoint(export, model, derived)
+
+
 def _background_activity(text: str) -> str | int | None:
     """``--background-activity``: auto, keep, none or a window in µs."""
     if text in ("auto", "keep"):
@@ -178,6 +209,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     export = args.export or args.out / "finetuned.json"
     parent_inputs = checkpoint_inputs(read_metadata(args.init_from))
     knows_classes = source.classes == parent_inputs.classes[: len(source.classes)]  # so that it can be scored on them
+    if args.epochs == 0 and not knows_classes:
+        raise ValueError(f"--epochs 0 exports {args.init_from} as it is with a noise filter fitted to your takes: it "
+                         f"needs a parent that knows your classes ({', '.join(source.classes)})")  # fmt: skip
     before = None  # the parent on the test takes, when it knows their classes
     if knows_classes:
         before = evaluate_checkpoint(args.init_from, args.data, split="test", cache_dir=args.cache)[0]
@@ -200,7 +234,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         train_argv += ["--rehearse", args.rehearse]
     if args.no_progress:
         train_argv.append("--no-progress")
-    train.main(train_argv)
+    if args.epochs == 0:
+        filters = train.parse_filters(filters_argv[1]) if filters_argv else parent_inputs.filters
+        export_parent(args.init_from, filters, export, data_spec=args.data,
+                      command="spikeformer-live finetune " + shlex.join(argv if argv is not None else sys.argv[1:]))  # fmt: skip
+    else:
+        train.main(train_argv)
     after, windows = evaluate_checkpoint(export, args.data, split="test", cache_dir=args.cache)
     filtered = None  # the parent with the new checkpoint's filters: how much of the change the filter alone makes
     if before is not None and filters_argv:
@@ -208,7 +247,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         filtered = evaluate_checkpoint(args.init_from, args.data, split="test", cache_dir=args.cache,
                                        inputs=parent_inputs._replace(filters=new_filters))[0]  # fmt: skip
     seconds = time.perf_counter() - started
-    print(f"\nfine-tuned {args.init_from.name} on {args.data} in {seconds:.0f} s "
+    done = "fitted the noise filter of" if args.epochs == 0 else "fine-tuned"
+    print(f"\n{done} {args.init_from.name} on {args.data} in {seconds:.0f} s "
           f"({len(source.split('train'))} train / {len(source.split('test'))} test recordings): {export}")  # fmt: skip
     print("| accuracy on the test takes | before | before, with the new noise filters | after |\n|---|---|---|---|")
     shown = ["n/a (new classes)" if before is None else f"{result.accuracy:.1%}" if result else "- (the parent's)"

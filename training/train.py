@@ -498,8 +498,7 @@ def _train_from(args: argparse.Namespace, argv: Sequence[str]) -> int:
     args.bins, args.bin_us, args.stride_us = window.bins, window.bin_us, window.stride_us
     args.input_size = SensorSize(mapping["input_width"], mapping["input_height"])
     args.method = mapping["method"]
-    parent_info = {"checkpoint": str(args.init_from), "sha256": metadata["weights"]["sha256"],
-                   "classes": list(metadata["classes"]), "data": metadata["data"].get("spec")}  # fmt: skip
+    parent_info = parent_record(args.init_from, metadata)
     filters = metadata["input"].get("filters") if args.filters is None else parse_filters(args.filters)
     job, device = init_distributed(args.device)
     try:
@@ -508,6 +507,13 @@ def _train_from(args: argparse.Namespace, argv: Sequence[str]) -> int:
     finally:
         if job.enabled and dist.is_initialized():
             dist.destroy_process_group()
+
+
+def parent_record(path: str | Path, metadata: dict) -> dict:
+    """What a checkpoint made from another records of it (``data.parent``): its path, weights
+    sha256, classes and data spec."""
+    return {"checkpoint": str(path), "sha256": metadata["weights"]["sha256"], "classes": list(metadata["classes"]),
+            "data": metadata["data"].get("spec")}  # fmt: skip
 
 
 def initial_weights(model: nn.Module, parent: nn.Module, parent_classes: Sequence[str], classes: Sequence[str]) -> list[str]:
