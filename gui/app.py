@@ -1318,7 +1318,7 @@ class MainWindow(QtWidgets.QMainWindow):
             parts.append(f"sensor {self.sensor}")
         if self.noise_filter_text:
             parts.append(self.noise_filter_text)
-        self.status_label.setText("   ·   ".join(parts))
+        self.status_label.setText("  ·  ".join(parts))
         caption = f"{self.accumulation_us / 1000:g} ms · full colour at {self.full_scale} events"
         self.event_view.set_caption("FROZEN" if self.frozen else ("PAUSED · " if self.source_paused else "") + caption)
 

@@ -110,13 +110,14 @@ def prediction(
 
 def background_activity_text(value: Any) -> str | None:
     """A status's ``background_activity`` (the worker's noise filter now: ``window_us`` and
-    ``noise_floor_hz``) as text, e.g. "background activity 0.27 ms (noise floor 7.5 Hz/px)"; None
-    when the message has none or it is malformed."""
+    ``noise_floor_hz``) as text, e.g. "BA filter 0.271 ms (noise 7.5 Hz/px)": the background-activity
+    filter's window and the noise floor it measured; None when the message has none or it is
+    malformed."""
     if not isinstance(value, dict) or not _is_int(value.get("window_us")):
         return None
-    text = f"background activity {value['window_us'] / 1000:.3g} ms"
+    text = f"BA filter {value['window_us'] / 1000:.3g} ms"
     floor = value.get("noise_floor_hz")
-    return text + (f" (noise floor {floor:.2g} Hz/px)" if _is_number(floor) and math.isfinite(floor) else "")
+    return text + (f" (noise {floor:.2g} Hz/px)" if _is_number(floor) and math.isfinite(floor) else "")
 
 
 def read_worker_message(message: Message) -> WorkerMessage | None:

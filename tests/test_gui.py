@@ -170,10 +170,9 @@ def test_window_shows_events_predictions_and_status(qtbot, window: MainWindow, p
     assert image.shape == (SENSOR.height, SENSOR.width) and int(image.max()) > 0
     noise = {"window_us": 271, "noise_floor_hz": 7.5}  # the worker's noise filter in a noisy room
     worker.publish_status({"type": "stats", "worker_id": WORKER_ID, "counters": {}, "background_activity": noise})
-    qtbot.waitUntil(lambda: "background activity 0.271 ms (noise floor 7.5 Hz/px)" in window.status_label.text(),
-                    timeout=5000)  # fmt: skip
+    qtbot.waitUntil(lambda: "BA filter 0.271 ms (noise 7.5 Hz/px)" in window.status_label.text(), timeout=5000)
     worker.publish_status({"type": "stats", "worker_id": WORKER_ID, "counters": {}, "background_activity": "bad"})
-    qtbot.waitUntil(lambda: "background activity" not in window.status_label.text(), timeout=5000)
+    qtbot.waitUntil(lambda: "BA filter" not in window.status_label.text(), timeout=5000)
 
 
 def test_space_freezes_the_display_of_a_live_source_and_thaws_it(qtbot, window: MainWindow, publishers) -> None:

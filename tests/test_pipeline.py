@@ -670,7 +670,7 @@ def test_pipeline_on_the_simulator_reports_latencies_counts_and_the_truth(simula
     # the built-in's window follows the noise: the simulator's room (0.02-1 Hz per pixel) keeps the longest, 5 ms
     noise = report["background_activity"]
     assert noise["window_us"] == 5_000 and 0 <= noise["noise_floor_hz"] <= 1.0, noise
-    assert "| noise filter at the end | background activity 5 ms (noise floor" in stdout
+    assert "| noise filter at the end | BA filter 5 ms (noise " in stdout
 
 
 def test_the_built_in_checkpoint_recognises_the_simulated_gestures(simulator_run):
