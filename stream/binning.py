@@ -696,7 +696,8 @@ class FlickerFilter:
 # The noise estimate of an adaptive background-activity filter: the 10th percentile of the pixels'
 # event rates over the last NOISE_BLOCKS blocks of NOISE_BLOCK_US (a gesture or a textured background
 # lights up far fewer than 90 % of the pixels, so this percentile sees the noise floor), on at most
-# NOISE_SAMPLE_PIXELS pixels (every k-th of a large sensor).
+# NOISE_SAMPLE_PIXELS pixels (every k-th of a large sensor). Part of what an adaptive checkpoint's
+# windows are: a change here must bump training.data.CACHE_FORMAT_VERSION.
 NOISE_BLOCK_US = 500_000
 NOISE_BLOCKS = 4
 NOISE_PERCENTILE = 10
