@@ -86,6 +86,13 @@ def run_domain(name: str, checkpoint: Path, folder: Path, seed: int, finetune_ar
             "finetune_s": [round(value, 1) for value in seconds]}  # fmt: skip
 
 
+def window_text(filters: dict | None) -> str:
+    """The background-activity window of a filter spec: µs, "none", or "US adaptive"."""
+    filters = filters or {}
+    window = filters.get("background_activity_us")
+    return ("none" if window is None else str(window)) + (" adaptive" if filters.get("background_activity_adapt") else "")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", type=Path, default=BUILTIN_CHECKPOINT)
@@ -109,8 +116,7 @@ def main() -> None:
     for row in rows:
         scene = ", ".join(f"{key} {value}" for key, value in row["scene"].items())
         each = " / ".join(f"{value:.1%}" for value in row["after_by_seed"].values())
-        windows_us = sorted({str((value["filters"] or {}).get("background_activity_us")) for value in
-                             row["filtered_by_seed"].values()})  # fmt: skip
+        windows_us = sorted({window_text(value["filters"]) for value in row["filtered_by_seed"].values()})
         print(f"| {row['domain']} | {row['look']}, {row['lighting']}, {scene} | {row['before']:.1%} | "
               f"{row['filtered']:.1%} ({', '.join(windows_us)}) | "
               f"{row['after']:.1%} ({each}; {row['windows']} windows) | "

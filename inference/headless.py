@@ -76,7 +76,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from inference.messages import background_activity_text, read_worker_message
+from inference.messages import background_activity_text, read_background_activity, read_worker_message
 from stream.atomic import write_atomically
 from stream.events import GestureSegment
 from stream.transport.keys import CurveConfig
@@ -348,7 +348,7 @@ class HeadlessRecorder:
             if isinstance(data.get("busy_s"), dict):
                 self.worker_busy_s = data["busy_s"]
             if "background_activity" in data:
-                self.background_activity = data["background_activity"]
+                self.background_activity = read_background_activity(data["background_activity"])
             window = data.get("window")
             if isinstance(window, dict) and self.stride_us is None:
                 self.stride_us = window.get("stride_us")

@@ -28,7 +28,6 @@ never a crash in a consumer.
 
 from __future__ import annotations
 
-import math
 from typing import Any, NamedTuple
 
 from stream.events import GestureSegment
@@ -108,16 +107,34 @@ def prediction(
     }
 
 
-def background_activity_text(value: Any) -> str | None:
-    """A status's ``background_activity`` (the worker's noise filter now: ``window_us`` and
-    ``noise_floor_hz``) as text, e.g. "BA filter 0.271 ms (noise 7.5 Hz/px)": the background-activity
-    filter's window and the noise floor it measured; None when the message has none or it is
-    malformed."""
-    if not isinstance(value, dict) or not _is_int(value.get("window_us")):
+MAX_WINDOW_US = 10**9  # what a status may say of the noise filter: longer windows or higher rates are malformed
+MAX_NOISE_HZ = 1e9
+
+
+def read_background_activity(value: Any) -> dict[str, Any] | None:
+    """A status's ``background_activity`` (the worker's noise filter now) checked: ``{"window_us":
+    int, "noise_floor_hz": float or None}``, or None when absent or malformed (it comes from the
+    network: out-of-range, non-finite or huge numbers are refused, never raised on)."""
+    if not isinstance(value, dict):
         return None
-    text = f"BA filter {value['window_us'] / 1000:.3g} ms"
-    floor = value.get("noise_floor_hz")
-    return text + (f" (noise {floor:.2g} Hz/px)" if _is_number(floor) and math.isfinite(floor) else "")
+    window_us, floor = value.get("window_us"), value.get("noise_floor_hz")
+    if not _is_int(window_us) or not 1 <= window_us <= MAX_WINDOW_US:
+        return None
+    if floor is not None and not (_is_number(floor) and 0 <= floor <= MAX_NOISE_HZ):
+        return None  # a comparison, not a conversion: NaN fails it and a huge int never becomes a float
+    return {"window_us": window_us, "noise_floor_hz": None if floor is None else float(floor)}
+
+
+def background_activity_text(value: Any) -> str | None:
+    """A status's ``background_activity`` as text, e.g. "BA filter 0.271 ms (noise 7.5 Hz/px)": the
+    background-activity filter's window and the noise floor it measured; None when the message has
+    none or it is malformed (``read_background_activity``)."""
+    checked = read_background_activity(value)
+    if checked is None:
+        return None
+    text = f"BA filter {checked['window_us'] / 1000:.3g} ms"
+    floor = checked["noise_floor_hz"]
+    return text if floor is None else f"{text} (noise {floor:.2g} Hz/px)"
 
 
 def read_worker_message(message: Message) -> WorkerMessage | None:

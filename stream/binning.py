@@ -694,14 +694,16 @@ class FlickerFilter:
 
 
 # The noise estimate of an adaptive background-activity filter: the 10th percentile of the pixels'
-# event rates over the last NOISE_BLOCKS blocks of NOISE_BLOCK_US (a gesture or a textured background
-# lights up far fewer than 90 % of the pixels, so this percentile sees the noise floor), on at most
-# NOISE_SAMPLE_PIXELS pixels (every k-th of a large sensor). Part of what an adaptive checkpoint's
-# windows are: a change here must bump training.data.CACHE_FORMAT_VERSION.
+# event rates over the last NOISE_BLOCKS blocks of NOISE_BLOCK_US that held events (a gesture or a
+# textured background lights up far fewer than 90 % of the pixels, so this percentile sees the noise
+# floor), on at most NOISE_SAMPLE_PIXELS pixels (every k-th of a large sensor). Part of what an
+# adaptive checkpoint's windows are: training.data's cache key holds NOISE_ESTIMATE (bump its version
+# when the estimate's code changes).
 NOISE_BLOCK_US = 500_000
 NOISE_BLOCKS = 4
 NOISE_PERCENTILE = 10
 NOISE_SAMPLE_PIXELS = 1 << 16
+NOISE_ESTIMATE = ("v2", NOISE_BLOCK_US, NOISE_BLOCKS, NOISE_PERCENTILE, NOISE_SAMPLE_PIXELS)
 _NOT_COUNTED = np.zeros((0, 0), dtype=np.int32)
 
 
@@ -711,12 +713,14 @@ class BackgroundActivityFilter:
 
     With ``adapt`` (``{"knee_hz": K, "power": P}``) the window follows the noise: at the end of every
     ``NOISE_BLOCK_US`` of event time the noise floor ``r`` (Hz per pixel) is estimated as the 10th
-    percentile of the pixels' event rates over the last ``NOISE_BLOCKS`` blocks; while ``r > K`` the
-    window is ``dt_us * (K / r) ** P``, else ``dt_us``. A noisier sensor or darker room thus gets a
-    shorter window and keeps about as much noise as the model was trained with. The estimate reads
-    low on pure noise (Poisson counts over 2 s: 10 Hz reads about 7.5 Hz); K and P are fitted to it.
-    Causal and chunking-independent: a file filtered at once and the same events streamed give the
-    same result.
+    percentile of the pixels' event rates over the last ``NOISE_BLOCKS`` blocks that held events (the
+    time from each block's first event to its end; a silence or a pause is not taken for a quiet
+    sensor); while ``r > K`` the window is ``dt_us * (K / r) ** P``, else ``dt_us``. A noisier sensor
+    or darker room thus gets a shorter window and keeps about as much noise as the model was trained
+    with. The estimate reads low on pure noise (Poisson counts over 2 s: 10 Hz reads about 7.5 Hz);
+    K and P are fitted to it. Until the first block has ended the window is ``dt_us``. Causal and
+    chunking-independent: the same events with the same timestamps give the same result whether
+    filtered at once (a file, training) or in chunks (a live stream).
 
     Args:
         sensor_size: (width, height) in pixels.
@@ -732,11 +736,14 @@ class BackgroundActivityFilter:
         self.adapt = None if adapt is None else {"knee_hz": float(adapt["knee_hz"]), "power": float(adapt["power"])}
         self.noise_hz: float | None = None  # the latest noise floor (None before a block has ended, or without adapt)
         self._last_t = np.full((sensor.height + 2, sensor.width + 2), np.iinfo(np.int64).min // 2, dtype=np.int64)
-        # per-pixel counts of the block being counted and of the NOISE_BLOCKS before it (a ring), and their sum
+        # per-pixel counts and the time covered (µs) of the block being counted and of the NOISE_BLOCKS before it
+        # (a ring), and their sums
         ring = (NOISE_BLOCKS + 1, sensor.height, sensor.width) if adapt else (1, 0, 0)
         self._counts = np.zeros(ring, dtype=np.int32)
+        self._covered_us = [0] * (NOISE_BLOCKS + 1)
         self._recent = np.zeros(sensor.height * sensor.width if adapt else 0, dtype=np.int32)
         self._block: int | None = None  # the block being counted (t // NOISE_BLOCK_US)
+        self._block_start_us = 0  # its first event's time
         self._blocks_done = 0
         self.events_in = 0
         self.events_kept = 0
@@ -755,7 +762,7 @@ class BackgroundActivityFilter:
             for start, end in itertools.pairwise(edges):
                 if start == end:
                     continue
-                self._enter_block(int(blocks[start]))
+                self._enter_block(int(blocks[start]), int(events["t"][start]))
                 piece = events[start:end]
                 counts = self._counts[self._blocks_done % (NOISE_BLOCKS + 1)]
                 kept += _background_activity_kernel(piece["t"], piece["x"], piece["y"], self.dt_us, self._last_t,
@@ -764,26 +771,28 @@ class BackgroundActivityFilter:
         self.events_kept += kept
         return events[keep]
 
-    def _enter_block(self, block: int) -> None:
-        """End the blocks before ``block`` (empty ones too, up to the ring's length), re-estimate the
-        noise floor and set the window."""
+    def _enter_block(self, block: int, first_t: int) -> None:
+        """Start counting ``block`` (its first event at ``first_t`` µs): end the block counted so far,
+        re-estimate the noise floor and set the window. Blocks without events in between are skipped."""
         if self._block is None:
-            self._block = block
+            self._block, self._block_start_us = block, first_t
         if block <= self._block:  # the same block (or an event out of order: counted in the current one)
             return
         ring = NOISE_BLOCKS + 1
-        for _ in range(min(block - self._block, ring)):
-            self._recent += self._counts[self._blocks_done % ring].reshape(-1)
-            self._blocks_done += 1
-            leaving = self._counts[self._blocks_done % ring]  # the block NOISE_BLOCKS + 1 ago
-            if self._blocks_done >= ring:
-                self._recent -= leaving.reshape(-1)
-            leaving.fill(0)
-        self._block = block
-        sample = self._recent[:: max(1, self._recent.size // NOISE_SAMPLE_PIXELS)]
+        ended = self._blocks_done % ring
+        self._recent += self._counts[ended].reshape(-1)
+        self._covered_us[ended] = (self._block + 1) * NOISE_BLOCK_US - self._block_start_us
+        self._blocks_done += 1
+        leaving = self._blocks_done % ring  # the block NOISE_BLOCKS + 1 ago (nothing before the ring is full)
+        if self._blocks_done >= ring:
+            self._recent -= self._counts[leaving].reshape(-1)
+        self._counts[leaving].fill(0)
+        self._covered_us[leaving] = 0
+        self._block, self._block_start_us = block, first_t
+        sample = self._recent[:: -(-self._recent.size // NOISE_SAMPLE_PIXELS)]  # a ceiling step: at most that many
         kth = int(NOISE_PERCENTILE / 100 * (sample.size - 1))
         floor = int(np.partition(sample, kth)[kth])
-        self.noise_hz = floor / (min(self._blocks_done, NOISE_BLOCKS) * NOISE_BLOCK_US * 1e-6)
+        self.noise_hz = floor / (sum(self._covered_us) * 1e-6)
         knee, power = self.adapt["knee_hz"], self.adapt["power"]
         scale = 1.0 if self.noise_hz <= knee else (knee / self.noise_hz) ** power
         self.dt_us = max(1, round(self.max_dt_us * scale))
@@ -852,9 +861,9 @@ def check_filters(spec: dict[str, Any] | None) -> dict[str, Any] | None:
         _check_keys("background_activity_adapt", adapt, {"knee_hz", "power"})
         if dt_us is None:
             raise ValueError("background_activity_adapt needs background_activity_us (the longest window)")
-        if not all(isinstance(adapt[key], (int, float)) and not isinstance(adapt[key], bool) and adapt[key] > 0
-                   for key in adapt):  # fmt: skip
-            raise ValueError(f"background_activity_adapt needs positive numbers knee_hz and power, got {adapt!r}")
+        if not all(isinstance(adapt[key], (int, float)) and not isinstance(adapt[key], bool)
+                   and math.isfinite(adapt[key]) and adapt[key] > 0 for key in ("knee_hz", "power")):  # fmt: skip
+            raise ValueError(f"background_activity_adapt needs positive finite knee_hz and power, got {adapt!r}")
         adapt = {"knee_hz": float(adapt["knee_hz"]), "power": float(adapt["power"])}
     if dt_us is None and hot is None and flicker is None:
         return None

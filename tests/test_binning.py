@@ -503,6 +503,9 @@ def test_adaptive_background_activity_window_follows_the_noise_floor_and_not_the
     chunked = BackgroundActivityFilter(sensor, 5_000, adapt)  # live chunks, one block edge inside some
     pieces = [chunked(chunk) for chunk in np.array_split(noisy, 997)]
     np.testing.assert_array_equal(np.concatenate(pieces), kept)
+    at_edges = BackgroundActivityFilter(sensor, 5_000, adapt)  # chunks cut exactly at the block edges
+    edges = np.searchsorted(noisy["t"], np.arange(500_000, 4_000_000, 500_000))
+    np.testing.assert_array_equal(np.concatenate([at_edges(chunk) for chunk in np.split(noisy, edges)]), kept)
     assert (chunked.noise_hz, chunked.dt_us) == (whole.noise_hz, whole.dt_us)
     live = StreamingBinner(SensorMapping.create(sensor, (16, 16)), WindowSpec(4, 10_000, 10_000),
                            filters={"background_activity_us": 5_000, "background_activity_adapt": adapt})  # fmt: skip
@@ -513,9 +516,19 @@ def test_adaptive_background_activity_window_follows_the_noise_floor_and_not_the
     quiet = BackgroundActivityFilter(sensor, 5_000, adapt)  # 0.2 Hz: below the knee, the longest window
     quiet(random_events(sensor, 0, 4_000_000, rate_hz=0.2 * 64 * 64, seed=4))
     assert quiet.noise_hz < 1.0 and quiet.dt_us == 5_000
-    # After a silence longer than the 2 s it looks back over, the noise has gone with it
-    whole(random_events(sensor, 10_000_000, 10_600_000, count=10, seed=5))
-    assert whole.noise_hz == 0.0 and whole.dt_us == 5_000
+    # A silence (no events: a paused source) is not taken for a quiet sensor: the estimate keeps what it saw
+    whole(random_events(sensor, 10_000_000, 10_400_000, count=10, seed=5))  # 6 s later, within one block
+    assert whole.noise_hz >= 6.0 and whole.dt_us < 1_000
+    whole(random_events(sensor, 10_600_000, 13_000_000, rate_hz=0.2 * 64 * 64, seed=6))  # then a quiet room
+    assert whole.noise_hz < 1.0 and whole.dt_us == 5_000
+    # A first block seen in part counts for the time it was seen (50 Hz from 0.3 s: 0.2 s of the first block)
+    late = BackgroundActivityFilter(sensor, 5_000, adapt)
+    late(random_events(sensor, 300_000, 600_000, rate_hz=50.0 * 64 * 64, seed=7))
+    assert late.noise_hz >= 25.0  # 0.5 s instead of 0.2 s would read about 12 Hz
+    # Events back in time or outside the sensor: counted in the current block, dropped, never an error
+    odd = BackgroundActivityFilter(sensor, 5_000, adapt)
+    odd(make_events([100, 50, 60, 600_000], [1, 70, 2, 3], [1, 1, -1, 3], [0, 1, 0, 1]))
+    assert odd.noise_hz == 0.0 and odd.dt_us == 5_000
 
 
 def test_adaptive_background_activity_specs_round_trip_and_need_a_window() -> None:

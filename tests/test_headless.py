@@ -301,3 +301,19 @@ def test_replay_sees_a_dvs128_layout_file_as_training_does(stage_env, tmp_path, 
         write_aedat31(tmp_path / f"flip_{axis}.aedat", turned, sensor)
         flipped = predictor.predict_file(tmp_path / f"flip_{axis}.aedat", segments).accuracy
         assert flipped <= report["accuracy"] - 0.2, (axis, flipped, report["accuracy"])
+
+
+def test_a_status_noise_filter_from_the_network_is_checked_never_raised_on() -> None:
+    """``background_activity`` of a worker's status comes from the network: a malformed one (huge,
+    negative, NaN, not a number, not a dict) is None for the report and the GUI, never an exception
+    and never a NaN in the report's JSON."""
+    from inference.messages import background_activity_text, read_background_activity
+
+    good = {"window_us": 271, "noise_floor_hz": 7.5}
+    assert read_background_activity(good) == good
+    assert background_activity_text(good) == "BA filter 0.271 ms (noise 7.5 Hz/px)"
+    assert background_activity_text({"window_us": 5000, "noise_floor_hz": None}) == "BA filter 5 ms"
+    for bad in ({"window_us": 10**400}, {"window_us": 0}, {"window_us": 5000.0}, {"window_us": True},
+                {"window_us": 5000, "noise_floor_hz": float("nan")}, {"window_us": 5000, "noise_floor_hz": 10**400},
+                {"window_us": 5000, "noise_floor_hz": -1}, {"window_us": 5000, "noise_floor_hz": "7"}, "5 ms", None):  # fmt: skip
+        assert read_background_activity(bad) is None and background_activity_text(bad) is None, bad

@@ -90,6 +90,7 @@ import torch
 
 from stream.atomic import write_atomically
 from stream.binning import (
+    NOISE_ESTIMATE,
     EventFilter,
     SensorMapping,
     WindowSpec,
@@ -561,6 +562,8 @@ def cache_key(
         "mapping": mapping_dict,
         "filters": filters,
     }
+    if filters is not None and filters.get("background_activity_adapt") is not None:
+        description["noise_estimate"] = list(NOISE_ESTIMATE)  # how the adaptive window reads the noise
     return hashlib.sha256(json.dumps(description, sort_keys=True).encode()).hexdigest()
 
 

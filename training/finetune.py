@@ -95,14 +95,18 @@ def build_parser() -> ArgumentParser:
     return parser
 
 
+def _fixed_window(filters: dict | None) -> dict:
+    """Noise filters without the adaptation of the background-activity window (a dict, maybe empty)."""
+    return {key: value for key, value in (filters or {}).items() if key != "background_activity_adapt"}
+
+
 def background_activity_candidates(parent_filters: dict | None,
                                    candidates_us: Sequence[int | None] = BACKGROUND_ACTIVITY_CANDIDATES_US,
                                    ) -> list[tuple[str, dict | None]]:  # fmt: skip
     """The noise filters ``--background-activity auto`` scores, named: the parent's own first when its
     window adapts to the noise (``background_activity_adapt``), then the parent's with each fixed
     window of ``candidates_us`` (µs; None: no such filter)."""
-    base = {key: value for key, value in (parent_filters or {}).items() if key != "background_activity_adapt"}
-    base = {"background_activity_us": None, "hot_pixels": None, "flicker": None, **base}
+    base = {"background_activity_us": None, "hot_pixels": None, "flicker": None, **_fixed_window(parent_filters)}
     named = []
     adapt = (parent_filters or {}).get("background_activity_adapt")
     if adapt is not None:
@@ -142,8 +146,8 @@ def _filters_argument(args: argparse.Namespace, parent_filters: dict | None, kno
     if args.background_activity == "keep":
         return []
     if args.background_activity != "auto":
-        given = {key: value for key, value in (parent_filters or {}).items() if key != "background_activity_adapt"}
-        return ["--filters", format_filters({**given, "background_activity_us": args.background_activity})]
+        given = {**_fixed_window(parent_filters), "background_activity_us": args.background_activity}
+        return ["--filters", format_filters(given)]
     if not knows_classes:
         print("background-activity filter: the parent's (it does not know these classes, so it cannot be scored on "
               "your takes; --background-activity US sets one)")  # fmt: skip
@@ -212,6 +216,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.epochs == 0 and not knows_classes:
         raise ValueError(f"--epochs 0 exports {args.init_from} as it is with a noise filter fitted to your takes: it "
                          f"needs a parent that knows your classes ({', '.join(source.classes)})")  # fmt: skip
+    training_only = [name for name, given in (("--rehearse", args.rehearse), ("--freeze-tokenizer",
+                     args.freeze_tokenizer), ("--interpolate", args.interpolate != DEFAULT_INTERPOLATE)) if given]
+    if args.epochs == 0 and training_only:
+        raise ValueError(f"--epochs 0 trains nothing: {', '.join(training_only)} would not apply")
     before = None  # the parent on the test takes, when it knows their classes
     if knows_classes:
         before = evaluate_checkpoint(args.init_from, args.data, split="test", cache_dir=args.cache)[0]
@@ -242,7 +250,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         train.main(train_argv)
     after, windows = evaluate_checkpoint(export, args.data, split="test", cache_dir=args.cache)
     filtered = None  # the parent with the new checkpoint's filters: how much of the change the filter alone makes
-    if before is not None and filters_argv:
+    if args.epochs == 0:
+        filtered = after  # the export is just that
+    elif before is not None and filters_argv:
         new_filters = checkpoint_inputs(read_metadata(export)).filters
         filtered = evaluate_checkpoint(args.init_from, args.data, split="test", cache_dir=args.cache,
                                        inputs=parent_inputs._replace(filters=new_filters))[0]  # fmt: skip
@@ -257,6 +267,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name, accuracy in after.per_class().items():
         print(f"  {name}: {'n/a' if accuracy is None else f'{accuracy:.1%}'}")
     if before is not None and before.accuracy > after.accuracy:
-        print(f"note: the parent reads more of your test takes ({before.accuracy:.1%}) than the fine-tuned model "
+        print(f"note: the parent reads more of your test takes ({before.accuracy:.1%}) than the new checkpoint "
               f"({after.accuracy:.1%}): keep using it (--checkpoint {args.init_from}), or record more takes")  # fmt: skip
     return 0

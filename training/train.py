@@ -195,6 +195,7 @@ def parse_filters(text: str) -> dict[str, Any] | None:
             kind, *values = part.split(":")
             if kind == "ba" and len(values) in (1, 3):
                 spec["background_activity_us"] = int(values[0])
+                spec["background_activity_adapt"] = None  # the last ba: part is the one that counts
                 if len(values) == 3:
                     spec["background_activity_adapt"] = {"knee_hz": float(values[1]), "power": float(values[2])}
             elif kind == "hot" and len(values) == 2:
