@@ -1044,8 +1044,9 @@ class ReviewPanel(QtWidgets.QWidget):
         self.finetune.progressed.connect(self._epoch)
         self.finetune.line.connect(lambda line: self.finetune_status.setText(line[:160]))
         self.finetune.finished.connect(self._finetune_finished)
-        self.epochs_box = _spin(1, 200, 4, "")  # training.finetune.DEFAULT_EPOCHS (not imported: it loads torch)
+        self.epochs_box = _spin(0, 200, 4, "")  # training.finetune.DEFAULT_EPOCHS (not imported: it loads torch)
         self.epochs_box.setPrefix("epochs ")
+        self.epochs_box.setSpecialValueText("no training: fit the noise filter only")  # finetune --epochs 0
         self.finetune_button = QtWidgets.QPushButton("Fine-tune the model on these takes")
         self.finetune_button.setToolTip("spikeformer-live finetune --data folder:<session>/labels.csv (the current "
                                         "model is the starting point)")  # fmt: skip
@@ -1178,7 +1179,8 @@ class ReviewPanel(QtWidgets.QWidget):
         self._enable()
         lines = output.splitlines()
         if code == 0:
-            start = next((i for i, line in enumerate(lines) if line.startswith("fine-tuned ")), max(0, len(lines) - 12))
+            summary = ("fine-tuned ", "fitted the noise filter of ")  # finetune's summary line (--epochs 0: the second)
+            start = next((i for i, line in enumerate(lines) if line.startswith(summary)), max(0, len(lines) - 12))
             self.result.setPlainText("\n".join(lines[start:]).strip())
             self.finetune_progress.setValue(self.finetune_progress.maximum())
             export = self._finetune_export

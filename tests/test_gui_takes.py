@@ -285,6 +285,15 @@ def test_finetune_button_runs_finetune_shows_epochs_and_the_table_and_offers_the
     assert models.loaded == [finetuned] and main.bars.classes == classes and main.strip.classes == classes
     assert main.model_name == finetuned.stem and f"model: {finetuned.stem}" in main.status_label.text()
     save_panel(qtbot, panel, tmp_path / "review-finetuned.png")
+    panel.epochs_box.setValue(0)  # no training: the current model with the noise filter fitted to the takes
+    assert panel.epochs_box.text() == "no training: fit the noise filter only"
+    panel.finetune_button.click()
+    assert panel.finetune.command[panel.finetune.command.index("--epochs") + 1] == "0"
+    qtbot.waitUntil(lambda: not panel.finetune.running, timeout=120_000)
+    assert panel.use_button.isEnabled(), panel.result.toPlainText()
+    assert panel.result.toPlainText().startswith(f"fitted the noise filter of {finetuned.name}")
+    assert read_metadata(panel.finetuned)["weights"]["sha256"] == read_metadata(finetuned)["weights"]["sha256"]
+    save_panel(qtbot, panel, tmp_path / "review-filter-only.png")
     main.close()
 
 
