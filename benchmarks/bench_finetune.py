@@ -90,7 +90,8 @@ def window_text(filters: dict | None) -> str:
     """The background-activity window of a filter spec: µs, "none", or "US adaptive"."""
     filters = filters or {}
     window = filters.get("background_activity_us")
-    return ("none" if window is None else str(window)) + (" adaptive" if filters.get("background_activity_adapt") else "")
+    adaptive = " adaptive" if filters.get("background_activity_adapt") else ""
+    return ("none" if window is None else str(window)) + adaptive
 
 
 def main() -> None:

@@ -315,5 +315,6 @@ def test_a_status_noise_filter_from_the_network_is_checked_never_raised_on() -> 
     assert background_activity_text({"window_us": 5000, "noise_floor_hz": None}) == "BA filter 5 ms"
     for bad in ({"window_us": 10**400}, {"window_us": 0}, {"window_us": 5000.0}, {"window_us": True},
                 {"window_us": 5000, "noise_floor_hz": float("nan")}, {"window_us": 5000, "noise_floor_hz": 10**400},
-                {"window_us": 5000, "noise_floor_hz": -1}, {"window_us": 5000, "noise_floor_hz": "7"}, "5 ms", None):  # fmt: skip
+                {"window_us": 5000, "noise_floor_hz": -1}, {"window_us": 5000, "noise_floor_hz": "7"},
+                "5 ms", None):  # fmt: skip
         assert read_background_activity(bad) is None and background_activity_text(bad) is None, bad

@@ -244,8 +244,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         train_argv.append("--no-progress")
     if args.epochs == 0:
         filters = train.parse_filters(filters_argv[1]) if filters_argv else parent_inputs.filters
-        export_parent(args.init_from, filters, export, data_spec=args.data,
-                      command="spikeformer-live finetune " + shlex.join(argv if argv is not None else sys.argv[1:]))  # fmt: skip
+        command = "spikeformer-live finetune " + shlex.join(argv if argv is not None else sys.argv[1:])
+        export_parent(args.init_from, filters, export, data_spec=args.data, command=command)
     else:
         train.main(train_argv)
     after, windows = evaluate_checkpoint(export, args.data, split="test", cache_dir=args.cache)
@@ -268,5 +268,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"  {name}: {'n/a' if accuracy is None else f'{accuracy:.1%}'}")
     if before is not None and before.accuracy > after.accuracy:
         print(f"note: the parent reads more of your test takes ({before.accuracy:.1%}) than the new checkpoint "
-              f"({after.accuracy:.1%}): keep using it (--checkpoint {args.init_from}), or record more takes")  # fmt: skip
+              f"({after.accuracy:.1%}): keep using it (--checkpoint {args.init_from}), "
+              "or record more takes")  # fmt: skip
     return 0

@@ -125,7 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--method", choices=("area", "nearest"), default="area", help="sensor -> input downsampling")
     add("--normalisation", default="log1p", help="log1p | binary | density:MAX | clip:MAX | none")
     add("--filters", default=None, help="noise filters: none | ba:US (background activity within US µs; "
-        "ba:US:KNEE_HZ:POWER: shorter as the noise rises above the knee) | hot:PERIOD_US:MAX_EVENTS | flicker:MIN_HZ:MAX_HZ (bursts repeating at that rate), comma separated "
+        "ba:US:KNEE_HZ:POWER: shorter as the noise rises above the knee) | hot:PERIOD_US:MAX_EVENTS | "
+        "flicker:MIN_HZ:MAX_HZ (bursts repeating at that rate), comma separated "
         "(e.g. ba:10000,hot:1000000:1000,flicker:80:150); default none, or the parent's with --from")
     add("--train-windows", type=int, default=6, help="random windows per training segment (cached pool)")
     add("--eval-windows", type=int, default=2, help="fixed windows per test segment")
