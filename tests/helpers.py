@@ -8,8 +8,10 @@ on a pipe, a message, a condition polled against a deadline), never fixed sleeps
 
 from __future__ import annotations
 
+import json
 import os
 import queue
+import shutil
 import socket
 import subprocess
 import sys
@@ -103,6 +105,16 @@ def make_checkpoint(directory: Path, config: SpikeformerConfig | str = TINY_CONF
                 module.running_var.uniform_(0.5, 2.0)
                 module.weight.uniform_(0.5, 2.0)
     return save_checkpoint(directory / model.config.name, model, checkpoint_metadata(model.config))
+
+
+def edited_checkpoint_copy(checkpoint: Path, path: Path, edit: Callable[[dict], None]) -> Path:
+    """A copy of ``checkpoint`` at ``path`` (a ``.json`` path) with the same weights file and its JSON
+    document changed in place by ``edit``; the JSON path."""
+    document = json.loads(checkpoint.read_text())
+    edit(document)
+    shutil.copy(checkpoint.with_name(document["weights"]["file"]), path.with_name(document["weights"]["file"]))
+    path.write_text(json.dumps(document))
+    return path
 
 
 class StandInSNN(nn.Module):

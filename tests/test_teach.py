@@ -9,6 +9,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from helpers import edited_checkpoint_copy
 
 from inference import Predictor
 from stream.commands import record_main
@@ -40,14 +41,8 @@ def finetune(labels: Path, out: Path, *options: str) -> Path:
 def fixed_window_copy(folder: Path) -> Path:
     """The built-in model with a fixed 5 ms background-activity window (as shipped until its window
     followed the noise): a parent whose noise filter does not fit a noisy room."""
-    import json
-    import shutil
-
-    document = json.loads(BUILTIN_CHECKPOINT.read_text())
-    document["input"]["filters"].pop("background_activity_adapt")
-    shutil.copy(BUILTIN_CHECKPOINT.with_name(document["weights"]["file"]), folder / document["weights"]["file"])
-    (folder / "fixed-window.json").write_text(json.dumps(document))
-    return folder / "fixed-window.json"
+    return edited_checkpoint_copy(BUILTIN_CHECKPOINT, folder / "fixed-window.json",
+                                  lambda document: document["input"]["filters"].pop("background_activity_adapt"))
 
 
 @pytest.mark.timeout(900)  # real training: about 2 min alone on 2 cores

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import TINY_CONFIG
+from helpers import TINY_CONFIG, edited_checkpoint_copy
 
 from stream.events import EVENT_DTYPE, GestureSegment, SensorSize, make_events
 from stream.formats.aedat31 import write_aedat31
@@ -361,9 +361,6 @@ def test_finetune_epochs_0_exports_the_parent_with_the_fitted_filter_and_needs_a
     """``finetune --epochs 0``: no training; the parent's weights, classes and inputs with the window
     ``--background-activity`` picks, recording where they came from. A parent that does not know the
     data's classes cannot be exported as it is: one clear error, before any work."""
-    import json
-    import shutil
-
     from training.checkpoint import read_metadata
     from training.evaluate import checkpoint_inputs, evaluate_checkpoint
     from training.finetune import main as finetune_main
@@ -384,12 +381,12 @@ def test_finetune_epochs_0_exports_the_parent_with_the_fitted_filter_and_needs_a
     assert (evaluate_checkpoint(export, spec, cache_dir=cache)[0].accuracy
             == evaluate_checkpoint(parent, spec, cache_dir=cache, inputs=inputs)[0].accuracy)  # fmt: skip
 
-    renamed = json.loads(parent.read_text())  # the same weights under other class names
-    renamed["classes"] = [f"gesture {index}" for index in range(len(renamed["classes"]))]
-    shutil.copy(parent.with_suffix(".safetensors"), tmp_path / "last.safetensors")
-    (tmp_path / "last.json").write_text(json.dumps(renamed))
+    def rename(document: dict) -> None:  # the same weights under other class names
+        document["classes"] = [f"gesture {index}" for index in range(len(document["classes"]))]
+
+    renamed = edited_checkpoint_copy(parent, tmp_path / "last.json", rename)
     with pytest.raises(ValueError, match="--epochs 0 .* needs a parent that knows your classes"):
-        finetune_main([*argv[2:], "--from", str(tmp_path / "last.json")])
+        finetune_main([*argv[2:], "--from", str(renamed)])
 
 
 def test_finetune_gives_the_same_weights_for_a_seed_and_other_weights_for_another(

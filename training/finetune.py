@@ -183,6 +183,29 @@ def export_parent(parent: Path, filters: dict | None, export: Path, *, data_spec
     return save_checkpoint(export, model, derived)
 
 
+def _train_argv(args: argparse.Namespace, export: Path, filters_argv: list[str]) -> list[str]:
+    """``train``'s arguments for the fine-tune ``args`` ask for."""
+    train_argv = [
+        "--from", str(args.init_from), "--data", args.data, "--out", str(args.out / "run"), "--epochs", str(args.epochs),
+        "--lr", str(args.lr), "--warmup-epochs", "0.5", "--repeats", str(args.repeats),
+        "--train-windows", str(args.train_windows), "--eval-windows", "4", "--augment", args.augment,
+        "--export", str(export),
+        "--export-epoch", "last",  # the held-out takes are what the summary reports: no selection on them
+        "--interpolate", str(args.interpolate),
+        "--batch-size", "16", "--bin-workers", "1", "--seed", str(args.seed),
+    ]  # fmt: skip
+    train_argv += filters_argv
+    if args.cache:
+        train_argv += ["--cache", args.cache]
+    if args.freeze_tokenizer:
+        train_argv.append("--freeze-tokenizer")
+    if args.rehearse:
+        train_argv += ["--rehearse", args.rehearse]
+    if args.no_progress:
+        train_argv.append("--no-progress")
+    return train_argv
+
+
 def _background_activity(text: str) -> str | int | None:
     """``--background-activity``: auto, keep, none or a window in µs."""
     if text in ("auto", "keep"):
@@ -224,30 +247,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if knows_classes:
         before = evaluate_checkpoint(args.init_from, args.data, split="test", cache_dir=args.cache)[0]
     filters_argv = _filters_argument(args, parent_inputs.filters, knows_classes)
-    train_argv = [
-        "--from", str(args.init_from), "--data", args.data, "--out", str(args.out / "run"), "--epochs", str(args.epochs),
-        "--lr", str(args.lr), "--warmup-epochs", "0.5", "--repeats", str(args.repeats),
-        "--train-windows", str(args.train_windows), "--eval-windows", "4", "--augment", args.augment,
-        "--export", str(export),
-        "--export-epoch", "last",  # the held-out takes are what the summary reports: no selection on them
-        "--interpolate", str(args.interpolate),
-        "--batch-size", "16", "--bin-workers", "1", "--seed", str(args.seed),
-    ]  # fmt: skip
-    train_argv += filters_argv
-    if args.cache:
-        train_argv += ["--cache", args.cache]
-    if args.freeze_tokenizer:
-        train_argv.append("--freeze-tokenizer")
-    if args.rehearse:
-        train_argv += ["--rehearse", args.rehearse]
-    if args.no_progress:
-        train_argv.append("--no-progress")
     if args.epochs == 0:
         filters = train.parse_filters(filters_argv[1]) if filters_argv else parent_inputs.filters
         command = "spikeformer-live finetune " + shlex.join(argv if argv is not None else sys.argv[1:])
         export_parent(args.init_from, filters, export, data_spec=args.data, command=command)
     else:
-        train.main(train_argv)
+        train.main(_train_argv(args, export, filters_argv))
     after, windows = evaluate_checkpoint(export, args.data, split="test", cache_dir=args.cache)
     filtered = None  # the parent with the new checkpoint's filters: how much of the change the filter alone makes
     if args.epochs == 0:
