@@ -21,7 +21,7 @@ from stream.formats import FORMATS, OUTPUT_FORMATS, add_format_options, convert,
 from stream.sim.scene import BUILT_IN_LOOKS, DEFAULT_SENSOR, LIGHTINGS, LOOKS
 from stream.sim.recording import DEFAULT_GESTURE_US, DEFAULT_IDLE_US, NUM_CLASSES
 from stream.sources.base import parse_speed
-from stream.stage import ArgumentParser, comma_names, positive_number, speed_argument
+from stream.stage import ArgumentParser, comma_names, speed_argument, value_or_range
 
 
 def info_main(argv: Sequence[str] | None = None) -> int:
@@ -180,11 +180,16 @@ def simulate_main(argv: Sequence[str] | None = None) -> int:
                         help=f"renderers, comma separated: {', '.join(LOOKS)} (default {','.join(BUILT_IN_LOOKS)})")
     parser.add_argument("--lightings", type=comma_names(tuple(LIGHTINGS)), default=tuple(LIGHTINGS),
                         help=f"lighting families, comma separated: {', '.join(LIGHTINGS)}")  # fmt: skip
-    fixed = parser.add_argument_group("fix one scene parameter (robustness measurements)")
-    fixed.add_argument("--zoom", type=positive_number, default=None, help="the person's size as seen (1 = as drawn)")
-    fixed.add_argument("--threshold", type=positive_number, default=None, help="base contrast threshold (log)")
-    fixed.add_argument("--noise-hz", type=float, default=None, help="background activity per pixel, events/s")
-    fixed.add_argument("--flicker-depth", type=float, default=None, help="mains flicker depth (0: steady light)")
+    fixed = parser.add_argument_group("fix a scene parameter (VALUE: robustness measurements) or widen its range "
+                                      "(LOW:HIGH: training sets)")
+    fixed.add_argument("--zoom", type=value_or_range(positive=True), default=None,
+                       help="the person's size as seen (1 = as drawn)")
+    fixed.add_argument("--threshold", type=value_or_range(positive=True), default=None,
+                       help="base contrast threshold (log)")
+    fixed.add_argument("--noise-hz", type=value_or_range(positive=False), default=None,
+                       help="background activity per pixel, events/s")
+    fixed.add_argument("--flicker-depth", type=value_or_range(positive=False), default=None,
+                       help="mains flicker depth (0: steady light; a range applies to the lights that flicker)")
     parser.add_argument("--montage", type=Path, help="write a PNG with one picture per class instead")
     parser.add_argument("--parameters", action="store_true", help="print every random parameter and its range")
     args = parser.parse_args(argv)

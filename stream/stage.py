@@ -88,6 +88,24 @@ def speed_argument(text: str) -> str:
     return text
 
 
+def value_or_range(*, positive: bool) -> Callable[[str], float | tuple[float, float]]:
+    """argparse type: ``VALUE`` or ``LOW:HIGH`` with LOW <= HIGH, finite numbers > 0 (``positive``)
+    or >= 0."""
+
+    def parse(text: str) -> float | tuple[float, float]:
+        try:
+            values = tuple(float(part) for part in text.split(":"))
+        except ValueError:
+            values = ()
+        bound_ok = all((value > 0 if positive else value >= 0) and value < float("inf") for value in values)
+        if len(values) not in (1, 2) or not bound_ok or values != tuple(sorted(values)):
+            kind = "> 0" if positive else ">= 0"
+            raise argparse.ArgumentTypeError(f"expected VALUE or LOW:HIGH (LOW <= HIGH), numbers {kind}, got {text!r}")
+        return values[0] if len(values) == 1 else values
+
+    return parse
+
+
 def positive_number(text: str) -> float:
     """argparse type: a finite number > 0."""
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import itertools
 import json
 import threading
@@ -16,10 +17,11 @@ from stream.classes import GESTURE_CLASSES, MIRRORED_CLASS
 from stream.events import EVENT_DTYPE, GestureSegment, SensorSize
 from stream.formats.aedat31 import read_aedat31
 from stream.formats.labels import read_gesture_labels, read_trials
-from stream.sim.dataset import write_dataset
+from stream.sim.dataset import describe, write_dataset
 from stream.sim.recording import simulate_gesture, simulate_recording
 from stream.sim.scene import LIGHTINGS, LOOKS, draw_scene
 from stream.sources.simulated import SimulatorSource
+from stream.stage import value_or_range
 
 SENSOR = SensorSize(128, 128)
 FIRST_LIGHTING = next(iter(LIGHTINGS))  # the data-set writer's first lighting family
@@ -321,3 +323,34 @@ def test_live_clock_is_exact_and_never_passes_an_event_still_to_come_while_rende
         assert int(chunks[seen]["t"][0]) >= clock
     # and it is not behind what was handed over: at least the newest event yielded before it
     assert all(clock >= int(chunks[seen - 1]["t"][-1]) for clock, seen in stalls if seen)
+
+
+def test_a_range_widens_a_scene_parameter_and_a_value_fixes_it():
+    ranges = {"zoom": (0.5, 1.5), "threshold": (0.1, 0.7), "noise_hz": (0.02, 8.0), "flicker_depth": (0.1, 0.4)}
+    scenes = [draw_scene(np.random.default_rng(seed), SENSOR, lighting="fluorescent", **ranges) for seed in range(40)]
+    zooms = np.array([scene.framing.zoom for scene in scenes])
+    noise = np.array([scene.pixels.noise_hz for scene in scenes])
+    depths = np.array([scene.flicker_depth for scene in scenes])
+    assert 0.5 <= zooms.min() < 0.7 and 1.2 < zooms.max() <= 1.5
+    assert 0.02 <= noise.min() < 0.1 and 2.0 < noise.max() <= 8.0  # log-uniform: both decades reached
+    assert 0.1 <= depths.min() and depths.max() <= 0.4 and len(set(depths)) == 40  # fluorescent light always flickers
+    steady = draw_scene(np.random.default_rng(0), SENSOR, lighting="natural", flicker_depth=(0.1, 0.4))
+    assert steady.flicker_depth == 0.0 and steady.flicker_hz == 0.0  # a range keeps steady light steady
+    fixed = draw_scene(np.random.default_rng(0), SENSOR, lighting="natural", zoom=0.8, flicker_depth=0.2)
+    assert fixed.framing.zoom == 0.8 and fixed.flicker_depth == 0.2  # a value fixes, and forces flicker
+    default = describe(draw_scene(np.random.default_rng(3), SENSOR, lighting="lab"))
+    assert default == describe(draw_scene(np.random.default_rng(3), SENSOR, lighting="lab", zoom=1.0))
+    with pytest.raises(ValueError, match="low > 0"):
+        draw_scene(np.random.default_rng(0), SENSOR, noise_hz=(0.0, 1.0))
+
+
+@pytest.mark.parametrize("text, expected", [("0.8", 0.8), ("0.5:1.5", (0.5, 1.5)), ("2:2", (2.0, 2.0))])
+def test_scene_parameters_take_a_value_or_a_range(text, expected):
+    assert value_or_range(positive=True)(text) == expected
+
+
+@pytest.mark.parametrize("text", ["0", "1.5:0.5", "a:b", "1:2:3", "nan", "inf", ""])
+def test_a_bad_scene_parameter_is_one_clear_argparse_error(text):
+    with pytest.raises(argparse.ArgumentTypeError, match="LOW:HIGH"):
+        value_or_range(positive=True)(text)
+    assert value_or_range(positive=False)("0") == 0.0

@@ -238,6 +238,16 @@ def _distractors(rng: np.random.Generator, sensor_size: SensorSize, scale: float
                        rng.uniform(0, np.pi), rng.uniform(0.1, 2.5), bool(rng.random() < 0.5)),)  # fmt: skip
 
 
+def _drawn(rng: np.random.Generator, value: float | tuple[float, float] | None, *, log: bool) -> float | None:
+    """``value`` as it is, or drawn from its ``(low, high)`` range (log-uniform when ``log``)."""
+    if not isinstance(value, tuple):
+        return value
+    low, high = value
+    if log and low <= 0:
+        raise ValueError(f"a range drawn log-uniform needs low > 0, got {value}")
+    return float(np.exp(rng.uniform(np.log(low), np.log(high)))) if log else float(rng.uniform(low, high))
+
+
 def draw_scene(
     rng: np.random.Generator,
     sensor_size: SensorSize = DEFAULT_SENSOR,
@@ -245,10 +255,10 @@ def draw_scene(
     look: str | None = None,
     lighting: str | None = None,
     duration_us: int = 0,
-    zoom: float | None = None,
-    threshold: float | None = None,
-    noise_hz: float | None = None,
-    flicker_depth: float | None = None,
+    zoom: float | tuple[float, float] | None = None,
+    threshold: float | tuple[float, float] | None = None,
+    noise_hz: float | tuple[float, float] | None = None,
+    flicker_depth: float | tuple[float, float] | None = None,
 ) -> Scene:
     """Draw a random scene for one recording of ``duration_us`` (distractors pass within it).
 
@@ -256,7 +266,10 @@ def draw_scene(
     look from ``BUILT_IN_LOOKS``);
     ``zoom`` (the person's size as seen), ``threshold`` (the pixels' base contrast threshold),
     ``noise_hz`` (background activity per pixel) and ``flicker_depth`` (0: steady light; else 100
-    or 120 Hz flicker of that depth) fix one parameter each, for robustness measurements.
+    or 120 Hz flicker of that depth) fix one parameter each, for robustness measurements. A
+    ``(low, high)`` pair instead widens the parameter's range: zoom, threshold and noise are drawn
+    log-uniform in it, and the depth uniform for the scenes whose light flickers (steady light stays
+    steady), for training sets that reach beyond the lighting families' ranges.
     """
     sensor_size = SensorSize(*sensor_size).validated()
     width, height = sensor_size
@@ -267,6 +280,7 @@ def draw_scene(
     if lighting not in LIGHTINGS:
         raise ValueError(f"lighting must be one of {sorted(LIGHTINGS)}, got {lighting!r}")
     light = LIGHTINGS[lighting]
+    zoom, threshold, noise_hz = (_drawn(rng, value, log=True) for value in (zoom, threshold, noise_hz))
     body = draw_body(rng, sensor_size)
     short_side = min(width, height)
     drift = rng.uniform(0.0, 0.08 * short_side) * (rng.random() < 0.4)  # px: a tripod that creeps, or none
@@ -289,7 +303,9 @@ def draw_scene(
     background = draw_background(rng, background_kind, height + 2 * pad, width + 2 * pad)
     flicker = rng.random() < light.flicker_probability
     depth = float(rng.uniform(*light.flicker_depth)) if flicker else 0.0
-    if flicker_depth is not None:
+    if isinstance(flicker_depth, tuple):
+        depth = float(rng.uniform(*flicker_depth)) if flicker else 0.0
+    elif flicker_depth is not None:
         flicker, depth = flicker_depth > 0, float(flicker_depth)
     illumination = float(rng.uniform(*light.illumination))
     noise_range = light.noise_hz if noise_hz is None else (noise_hz, noise_hz)
