@@ -337,7 +337,7 @@ PARAMETERS: tuple[tuple[str, str, str], ...] = (  # (parameter, range, unit)
     ("renderer", ("capsules (9 flat capsules), shaded (tapered, lit, patterned parts, sleeves, hair, face, fingers) "
                   "or polygons (straight-edged blocks, mittens, one light gradient, defocus; drawn only on request)"),
      "-"),
-    ("zoom, roll", "1 (robustness sets: 0.6-1.3); roll -10..10", "x, deg"),
+    ("zoom, roll", "1 (robustness sets: 0.6-1.3; `--zoom LOW:HIGH`: log-uniform); roll -10..10", "x, deg"),
     ("camera height and tilt", "vertical foreshortening 0.8-1.1; keystone +-0.002 per pixel at 128 px", "x"),
     ("camera drift", "40 % of scenes: out to 0-8 % of the short side and back over 20-60 s, any direction", "px"),
     ("camera shake", "two sinusoids per axis, 0-0.15 px (at 128 px), 0.3-3 Hz", "px"),
@@ -347,7 +347,8 @@ PARAMETERS: tuple[tuple[str, str, str], ...] = (  # (parameter, range, unit)
     ("light level", "natural 1-3, lab 0.8-1.6, led 0.5-1.3, fluorescent 0.5-1.2, fluorescent_led 0.4-1, dim 0.05-0.25",
      "x"),
     ("mains flicker", ("100 or 120 Hz; fluorescent always (depth 0.01-0.06), fluorescent_led 80 % (0.01-0.05), "
-                      "led 50 % (0.005-0.04), lab 30 % (0.003-0.02), dim 30 % (0.01-0.06), natural never"), "-"),
+                      "led 50 % (0.005-0.04), lab 30 % (0.003-0.02), dim 30 % (0.01-0.06), natural never; "
+                      "`--flicker-depth LOW:HIGH` replaces the depth range of the lights that flicker"), "-"),
     ("clothes and skin", "shirt 0.1-0.35 or 1.8-3.2 x the background's mean, skin contrasting with it", "x"),
     ("shaded look", ("shading 0.15-0.6, printed pattern 60 % (amplitude 0-0.45, 0.08-0.35 cycles/px), sleeve folds "
                     "0.05-0.3, long sleeves 60 %, long hair 35 %, build 0.85-1.25 x"), "-"),
@@ -356,11 +357,13 @@ PARAMETERS: tuple[tuple[str, str, str], ...] = (  # (parameter, range, unit)
                       "scale in any direction, defocus: 1-2 passes of a 3-tap blur of weight 0-0.25 (at 128 px)"), "-"),
     ("distractors", "40 % of recordings: an occluding shape (25 %) or a person passing (15 %), in front or behind",
      "-"),
-    ("contrast threshold", "0.1-0.5 log-uniform; ON/OFF ratio 0.75-1.33; per-pixel mismatch sigma 2-10 %", "log I"),
+    ("contrast threshold", ("0.1-0.5 log-uniform (`--threshold LOW:HIGH`: another range); ON/OFF ratio 0.75-1.33; "
+                           "per-pixel mismatch sigma 2-10 %"), "log I"),
     ("refractory period", "50 us - 3 ms, log-uniform", "us"),
     ("bandwidth limit", "dim light: 15-150 Hz at the scene's light, growing with each pixel's light", "Hz"),
     ("leak", "dim light: 0.1-1 Hz per pixel (x 0.5-1.5 per pixel)", "Hz"),
-    ("background activity", "natural 0.02-0.15 ... dim 0.2-1 per pixel (robustness sets: 0.05-5)", "Hz"),
+    ("background activity", ("natural 0.02-0.15 ... dim 0.2-1 per pixel (robustness sets: 0.05-5; "
+                            "`--noise-hz LOW:HIGH`: log-uniform)"), "Hz"),
     ("hot pixels", "0-8 pixels at 5-300 Hz", "-"),
     ("sensor", "128x128 (robustness sets: 240x180, 346x260, 640x480 through the sensor mapping)", "px"),
 )
