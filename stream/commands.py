@@ -193,6 +193,8 @@ def simulate_main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--montage", type=Path, help="write a PNG with one picture per class instead")
     parser.add_argument("--parameters", action="store_true", help="print every random parameter and its range")
     args = parser.parse_args(argv)
+    if isinstance(args.noise_hz, tuple) and args.noise_hz[0] <= 0:
+        parser.error(f"argument --noise-hz: a range is drawn log-uniform, so LOW must be > 0, got {args.noise_hz[0]}")
     if args.parameters:
         from stream.sim.scene import parameter_table
 

@@ -354,3 +354,9 @@ def test_a_bad_scene_parameter_is_one_clear_argparse_error(text):
     with pytest.raises(argparse.ArgumentTypeError, match="LOW:HIGH"):
         value_or_range(positive=True)(text)
     assert value_or_range(positive=False)("0") == 0.0
+
+
+def test_a_noise_range_from_zero_is_refused_before_anything_is_written(tmp_path, capsys):
+    assert stream_main(["simulate", "--out", str(tmp_path / "set"), "--samples", "1", "--noise-hz", "0:5"]) == 2
+    assert "LOW must be > 0" in capsys.readouterr().err
+    assert not (tmp_path / "set").exists()
