@@ -9,8 +9,16 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+if os.environ.get("PYTEST_XDIST_WORKER"):  # `pytest -n 2`: one CPU per worker, its stages and trainings included
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 REAL_AEDAT4 = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real" / "davis346_street.aedat4"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The longest tests first (those given a longer timeout, then those marked slow), so that with
+    ``-n 2`` both workers start on them and the run does not end waiting for one of them alone."""
+    items.sort(key=lambda item: 0 if item.get_closest_marker("timeout") else 1 if item.get_closest_marker("slow") else 2)
 
 
 @pytest.fixture
