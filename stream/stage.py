@@ -88,9 +88,9 @@ def speed_argument(text: str) -> str:
     return text
 
 
-def value_or_range(*, positive: bool) -> Callable[[str], float | tuple[float, float]]:
+def value_or_range(*, positive: bool, log: bool = False) -> Callable[[str], float | tuple[float, float]]:
     """argparse type: ``VALUE`` or ``LOW:HIGH`` with LOW <= HIGH, finite numbers > 0 (``positive``)
-    or >= 0."""
+    or >= 0; a range drawn log-uniform (``log``) needs LOW > 0 even where a value may be 0."""
 
     def parse(text: str) -> float | tuple[float, float]:
         try:
@@ -101,6 +101,8 @@ def value_or_range(*, positive: bool) -> Callable[[str], float | tuple[float, fl
         if len(values) not in (1, 2) or not bound_ok or values != tuple(sorted(values)):
             kind = "> 0" if positive else ">= 0"
             raise argparse.ArgumentTypeError(f"expected VALUE or LOW:HIGH (LOW <= HIGH), numbers {kind}, got {text!r}")
+        if log and len(values) == 2 and values[0] <= 0:
+            raise argparse.ArgumentTypeError(f"a range is drawn log-uniform, so LOW must be > 0, got {text!r}")
         return values[0] if len(values) == 1 else values
 
     return parse
