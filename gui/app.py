@@ -83,8 +83,9 @@ from gui.widgets import (
     RollingPlot,
     dark_palette,
 )
-from inference.messages import background_activity_text, read_worker_message
+from inference.messages import background_activity_text, read_input_coverage, read_worker_message
 from stream.classes import GESTURE_CLASSES, NO_GESTURE
+from stream.coverage import coverage_text
 from stream.events import GestureSegment, SensorSize
 from stream.formats.aedat4 import DEFAULT_CAMERA, Aedat4Writer
 from stream.transport.control import ControlClient
@@ -471,6 +472,7 @@ class MainWindow(QtWidgets.QMainWindow):
         self.source_name = source_spec
         self.counters: dict[str, Any] = {}
         self.noise_filter_text: str | None = None  # the worker's background-activity window and noise floor
+        self.input_coverage: dict | None = None  # the worker's recent input coverage against the training data
         self.stable_name = NO_GESTURE
         self.latest_prediction: dict | None = None
         self.predictions_seen = 0
@@ -1150,6 +1152,7 @@ class MainWindow(QtWidgets.QMainWindow):
         self.counters = stats.get("counters", self.counters) or self.counters
         self.backend = stats.get("backend", self.backend) or self.backend
         self.noise_filter_text = background_activity_text(stats.get("background_activity"))
+        self._show_input_coverage(read_input_coverage(stats.get("input_coverage")))
         source = stats.get("source") or {}
         if isinstance(source, dict):
             if source.get("source"):
@@ -1158,6 +1161,13 @@ class MainWindow(QtWidgets.QMainWindow):
                 self.rate_plot.add("source", now_s, source["event_rate"] / 1e6)
             if self.receiver.events_endpoint is None:  # no direct line to the source: the worker's copy
                 self._take_source_stats(source)
+
+    def _show_input_coverage(self, coverage: dict | None) -> None:
+        """The worker's recent input coverage: in the status bar, and under the gesture when the input
+        is sparser or denser than the checkpoint's training data (``stream.coverage``)."""
+        self.input_coverage = coverage
+        unlike = coverage is not None and coverage["verdict"] in ("sparse", "dense")
+        self.prediction_panel.set_warning(coverage_text(coverage) if unlike else None)
 
     def _take_source_stats(self, stats: dict) -> None:
         """The source's connection state from its stats (``connected``, ``disconnects``, ``reconnects``)."""
@@ -1318,6 +1328,8 @@ class MainWindow(QtWidgets.QMainWindow):
             parts.append(f"sensor {self.sensor}")
         if self.noise_filter_text:
             parts.append(self.noise_filter_text)
+        if self.input_coverage is not None and self.input_coverage["ratio"] is not None:
+            parts.append(f"input coverage {self.input_coverage['ratio']:.2f}x training")
         self.status_label.setText("  ·  ".join(parts))
         caption = f"{self.accumulation_us / 1000:g} ms · full colour at {self.full_scale} events"
         self.event_view.set_caption("FROZEN" if self.frozen else ("PAUSED · " if self.source_paused else "") + caption)

@@ -242,10 +242,16 @@ class PredictionPanel(QtWidgets.QWidget):
         detail_font = self.detail.font()
         detail_font.setPointSize(15)
         self.detail.setFont(detail_font)
+        self.warning = QtWidgets.QLabel("")  # the input is unlike the training data (``set_warning``)
+        self.warning.setAlignment(QtCore.Qt.AlignmentFlag.AlignCenter)
+        self.warning.setWordWrap(True)
+        self.warning.setStyleSheet("color: #ff7a5c;")
+        self.warning.hide()
         layout = QtWidgets.QVBoxLayout(self)
         layout.setContentsMargins(4, 4, 4, 4)
         layout.addWidget(self.label)
         layout.addWidget(self.detail)
+        layout.addWidget(self.warning)
         self._index = -1
         self.stale = False
         self.show_stable(-1, NO_GESTURE, 0.0, None)
@@ -262,6 +268,11 @@ class PredictionPanel(QtWidgets.QWidget):
         if top is not None:
             parts.append(f"this window: {top[0]} {top[1] * 100:.0f} %")
         self.detail.setText("   ·   ".join(parts) if parts else "")
+
+    def set_warning(self, text: str | None) -> None:
+        """A line under the label about the input (None: none shown)."""
+        self.warning.setText(text or "")
+        self.warning.setVisible(bool(text))
 
     def set_stale(self, stale: bool) -> None:
         """Grey the label out while no fresh prediction comes (it is the last one, not the current)."""

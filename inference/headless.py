@@ -76,8 +76,14 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from inference.messages import background_activity_text, read_background_activity, read_worker_message
+from inference.messages import (
+    background_activity_text,
+    read_background_activity,
+    read_input_coverage,
+    read_worker_message,
+)
 from stream.atomic import write_atomically
+from stream.coverage import coverage_summary, coverage_text
 from stream.events import GestureSegment
 from stream.transport.keys import CurveConfig
 from stream.transport.sockets import Subscriber
@@ -275,6 +281,7 @@ class HeadlessRecorder:
         self.model_ms = array("d")
         self.model_cpu_ms = array("d")
         self.e2e_ms = array("d")
+        self.coverage = array("d")  # each window's input coverage (NaN: the worker sent none)
         self.segments: list[GestureSegment] = []
         self.truth_source: str | None = None  # "simulator" (truth messages) or the labels file
         self.classes: list[str] | None = None  # the worker's class names (its status messages)
@@ -290,6 +297,7 @@ class HeadlessRecorder:
         self.worker_busy_s: dict = {}  # the latest worker's busy seconds by part (its stats)
         self.counters: dict = {}
         self.background_activity: dict | None = None  # the latest status's noise-filter window and floor
+        self.input_coverage: dict | None = None  # the latest status's recent input coverage
         self.source: dict = {}
         self.backend: str | None = None
         self.sensor: list[int] | None = None
@@ -337,6 +345,8 @@ class HeadlessRecorder:
             self.model_ms.append(_number(timing.get("inference_ms")))
             self.model_cpu_ms.append(_number(timing.get("inference_cpu_ms")))
             self.e2e_ms.append((recv_us - int(timing["source_send_us"])) / 1000.0)
+            coverage = _number(data["window"].get("coverage"))
+            self.coverage.append(coverage if 0 <= coverage <= 1 and data["window"]["events"] > 0 else float("nan"))
             self.class_names.setdefault(int(data["class_index"]), data["class_name"])
             self.num_classes = max(self.num_classes, len(data["probabilities"]))
             self.last_prediction = data
@@ -349,6 +359,8 @@ class HeadlessRecorder:
                 self.worker_busy_s = data["busy_s"]
             if "background_activity" in data:
                 self.background_activity = read_background_activity(data["background_activity"])
+            if "input_coverage" in data:
+                self.input_coverage = read_input_coverage(data["input_coverage"]) or self.input_coverage
             window = data.get("window")
             if isinstance(window, dict) and self.stride_us is None:
                 self.stride_us = window.get("stride_us")
@@ -366,6 +378,14 @@ class HeadlessRecorder:
             return list(self.classes)
         count = max(self.num_classes, max(self.class_names, default=-1) + 1)
         return [self.class_names.get(index, str(index)) for index in range(count)]
+
+    def run_coverage(self) -> dict | None:
+        """``stream.coverage.coverage_summary`` of every window with events in the run, against the
+        training median the worker's status named (None: no such window)."""
+        coverages = np.asarray(self.coverage, dtype=np.float64)
+        coverages = coverages[np.isfinite(coverages)]
+        training = self.input_coverage and self.input_coverage["training_median"]
+        return coverage_summary(coverages, {"median": training, "windows": 1} if training else None)
 
     def window_rate(self) -> float | None:
         """Predictions received per second between the first and the last one (None: fewer than 2)."""
@@ -406,6 +426,7 @@ class HeadlessRecorder:
             "checkpoint": checkpoint,
             "sensor": self.sensor,
             "background_activity": self.background_activity,
+            "input_coverage": self.run_coverage(),
             "wall_s": round(wall_s, 3),
             "ended": self.ending or ("end of stream" if self.ended else "duration"),
             "counters": counters,
@@ -469,6 +490,7 @@ def format_summary(report: dict) -> str:
         ("events in / dropped (lost)", f"{report['events_in']} / {report['events_dropped']} ({report['events_lost']})"),
         ("event rate (ev/s)", report.get("event_rate")),
         ("noise filter at the end", background_activity_text(report.get("background_activity")) or "n/a"),
+        ("input coverage (run median)", coverage_text(report.get("input_coverage")) or "n/a"),
         ("worker restarts", report.get("worker_restarts", 0)),
         ("stage restarts (launcher)", _restarts_text(report.get("stage_restarts", {}))),
         (f"gaps > {report.get('gap_threshold_s', 1.0):g} s", _gaps_text(report.get("gaps", []))),

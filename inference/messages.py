@@ -7,7 +7,7 @@ On the worker's endpoint (the wire format is ``stream.transport.wire``):
   start of the worker process, so a consumer sees a restart), ``seq``, ``class_index``,
   ``class_name``, ``probabilities``, ``stable`` {``index`` (-1 = no gesture), ``name``,
   ``confidence``}, ``window`` {``start_us``, ``end_us`` (stream time, µs), ``stride_us``,
-  ``events``}, ``timing`` (transport clock ``time.monotonic_ns() // 1000``, µs:
+  ``events``, ``coverage``: the fraction of the window's input cells that fired, ``stream.coverage``}, ``timing`` (transport clock ``time.monotonic_ns() // 1000``, µs:
   ``source_send_us`` of the message that completed the window, ``recv_us`` when the worker got it,
   ``binned_us``, ``published_us``; and ``recv_to_binned_ms``, ``inference_ms``, ``compute_ms`` =
   published - recv; ``inference_cpu_ms``: the worker thread's CPU time while the model ran: what
@@ -16,7 +16,9 @@ On the worker's endpoint (the wire format is ``stream.transport.wire``):
   the source's end (``worker_status``): ``worker_id``, ``counters``, ``backend``, ``sensor``,
   ``window``, ``classes`` (the model's class names, in the order of ``class_index`` and
   ``probabilities``), ``background_activity`` (the noise filter's window now, ``window_us``, and its
-  noise floor, ``noise_floor_hz``, Hz per pixel; None without that filter), ``source`` (the source's
+  noise floor, ``noise_floor_hz``, Hz per pixel; None without that filter), ``input_coverage`` (the
+  median coverage of the recent windows against the checkpoint's training data,
+  ``stream.coverage.coverage_summary``; None before a window with events), ``source`` (the source's
   own latest stats), ``source_paused``, ``busy_s`` (seconds spent receiving, binning, inferring,
   publishing) and ``uptime_s``.
 * ``Kind.TRUTH``: the source's gesture segments, forwarded unchanged.
@@ -30,6 +32,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+from stream.coverage import coverage_verdict
 from stream.events import GestureSegment
 from stream.transport.wire import Kind, Message, Status
 
@@ -123,6 +126,24 @@ def read_background_activity(value: Any) -> dict[str, Any] | None:
     if floor is not None and not (_is_number(floor) and 0 <= floor <= MAX_NOISE_HZ):
         return None  # a comparison, not a conversion: NaN fails it and a huge int never becomes a float
     return {"window_us": window_us, "noise_floor_hz": None if floor is None else float(floor)}
+
+
+def read_input_coverage(value: Any) -> dict[str, Any] | None:
+    """A status's ``input_coverage`` checked (``stream.coverage.coverage_summary``), its ratio and
+    verdict worked out again here from the two medians; None when absent or malformed (it comes
+    from the network)."""
+    if not isinstance(value, dict):
+        return None
+    median, windows, training = value.get("median"), value.get("windows"), value.get("training_median")
+    if not (_is_number(median) and 0 <= median <= 1 and _is_int(windows) and 1 <= windows <= 10**9):
+        return None
+    summary = {"median": float(median), "windows": windows, "training_median": None, "ratio": None, "verdict": None}
+    if training is None:
+        return summary
+    if not (_is_number(training) and 0 < training <= 1):
+        return None
+    ratio = float(median) / float(training)
+    return {**summary, "training_median": float(training), "ratio": round(ratio, 4), "verdict": coverage_verdict(ratio)}
 
 
 def background_activity_text(value: Any) -> str | None:

@@ -30,6 +30,7 @@ from __future__ import annotations
 import logging
 import secrets
 import time
+from collections import deque
 from dataclasses import asdict, dataclass, field
 from typing import Any, NamedTuple
 
@@ -38,6 +39,7 @@ import numpy as np
 from inference.messages import prediction as prediction_message
 from inference.smoothing import LabelSmoother, SmoothingConfig, softmax
 from stream.binning import SensorMapping, StreamingBinner, Window, WindowSpec
+from stream.coverage import CoverageMonitor, window_coverage
 from stream.events import SensorSize, concatenate_events, empty_events
 from stream.transport.wire import now_us
 
@@ -133,6 +135,8 @@ class InferenceWorker:
             decision = metadata.get("decision")
             smoothing = SmoothingConfig.from_dict(decision) if decision else SmoothingConfig()
         self.smoother = LabelSmoother(self.classes, smoothing)
+        self.coverage = CoverageMonitor(model_input.get("coverage"))  # the input against the training data
+        self._bin_coverages: deque[float] = deque(maxlen=window.bins)  # a step model's last window, bin by bin
         self._last_bin_end: int | None = None  # a step model's newest bin fed
         self.counters = WorkerCounters()
         self.sensor: SensorSize | None = None
@@ -173,6 +177,8 @@ class InferenceWorker:
     def _reset_model(self) -> None:
         """A new stream for a step model: its state (potentials, attention cache) starts again."""
         self._last_bin_end = None
+        self._bin_coverages.clear()
+        self.coverage.reset()
         if self.step_mode:
             self.backend.reset()
 
@@ -328,13 +334,17 @@ class InferenceWorker:
         # A window without events holds no gesture, whatever the model makes of an empty input.
         stable = self.smoother.update(probabilities) if window.events > 0 else self.smoother.silence()
         index = int(probabilities.argmax())
+        coverage = self._window_coverage(window)
+        if window.events > 0:
+            self.coverage.add(coverage)
         self.counters.windows += 1
         send_us, recv_us = packet
         message = prediction_message(
             worker_id=self.worker_id, seq=self._seq, classes=self.classes, probabilities=probabilities,
             class_index=index, stable=stable,
             window={"start_us": window.end_us - self.window.window_us, "end_us": window.end_us,
-                    "stride_us": self.bin_window.stride_us, "events": window.events},
+                    "stride_us": self.bin_window.stride_us, "events": window.events,
+                    "coverage": round(coverage, 6)},
             timing={"source_send_us": send_us, "recv_us": recv_us, "binned_us": binned_us,
                     "recv_to_binned_ms": (binned_us - recv_us) / 1000.0, "inference_ms": round(inference_ms, 3),
                     "inference_cpu_ms": round(inference_cpu_ms, 3)},
@@ -342,6 +352,15 @@ class InferenceWorker:
         )  # fmt: skip
         self._seq += 1
         return message
+
+    def _window_coverage(self, window: Window) -> float:
+        """The coverage of the window just inferred (``stream.coverage``); a step model's is that of its
+        last ``bins`` bins, the ones never filled counting as empty."""
+        coverage = float(window_coverage(window.frames))
+        if not self.step_mode:
+            return coverage
+        self._bin_coverages.append(coverage)
+        return sum(self._bin_coverages) / self.window.bins
 
     def _step(self, window: Window) -> np.ndarray:
         """Feed one bin to a step model (after empty bins for the ones the source never filled;
@@ -351,10 +370,12 @@ class InferenceWorker:
             missing = (window.end_us - self._last_bin_end) // bin_us - 1
             if missing >= self.window.bins:
                 self.backend.reset()
+                self._bin_coverages.clear()
             else:
                 empty = np.zeros_like(window.frames[0])
                 for _ in range(max(0, missing)):
                     self.backend.step(empty)
+                    self._bin_coverages.append(0.0)
         self._last_bin_end = window.end_us
         return np.asarray(self.backend.step(window.frames[0]))
 

@@ -276,6 +276,7 @@ class WorkerLoop:
             "window": self.worker.window.to_dict(),
             "classes": list(self.worker.classes),
             "background_activity": self.worker.background_activity(),
+            "input_coverage": self.worker.coverage.summary(),
             "source": self.source_stats,
             "source_paused": self.paused,
             "busy_s": {name: round(value, 4) for name, value in self.busy_s.items()},

@@ -175,6 +175,27 @@ def test_window_shows_events_predictions_and_status(qtbot, window: MainWindow, p
     qtbot.waitUntil(lambda: "BA filter" not in window.status_label.text(), timeout=5000)
 
 
+def test_an_input_unlike_the_training_data_is_said_under_the_gesture(qtbot, window: MainWindow, publishers,
+                                                                  tmp_path: Path) -> None:  # fmt: skip
+    """The worker's status says the recent windows fire on a quarter of the pixels its training data
+    fired on: the window says so under the gesture, with what to do; back in range, the line goes."""
+    worker, _ = publishers
+    worker.publish_json(Kind.PREDICTION, prediction(0, 10))
+    qtbot.waitUntil(lambda: window.prediction_panel.label.text() == GESTURE_CLASSES[10], timeout=5000)
+    sparse = {"median": 0.005, "windows": 40, "training_median": 0.02, "ratio": 1.0, "verdict": "ok"}  # lies: worked out again
+    worker.publish_status({"type": "stats", "worker_id": WORKER_ID, "counters": {}, "input_coverage": sparse})
+    warning = window.prediction_panel.warning
+    qtbot.waitUntil(lambda: not warning.isHidden(), timeout=5000)
+    assert warning.text().startswith("input coverage 0.25x training: sparse (gestures may read as 'other gestures'")
+    qtbot.waitUntil(lambda: "input coverage 0.25x training" in window.status_label.text(), timeout=5000)
+    assert window.save_screenshot(tmp_path / "sparse-input.png") is not None
+    worker.publish_status({"type": "stats", "worker_id": WORKER_ID, "counters": {},
+                           "input_coverage": {**sparse, "median": 0.03}})  # fmt: skip
+    qtbot.waitUntil(lambda: warning.isHidden(), timeout=5000)
+    worker.publish_status({"type": "stats", "worker_id": WORKER_ID, "counters": {}, "input_coverage": "sparse"})
+    qtbot.waitUntil(lambda: "input coverage" not in window.status_label.text(), timeout=5000)
+
+
 def test_space_freezes_the_display_of_a_live_source_and_thaws_it(qtbot, window: MainWindow, publishers) -> None:
     from PySide6 import QtCore
 

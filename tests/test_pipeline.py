@@ -671,6 +671,11 @@ def test_pipeline_on_the_simulator_reports_latencies_counts_and_the_truth(simula
     noise = report["background_activity"]
     assert noise["window_us"] == 5_000 and 0 <= noise["noise_floor_hz"] <= 1.0, noise
     assert "| noise filter at the end | BA filter 5 ms (noise " in stdout
+    # the simulator's stream fires on about as many pixels as the built-in's training data did
+    coverage = report["input_coverage"]
+    assert coverage["training_median"] == 0.025532 and coverage["windows"] >= 40, coverage
+    assert coverage["verdict"] == "ok" and 0.5 <= coverage["ratio"] <= 2, coverage
+    assert f"| input coverage (run median) | input coverage {coverage['ratio']:.2f}x training |" in stdout
 
 
 def test_the_built_in_checkpoint_recognises_the_simulated_gestures(simulator_run):

@@ -21,7 +21,7 @@ from stream.formats.aedat31 import write_aedat31
 from stream.formats.labels import write_gesture_labels, write_trials
 from training import BUILTIN_CHECKPOINT, train
 from training.__main__ import main as training_main
-from training.checkpoint import load_checkpoint
+from training.checkpoint import load_checkpoint, read_metadata
 from training.spikeformer import build_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -108,6 +108,7 @@ def test_training_reduces_loss_and_writes_csv_and_checkpoints(trained_run: Path)
         assert metadata["input"]["window"] == {"bins": 4, "bin_us": 50000, "stride_us": 50000}
         assert metadata["input"]["sensor_mapping"]["flip_y"] is False
         assert metadata["data"]["source_orientation"] == "top-left"
+        assert 0 < metadata["input"]["coverage"]["median"] <= 1 and metadata["input"]["coverage"]["windows"] >= 16
         assert 0.0 <= metadata["metrics"]["test_accuracy"] <= 1.0
     assert any((trained_run / "tensorboard").iterdir())
     state = json.loads((trained_run / "train_state.json").read_text())
@@ -164,6 +165,11 @@ def test_evaluate_json_and_confusion_png(tiny_data: dict[str, Path], trained_run
     assert code == 0
     report = json.loads(capsys.readouterr().out)
     assert report["samples"] == 4 * 3  # 4 test segments x 3 windows
+    # how much of the input fires on these windows, against the training windows the checkpoint measured
+    training = read_metadata(trained_run / "best.json")["input"]["coverage"]
+    coverage = report["coverage"]
+    assert coverage["windows"] == 12 and coverage["training_median"] == training["median"]
+    assert coverage["ratio"] == pytest.approx(coverage["median"] / training["median"], abs=1e-4)
     assert 0.0 <= report["accuracy"] <= 1.0
     assert set(report["per_class"]) == set(report["classes"]) and report["per_class"]["air guitar"] is None
     assert np.trace(np.array(report["confusion"])) == round(report["accuracy"] * report["samples"])
@@ -304,7 +310,6 @@ def test_finetune_background_activity_auto_keeps_the_window_the_parent_scores_be
     """``finetune --background-activity``: auto scores the parent on the train takes with each candidate
     window, prints them and keeps the best in the new checkpoint (train --filters over the parent's);
     a window in µs is taken as given, ``keep`` keeps the parent's filters (here none)."""
-    from training.checkpoint import read_metadata
     from training.evaluate import checkpoint_inputs, evaluate_checkpoint
     from training.finetune import BACKGROUND_ACTIVITY_CANDIDATES_US
     from training.finetune import main as finetune_main
@@ -361,7 +366,6 @@ def test_finetune_epochs_0_exports_the_parent_with_the_fitted_filter_and_needs_a
     """``finetune --epochs 0``: no training; the parent's weights, classes and inputs with the window
     ``--background-activity`` picks, recording where they came from. A parent that does not know the
     data's classes cannot be exported as it is: one clear error, before any work."""
-    from training.checkpoint import read_metadata
     from training.evaluate import checkpoint_inputs, evaluate_checkpoint
     from training.finetune import main as finetune_main
 

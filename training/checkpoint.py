@@ -11,7 +11,9 @@ config stored in the JSON (``model``). The JSON::
         "window": {"bins": T, "bin_us": int, "stride_us": int},           # WindowSpec.to_dict()
         "sensor_mapping": {"input_width": W, "input_height": H, "method": str,
                            "flip_x": bool, "flip_y": bool},                 # SensorMapping.to_dict()
-        "normalisation": {"kind": ...} or null
+        "normalisation": {"kind": ...} or null,
+        "filters": {...},                                                   # optional: noise filters
+        "coverage": {"median": float, "windows": int}                       # optional: stream.coverage
       },
       "data": {...}, "metrics": {...},               # free-form: what it was trained on, how it scored
       "weights": {"file": "NAME.safetensors", "sha256": hex, "parameters": int}
@@ -37,6 +39,7 @@ import torch
 
 from stream.atomic import write_atomically
 from stream.binning import check_filters, check_normalisation
+from stream.coverage import check_coverage
 from training.spikeformer import Spikeformer, SpikeformerConfig, build_model, count_parameters
 
 FORMAT = "spikeformer-live-checkpoint"
@@ -273,7 +276,7 @@ def _validate_document(document: dict, where: str) -> SpikeformerConfig:
         )
 
     inputs = _check_keys(f"{where}: input", document["input"], {"window", "sensor_mapping", "normalisation"},
-                         optional={"filters"})  # fmt: skip
+                         optional={"filters", "coverage"})  # fmt: skip
     window = _check_keys(f"{where}: input.window", inputs["window"], {"bins", "bin_us", "stride_us"})
     for key in ("bins", "bin_us", "stride_us"):
         _positive_int(f"{where}: input.window.{key}", window[key])
@@ -298,7 +301,7 @@ def _validate_document(document: dict, where: str) -> SpikeformerConfig:
             f"{where}: sensor_mapping maps to {mapping['input_width']}x{mapping['input_height']} pixels but the "
             f"model input is {width}x{height} (width x height)"
         )
-    for key, check in (("normalisation", check_normalisation), ("filters", check_filters)):
+    for key, check in (("normalisation", check_normalisation), ("filters", check_filters), ("coverage", check_coverage)):
         try:
             check(inputs.get(key))
         except ValueError as error:

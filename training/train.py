@@ -81,6 +81,7 @@ from tqdm import tqdm
 
 from stream.binning import WindowSpec, check_filters, check_normalisation
 from stream.classes import GESTURE_CLASSES, MIRRORED_CLASS
+from stream.coverage import coverage_spec, window_coverage
 from stream.events import SensorSize
 from stream.stage import ArgumentParser
 from training import data
@@ -698,7 +699,8 @@ def _train(args: argparse.Namespace, normalisation: dict | None, filters: dict |
         "input": {"window": window.to_dict(),
                   "sensor_mapping": {"input_width": input_size.width, "input_height": input_size.height,
                                      "method": args.method, "flip_x": False, "flip_y": False},
-                  "normalisation": normalisation, "filters": filters},  # fmt: skip
+                  "normalisation": normalisation, "filters": filters,
+                  "coverage": coverage_spec(window_coverage(train_windows.frames))},  # fmt: skip
         "data": {"spec": spec, "source_orientation": "top-left",
                  "canonical_orientation": "top-left", "train_segments": train_windows.segments,
                  "test_segments": test_windows.segments, "train_pool_windows_per_segment": args.train_windows,
