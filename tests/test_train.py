@@ -16,6 +16,7 @@ import pytest
 import torch
 from helpers import TINY_CONFIG, edited_checkpoint_copy
 
+from stream.coverage import window_coverage
 from stream.events import EVENT_DTYPE, GestureSegment, SensorSize, make_events
 from stream.formats.aedat31 import write_aedat31
 from stream.formats.labels import write_gesture_labels, write_trials
@@ -361,7 +362,7 @@ def test_finetune_scores_an_adaptive_parent_window_first_then_fixed_windows_with
 
 
 def test_finetune_epochs_0_exports_the_parent_with_the_fitted_filter_and_needs_a_parent_that_knows_the_classes(
-    tiny_data: dict[str, Path], trained_run: Path, tmp_path: Path
+    tiny_data: dict[str, Path], trained_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
     """``finetune --epochs 0``: no training; the parent's weights, classes and inputs with the window
     ``--background-activity`` picks, recording where they came from. A parent that does not know the
@@ -375,6 +376,11 @@ def test_finetune_epochs_0_exports_the_parent_with_the_fitted_filter_and_needs_a
             cache, "--no-progress", "--epochs", "0", "--background-activity", "2000"]  # fmt: skip
     assert finetune_main(argv) == 0
     assert not (tmp_path / "out" / "run").exists()  # nothing trained
+    # how much of the input the takes fire, against the parent's training data (its input.coverage)
+    told = capsys.readouterr().out.split("your test takes against the parent's training data: input coverage ")[1]
+    takes = evaluate_checkpoint(export, spec, cache_dir=cache)[1]
+    ratio = np.median(window_coverage(takes.frames)) / read_metadata(parent)["input"]["coverage"]["median"]
+    assert told.startswith(f"{ratio:.2f}x training")
     exported, original = read_metadata(export), read_metadata(parent)
     assert exported["weights"]["sha256"] == original["weights"]["sha256"] and exported["classes"] == original["classes"]
     assert exported["input"]["filters"] == {"background_activity_us": 2000, "hot_pixels": None, "flicker": None}
