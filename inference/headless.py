@@ -384,8 +384,7 @@ class HeadlessRecorder:
         training median the worker's status named (None: no such window)."""
         coverages = np.asarray(self.coverage, dtype=np.float64)
         coverages = coverages[np.isfinite(coverages)]
-        training = self.input_coverage and self.input_coverage["training_median"]
-        return coverage_summary(coverages, {"median": training, "windows": 1} if training else None)
+        return coverage_summary(coverages, self.input_coverage["training_median"] if self.input_coverage else None)
 
     def window_rate(self) -> float | None:
         """Predictions received per second between the first and the last one (None: fewer than 2)."""

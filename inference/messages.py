@@ -7,7 +7,8 @@ On the worker's endpoint (the wire format is ``stream.transport.wire``):
   start of the worker process, so a consumer sees a restart), ``seq``, ``class_index``,
   ``class_name``, ``probabilities``, ``stable`` {``index`` (-1 = no gesture), ``name``,
   ``confidence``}, ``window`` {``start_us``, ``end_us`` (stream time, µs), ``stride_us``,
-  ``events``, ``coverage``: the fraction of the window's input cells that fired, ``stream.coverage``}, ``timing`` (transport clock ``time.monotonic_ns() // 1000``, µs:
+  ``events``, ``coverage``: the fraction of the window's input cells that fired,
+  ``stream.coverage``}, ``timing`` (transport clock ``time.monotonic_ns() // 1000``, µs:
   ``source_send_us`` of the message that completed the window, ``recv_us`` when the worker got it,
   ``binned_us``, ``published_us``; and ``recv_to_binned_ms``, ``inference_ms``, ``compute_ms`` =
   published - recv; ``inference_cpu_ms``: the worker thread's CPU time while the model ran: what

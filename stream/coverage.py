@@ -28,7 +28,6 @@ import numpy as np
 SPARSE_BELOW = 0.5  # x the training median
 DENSE_ABOVE = 3.0
 RECENT_WINDOWS = 40  # windows with events in the live median (2 s at a 50 ms stride)
-VERDICTS = ("sparse", "ok", "dense")
 
 
 def window_coverage(frames: np.ndarray) -> np.ndarray:
@@ -42,12 +41,14 @@ def window_coverage(frames: np.ndarray) -> np.ndarray:
     return np.count_nonzero(flat, axis=-1) / max(cells, 1)
 
 
-def coverage_spec(coverages: np.ndarray) -> dict[str, Any]:
-    """What a checkpoint stores of its training windows' coverages: ``{"median": float, "windows": int}``."""
+def coverage_spec(coverages: np.ndarray) -> dict[str, Any] | None:
+    """What a checkpoint stores of its training windows' coverages: ``{"median": float, "windows": int}``
+    (None when most windows are empty: nothing to compare with)."""
     coverages = np.asarray(coverages, dtype=np.float64)
     if not len(coverages):
         raise ValueError("no windows to measure the coverage of")
-    return {"median": round(float(np.median(coverages)), 6), "windows": len(coverages)}
+    median = round(float(np.median(coverages)), 6)
+    return {"median": median, "windows": len(coverages)} if median > 0 else None
 
 
 def check_coverage(spec: Any) -> dict[str, Any] | None:
@@ -78,18 +79,18 @@ ADVICE = {
 }
 
 
-def coverage_summary(coverages: Sequence[float], training: dict[str, Any] | None) -> dict[str, Any] | None:
-    """The median of window ``coverages`` against the training median (a checked ``input.coverage``):
-    ``{"median", "windows", "training_median", "ratio", "verdict"}``, the last three None without a
-    training median; None without windows."""
+def coverage_summary(coverages: Sequence[float], training_median: float | None) -> dict[str, Any] | None:
+    """The median of window ``coverages`` against the median of the training windows (a checkpoint's
+    ``input.coverage["median"]``): ``{"median", "windows", "training_median", "ratio", "verdict"}``,
+    the last three None without a training median; None without windows."""
     if not len(coverages):
         return None
     median = float(np.median(np.asarray(coverages, dtype=np.float64)))
     summary = {"median": round(median, 6), "windows": len(coverages), "training_median": None, "ratio": None,
                "verdict": None}  # fmt: skip
-    if training is not None:
-        ratio = median / training["median"]
-        summary.update(training_median=training["median"], ratio=round(ratio, 4), verdict=coverage_verdict(ratio))
+    if training_median is not None:
+        ratio = median / training_median
+        summary.update(training_median=training_median, ratio=round(ratio, 4), verdict=coverage_verdict(ratio))
     return summary
 
 
@@ -114,7 +115,8 @@ class CoverageMonitor:
     """
 
     def __init__(self, training: dict[str, Any] | None, size: int = RECENT_WINDOWS) -> None:
-        self.training = check_coverage(training)
+        training = check_coverage(training)
+        self.training_median = None if training is None else training["median"]
         self.recent: deque[float] = deque(maxlen=size)
 
     def add(self, coverage: float) -> None:
@@ -126,4 +128,4 @@ class CoverageMonitor:
 
     def summary(self) -> dict[str, Any] | None:
         """``coverage_summary`` of the recent windows (None before any window with events)."""
-        return coverage_summary(self.recent, self.training)
+        return coverage_summary(self.recent, self.training_median)

@@ -16,6 +16,7 @@ from stream.binning import SensorMapping, WindowSpec, apply_normalisation, bin_w
 from stream.coverage import (
     CoverageMonitor,
     check_coverage,
+    coverage_spec,
     coverage_summary,
     coverage_text,
     coverage_verdict,
@@ -39,7 +40,7 @@ def test_coverage_is_the_fraction_of_cells_that_fired_and_normalisation_keeps_it
 
 def test_the_verdict_bounds_and_the_text() -> None:
     assert [coverage_verdict(r) for r in (0.49, 0.5, 1.0, 3.0, 3.01)] == ["sparse", "ok", "ok", "ok", "dense"]
-    training = check_coverage({"median": 0.02, "windows": 100})
+    training = check_coverage({"median": 0.02, "windows": 100})["median"]
     sparse = coverage_summary([0.004, 0.006, 0.005], training)
     assert sparse == {"median": 0.005, "windows": 3, "training_median": 0.02, "ratio": 0.25, "verdict": "sparse"}
     assert coverage_text(sparse).startswith("input coverage 0.25x training: sparse (gestures may read as 'other")
@@ -48,6 +49,14 @@ def test_the_verdict_bounds_and_the_text() -> None:
     alone = coverage_summary([0.01], None)  # a checkpoint without a training coverage: only the median
     assert alone["verdict"] is None and coverage_text(alone).startswith("input coverage 0.0100 (no training")
     assert coverage_summary([], training) is None and coverage_text(None) is None
+
+
+def test_what_a_checkpoint_stores_of_its_training_windows() -> None:
+    assert coverage_spec(np.array([0.01, 0.03, 0.02, 0.5])) == {"median": 0.025, "windows": 4}
+    assert check_coverage(coverage_spec(np.array([0.01, 0.03, 0.02]))) == {"median": 0.02, "windows": 3}
+    assert coverage_spec(np.array([0.0, 0.0, 0.1])) is None  # mostly empty windows: nothing to compare with
+    with pytest.raises(ValueError, match="no windows"):
+        coverage_spec(np.array([]))
 
 
 @pytest.mark.parametrize("bad", [{"median": 0, "windows": 1}, {"median": 1.5, "windows": 1}, {"median": True, "windows": 1},

@@ -171,11 +171,12 @@ def checkpoint_inputs(metadata: dict) -> CheckpointInputs:
         raise ValueError(f"checkpoint metadata lacks input/classes information ({error})") from None
 
 
-def data_coverage(checkpoint: str | Path) -> dict | None:
-    """The checkpoint's training-data coverage (``input.coverage``), or None when it has none."""
+def training_coverage(checkpoint: str | Path) -> float | None:
+    """The median coverage of the checkpoint's training windows (``input.coverage``), or None when it has none."""
     from training.checkpoint import read_metadata
 
-    return check_coverage(read_metadata(checkpoint)["input"].get("coverage"))
+    coverage = check_coverage(read_metadata(checkpoint)["input"].get("coverage"))
+    return None if coverage is None else coverage["median"]
 
 
 def evaluate_checkpoint(
@@ -225,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
                                           cache_dir=args.cache, sim_seed=args.sim_seed, batch_size=args.batch_size,
                                           workers=args.workers)  # fmt: skip
     classes = result.classes
-    coverage = coverage_summary(window_coverage(windows.frames), data_coverage(args.checkpoint))
+    coverage = coverage_summary(window_coverage(windows.frames), training_coverage(args.checkpoint))
     if args.confusion:
         confusion_image(result.confusion, classes, args.confusion)
     if args.json:

@@ -226,7 +226,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from training import train
     from training.checkpoint import read_metadata
-    from training.evaluate import checkpoint_inputs, data_coverage, evaluate_checkpoint
+    from training.evaluate import checkpoint_inputs, evaluate_checkpoint, training_coverage
 
     started = time.perf_counter()
     source = data.open_source(args.data, cache_dir=args.cache)
@@ -272,7 +272,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"| {windows.segments} segments, {after.samples} windows | {shown[0]} | {shown[1]} | {after.accuracy:.1%} |")
     for name, accuracy in after.per_class().items():
         print(f"  {name}: {'n/a' if accuracy is None else f'{accuracy:.1%}'}")
-    coverage = coverage_summary(window_coverage(windows.frames), data_coverage(args.init_from))
+    coverage = coverage_summary(window_coverage(windows.frames), training_coverage(args.init_from))
     if coverage is not None:  # a setup far from the parent's training data is where fine-tuning has most to do
         print(f"your test takes against the parent's training data: {coverage_text(coverage)}")
     if before is not None and before.accuracy > after.accuracy:
