@@ -1321,6 +1321,11 @@ class MainWindow(QtWidgets.QMainWindow):
             f"source: {source}",
             f"backend: {self.backend or '?'}",
             f"model: {self.model_name or '?'}",
+        ]
+        # early in the line: a narrow window cuts its end
+        if self.input_coverage is not None and self.input_coverage["ratio"] is not None:
+            parts.append(f"input coverage {self.input_coverage['ratio']:.2f}x training")
+        parts += [
             f"windows skipped: {counters.get('windows_skipped', 0)}",
             f"events dropped: {counters.get('events_dropped', 0)} (GUI {self.receiver.events_dropped})",
         ]
@@ -1328,8 +1333,6 @@ class MainWindow(QtWidgets.QMainWindow):
             parts.append(f"sensor {self.sensor}")
         if self.noise_filter_text:
             parts.append(self.noise_filter_text)
-        if self.input_coverage is not None and self.input_coverage["ratio"] is not None:
-            parts.append(f"input coverage {self.input_coverage['ratio']:.2f}x training")
         self.status_label.setText("  ·  ".join(parts))
         caption = f"{self.accumulation_us / 1000:g} ms · full colour at {self.full_scale} events"
         self.event_view.set_caption("FROZEN" if self.frozen else ("PAUSED · " if self.source_paused else "") + caption)
