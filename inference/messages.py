@@ -33,7 +33,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from stream.coverage import coverage_verdict
+from stream.coverage import compare_coverage
 from stream.events import GestureSegment
 from stream.transport.wire import Kind, Message, Status
 
@@ -138,13 +138,9 @@ def read_input_coverage(value: Any) -> dict[str, Any] | None:
     median, windows, training = value.get("median"), value.get("windows"), value.get("training_median")
     if not (_is_number(median) and 0 <= median <= 1 and _is_int(windows) and 1 <= windows <= 10**9):
         return None
-    summary = {"median": float(median), "windows": windows, "training_median": None, "ratio": None, "verdict": None}
-    if training is None:
-        return summary
-    if not (_is_number(training) and 0 < training <= 1):
+    if training is not None and not (_is_number(training) and 0 < training <= 1):
         return None
-    ratio = float(median) / float(training)
-    return {**summary, "training_median": float(training), "ratio": round(ratio, 4), "verdict": coverage_verdict(ratio)}
+    return compare_coverage(float(median), windows, None if training is None else float(training))
 
 
 def background_activity_text(value: Any) -> str | None:
