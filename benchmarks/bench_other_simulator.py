@@ -171,6 +171,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--finetune-args", default="", help="more finetune options, one string (e.g. '--epochs 8')")
     args = parser.parse_args(argv)
     checkpoints = args.checkpoint or [Path(BUILTIN_CHECKPOINT)]
+    try:
+        return run(args, checkpoints)
+    except subprocess.CalledProcessError as error:  # its own output is above
+        print(f"error: {' '.join(map(str, error.cmd[:5]))} ... exited with {error.returncode}", file=sys.stderr)
+        return 2
+    except (OSError, ValueError) as error:  # a missing or malformed checkpoint, an unreadable file
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+def run(args: argparse.Namespace, checkpoints: list[Path]) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         data_dir = write_first_simulator_dataset((args.out or Path(tmp)) / f"first-sim-{args.seed}-{args.samples}",
                                                  args.samples, args.seed, args.workers)  # fmt: skip
