@@ -52,6 +52,17 @@ DOMAINS: dict[str, tuple[str, str, dict]] = {
 }
 
 
+def finetune_once(checkpoint: Path, spec: str, run_dir: Path, export: Path, cache: str,
+                  finetune_args: Sequence[str] = ()) -> float:  # fmt: skip
+    """``python -m training finetune`` as a user runs it (a fresh process, data preparation included);
+    returns its wall time in seconds."""
+    command = [sys.executable, "-m", "training", "finetune", "--from", str(checkpoint), "--data", spec,
+               "--out", str(run_dir), "--export", str(export), "--cache", cache, "--no-progress", *finetune_args]  # fmt: skip
+    started = time.perf_counter()
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - started
+
+
 def run_domain(name: str, checkpoint: Path, folder: Path, seed: int, finetune_args: Sequence[str] = (),
                finetune_seeds: Sequence[int] = (0,)) -> dict:
     look, lighting, options = DOMAINS[name]
@@ -66,12 +77,8 @@ def run_domain(name: str, checkpoint: Path, folder: Path, seed: int, finetune_ar
     for finetune_seed in finetune_seeds:
         export = folder / name / f"finetuned-seed{finetune_seed}.json"
         shutil.rmtree(folder / name / "run", ignore_errors=True)
-        command = [sys.executable, "-m", "training", "finetune", "--from", str(checkpoint), "--data", spec,
-                   "--out", str(folder / name / "run"), "--export", str(export), "--cache", cache, "--no-progress",
-                   "--seed", str(finetune_seed), *finetune_args]  # fmt: skip
-        started = time.perf_counter()
-        subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
-        seconds.append(time.perf_counter() - started)
+        seconds.append(finetune_once(checkpoint, spec, folder / name / "run", export, cache,
+                                     ["--seed", str(finetune_seed), *finetune_args]))  # fmt: skip
         after, _ = evaluate_checkpoint(export, spec, split="test", cache_dir=cache)
         after_by_seed[finetune_seed], per_class_by_seed[finetune_seed] = after.accuracy, after.per_class()
         filters = checkpoint_inputs(read_metadata(export)).filters  # the parent with them: the filter's share

@@ -36,7 +36,6 @@ import subprocess
 import sys
 import tarfile
 import tempfile
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -44,6 +43,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from bench_finetune import finetune_once
 
 from stream.formats.aedat31 import read_aedat31, write_aedat31
 from training import BUILTIN_CHECKPOINT
@@ -113,11 +114,7 @@ def teach(checkpoint: Path, data_dir: Path, folder: Path, cache: str, finetune_a
         (pair / "trials_to_test.txt").write_text(f"{stems[1]}.aedat\n")
         spec, export = f"dvsgesture:{pair}", pair / "finetuned.json"
         before = evaluate_checkpoint(checkpoint, spec, split="test", cache_dir=cache)[0]
-        started = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "training", "finetune", "--from", str(checkpoint), "--data", spec,
-                        "--out", str(pair / "run"), "--export", str(export), "--cache", cache, "--no-progress",
-                        *finetune_args], check=True, stdout=subprocess.DEVNULL)  # fmt: skip
-        seconds = time.perf_counter() - started
+        seconds = finetune_once(checkpoint, spec, pair / "run", export, cache, finetune_args)
         after = evaluate_checkpoint(export, spec, split="test", cache_dir=cache)[0]
         rows.append({"pair": f"{first} -> {second}", "light": light, "windows": after.samples, "seconds": seconds,
                      "before": before.accuracy, "after": after.accuracy,

@@ -171,11 +171,10 @@ def checkpoint_inputs(metadata: dict) -> CheckpointInputs:
         raise ValueError(f"checkpoint metadata lacks input/classes information ({error})") from None
 
 
-def training_coverage(checkpoint: str | Path) -> float | None:
-    """The median coverage of the checkpoint's training windows (``input.coverage``), or None when it has none."""
-    from training.checkpoint import read_metadata
-
-    coverage = check_coverage(read_metadata(checkpoint)["input"].get("coverage"))
+def training_coverage(metadata: dict) -> float | None:
+    """The median coverage of a checkpoint's training windows (its metadata's ``input.coverage``), or
+    None when it has none."""
+    coverage = check_coverage(metadata["input"].get("coverage"))
     return None if coverage is None else coverage["median"]
 
 
@@ -219,6 +218,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--confusion", default=None, help="write the confusion matrix to this PNG")
     args = parser.parse_args(argv)
+    from training.checkpoint import read_metadata
+
     if args.windows < 1 or args.batch_size < 1:
         raise ValueError("--windows and --batch-size must be >= 1")
 
@@ -226,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
                                           cache_dir=args.cache, sim_seed=args.sim_seed, batch_size=args.batch_size,
                                           workers=args.workers)  # fmt: skip
     classes = result.classes
-    coverage = coverage_summary(window_coverage(windows.frames), training_coverage(args.checkpoint))
+    coverage = coverage_summary(window_coverage(windows.frames), training_coverage(read_metadata(args.checkpoint)))
     if args.confusion:
         confusion_image(result.confusion, classes, args.confusion)
     if args.json:

@@ -235,7 +235,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ValueError(f"{args.data}: no {split} recordings (label some takes as {split}: the split column of "
                              "a folder CSV, or the trials files of a DVS128 Gesture folder)")  # fmt: skip
     export = args.export or args.out / "finetuned.json"
-    parent_inputs = checkpoint_inputs(read_metadata(args.init_from))
+    parent_metadata = read_metadata(args.init_from)
+    parent_inputs = checkpoint_inputs(parent_metadata)
     knows_classes = source.classes == parent_inputs.classes[: len(source.classes)]  # so that it can be scored on them
     if args.epochs == 0 and not knows_classes:
         raise ValueError(f"--epochs 0 exports {args.init_from} as it is with a noise filter fitted to your takes: it "
@@ -272,7 +273,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"| {windows.segments} segments, {after.samples} windows | {shown[0]} | {shown[1]} | {after.accuracy:.1%} |")
     for name, accuracy in after.per_class().items():
         print(f"  {name}: {'n/a' if accuracy is None else f'{accuracy:.1%}'}")
-    coverage = coverage_summary(window_coverage(windows.frames), training_coverage(args.init_from))
+    coverage = coverage_summary(window_coverage(windows.frames), training_coverage(parent_metadata))
     if coverage is not None:  # a setup far from the parent's training data is where fine-tuning has most to do
         print(f"your test takes against the parent's training data: {coverage_text(coverage)}")
     if before is not None and before.accuracy > after.accuracy:
