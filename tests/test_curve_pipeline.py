@@ -98,7 +98,7 @@ def test_launch_runs_the_whole_pipeline_encrypted(tiny_checkpoint, stage_env, ke
     report_path = tmp_path / "report.json"
     endpoints = ["--events-endpoint", f"tcp://127.0.0.1:{free_port()}",
                  "--predictions-endpoint", f"tcp://127.0.0.1:{free_port()}"]  # fmt: skip
-    result = run_launch(stage_env, "--source", "sim", "--checkpoint", tiny_checkpoint, "--duration", "2", "--report",
+    result = run_launch(stage_env, "--source", "sim", "--checkpoint", tiny_checkpoint, "--duration", "4", "--report",
                         report_path, *endpoints, "--curve-keys", keys["b"])  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(report_path.read_text())
