@@ -67,10 +67,12 @@ def test_finetuning_a_model_that_fails_in_a_room_on_one_persons_gestures_lifts_t
                           str(export), "--no-progress", "--cache", cache]) == 0  # fmt: skip
     after, _ = evaluate_checkpoint(export, spec, split="test", cache_dir=cache)
     assert after.samples == before.samples == 88  # 2 people x 11 gestures x 4 windows
-    # measured: 13.6 -> 71.6 % (the #16 target, >= 95 % on other people, is not met)
+    # measured: 13.6 -> 79.5 % (71.6 % with the fine-tuned weights alone; the #16 target, >= 95 % on other people,
+    # is not met)
     assert after.accuracy >= before.accuracy + 0.2, (before.accuracy, after.accuracy)
     recorded = read_metadata(export)["data"]["parent"]
     assert Path(recorded["checkpoint"]).name == parent.name and len(recorded["sha256"]) == 64
+    assert read_metadata(export)["data"]["interpolate"] == 0.5  # the parent knows the classes: half its weights
     # --background-activity auto: ten times the noise wants a window of 1 ms or less, not the parent's 5 ms
     filters = read_metadata(export)["input"]["filters"]
     parent_filters = read_metadata(parent)["input"]["filters"]
@@ -86,6 +88,7 @@ def test_an_own_class_set_is_learnt_from_takes_and_recognised_live(tmp_path: Pat
     assert len(rows) == 12
     export = finetune(tmp_path / "takes" / "labels.csv", tmp_path, "--epochs", "10")
     assert tuple(read_metadata(export)["classes"]) == classes
+    assert read_metadata(export)["data"]["interpolate"] == 1.0  # new classes: the fine-tuned weights alone
 
     predictor = Predictor.from_checkpoint(export, backend="onnxruntime")
     assert predictor.classes == classes
