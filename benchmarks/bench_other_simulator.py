@@ -186,8 +186,7 @@ def run(args: argparse.Namespace, checkpoints: list[Path]) -> int:
         for checkpoint in checkpoints:
             result, _ = evaluate_checkpoint(checkpoint, f"dvsgesture:{data_dir}", split="all",
                                             cache_dir=str(args.cache) if args.cache else None)  # fmt: skip
-            results[str(checkpoint)] = {"accuracy": result.accuracy, "samples": result.samples,
-                                        "classes": list(result.classes), "confusion": result.confusion.tolist()}  # fmt: skip
+            results[str(checkpoint)] = result.to_dict()
             print(f"{checkpoint}: {result.accuracy:.2%} of {result.samples} windows", flush=True)
         cache = str(args.cache or (args.out or Path(tmp)) / "cache")
         rows = teach(checkpoints[0], data_dir, args.out or Path(tmp), cache, shlex.split(args.finetune_args)) if args.teach else []
