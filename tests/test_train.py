@@ -221,6 +221,50 @@ def test_from_a_windowed_checkpoint_with_causal_trains_a_causal_model(tiny_data:
         assert child.forward_steps(torch.zeros(1, 4, 2, 16, 16)).shape == (1, 4, len(metadata["classes"]))
 
 
+def test_distillation_loss_is_the_kl_to_the_teacher_at_labelled_steps_only() -> None:
+    torch.manual_seed(0)
+    teacher = torch.randn(3, 5)
+    student = torch.randn(3, 4, 5)
+    labels = torch.tensor([[0, 0, 0, 0], [-100, -100, 1, 1], [2, 2, 2, 2]])
+    temperature = train.DISTILL_TEMPERATURE
+    expected = [
+        torch.nn.functional.kl_div(torch.log_softmax(student[b, s] / temperature, -1),
+                                   torch.softmax(teacher[b] / temperature, -1), reduction="sum")
+        for b in range(3) for s in range(4) if labels[b, s] != -100
+    ]  # fmt: skip
+    assert torch.isclose(train.distillation_loss(student, teacher, labels),
+                         torch.stack(expected).mean() * temperature**2, atol=1e-6)  # fmt: skip
+    changed = student.clone()
+    changed[1, :2] += 10.0  # unlabelled steps carry no loss
+    assert torch.equal(train.distillation_loss(changed, teacher, labels), train.distillation_loss(student, teacher, labels))
+    assert train.distillation_loss(teacher[:, None].expand(3, 4, 5), teacher, labels) < 1e-6  # the teacher itself: 0
+
+
+def test_distill_from_the_windowed_model_trains_a_causal_student_and_records_its_teacher(
+    tiny_data: dict[str, Path], trained_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+):  # fmt: skip
+    teacher = trained_run / "last.json"
+    out = tmp_path / "student"
+    assert training_main(["train", *from_args(tiny_data, teacher, out, "--causal", "--onset-windows", "1",
+                                              "--distill-from", str(teacher), "--distill-weight", "0.7")]) == 0  # fmt: skip
+    _, metadata = load_checkpoint(out / "last.json")
+    assert metadata["data"]["distill"] == {"checkpoint": str(teacher), "weight": 0.7,
+                                           "temperature": train.DISTILL_TEMPERATURE,
+                                           "sha256": read_metadata(teacher)["weights"]["sha256"]}  # fmt: skip
+    assert f"distilling from {teacher} (weight 0.7" in capsys.readouterr().out
+
+    other = edited_checkpoint_copy(teacher, tmp_path / "other.json",
+                                   lambda document: document["input"].update(normalisation=None))  # fmt: skip
+    assert training_main(["train", *from_args(tiny_data, teacher, tmp_path / "refused", "--causal",
+                                              "--distill-from", str(other))]) == 2  # fmt: skip
+    error = capsys.readouterr().err
+    assert error.startswith(f"error: --distill-from {other}: its input normalisation None is not the student's")
+    assert len(error.strip().splitlines()) == 1
+    assert training_main(["train", *from_args(tiny_data, teacher, tmp_path / "refused", "--causal",
+                                              "--distill-from", str(teacher), "--distill-weight", "0")]) == 2  # fmt: skip
+    assert capsys.readouterr().err.startswith("error: --distill-weight must be in (0, 1]")
+
+
 def test_interpolate_saves_the_weight_space_mix_of_parent_and_trained(
     tiny_data: dict[str, Path], trained_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:

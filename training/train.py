@@ -37,6 +37,13 @@ epoch evaluates; the optimizer keeps training the unmixed weights. A few takes t
 toward the new room without erasing what the parent knew. The output rows of classes the parent
 does not have are the trained ones.
 
+Distillation, ``--distill-from TEACHER [--distill-weight W]`` (Hinton et al., 2015): the loss is
+``(1 - W) * cross-entropy + W * T^2 * KL(teacher || student)`` at temperature ``T = 2``, the
+teacher's class distribution over the whole (augmented) window being the target at every labelled
+step of a causal student. A causal model thus learns from the windowed one what the full window
+says, from its first steps on. The teacher must read windows exactly as the student does (window,
+mapping, normalisation, filters) and know the same classes.
+
 Rehearsal, ``--from CHECKPOINT --rehearse SPEC``: recordings of what the parent learnt (``sim:110``)
 are binned like ``--data`` and every epoch adds as many augmented windows of them (of the classes
 ``--data`` has) as ``--data`` gives, so that a few takes do not overwrite the rest.
@@ -161,6 +168,11 @@ def build_parser() -> argparse.ArgumentParser:
     add("--interpolate", type=float, default=1.0, metavar="A",
         help="with --from: save (1-A) * parent + A * trained weights, a weight-space ensemble (WiSE-FT) that keeps "
         "more of what the parent knew (0 < A <= 1; default 1 = the trained weights)")
+    add("--distill-from", default=None, metavar="TEACHER",
+        help="a checkpoint whose class distribution over the whole window is a second target (knowledge "
+        "distillation; e.g. the windowed model for a causal student); it must read windows as the student does")
+    add("--distill-weight", type=float, default=0.5, metavar="W",
+        help="with --distill-from: loss = (1-W) * cross-entropy + W * distillation (0 < W <= 1)")
     add("--repeats", type=int, default=1, help="windows drawn per training segment and epoch (few recordings)")
     add("--causal", action="store_true", help="a causal (streaming) model, trained with a loss at every prefix")
     add("--previous-frame", action="store_true",
@@ -465,6 +477,8 @@ def _main(argv: list[str] | None) -> int:
         raise ValueError("--rehearse replays what a parent learnt: it needs --from CHECKPOINT")
     if args.onset_windows < 0:
         raise ValueError(f"--onset-windows must be >= 0, got {args.onset_windows}")
+    if not 0.0 < args.distill_weight <= 1.0:
+        raise ValueError(f"--distill-weight must be in (0, 1], got {args.distill_weight}")
     if args.init_from is not None:
         return _train_from(args, argv)
     normalisation = parse_normalisation(args.normalisation)
@@ -711,6 +725,13 @@ def _train(args: argparse.Namespace, normalisation: dict | None, filters: dict |
                  "rehearse": args.rehearse, "onset_windows": args.onset_windows},  # fmt: skip
     }
 
+    teacher = None
+    if args.distill_from:
+        teacher, teacher_info = load_teacher(args.distill_from, base_metadata, device)
+        base_metadata["data"]["distill"] = dict(teacher_info, weight=args.distill_weight,
+                                                temperature=DISTILL_TEMPERATURE)  # fmt: skip
+        say(f"distilling from {args.distill_from} (weight {args.distill_weight}, temperature {DISTILL_TEMPERATURE})")
+
     for epoch in range(start_epoch, args.epochs):
         epoch_started = time.perf_counter()
         sampler.set_epoch(epoch)
@@ -729,10 +750,15 @@ def _train(args: argparse.Namespace, normalisation: dict | None, filters: dict |
                 if config.causal:  # a loss at every prefix: the first steps of a gesture must carry evidence too
                     step_logits = train_model(frames, steps=True).float()  # [B, T, classes]
                     loss = criterion(step_logits.flatten(0, 1), labels.flatten())  # labels [B, T]: per step
+                    labels_at_steps = labels
                     logits, labels = step_logits[:, -1], labels[:, -1]
                 else:
                     logits = train_model(frames)
                     loss = criterion(logits.float(), labels)
+                if teacher is not None:
+                    distilled = distillation_loss(step_logits if config.causal else logits[:, None], teacher(frames),
+                                                  labels_at_steps if config.causal else labels[:, None])  # fmt: skip
+                    loss = (1.0 - args.distill_weight) * loss + args.distill_weight * distilled
             optimizer.zero_grad(set_to_none=True)
             if scaler is not None:
                 scaler.scale(loss).backward()
@@ -800,6 +826,44 @@ def _train(args: argparse.Namespace, normalisation: dict | None, filters: dict |
             say(f"exported the {args.export_epoch} checkpoint ({accuracy:.2%}) to {exported}")
         say(f"done in {time.perf_counter() - started:.0f} s; best test accuracy {best_accuracy:.2%}; {out_dir}")
     return 0
+
+
+DISTILL_TEMPERATURE = 2.0
+
+
+def load_teacher(path: str | Path, student_metadata: dict[str, Any], device: torch.device) -> tuple[nn.Module, dict]:
+    """The ``--distill-from`` checkpoint, frozen, in eval mode on ``device``, and its record (path,
+    sha256). It must know the student's classes in the same order and read windows as the student
+    does, or this raises one ``ValueError`` naming what differs."""
+    from training.checkpoint import load_checkpoint
+
+    teacher, metadata = load_checkpoint(path, device)
+    if list(metadata["classes"]) != list(student_metadata["classes"]):
+        raise ValueError(f"--distill-from {path}: its classes ({', '.join(metadata['classes'])}) are not the "
+                         f"data's ({', '.join(student_metadata['classes'])})")  # fmt: skip
+    for key in ("window", "sensor_mapping", "normalisation", "filters"):
+        if metadata["input"].get(key) != student_metadata["input"].get(key):
+            raise ValueError(f"--distill-from {path}: its input {key} {metadata['input'].get(key)} is not the "
+                             f"student's {student_metadata['input'].get(key)}; a teacher must read windows as the "
+                             f"student does")  # fmt: skip
+    for parameter in teacher.parameters():
+        parameter.requires_grad_(False)
+    return teacher.eval(), {"checkpoint": str(path), "sha256": metadata["weights"]["sha256"]}
+
+
+def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
+                      temperature: float = DISTILL_TEMPERATURE) -> torch.Tensor:
+    """``T^2 * KL(softmax(teacher / T) || softmax(student / T))``, averaged over the labelled steps.
+
+    ``student_logits`` [B, S, classes] (S steps, 1 for a windowed student), ``teacher_logits``
+    [B, classes] (the whole window), ``labels`` [B, S]: steps labelled ``data.IGNORED_STEP`` carry
+    no loss."""
+    with torch.no_grad():
+        target = torch.softmax(teacher_logits.float() / temperature, dim=-1)[:, None].expand_as(student_logits)
+    log_student = torch.log_softmax(student_logits.float() / temperature, dim=-1)
+    per_step = torch.sum(target * (torch.log(target.clamp_min(1e-12)) - log_student), dim=-1)  # [B, S]
+    labelled = labels != data.IGNORED_STEP
+    return per_step[labelled].sum() / labelled.sum().clamp_min(1) * temperature**2
 
 
 def _without_managed_keys(metadata: dict[str, Any]) -> dict[str, Any]:
