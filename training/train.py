@@ -41,8 +41,9 @@ Distillation, ``--distill-from TEACHER [--distill-weight W]`` (Hinton et al., 20
 ``(1 - W) * cross-entropy + W * T^2 * KL(teacher || student)`` at temperature ``T = 2``, the
 teacher's class distribution over the whole (augmented) window being the target at every labelled
 step of a causal student. A causal model thus learns from the windowed one what the full window
-says, from its first steps on. The teacher must read windows exactly as the student does (window,
-mapping, normalisation, filters) and know the same classes.
+says, from its first steps on. The teacher must make windows as the student does (window, mapping,
+normalisation; it reads the student's frames, whatever its own noise filters) and know the same
+classes.
 
 Rehearsal, ``--from CHECKPOINT --rehearse SPEC``: recordings of what the parent learnt (``sim:110``)
 are binned like ``--data`` and every epoch adds as many augmented windows of them (of the classes
@@ -833,15 +834,16 @@ DISTILL_TEMPERATURE = 2.0
 
 def load_teacher(path: str | Path, student_metadata: dict[str, Any], device: torch.device) -> tuple[nn.Module, dict]:
     """The ``--distill-from`` checkpoint, frozen, in eval mode on ``device``, and its record (path,
-    sha256). It must know the student's classes in the same order and read windows as the student
-    does, or this raises one ``ValueError`` naming what differs."""
+    sha256). It must know the student's classes in the same order and make windows as the student
+    does (window, sensor mapping, normalisation; it reads the student's frames, so its own noise
+    filters do not apply), or this raises one ``ValueError`` naming what differs."""
     from training.checkpoint import load_checkpoint
 
     teacher, metadata = load_checkpoint(path, device)
     if list(metadata["classes"]) != list(student_metadata["classes"]):
         raise ValueError(f"--distill-from {path}: its classes ({', '.join(metadata['classes'])}) are not the "
                          f"data's ({', '.join(student_metadata['classes'])})")  # fmt: skip
-    for key in ("window", "sensor_mapping", "normalisation", "filters"):
+    for key in ("window", "sensor_mapping", "normalisation"):  # filters only choose events: it may read others
         if metadata["input"].get(key) != student_metadata["input"].get(key):
             raise ValueError(f"--distill-from {path}: its input {key} {metadata['input'].get(key)} is not the "
                              f"student's {student_metadata['input'].get(key)}; a teacher must read windows as the "
