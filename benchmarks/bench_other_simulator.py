@@ -44,11 +44,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench_finetune import finetune_once
+from bench_finetune import finetune_once  # noqa: E402
 
-from stream.formats.aedat31 import read_aedat31, write_aedat31
-from training import BUILTIN_CHECKPOINT
-from training.evaluate import evaluate_checkpoint
+from stream.formats.aedat31 import read_aedat31, write_aedat31  # noqa: E402
+from training import BUILTIN_CHECKPOINT  # noqa: E402
+from training.evaluate import evaluate_checkpoint  # noqa: E402
 
 FIRST_SIMULATOR = "868944d"  # the commit of the first built-in checkpoint and its simulator
 # (person 1, person 2, light) of --teach: the data set of the defaults films users 1-8 in five lights

@@ -41,9 +41,9 @@ PYSIDE_REFCOUNT_GUARD = _guard_pyside_refcount_bug()
 
 import pyqtgraph as pg  # noqa: E402 - after the guard: pyqtgraph emits signals from the start
 
-from stream.binning import add_counts
-from stream.classes import GESTURE_CLASSES, NO_GESTURE
-from stream.events import SensorSize, check_events
+from stream.binning import add_counts  # noqa: E402
+from stream.classes import GESTURE_CLASSES, NO_GESTURE  # noqa: E402
+from stream.events import SensorSize, check_events  # noqa: E402
 
 LEVELS = 16  # colour steps per polarity
 ON_RGB = np.array([255, 150, 20])  # orange: brightness up

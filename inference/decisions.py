@@ -196,10 +196,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"wrote {args.save} with the decision rule {rule.to_dict()}")
     rows = ["| checkpoint | window accuracy | decided right (precision) | time to decision median / p90 ms | "
             "undecided gestures | compute p50 / p99 ms |", "|---|---|---|---|---|---|"]  # fmt: skip
+    def percent(value: float | None) -> str:
+        return "n/a" if value is None else f"{value:.1%}"
+
+    def number(value: float | None) -> str:
+        return "n/a" if value is None else f"{value:.0f}"
+
     for name, result in results.items():
         ttd, compute = result["time_to_decision_ms"], result["compute_ms"]
-        percent = (lambda v: "n/a" if v is None else f"{v:.1%}")
-        number = (lambda v: "n/a" if v is None else f"{v:.0f}")
         rows.append(f"| {name} | {percent(result['window_accuracy'])} | {percent(result['precision'])} | "
                     f"{number(ttd['median'])} / {number(ttd['p90'])} | {ttd['undecided']} of "
                     f"{ttd['decided'] + ttd['undecided']} | {compute['p50']:.2f} / {compute['p99']:.2f} |")  # fmt: skip

@@ -614,8 +614,10 @@ def _train(args: argparse.Namespace, normalisation: dict | None, filters: dict |
     for turn in ("main", "others"):
         if (turn == "main") == job.is_main:
             source = data.open_source(spec, cache_dir=args.cache, sim_seed=args.sim_seed)
-            progress = (lambda items, what: tqdm(items, desc=f"binning {what}", leave=False,
-                                                 disable=args.no_progress or not job.is_main))  # fmt: skip
+
+            def progress(items, what: str):
+                return tqdm(items, desc=f"binning {what}", leave=False, disable=args.no_progress or not job.is_main)
+
             train_plan = data.WindowPlan("train", args.train_windows, args.seed, args.stretch, args.onset_windows)
             for split, plan in (("train", train_plan), ("test", data.WindowPlan("eval", args.eval_windows))):
                 loaded[split] = data.load_windows(

@@ -345,13 +345,13 @@ def _scan_packets(
             return packets, at, 4, size
         body = at + 8
         if compression == 1 or compression == 2:
-            lower, upper = _lz4_size(data, body, body + size)
+            _, upper = _lz4_size(data, body, body + size)
             problem = 5
         elif compression == 3 or compression == 4:
-            lower, upper = _zstd_bounds(data, body, body + size)
+            _, upper = _zstd_bounds(data, body, body + size)
             problem = 6
         else:
-            lower, upper, problem = size, size, 0
+            upper, problem = size, 0
         if upper < 0:
             return packets, at, problem, size
         if upper > min(max_decoded_bytes, DECODED_BASE_BYTES + DECODED_PER_BYTE * size):
