@@ -196,6 +196,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"wrote {args.save} with the decision rule {rule.to_dict()}")
     rows = ["| checkpoint | window accuracy | decided right (precision) | time to decision median / p90 ms | "
             "undecided gestures | compute p50 / p99 ms |", "|---|---|---|---|---|---|"]  # fmt: skip
+
     def percent(value: float | None) -> str:
         return "n/a" if value is None else f"{value:.1%}"
 
