@@ -98,6 +98,7 @@ from training.evaluate import EvalResult, evaluate_model
 from training.spikeformer import PRESETS, SpikeformerConfig, build_model
 
 DEFAULT_BIN_US = 50_000
+DISTILL_TEMPERATURE = 2.0  # --distill-from: the softmax temperature of teacher and student
 TRAIN_STATE = "train_state"
 TRAIN_STATE_VERSION = 1
 METRIC_FIELDS = ("epoch", "step", "lr", "train_loss", "train_accuracy", "test_loss", "test_accuracy",
@@ -751,16 +752,15 @@ def _train(args: argparse.Namespace, normalisation: dict | None, filters: dict |
             labels = labels.to(device, non_blocking=True)
             with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
                 if config.causal:  # a loss at every prefix: the first steps of a gesture must carry evidence too
-                    step_logits = train_model(frames, steps=True).float()  # [B, T, classes]
-                    loss = criterion(step_logits.flatten(0, 1), labels.flatten())  # labels [B, T]: per step
-                    labels_at_steps = labels
+                    step_logits, step_labels = train_model(frames, steps=True).float(), labels  # [B, T, ...]
+                    loss = criterion(step_logits.flatten(0, 1), step_labels.flatten())
                     logits, labels = step_logits[:, -1], labels[:, -1]
                 else:
                     logits = train_model(frames)
                     loss = criterion(logits.float(), labels)
+                    step_logits, step_labels = logits[:, None], labels[:, None]  # one step: the window
                 if teacher is not None:
-                    distilled = distillation_loss(step_logits if config.causal else logits[:, None], teacher(frames),
-                                                  labels_at_steps if config.causal else labels[:, None])  # fmt: skip
+                    distilled = distillation_loss(step_logits, teacher(frames), step_labels)
                     loss = (1.0 - args.distill_weight) * loss + args.distill_weight * distilled
             optimizer.zero_grad(set_to_none=True)
             if scaler is not None:
@@ -831,9 +831,6 @@ def _train(args: argparse.Namespace, normalisation: dict | None, filters: dict |
     return 0
 
 
-DISTILL_TEMPERATURE = 2.0
-
-
 def load_teacher(path: str | Path, student_metadata: dict[str, Any], device: torch.device) -> tuple[nn.Module, dict]:
     """The ``--distill-from`` checkpoint, frozen, in eval mode on ``device``, and its record (path,
     sha256). It must know the student's classes in the same order and make windows as the student
@@ -865,7 +862,7 @@ def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
     with torch.no_grad():
         target = torch.softmax(teacher_logits.float() / temperature, dim=-1)[:, None].expand_as(student_logits)
     log_student = torch.log_softmax(student_logits.float() / temperature, dim=-1)
-    per_step = torch.sum(target * (torch.log(target.clamp_min(1e-12)) - log_student), dim=-1)  # [B, S]
+    per_step = nn.functional.kl_div(log_student, target, reduction="none").sum(dim=-1)  # [B, S]
     labelled = labels != data.IGNORED_STEP
     return per_step[labelled].sum() / labelled.sum().clamp_min(1) * temperature**2
 
