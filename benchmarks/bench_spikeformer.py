@@ -1,9 +1,11 @@
 """Forward latency of one window (B=1) of a Spikeformer preset: PyTorch eager vs ONNX Runtime (CPU).
 
-    python benchmarks/bench_spikeformer.py [--preset small] [--iters 200] [--threads 2]
+    python benchmarks/bench_spikeformer.py [--preset small | --checkpoint CK.json] [--iters 200] [--threads 2]
 
 Also exports the same model with the textbook PLIF loop (``plif_step`` per time step) to show what
-the rearranged multi-step loop in ``training.neuron.plif_multistep`` saves in ONNX nodes and time.
+the rearranged multi-step loop in ``training.neuron.plif_multistep`` saves in ONNX nodes and time,
+and with the reset as ``Where(fired, 0, v)`` (the export before 2026-12-07) against the multiply
+that ``training.neuron.fire_and_reset`` uses now.
 Prints a markdown table: wall-clock median / p90 / p99 and median CPU time in milliseconds, and
 ratios to PyTorch eager (1 thread), all measured in this run, interleaved round by round so that load
 from other processes hits every runner alike.
@@ -13,9 +15,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import io
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -27,6 +29,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import training.neuron as neuron  # noqa: E402
+from inference.export import export_onnx  # noqa: E402
+from training.checkpoint import load_checkpoint  # noqa: E402
 from training.spikeformer import PRESETS, build_model, count_parameters  # noqa: E402
 
 
@@ -41,22 +45,27 @@ def textbook_multistep(x_seq: torch.Tensor, w: torch.Tensor, time_dim: int = 0) 
     return torch.stack(spikes, time_dim)
 
 
+def where_reset(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The earlier inference reset: ``Where(v >= threshold, 0, v)`` (same values as the multiply)."""
+    fired = v >= neuron.V_THRESHOLD
+    return fired.to(v.dtype), torch.where(fired, 0.0, v)
+
+
 @contextlib.contextmanager
-def plif_loop(function):  # noqa: ANN001
-    original = neuron.plif_multistep
-    neuron.plif_multistep = function
+def replaced(name: str, function):  # noqa: ANN001
+    """``training.neuron.<name>`` replaced by ``function`` (the exporter traces the module's globals)."""
+    original = getattr(neuron, name)
+    setattr(neuron, name, function)
     try:
         yield
     finally:
-        neuron.plif_multistep = original
+        setattr(neuron, name, original)
 
 
-def export(model: torch.nn.Module, frames: torch.Tensor) -> bytes:
-    buffer = io.BytesIO()
-    with torch.no_grad():
-        torch.onnx.export(model, (frames,), buffer, opset_version=17, dynamo=False,
-                          input_names=["frames"], output_names=["logits"])
-    return buffer.getvalue()
+def export(model: torch.nn.Module) -> bytes:
+    """The model as the product exports it (``inference.export.export_onnx``: opset 17, dynamic batch)."""
+    with tempfile.TemporaryDirectory() as folder:
+        return export_onnx(model, Path(folder) / "model.onnx").read_bytes()
 
 
 def session(onnx_bytes: bytes, threads: int) -> ort.InferenceSession:
@@ -69,30 +78,31 @@ def session(onnx_bytes: bytes, threads: int) -> ort.InferenceSession:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="small", choices=sorted(PRESETS))
+    parser.add_argument("--checkpoint", help="a checkpoint's model and weights instead of a random preset")
     parser.add_argument("--iters", type=int, default=200, help="timed forwards per runner")
     parser.add_argument("--threads", type=int, default=2, help="intra-op threads (torch and ORT)")
     args = parser.parse_args()
 
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
-    model = build_model(args.preset).eval()
+    model = (load_checkpoint(args.checkpoint)[0] if args.checkpoint else build_model(args.preset)).eval()
     config = model.config
     frames = (torch.rand(1, *model.input_shape) < 0.05).float()  # sparse binary event frames
     frames_np = frames.numpy()
 
-    onnx_rearranged = export(model, frames)
-    with plif_loop(textbook_multistep):
-        onnx_textbook = export(model, frames)
-    sessions = {
-        "onnxruntime": session(onnx_rearranged, args.threads),
-        "onnxruntime, 1 thread": session(onnx_rearranged, 1),
-        "onnxruntime, 1 thread, textbook PLIF loop": session(onnx_textbook, 1),
+    onnx_rearranged = export(model)
+    with replaced("plif_multistep", textbook_multistep):
+        onnx_textbook = export(model)
+    with replaced("fire_and_reset", where_reset):
+        onnx_where = export(model)
+    graphs = {
+        "onnxruntime": onnx_rearranged,
+        "onnxruntime, 1 thread": onnx_rearranged,
+        "onnxruntime, 1 thread, textbook PLIF loop": onnx_textbook,
+        "onnxruntime, 1 thread, reset as Where": onnx_where,
     }
-    nodes = {
-        "onnxruntime": len(onnx.load_from_string(onnx_rearranged).graph.node),
-        "onnxruntime, 1 thread": len(onnx.load_from_string(onnx_rearranged).graph.node),
-        "onnxruntime, 1 thread, textbook PLIF loop": len(onnx.load_from_string(onnx_textbook).graph.node),
-    }
+    sessions = {name: session(graph, args.threads if name == "onnxruntime" else 1) for name, graph in graphs.items()}
+    nodes = {name: len(onnx.load_from_string(graph).graph.node) for name, graph in graphs.items()}
 
     with torch.inference_mode():
         reference = model(frames).numpy()

@@ -75,14 +75,15 @@ def plif_charge(x: Tensor, v: Tensor, w: Tensor) -> Tensor:
 def fire_and_reset(v: Tensor) -> tuple[Tensor, Tensor]:
     """Spike where ``v >= V_THRESHOLD`` and hard-reset those neurons to 0 (reset detached).
 
-    Returns ``(spike, v_after_reset)``. Without autograd the same values come from fewer ops
-    (``v >= threshold`` and ``where``), which keeps the unrolled ONNX graph small.
+    Returns ``(spike, v_after_reset)``. The reset is a multiply, in training and in the exported
+    graph alike: ONNX Runtime's CPU ``Where`` with a scalar branch is slower than ``Sub`` and
+    ``Mul`` on these tensors (``benchmarks/bench_backends.py``; the README's "PLIF reset").
     """
     if _needs_surrogate(v):
         spike = SigmoidSurrogateSpike.apply(v - V_THRESHOLD, SURROGATE_ALPHA)
         return spike, v * (1.0 - spike.detach())
-    fired = v >= V_THRESHOLD
-    return fired.to(v.dtype), torch.where(fired, 0.0, v)
+    spike = (v >= V_THRESHOLD).to(v.dtype)
+    return spike, v * (1.0 - spike)
 
 
 def plif_step(x: Tensor, v: Tensor, w: Tensor) -> tuple[Tensor, Tensor]:
@@ -98,7 +99,7 @@ def plif_multistep(x_seq: Tensor, w: Tensor, time_dim: int = 0) -> Tensor:
 
     Same values as iterating :func:`plif_step`, with the charge rearranged as
     ``v * (1 - k) + x * k`` (``k = sigmoid(w)``) so that ``x * k`` is computed for all steps at
-    once, and the time slices keep their (size 1) time dimension: 5 ops per step once exported.
+    once, and the time slices keep their (size 1) time dimension: 6 ops per step once exported.
     """
     k = torch.sigmoid(w)
     leak = 1.0 - k
