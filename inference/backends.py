@@ -31,7 +31,7 @@ from typing import Any, NamedTuple, Protocol
 import numpy as np
 
 from inference.export import DEFAULT_OPSET, EXPORT_FORMAT_VERSION, export_onnx, export_step_onnx, poisson_windows
-from inference.onnx_info import FRAME_NAME, INPUT_NAME, OUTPUT_NAME, STATE_PREFIX, read_onnx_info
+from inference.onnx_info import FRAME_NAME, INPUT_NAME, NEXT_PREFIX, OUTPUT_NAME, STATE_PREFIX, read_onnx_info
 from inference.tensorrt_engine import TensorRTUnavailable
 from stream.stage import Unavailable
 
@@ -320,30 +320,46 @@ class TorchStepBackend:
 
 
 class OnnxRuntimeStepBackend:
-    """A step export (``inference.export.export_step_onnx``) in ONNX Runtime; the state goes from
-    each call's outputs to the next call's inputs."""
+    """A step export (``inference.export.export_step_onnx``) in ONNX Runtime. The state lives in two
+    sets of buffers bound to the session (``IOBinding``): each step reads one set and writes the
+    other, so no state is allocated or copied between steps."""
 
     def __init__(self, onnx_path: str | os.PathLike, device: str = "cpu", *, threads: int = DEFAULT_CPU_THREADS) -> None:
         self._window = OnnxRuntimeBackend(onnx_path, device, threads=threads)  # the session and its checks
         info = read_onnx_info(onnx_path)
         if not info.step:
             raise ValueError(f"{onnx_path} is not a step export (export_step_onnx)")
-        self._names = [name for name, _ in info.step_state]
-        self._shapes = [shape for _, shape in info.step_state]
+        session = self._window._session
         self.frame_shape = tuple(info.input_shape[1:])
         self.name = self._window.name + "-step"
+        self._frame = np.zeros((1, *self.frame_shape), np.float32)
+        logits_output = session.get_outputs()[0]
+        self._logits = np.zeros((1, int(logits_output.shape[1])), np.float32)
+        self._buffers = [[np.zeros(shape, np.float32) for _, shape in info.step_state] for _ in range(2)]
+        self._bindings = []
+        for read, write in ((0, 1), (1, 0)):  # step k reads set k % 2 and writes the other
+            binding = session.io_binding()
+            binding.bind_cpu_input(FRAME_NAME, self._frame)
+            binding.bind_output(logits_output.name, "cpu", 0, np.float32, list(self._logits.shape), self._logits.ctypes.data)
+            for (name, shape), state, next_state in zip(info.step_state, self._buffers[read], self._buffers[write]):
+                binding.bind_cpu_input(STATE_PREFIX + name, state)
+                binding.bind_output(NEXT_PREFIX + name, "cpu", 0, np.float32, list(shape), next_state.ctypes.data)
+            self._bindings.append(binding)
         self.reset()
 
     def step(self, frame: np.ndarray) -> np.ndarray:
-        feeds = {FRAME_NAME: _as_frame(frame, self.frame_shape), **self._state}
-        logits, *state = self._window._session.run(None, feeds)
-        self._state = {STATE_PREFIX + name: value for name, value in zip(self._names, state)}
-        return logits[0]
+        self._frame[...] = _as_frame(frame, self.frame_shape)
+        self._window._session.run_with_iobinding(self._bindings[self._steps % 2])
+        self._steps += 1
+        return self._logits[0].copy()
 
     def reset(self) -> None:
-        self._state = {STATE_PREFIX + name: np.zeros(shape, np.float32) for name, shape in zip(self._names, self._shapes)}
+        self._steps = 0
+        for state in self._buffers[0]:
+            state.fill(0.0)
 
     def close(self) -> None:
+        self._bindings = []
         self._window.close()
 
 

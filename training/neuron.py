@@ -77,7 +77,7 @@ def fire_and_reset(v: Tensor) -> tuple[Tensor, Tensor]:
 
     Returns ``(spike, v_after_reset)``. The reset is a multiply, in training and in the exported
     graph alike: ONNX Runtime's CPU ``Where`` with a scalar branch is slower than ``Sub`` and
-    ``Mul`` on these tensors (``benchmarks/bench_backends.py``; the README's "PLIF reset").
+    ``Mul`` on these tensors (``benchmarks/bench_spikeformer.py``; the README's "PLIF reset").
     """
     if _needs_surrogate(v):
         spike = SigmoidSurrogateSpike.apply(v - V_THRESHOLD, SURROGATE_ALPHA)
