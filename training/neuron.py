@@ -81,9 +81,9 @@ def fire_and_reset(v: Tensor) -> tuple[Tensor, Tensor]:
     """
     if _needs_surrogate(v):
         spike = SigmoidSurrogateSpike.apply(v - V_THRESHOLD, SURROGATE_ALPHA)
-        return spike, v * (1.0 - spike.detach())
-    spike = (v >= V_THRESHOLD).to(v.dtype)
-    return spike, v * (1.0 - spike)
+    else:
+        spike = (v >= V_THRESHOLD).to(v.dtype)
+    return spike, v * (1.0 - spike.detach())
 
 
 def plif_step(x: Tensor, v: Tensor, w: Tensor) -> tuple[Tensor, Tensor]:
