@@ -137,6 +137,7 @@ class InferenceWorker:
         self.smoother = LabelSmoother(self.classes, smoothing)
         self.coverage = CoverageMonitor(model_input.get("coverage"))  # the input against the training data
         self._bin_coverages: deque[float] = deque(maxlen=window.bins)  # a step model's last window, bin by bin
+        self._bin_events: deque[int] = deque(maxlen=window.bins)  # events per bin, likewise
         self._last_bin_end: int | None = None  # a step model's newest bin fed
         self.counters = WorkerCounters()
         self.sensor: SensorSize | None = None
@@ -158,7 +159,11 @@ class InferenceWorker:
             self._fold_binner_stats()
         self.sensor = sensor
         mapping = SensorMapping.from_dict(self.mapping_spec, sensor)
-        self.binner = StreamingBinner(mapping, self.bin_window, normalisation=self.normalisation, filters=self.filters)
+        # A step model is fed every bin, the empty ones too, as their time passes (each one a
+        # prediction), up to a silence as long as its window; a longer one resets its state.
+        gap_us = self.window.window_us if self.step_mode else None
+        self.binner = StreamingBinner(mapping, self.bin_window, normalisation=self.normalisation, filters=self.filters,
+                                      gap_us=gap_us)  # fmt: skip
         self._reset_model()
         self.smoother.reset()
         self.pending = None
@@ -178,6 +183,7 @@ class InferenceWorker:
         """A new stream for a step model: its state (potentials, attention cache) starts again."""
         self._last_bin_end = None
         self._bin_coverages.clear()
+        self._bin_events.clear()
         self.coverage.reset()
         if self.step_mode:
             self.backend.reset()
@@ -331,11 +337,12 @@ class InferenceWorker:
         inference_ms = (time.perf_counter() - start) * 1000.0
         inference_cpu_ms = (time.thread_time() - cpu_start) * 1000.0  # less than inference_ms: it waited for a CPU
         probabilities = softmax(logits.reshape(-1))
+        events = self._window_events(window)
         # A window without events holds no gesture, whatever the model makes of an empty input.
-        stable = self.smoother.update(probabilities) if window.events > 0 else self.smoother.silence()
+        stable = self.smoother.update(probabilities) if events > 0 else self.smoother.silence()
         index = int(probabilities.argmax())
         coverage = self._window_coverage(window)
-        if window.events > 0:
+        if events > 0:
             self.coverage.add(coverage)
         self.counters.windows += 1
         send_us, recv_us = packet
@@ -343,7 +350,7 @@ class InferenceWorker:
             worker_id=self.worker_id, seq=self._seq, classes=self.classes, probabilities=probabilities,
             class_index=index, stable=stable,
             window={"start_us": window.end_us - self.window.window_us, "end_us": window.end_us,
-                    "stride_us": self.bin_window.stride_us, "events": window.events,
+                    "stride_us": self.bin_window.stride_us, "events": events,
                     "coverage": round(coverage, 6)},
             timing={"source_send_us": send_us, "recv_us": recv_us, "binned_us": binned_us,
                     "recv_to_binned_ms": (binned_us - recv_us) / 1000.0, "inference_ms": round(inference_ms, 3),
@@ -352,6 +359,13 @@ class InferenceWorker:
         )  # fmt: skip
         self._seq += 1
         return message
+
+    def _window_events(self, window: Window) -> int:
+        """The events of the window just inferred; a step model's are those of its last ``bins`` bins."""
+        if not self.step_mode:
+            return window.events
+        self._bin_events.append(window.events)
+        return sum(self._bin_events)
 
     def _window_coverage(self, window: Window) -> float:
         """The coverage of the window just inferred (``stream.coverage``); a step model's is that of its
@@ -363,19 +377,13 @@ class InferenceWorker:
         return sum(self._bin_coverages) / self.window.bins
 
     def _step(self, window: Window) -> np.ndarray:
-        """Feed one bin to a step model (after empty bins for the ones the source never filled;
-        a gap longer than the window resets the state); returns its logits."""
-        bin_us = self.bin_window.bin_us
-        if self._last_bin_end is not None:
-            missing = (window.end_us - self._last_bin_end) // bin_us - 1
-            if missing >= self.window.bins:
-                self.backend.reset()
-                self._bin_coverages.clear()
-            else:
-                empty = np.zeros_like(window.frames[0])
-                for _ in range(max(0, missing)):
-                    self.backend.step(empty)
-                    self._bin_coverages.append(0.0)
+        """Feed one bin to a step model; returns its logits. The binner emits every bin, the empty
+        ones too, up to a silence as long as the model's window: a bin missing before this one
+        means a longer silence, and the state starts again."""
+        if self._last_bin_end is not None and window.end_us - self._last_bin_end > self.bin_window.bin_us:
+            self.backend.reset()
+            self._bin_coverages.clear()
+            self._bin_events.clear()
         self._last_bin_end = window.end_us
         return np.asarray(self.backend.step(window.frames[0]))
 

@@ -941,7 +941,7 @@ class BinningStats:
     windows_emitted: int = 0
     windows_skipped: int = 0  # not emitted because the caller asked for the latest only
     windows_in_gaps: int = 0  # silent windows inside a time gap, never emitted
-    gaps: int = 0  # forward jumps in time longer than the window
+    gaps: int = 0  # forward jumps in time longer than ``gap_us`` (default: the window)
 
 
 class StreamingBinner:
@@ -958,9 +958,10 @@ class StreamingBinner:
         ``now_us``) would belong to a bin that may already be emitted; it is dropped and counted
         (``dropped_backwards``), never written into another bin. Equal timestamps are fine.
       * the first window emitted is the first one ending after the first time seen.
-      * a gap (time jumping forward by more than ``window_us`` between consecutive events, or to
-        ``now_us``) clears the ring; windows lying entirely inside the gap hold nothing and are not
-        emitted (counted in ``windows_in_gaps``); the work is O(1) whatever the gap length.
+      * a gap (time jumping forward by more than ``gap_us`` between consecutive events, or to
+        ``now_us``) clears the ring; windows ending more than ``gap_us`` after the last event hold
+        nothing and are not emitted (counted in ``windows_in_gaps``); the work is O(1) whatever the
+        gap length. The windows of a shorter silence are emitted, empty.
       * ``emit="all"`` returns every due window (a chunk spanning N strides returns N windows);
         ``emit="latest"`` returns only the newest due window, does not bin events that only
         older windows needed, and counts the others in ``windows_skipped``.
@@ -973,6 +974,9 @@ class StreamingBinner:
             removed events are counted in ``stats.events_filtered``.
         threads: at most this many threads for a large chunk (default ``default_threads()``); a
             chunk is split only into pieces of at least ``MIN_EVENTS_PER_THREAD`` events.
+        gap_us: the longest silence (µs) whose windows are still emitted, empty (default and
+            minimum ``window.window_us``: a window without events is not emitted). A step model,
+            fed one bin at a time, takes its model's window, so that every bin of it is fed.
     """
 
     def __init__(
@@ -983,9 +987,13 @@ class StreamingBinner:
         normalisation: dict[str, Any] | None = None,
         filters: dict[str, Any] | None = None,
         threads: int | None = None,
+        gap_us: int | None = None,
     ):
         self.mapping = mapping
         self.window = window
+        self.gap_us = window.window_us if gap_us is None else int(gap_us)
+        if self.gap_us < window.window_us:
+            raise ValueError(f"gap_us must be at least the window ({window.window_us} us), got {gap_us}")
         self.normalisation = check_normalisation(normalisation)
         self.filters = check_filters(filters)
         self.event_filter = EventFilter(self.filters, mapping.sensor_size)
@@ -1033,7 +1041,7 @@ class StreamingBinner:
         if len(events):
             keep = np.empty(len(events), dtype=np.bool_)
             dropped, gap_count, latest = _scan_times(
-                events["t"], previous_time is not None, previous_time or 0, spec.window_us, keep, gap_at
+                events["t"], previous_time is not None, previous_time or 0, self.gap_us, keep, gap_at
             )
             if dropped:
                 stats.dropped_backwards += dropped
@@ -1050,7 +1058,7 @@ class StreamingBinner:
         new_time = max(v for v in (latest, now_us, previous_time) if v is not None)
         new_time = int(new_time)
         last_before_now = int(times[-1]) if len(times) else previous_time
-        if now_us is not None and last_before_now is not None and new_time - last_before_now > spec.window_us:
+        if now_us is not None and last_before_now is not None and new_time - last_before_now > self.gap_us:
             gap_pairs.append((last_before_now, new_time))
         stats.gaps += len(gap_pairs)
         if self._done_until is None:  # windows ending at or before the first time seen hold nothing
@@ -1063,7 +1071,7 @@ class StreamingBinner:
         first_k, last_k = self._done_until // stride + 1, new_time // stride
         silent: list[tuple[int, int]] = []  # inclusive k ranges, ordered, disjoint
         for before, after in gap_pairs:
-            lo_k, hi_k = max((before + spec.window_us) // stride + 1, first_k), min(after // stride, last_k)
+            lo_k, hi_k = max((before + self.gap_us) // stride + 1, first_k), min(after // stride, last_k)
             if lo_k <= hi_k:
                 silent.append((lo_k, hi_k))
         due = _k_ranges_minus(first_k, last_k, silent)
@@ -1093,7 +1101,7 @@ class StreamingBinner:
     def reset(self) -> None:
         """Forget all state and counters (e.g. after the source restarts its clock)."""
         self.__init__(self.mapping, self.window, normalisation=self.normalisation, filters=self.filters,
-                      threads=self.threads)  # fmt: skip
+                      threads=self.threads, gap_us=self.gap_us)  # fmt: skip
 
     def _bin_segment(self, events, times, start: int, end: int, end_us: int, last_bin: int | None = None) -> int:
         """Bin ``events[start:end]`` for the window ending at ``end_us``; events before that window

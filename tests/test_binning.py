@@ -427,6 +427,25 @@ def test_one_hour_jump_is_bounded_work_and_clears_the_ring() -> None:
     assert windows[-1].end_us == hour + 17_000 and windows[-1].frames.sum() == 1
 
 
+def test_a_silence_up_to_gap_us_emits_its_windows_empty_and_a_longer_one_does_not() -> None:
+    """A step model's binner (one-bin windows, ``gap_us`` = the model's window): the bins of a short
+    silence are emitted, empty, so the model is fed every bin; past ``gap_us`` they are not."""
+    spec = WindowSpec(1, 1_000, 1_000)
+    binner = StreamingBinner(identity((4, 4)), spec, gap_us=4_000)
+    windows = binner.push(make_events([500, 3_500], [1, 2], [1, 2], [1, 1]))
+    assert [(w.end_us, w.events) for w in windows] == [(1_000, 1), (2_000, 0), (3_000, 0)]
+    windows = binner.push(make_events([20_000], [3], [3], [1]), now_us=20_000)
+    # 3_500 + gap_us = 7_500: the windows ending 4_000-7_000 are emitted, 8_000-20_000 lie in the gap
+    assert [(w.end_us, w.events) for w in windows] == [(4_000, 1), (5_000, 0), (6_000, 0), (7_000, 0)]
+    assert binner.stats.gaps == 1 and binner.stats.windows_in_gaps == 13
+    (window,) = binner.push(empty_events(), now_us=21_000)
+    assert window.end_us == 21_000 and window.events == 1 and window.frames[0, 1, 3, 3] == 1
+    binner.reset()
+    assert binner.gap_us == 4_000
+    with pytest.raises(ValueError, match="gap_us"):
+        StreamingBinner(identity((4, 4)), WindowSpec(4, 1_000, 1_000), gap_us=1_000)
+
+
 def test_empty_chunks_and_now_us_advance_time() -> None:
     spec = WindowSpec(4, 10, 10)
     binner = StreamingBinner(identity((4, 4)), spec)

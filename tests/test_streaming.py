@@ -163,6 +163,43 @@ def test_the_worker_feeds_every_bin_once_and_predicts_every_bin(causal_checkpoin
     assert predictions[-1]["window"]["stride_us"] == 25_000
 
 
+def test_the_worker_predicts_the_empty_bins_of_a_short_silence_one_step_each(causal_checkpoint, tmp_path) -> None:
+    """A silence shorter than the window: each of its bins is fed once, as its own prediction (one
+    step each, never several steps in one prediction), and the evidence is not reset by it."""
+    from training.checkpoint import read_metadata
+
+    class CountingBackend:  # the real ONNX Runtime step backend, its steps counted
+        def __init__(self, backend) -> None:
+            self.backend, self.name, self.steps = backend, backend.name, 0
+
+        def step(self, frame: np.ndarray) -> np.ndarray:
+            self.steps += 1
+            return self.backend.step(frame)
+
+        def reset(self) -> None:
+            self.backend.reset()
+
+    backend = CountingBackend(create_step_backend("onnxruntime", causal_checkpoint, cache_dir=tmp_path))
+    worker = InferenceWorker(backend, read_metadata(causal_checkpoint), WorkerConfig())
+    before = regular_events((32, 32), 800, start_us=0, duration_us=199_000)
+    after = regular_events((32, 32), 800, start_us=300_000, duration_us=199_000)  # 100 ms of silence: 4 bins < 6
+    predictions = []
+    for part in (before, after):
+        worker.push(part, SensorSize(32, 32), 0, 0)
+        while worker.has_window():
+            steps = backend.steps
+            predictions.append(worker.infer())
+            assert backend.steps == steps + 1
+    ends = [p["window"]["end_us"] for p in predictions]
+    assert ends == list(range(25_000, 475_001, 25_000))  # every bin once, the four silent ones too
+    t = np.concatenate([before["t"], after["t"]])
+    for prediction in predictions:  # a prediction's events: those of the model's window, its last 6 bins
+        window = prediction["window"]
+        assert window["events"] == np.count_nonzero((t >= window["end_us"] - 150_000) & (t < window["end_us"]))
+    silent = [p for p in predictions if 200_000 < p["window"]["end_us"] <= 300_000]
+    assert len(silent) == 4 and all(p["window"]["events"] > 0 for p in silent)
+
+
 def test_the_worker_starts_afresh_after_a_long_gap(causal_checkpoint, tmp_path) -> None:
     from training.checkpoint import read_metadata
 
