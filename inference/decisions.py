@@ -11,6 +11,8 @@ offset after its onset (0, 50, ... ms) the prediction current at that moment cou
 Time to decision is the first correct stable label after the onset (``inference.headless``);
 ``precision`` is the share of stable labels inside gestures that are right; ``window accuracy``
 the class of the windows lying inside a gesture (``training evaluate``'s measure, on every window).
+A causal model reads out a class at every bin; over a whole window it also has the mean of its T
+bins' probabilities, ``window accuracy (mean of its bins)`` (``window_evidence_classes``).
 
 ``--tune`` searches the decision rule (EMA weight, confidence and margin thresholds) for the
 shortest median time to decision whose precision is at least ``--precision`` (0.95) on the data,
@@ -61,11 +63,28 @@ def stable_labels(probabilities: np.ndarray, events: np.ndarray, rule: Smoothing
     return labels
 
 
-def measure(streams: list[tuple[Predictions, list[GestureSegment]]], rule: SmoothingConfig | None = None) -> dict:
-    """The figures of the module docstring; ``rule`` replaces the predictions' own decision rule."""
+def window_evidence_classes(probabilities: np.ndarray, end_us: np.ndarray, bins: int, bin_us: int) -> np.ndarray:
+    """A causal model's class over each window of ``bins`` bins: the arg max of the mean of the
+    probabilities ``[N, classes]`` of the window's predictions, one per bin, ending at ``end_us``
+    (µs). A bin missing from the stream (a long silence: the state was reset) starts the mean again."""
+    count = len(probabilities)
+    if count == 0:
+        return np.zeros(0, dtype=np.int64)
+    index = np.arange(count)
+    run_start = np.maximum.accumulate(np.where(np.diff(end_us, prepend=end_us[0] - bin_us) != bin_us, index, 0))
+    first = np.maximum(index + 1 - bins, run_start)
+    sums = np.cumsum(np.vstack([np.zeros((1, probabilities.shape[1])), probabilities]), axis=0)
+    return ((sums[index + 1] - sums[first]) / (index + 1 - first)[:, None]).argmax(axis=1)
+
+
+def measure(streams: list[tuple[Predictions, list[GestureSegment]]], rule: SmoothingConfig | None = None,
+            bins: tuple[int, int] | None = None) -> dict:  # fmt: skip
+    """The figures of the module docstring; ``rule`` replaces the predictions' own decision rule;
+    ``bins`` = (T, bin µs) of a causal model, for the window accuracy of the mean of its bins."""
     curve = np.zeros((len(OFFSETS_MS), 2))
     counted = np.zeros(len(OFFSETS_MS))
     decided, undecided, inside_right, inside_all, window_right, window_all, compute = [], 0, 0, 0, 0, 0, []
+    mean_right = 0
     for predictions, segments in streams:
         if not len(predictions):
             continue
@@ -81,8 +100,12 @@ def measure(streams: list[tuple[Predictions, list[GestureSegment]]], rule: Smoot
         decided += times
         undecided += missing
         truth = predictions.column("truth")
-        window_right += int((classes[truth >= 0] == truth[truth >= 0]).sum())
-        window_all += int((truth >= 0).sum())
+        labelled = truth >= 0
+        window_right += int((classes[labelled] == truth[labelled]).sum())
+        window_all += int(labelled.sum())
+        if bins is not None:
+            mean_classes = window_evidence_classes(np.stack(predictions.column("probabilities")), end, *bins)
+            mean_right += int((mean_classes[labelled] == truth[labelled]).sum())
         for segment in segments:
             inside = (end > segment.start_us) & (end <= segment.end_us)
             inside_all += int((stable[inside] >= 0).sum())
@@ -98,6 +121,7 @@ def measure(streams: list[tuple[Predictions, list[GestureSegment]]], rule: Smoot
     summary = latency_summary(decided)
     return {
         "window_accuracy": window_right / window_all if window_all else None,
+        "window_accuracy_mean_of_bins": mean_right / window_all if window_all and bins is not None else None,
         "windows": window_all,
         "precision": inside_right / inside_all if inside_all else None,
         "time_to_decision_ms": {"median": summary["p50"], "p90": summary["p90"], "decided": len(decided),
@@ -183,7 +207,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         predictor = Predictor.from_checkpoint(checkpoint, backend=args.backend)
         streams = stream_recordings(predictor, recordings)
         name = Path(checkpoint).stem
-        results[name] = measure(streams)
+        window = predictor.metadata["input"]["window"]
+        bins = (window["bins"], window["bin_us"]) if hasattr(predictor.backend, "step") else None
+        results[name] = measure(streams, bins=bins)
         if args.tune:
             rule, figures = tune(streams, args.precision)
             results[name + " (tuned rule)"] = {**figures, "rule": rule.to_dict()}
@@ -194,8 +220,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 keep = {key: metadata[key] for key in ("classes", "input", "data", "metrics")}
                 save_checkpoint(args.save, model, {**keep, "decision": rule.to_dict()})
                 print(f"wrote {args.save} with the decision rule {rule.to_dict()}")
-    rows = ["| checkpoint | window accuracy | decided right (precision) | time to decision median / p90 ms | "
-            "undecided gestures | compute p50 / p99 ms |", "|---|---|---|---|---|---|"]  # fmt: skip
+    rows = ["| checkpoint | window accuracy | window accuracy (mean of its bins) | decided right (precision) | "
+            "time to decision median / p90 ms | undecided gestures | compute p50 / p99 ms |",
+            "|---|---|---|---|---|---|---|"]  # fmt: skip
 
     def percent(value: float | None) -> str:
         return "n/a" if value is None else f"{value:.1%}"
@@ -205,7 +232,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     for name, result in results.items():
         ttd, compute = result["time_to_decision_ms"], result["compute_ms"]
-        rows.append(f"| {name} | {percent(result['window_accuracy'])} | {percent(result['precision'])} | "
+        rows.append(f"| {name} | {percent(result['window_accuracy'])} | "
+                    f"{percent(result.get('window_accuracy_mean_of_bins'))} | {percent(result['precision'])} | "
                     f"{number(ttd['median'])} / {number(ttd['p90'])} | {ttd['undecided']} of "
                     f"{ttd['decided'] + ttd['undecided']} | {compute['p50']:.2f} / {compute['p99']:.2f} |")  # fmt: skip
     print("\n".join(rows))

@@ -233,6 +233,17 @@ def test_the_decision_rule_is_undecided_below_its_margin() -> None:
         SmoothingConfig.from_dict({"alpha": 0.5, "bogus": 1})
 
 
+def test_a_causal_window_class_is_the_mean_of_its_bins_and_a_missing_bin_starts_it_again() -> None:
+    from inference.decisions import window_evidence_classes
+
+    probabilities = np.array([[0.9, 0.1], [0.9, 0.1], [0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.6, 0.4], [0.6, 0.4]])
+    end_us = np.array([1, 2, 3, 5, 6, 7, 8]) * 50_000  # the bin ending at 200 ms is missing: the state was reset
+    classes = window_evidence_classes(probabilities, end_us, bins=3, bin_us=50_000)
+    # without the reset the bins 2-4 would average to class 0; the last window holds only class-0 bins
+    assert classes.tolist() == [0, 0, 0, 1, 1, 1, 0]
+    assert window_evidence_classes(probabilities[:0], end_us[:0], bins=3, bin_us=50_000).size == 0
+
+
 def test_a_checkpoint_carries_its_tuned_decision_rule_to_the_worker(causal_model, tmp_path) -> None:
     """``decisions --tune --save`` writes ``decision``; the checkpoint keeps it and the worker uses it."""
     import json
