@@ -132,14 +132,15 @@ def measure(streams: list[tuple[Predictions, list[GestureSegment]]], rule: Smoot
     }  # fmt: skip
 
 
-def tune(streams: list[tuple[Predictions, list[GestureSegment]]], precision: float = 0.95) -> tuple[SmoothingConfig, dict]:
+def tune(streams: list[tuple[Predictions, list[GestureSegment]]], precision: float = 0.95,
+         bins: tuple[int, int] | None = None) -> tuple[SmoothingConfig, dict]:  # fmt: skip
     """The EMA rule with the shortest median time to decision among those whose precision is at
     least ``precision`` (and which decide at least 90 % of the gestures); the most precise rule when
-    none reaches it."""
+    none reaches it. ``bins`` as in ``measure``."""
     best: tuple[tuple, SmoothingConfig, dict] | None = None
     for alpha, threshold, margin in itertools.product(ALPHAS, THRESHOLDS, MARGINS):
         rule = SmoothingConfig("ema", alpha, 5, threshold, margin)
-        figures = measure(streams, rule)
+        figures = measure(streams, rule, bins)
         ttd = figures["time_to_decision_ms"]
         decided_share = ttd["decided"] / max(1, ttd["decided"] + ttd["undecided"])
         ok = (figures["precision"] or 0) >= precision and decided_share >= 0.9
@@ -211,7 +212,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         bins = (window["bins"], window["bin_us"]) if hasattr(predictor.backend, "step") else None
         results[name] = measure(streams, bins=bins)
         if args.tune:
-            rule, figures = tune(streams, args.precision)
+            rule, figures = tune(streams, args.precision, bins)
             results[name + " (tuned rule)"] = {**figures, "rule": rule.to_dict()}
             if args.save is not None:
                 from training.checkpoint import load_checkpoint, save_checkpoint

@@ -244,6 +244,28 @@ def test_a_causal_window_class_is_the_mean_of_its_bins_and_a_missing_bin_starts_
     assert window_evidence_classes(probabilities[:0], end_us[:0], bins=3, bin_us=50_000).size == 0
 
 
+def test_decisions_measures_both_window_readouts_of_a_causal_stream() -> None:
+    """Per bin the class flickers (right on half of the windows); the mean of the window's bins is
+    always right. ``tune`` keeps the figure."""
+    from inference.decisions import measure, tune
+    from inference.predictor import Predictions, WindowResult
+    from stream.events import GestureSegment
+
+    bin_us, bins = 50_000, 4
+    rows = []
+    for k in range(1, 17):  # bins ending at 50 ... 800 ms, one gesture of class 0 from 0 to 800 ms
+        p = (0.9, 0.1) if k % 2 else (0.4, 0.6)
+        end = k * bin_us
+        truth = 0 if end - bins * bin_us >= 0 else -1
+        rows.append(WindowResult(end - bins * bin_us, end, int(np.argmax(p)), "", p, -1, "", 0.0, 10, truth, 1.0))
+    streams = [(Predictions(rows, ["a", "b"]), [GestureSegment(0, 0, 800_000)])]
+    figures = measure(streams, bins=(bins, bin_us))
+    assert figures["windows"] == 13 and figures["window_accuracy"] == pytest.approx(6 / 13)
+    assert figures["window_accuracy_mean_of_bins"] == 1.0
+    assert measure(streams)["window_accuracy_mean_of_bins"] is None  # a windowed model: one readout
+    assert tune(streams, bins=(bins, bin_us))[1]["window_accuracy_mean_of_bins"] == 1.0
+
+
 def test_a_checkpoint_carries_its_tuned_decision_rule_to_the_worker(causal_model, tmp_path) -> None:
     """``decisions --tune --save`` writes ``decision``; the checkpoint keeps it and the worker uses it."""
     import json
