@@ -11,9 +11,9 @@ probabilities are reported). The process around it (sockets, batching, status) i
 A causal checkpoint runs on a step backend (``inference.backends.create_step_backend``): every bin
 (``bin_us``, e.g. 50 ms) is binned once, fed once to the model with its state, and gives a
 prediction; the decision rule (``SmoothingConfig``: the checkpoint's ``decision`` unless the worker
-is given one) accumulates the evidence. Bins the source never filled (silence) are fed as empty
-frames, up to a window; after a longer gap, a time jump, a new source run or another sensor the
-model's state is reset.
+is given one) accumulates the evidence. Bins without events are fed as empty frames as their time
+passes, each a prediction, up to the first window without any event ("no gesture"); after a longer
+gap, a time jump, a new source run or another sensor the model's state is reset.
 
 A new source run (the events' sequence number goes back: a source process started again on the
 same endpoint) restarts the windows at its first packet, whatever its time; so do events more than

@@ -959,9 +959,10 @@ class StreamingBinner:
         (``dropped_backwards``), never written into another bin. Equal timestamps are fine.
       * the first window emitted is the first one ending after the first time seen.
       * a gap (time jumping forward by more than ``gap_us`` between consecutive events, or to
-        ``now_us``) clears the ring; windows ending more than ``gap_us`` after the last event hold
-        nothing and are not emitted (counted in ``windows_in_gaps``); the work is O(1) whatever the
-        gap length. The windows of a shorter silence are emitted, empty.
+        ``now_us``) clears the ring. Of the windows ending more than ``gap_us`` after the last
+        event, the first is emitted (empty: the consumer sees the silence begin) and the others
+        are not (counted in ``windows_in_gaps``); the work is O(1) whatever the gap length. The
+        windows of a shorter silence are emitted, empty.
       * ``emit="all"`` returns every due window (a chunk spanning N strides returns N windows);
         ``emit="latest"`` returns only the newest due window, does not bin events that only
         older windows needed, and counts the others in ``windows_skipped``.
@@ -1071,7 +1072,8 @@ class StreamingBinner:
         first_k, last_k = self._done_until // stride + 1, new_time // stride
         silent: list[tuple[int, int]] = []  # inclusive k ranges, ordered, disjoint
         for before, after in gap_pairs:
-            lo_k, hi_k = max((before + self.gap_us) // stride + 1, first_k), min(after // stride, last_k)
+            # + 2: the first window ending more than gap_us after ``before`` is emitted, empty
+            lo_k, hi_k = max((before + self.gap_us) // stride + 2, first_k), min(after // stride, last_k)
             if lo_k <= hi_k:
                 silent.append((lo_k, hi_k))
         due = _k_ranges_minus(first_k, last_k, silent)

@@ -305,8 +305,8 @@ def test_flips_turn_clockwise_into_counter_clockwise(sensor, flip_x: bool, flip_
 def test_streaming_equals_offline_with_random_chunking(seed: int, spec: WindowSpec) -> None:
     rng = np.random.default_rng(seed)
     events = random_events((32, 24), int(rng.integers(0, 50_000)), 120_000, count=6_000, seed=seed)
-    # a silent stretch longer than the window in the middle
-    events["t"][events["t"] > 80_000] += 3 * spec.window_us
+    # a silent stretch longer than the window (and than two strides) in the middle
+    events["t"][events["t"] > 80_000] += 3 * spec.window_us + 2 * spec.stride_us
     mapping = SensorMapping.create((32, 24), (16, 12))
     binner = StreamingBinner(mapping, spec)
     windows = []
@@ -327,6 +327,9 @@ def test_streaming_equals_offline_with_random_chunking(seed: int, spec: WindowSp
     stats = binner.stats
     assert stats.gaps >= 1 and stats.windows_in_gaps > 0
     assert set(all_ends[holds_data]) <= set(ends)
+    # the first window of each silence is emitted, empty: the consumer sees the silence begin
+    empty_after_data = [e for e, was, now in zip(all_ends[1:], holds_data, holds_data[1:]) if was and not now]
+    assert empty_after_data and set(empty_after_data) <= set(ends)
     assert stats.windows_emitted + stats.windows_in_gaps == len(all_ends)
     # every event is accounted for exactly once
     if spec.stride_us <= spec.window_us:
@@ -416,15 +419,17 @@ def test_one_hour_jump_is_bounded_work_and_clears_the_ring() -> None:
     assert time.perf_counter() - started < 0.5  # not one window per millisecond of the hour
     stats = binner.stats
     assert stats.gaps == 1 and stats.windows_in_gaps > 3_500_000
-    # windows holding the data before the gap are emitted, then only the one after it
-    assert len(windows) == 16 + 1 and windows[15].end_us == 65_000 and windows[-1].end_us == hour + 1_000
+    # windows holding the data before the gap are emitted, one empty one, then only the one after it
+    assert len(windows) == 16 + 1 + 1 and windows[15].end_us == 65_000 and windows[-1].end_us == hour + 1_000
+    assert windows[16].end_us == 66_000 and windows[16].events == 0 and windows[16].frames.sum() == 0
     last = windows[-1]
     assert last.events == 2 and last.frames.sum() == 2  # the ring was cleared: nothing from before the hour
     np.testing.assert_array_equal(last.frames, bin_window(after, mapping, spec, hour + 1_000 - spec.window_us))
     # a now_us jump of an hour with no events: same, bounded
     windows = binner.push(empty_events(), now_us=2 * hour)
-    assert stats.gaps == 2 and len(windows) == 16
-    assert windows[-1].end_us == hour + 17_000 and windows[-1].frames.sum() == 1
+    assert stats.gaps == 2 and len(windows) == 16 + 1
+    assert windows[-2].end_us == hour + 17_000 and windows[-2].frames.sum() == 1
+    assert windows[-1].end_us == hour + 18_000 and windows[-1].events == 0
 
 
 def test_a_silence_up_to_gap_us_emits_its_windows_empty_and_a_longer_one_does_not() -> None:
@@ -435,9 +440,10 @@ def test_a_silence_up_to_gap_us_emits_its_windows_empty_and_a_longer_one_does_no
     windows = binner.push(make_events([500, 3_500], [1, 2], [1, 2], [1, 1]))
     assert [(w.end_us, w.events) for w in windows] == [(1_000, 1), (2_000, 0), (3_000, 0)]
     windows = binner.push(make_events([20_000], [3], [3], [1]), now_us=20_000)
-    # 3_500 + gap_us = 7_500: the windows ending 4_000-7_000 are emitted, 8_000-20_000 lie in the gap
-    assert [(w.end_us, w.events) for w in windows] == [(4_000, 1), (5_000, 0), (6_000, 0), (7_000, 0)]
-    assert binner.stats.gaps == 1 and binner.stats.windows_in_gaps == 13
+    # 3_500 + gap_us = 7_500: the windows ending 4_000-7_000 are emitted, then the first beyond (8_000),
+    # and 9_000-20_000 lie in the gap
+    assert [(w.end_us, w.events) for w in windows] == [(4_000, 1), (5_000, 0), (6_000, 0), (7_000, 0), (8_000, 0)]
+    assert binner.stats.gaps == 1 and binner.stats.windows_in_gaps == 12
     (window,) = binner.push(empty_events(), now_us=21_000)
     assert window.end_us == 21_000 and window.events == 1 and window.frames[0, 1, 3, 3] == 1
     binner.reset()

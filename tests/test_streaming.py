@@ -215,8 +215,12 @@ def test_the_worker_starts_afresh_after_a_long_gap(causal_checkpoint, tmp_path) 
 
     first = regular_events((32, 32), 500, start_us=0, duration_us=200_000)
     later = regular_events((32, 32), 3_000, start_us=2_000_000, duration_us=200_000)  # 1.8 s of silence: > a window
-    after_gap = [p for p in run(first, later) if p["window"]["end_us"] > 2_000_000]
+    with_gap = run(first, later)
+    after_gap = [p for p in with_gap if p["window"]["end_us"] > 2_000_000]
     alone = run(later)
+    # the first window of the silence (its 6 bins empty) is predicted, as "no gesture"; no later one
+    (silent,) = [p for p in with_gap if p["window"]["events"] == 0]
+    assert silent["window"]["end_us"] == 375_000 and silent["stable"]["index"] == -1
     assert len(after_gap) >= 5
     for with_past, fresh in zip(after_gap, alone):  # the past before the gap is forgotten
         assert with_past["window"]["end_us"] == fresh["window"]["end_us"]
