@@ -57,14 +57,16 @@ def _needs_surrogate(x: Tensor) -> bool:
     return torch.is_grad_enabled() and x.requires_grad and not torch.onnx.is_in_onnx_export()
 
 
-def heaviside_spike(x: Tensor, alpha: float = SURROGATE_ALPHA) -> Tensor:
-    """Spike where ``x >= 0`` (1.0) else 0.0, same dtype as ``x``; sigmoid surrogate gradient.
+def heaviside_spike(x: Tensor, threshold: float = 0.0, alpha: float = SURROGATE_ALPHA) -> Tensor:
+    """Spike where ``x >= threshold`` (1.0) else 0.0, same dtype as ``x``; sigmoid surrogate
+    gradient of ``x - threshold``.
 
-    Without autograd (inference, export) this is the plain op ``(x >= 0).to(x.dtype)``.
+    Without autograd (inference, export) this is the plain op ``(x >= threshold).to(x.dtype)``:
+    one comparison in the exported graph, no subtraction.
     """
     if _needs_surrogate(x):
-        return SigmoidSurrogateSpike.apply(x, alpha)
-    return (x >= 0).to(x.dtype)
+        return SigmoidSurrogateSpike.apply(x - threshold if threshold else x, alpha)
+    return (x >= threshold).to(x.dtype)
 
 
 def plif_charge(x: Tensor, v: Tensor, w: Tensor) -> Tensor:
@@ -79,10 +81,7 @@ def fire_and_reset(v: Tensor) -> tuple[Tensor, Tensor]:
     graph alike: ONNX Runtime's CPU ``Where`` with a scalar branch is slower than ``Sub`` and
     ``Mul`` on these tensors (``benchmarks/bench_spikeformer.py``; the README's "PLIF reset").
     """
-    if _needs_surrogate(v):
-        spike = SigmoidSurrogateSpike.apply(v - V_THRESHOLD, SURROGATE_ALPHA)
-    else:
-        spike = (v >= V_THRESHOLD).to(v.dtype)
+    spike = heaviside_spike(v, V_THRESHOLD)
     return spike, v * (1.0 - spike.detach())
 
 
