@@ -180,11 +180,15 @@ class InferenceWorker:
         self._reset_model()
 
     def _reset_model(self) -> None:
-        """A new stream for a step model: its state (potentials, attention cache) starts again."""
+        """A new stream: a step model's state starts again, and so does the coverage monitor."""
         self._last_bin_end = None
+        self.coverage.reset()
+        self._reset_steps()
+
+    def _reset_steps(self) -> None:
+        """A step model's state (potentials, attention cache) and its window's bins start again."""
         self._bin_coverages.clear()
         self._bin_events.clear()
-        self.coverage.reset()
         if self.step_mode:
             self.backend.reset()
 
@@ -381,9 +385,7 @@ class InferenceWorker:
         ones too, up to a silence as long as the model's window: a bin missing before this one
         means a longer silence, and the state starts again."""
         if self._last_bin_end is not None and window.end_us - self._last_bin_end > self.bin_window.bin_us:
-            self.backend.reset()
-            self._bin_coverages.clear()
-            self._bin_events.clear()
+            self._reset_steps()
         self._last_bin_end = window.end_us
         return np.asarray(self.backend.step(window.frames[0]))
 
