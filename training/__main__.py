@@ -10,6 +10,7 @@ COMMANDS = {
     "train": Command("training.train:main", "train a model on event windows"),
     "evaluate": Command("training.evaluate:main", "evaluate a checkpoint on a data set's test split"),
     "finetune": Command("training.finetune:main", "teach a checkpoint your gestures from a few labelled recordings"),
+    "adapt": Command("training.adapt:main", "adapt a checkpoint's batch-norm statistics to your camera from unlabelled recordings"),
     "summary": Command("training.commands:summary_main", "parameters, stage shapes and GFLOPs of a preset"),
     "reference": Command("training.reference:main", "the reference classifier (trained on real DVS128 Gesture) on a data set"),
     "generalisation": Command("training.generalisation:main", "leave-one-domain-out, robustness and realism tables"),

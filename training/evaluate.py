@@ -189,18 +189,27 @@ def evaluate_checkpoint(
     from training.checkpoint import load_checkpoint
 
     model, metadata = load_checkpoint(checkpoint, device=device)
-    window, mapping, normalisation, filters, classes = inputs or checkpoint_inputs(metadata)
+    inputs = inputs or checkpoint_inputs(metadata)
     source = data.open_source(data_spec, cache_dir=cache_dir, sim_seed=sim_seed)
-    if len(source.classes) > len(classes) or any(a != b for a, b in zip(source.classes, classes)):
-        raise ValueError(f"data classes {list(source.classes)} do not match the checkpoint's {list(classes)}")
-    input_size = SensorSize(mapping["input_width"], mapping["input_height"])
-    window_set = data.load_windows(
-        source.recordings if split == "all" else source.split(split), data.WindowPlan("eval", windows),
-        window, input_size, method=mapping["method"], flip_x=mapping["flip_x"], flip_y=mapping["flip_y"],
-        filters=filters, cache_dir=cache_dir, workers=workers,
+    if len(source.classes) > len(inputs.classes) or any(a != b for a, b in zip(source.classes, inputs.classes)):
+        raise ValueError(f"data classes {list(source.classes)} do not match the checkpoint's {list(inputs.classes)}")
+    recordings = source.recordings if split == "all" else source.split(split)
+    window_set = checkpoint_windows(inputs, recordings, windows, cache_dir=cache_dir, workers=workers)
+    dataset = data.WindowDataset(window_set, normalisation=inputs.normalisation)
+    return evaluate_model(model, dataset, inputs.classes, batch_size=batch_size, device=device), window_set
+
+
+def checkpoint_windows(inputs: CheckpointInputs, recordings: Sequence[data.Recording], windows: int = 4, *,
+                       cache_dir: str | None = None, workers: int = 1) -> data.WindowSet:  # fmt: skip
+    """``windows`` fixed windows per segment of ``recordings``, cut, filtered and binned as ``inputs``
+    say (counts; ``data.WindowDataset`` normalises them)."""
+    mapping = inputs.mapping
+    return data.load_windows(
+        recordings, data.WindowPlan("eval", windows), inputs.window,
+        SensorSize(mapping["input_width"], mapping["input_height"]), method=mapping["method"],
+        flip_x=mapping["flip_x"], flip_y=mapping["flip_y"], filters=inputs.filters, cache_dir=cache_dir,
+        workers=workers,
     )  # fmt: skip
-    dataset = data.WindowDataset(window_set, normalisation=normalisation)
-    return evaluate_model(model, dataset, classes, batch_size=batch_size, device=device), window_set
 
 
 def main(argv: list[str] | None = None) -> int:
