@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 if os.environ.get("PYTEST_XDIST_WORKER"):  # `pytest -n 2`: one CPU per worker, its stages and trainings included
@@ -57,3 +58,13 @@ def tiny_backend(tiny_checkpoint, stage_env):
 
     os.environ.setdefault("XDG_CACHE_HOME", stage_env["XDG_CACHE_HOME"])
     return create_backend(TEST_BACKEND, tiny_checkpoint, device="cpu"), read_metadata(tiny_checkpoint)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module's tests: the test box is shared, and a 2-thread OpenMP pool under
+    load is ~50x slower than one thread (``pytestmark = pytest.mark.usefixtures("one_torch_thread")``)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

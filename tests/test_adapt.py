@@ -20,12 +20,7 @@ from training.checkpoint import read_metadata
 from training.spikeformer import build_model
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py
 
 
 def sparse_frames(count: int, rate: float, seed: int) -> torch.Tensor:

@@ -26,13 +26,7 @@ from training.spikeformer import (
 REFERENCE_PARAMETERS = {"dvsgesture": 9_279_900, "cifar10dvs": 8_792_993}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """The test box is shared: a 2-thread OpenMP pool under load is ~50x slower than one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py
 
 
 def meta_model(name: str) -> Spikeformer:
