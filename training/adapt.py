@@ -23,9 +23,10 @@ from torch.utils.data import DataLoader, Dataset
 
 from stream.coverage import SPARSE_BELOW, window_coverage
 from stream.events import GestureSegment
+from stream.formats import file_info
 from stream.stage import ArgumentParser
 from training import BUILTIN_CHECKPOINT, data
-from training.checkpoint import load_checkpoint, read_metadata, save_checkpoint
+from training.checkpoint import METADATA_KEYS, load_checkpoint, read_metadata, save_checkpoint
 from training.evaluate import CheckpointInputs, checkpoint_inputs, checkpoint_windows, training_coverage
 
 
@@ -88,10 +89,10 @@ def recording_windows(paths: Sequence[Path], inputs: CheckpointInputs, *, cache_
     window_us = inputs.window.window_us
     recordings = []
     for path in paths:
-        events, _ = data.read_recording(data.Recording("folder", Path(path), "train", ()))
-        if len(events) == 0 or int(events["t"][-1]) - int(events["t"][0]) < window_us:
+        info = file_info(path)  # the time span, in one streamed pass: the windows are binned from the file below
+        if not info["events"] or info["t_end_us"] - info["t_start_us"] < window_us:
             raise ValueError(f"{path}: shorter than one window ({window_us / 1e3:g} ms) of the checkpoint")
-        starts = range(int(events["t"][0]), int(events["t"][-1]) - window_us + 1, window_us // 2)
+        starts = range(info["t_start_us"], info["t_end_us"] - window_us + 1, window_us // 2)
         pieces = tuple(GestureSegment(0, start, start + window_us) for start in starts)  # a window each, label unused
         recordings.append(data.Recording("folder", Path(path), "train", pieces))
     return checkpoint_windows(inputs, recordings, 1, cache_dir=cache_dir)
@@ -104,9 +105,9 @@ def adapt_checkpoint(checkpoint: Path, windows: data.WindowSet, export: Path, ad
     model, metadata = load_checkpoint(checkpoint)
     inputs = checkpoint_inputs(metadata)
     seen = adapt_batchnorm(model, data.WindowDataset(windows, normalisation=inputs.normalisation))
-    record = {"data": {**metadata["data"], "batch_norm": {"adapted_on": adapted_on, "windows": seen}}}
-    kept = {key: metadata[key] for key in ("classes", "input", "metrics", "decision") if metadata.get(key) is not None}
-    save_checkpoint(export, model, kept | record)
+    derived = {key: metadata[key] for key in METADATA_KEYS if metadata.get(key) is not None}
+    derived["data"] = {**metadata["data"], "batch_norm": {"adapted_on": adapted_on, "windows": seen}}
+    save_checkpoint(export, model, derived)
     return seen
 
 
